@@ -1,0 +1,201 @@
+"""The simulated model written as a QDQ ONNX graph that ONNX Runtime runs.
+
+Weights are stored as integers with a DequantizeLinear; each quantized activation gets a
+QuantizeLinear/DequantizeLinear pair right after its producer; Conv/Gemm biases become int32 at
+scale ``s_input * s_weight``. The result computes, in float between Q and DQ, exactly what the
+simulation computes, and lets the runtime fuse the groups into integer kernels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from qaas_engine.quant.encoding import Encoding
+from qaas_engine.quant.sim import QuantSim
+
+MS_DOMAIN = "com.microsoft"  # ONNX Runtime's Q/DQ with 16-bit integers at any opset
+
+
+def unsigned_container(encoding: Encoding) -> Encoding:
+    """The same grid stored as uint8 with the zero point moved up by 2^(bits-1).
+
+    ONNX Runtime's u8s8 integer kernels on AVX2 CPUs without VNNI sum pairs of u8*s8 products in
+    int16 and saturate (wrong results, not just slow ones); u8u8 kernels do not. Storing a signed
+    8-bit grid as unsigned changes no value the graph computes, so export does it by default.
+    """
+    scheme = encoding.scheme
+    if not scheme.signed or scheme.bits > 8:
+        return encoding
+    shift = 2 ** (scheme.bits - 1)
+    unsigned = replace(scheme, signed=False)
+    return Encoding(unsigned, encoding.scale, encoding.zero_point + shift)
+
+
+def _container(encoding: Encoding) -> tuple[np.dtype, int, bool]:
+    """numpy dtype, ONNX dtype, and whether the standard-domain Q/DQ can hold it."""
+    bits, signed = encoding.scheme.bits, encoding.scheme.signed
+    if bits <= 8:
+        return (
+            (np.dtype(np.int8), TensorProto.INT8, True)
+            if signed
+            else (np.dtype(np.uint8), TensorProto.UINT8, True)
+        )
+    if bits <= 16:
+        return (
+            (np.dtype(np.int16), TensorProto.INT16, False)
+            if signed
+            else (np.dtype(np.uint16), TensorProto.UINT16, False)
+        )
+    return np.dtype(np.int32), TensorProto.INT32, True
+
+
+class _Builder:
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.initializers: list[onnx.TensorProto] = []
+        self.uses_ms_domain = False
+
+    def constant(self, name: str, array: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(array, name))
+        return name
+
+    def scale_zero_point(self, prefix: str, encoding: Encoding) -> tuple[str, str, dict]:
+        dtype, _, _ = _container(encoding)
+        per_channel = encoding.scheme.per_channel and encoding.scale.size > 1
+        scale = encoding.scale.astype(np.float32)
+        zero_point = encoding.zero_point.astype(dtype)
+        if not per_channel:
+            scale, zero_point = scale.reshape(()), zero_point.reshape(())
+        attrs = {"axis": encoding.scheme.axis} if per_channel else {}
+        return (
+            self.constant(f"{prefix}_scale", scale),
+            self.constant(f"{prefix}_zero_point", zero_point),
+            attrs,
+        )
+
+    def dequantize(self, source: str, output: str, encoding: Encoding) -> onnx.NodeProto:
+        scale, zero_point, attrs = self.scale_zero_point(source, encoding)
+        return self._qdq_node(
+            "DequantizeLinear", [source, scale, zero_point], output, encoding, attrs
+        )
+
+    def quantize_pair(self, tensor: str, output: str, encoding: Encoding) -> list[onnx.NodeProto]:
+        nodes = []
+        source = tensor
+        if encoding.scheme.bits < 8:
+            # An 8-bit container saturates at its own limits; the narrower grid needs a Clip.
+            low = self.constant(f"{tensor}_clip_low", np.asarray(encoding.low[0], np.float32))
+            high = self.constant(f"{tensor}_clip_high", np.asarray(encoding.high[0], np.float32))
+            clipped = f"{tensor}_clipped"
+            nodes.append(
+                helper.make_node("Clip", [tensor, low, high], [clipped], name=f"{tensor}_Clip")
+            )
+            source = clipped
+        scale, zero_point, attrs = self.scale_zero_point(tensor, encoding)
+        quantized = f"{tensor}_quantized"
+        nodes.append(
+            self._qdq_node(
+                "QuantizeLinear", [source, scale, zero_point], quantized, encoding, attrs
+            )
+        )
+        nodes.append(
+            self._qdq_node(
+                "DequantizeLinear", [quantized, scale, zero_point], output, encoding, attrs
+            )
+        )
+        return nodes
+
+    def _qdq_node(self, op, inputs, output, encoding, attrs) -> onnx.NodeProto:
+        _, _, standard = _container(encoding)
+        domain = "" if standard else MS_DOMAIN
+        self.uses_ms_domain |= not standard
+        return helper.make_node(op, inputs, [output], name=f"{output}_{op}", domain=domain, **attrs)
+
+
+def export_qdq(model: onnx.ModelProto, sim: QuantSim, *, unsigned: bool = True) -> onnx.ModelProto:
+    """A new QDQ model from the float ``model`` (same graph) and the sim's weights/encodings.
+
+    ``unsigned`` stores signed 8-bit grids as uint8 (see :func:`unsigned_container`).
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    builder = _Builder(out)
+    weights = sim.executor.weights
+    graph_outputs = {o.name for o in graph.output}
+    rename: dict[str, str] = {}  # consumer input -> dequantized tensor
+    prefix_nodes: list[onnx.NodeProto] = []
+
+    param_encodings = {**sim.weight_encodings, **sim.bias_encodings}
+    kept_initializers = []
+    for init in graph.initializer:
+        tensor = weights.get(init.name)
+        if init.name in param_encodings:
+            encoding = param_encodings[init.name]
+            if init.name in sim.weight_encodings and unsigned:
+                encoding = unsigned_container(encoding)
+            dtype, _, _ = _container(encoding)
+            integers = encoding.quantize_int(tensor.detach().float()).cpu().numpy().astype(dtype)
+            builder.constant(init.name, integers)
+            dequantized = f"{init.name}_dequantized"
+            prefix_nodes.append(builder.dequantize(init.name, dequantized, encoding))
+            rename[init.name] = dequantized
+        elif tensor is not None and tensor.is_floating_point():
+            kept_initializers.append(numpy_helper.from_array(_to_numpy(tensor, init), init.name))
+        else:
+            kept_initializers.append(init)
+
+    activations = sim.activation_quantizers()
+    if unsigned:
+        activations = {name: unsigned_container(enc) for name, enc in activations.items()}
+    producer_rename: dict[str, str] = {}
+    for value in graph.input:
+        if value.name in activations:
+            dequantized = f"{value.name}_dequantized"
+            prefix_nodes.extend(
+                builder.quantize_pair(value.name, dequantized, activations[value.name])
+            )
+            rename[value.name] = dequantized
+
+    body: list[onnx.NodeProto] = []
+    for node in graph.node:
+        new = onnx.NodeProto()
+        new.CopyFrom(node)
+        for i, name in enumerate(new.input):
+            if name in rename:
+                new.input[i] = rename[name]
+        pending = []
+        for i, name in enumerate(new.output):
+            if name not in activations:
+                continue
+            if name in graph_outputs:
+                # The graph output keeps its name and carries the dequantized value.
+                producer_rename[name] = f"{name}_float"
+                new.output[i] = producer_rename[name]
+                pending.extend(builder.quantize_pair(new.output[i], name, activations[name]))
+            else:
+                dequantized = f"{name}_dequantized"
+                rename[name] = dequantized
+                pending.extend(builder.quantize_pair(name, dequantized, activations[name]))
+        body.append(new)
+        body.extend(pending)
+
+    del graph.node[:]
+    graph.node.extend(prefix_nodes + body)
+    del graph.initializer[:]
+    graph.initializer.extend(kept_initializers + builder.initializers)
+    del graph.value_info[:]
+    if builder.uses_ms_domain and not any(o.domain == MS_DOMAIN for o in out.opset_import):
+        out.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    out.producer_name = "qaas"
+    return out
+
+
+def _to_numpy(tensor: torch.Tensor, init: onnx.TensorProto) -> np.ndarray:
+    dtype = helper.tensor_dtype_to_np_dtype(init.data_type)
+    return tensor.detach().cpu().numpy().astype(dtype)

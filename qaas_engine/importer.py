@@ -1,0 +1,236 @@
+"""Model import: bytes on disk in, a checked ONNX graph the engine can compute out.
+
+Uploads are untrusted. Nothing here unpickles, follows a path outside the upload's folder, or
+trusts a declared structure without checking it; every refusal says what is wrong and where.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import external_data_helper, numpy_helper
+
+from qaas_engine.errors import ModelImportError, UnsupportedOpError
+from qaas_engine.graph.executor import default_opset, unsupported_nodes
+
+MIN_OPSET = 13  # per-channel DequantizeLinear (its axis attribute) needs 13
+ALREADY_QUANTIZED_OPS = {
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "QLinearConv",
+    "QLinearMatMul",
+    "QLinearAdd",
+    "QLinearMul",
+    "ConvInteger",
+    "MatMulInteger",
+    "DynamicQuantizeLinear",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+    "QGemm",
+}
+CONTROL_FLOW_OPS = {"If", "Loop", "Scan"}
+PICKLE_PREFIXES = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+
+
+@dataclass
+class ImportedModel:
+    model: onnx.ModelProto
+    source_format: str  # "onnx" or "pt2"
+    original_opset: int
+    notes: list[str] = field(default_factory=list)
+
+
+def import_model(path: str | os.PathLike[str]) -> ImportedModel:
+    """Read an ONNX file or a torch.export archive and return a checked ONNX graph."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelImportError(f"model file not found: {path}")
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if head.startswith(PICKLE_PREFIXES):
+        raise ModelImportError(
+            f"{path.name} is a Python pickle, not a model; qaas never unpickles uploads "
+            "(save with torch.export.save or export to ONNX)"
+        )
+    if head.startswith(b"PK"):
+        from qaas_engine.pt2 import convert_pt2
+
+        model = convert_pt2(path)
+        return prepare_onnx(model, base_dir=None, source_format="pt2")
+    model = parse_onnx_bytes(path.read_bytes(), name=path.name)
+    return prepare_onnx(model, base_dir=path.parent, source_format="onnx")
+
+
+def parse_onnx_bytes(data: bytes, name: str = "model") -> onnx.ModelProto:
+    if not data:
+        raise ModelImportError(f"{name} is empty")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except DecodeError as error:
+        raise ModelImportError(
+            f"{name} is not an ONNX model or is truncated (protobuf parse failed: {error})"
+        ) from None
+    if model.ir_version <= 0 or not model.graph.node or not model.opset_import:
+        raise ModelImportError(
+            f"{name} is not an ONNX model (no IR version, opset or graph nodes); "
+            "a truncated or foreign file parses like this"
+        )
+    return model
+
+
+def prepare_onnx(
+    model: onnx.ModelProto, *, base_dir: Path | None, source_format: str = "onnx"
+) -> ImportedModel:
+    """Check, load external data safely, upgrade the opset and normalise constants."""
+    notes: list[str] = []
+    _refuse_quantized_and_control_flow(model)
+    _load_external_data(model, base_dir)
+    original_opset = default_opset(model)
+    if original_opset < MIN_OPSET:
+        model = _upgrade_opset(model, original_opset)
+        notes.append(f"opset upgraded from {original_opset} to {MIN_OPSET}")
+    moved = _constants_to_initializers(model)
+    if moved:
+        notes.append(f"{moved} Constant nodes turned into initializers")
+    _drop_initializers_from_inputs(model)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as error:
+        raise ModelImportError(
+            f"the ONNX checker rejects the model: {_first_line(error)}"
+        ) from None
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except Exception as error:  # onnx raises several unrelated types here
+        raise ModelImportError(f"shape inference failed: {_first_line(error)}") from None
+    bad = unsupported_nodes(model)
+    if bad:
+        node = bad[0]
+        domain = f" (domain '{node.domain}')" if node.domain else ""
+        raise UnsupportedOpError(node.op_type + domain, node.name or "<unnamed>")
+    _check_inputs(model)
+    return ImportedModel(model, source_format, original_opset, notes)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__
+
+
+def _refuse_quantized_and_control_flow(model: onnx.ModelProto) -> None:
+    for node in model.graph.node:
+        if node.op_type in ALREADY_QUANTIZED_OPS:
+            raise ModelImportError(
+                f"the model is already quantized (node '{node.name}' is {node.op_type}); "
+                "upload the float model"
+            )
+        if node.op_type in CONTROL_FLOW_OPS:
+            raise UnsupportedOpError(
+                node.op_type,
+                node.name or "<unnamed>",
+                "control flow subgraphs are not quantized; export the model with the branch "
+                "resolved (e.g. torch.onnx.export of the traced path)",
+            )
+
+
+def _load_external_data(model: onnx.ModelProto, base_dir: Path | None) -> None:
+    """Resolve external-data locations only inside ``base_dir`` (no absolute, '..', symlinks)."""
+    tensors = [
+        t
+        for t in external_data_helper._get_all_tensors(model)
+        if external_data_helper.uses_external_data(t)
+    ]
+    if not tensors:
+        return
+    if base_dir is None:
+        raise ModelImportError("the model references external data but none was provided")
+    root = base_dir.resolve()
+    for tensor in tensors:
+        info = external_data_helper.ExternalDataInfo(tensor)
+        location = info.location
+        target = (root / location).resolve()
+        if (
+            os.path.isabs(location)
+            or ".." in Path(location).parts
+            or not target.is_relative_to(root)
+        ):
+            raise ModelImportError(
+                f"initializer '{tensor.name}' points at external data '{location}' outside the "
+                "upload; only files uploaded alongside the model are read"
+            )
+        if (root / location).is_symlink():
+            raise ModelImportError(
+                f"initializer '{tensor.name}': external data '{location}' is a symlink"
+            )
+        if not target.is_file():
+            raise ModelImportError(
+                f"initializer '{tensor.name}': external data file '{location}' is missing; "
+                "upload it alongside the model"
+            )
+        size = target.stat().st_size
+        if info.offset is not None and info.length is not None and info.offset + info.length > size:
+            raise ModelImportError(
+                f"initializer '{tensor.name}': external data '{location}' is truncated"
+            )
+    external_data_helper.load_external_data_for_model(model, str(root))
+
+
+def _upgrade_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, MIN_OPSET)
+    except Exception as error:
+        raise ModelImportError(
+            f"could not upgrade the model from opset {opset} to {MIN_OPSET}: {_first_line(error)}"
+        ) from None
+
+
+def _constants_to_initializers(model: onnx.ModelProto) -> int:
+    """Paddle and others keep weights in Constant nodes; weights must be initializers."""
+    kept, moved = [], 0
+    for node in model.graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.output:
+            attr = node.attribute[0]
+            array = None
+            if attr.name == "value":
+                array = numpy_helper.to_array(attr.t)
+            elif attr.name in ("value_float", "value_floats", "value_int", "value_ints"):
+                import numpy as np
+
+                value = onnx.helper.get_attribute_value(attr)
+                dtype = np.float32 if "float" in attr.name else np.int64
+                array = np.asarray(value, dtype=dtype)
+            if array is not None:
+                model.graph.initializer.append(numpy_helper.from_array(array, node.output[0]))
+                moved += 1
+                continue
+        kept.append(node)
+    if moved:
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+    return moved
+
+
+def _drop_initializers_from_inputs(model: onnx.ModelProto) -> None:
+    """Old exporters list weights as graph inputs too; they are constants, not feeds."""
+    names = {init.name for init in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in names]
+    if len(inputs) != len(model.graph.input):
+        del model.graph.input[:]
+        model.graph.input.extend(inputs)
+
+
+def _check_inputs(model: onnx.ModelProto) -> None:
+    if not model.graph.input:
+        raise ModelImportError("the model has no inputs")
+    for value in model.graph.input:
+        if not value.type.HasField("tensor_type"):
+            raise ModelImportError(
+                f"input '{value.name}' is not a tensor (sequences/maps unsupported)"
+            )

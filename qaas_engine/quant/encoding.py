@@ -1,0 +1,109 @@
+"""Quantization grids and the fake-quant op that simulates them.
+
+The quantizer is ``x_int = clamp(round(x / s) + o, qmin, qmax)`` and ``x_q = (x_int - o) * s``,
+computed exactly as ONNX ``QuantizeLinear``/``DequantizeLinear`` do (divide, round half to even,
+add the zero point, saturate), so that the simulation and the exported graph agree bit for bit
+wherever the runtime computes in float between Q and DQ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# Smallest scale we emit: keeps x / s finite for an all-zero tensor.
+MIN_SCALE = 1e-8
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    """How one tensor is quantized: the integer grid and how ranges map onto it."""
+
+    bits: int = 8
+    symmetric: bool = True
+    signed: bool = True
+    per_channel: bool = False
+    axis: int = 0
+
+    @property
+    def qmin(self) -> int:
+        return -(2 ** (self.bits - 1)) if self.signed else 0
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+
+
+@dataclass
+class Encoding:
+    """A scheme with its scale and zero point (one entry per channel, or a single entry)."""
+
+    scheme: QuantScheme
+    scale: np.ndarray  # float32, shape [C] or [1]
+    zero_point: np.ndarray  # int64, same shape
+
+    @classmethod
+    def from_range(cls, scheme: QuantScheme, low: np.ndarray, high: np.ndarray) -> Encoding:
+        """Grid covering [low, high] (widened to include 0, so zero padding stays exact)."""
+        low = np.minimum(np.asarray(low, dtype=np.float64).reshape(-1), 0.0)
+        high = np.maximum(np.asarray(high, dtype=np.float64).reshape(-1), 0.0)
+        qmin, qmax = scheme.qmin, scheme.qmax
+        if scheme.symmetric:
+            if scheme.signed:
+                scale = np.maximum(np.abs(low), np.abs(high)) / qmax
+                zero_point = np.zeros_like(scale)
+            else:
+                scale = high / qmax
+                zero_point = np.zeros_like(scale)
+        else:
+            scale = (high - low) / (qmax - qmin)
+            scale = np.maximum(scale, MIN_SCALE)
+            zero_point = np.clip(np.round(qmin - low / scale), qmin, qmax)
+        scale = np.maximum(scale, MIN_SCALE).astype(np.float32)
+        return cls(scheme, scale, zero_point.astype(np.int64))
+
+    @property
+    def low(self) -> np.ndarray:
+        return ((self.scheme.qmin - self.zero_point) * self.scale.astype(np.float64)).astype(
+            np.float32
+        )
+
+    @property
+    def high(self) -> np.ndarray:
+        return ((self.scheme.qmax - self.zero_point) * self.scale.astype(np.float64)).astype(
+            np.float32
+        )
+
+    def aimet_offsets(self) -> list[int]:
+        """AIMET stores grids as unsigned with x_q = (x_u + offset) * scale: offset = qmin - o."""
+        return [int(self.scheme.qmin - z) for z in self.zero_point]
+
+    def torch_params(
+        self, like: torch.Tensor, channel_axis: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scale and zero point shaped to broadcast against ``like``."""
+        scale = torch.as_tensor(self.scale, dtype=like.dtype, device=like.device)
+        zero_point = torch.as_tensor(self.zero_point, dtype=like.dtype, device=like.device)
+        if self.scheme.per_channel and scale.numel() > 1:
+            axis = self.scheme.axis if channel_axis is None else channel_axis
+            shape = [1] * like.dim()
+            shape[axis] = -1
+            scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+        else:
+            scale, zero_point = scale.reshape(()), zero_point.reshape(())
+        return scale, zero_point
+
+    def quantize_int(self, x: torch.Tensor) -> torch.Tensor:
+        """Integer grid values the runtime's QuantizeLinear would produce (float64 tensor)."""
+        x = x.double()
+        scale, zero_point = self.torch_params(x)
+        return torch.clamp(torch.round(x / scale) + zero_point, self.scheme.qmin, self.scheme.qmax)
+
+    def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """Quantize-dequantize with a straight-through gradient."""
+        scale, zero_point = self.torch_params(x)
+        x_int = torch.clamp(torch.round(x / scale) + zero_point, self.scheme.qmin, self.scheme.qmax)
+        x_q = (x_int - zero_point) * scale
+        return x + (x_q - x).detach()

@@ -1,0 +1,215 @@
+"""Where quantizers stand: the same places an integer runtime quantizes.
+
+ONNX Runtime runs a QDQ graph by fusing ``DQ -> op -> Q`` groups into integer kernels, folding a
+Relu or Clip that feeds a Q into the producer, and passing quantized values through data-movement
+ops unchanged. The simulation must quantize exactly there, or its accuracy is a fiction:
+
+* every float graph input and every float output of a computing op gets its own quantizer;
+* an output whose only consumer is Relu/Clip (or the constant bias Add after a MatMul/Gemm/Conv)
+  is left alone: the runtime quantizes after the activation;
+* outputs of data-movement ops (Reshape, MaxPool, nearest Resize...) share their input's grid;
+* weights of Conv, ConvTranspose, Gemm and MatMul are quantized; biases of Conv and Gemm become
+  int32 at scale ``s_input * s_weight``; other constants stay float;
+* tensors computed from constants only (shape arithmetic) and integer tensors are never touched.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import onnx
+
+from qaas_engine.graph.registry import parse_attributes
+
+FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.BFLOAT16,
+}
+PASS_THROUGH_OPS = {
+    "Reshape",
+    "Flatten",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Slice",
+    "Split",
+    "Gather",
+    "MaxPool",
+    "GlobalMaxPool",
+    "Identity",
+    "Dropout",
+    "Expand",
+    "Tile",
+    "ReduceMax",
+    "ReduceMin",
+    "Pad",
+    "Resize",
+    "Upsample",
+}
+FUSED_ACTIVATIONS = {"Relu", "Clip"}
+BIAS_FUSING_PRODUCERS = {"MatMul", "Gemm", "Conv", "ConvTranspose"}
+WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+
+
+@dataclass(frozen=True)
+class WeightSite:
+    """A quantized weight and the op that consumes it."""
+
+    name: str
+    node: str
+    op_type: str
+    channel_axis: int | None  # None: this op's weight can only be quantized per tensor
+    input: str  # the activation the op multiplies with the weight
+    bias: str | None = None  # int32 bias at scale s_input * s_weight
+
+
+@dataclass
+class Placement:
+    weights: dict[str, WeightSite] = field(default_factory=dict)
+    activations: list[str] = field(default_factory=list)  # tensors with a quantizer of their own
+    shared: dict[str, str] = field(default_factory=dict)  # pass-through output -> its input
+    fused: dict[str, str] = field(default_factory=dict)  # producer output -> fused consumer node
+    skipped: dict[str, str] = field(default_factory=dict)  # tensor -> why it stays float
+
+
+def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    types: dict[str, int] = {}
+    graph = model.graph
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        if value.type.HasField("tensor_type"):
+            types[value.name] = value.type.tensor_type.elem_type
+    for init in graph.initializer:
+        types[init.name] = init.data_type
+    return types
+
+
+def _dynamic_tensors(model: onnx.ModelProto, initializers: set[str]) -> set[str]:
+    dynamic = {i.name for i in model.graph.input if i.name not in initializers}
+    for node in model.graph.node:
+        if any(name in dynamic for name in node.input if name):
+            dynamic.update(o for o in node.output if o)
+    return dynamic
+
+
+def _weight_site(
+    node: onnx.NodeProto, name: str, initializers: dict[str, onnx.TensorProto]
+) -> WeightSite | None:
+    attrs = parse_attributes(node)
+    op = node.op_type
+    node_name = node.name or node.output[0]
+    inputs = list(node.input)
+    bias = inputs[2] if len(inputs) > 2 and inputs[2] in initializers else None
+    if op == "Conv" and len(inputs) > 1 and inputs[1] in initializers:
+        return WeightSite(inputs[1], node_name, op, 0, inputs[0], bias)
+    if op == "ConvTranspose" and len(inputs) > 1 and inputs[1] in initializers:
+        axis = 1 if int(attrs.get("group", 1)) == 1 else None
+        return WeightSite(inputs[1], node_name, op, axis, inputs[0], None)
+    if op == "Gemm" and len(inputs) > 1 and inputs[1] in initializers:
+        if int(attrs.get("transA", 0)) or inputs[0] in initializers:
+            return None
+        axis = 0 if int(attrs.get("transB", 0)) else 1
+        gemm_bias = bias if bias and len(initializers[bias].dims) == 1 else None
+        return WeightSite(inputs[1], node_name, op, axis, inputs[0], gemm_bias)
+    if op == "MatMul" and len(inputs) > 1:
+        if inputs[1] in initializers and inputs[0] not in initializers:
+            rank = len(initializers[inputs[1]].dims)
+            return WeightSite(inputs[1], node_name, op, rank - 1 if rank >= 2 else None, inputs[0])
+        if inputs[0] in initializers and inputs[1] not in initializers:
+            return WeightSite(inputs[0], node_name, op, None, inputs[1])
+    return None
+
+
+def place_quantizers(
+    model: onnx.ModelProto,
+    *,
+    quantize_activations: bool = True,
+    keep_float_nodes: frozenset[str] = frozenset(),
+    keep_float_ops: frozenset[str] = frozenset(),
+) -> Placement:
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    types = _tensor_types(model)
+    dynamic = _dynamic_tensors(model, set(initializers))
+    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            if name:
+                consumers[name].append(node)
+    graph_outputs = {o.name for o in graph.output}
+    placement = Placement()
+
+    def kept_float(node: onnx.NodeProto) -> bool:
+        return node.op_type in keep_float_ops or (node.name or "") in keep_float_nodes
+
+    for node in graph.node:
+        if node.op_type in WEIGHTED_OPS and not kept_float(node):
+            site = _weight_site(node, "", initializers)
+            if site is None or site.name in placement.weights:
+                continue
+            if types.get(site.name) not in FLOAT_TYPES:
+                continue
+            placement.weights[site.name] = site
+    if not quantize_activations:
+        return placement
+
+    def is_float_dynamic(name: str) -> bool:
+        return (
+            bool(name)
+            and name in dynamic
+            and types.get(name, onnx.TensorProto.FLOAT) in FLOAT_TYPES
+        )
+
+    quantized: set[str] = set()
+    for value in graph.input:
+        if value.name in initializers:
+            continue
+        if is_float_dynamic(value.name):
+            placement.activations.append(value.name)
+            quantized.add(value.name)
+    for node in graph.node:
+        for output in node.output:
+            if not output:
+                continue
+            if not is_float_dynamic(output):
+                continue
+            if kept_float(node):
+                placement.skipped[output] = f"node '{node.name}' ({node.op_type}) kept in float"
+                continue
+            if node.op_type in PASS_THROUGH_OPS and not _changes_values(node):
+                source = node.input[0] if node.input else ""
+                if source in quantized:
+                    placement.shared[output] = source
+                    quantized.add(output)
+                    continue
+                if source in dynamic:
+                    continue  # moves a float-kept tensor: stays float
+                # a lookup into a constant table (an embedding) computes a new activation
+            users = consumers.get(output, [])
+            if output not in graph_outputs and len(users) == 1:
+                user = users[0]
+                if user.op_type in FUSED_ACTIVATIONS and not kept_float(user):
+                    placement.fused[output] = user.name or user.output[0]
+                    continue
+                if (
+                    user.op_type == "Add"
+                    and node.op_type in BIAS_FUSING_PRODUCERS
+                    and any(i in initializers for i in user.input if i != output)
+                    and not kept_float(user)
+                ):
+                    placement.fused[output] = user.name or user.output[0]
+                    continue
+            placement.activations.append(output)
+            quantized.add(output)
+    return placement
+
+
+def _changes_values(node: onnx.NodeProto) -> bool:
+    """Resize/Upsample that interpolate, and Pad with a fill value, leave the input's grid."""
+    if node.op_type in ("Resize", "Upsample"):
+        return parse_attributes(node).get("mode", "nearest") != "nearest"
+    if node.op_type == "Pad":
+        return len(node.input) > 2 and bool(node.input[2])
+    return False

@@ -1,0 +1,221 @@
+"""Quantization simulation: the float graph plus fake-quantizers where the runtime quantizes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from qaas_engine.graph.executor import GraphExecutor
+from qaas_engine.quant.encoding import Encoding, QuantScheme
+from qaas_engine.quant.estimators import ACTIVATION_METHODS, weight_encoding
+from qaas_engine.quant.observers import HistogramObserver, MinMaxObserver
+from qaas_engine.quant.placement import Placement
+from qaas_engine.spec import QuantSpec
+
+Feeds = Mapping[str, torch.Tensor]
+Progress = Callable[[str, float], None]
+BIAS_BITS = 32
+
+
+@dataclass
+class CalibrationSummary:
+    batches: int = 0
+    samples: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+class QuantSim:
+    """Holds the encodings; runs the graph with quantized weights and activations."""
+
+    def __init__(self, executor: GraphExecutor, placement: Placement, spec: QuantSpec) -> None:
+        self.executor = executor
+        self.placement = placement
+        self.spec = spec
+        self.weight_encodings: dict[str, Encoding] = {}
+        self.activation_encodings: dict[str, Encoding] = {}
+        self.bias_encodings: dict[str, Encoding] = {}
+        self.skipped: dict[str, str] = dict(placement.skipped)
+        self._quantized_weights: dict[str, torch.Tensor] | None = None
+
+    # -- weights -------------------------------------------------------------------------
+    def weight_scheme(self, name: str) -> QuantScheme:
+        site = self.placement.weights[name]
+        per_channel = (
+            self.spec.weight_granularity == "per-channel" and site.channel_axis is not None
+        )
+        return QuantScheme(
+            bits=self.spec.weight_bits,
+            symmetric=self.spec.weight_symmetric,
+            signed=True,
+            per_channel=per_channel,
+            axis=site.channel_axis if per_channel else 0,
+        )
+
+    def compute_weight_encodings(self) -> None:
+        method = "mse" if self.spec.calibration_method == "mse" else "minmax"
+        for name in self.placement.weights:
+            weight = self.executor.weights[name]
+            self.weight_encodings[name] = weight_encoding(weight, self.weight_scheme(name), method)
+        self.invalidate()
+
+    def invalidate(self) -> None:
+        """Forget cached quantized weights after weights or encodings change."""
+        self._quantized_weights = None
+
+    def quantized_weights(self) -> dict[str, torch.Tensor]:
+        if self._quantized_weights is None:
+            out = {}
+            for name, encoding in self.weight_encodings.items():
+                out[name] = encoding.fake_quantize(self.executor.weights[name])
+            for name, encoding in self.bias_encodings.items():
+                out[name] = encoding.fake_quantize(self.executor.weights[name])
+            self._quantized_weights = out
+        return self._quantized_weights
+
+    # -- activations ---------------------------------------------------------------------
+    def activation_scheme(self, low: float) -> QuantScheme:
+        bits = self.spec.activation_bits or 8
+        if self.spec.activation_symmetric:
+            return QuantScheme(bits=bits, symmetric=True, signed=low < 0)
+        return QuantScheme(bits=bits, symmetric=False, signed=False)
+
+    def calibrate(
+        self,
+        batches: Callable[[], Iterable[Feeds]],
+        progress: Progress | None = None,
+    ) -> CalibrationSummary:
+        """Set activation ranges from calibration batches (weights already quantized).
+
+        ``batches`` is called once per pass, so the data is streamed, never held whole.
+        """
+        if not self.weight_encodings and self.placement.weights:
+            self.compute_weight_encodings()
+        summary = CalibrationSummary()
+        targets = set(self.placement.activations)
+        if not targets:
+            return summary
+        needs_hist, estimator = ACTIVATION_METHODS[self.spec.calibration_method]
+        minmax = {name: MinMaxObserver() for name in targets}
+        passes = 2 if needs_hist else 1
+        self._observe_pass(batches, minmax, summary, progress, 1, passes, count=True)
+        histograms: dict[str, HistogramObserver] = {}
+        if needs_hist:
+            histograms = {
+                name: HistogramObserver(obs.low, obs.high)
+                for name, obs in minmax.items()
+                if obs.seen
+            }
+            self._observe_pass(batches, histograms, summary, progress, 2, passes, count=False)
+        self.activation_encodings = {}
+        for name in self.placement.activations:
+            obs = minmax[name]
+            if not obs.seen:
+                self.skipped[name] = "never computed on the calibration data"
+                continue
+            if obs.non_finite:
+                self.skipped[name] = (
+                    f"{obs.non_finite} of {obs.count} calibration values are inf/NaN "
+                    "(e.g. an attention mask); kept in float"
+                )
+                continue
+            scheme = self.activation_scheme(obs.low)
+            low, high = estimator(obs, histograms.get(name), scheme)
+            self.activation_encodings[name] = Encoding.from_range(scheme, low, high)
+        self._derive_bias_encodings()
+        summary.skipped = {k: v for k, v in self.skipped.items()}
+        return summary
+
+    def _observe_pass(self, batches, observers, summary, progress, index, passes, count) -> None:
+        def hook(name: str, value: torch.Tensor) -> torch.Tensor:
+            observer = observers.get(name)
+            if observer is not None and value.is_floating_point():
+                observer.observe(value)
+            return value
+
+        weights = self.quantized_weights()
+        seen = 0
+        batch_list = batches()
+        total = len(batch_list) if hasattr(batch_list, "__len__") else None
+        with torch.no_grad():
+            for feeds in batch_list:
+                self.executor.run(feeds, hook=hook, weights=weights)
+                seen += 1
+                if count:
+                    summary.batches += 1
+                    summary.samples += _batch_size(feeds)
+                if progress and total:
+                    progress("calibration", ((index - 1) + seen / total) / passes)
+
+    def _derive_bias_encodings(self) -> None:
+        """int32 bias at scale s_input * s_weight, as the integer kernel accumulates it."""
+        self.bias_encodings = {}
+        for name, site in self.placement.weights.items():
+            if not site.bias or name not in self.weight_encodings:
+                continue
+            input_encoding = self.encoding_of(site.input)
+            if input_encoding is None:
+                continue
+            w_enc = self.weight_encodings[name]
+            scale = (w_enc.scale.astype(np.float64) * float(input_encoding.scale[0])).astype(
+                np.float32
+            )
+            bias = self.executor.weights[site.bias].detach().double().abs().cpu().numpy()
+            if np.any(bias / scale.astype(np.float64) >= 2 ** (BIAS_BITS - 1) - 1):
+                # s_input * s_weight is so fine (e.g. 16-bit grids) that the bias overflows int32.
+                self.skipped[site.bias] = (
+                    "bias does not fit int32 at s_input * s_weight; kept float"
+                )
+                continue
+            scheme = QuantScheme(
+                bits=BIAS_BITS,
+                symmetric=True,
+                signed=True,
+                per_channel=w_enc.scheme.per_channel,
+                axis=0,
+            )
+            self.bias_encodings[site.bias] = Encoding(
+                scheme, scale, np.zeros(scale.shape, np.int64)
+            )
+        self.invalidate()
+
+    def encoding_of(self, tensor: str) -> Encoding | None:
+        """The grid a tensor is on: its own quantizer, or the one it shares through data moves."""
+        seen = set()
+        while tensor not in self.activation_encodings:
+            if tensor in seen or tensor not in self.placement.shared:
+                return None
+            seen.add(tensor)
+            tensor = self.placement.shared[tensor]
+        return self.activation_encodings[tensor]
+
+    def activation_quantizers(self) -> dict[str, Encoding]:
+        """Every tensor that carries a Q/DQ: own quantizers and shared ones."""
+        result = dict(self.activation_encodings)
+        for tensor in self.placement.shared:
+            encoding = self.encoding_of(tensor)
+            if encoding is not None:
+                result[tensor] = encoding
+        return result
+
+    # -- running -------------------------------------------------------------------------
+    def run(self, feeds: Feeds, outputs: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        quantizers = self.activation_quantizers()
+
+        def hook(name: str, value: torch.Tensor) -> torch.Tensor:
+            encoding = quantizers.get(name)
+            if encoding is None or not value.is_floating_point():
+                return value
+            return encoding.fake_quantize(value)
+
+        return self.executor.run(
+            feeds, hook=hook, weights=self.quantized_weights(), outputs=outputs
+        )
+
+
+def _batch_size(feeds: Feeds) -> int:
+    for value in feeds.values():
+        return int(value.shape[0]) if value.dim() > 0 else 1
+    return 0

@@ -1,0 +1,69 @@
+"""The quantization spec: data that validates itself and round-trips through JSON.
+
+The CLI builds one from flags, the service from a job's JSON; both hand it to ``quantize``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SPEC_VERSION = 1
+
+
+class QuantSpec(BaseModel):
+    """How to quantize a model. Unknown fields are refused so typos never pass silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: int = SPEC_VERSION
+    weight_bits: int = Field(8, ge=2, le=16)
+    weight_granularity: Literal["per-tensor", "per-channel"] = "per-channel"
+    weight_symmetric: bool = True
+    activation_bits: int | None = Field(8, ge=2, le=16)  # None keeps activations in float
+    activation_symmetric: bool = False
+    calibration_method: Literal["minmax", "percentile", "mse"] = "minmax"
+    percentile: float = Field(99.99, gt=50.0, le=100.0)
+    keep_float_nodes: tuple[str, ...] = ()
+    keep_float_ops: tuple[str, ...] = ()
+    pipeline: tuple[str, ...] = ()
+    batch_size: int = Field(32, ge=1, le=4096)
+    max_calibration_samples: int | None = Field(None, ge=1)
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value != SPEC_VERSION:
+            raise ValueError(
+                f"spec version {value} is not supported (this engine reads {SPEC_VERSION})"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _pipeline_known(self) -> QuantSpec:
+        from qaas_engine.pipeline import STEPS
+
+        unknown = [step for step in self.pipeline if step not in STEPS]
+        if unknown:
+            raise ValueError(
+                f"unknown pipeline step(s) {', '.join(unknown)}; known: {', '.join(sorted(STEPS))}"
+            )
+        return self
+
+    @property
+    def quantize_activations(self) -> bool:
+        return self.activation_bits is not None
+
+
+def parse_bits(text: str, *, allow_float: bool) -> int | None:
+    """``int8`` -> 8; ``float`` -> None where allowed. Raises ValueError with the accepted forms."""
+    value = text.strip().lower()
+    if allow_float and value in ("float", "fp32", "none"):
+        return None
+    if value.startswith("int") and value[3:].isdigit():
+        bits = int(value[3:])
+        if 2 <= bits <= 16:
+            return bits
+    accepted = "int2..int16" + (" or float" if allow_float else "")
+    raise ValueError(f"'{text}' is not a bit-width; use {accepted}")

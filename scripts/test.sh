@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command (README, CI): set up .venv if needed, lint, then run the suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/python -m pytest -q "$@"
