@@ -98,6 +98,9 @@ def prepare_onnx(
     if moved:
         notes.append(f"{moved} Constant nodes turned into initializers")
     _drop_initializers_from_inputs(model)
+    folded = _fold_constant_nodes(model)
+    if folded:
+        notes.append(f"{folded} nodes computed from constants only were folded into initializers")
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as error:
@@ -215,6 +218,64 @@ def _constants_to_initializers(model: onnx.ModelProto) -> int:
         del model.graph.node[:]
         model.graph.node.extend(kept)
     return moved
+
+
+# Ops whose output size is set by a value rather than an input size: never folded blindly.
+_SIZE_GENERATING = {"ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Upsample", "Pad"}
+
+
+def _fold_constant_nodes(model: onnx.ModelProto) -> int:
+    """Evaluate nodes whose inputs are all constants (an exporter's Unsqueeze of a PReLU slope,
+    an Identity of a shared weight), so weights and slopes are initializers as algorithms expect."""
+    import numpy as np
+    import torch
+
+    from qaas_engine.graph.executor import default_opset
+    from qaas_engine.graph.registry import OP_REGISTRY, NodeContext, parse_attributes
+
+    graph = model.graph
+    values = {init.name: init for init in graph.initializer}
+    kept, folded = [], 0
+    opset = default_opset(model)
+    outputs = {o.name for o in graph.output}
+    for node in graph.node:
+        inputs = [name for name in node.input if name]
+        foldable = (
+            inputs
+            and all(name in values for name in inputs)
+            and node.domain in ("", "ai.onnx")
+            and node.op_type in OP_REGISTRY
+            and node.op_type not in _SIZE_GENERATING
+            and not any(o in outputs for o in node.output)
+        )
+        if foldable:
+            args = [
+                torch.from_numpy(np.array(numpy_helper.to_array(values[n]))) if n else None
+                for n in node.input
+            ]
+            context = NodeContext(
+                node.op_type, node.name, parse_attributes(node), opset, len(node.output)
+            )
+            try:
+                results = OP_REGISTRY[node.op_type](context, args)
+            except Exception:  # leave anything surprising to the runtime checks that follow
+                results = None
+            if results is not None:
+                for name, value in zip(node.output, results, strict=False):
+                    tensor = numpy_helper.from_array(value.detach().cpu().numpy(), name)
+                    graph.initializer.append(tensor)
+                    values[name] = graph.initializer[-1]
+                folded += 1
+                continue
+        kept.append(node)
+    if folded:
+        del graph.node[:]
+        graph.node.extend(kept)
+        used = {name for node in kept for name in node.input} | outputs
+        unused = [init for init in graph.initializer if init.name not in used]
+        for init in unused:
+            graph.initializer.remove(init)
+    return folded
 
 
 def _drop_initializers_from_inputs(model: onnx.ModelProto) -> None:

@@ -20,10 +20,12 @@ from qaas_engine.data import Dataset
 from qaas_engine.errors import SpecError
 from qaas_engine.graph.executor import GraphExecutor
 from qaas_engine.importer import ImportedModel
+from qaas_engine.quant.moments import propagate
 from qaas_engine.quant.placement import place_quantizers
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.spec import QuantSpec
 from qaas_engine.transforms.bn_fold import FoldedBatchNorm, fold_batchnorms
+from qaas_engine.transforms.cle import ChannelStats
 
 Progress = Callable[[str, float], None]
 Stage = Literal["float", "quantized"]
@@ -41,6 +43,12 @@ class PipelineState:
     progress: Progress
     sim: QuantSim | None = None
     step_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    channel_stats: dict[str, ChannelStats] = field(default_factory=dict)
+    data_free: bool = False
+
+    def rebuild_executor(self) -> None:
+        """After a float step rewrote the graph or its initializers."""
+        self.executor = GraphExecutor(self.model)
 
     def calibration_feeds(self) -> Iterator[dict[str, torch.Tensor]]:
         if self.calibration is None:
@@ -129,7 +137,9 @@ def build_state(
 ) -> PipelineState:
     model, folded = prepare(imported)
     executor = GraphExecutor(model)
-    return PipelineState(model, executor, spec, calibration, folded, progress or _no_progress)
+    state = PipelineState(model, executor, spec, calibration, folded, progress or _no_progress)
+    state.channel_stats = {f.output: ChannelStats(f.beta, f.gamma) for f in folded}
+    return state
 
 
 def run_steps(state: PipelineState, stage: Stage, timer: Timer) -> None:
@@ -137,6 +147,8 @@ def run_steps(state: PipelineState, stage: Stage, timer: Timer) -> None:
         step = STEPS[name]
         if step.stage == stage:
             state.step_reports[name] = timer.run(name, lambda s=step: s.apply(state))
+            if stage == "float":
+                state.rebuild_executor()
 
 
 def build_sim(state: PipelineState, timer: Timer) -> QuantSim:
@@ -150,15 +162,28 @@ def build_sim(state: PipelineState, timer: Timer) -> QuantSim:
     sim = QuantSim(state.executor, placement, spec)
     timer.run("weight_ranges", sim.compute_weight_encodings)
     if spec.quantize_activations and placement.activations:
-        if state.calibration is None:
+        if state.calibration is not None:
+            timer.run("calibration", lambda: sim.calibrate(state.calibration_feeds, state.progress))
+        elif state.channel_stats:
+            state.data_free = True
+            moments = propagate(state.model, seeds(state))
+            timer.run("data_free_ranges", lambda: sim.set_ranges_from_moments(moments))
+        else:
             raise SpecError(
-                "activation quantization needs calibration data (--calibration NPZ); "
-                "or keep activations in float (--activations float)"
+                "activation quantization needs calibration data (--calibration NPZ): the model "
+                "carries no BatchNorm statistics to set ranges without data; or keep "
+                "activations in float (--activations float)"
             )
-        timer.run("calibration", lambda: sim.calibrate(state.calibration_feeds, state.progress))
     state.sim = sim
     return sim
 
 
+def seeds(state: PipelineState) -> dict:
+    return {name: (st.beta, st.gamma) for name, st in state.channel_stats.items()}
+
+
 def _no_progress(phase: str, fraction: float) -> None:
     return None
+
+
+import qaas_engine.steps  # noqa: E402,F401  (registers the pipeline steps)

@@ -194,6 +194,14 @@ def place_quantizers(
                     placement.fused[output] = user.name or user.output[0]
                     continue
                 if (
+                    node.op_type == "Relu"
+                    and user.op_type == "Min"
+                    and all(i in initializers for i in user.input if i != output)
+                ):
+                    # Relu + per-channel Min is an exact ReLU6 after equalization: one activation.
+                    placement.fused[output] = user.name or user.output[0]
+                    continue
+                if (
                     user.op_type == "Add"
                     and node.op_type in BIAS_FUSING_PRODUCERS
                     and any(i in initializers for i in user.input if i != output)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -127,6 +128,20 @@ class QuantSim:
         self._derive_bias_encodings()
         summary.skipped = {k: v for k, v in self.skipped.items()}
         return summary
+
+    def set_ranges_from_moments(self, moments: Mapping[str, Any]) -> int:
+        """Data-free range setting: each tensor's range from its propagated BN statistics."""
+        self.activation_encodings = {}
+        for name in self.placement.activations:
+            stats = moments.get(name)
+            if stats is None:
+                self.skipped[name] = "no BatchNorm statistics reach it (data-free mode); kept float"
+                continue
+            low, high = float(np.min(stats.low)), float(np.max(stats.high))
+            scheme = self.activation_scheme(low)
+            self.activation_encodings[name] = Encoding.from_range(scheme, low, high)
+        self._derive_bias_encodings()
+        return len(self.activation_encodings)
 
     def _observe_pass(self, batches, observers, summary, progress, index, passes, count) -> None:
         def hook(name: str, value: torch.Tensor) -> torch.Tensor:

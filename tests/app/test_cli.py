@@ -10,8 +10,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 
 from app.cli import main
+from tests.conftest import export_legacy
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -172,6 +174,11 @@ def _bad_inputs(tmp_path, tiny_model):
     disguised.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
     wrong_keys = tmp_path / "wrong_keys.npz"
     np.savez(wrong_keys, image=np.zeros((4, 1, 8, 8), np.float32))
+    no_batchnorm = export_legacy(
+        torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)),
+        tmp_path / "linear.onnx",
+        torch.randn(1, 1, 8, 8),
+    )
     wrong_shape = tmp_path / "wrong_shape.npz"
     np.savez(wrong_shape, input=np.zeros((4, 3, 8, 8), np.float32))
     return {
@@ -180,7 +187,7 @@ def _bad_inputs(tmp_path, tiny_model):
         "pickle named .pt2": ([str(disguised)], "pickle"),
         "npz with wrong keys": ([str(tiny_model), "--calibration", str(wrong_keys)], "input"),
         "npz with wrong shape": ([str(tiny_model), "--calibration", str(wrong_shape)], "shape"),
-        "missing calibration": ([str(tiny_model)], "calibration data"),
+        "no calibration, no BN statistics": ([str(no_batchnorm)], "calibration data"),
         "bad bit-width": ([str(tiny_model), "--weights", "int1"], "bit-width"),
         "unknown step": ([str(tiny_model), "--pipeline", "magic"], "unknown pipeline step"),
         "missing file": ([str(tmp_path / "nope.onnx")], "not found"),

@@ -1,0 +1,98 @@
+"""Pipeline steps registered by name: each is a thin adapter from ``PipelineState`` to one
+algorithm module, returning the data its part of the report needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from qaas_engine.pipeline import PipelineState, Step, register_step, seeds
+from qaas_engine.quant.bias_correction import (
+    analytical_bias_correction,
+    empirical_bias_correction,
+)
+from qaas_engine.quant.moments import propagate
+from qaas_engine.transforms.bias_absorption import absorb_high_biases
+from qaas_engine.transforms.cle import equalize
+
+
+def _cle(state: PipelineState) -> dict[str, Any]:
+    report = equalize(state.model, state.channel_stats)
+    return {
+        "iterations": report.iterations,
+        "equalized": report.equalized,
+        "skipped": report.skipped,
+        "clips_made_exact": report.clips_made_exact,
+        "weight_ranges": report.ranges,
+    }
+
+
+def _observed_minimum(state: PipelineState, tensors: set[str]) -> dict[str, np.ndarray]:
+    """Per-channel minimum of the given tensors over the calibration data."""
+    minimum: dict[str, np.ndarray] = {}
+
+    def hook(name: str, value: torch.Tensor) -> torch.Tensor:
+        if name in tensors:
+            dims = [0] + list(range(2, value.dim())) if value.dim() >= 3 else [0]
+            low = value.detach().double().amin(dim=dims).cpu().numpy()
+            minimum[name] = low if name not in minimum else np.minimum(minimum[name], low)
+        return value
+
+    with torch.no_grad():
+        for feeds in state.calibration_feeds():
+            state.executor.run(feeds, hook=hook)
+    return minimum
+
+
+def _bias_absorption(state: PipelineState) -> dict[str, Any]:
+    observed = None
+    if state.calibration is not None:
+        layer_outputs = {
+            n.outputs[0] for n in state.executor.nodes if n.op_type in ("Conv", "Gemm")
+        }
+        observed = _observed_minimum(state, layer_outputs)
+    result = absorb_high_biases(state.model, state.channel_stats, observed)
+    result["source"] = "calibration minimum" if observed is not None else "BatchNorm statistics"
+    return result
+
+
+def _bias_correction(state: PipelineState) -> dict[str, Any]:
+    sim = state.sim
+    if state.calibration is not None:
+        return empirical_bias_correction(sim, state.calibration_feeds, state.progress)
+    if not state.channel_stats:
+        from qaas_engine.errors import SpecError
+
+        raise SpecError(
+            "bias_correction without calibration data needs BatchNorm statistics, and the model "
+            "has none; give --calibration NPZ"
+        )
+    return analytical_bias_correction(sim, propagate(state.model, seeds(state)))
+
+
+register_step(
+    Step(
+        "cle",
+        "float",
+        _cle,
+        "cross-layer equalization of Conv/Gemm -> (P)ReLU -> Conv/Gemm chains, depthwise included",
+    )
+)
+register_step(
+    Step(
+        "bias_absorption",
+        "float",
+        _bias_absorption,
+        "high-bias absorption into the next layer (after cle)",
+    )
+)
+register_step(
+    Step(
+        "bias_correction",
+        "quantized",
+        _bias_correction,
+        "empirical bias correction with calibration data; analytical from BN statistics without",
+    )
+)
