@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from app.service_cli import SERVICE_COMMANDS, add_service_commands
+
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 
 
@@ -36,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_quantize_options(quantize)
     quantize.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR")
     quantize.add_argument("--quiet", action="store_true", help="no progress or table")
+    add_service_commands(commands)
     return parser
 
 
@@ -60,6 +63,13 @@ def add_quantize_options(parser: argparse.ArgumentParser) -> None:
         help="node names or op types to leave in float",
     )
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--adaround-iterations",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="upper bound per layer; a layer stops early once settled",
+    )
 
 
 def spec_from_args(args: argparse.Namespace):
@@ -85,6 +95,7 @@ def spec_from_args(args: argparse.Namespace):
             keep_float_ops=tuple(k for k in keep if k in OP_REGISTRY),
             keep_float_nodes=tuple(k for k in keep if k not in OP_REGISTRY),
             batch_size=args.batch_size,
+            adaround_iterations=args.adaround_iterations,
         )
     except ValidationError as error:
         first = error.errors()[0]
@@ -169,7 +180,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"quantize": cmd_quantize}
+COMMANDS = {"quantize": cmd_quantize, **SERVICE_COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

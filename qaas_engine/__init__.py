@@ -1,34 +1,37 @@
 """qaas engine: quantization simulation, range setting, QDQ export; no web or database code.
 
 Entry point: :func:`quantize`. Errors a user can fix derive from :class:`QaasInputError`.
+Names load on first use (PEP 562), so ``import qaas_engine.errors`` from a light client does
+not pay for torch and onnx.
 """
 
-from qaas_engine.data import Dataset, load_npz, model_inputs
-from qaas_engine.errors import (
-    DataError,
-    ModelImportError,
-    QaasInputError,
-    SpecError,
-    UnsupportedOpError,
-)
-from qaas_engine.importer import ImportedModel, import_model
-from qaas_engine.quantize import QuantizationResult, quantize
-from qaas_engine.spec import QuantSpec
+from importlib import import_module
+from typing import Any
+
 from qaas_engine.version import __version__
 
-__all__ = [
-    "DataError",
-    "Dataset",
-    "ImportedModel",
-    "ModelImportError",
-    "QaasInputError",
-    "QuantSpec",
-    "QuantizationResult",
-    "SpecError",
-    "UnsupportedOpError",
-    "__version__",
-    "import_model",
-    "load_npz",
-    "model_inputs",
-    "quantize",
-]
+_EXPORTS = {
+    "DataError": "qaas_engine.errors",
+    "ModelImportError": "qaas_engine.errors",
+    "QaasInputError": "qaas_engine.errors",
+    "SpecError": "qaas_engine.errors",
+    "UnsupportedOpError": "qaas_engine.errors",
+    "Cancelled": "qaas_engine.errors",
+    "Dataset": "qaas_engine.data",
+    "load_npz": "qaas_engine.data",
+    "model_inputs": "qaas_engine.data",
+    "ImportedModel": "qaas_engine.importer",
+    "import_model": "qaas_engine.importer",
+    "QuantizationResult": "qaas_engine.flow",
+    "quantize": "qaas_engine.flow",
+    "QuantSpec": "qaas_engine.spec",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'qaas_engine' has no attribute {name!r}")
+    return getattr(import_module(module), name)

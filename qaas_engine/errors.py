@@ -22,6 +22,10 @@ class UnsupportedOpError(QaasInputError):
         super().__init__(f"unsupported op {op_type} at node '{node_name}'{detail}")
         self.op_type = op_type
         self.node_name = node_name
+        self.reason = reason
+
+    def __reduce__(self):  # crosses process boundaries (limited validation workers)
+        return (UnsupportedOpError, (self.op_type, self.node_name, self.reason))
 
 
 class DataError(QaasInputError):
@@ -30,3 +34,7 @@ class DataError(QaasInputError):
 
 class SpecError(QaasInputError):
     """The quantization options contradict each other or the model."""
+
+
+class Cancelled(Exception):
+    """The caller asked to stop (between layers or epochs); not the user's fault, not a bug."""

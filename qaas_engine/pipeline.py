@@ -45,6 +45,7 @@ class PipelineState:
     step_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
     channel_stats: dict[str, ChannelStats] = field(default_factory=dict)
     data_free: bool = False
+    should_stop: Callable[[], bool] = lambda: False  # polled between layers and epochs
 
     def rebuild_executor(self) -> None:
         """After a float step rewrote the graph or its initializers."""
@@ -102,10 +103,16 @@ register_step(
 class Timer:
     steps: list[dict[str, Any]] = field(default_factory=list)
 
+    progress: Progress | None = None
+
     def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        if self.progress is not None:
+            self.progress(name, 0.0)
         start = time.perf_counter()
         result = fn()
         self.steps.append({"name": name, "seconds": round(time.perf_counter() - start, 4)})
+        if self.progress is not None:
+            self.progress(name, 1.0)
         return result
 
 

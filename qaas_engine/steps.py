@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from qaas_engine.errors import SpecError
 from qaas_engine.pipeline import PipelineState, Step, register_step, seeds
+from qaas_engine.quant.adaround import AdaRoundConfig, adaround
 from qaas_engine.quant.bias_correction import (
     analytical_bias_correction,
     empirical_bias_correction,
@@ -63,8 +65,6 @@ def _bias_correction(state: PipelineState) -> dict[str, Any]:
     if state.calibration is not None:
         return empirical_bias_correction(sim, state.calibration_feeds, state.progress)
     if not state.channel_stats:
-        from qaas_engine.errors import SpecError
-
         raise SpecError(
             "bias_correction without calibration data needs BatchNorm statistics, and the model "
             "has none; give --calibration NPZ"
@@ -94,5 +94,22 @@ register_step(
         "quantized",
         _bias_correction,
         "empirical bias correction with calibration data; analytical from BN statistics without",
+    )
+)
+
+
+def _adaround(state: PipelineState) -> dict[str, Any]:
+    if state.calibration is None:
+        raise SpecError("adaround learns from data: give --calibration NPZ (labels not needed)")
+    config = AdaRoundConfig(iterations=state.spec.adaround_iterations)
+    return adaround(state.sim, state.calibration_feeds, config, state.progress, state.should_stop)
+
+
+register_step(
+    Step(
+        "adaround",
+        "quantized",
+        _adaround,
+        "learned rounding of weights, layer by layer, from unlabelled calibration data",
     )
 )

@@ -1,4 +1,4 @@
-"""``quantize``: import -> prepare -> float steps -> calibrate -> quantized steps -> export ->
+"""The ``quantize`` flow: import -> prepare -> float steps -> calibrate -> quantized steps -> export ->
 evaluate, with every phase timed and every figure in the report."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,13 @@ def quantize(
     calibration: Dataset | None = None,
     evaluation: Dataset | None = None,
     progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> QuantizationResult:
-    """Quantize a model per ``spec``; evaluation data only measures, it never calibrates."""
+    """Quantize a model per ``spec``; evaluation data only measures, it never calibrates.
+
+    ``should_stop`` is polled between layers and epochs; when it answers True the run ends with
+    :class:`~qaas_engine.errors.Cancelled`.
+    """
     check_pipeline_order(spec.pipeline)
     timer = Timer()
     imported = (
@@ -90,6 +96,8 @@ def quantize(
         else timer.run("import", lambda: import_model(model))
     )
     state = timer.run("prepare", lambda: build_state(imported, spec, calibration, progress))
+    if should_stop is not None:
+        state.should_stop = should_stop
     run_steps(state, "float", timer)
     sim = build_sim(state, timer)
     run_steps(state, "quantized", timer)

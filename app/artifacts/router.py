@@ -1,0 +1,52 @@
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Response
+from fastapi.responses import FileResponse
+
+from app.artifacts.schemas import Artifact
+from app.artifacts.service import ArtifactService
+from app.core.deps import ContextDep, SessionDep, TenantDep
+
+router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["artifacts"])
+
+
+def _service(session: SessionDep, context: ContextDep) -> ArtifactService:
+    return ArtifactService(session=session, storage=context.storage)
+
+
+@router.get("/artifacts", response_model=list[Artifact])
+def list_artifacts(
+    job_id: str, tenant: TenantDep, session: SessionDep, context: ContextDep
+) -> list[Artifact]:
+    entries = _service(session, context).list(tenant_id=tenant.id, job_id=job_id)
+    return [Artifact(**entry) for entry in entries]
+
+
+@router.get(
+    "/artifacts/{name}",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}, 206: {}, 304: {}},
+)
+def download_artifact(
+    job_id: str,
+    name: str,
+    tenant: TenantDep,
+    session: SessionDep,
+    context: ContextDep,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Streamed; ETag is the file's sha256; Range requests are honoured."""
+    artifact = _service(session, context).file(tenant_id=tenant.id, job_id=job_id, name=name)
+    headers = {"ETag": artifact.etag, "X-Content-SHA256": artifact.sha256}
+    if if_none_match and artifact.etag in {t.strip() for t in if_none_match.split(",")}:
+        return Response(status_code=304, headers=headers)
+    return FileResponse(
+        artifact.path, filename=name, media_type="application/octet-stream", headers=headers
+    )
+
+
+@router.get("/report")
+def get_report(
+    job_id: str, tenant: TenantDep, session: SessionDep, context: ContextDep
+) -> dict[str, Any]:
+    return _service(session, context).report(tenant_id=tenant.id, job_id=job_id)

@@ -1,0 +1,3 @@
+from app.jobs.schemas import Artifact
+
+__all__ = ["Artifact"]

@@ -1,0 +1,6 @@
+from pydantic import BaseModel
+
+
+class TenantOut(BaseModel):
+    id: str
+    name: str

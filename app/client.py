@@ -1,0 +1,207 @@
+"""A Python client for the qaas API; it needs only httpx.
+
+client = QaasClient("http://127.0.0.1:8000", api_key)
+model = client.upload_model("model.onnx")
+data = client.upload_dataset("calibration.npz")
+job = client.submit(model["id"], calibration_id=data["id"], quantization={"weight_bits": 8})
+job = client.wait(job["id"], timeout=600)
+client.download(job["id"], "out/")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+CHUNK = 1024 * 1024
+
+
+class QaasError(Exception):
+    """An error answer from the API (``status`` 4xx/5xx), or no answer (``status`` 0)."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"{detail} (HTTP {status}, {code})" if status else detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+    @property
+    def client_fault(self) -> bool:
+        return 400 <= self.status < 500
+
+
+class WaitTimeout(QaasError):
+    def __init__(self, job: dict[str, Any], timeout: float) -> None:
+        super().__init__(0, "timeout", f"job {job['id']} still {job['status']} after {timeout:g} s")
+        self.job = job
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        while block := handle.read(CHUNK):
+            yield block
+
+
+class QaasClient:
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None,
+        *,
+        timeout: float = 120.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(
+            base_url=url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+        )
+
+    def __enter__(self) -> QaasClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as error:
+            raise QaasError(
+                0, "unreachable", f"cannot reach {self.http.base_url}: {error}"
+            ) from None
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+                code, detail = body.get("error", "error"), body.get("detail", response.text)
+            except ValueError:
+                code, detail = "error", response.text[:500]
+            raise QaasError(response.status_code, code, str(detail))
+        return response
+
+    def _upload(self, route: str, path: str | os.PathLike[str]) -> dict[str, Any]:
+        path = Path(path)
+        if not path.is_file():
+            raise QaasError(0, "not_found", f"file not found: {path}")
+        response = self._request(
+            "POST",
+            route,
+            params={"filename": path.name},
+            content=_chunks(path),
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(path.stat().st_size),
+            },
+        )
+        return response.json()
+
+    def upload_model(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+        return self._upload("/v1/models", path)
+
+    def upload_dataset(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+        return self._upload("/v1/datasets", path)
+
+    def submit(
+        self,
+        model_id: str,
+        *,
+        calibration_id: str | None = None,
+        evaluation_id: str | None = None,
+        quantization: dict[str, Any] | None = None,
+        max_accuracy_drop: float | None = None,
+        idempotency_key: str | None = None,
+        retries: int = 3,
+    ) -> dict[str, Any]:
+        """Submit a job; retried on connection errors, safe thanks to the Idempotency-Key."""
+        body = {
+            "model_id": model_id,
+            "calibration_id": calibration_id,
+            "evaluation_id": evaluation_id,
+            "quantization": quantization or {},
+            "max_accuracy_drop": max_accuracy_drop,
+        }
+        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+        for attempt in range(retries + 1):
+            try:
+                return self._request("POST", "/v1/jobs", json=body, headers=headers).json()
+            except QaasError as error:
+                if error.status != 0 or attempt == retries:
+                    raise
+                time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/jobs/{job_id}").json()
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._request("POST", f"/v1/jobs/{job_id}/cancel").json()
+
+    def report(self, job_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/jobs/{job_id}/report").json()
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        poll_interval: float = 0.5,
+        on_progress: Callable[[str, float], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the job is succeeded, failed or cancelled; WaitTimeout after ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if on_progress and job.get("phase"):
+                on_progress(job["phase"], job.get("progress") or 0.0)
+            if job["status"] in TERMINAL:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(job, timeout or 0.0)
+            time.sleep(poll_interval)
+
+    def download(
+        self, job_id: str, outdir: str | os.PathLike[str], names: list[str] | None = None
+    ) -> dict[str, Path]:
+        """Stream each artifact to OUTDIR, check its sha256, and only then give it its name."""
+        outdir = Path(outdir)
+        outdir.mkdir(parents=True, exist_ok=True)
+        listing = self._request("GET", f"/v1/jobs/{job_id}/artifacts").json()
+        written = {}
+        for entry in listing:
+            if names is not None and entry["name"] not in names:
+                continue
+            written[entry["name"]] = self._download_one(job_id, entry, outdir)
+        return written
+
+    def _download_one(self, job_id: str, entry: dict[str, Any], outdir: Path) -> Path:
+        name = Path(entry["name"]).name
+        target = outdir / name
+        partial = outdir / f".{name}.part"
+        digest = hashlib.sha256()
+        try:
+            with self.http.stream("GET", f"/v1/jobs/{job_id}/artifacts/{name}") as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._request("GET", f"/v1/jobs/{job_id}/artifacts/{name}")  # raises
+                with partial.open("wb") as handle:
+                    for block in response.iter_bytes(CHUNK):
+                        digest.update(block)
+                        handle.write(block)
+        except httpx.HTTPError as error:
+            partial.unlink(missing_ok=True)
+            raise QaasError(0, "unreachable", f"download of {name} failed: {error}") from None
+        if digest.hexdigest() != entry["sha256"]:
+            partial.unlink(missing_ok=True)
+            raise QaasError(0, "corrupt", f"{name}: sha256 does not match the server's record")
+        os.replace(partial, target)
+        return target

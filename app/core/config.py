@@ -1,0 +1,89 @@
+"""One ``Settings`` for the API, the worker and the CLI, read from ``QAAS_*`` variables.
+
+With nothing set, everything lives under ``QAAS_DATA_DIR`` (SQLite, a filesystem broker, local
+storage): the embedded default. Setting ``QAAS_DATABASE_URL`` and ``QAAS_BROKER_URL`` gives the
+distributed deployment; the code path is the same.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QAAS_", extra="ignore")
+
+    data_dir: Path = Path("qaas-data")
+    database_url: str | None = Field(None, description="default: SQLite file in data_dir")
+    broker_url: str | None = Field(None, description="default: filesystem broker in data_dir")
+    storage_dir: Path | None = Field(None, description="default: data_dir/storage; shared")
+    queue: str = "qaas"
+
+    max_model_bytes: int = Field(512 * MiB, ge=1)
+    max_dataset_bytes: int = Field(1024 * MiB, ge=1)
+    # Untrusted uploads are parsed in a separate process with these limits.
+    inspect_timeout_s: float = Field(120.0, gt=0)
+    inspect_memory_bytes: int = Field(8192 * MiB, ge=256 * MiB)
+    inspect_processes: int = Field(1, ge=1)
+
+    job_time_limit_s: int = Field(3600, ge=1, description="soft limit; job fails as 'timeout'")
+    job_lease_s: float = Field(60.0, gt=0, description="a running job's heartbeat lease")
+    job_max_attempts: int = Field(3, ge=1)
+    requeue_after_s: float = Field(300.0, gt=0, description="resend a queued job not started")
+    reaper_interval_s: float = Field(15.0, gt=0)
+
+    # Test hook: sleep this long at every progress report so a job can be caught mid-run.
+    test_phase_delay_s: float = Field(0.0, ge=0, exclude=True)
+
+    @property
+    def embedded(self) -> bool:
+        """No external database: the one-machine default, where a local key is made for you."""
+        return self.database_url is None
+
+    @cached_property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            url = self.database_url
+            if url.startswith("postgresql://") or url.startswith("postgres://"):
+                url = "postgresql+psycopg://" + url.split("://", 1)[1]
+            return url
+        return f"sqlite:///{self.resolved_data_dir / 'qaas.db'}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.resolved_data_dir / "broker"
+
+    @property
+    def artifact_root(self) -> Path:
+        return (self.storage_dir or self.resolved_data_dir / "storage").expanduser().resolve()
+
+    @property
+    def job_hard_time_limit_s(self) -> int:
+        return self.job_time_limit_s + 60
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        """Above the hard limit, or Redis hands a running job to a second worker."""
+        return self.job_hard_time_limit_s + 600
+
+    @property
+    def local_key_file(self) -> Path:
+        return self.resolved_data_dir / "local-api-key"
+
+
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,65 @@
+"""What a process shares between requests: settings, the DB engine, storage, the checker
+pool and the job queue. Built once by ``create_app`` (or a CLI command), after any fork."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.core.config import Settings
+from app.core.db import make_engine, make_sessionmaker
+from app.core.inspection import Inspector
+from app.core.storage import LocalStorage
+
+
+class JobQueue:
+    """Sends job ids to the workers; only ever called after the job's row is committed."""
+
+    def __init__(self, settings: Settings) -> None:
+        from worker.celery_app import ensure_broker_folders, make_celery
+
+        ensure_broker_folders(settings)
+        self.settings = settings
+        self.celery = make_celery(settings)
+
+    def enqueue(self, job_id: str) -> None:
+        self.celery.send_task("jobs.run", args=[job_id], queue=self.settings.queue)
+
+    def ping(self) -> None:
+        """Raise unless the broker answers (for /readyz)."""
+        with self.celery.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=3)
+            client = getattr(connection.default_channel, "client", None)
+            if client is not None and hasattr(client, "ping"):  # Redis connects lazily
+                client.ping()
+
+
+@dataclass
+class Context:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    storage: LocalStorage
+    inspector: Inspector
+    queue: Any
+
+    @classmethod
+    def build(cls, settings: Settings) -> Context:
+        engine = make_engine(settings)
+        storage = LocalStorage(settings.artifact_root)
+        storage.ensure()
+        inspector = Inspector(
+            processes=settings.inspect_processes,
+            memory_bytes=settings.inspect_memory_bytes,
+            timeout_s=settings.inspect_timeout_s,
+        )
+        return cls(
+            settings, engine, make_sessionmaker(engine), storage, inspector, JobQueue(settings)
+        )
+
+    def close(self) -> None:
+        self.inspector.close()
+        self.engine.dispose()

@@ -1,0 +1,60 @@
+"""Request dependencies as ``Annotated`` aliases; ownership checks live in the loaders."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy.orm import Session
+
+from app.auth.service import AuthService
+from app.auth.tables import Tenant
+from app.core.context import Context
+from app.core.db import run_after_commit
+
+
+def get_context(request: Request) -> Context:
+    return request.app.state.context
+
+
+ContextDep = Annotated[Context, Depends(get_context)]
+
+
+def get_session(context: ContextDep) -> Iterator[Session]:
+    """One transaction per request: commit on success (before the response is sent), roll back
+    on any error; work queued with ``after_commit`` (enqueueing) runs only after the commit."""
+    session = context.sessions()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    else:
+        run_after_commit(session)
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def api_key_from_headers(
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> str | None:
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return x_api_key
+
+
+def get_tenant(
+    session: SessionDep, key: Annotated[str | None, Depends(api_key_from_headers)]
+) -> Tenant:
+    return AuthService(session=session).authenticate(key=key)
+
+
+TenantDep = Annotated[Tenant, Depends(get_tenant)]

@@ -1,0 +1,85 @@
+"""Errors that carry their HTTP status, and the one envelope every error response uses."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("qaas.api")
+
+
+class AppError(Exception):
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers
+
+
+class Unauthorized(AppError):
+    status_code, code = 401, "unauthorized"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class NotFound(AppError):
+    status_code, code = 404, "not_found"
+
+
+class Conflict(AppError):
+    status_code, code = 409, "conflict"
+
+
+class PayloadTooLarge(AppError):
+    status_code, code = 413, "payload_too_large"
+
+
+class InvalidInput(AppError):
+    """The upload or spec is at fault; the detail says what to fix."""
+
+    status_code, code = 422, "invalid_input"
+
+
+class ServiceUnavailable(AppError):
+    status_code, code = 503, "unavailable"
+
+
+def envelope(status: int, code: str, detail: str, headers: dict[str, str] | None = None):
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def _app_error(_: Request, error: AppError) -> JSONResponse:
+        return envelope(error.status_code, error.code, error.detail, error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, error: RequestValidationError) -> JSONResponse:
+        return envelope(422, "invalid_request", describe_validation(error.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        return envelope(error.status_code, code, str(error.detail), error.headers)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, error: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return envelope(500, "internal", "internal error; the server log has the trace")
+
+
+def describe_validation(errors: list) -> str:
+    """Pydantic's error list as one line a person can act on."""
+    parts = []
+    for item in errors[:5]:
+        loc = [str(p) for p in item.get("loc", ()) if p not in ("body",)]
+        where = ".".join(loc)
+        parts.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
+    return "; ".join(parts) or "invalid request"

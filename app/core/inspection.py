@@ -1,0 +1,150 @@
+"""Untrusted uploads are parsed by the engine in a separate process with a memory cap and a
+timeout, never in the API process: tiny ONNX files can exhaust memory or time in shape
+inference, and a crash there must cost one child process, not the API."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import resource
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from app.core.errors import InvalidInput
+
+
+def _limit_memory(max_bytes: int) -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
+    import qaas_engine  # noqa: F401  (import once per child, not per upload)
+
+
+def _inputs_meta(model: Any) -> list[dict[str, Any]]:
+    from qaas_engine import model_inputs
+
+    return [
+        {"name": spec.name, "dtype": spec.dtype.name, "shape": list(spec.shape)}
+        for spec in model_inputs(model)
+    ]
+
+
+def inspect_model(path: str, converted_path: str) -> dict[str, Any]:
+    """Engine import checks; a ``.pt2`` archive is converted to ONNX here, once."""
+    import onnx
+
+    from qaas_engine import QaasInputError, import_model
+
+    try:
+        imported = import_model(path)
+    except QaasInputError as error:
+        return {"error": str(error)}
+    converted = None
+    if imported.source_format != "onnx":
+        onnx.save(imported.model, converted_path)
+        converted = converted_path
+    return {
+        "source_format": imported.source_format,
+        "opset": imported.original_opset,
+        "inputs": _inputs_meta(imported.model),
+        "notes": list(imported.notes),
+        "converted_path": converted,
+    }
+
+
+def inspect_dataset(path: str) -> dict[str, Any]:
+    """An ``.npz`` of plain numeric arrays (never unpickled): record names, shapes and dtypes."""
+    import zipfile
+
+    import numpy as np
+
+    if not zipfile.is_zipfile(path):
+        return {"error": "not an .npz archive (numpy.savez)"}
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {
+                key: {"shape": list(archive[key].shape), "dtype": archive[key].dtype.name}
+                for key in archive.files
+            }
+    except ValueError as error:
+        if "pickle" in str(error).lower():
+            return {"error": "holds Python objects (pickled arrays); save plain numeric arrays"}
+        return {"error": f"not a valid .npz: {error}"}
+    except (OSError, zipfile.BadZipFile, EOFError) as error:
+        return {"error": f"damaged .npz: {error}"}
+    if not arrays:
+        return {"error": "the archive holds no arrays"}
+    for key, meta in arrays.items():
+        if meta["dtype"] == "object" or not meta["shape"]:
+            return {"error": f"array '{key}' is not a numeric array with a sample axis"}
+    return {"arrays": arrays}
+
+
+def check_dataset_fits(path: str, inputs: list[dict[str, Any]], role: str) -> dict[str, Any]:
+    """The engine's own data checks against a model's recorded inputs."""
+    import numpy as np
+
+    from qaas_engine import QaasInputError, load_npz
+    from qaas_engine.data import InputSpec
+
+    specs = [
+        InputSpec(item["name"], np.dtype(item["dtype"]), tuple(item["shape"])) for item in inputs
+    ]
+    try:
+        dataset = load_npz(path, specs, role=role)
+    except QaasInputError as error:
+        return {"error": str(error)}
+    return {"num_samples": dataset.num_samples, "labels": dataset.labels is not None}
+
+
+class Inspector:
+    """A small pool of limited child processes; one that hangs or dies is replaced."""
+
+    def __init__(self, *, processes: int, memory_bytes: int, timeout_s: float) -> None:
+        self.processes = processes
+        self.memory_bytes = memory_bytes
+        self.timeout_s = timeout_s
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                self.processes,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_limit_memory,
+                initargs=(self.memory_bytes,),
+            )
+        return self._pool
+
+    def warm_up(self) -> None:
+        self._executor().submit(int)
+
+    async def run(self, what: str, fn: Any, *args: Any) -> dict[str, Any]:
+        """Run ``fn`` in a child; a time-out, crash or memory blow-up is the upload's fault."""
+        future = self._executor().submit(fn, *args)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout_s)
+        except TimeoutError:
+            self._reset()
+            raise InvalidInput(
+                f"{what}: checking it took longer than {self.timeout_s:g} s"
+            ) from None
+        except (BrokenProcessPool, MemoryError):
+            self._reset()
+            raise InvalidInput(
+                f"{what}: checking it exhausted the memory limit ({self.memory_bytes} bytes) "
+                "or crashed the checker"
+            ) from None
+
+    def _reset(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        # ProcessPoolExecutor cannot cancel a running call: end its children ourselves.
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None

@@ -1,0 +1,107 @@
+"""Local (or shared-folder) storage: uploads streamed in under a byte cap, artifacts published
+by rename, so a reader sees a whole file or none and a task that runs twice leaves one copy."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.core.errors import PayloadTooLarge
+
+CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    path: Path
+    size: int
+    sha256: str
+
+
+class LocalStorage:
+    """Keys are relative POSIX paths under ``root``; staging lives beside them (same device)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.staging = root / ".staging"
+
+    def ensure(self) -> None:
+        self.staging.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root.resolve() not in path.parents:
+            raise ValueError(f"storage key escapes the storage root: {key!r}")
+        return path
+
+    async def receive(
+        self,
+        chunks: AsyncIterator[bytes],
+        *,
+        max_bytes: int,
+        declared_length: int | None,
+        what: str,
+    ) -> StagedFile:
+        """Stream a request body to a staging file; refuse past ``max_bytes`` while reading."""
+        if declared_length is not None and declared_length > max_bytes:
+            raise PayloadTooLarge(f"{what} is {declared_length} bytes; the limit is {max_bytes}")
+        self.ensure()
+        digest = hashlib.sha256()
+        size = 0
+        fd, name = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=self.staging)
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise PayloadTooLarge(f"{what} exceeds the limit of {max_bytes} bytes")
+                    digest.update(chunk)
+                    handle.write(chunk)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return StagedFile(path, size, digest.hexdigest())
+
+    def commit(self, staged: StagedFile, key: str) -> Path:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged.path, target)
+        return target
+
+    def discard(self, staged: StagedFile) -> None:
+        staged.path.unlink(missing_ok=True)
+
+    def delete_tree(self, key: str) -> None:
+        shutil.rmtree(self.path(key), ignore_errors=True)
+
+    def new_staging_dir(self, prefix: str) -> Path:
+        self.ensure()
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=self.staging))
+
+    def publish_dir(self, staged_dir: Path, key: str) -> Path:
+        """Move a finished folder to ``key``, replacing what a previous attempt left there."""
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        old = None
+        if target.exists():
+            old = target.with_name(f".old-{uuid.uuid4().hex}")
+            os.replace(target, old)
+        os.replace(staged_dir, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return target
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,57 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, status
+
+from app.core.deps import ContextDep, SessionDep, TenantDep
+from app.core.uploads import RAW_BODY_OPENAPI, body_stream, declared_length, display_name
+from app.datasets.schemas import DatasetOut
+from app.datasets.service import DatasetService
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+def _service(session: SessionDep, context: ContextDep) -> DatasetService:
+    return DatasetService(
+        session=session,
+        settings=context.settings,
+        storage=context.storage,
+        inspector=context.inspector,
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DatasetOut,
+    openapi_extra=RAW_BODY_OPENAPI,
+    summary="Upload calibration or evaluation data (.npz keyed by model input names) as the "
+    "raw request body",
+)
+async def upload_dataset(
+    request: Request,
+    tenant: TenantDep,
+    session: SessionDep,
+    context: ContextDep,
+    filename: Annotated[str | None, Query(max_length=255)] = None,
+) -> DatasetOut:
+    dataset = await _service(session, context).upload(
+        tenant_id=tenant.id,
+        filename=display_name(filename, "data.npz"),
+        body=body_stream(request),
+        declared_length=declared_length(request),
+    )
+    return DatasetOut.model_validate(dataset)
+
+
+@router.get("", response_model=list[DatasetOut])
+def list_datasets(tenant: TenantDep, session: SessionDep, context: ContextDep) -> list[DatasetOut]:
+    datasets = _service(session, context).list(tenant_id=tenant.id)
+    return [DatasetOut.model_validate(d) for d in datasets]
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut)
+def get_dataset(
+    dataset_id: str, tenant: TenantDep, session: SessionDep, context: ContextDep
+) -> DatasetOut:
+    dataset = _service(session, context).get(tenant_id=tenant.id, dataset_id=dataset_id)
+    return DatasetOut.model_validate(dataset)

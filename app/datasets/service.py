@@ -1,0 +1,88 @@
+"""Dataset uploads (``.npz``): streamed under a cap, opened without unpickling in a limited
+child process. Whether they fit a model is checked when a job names both."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from app.core.config import Settings
+from app.core.errors import InvalidInput, NotFound
+from app.core.ids import new_id
+from app.core.inspection import Inspector, check_dataset_fits, inspect_dataset
+from app.core.storage import LocalStorage
+from app.datasets.repository import DatasetRepository
+from app.datasets.tables import Dataset
+from app.models_.tables import Model
+
+
+class DatasetService:
+    def __init__(
+        self,
+        *,
+        session: Session,
+        settings: Settings,
+        storage: LocalStorage,
+        inspector: Inspector,
+    ) -> None:
+        self.repository = DatasetRepository(session)
+        self.settings = settings
+        self.storage = storage
+        self.inspector = inspector
+
+    async def upload(
+        self,
+        *,
+        tenant_id: str,
+        filename: str,
+        body: AsyncIterator[bytes],
+        declared_length: int | None,
+    ) -> Dataset:
+        staged = await self.storage.receive(
+            body,
+            max_bytes=self.settings.max_dataset_bytes,
+            declared_length=declared_length,
+            what="dataset upload",
+        )
+        try:
+            facts = await self.inspector.run(filename, inspect_dataset, str(staged.path))
+            if "error" in facts:
+                raise InvalidInput(f"dataset {filename}: {facts['error']}")
+        except BaseException:
+            self.storage.discard(staged)
+            raise
+        dataset_id = new_id()
+        storage_key = f"datasets/{dataset_id}/data.npz"
+        self.storage.commit(staged, storage_key)
+        dataset = Dataset(
+            id=dataset_id,
+            tenant_id=tenant_id,
+            filename=filename,
+            storage_key=storage_key,
+            size_bytes=staged.size,
+            sha256=staged.sha256,
+            arrays=facts["arrays"],
+        )
+        return await run_in_threadpool(self.repository.add, dataset)
+
+    def get(self, *, tenant_id: str, dataset_id: str) -> Dataset:
+        dataset = self.repository.get_for_tenant(dataset_id, tenant_id)
+        if dataset is None:
+            raise NotFound(f"dataset {dataset_id} not found")
+        return dataset
+
+    def list(self, *, tenant_id: str, limit: int = 100) -> list[Dataset]:
+        return self.repository.list_for_tenant(tenant_id, limit)
+
+    async def check_fits(self, *, dataset: Dataset, model: Model, role: str) -> None:
+        """The engine's own data checks, run now so a misfit is a 422, not a failed job."""
+        path = str(self.storage.path(dataset.storage_key))
+        facts = await self.inspector.run(
+            f"{role} dataset", check_dataset_fits, path, model.inputs, role
+        )
+        if "error" in facts:
+            raise InvalidInput(
+                f"{role} dataset {dataset.id} does not fit model {model.id}: {facts['error']}"
+            )

@@ -1,0 +1,155 @@
+"""Jobs' SQL. Every state change is a compare-and-set UPDATE that says which state (and which
+attempt) it expects; callers learn from the row count whether they won."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from app.core.db import utcnow
+from app.jobs.tables import Job, JobStatus
+
+ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+
+
+class JobRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    # reads
+    def get(self, job_id: str) -> Job | None:
+        return self.session.get(Job, job_id, populate_existing=True)
+
+    def get_for_tenant(self, job_id: str, tenant_id: str) -> Job | None:
+        return self.session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
+
+    def by_idempotency_key(self, tenant_id: str, key: str) -> Job | None:
+        return self.session.scalar(
+            select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)
+        )
+
+    def list_for_tenant(self, tenant_id: str, limit: int) -> list[Job]:
+        query = (
+            select(Job)
+            .where(Job.tenant_id == tenant_id)
+            .order_by(Job.created_at.desc())
+            .limit(limit)
+        )
+        return list(self.session.scalars(query))
+
+    def add(self, job: Job) -> Job:
+        self.session.add(job)
+        self.session.flush()
+        return job
+
+    # compare-and-set transitions
+    def _cas(self, job_id: str, conditions: list[Any], values: dict[str, Any]) -> bool:
+        statement = (
+            update(Job)
+            .where(Job.id == job_id, *conditions)
+            .values(updated_at=utcnow(), **values)
+            .execution_options(synchronize_session=False)
+        )
+        return self.session.execute(statement).rowcount == 1
+
+    def cancel(self, job_id: str) -> bool:
+        now = utcnow()
+        return self._cas(
+            job_id,
+            [Job.status.in_(ACTIVE)],
+            {
+                "status": JobStatus.CANCELLED,
+                "finished_at": now,
+                "lease_expires_at": None,
+                "error_kind": "cancelled",
+                "error_detail": "cancelled by request",
+            },
+        )
+
+    def claim(self, job_id: str, *, attempts: int, worker: str, lease_s: float) -> bool:
+        """queued -> running, or take over a running job whose lease ran out."""
+        now = utcnow()
+        return self._cas(
+            job_id,
+            [
+                Job.attempts == attempts,
+                or_(
+                    Job.status == JobStatus.QUEUED,
+                    (Job.status == JobStatus.RUNNING) & (Job.lease_expires_at < now),
+                ),
+            ],
+            {
+                "status": JobStatus.RUNNING,
+                "attempts": attempts + 1,
+                "worker": worker,
+                "lease_expires_at": now + timedelta(seconds=lease_s),
+                "started_at": now,
+                "phase": "starting",
+                "progress": 0.0,
+                "steps": [],
+            },
+        )
+
+    def heartbeat(self, job_id: str, attempt: int, lease_s: float, **values: Any) -> bool:
+        """Extend the lease (and record progress); False once the job is cancelled or taken."""
+        return self._cas(
+            job_id,
+            [Job.status == JobStatus.RUNNING, Job.attempts == attempt],
+            {"lease_expires_at": utcnow() + timedelta(seconds=lease_s), **values},
+        )
+
+    def finish(self, job_id: str, attempt: int, status: JobStatus, **values: Any) -> bool:
+        return self._cas(
+            job_id,
+            [Job.status == JobStatus.RUNNING, Job.attempts == attempt],
+            {"status": status, "finished_at": utcnow(), "lease_expires_at": None, **values},
+        )
+
+    def fail_active(self, job_id: str, attempts: int, kind: str, detail: str) -> bool:
+        """Fail a queued or running job seen at ``attempts`` (gave up on it)."""
+        return self._cas(
+            job_id,
+            [Job.status.in_(ACTIVE), Job.attempts == attempts],
+            {
+                "status": JobStatus.FAILED,
+                "finished_at": utcnow(),
+                "lease_expires_at": None,
+                "error_kind": kind,
+                "error_detail": detail,
+            },
+        )
+
+    def requeue(self, job_id: str, attempts: int) -> bool:
+        """running (dead worker) -> queued, so another worker picks it up."""
+        return self._cas(
+            job_id,
+            [Job.status == JobStatus.RUNNING, Job.attempts == attempts],
+            {"status": JobStatus.QUEUED, "lease_expires_at": None, "enqueued_at": utcnow()},
+        )
+
+    def mark_resent(self, job_id: str, enqueued_at: datetime) -> bool:
+        return self._cas(
+            job_id,
+            [Job.status == JobStatus.QUEUED, Job.enqueued_at == enqueued_at],
+            {"enqueued_at": utcnow()},
+        )
+
+    # reaper queries
+    def stale_running(self, expired_before: datetime, limit: int = 100) -> list[Job]:
+        query = (
+            select(Job)
+            .where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < expired_before)
+            .limit(limit)
+        )
+        return list(self.session.scalars(query))
+
+    def unstarted_queued(self, enqueued_before: datetime, limit: int = 100) -> list[Job]:
+        query = (
+            select(Job)
+            .where(Job.status == JobStatus.QUEUED, Job.enqueued_at < enqueued_before)
+            .limit(limit)
+        )
+        return list(self.session.scalars(query))

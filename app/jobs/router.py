@@ -1,0 +1,46 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Response, status
+
+from app.core.deps import ContextDep, SessionDep, TenantDep
+from app.jobs.schemas import JobCreate, JobOut
+from app.jobs.service import JobService
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
+async def submit_job(
+    body: JobCreate,
+    response: Response,
+    tenant: TenantDep,
+    session: SessionDep,
+    context: ContextDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JobOut:
+    """Queue a quantization job. Send an Idempotency-Key to make retries safe."""
+    job, created = await JobService(session=session, context=context).submit(
+        tenant_id=tenant.id, request=body, idempotency_key=idempotency_key
+    )
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return JobOut.from_row(job)
+
+
+@router.get("", response_model=list[JobOut])
+def list_jobs(tenant: TenantDep, session: SessionDep, context: ContextDep) -> list[JobOut]:
+    jobs = JobService(session=session, context=context).list(tenant_id=tenant.id)
+    return [JobOut.from_row(job) for job in jobs]
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job_id: str, tenant: TenantDep, session: SessionDep, context: ContextDep) -> JobOut:
+    job = JobService(session=session, context=context).get(tenant_id=tenant.id, job_id=job_id)
+    return JobOut.from_row(job)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut)
+def cancel_job(job_id: str, tenant: TenantDep, session: SessionDep, context: ContextDep) -> JobOut:
+    job = JobService(session=session, context=context).cancel(tenant_id=tenant.id, job_id=job_id)
+    return JobOut.from_row(job)

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from qaas_engine.spec import QuantSpec
+
+
+class JobCreate(BaseModel):
+    """A job: which model, which data, how to quantize. Unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_id: str = Field(max_length=64)
+    calibration_id: str | None = Field(None, max_length=64)
+    evaluation_id: str | None = Field(None, max_length=64)
+    quantization: QuantSpec = Field(default_factory=QuantSpec)
+    max_accuracy_drop: float | None = Field(
+        None, ge=0, le=1, description="largest acceptable top-1 drop (0.01 = one point)"
+    )
+
+
+class JobError(BaseModel):
+    kind: str
+    detail: str | None
+
+
+class Artifact(BaseModel):
+    name: str
+    size_bytes: int
+    sha256: str
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    id: str
+    status: str
+    phase: str | None
+    progress: float
+    attempts: int
+    model_id: str
+    calibration_id: str | None
+    evaluation_id: str | None
+    quantization: dict[str, Any]
+    max_accuracy_drop: float | None
+    error: JobError | None
+    steps: list[dict[str, Any]]
+    step_reports: dict[str, Any]
+    metrics: dict[str, Any] | None
+    artifacts: list[Artifact]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, job: Any) -> JobOut:
+        error = JobError(kind=job.error_kind, detail=job.error_detail) if job.error_kind else None
+        return cls(
+            id=job.id,
+            status=job.status,
+            phase=job.phase,
+            progress=job.progress,
+            attempts=job.attempts,
+            model_id=job.model_id,
+            calibration_id=job.calibration_id,
+            evaluation_id=job.evaluation_id,
+            quantization=job.spec,
+            max_accuracy_drop=job.max_accuracy_drop,
+            error=error,
+            steps=job.steps or [],
+            step_reports=job.step_reports or {},
+            metrics=job.metrics,
+            artifacts=[Artifact(**a) for a in job.artifacts or []],
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            updated_at=job.updated_at,
+        )

@@ -1,0 +1,146 @@
+"""Job submission, reads and cancel. Submission checks everything it can up front (ids, spec,
+data against the model) so a bad request is a 4xx, never a job that fails later."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from app.core.context import Context
+from app.core.db import after_commit
+from app.core.errors import Conflict, InvalidInput, NotFound
+from app.datasets.service import DatasetService
+from app.jobs.repository import JobRepository
+from app.jobs.schemas import JobCreate
+from app.jobs.tables import Job, JobStatus
+from app.models_.service import ModelService
+from qaas_engine.errors import SpecError
+from qaas_engine.pipeline import check_pipeline_order
+
+log = logging.getLogger("qaas.jobs")
+
+
+def request_hash(request: JobCreate) -> str:
+    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class JobService:
+    def __init__(self, *, session: Session, context: Context) -> None:
+        self.session = session
+        self.context = context
+        self.repository = JobRepository(session)
+        self.models = ModelService(
+            session=session,
+            settings=context.settings,
+            storage=context.storage,
+            inspector=context.inspector,
+        )
+        self.datasets = DatasetService(
+            session=session,
+            settings=context.settings,
+            storage=context.storage,
+            inspector=context.inspector,
+        )
+
+    async def submit(
+        self, *, tenant_id: str, request: JobCreate, idempotency_key: str | None
+    ) -> tuple[Job, bool]:
+        """Returns (job, created). The same key and body give back the same job."""
+        digest = request_hash(request)
+        if idempotency_key:
+            existing = await run_in_threadpool(
+                self.repository.by_idempotency_key, tenant_id, idempotency_key
+            )
+            if existing is not None:
+                return self._replay(existing, digest), False
+        await self._validate(tenant_id=tenant_id, request=request)
+        job = Job(
+            tenant_id=tenant_id,
+            model_id=request.model_id,
+            calibration_id=request.calibration_id,
+            evaluation_id=request.evaluation_id,
+            spec=request.quantization.model_dump(mode="json"),
+            max_accuracy_drop=request.max_accuracy_drop,
+            idempotency_key=idempotency_key,
+            request_hash=digest,
+            status=JobStatus.QUEUED,
+        )
+        try:
+            await run_in_threadpool(self.repository.add, job)
+        except IntegrityError:
+            # A concurrent request with the same key won the insert; this request wrote
+            # nothing else, so rolling back its whole transaction loses nothing.
+            await run_in_threadpool(self.session.rollback)
+            winner = await run_in_threadpool(
+                self.repository.by_idempotency_key, tenant_id, idempotency_key or ""
+            )
+            if winner is None:
+                raise
+            return self._replay(winner, digest), False
+        after_commit(self.session, lambda job_id=job.id: self._enqueue(job_id))
+        return job, True
+
+    def _replay(self, job: Job, digest: str) -> Job:
+        if job.request_hash != digest:
+            raise Conflict(
+                "this Idempotency-Key was used for a different job request; "
+                "use a new key for a new job"
+            )
+        return job
+
+    async def _validate(self, *, tenant_id: str, request: JobCreate) -> None:
+        spec = request.quantization
+        try:
+            check_pipeline_order(spec.pipeline)
+        except SpecError as error:
+            raise InvalidInput(str(error)) from None
+        if spec.quantize_activations and request.calibration_id is None:
+            raise InvalidInput(
+                "activation quantization needs calibration data: give calibration_id, "
+                "or keep activations in float (quantization.activation_bits = null)"
+            )
+        model = await run_in_threadpool(
+            lambda: self.models.get(tenant_id=tenant_id, model_id=request.model_id)
+        )
+        for role, dataset_id in (
+            ("calibration", request.calibration_id),
+            ("evaluation", request.evaluation_id),
+        ):
+            if dataset_id is None:
+                continue
+            dataset = await run_in_threadpool(
+                lambda d=dataset_id: self.datasets.get(tenant_id=tenant_id, dataset_id=d)
+            )
+            await self.datasets.check_fits(dataset=dataset, model=model, role=role)
+
+    def _enqueue(self, job_id: str) -> None:
+        try:
+            self.context.queue.enqueue(job_id)
+        except Exception:
+            # The row is committed: the reaper resends queued jobs that never started.
+            log.exception("job %s committed but not enqueued; it will be resent", job_id)
+
+    def get(self, *, tenant_id: str, job_id: str) -> Job:
+        job = self.repository.get_for_tenant(job_id, tenant_id)
+        if job is None:
+            raise NotFound(f"job {job_id} not found")
+        return job
+
+    def list(self, *, tenant_id: str, limit: int = 100) -> list[Job]:
+        return self.repository.list_for_tenant(tenant_id, limit)
+
+    def cancel(self, *, tenant_id: str, job_id: str) -> Job:
+        """Queued jobs never start; a running one stops at its next progress report."""
+        job = self.get(tenant_id=tenant_id, job_id=job_id)
+        if not self.repository.cancel(job.id):
+            self.session.refresh(job)
+            if job.status != JobStatus.CANCELLED:
+                raise Conflict(f"job {job_id} already {job.status}; it can no longer be cancelled")
+        self.session.refresh(job)
+        return job

@@ -1,0 +1,52 @@
+"""The FastAPI app factory; ``uvicorn --factory app.main:create_app`` or ``qaas serve``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.artifacts.router import router as artifacts_router
+from app.auth.router import router as auth_router
+from app.core.config import Settings
+from app.core.context import Context
+from app.core.errors import install_error_handlers
+from app.core.health import router as health_router
+from app.datasets.router import router as datasets_router
+from app.jobs.router import router as jobs_router
+from app.models_.router import router as models_router
+from qaas_engine.version import __version__
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; the schema must already be migrated (``qaas serve`` does it first)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        context = Context.build(settings)
+        context.inspector.warm_up()
+        app.state.context = context
+        try:
+            yield
+        finally:
+            context.close()
+
+    app = FastAPI(
+        title="qaas",
+        summary="Quantization as a service: upload a model and data, get a quantized model back.",
+        version=__version__,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for router in (
+        health_router,
+        auth_router,
+        models_router,
+        datasets_router,
+        jobs_router,
+        artifacts_router,
+    ):
+        app.include_router(router)
+    return app

@@ -1,0 +1,57 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, status
+
+from app.core.deps import ContextDep, SessionDep, TenantDep
+from app.core.uploads import RAW_BODY_OPENAPI, body_stream, declared_length, display_name
+from app.models_.schemas import ModelOut
+from app.models_.service import ModelService
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+def _service(session: SessionDep, context: ContextDep) -> ModelService:
+    return ModelService(
+        session=session,
+        settings=context.settings,
+        storage=context.storage,
+        inspector=context.inspector,
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ModelOut,
+    openapi_extra=RAW_BODY_OPENAPI,
+    summary="Upload an ONNX model or torch.export archive (.pt2) as the raw request body",
+)
+async def upload_model(
+    request: Request,
+    tenant: TenantDep,
+    session: SessionDep,
+    context: ContextDep,
+    filename: Annotated[str | None, Query(max_length=255)] = None,
+) -> ModelOut:
+    model = await _service(session, context).upload(
+        tenant_id=tenant.id,
+        filename=display_name(filename, "model"),
+        body=body_stream(request),
+        declared_length=declared_length(request),
+    )
+    return ModelOut.model_validate(model)
+
+
+@router.get("", response_model=list[ModelOut])
+def list_models(tenant: TenantDep, session: SessionDep, context: ContextDep) -> list[ModelOut]:
+    models = _service(session, context).list(tenant_id=tenant.id)
+    return [ModelOut.model_validate(m) for m in models]
+
+
+@router.get("/{model_id}", response_model=ModelOut)
+def get_model(
+    model_id: str, tenant: TenantDep, session: SessionDep, context: ContextDep
+) -> ModelOut:
+    return ModelOut.model_validate(
+        _service(session, context).get(tenant_id=tenant.id, model_id=model_id)
+    )

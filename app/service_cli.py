@@ -1,0 +1,222 @@
+"""The service's CLI commands: ``serve``, ``keys create``, and the client commands ``submit``,
+``status``, ``download`` and ``cancel``. Heavy imports stay inside the commands.
+
+Client commands exit 0 on success, 2 when the request or the job's input is at fault (4xx, or
+a job failed with ``invalid_input``), 3 when ``--wait`` timed out, 1 otherwise (server error,
+unreachable server, job failed internally or cancelled). ``--json`` prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_TIMEOUT = 0, 1, 2, 3
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def add_service_commands(commands: Any) -> None:
+    from app.cli import add_quantize_options
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the API and one worker (embedded default: no external services)",
+        description="Start the API and one worker. With no QAAS_* settings, data (SQLite, "
+        "broker, artifacts) lives in ./qaas-data (QAAS_DATA_DIR).",
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+
+    keys = commands.add_parser("keys", help="manage API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser(
+        "create", help="create an API key; the key alone is printed on the last line"
+    )
+    create.add_argument("--tenant", required=True, metavar="NAME")
+
+    submit = commands.add_parser(
+        "submit",
+        help="quantize on a qaas server",
+        description="Upload MODEL and data, submit a job with the same options as "
+        "'qaas quantize'; with --wait -o OUTDIR, write the same files.",
+    )
+    add_quantize_options(submit)
+    submit.add_argument("--max-accuracy-drop", type=float, metavar="FRACTION")
+    submit.add_argument("--wait", action="store_true", help="wait for the job to finish")
+    submit.add_argument("--timeout", type=float, default=None, metavar="SECONDS")
+    submit.add_argument("-o", "--output", type=Path, metavar="OUTDIR", help="needs --wait")
+    _client_options(submit)
+
+    status = commands.add_parser("status", help="show a job")
+    status.add_argument("job", metavar="JOB")
+    _client_options(status)
+
+    download = commands.add_parser("download", help="download a finished job's artifacts")
+    download.add_argument("job", metavar="JOB")
+    download.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR")
+    _client_options(download)
+
+    cancel = commands.add_parser("cancel", help="cancel a queued or running job")
+    cancel.add_argument("job", metavar="JOB")
+    _client_options(cancel)
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=None, help=f"server (QAAS_URL; default {DEFAULT_URL})")
+    parser.add_argument("--api-key", default=None, help="API key (QAAS_API_KEY)")
+    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    parser.add_argument("--quiet", action="store_true", help="no progress")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from app.core.config import Settings
+    from app.serve import serve
+
+    return serve(Settings(), args.host, args.port)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from app.auth.service import AuthService
+    from app.core.config import Settings
+    from app.core.db import make_engine, make_sessionmaker, run_migrations, transaction
+
+    settings = Settings()
+    run_migrations(settings)
+    engine = make_engine(settings, pooled=False)
+    with transaction(make_sessionmaker(engine)) as session:
+        tenant, key = AuthService(session=session).create_key(tenant_name=args.tenant)
+        tenant_id = tenant.id
+    engine.dispose()
+    print(f"created an API key for tenant '{args.tenant}' ({tenant_id}); it is shown only once:")
+    print(key)
+    return EXIT_OK
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from app.client import QaasClient
+
+    url = args.url or os.environ.get("QAAS_URL") or DEFAULT_URL
+    key = args.api_key or os.environ.get("QAAS_API_KEY")
+    return QaasClient(url, key)
+
+
+def _client_errors(command: Any) -> Any:
+    """Map client errors to one stderr line and an exit status scripts can rely on."""
+
+    def run(args: argparse.Namespace) -> int:
+        from app.client import QaasError, WaitTimeout
+
+        try:
+            return command(args)
+        except WaitTimeout as error:
+            _emit(args, error.job, f"qaas: {error.detail}", stream=sys.stderr)
+            return EXIT_TIMEOUT
+        except QaasError as error:
+            print(f"qaas: error: {error.detail}", file=sys.stderr)
+            return EXIT_BAD_INPUT if error.client_fault else EXIT_INTERNAL
+
+    run.__doc__ = command.__doc__
+    return run
+
+
+def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str, stream: Any = None) -> None:
+    if args.json:
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        print(text, file=stream or sys.stdout)
+
+
+def _job_line(job: dict[str, Any]) -> str:
+    line = f"{job['id']}  {job['status']}"
+    if job["status"] in ("queued", "running") and job.get("phase"):
+        line += f"  {job['phase']} {int(100 * (job.get('progress') or 0))}%"
+    if job.get("error"):
+        line += f"\n  {job['error']['kind']}: {job['error']['detail']}"
+    return line
+
+
+def _job_exit(job: dict[str, Any]) -> int:
+    if job["status"] == "succeeded":
+        return EXIT_OK
+    error = job.get("error") or {}
+    return EXIT_BAD_INPUT if error.get("kind") == "invalid_input" else EXIT_INTERNAL
+
+
+@_client_errors
+def cmd_submit(args: argparse.Namespace) -> int:
+    from app.cli import CliError, ProgressLine, result_table, spec_from_args
+
+    if args.output is not None and not args.wait:
+        raise CliError("-o/--output needs --wait")
+    spec = spec_from_args(args)  # the same flags, checked the same way, as 'qaas quantize'
+    for path in (args.model, args.calibration, args.evaluation):
+        if path is not None and not path.is_file():
+            raise CliError(f"file not found: {path}")
+    with _client(args) as client:
+        model = client.upload_model(args.model)
+        calibration = client.upload_dataset(args.calibration) if args.calibration else None
+        evaluation = client.upload_dataset(args.evaluation) if args.evaluation else None
+        job = client.submit(
+            model["id"],
+            calibration_id=calibration["id"] if calibration else None,
+            evaluation_id=evaluation["id"] if evaluation else None,
+            quantization=spec.model_dump(mode="json"),
+            max_accuracy_drop=args.max_accuracy_drop,
+            idempotency_key=str(uuid.uuid4()),
+        )
+        if not args.wait:
+            _emit(args, job, job["id"])
+            return EXIT_OK
+        progress = ProgressLine(not (args.quiet or args.json))
+        job = client.wait(job["id"], timeout=args.timeout, on_progress=progress)
+        files: dict[str, Path] = {}
+        if job["status"] == "succeeded" and args.output is not None:
+            files = client.download(job["id"], args.output)
+        report = client.report(job["id"]) if job["status"] == "succeeded" else None
+    text = _job_line(job)
+    if report is not None and not args.quiet:
+        text += "\n" + result_table(report)
+    if files:
+        text += f"\nwrote {', '.join(str(p) for p in files.values())}"
+    _emit(args, {**job, "files": {k: str(v) for k, v in files.items()}}, text)
+    return _job_exit(job)
+
+
+@_client_errors
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.job(args.job)
+    _emit(args, job, _job_line(job))
+    return EXIT_OK
+
+
+@_client_errors
+def cmd_download(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        files = client.download(args.job, args.output)
+    payload = {"job": args.job, "files": {k: str(v) for k, v in files.items()}}
+    _emit(args, payload, f"wrote {', '.join(str(p) for p in files.values())}")
+    return EXIT_OK
+
+
+@_client_errors
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.cancel(args.job)
+    _emit(args, job, _job_line(job))
+    return EXIT_OK
+
+
+SERVICE_COMMANDS = {
+    "serve": cmd_serve,
+    "keys": cmd_keys,
+    "submit": cmd_submit,
+    "status": cmd_status,
+    "download": cmd_download,
+    "cancel": cmd_cancel,
+}

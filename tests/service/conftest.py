@@ -1,0 +1,187 @@
+"""Service fixtures: a Postgres database per test run built by Alembic, the real Redis, an API
+app, tenants with keys, and helpers to start real worker and server processes.
+
+Postgres (127.0.0.1:5432) and Redis (127.0.0.1:6379) must be running: tests that need them
+fail, loudly, when they are not.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from app.auth.service import AuthService
+from app.core.config import Settings
+from app.core.db import make_engine, make_sessionmaker, run_migrations, transaction
+from app.main import create_app
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def scratch_database(prefix: str) -> Iterator[str]:
+    """A uniquely named Postgres database, dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    with scratch_database("qaas_test") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5)
+    client.ping()
+    yield client
+    client.close()
+
+
+def service_env(settings: Settings) -> dict[str, str]:
+    """The environment a worker or server subprocess needs to share ``settings``."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    for key, value in settings.model_dump(exclude_none=True).items():
+        env[f"QAAS_{key.upper()}"] = str(value)
+    env["QAAS_TEST_PHASE_DELAY_S"] = str(settings.test_phase_delay_s)
+    return env
+
+
+@pytest.fixture(scope="session")
+def settings(pg_url, redis_client, tmp_path_factory) -> Iterator[Settings]:
+    """Postgres + Redis, as the distributed deployment; a queue of this run's own."""
+    queue = f"qaas-test-{uuid.uuid4().hex[:8]}"
+    result = Settings(
+        data_dir=tmp_path_factory.mktemp("qaas-data"),
+        database_url=pg_url,
+        broker_url=REDIS_URL,
+        queue=queue,
+        max_model_bytes=2_000_000,
+        max_dataset_bytes=2_000_000,
+        job_lease_s=3.0,
+        reaper_interval_s=1.0,
+        requeue_after_s=600.0,
+    )
+    run_migrations(result)
+    yield result
+    redis_client.delete(queue)
+
+
+@pytest.fixture(scope="session")
+def api(settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def sessions(settings):
+    engine = make_engine(settings, pooled=False)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def make_tenant(sessions):
+    """Each call: a new tenant and the auth headers of a fresh key for it."""
+
+    def make(name: str | None = None) -> dict[str, str]:
+        with transaction(sessions) as session:
+            _, key = AuthService(session=session).create_key(
+                tenant_name=name or f"tenant-{uuid.uuid4().hex[:8]}"
+            )
+        return {"Authorization": f"Bearer {key}"}
+
+    return make
+
+
+def upload(client, route: str, path: Path, headers: dict[str, str]):
+    return client.post(
+        route,
+        params={"filename": path.name},
+        content=path.read_bytes(),
+        headers={**headers, "Content-Type": "application/octet-stream"},
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
+    """A real ``celery -A worker.celery_app worker`` process, as deployed."""
+    log = log_path.open("wb")
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.celery_app",
+            "worker",
+            "--concurrency=1",
+            "--loglevel=INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "-Q",
+            settings.queue,
+            "--hostname",
+            f"test-{uuid.uuid4().hex[:6]}@%h",
+        ],
+        cwd=REPO,
+        env=service_env(settings),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 20) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def poll_job(client: httpx.Client | TestClient, job_id: str, headers, timeout: float) -> dict:
+    def done():
+        job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+        return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+    return wait_for(done, timeout, f"job {job_id} to finish", interval=0.3)

@@ -1,0 +1,72 @@
+"""Finds jobs whose worker died (lease ran out) and queues them again, or fails them visibly
+after too many attempts; resends queued jobs whose message never led to a start. Runs in every
+worker's main process; compare-and-set makes concurrent reapers harmless."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+
+from app.core.db import after_commit, transaction, utcnow
+from app.jobs.repository import JobRepository
+from worker.runtime import Runtime
+
+log = logging.getLogger("qaas.reaper")
+
+
+def reap(runtime: Runtime, enqueue: Callable[[str], None]) -> dict[str, int]:
+    settings = runtime.settings
+    now = utcnow()
+    counts = {"requeued": 0, "failed": 0, "resent": 0}
+    with transaction(runtime.sessions) as session:
+        jobs = JobRepository(session)
+        # One extra lease of grace: a redelivered task gets the first chance to take over.
+        for job in jobs.stale_running(now - timedelta(seconds=settings.job_lease_s)):
+            ran_for = (now - job.started_at).total_seconds() if job.started_at else 0.0
+            if ran_for > settings.job_hard_time_limit_s:
+                if jobs.fail_active(
+                    job.id,
+                    job.attempts,
+                    "timeout",
+                    f"the job ran past the server's time limit of {settings.job_time_limit_s} s",
+                ):
+                    counts["failed"] += 1
+            elif job.attempts >= settings.job_max_attempts:
+                if jobs.fail_active(
+                    job.id,
+                    job.attempts,
+                    "worker_lost",
+                    f"the job was started {job.attempts} times and its worker was lost each "
+                    "time (killed, out of memory, or restarted)",
+                ):
+                    counts["failed"] += 1
+            elif jobs.requeue(job.id, job.attempts):
+                after_commit(session, lambda job_id=job.id: enqueue(job_id))
+                counts["requeued"] += 1
+        cutoff = now - timedelta(seconds=settings.requeue_after_s)
+        for job in jobs.unstarted_queued(cutoff):
+            if jobs.mark_resent(job.id, job.enqueued_at):
+                after_commit(session, lambda job_id=job.id: enqueue(job_id))
+                counts["resent"] += 1
+    if any(counts.values()):
+        log.warning("reaper: %s", counts)
+    return counts
+
+
+class Reaper(threading.Thread):
+    def __init__(self, runtime: Runtime, enqueue: Callable[[str], None]) -> None:
+        super().__init__(name="qaas-reaper", daemon=True)
+        self.runtime = runtime
+        self.enqueue = enqueue
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            try:
+                reap(self.runtime, self.enqueue)
+            except Exception:
+                log.exception("reaper pass failed; trying again next interval")
+            if self.stopped.wait(self.runtime.settings.reaper_interval_s):
+                return

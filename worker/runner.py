@@ -1,0 +1,304 @@
+"""One attempt at one job: claim the row, run the engine with a progress callback and a lease
+heartbeat, publish the artifacts, and record the outcome — every row change a compare-and-set,
+so a duplicate delivery, a cancel or a takeover after a lost worker can never clobber it."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from app.artifacts.service import artifacts_key
+from app.core.db import transaction, utcnow
+from app.core.storage import file_sha256
+from app.datasets.tables import Dataset
+from app.jobs.repository import JobRepository
+from app.jobs.tables import TERMINAL, JobStatus
+from app.models_.tables import Model
+from worker.runtime import Runtime
+
+log = logging.getLogger("qaas.worker")
+PROGRESS_WRITE_INTERVAL_S = 0.5
+
+
+class JobAborted(Exception):
+    """The row is no longer ours: cancelled, or taken over after our lease ran out."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str
+    retry_in: float | None = None
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """What an attempt needs, read from the rows once, while claiming."""
+
+    job_id: str
+    attempt: int
+    model_path: Path
+    calibration_path: Path | None
+    evaluation_path: Path | None
+    spec: dict[str, Any]
+    max_accuracy_drop: float | None
+
+
+def run_job(runtime: Runtime, job_id: str, worker: str) -> Outcome:
+    inputs_or_outcome = claim(runtime, job_id, worker)
+    if isinstance(inputs_or_outcome, Outcome):
+        return inputs_or_outcome
+    return Attempt(runtime, inputs_or_outcome).execute()
+
+
+def claim(runtime: Runtime, job_id: str, worker: str) -> JobInputs | Outcome:
+    settings = runtime.settings
+    with transaction(runtime.sessions) as session:
+        jobs = JobRepository(session)
+        job = jobs.get(job_id)
+        if job is None:
+            log.warning("job %s: no such row; message dropped", job_id)
+            return Outcome("missing")
+        if job.status in TERMINAL:
+            return Outcome(f"already {job.status}")
+        now = utcnow()
+        if job.status == JobStatus.RUNNING and job.lease_expires_at and job.lease_expires_at > now:
+            # Running elsewhere, or its worker just died: look again once the lease is over.
+            return Outcome("busy", retry_in=(job.lease_expires_at - now).total_seconds() + 0.5)
+        if job.attempts >= settings.job_max_attempts:
+            jobs.fail_active(
+                job.id,
+                job.attempts,
+                "worker_lost",
+                f"the job was started {job.attempts} times and its worker was lost each time "
+                "(killed, out of memory, or past the hard time limit)",
+            )
+            return Outcome("gave up")
+        if not jobs.claim(
+            job.id, attempts=job.attempts, worker=worker, lease_s=settings.job_lease_s
+        ):
+            return Outcome("claimed by another worker")
+        model = session.get(Model, job.model_id)
+        assert model is not None  # FK, ON DELETE CASCADE
+
+        def path_of(dataset_id: str | None) -> Path | None:
+            if dataset_id is None:
+                return None
+            dataset = session.get(Dataset, dataset_id)
+            return runtime.storage.path(dataset.storage_key) if dataset else None
+
+        return JobInputs(
+            job_id=job.id,
+            attempt=job.attempts + 1,
+            model_path=runtime.storage.path(model.storage_key),
+            calibration_path=path_of(job.calibration_id),
+            evaluation_path=path_of(job.evaluation_id),
+            spec=job.spec,
+            max_accuracy_drop=job.max_accuracy_drop,
+        )
+
+
+class Heartbeat(threading.Thread):
+    """Extends the lease every third of it; notices a cancel between progress reports."""
+
+    def __init__(self, attempt: Attempt) -> None:
+        super().__init__(name=f"heartbeat-{attempt.inputs.job_id}", daemon=True)
+        self.attempt = attempt
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        interval = self.attempt.runtime.settings.job_lease_s / 3
+        while not self.stopped.wait(interval):
+            try:
+                if not self.attempt.record():
+                    self.attempt.aborted.set()
+                    return
+            except Exception:  # a DB blip: the next beat tries again
+                log.warning("job %s: heartbeat failed", self.attempt.inputs.job_id, exc_info=True)
+
+
+class Attempt:
+    def __init__(self, runtime: Runtime, inputs: JobInputs) -> None:
+        self.runtime = runtime
+        self.inputs = inputs
+        self.aborted = threading.Event()
+        self.phase = "starting"
+        self.fraction = 0.0
+        self.steps: list[dict[str, Any]] = []
+        self.last_write = 0.0
+        self.lock = threading.Lock()
+
+    # row updates
+    def record(self, **values: Any) -> bool:
+        with self.lock, transaction(self.runtime.sessions) as session:
+            return JobRepository(session).heartbeat(
+                self.inputs.job_id,
+                self.inputs.attempt,
+                self.runtime.settings.job_lease_s,
+                phase=self.phase,
+                progress=round(self.fraction, 4),
+                **values,
+            )
+
+    def finish(self, status: JobStatus, **values: Any) -> bool:
+        with self.lock, transaction(self.runtime.sessions) as session:
+            return JobRepository(session).finish(
+                self.inputs.job_id, self.inputs.attempt, status, **values
+            )
+
+    def progress(self, phase: str, fraction: float) -> None:
+        """The engine's progress callback: throttled row writes; raises once we are aborted."""
+        if self.aborted.is_set():
+            raise JobAborted()
+        delay = self.runtime.settings.test_phase_delay_s
+        if delay:
+            time.sleep(delay)
+        changed = phase != self.phase
+        self.phase, self.fraction = phase, max(0.0, min(1.0, fraction))
+        if changed:
+            self.steps.append({"name": phase, "started_at": utcnow().isoformat()})
+        now = time.monotonic()
+        if changed or fraction >= 1.0 or now - self.last_write >= PROGRESS_WRITE_INTERVAL_S:
+            self.last_write = now
+            values = {"steps": list(self.steps)} if changed else {}
+            if not self.record(**values):
+                self.aborted.set()
+                raise JobAborted()
+
+    # the attempt
+    def execute(self) -> Outcome:
+        job_id = self.inputs.job_id
+        self._remove_stale_staging()
+        heartbeat = Heartbeat(self)
+        heartbeat.start()
+        staged: Path | None = None
+        try:
+            result, load_seconds = self._quantize()
+            self.progress("save", 0.0)
+            started = time.perf_counter()
+            staged = self.runtime.storage.new_staging_dir(f"job-{job_id}-{self.inputs.attempt}-")
+            written = result.save(staged)
+            manifest = [
+                {"name": name, "size_bytes": path.stat().st_size, "sha256": file_sha256(path)}
+                for name, path in written.items()
+            ]
+            report = result.report
+            report["steps"] = [
+                {"name": "load", "seconds": round(load_seconds, 4)},
+                *report["steps"],
+                {"name": "save", "seconds": round(time.perf_counter() - started, 4)},
+            ]
+            report["accuracy_target"] = accuracy_target(
+                report["metrics"], self.inputs.max_accuracy_drop
+            )
+            self.runtime.storage.publish_dir(staged, artifacts_key(job_id))
+            staged = None
+            heartbeat.stopped.set()
+            if not self.finish(
+                JobStatus.SUCCEEDED,
+                phase="done",
+                progress=1.0,
+                steps=report["steps"],
+                step_reports=report.get("step_reports", {}),
+                metrics=report["metrics"],
+                report=report,
+                artifacts=manifest,
+            ):
+                return self._lost_at_finish()
+            return Outcome("succeeded")
+        except JobAborted:
+            log.info("job %s attempt %s: stopped (cancelled or taken over)", job_id, self.attempt)
+            return Outcome("aborted")
+        except SoftTimeLimitExceeded:
+            limit = self.runtime.settings.job_time_limit_s
+            self.finish(
+                JobStatus.FAILED,
+                error_kind="timeout",
+                error_detail=f"the job ran past the server's time limit of {limit} s",
+            )
+            return Outcome("failed")
+        except Exception as error:
+            from qaas_engine.errors import QaasInputError
+
+            if isinstance(error, QaasInputError):
+                self.finish(JobStatus.FAILED, error_kind="invalid_input", error_detail=str(error))
+            else:
+                log.exception("job %s attempt %s: internal error", job_id, self.inputs.attempt)
+                self.finish(
+                    JobStatus.FAILED,
+                    error_kind="internal",
+                    error_detail=f"internal error ({type(error).__name__}); the worker log "
+                    f"has the trace for job {job_id}",
+                )
+            return Outcome("failed")
+        finally:
+            heartbeat.stopped.set()
+            if staged is not None:
+                self.runtime.storage.delete_tree(str(staged.relative_to(self.runtime.storage.root)))
+
+    def _remove_stale_staging(self) -> None:
+        """Folders that earlier attempts of this job left when their worker died."""
+        for folder in self.runtime.storage.staging.glob(f"job-{self.inputs.job_id}-*"):
+            shutil.rmtree(folder, ignore_errors=True)
+
+    @property
+    def attempt(self) -> int:
+        return self.inputs.attempt
+
+    def _quantize(self) -> tuple[Any, float]:
+        from qaas_engine import QuantSpec, import_model, load_npz, model_inputs, quantize
+
+        started = time.perf_counter()
+        self.progress("load", 0.0)
+        spec = QuantSpec.model_validate(self.inputs.spec)
+        imported = import_model(self.inputs.model_path)
+        model_specs = model_inputs(imported.model)
+        calibration = evaluation = None
+        if self.inputs.calibration_path is not None:
+            calibration = load_npz(self.inputs.calibration_path, model_specs, role="calibration")
+        if self.inputs.evaluation_path is not None:
+            evaluation = load_npz(self.inputs.evaluation_path, model_specs, role="evaluation")
+        self.progress("load", 1.0)
+        load_seconds = time.perf_counter() - started
+        result = quantize(
+            imported,
+            spec,
+            calibration=calibration,
+            evaluation=evaluation,
+            progress=self.progress,
+        )
+        if self.aborted.is_set():
+            raise JobAborted()
+        return result, load_seconds
+
+    def _lost_at_finish(self) -> Outcome:
+        """Our final compare-and-set lost: if the job was cancelled, remove what we published."""
+        with transaction(self.runtime.sessions) as session:
+            job = JobRepository(session).get(self.inputs.job_id)
+            status = job.status if job else None
+        if status == JobStatus.CANCELLED:
+            self.runtime.storage.delete_tree(artifacts_key(self.inputs.job_id))
+        return Outcome(f"lost to {status}")
+
+
+def accuracy_target(metrics: dict[str, Any], max_drop: float | None) -> dict[str, Any] | None:
+    """Did ONNX Runtime's top-1 stay within the requested drop from the float model's?"""
+    if max_drop is None:
+        return None
+    reference = metrics.get("float", {}).get("top1")
+    achieved = metrics.get("onnxruntime", {}).get("top1")
+    if reference is None or achieved is None:
+        return {
+            "max_top1_drop": max_drop,
+            "top1_drop": None,
+            "met": None,
+            "note": "needs labelled evaluation data to be measured",
+        }
+    drop = round(reference - achieved, 6)
+    return {"max_top1_drop": max_drop, "top1_drop": drop, "met": drop <= max_drop}

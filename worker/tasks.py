@@ -1,0 +1,67 @@
+"""Celery tasks: thin wiring from a job id to ``worker.runner``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
+
+from app.core.config import Settings
+from worker.celery_app import celery_app, ensure_broker_folders
+from worker.reaper import Reaper
+from worker.runner import run_job
+from worker.runtime import Runtime, get_runtime, worker_name
+
+log = logging.getLogger("qaas.worker")
+_reaper: Reaper | None = None
+
+
+def _settings() -> Settings:
+    return celery_app.conf.qaas_settings
+
+
+@celery_app.task(
+    name="jobs.run",
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=None,
+    ignore_result=True,
+)
+def run(self: Task, job_id: str) -> str:
+    """Run job ``job_id``; safe to deliver twice (the job row decides)."""
+    outcome = run_job(get_runtime(_settings()), job_id, worker_name())
+    if outcome.retry_in is not None:
+        raise self.retry(countdown=outcome.retry_in)
+    log.info("job %s: %s", job_id, outcome.status)
+    return outcome.status
+
+
+def enqueue(job_id: str) -> None:
+    celery_app.send_task("jobs.run", args=[job_id], queue=_settings().queue)
+
+
+@worker_init.connect
+def _worker_init(**_: Any) -> None:
+    ensure_broker_folders(_settings())
+
+
+@worker_process_init.connect
+def _process_init(**_: Any) -> None:
+    get_runtime(_settings())  # a fresh engine in each pool child, never one from the parent
+
+
+@worker_ready.connect
+def _start_reaper(**_: Any) -> None:
+    global _reaper
+    # No pooled connections in the parent: pool children are forked from it later too.
+    _reaper = Reaper(Runtime.build(_settings(), pooled=False), enqueue)
+    _reaper.start()
+
+
+@worker_shutdown.connect
+def _stop_reaper(**_: Any) -> None:
+    if _reaper is not None:
+        _reaper.stopped.set()
