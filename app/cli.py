@@ -66,7 +66,7 @@ def add_quantize_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--adaround-iterations",
         type=int,
-        default=2000,
+        default=1000,
         metavar="N",
         help="upper bound per layer; a layer stops early once settled",
     )

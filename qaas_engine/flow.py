@@ -1,5 +1,5 @@
-"""The ``quantize`` flow: import -> prepare -> float steps -> calibrate -> quantized steps -> export ->
-evaluate, with every phase timed and every figure in the report."""
+"""The ``quantize`` flow: import -> prepare -> float steps -> calibrate -> quantized steps ->
+export -> evaluate, with every phase timed and every figure in the report."""
 
 from __future__ import annotations
 
@@ -99,6 +99,9 @@ def quantize(
     if should_stop is not None:
         state.should_stop = should_stop
     run_steps(state, "float", timer)
+    # Quantized steps (bias correction, AdaRound) rewrite weights in place; the float reference
+    # every metric compares against is the model as it stands here.
+    state.float_weights = dict(state.executor.weights)
     sim = build_sim(state, timer)
     run_steps(state, "quantized", timer)
     qdq = timer.run("export", lambda: export_qdq(state.model, sim))
@@ -147,7 +150,8 @@ def evaluate(
     with torch.no_grad():
         for feeds, labels in data.batches(state.spec.batch_size):
             tensors = to_torch(feeds)
-            reference = state.executor.run(tensors)[output].float().numpy()
+            reference = state.executor.run(tensors, weights=state.float_weights)[output]
+            reference = reference.float().numpy()
             simulated = sim.run(tensors, outputs=[output])[output].float().numpy()
             runtime = session.run([output], feeds)[0].astype(np.float32)
             meters["float"].update(reference, reference, labels)

@@ -46,6 +46,7 @@ class PipelineState:
     channel_stats: dict[str, ChannelStats] = field(default_factory=dict)
     data_free: bool = False
     should_stop: Callable[[], bool] = lambda: False  # polled between layers and epochs
+    float_weights: dict[str, torch.Tensor] | None = None  # the reference after float steps
 
     def rebuild_executor(self) -> None:
         """After a float step rewrote the graph or its initializers."""

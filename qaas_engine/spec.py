@@ -30,7 +30,7 @@ class QuantSpec(BaseModel):
     pipeline: tuple[str, ...] = ()
     batch_size: int = Field(32, ge=1, le=4096)
     max_calibration_samples: int | None = Field(None, ge=1)
-    adaround_iterations: int = Field(2000, ge=10, le=100_000)
+    adaround_iterations: int = Field(1000, ge=10, le=100_000)
 
     @field_validator("version")
     @classmethod

@@ -63,7 +63,9 @@ def _bias_absorption(state: PipelineState) -> dict[str, Any]:
 def _bias_correction(state: PipelineState) -> dict[str, Any]:
     sim = state.sim
     if state.calibration is not None:
-        return empirical_bias_correction(sim, state.calibration_feeds, state.progress)
+        return empirical_bias_correction(
+            sim, state.calibration_feeds, state.progress, state.float_weights
+        )
     if not state.channel_stats:
         raise SpecError(
             "bias_correction without calibration data needs BatchNorm statistics, and the model "
@@ -102,7 +104,14 @@ def _adaround(state: PipelineState) -> dict[str, Any]:
     if state.calibration is None:
         raise SpecError("adaround learns from data: give --calibration NPZ (labels not needed)")
     config = AdaRoundConfig(iterations=state.spec.adaround_iterations)
-    return adaround(state.sim, state.calibration_feeds, config, state.progress, state.should_stop)
+    return adaround(
+        state.sim,
+        state.calibration_feeds,
+        config,
+        state.progress,
+        state.should_stop,
+        state.float_weights,
+    )
 
 
 register_step(

@@ -33,7 +33,7 @@ Feeds = dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class AdaRoundConfig:
-    iterations: int = 2000
+    iterations: int = 1000
     batch_size: int = 32
     learning_rate: float = 1e-2
     regularization: float = 0.01  # lambda
@@ -41,7 +41,8 @@ class AdaRoundConfig:
     beta_end: float = 2.0
     warm_start: float = 0.2  # fraction of iterations without the rounding regulariser
     check_every: int = 50
-    settled_checks: int = 4  # consecutive checks with no flipped decision -> stop
+    settled_checks: int = 4  # consecutive checks with no flipped decision, and
+    undecided_fraction: float = 0.005  # at most this share of h(V) still between 0.01 and 0.99
     max_cache_bytes: int = 256 * 2**20
     seed: int = 0
 
@@ -136,10 +137,14 @@ def adaround(
     config: AdaRoundConfig = AdaRoundConfig(),
     progress: Callable[[str, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    float_weights: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Learn the rounding of every quantized weight, in graph order; returns per-layer data."""
+    """Learn the rounding of every quantized weight, in graph order; returns per-layer data.
+
+    ``float_weights`` is the float reference (defaults to the weights as they are now).
+    """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    float_weights = dict(sim.executor.weights)
+    float_weights = dict(float_weights or sim.executor.weights)
     indices = [
         i
         for i, node in enumerate(sim.executor.nodes)
@@ -205,10 +210,10 @@ def _optimize_layer(sim, layer, inputs, targets, config, device, generator) -> d
             with torch.no_grad():
                 h = _rectified_sigmoid(v)
                 decisions = h >= 0.5
-                settled = bool(torch.all((h < 0.01) | (h > 0.99)))
-            if previous is not None and torch.equal(decisions, previous) and settled:
+                undecided = float(torch.mean(((h > 0.01) & (h < 0.99)).float()))
+            if previous is not None and torch.equal(decisions, previous):
                 stable += 1
-                if stable >= config.settled_checks:
+                if stable >= config.settled_checks and undecided <= config.undecided_fraction:
                     used = step + 1
                     break
             else:

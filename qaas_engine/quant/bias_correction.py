@@ -58,7 +58,9 @@ def correctable_layers(sim: QuantSim) -> list[tuple[str, str, str]]:
     return layers
 
 
-def _float_means(sim: QuantSim, batches: Callable[[], Iterable[Feeds]], tensors: set[str]):
+def _float_means(
+    sim: QuantSim, batches: Callable[[], Iterable[Feeds]], tensors: set[str], float_weights
+):
     meters = {name: _MeanMeter() for name in tensors}
 
     def hook(name: str, value: torch.Tensor) -> torch.Tensor:
@@ -68,7 +70,7 @@ def _float_means(sim: QuantSim, batches: Callable[[], Iterable[Feeds]], tensors:
 
     with torch.no_grad():
         for feeds in batches():
-            sim.executor.run(feeds, hook=hook)
+            sim.executor.run(feeds, hook=hook, weights=float_weights)
     return {name: meter.mean for name, meter in meters.items()}
 
 
@@ -86,9 +88,10 @@ def empirical_bias_correction(
     sim: QuantSim,
     batches: Callable[[], Iterable[Feeds]],
     progress: Callable[[str, float], None] | None = None,
+    float_weights: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     layers = correctable_layers(sim)
-    reference = _float_means(sim, batches, {out for _, _, out in layers})
+    reference = _float_means(sim, batches, {out for _, _, out in layers}, float_weights)
     rows = []
     for index, (_, bias, output) in enumerate(layers):
         quantized = _quantized_means(sim, batches, [output])[output]
