@@ -36,6 +36,19 @@ def build_parser() -> argparse.ArgumentParser:
         "model.quant.onnx, encodings.json and report.json to OUTDIR.",
     )
     add_quantize_options(quantize)
+    quantize.add_argument(
+        "--training",
+        type=Path,
+        metavar="NPZ",
+        help="data for the qat step; labels used when present",
+    )
+    quantize.add_argument(
+        "--validation",
+        type=Path,
+        metavar="NPZ",
+        help="model selection for qat (default: 10%% held out of --training)",
+    )
+    quantize.add_argument("--qat-epochs", type=int, default=15, metavar="N")
     quantize.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR")
     quantize.add_argument("--quiet", action="store_true", help="no progress or table")
     add_service_commands(commands)
@@ -163,11 +176,18 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         load_npz(args.calibration, inputs, role="calibration") if args.calibration else None
     )
     evaluation = load_npz(args.evaluation, inputs, role="evaluation") if args.evaluation else None
+    training = load_npz(args.training, inputs, role="training") if args.training else None
+    validation = load_npz(args.validation, inputs, role="validation") if args.validation else None
+    if args.qat_epochs < 1:
+        raise CliError("--qat-epochs must be at least 1")
+    spec = spec.model_copy(update={"qat_epochs": args.qat_epochs})
     result = quantize(
         imported,
         spec,
         calibration=calibration,
         evaluation=evaluation,
+        training=training,
+        validation=validation,
         progress=ProgressLine(not args.quiet),
     )
     result.report["steps"].insert(

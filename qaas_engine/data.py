@@ -70,6 +70,18 @@ class Dataset:
             labels = self.labels[start:stop] if self.labels is not None else None
             yield feeds, labels
 
+    def subset(self, indices: np.ndarray) -> Dataset:
+        """The samples at ``indices`` (for held-out validation splits and shuffling)."""
+        arrays = {name: array[indices] for name, array in self.arrays.items()}
+        labels = self.labels[indices] if self.labels is not None else None
+        return Dataset(arrays, dict(self.stacked), labels, len(indices), self.one_at_a_time)
+
+    def split(self, fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:
+        """A deterministic (rest, held_out) split; held_out has ``fraction`` of the samples."""
+        order = np.random.default_rng(seed).permutation(self.num_samples)
+        held = max(1, int(round(self.num_samples * fraction)))
+        return self.subset(np.sort(order[held:])), self.subset(np.sort(order[:held]))
+
 
 def load_npz(path: str | Path, inputs: list[InputSpec], *, role: str = "data") -> Dataset:
     """Read and validate an ``.npz`` against the model's inputs; errors name the fix."""

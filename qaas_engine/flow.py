@@ -80,6 +80,8 @@ def quantize(
     *,
     calibration: Dataset | None = None,
     evaluation: Dataset | None = None,
+    training: Dataset | None = None,
+    validation: Dataset | None = None,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> QuantizationResult:
@@ -98,6 +100,7 @@ def quantize(
     state = timer.run("prepare", lambda: build_state(imported, spec, calibration, progress))
     if should_stop is not None:
         state.should_stop = should_stop
+    state.training, state.validation = training, validation
     run_steps(state, "float", timer)
     # Quantized steps (bias correction, AdaRound) rewrite weights in place; the float reference
     # every metric compares against is the model as it stands here.

@@ -47,6 +47,8 @@ class PipelineState:
     data_free: bool = False
     should_stop: Callable[[], bool] = lambda: False  # polled between layers and epochs
     float_weights: dict[str, torch.Tensor] | None = None  # the reference after float steps
+    training: Dataset | None = None
+    validation: Dataset | None = None
 
     def rebuild_executor(self) -> None:
         """After a float step rewrote the graph or its initializers."""

@@ -31,6 +31,12 @@ class QuantSpec(BaseModel):
     batch_size: int = Field(32, ge=1, le=4096)
     max_calibration_samples: int | None = Field(None, ge=1)
     adaround_iterations: int = Field(1000, ge=10, le=100_000)
+    qat_epochs: int = Field(15, ge=1, le=1000)
+    qat_learn_ranges: bool = True
+    qat_weight_lr: float = Field(5e-4, gt=0, le=1.0)
+    qat_range_lr: float = Field(5e-3, gt=0, le=1.0)
+    max_accuracy_drop: float | None = Field(None, ge=0, le=100)  # top-1 points; stops QAT early
+    seed: int = 0
 
     @field_validator("version")
     @classmethod

@@ -16,6 +16,7 @@ from qaas_engine.quant.bias_correction import (
     empirical_bias_correction,
 )
 from qaas_engine.quant.moments import propagate
+from qaas_engine.quant.qat import QATConfig, train_qat
 from qaas_engine.transforms.bias_absorption import absorb_high_biases
 from qaas_engine.transforms.cle import equalize
 
@@ -120,5 +121,84 @@ register_step(
         "quantized",
         _adaround,
         "learned rounding of weights, layer by layer, from unlabelled calibration data",
+    )
+)
+
+
+VALIDATION_FRACTION = 0.1
+
+
+def _qat(state: PipelineState) -> dict[str, Any]:
+    if state.training is None:
+        raise SpecError("qat needs training data: --training NPZ (labels used when present)")
+    training, validation = state.training, state.validation
+    if validation is None:
+        training, validation = training.split(VALIDATION_FRACTION, seed=state.spec.seed)
+    spec = state.spec
+    batch = spec.batch_size
+
+    def epoch_batches(epoch: int):
+        order = np.random.default_rng(spec.seed * 1000 + epoch).permutation(training.num_samples)
+        shuffled = training.subset(order)
+        for feeds, labels in shuffled.batches(batch):
+            yield _tensors(feeds), _labels(labels)
+
+    def validation_batches():
+        for feeds, labels in validation.batches(batch):
+            yield _tensors(feeds), _labels(labels)
+
+    target = None
+    if spec.max_accuracy_drop is not None and validation.labels is not None:
+        float_top1 = _float_top1(state, validation)
+        target = float_top1 - spec.max_accuracy_drop / 100.0
+    config = QATConfig(
+        epochs=spec.qat_epochs,
+        weight_lr=spec.qat_weight_lr,
+        range_lr=spec.qat_range_lr,
+        learn_ranges=spec.qat_learn_ranges,
+        seed=spec.seed,
+        target_top1=target,
+    )
+    report = train_qat(
+        state.sim,
+        epoch_batches,
+        validation_batches,
+        state.float_weights,
+        config,
+        state.progress,
+        state.should_stop,
+    )
+    report["validation_source"] = (
+        "--validation"
+        if state.validation is not None
+        else (f"held-out {VALIDATION_FRACTION:.0%} of the training data")
+    )
+    return report
+
+
+def _tensors(feeds: dict) -> dict[str, torch.Tensor]:
+    return {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in feeds.items()}
+
+
+def _labels(labels) -> torch.Tensor | None:
+    return None if labels is None else torch.from_numpy(labels)
+
+
+def _float_top1(state: PipelineState, data) -> float:
+    output = state.executor.output_names[0]
+    hits = 0
+    with torch.no_grad():
+        for feeds, labels in data.batches(state.spec.batch_size):
+            out = state.executor.run(_tensors(feeds), weights=state.float_weights)[output]
+            hits += int((out.reshape(len(labels), -1).argmax(1).numpy() == labels).sum())
+    return hits / data.num_samples
+
+
+register_step(
+    Step(
+        "qat",
+        "quantized",
+        _qat,
+        "quantization-aware training with learned ranges, from labels or by distillation",
     )
 )

@@ -1,0 +1,256 @@
+"""Quantization-aware training on the simulation: straight-through rounding, learned ranges.
+
+Weights and biases are fine-tuned through fake quantizers whose ranges are parameters too
+(learned min/max: the gradient reaches the scale through ``(x_int - o) * s`` and through
+``x / s`` with a straight-through round, as in LSQ/TQT). The signal is the labels when the
+training data has them, or the float model's outputs (distillation) when it has none. The best
+epoch on a validation set is kept; the sim then takes the trained weights and learned ranges,
+so the exported QDQ model is the model that was trained. BatchNorm was folded before any of
+this, so there is no train/inference discrepancy to manage.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from qaas_engine.errors import Cancelled
+from qaas_engine.quant.encoding import Encoding
+from qaas_engine.quant.sim import QuantSim
+
+Batch = tuple[dict[str, torch.Tensor], torch.Tensor | None]
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    epochs: int = 15
+    weight_lr: float = 5e-4
+    range_lr: float = 5e-3
+    learn_ranges: bool = True
+    seed: int = 0
+    target_top1: float | None = None  # stop once validation reaches it
+
+
+def _round_ste(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.round(x) - x).detach()
+
+
+class LearnedQuantizer(nn.Module):
+    """A fake quantizer whose range (symmetric bound, or low/high) is a parameter."""
+
+    def __init__(self, encoding: Encoding, learn: bool) -> None:
+        super().__init__()
+        self.scheme = encoding.scheme
+        low = torch.as_tensor(encoding.low, dtype=torch.float32)
+        high = torch.as_tensor(encoding.high, dtype=torch.float32)
+        if self.scheme.symmetric:
+            bound = torch.maximum(low.abs(), high.abs()) if self.scheme.signed else high
+            self.bound = nn.Parameter(bound.clone(), requires_grad=learn)
+        else:
+            self.low = nn.Parameter(low.clone(), requires_grad=learn)
+            self.high = nn.Parameter(high.clone(), requires_grad=learn)
+
+    def _scale_zero_point(self) -> tuple[torch.Tensor, torch.Tensor]:
+        qmin, qmax = self.scheme.qmin, self.scheme.qmax
+        if self.scheme.symmetric:
+            scale = self.bound.abs().clamp_min(1e-8) / qmax
+            return scale, torch.zeros_like(scale)
+        low, high = (
+            torch.minimum(self.low, torch.zeros_like(self.low)),
+            torch.maximum(self.high, torch.zeros_like(self.high)),
+        )
+        scale = ((high - low) / (qmax - qmin)).clamp_min(1e-8)
+        zero_point = torch.clamp(_round_ste(qmin - low / scale), qmin, qmax)
+        return scale, zero_point
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale, zero_point = self._scale_zero_point()
+        if scale.numel() > 1:
+            shape = [1] * x.dim()
+            shape[self.scheme.axis] = -1
+            scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+        x_int = torch.clamp(_round_ste(x / scale) + zero_point, self.scheme.qmin, self.scheme.qmax)
+        return (x_int - zero_point) * scale
+
+    def encoding(self) -> Encoding:
+        """The learned range as an encoding: the same formulas, so export equals training."""
+        with torch.no_grad():
+            if self.scheme.symmetric:
+                bound = self.bound.abs().double().cpu().numpy()
+                low = -bound if self.scheme.signed else np.zeros_like(bound)
+                return Encoding.from_range(self.scheme, low, bound)
+            return Encoding.from_range(
+                self.scheme, self.low.double().cpu().numpy(), self.high.double().cpu().numpy()
+            )
+
+
+class QATModel(nn.Module):
+    """The sim's graph with trainable weights/biases and learned quantizers."""
+
+    def __init__(self, sim: QuantSim, learn_ranges: bool) -> None:
+        super().__init__()
+        self.sim = sim
+        trainable = set(sim.weight_encodings) | {
+            site.bias for site in sim.placement.weights.values() if site.bias
+        }
+        self.names = sorted(n for n in trainable if n in sim.executor.weights)
+        self.params = nn.ParameterList(
+            [nn.Parameter(sim.executor.weights[n].detach().clone().float()) for n in self.names]
+        )
+        self.weight_quantizers = nn.ModuleDict()
+        self.weight_keys = {}
+        for index, name in enumerate(sorted(sim.weight_encodings)):
+            key = f"w{index}"
+            self.weight_keys[name] = key
+            self.weight_quantizers[key] = LearnedQuantizer(sim.weight_encodings[name], learn_ranges)
+        self.act_quantizers = nn.ModuleDict()
+        self.act_keys = {}
+        for index, name in enumerate(sorted(sim.activation_encodings)):
+            key = f"a{index}"
+            self.act_keys[name] = key
+            self.act_quantizers[key] = LearnedQuantizer(
+                sim.activation_encodings[name], learn_ranges
+            )
+
+    def _source(self, tensor: str) -> str | None:
+        seen = set()
+        while tensor not in self.act_keys:
+            if tensor in seen or tensor not in self.sim.placement.shared:
+                return None
+            seen.add(tensor)
+            tensor = self.sim.placement.shared[tensor]
+        return tensor
+
+    def forward(self, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+        weights = {}
+        for name, param in zip(self.names, self.params, strict=True):
+            key = self.weight_keys.get(name)
+            weights[name] = self.weight_quantizers[key](param) if key else param
+
+        def hook(name: str, value: torch.Tensor) -> torch.Tensor:
+            source = self._source(name)
+            if source is None or not value.is_floating_point():
+                return value
+            return self.act_quantizers[self.act_keys[source]](value)
+
+        output = self.sim.executor.output_names[0]
+        return self.sim.executor.run(feeds, hook=hook, weights=weights, outputs=[output])[output]
+
+    def commit(self) -> None:
+        """Write the trained weights and learned ranges back into the sim."""
+        sim = self.sim
+        for name, param in zip(self.names, self.params, strict=True):
+            sim.executor.weights[name] = param.detach().clone()
+        for name, key in self.weight_keys.items():
+            sim.weight_encodings[name] = self.weight_quantizers[key].encoding()
+        for name, key in self.act_keys.items():
+            sim.activation_encodings[name] = self.act_quantizers[key].encoding()
+        sim._derive_bias_encodings()
+
+
+def _loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None):
+    if labels is not None:
+        return nn.functional.cross_entropy(student.reshape(len(labels), -1), labels)
+    return nn.functional.mse_loss(student, teacher) / teacher.var().clamp_min(1e-8)
+
+
+def _score(model: QATModel, batches: Iterable[Batch], float_weights) -> float:
+    """Validation: top-1 with labels, else top-1 agreement with the float model."""
+    hits, total = 0, 0
+    output = model.sim.executor.output_names[0]
+    with torch.no_grad():
+        for feeds, labels in batches:
+            predicted = model(feeds).reshape(feeds_count(feeds, labels), -1).argmax(1)
+            if labels is None:
+                reference = model.sim.executor.run(feeds, weights=float_weights)[output]
+                labels = reference.reshape(len(predicted), -1).argmax(1)
+            hits += int((predicted == labels).sum())
+            total += len(labels)
+    return hits / max(total, 1)
+
+
+def feeds_count(feeds: dict[str, torch.Tensor], labels: torch.Tensor | None) -> int:
+    if labels is not None:
+        return len(labels)
+    return int(next(iter(feeds.values())).shape[0])
+
+
+def train_qat(
+    sim: QuantSim,
+    training: Callable[[int], Iterable[Batch]],
+    validation: Callable[[], Iterable[Batch]],
+    float_weights: dict[str, torch.Tensor],
+    config: QATConfig = QATConfig(),
+    progress: Callable[[str, float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Fine-tune, select the best epoch on validation, commit it to the sim; report the curve.
+
+    ``training(epoch)`` yields shuffled (feeds, labels-or-None) batches for that epoch.
+    """
+    torch.manual_seed(config.seed)
+    model = QATModel(sim, config.learn_ranges)
+    range_params = [
+        p
+        for p in [*model.weight_quantizers.parameters(), *model.act_quantizers.parameters()]
+        if p.requires_grad
+    ]
+    groups = [{"params": list(model.params), "lr": config.weight_lr}]
+    if range_params:
+        groups.append({"params": range_params, "lr": config.range_lr})
+    optimizer = torch.optim.Adam(groups)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(config.epochs, 1))
+    output = sim.executor.output_names[0]
+    best_score = _score(model, validation(), float_weights)
+    best_state, best_epoch = copy.deepcopy(model.state_dict()), 0
+    curve = [{"epoch": 0, "train_loss": None, "validation": best_score, "seconds": 0.0}]
+    labelled = None
+    for epoch in range(1, config.epochs + 1):
+        if should_stop is not None and should_stop():
+            raise Cancelled("stopped between QAT epochs")
+        start, losses = time.perf_counter(), []
+        for feeds, labels in training(epoch):
+            labelled = labels is not None
+            teacher = None
+            if labels is None:
+                with torch.no_grad():
+                    teacher = sim.executor.run(feeds, weights=float_weights)[output]
+            loss = _loss(model(feeds), teacher, labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        schedule.step()
+        score = _score(model, validation(), float_weights)
+        curve.append(
+            {
+                "epoch": epoch,
+                "train_loss": float(np.mean(losses)) if losses else None,
+                "validation": score,
+                "seconds": round(time.perf_counter() - start, 3),
+            }
+        )
+        if score > best_score:
+            best_score, best_epoch = score, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        if progress:
+            progress("qat", epoch / config.epochs)
+        if config.target_top1 is not None and best_score >= config.target_top1:
+            break
+    model.load_state_dict(best_state)
+    model.commit()
+    sim.invalidate()
+    return {
+        "signal": "labels" if labelled else "distillation",
+        "learned_ranges": config.learn_ranges,
+        "best_epoch": best_epoch,
+        "best_validation": best_score,
+        "curve": curve,
+    }
