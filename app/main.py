@@ -16,6 +16,7 @@ from app.core.health import router as health_router
 from app.datasets.router import router as datasets_router
 from app.jobs.router import router as jobs_router
 from app.models_.router import router as models_router
+from app.pages.router import router as pages_router
 from qaas_engine.version import __version__
 
 
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         datasets_router,
         jobs_router,
         artifacts_router,
+        pages_router,
     ):
         app.include_router(router)
     return app

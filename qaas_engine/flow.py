@@ -34,6 +34,9 @@ from qaas_engine.pipeline import (
     to_torch,
 )
 from qaas_engine.quant.sim import QuantSim
+from qaas_engine.reporting.collect import EnergyProfileSource, add_report_sections
+from qaas_engine.reporting.energy import EnergyProfile
+from qaas_engine.reporting.html import render_html
 from qaas_engine.spec import QuantSpec
 from qaas_engine.stats import count_params, float_bytes, macs_per_sample, quantized_bytes
 from qaas_engine.version import __version__
@@ -41,6 +44,7 @@ from qaas_engine.version import __version__
 QUANTIZED_MODEL_FILE = "model.quant.onnx"
 ENCODINGS_FILE = "encodings.json"
 REPORT_FILE = "report.json"
+REPORT_HTML_FILE = "report.html"
 
 
 @dataclass
@@ -57,6 +61,7 @@ class QuantizationResult:
             QUANTIZED_MODEL_FILE: self.quantized_model.SerializeToString(),
             ENCODINGS_FILE: json.dumps(self.encodings, indent=2).encode(),
             REPORT_FILE: json.dumps(self.report, indent=2).encode(),
+            REPORT_HTML_FILE: render_html(self.report).encode(),
         }
         written = {}
         for name, payload in payloads.items():
@@ -84,14 +89,17 @@ def quantize(
     validation: Dataset | None = None,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    energy_profile: EnergyProfileSource = None,
 ) -> QuantizationResult:
     """Quantize a model per ``spec``; evaluation data only measures, it never calibrates.
 
     ``should_stop`` is polled between layers and epochs; when it answers True the run ends with
-    :class:`~qaas_engine.errors.Cancelled`.
+    :class:`~qaas_engine.errors.Cancelled`. ``energy_profile`` (a JSON file, a dict or an
+    :class:`EnergyProfile`) prices the energy report; the default is the 45 nm table.
     """
     check_pipeline_order(spec.pipeline)
-    timer = Timer()
+    profile = EnergyProfile.load(energy_profile)  # a bad profile fails before any work
+    timer = Timer(progress=progress)
     imported = (
         model
         if isinstance(model, ImportedModel)
@@ -121,6 +129,10 @@ def quantize(
     )
     report = build_report(imported, state, sim, qdq, metrics, timer)
     report["warnings"] = gap_warnings(metrics)
+    add_report_sections(
+        report, float_model=imported.model, state=state, sim=sim, qdq=qdq, data=measured_on,
+        timer=timer, energy_profile=profile,
+    )  # fmt: skip
     return QuantizationResult(qdq, encodings, report)
 
 

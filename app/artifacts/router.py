@@ -40,9 +40,15 @@ def download_artifact(
     headers = {"ETag": artifact.etag, "X-Content-SHA256": artifact.sha256}
     if if_none_match and artifact.etag in {t.strip() for t in if_none_match.split(",")}:
         return Response(status_code=304, headers=headers)
-    return FileResponse(
-        artifact.path, filename=name, media_type="application/octet-stream", headers=headers
-    )
+    return FileResponse(artifact.path, filename=name, media_type=_media_type(name), headers=headers)
+
+
+MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".json": "application/json"}
+
+
+def _media_type(name: str) -> str:
+    """report.html is for browsers; everything else downloads as bytes."""
+    return MEDIA_TYPES.get(name[name.rfind(".") :], "application/octet-stream")
 
 
 @router.get("/report")

@@ -52,7 +52,9 @@ class Encoding:
         qmin, qmax = scheme.qmin, scheme.qmax
         if scheme.symmetric:
             if scheme.signed:
-                scale = np.maximum(np.abs(low), np.abs(high)) / qmax
+                # Zero at 0 and the whole grid in use: -qmin steps below zero, qmax above
+                # (max|w|/qmax would never use the lowest level, a real loss at 4 bits).
+                scale = np.maximum(-low / -qmin, high / qmax)
                 zero_point = np.zeros_like(scale)
             else:
                 scale = high / qmax

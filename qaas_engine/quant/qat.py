@@ -155,9 +155,22 @@ class QATModel(nn.Module):
         sim._derive_bias_encodings()
 
 
+DISTILLATION_TEMPERATURE = 2.0
+
+
 def _loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None):
+    """Cross-entropy on labels; without them, match the float model's outputs: KL divergence
+    of softened class distributions for classifier logits, normalised MSE otherwise."""
     if labels is not None:
         return nn.functional.cross_entropy(student.reshape(len(labels), -1), labels)
+    if student.dim() == 2 and student.shape[1] > 1:
+        t = DISTILLATION_TEMPERATURE
+        return nn.functional.kl_div(
+            nn.functional.log_softmax(student / t, dim=1),
+            nn.functional.log_softmax(teacher / t, dim=1),
+            log_target=True,
+            reduction="batchmean",
+        ) * (t * t)
     return nn.functional.mse_loss(student, teacher) / teacher.var().clamp_min(1e-8)
 
 

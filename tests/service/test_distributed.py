@@ -29,7 +29,7 @@ from tests.service.conftest import (
     wait_for,
 )
 
-ARTIFACTS = {"model.quant.onnx", "encodings.json", "report.json"}
+ARTIFACTS = {"model.quant.onnx", "encodings.json", "report.json", "report.html"}
 
 
 @pytest.fixture(scope="module")

@@ -70,7 +70,9 @@ def test_embedded_serve_submit_wait_download(embedded, tiny_model, tiny_data, tm
     assert result.returncode == 0, result.stderr + embedded["log"].read_text()[-3000:]
     job = json.loads(result.stdout)
     assert job["status"] == "succeeded"
-    assert {p.name for p in out.iterdir()} == {"model.quant.onnx", "encodings.json", "report.json"}
+    assert {p.name for p in out.iterdir()} == {
+        "model.quant.onnx", "encodings.json", "report.json", "report.html"
+    }
     report = json.loads((out / "report.json").read_text())
     assert report["metrics"]["onnxruntime"]["sqnr_db"] > 20
     session = ort.InferenceSession(

@@ -1,0 +1,101 @@
+"""The report's extra sections (energy, latency, analysis), each bounded and each skipped with a
+reason rather than failing the job: a quantized model is worth returning without its plots."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from qaas_engine.data import Dataset
+from qaas_engine.pipeline import PipelineState, Timer, to_torch
+from qaas_engine.quant.sim import QuantSim
+from qaas_engine.reporting.analysis import analyze_layers
+from qaas_engine.reporting.energy import EnergyProfile, energy_report
+from qaas_engine.reporting.latency import measure_latency
+
+ANALYSIS_SAMPLES = 16  # one small batch: enough to rank layers, 2 passes per layer
+EnergyProfileSource = EnergyProfile | Mapping[str, Any] | str | os.PathLike[str] | None
+
+_NP_TYPES = {
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32,
+}
+
+
+def synthetic_sample(model: onnx.ModelProto, executor_inputs: list[str]) -> dict[str, np.ndarray]:
+    """Zeros shaped like the graph inputs (symbolic dims as 1), for data-free jobs; empty when
+    an input's shape or type is unknown."""
+    sample = {}
+    declared = {i.name: i for i in model.graph.input}
+    for name in executor_inputs:
+        tensor_type = declared[name].type.tensor_type
+        dtype = _NP_TYPES.get(tensor_type.elem_type)
+        if dtype is None or not tensor_type.HasField("shape"):
+            return {}
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tensor_type.shape.dim]
+        sample[name] = np.zeros(dims, dtype=dtype)
+    return sample
+
+
+def _one_sample(state: PipelineState, data: Dataset | None) -> dict[str, np.ndarray]:
+    if data is not None:
+        feeds, _ = next(data.batches(1))
+        return {name: np.ascontiguousarray(array) for name, array in feeds.items()}
+    return synthetic_sample(state.model, state.executor.input_names)
+
+
+def add_report_sections(
+    report: dict[str, Any],
+    *,
+    float_model: onnx.ModelProto,
+    state: PipelineState,
+    sim: QuantSim,
+    qdq: onnx.ModelProto,
+    data: Dataset | None,
+    timer: Timer,
+    energy_profile: EnergyProfileSource = None,
+) -> None:
+    """Fill ``energy``, ``latency_ms`` and ``analysis``; an unusable profile is the user's
+    error and raises, anything else only skips its own section."""
+    profile = EnergyProfile.load(energy_profile)
+    sample = _one_sample(state, data)
+    if not sample:
+        reason = "no data and the graph inputs have no fixed shape: nothing to run"
+        report["energy"] = {"skipped": reason}
+        report["latency_ms"] = {"skipped_reason": reason}
+    else:
+        tensors = to_torch(sample)
+        report["energy"] = timer.run(
+            "energy", lambda: energy_report(state.model, sim.executor, sim, tensors, profile)
+        )
+        batches = (1,) if data is not None and data.one_at_a_time else (1, 32)
+        report["latency_ms"] = timer.run(
+            "latency", lambda: _latency(float_model, qdq, sample, batches)
+        )
+    if data is None:
+        report["analysis"] = {"skipped": "no calibration or evaluation data: nothing to compare"}
+        return
+    batch_feeds = [to_torch(feeds) for feeds, _ in data.batches(ANALYSIS_SAMPLES, ANALYSIS_SAMPLES)]
+    report["analysis"] = timer.run(
+        "analysis", lambda: _analysis(sim, batch_feeds, state.float_weights)
+    )
+
+
+def _latency(float_model, qdq, sample, batches) -> dict[str, Any]:
+    try:
+        return measure_latency(float_model, qdq, sample, batch_sizes=batches)
+    except Exception as error:  # ONNX Runtime refusing the float original must not fail a job
+        return {"skipped_reason": f"ONNX Runtime could not time the models: {error}"[:500]}
+
+
+def _analysis(sim: QuantSim, batches, float_weights) -> dict[str, Any]:
+    with torch.no_grad():
+        return analyze_layers(sim, batches, float_weights)

@@ -1,0 +1,320 @@
+"""``report.html``: the report for people, one self-contained file that opens offline.
+
+Everything comes from ``report.json``'s dict, so the HTML never says something the JSON does
+not; plots are inline SVG (``svg.py``), no script, no external URL.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from statistics import fmean
+from typing import Any
+
+from qaas_engine.reporting.svg import column_chart, hbar_chart, line_chart
+
+MAX_CLE_LAYERS = 6
+MAX_ANALYSIS_ROWS = 12
+
+STYLE = """
+body{font-family:sans-serif;margin:1.5em auto;max-width:800px;color:#222;line-height:1.4}
+h1{font-size:1.4em}h2{font-size:1.15em;border-bottom:1px solid #ccc;margin-top:1.6em}
+table{border-collapse:collapse;margin:.5em 0}td,th{padding:2px 10px;border-bottom:1px solid #eee;
+text-align:right}td:first-child,th:first-child{text-align:left}.big{font-size:1.3em;
+font-weight:bold}.warn{color:#b00}.note{color:#555;font-size:.9em}svg.plot{display:block;
+margin:.8em 0}.cards{display:flex;flex-wrap:wrap;gap:10px}.card{border:1px solid #ddd;
+border-radius:6px;padding:6px 12px;min-width:150px}
+"""
+
+
+def _num(value: Any, pattern: str = "{:.4g}") -> str:
+    return "–" if value is None else escape(pattern.format(value))
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _card(title: str, value: str, note: str = "") -> str:
+    return (
+        f'<div class="card"><div class="note">{escape(title)}</div>'
+        f'<div class="big">{value}</div><div class="note">{note}</div></div>'
+    )
+
+
+def _summary(report: dict[str, Any]) -> str:
+    metrics = report.get("metrics", {})
+    size = report.get("size_bytes", {})
+    energy = report.get("energy") or {}
+    latency = report.get("latency_ms") or {}
+    sim_ort = metrics.get("simulation_vs_onnxruntime", {})
+    ort_m, float_m = metrics.get("onnxruntime", {}), metrics.get("float", {})
+    if ort_m.get("top1") is not None:
+        quality = f"{_num(float_m.get('top1'), '{:.2%}')} → {_num(ort_m.get('top1'), '{:.2%}')}"
+        quality_note = "top-1 float → quantized (ONNX Runtime)"
+    else:
+        quality = f"{_num(ort_m.get('sqnr_db'), '{:.1f}')} dB"
+        quality_note = "output SQNR vs float (no labels)"
+    cards = [
+        _card("accuracy", quality, quality_note),
+        _card(
+            "simulation vs ONNX Runtime",
+            _num(sim_ort.get("top1_agreement"), "{:.2%}"),
+            f"top-1 agreement; max |diff| {_num(sim_ort.get('max_abs_diff'))}",
+        ),
+        _card(
+            "size",
+            f"{_num(size.get('ratio'), '{:.2f}')}× smaller",
+            f"{_num(size.get('float'), '{:,}')} → {_num(size.get('quantized'), '{:,}')} bytes",
+        ),
+        _card(
+            "energy (model)",
+            f"{_num(energy.get('ratio'), '{:.1f}')}× less",
+            f"{_num(energy.get('float_pj'), '{:,.0f}')} → "
+            f"{_num(energy.get('quantized_pj'), '{:,.0f}')} pJ per inference",
+        ),
+    ]
+    for batch, value in (latency.get("speedup") or {}).items():
+        float_ms = latency["float"].get(batch)
+        quant_ms = latency["quantized"].get(batch)
+        cards.append(
+            _card(
+                f"latency, {batch.replace('_', ' ')} (measured)",
+                f"{_num(value, '{:.2f}')}× {'faster' if value >= 1 else '(slower)'}",
+                f"{_num(float_ms, '{:.3f}')} → {_num(quant_ms, '{:.3f}')} ms",
+            )
+        )
+    warnings = "".join(f'<p class="warn">{escape(w)}</p>' for w in report.get("warnings", []))
+    rows = [
+        [
+            escape(key),
+            _num(metrics.get(key, {}).get("top1"), "{:.4f}"),
+            _num(metrics.get(key, {}).get("sqnr_db"), "{:.2f}"),
+            _num(metrics.get(key, {}).get("top1_agreement"), "{:.4f}"),
+            _num(metrics.get(key, {}).get("cosine"), "{:.5f}"),
+        ]
+        for key in ("float", "simulated", "onnxruntime", "simulation_vs_onnxruntime")
+    ]
+    measured = metrics.get("dataset") or "no data"
+    return (
+        f'<div class="cards">{"".join(cards)}</div>{warnings}'
+        + _table(["model", "top-1", "SQNR dB", "top-1 agreement", "cosine"], rows)
+        + f'<p class="note">measured on the {escape(str(measured))} data; SQNR, agreement and '
+        "cosine are against the float model (the last row: simulation against ONNX Runtime)</p>"
+    )
+
+
+def _effect(name: str, data: dict[str, Any] | None) -> str:
+    """One line on what a step changed, from its step report."""
+    if not data:
+        return ""
+    if name == "bn_fold":
+        return f"{len(data.get('folded', []))} BatchNorm folded"
+    if name == "cle":
+        return (
+            f"{len(data.get('equalized', []))} pairs equalized, {data.get('iterations')} iterations"
+        )
+    if name == "bias_correction":
+        rows = [r for r in data.get("layers", []) if r.get("error_before")]
+        before = fmean(fmean(r["error_before"]) for r in rows) if rows else None
+        after_rows = [r for r in rows if r.get("error_after")]
+        after = fmean(fmean(r["error_after"]) for r in after_rows) if after_rows else None
+        return f"{len(rows)} layers; mean |bias error| {_num(before)} → {_num(after)}"
+    if name == "adaround":
+        rows = data.get("layers", [])
+        if not rows:
+            return "no layers"
+        before = fmean(r["reconstruction_mse_nearest"] for r in rows)
+        after = fmean(r["reconstruction_mse_adaround"] for r in rows)
+        return f"{len(rows)} layers; mean reconstruction MSE {_num(before)} → {_num(after)}"
+    if name == "qat":
+        return (
+            f"best epoch {data.get('best_epoch')}, validation {_num(data.get('best_validation'))}"
+        )
+    if name == "bias_absorption":
+        return escape(", ".join(f"{k}: {len(v)}" for k, v in data.items() if isinstance(v, list)))
+    return ""
+
+
+def _steps(report: dict[str, Any]) -> str:
+    step_reports = report.get("step_reports", {})
+    rows = [
+        [
+            escape(s["name"]),
+            _num(s["seconds"], "{:.3f}"),
+            _effect(s["name"], step_reports.get(s["name"])),
+        ]
+        for s in report.get("steps", [])
+    ]
+    return _table(["step", "seconds", "effect"], rows)
+
+
+def _cle_plots(report: dict[str, Any]) -> str:
+    ranges = (report.get("step_reports", {}).get("cle") or {}).get("weight_ranges") or {}
+    plots = [
+        column_chart(
+            f"CLE: per-channel weight range of {layer}",
+            [("before", r["before"]), ("after", r["after"])],
+            "max |w| per output channel",
+            "channel",
+        )
+        for layer, r in list(ranges.items())[:MAX_CLE_LAYERS]
+    ]
+    more = len(ranges) - MAX_CLE_LAYERS
+    note = f'<p class="note">{more} more layers in report.json</p>' if more > 0 else ""
+    return "".join(plots) + note
+
+
+def _analysis(report: dict[str, Any]) -> str:
+    analysis = report.get("analysis") or {}
+    rows = analysis.get("layers") or []
+    if not rows:
+        return f'<p class="note">{escape(analysis.get("skipped", "not run"))}</p>'
+    labels = [r["layer"] for r in rows]
+    chart = hbar_chart(
+        "Per-layer SQNR (higher is better), most sensitive first",
+        labels,
+        [
+            ("full model", [r["sqnr_db"] for r in rows]),
+            ("weights only", [r["weights_only_sqnr_db"] for r in rows]),
+            ("activations only", [r["activations_only_sqnr_db"] for r in rows]),
+        ],
+        "dB",
+    )
+    table = _table(
+        ["layer", "SQNR dB", "weights only", "activations only", "noise share"],
+        [
+            [
+                escape(r["layer"]),
+                _num(r["sqnr_db"], "{:.1f}"),
+                _num(r["weights_only_sqnr_db"], "{:.1f}"),
+                _num(r["activations_only_sqnr_db"], "{:.1f}"),
+                _num(r["noise_share"], "{:.0%}"),
+            ]
+            for r in rows[:MAX_ANALYSIS_ROWS]
+        ],
+    )
+    return (
+        f"<p><b>Suggestion:</b> <code>{escape(analysis['suggestion'])}</code> "
+        f"(model output SQNR {_num(analysis.get('output_sqnr_db'), '{:.1f}')} dB on "
+        f"{analysis.get('samples')} samples)</p>{chart}{table}"
+        f'<p class="note">{escape(analysis.get("how", ""))}</p>'
+    )
+
+
+def _energy(report: dict[str, Any]) -> str:
+    energy = report.get("energy") or {}
+    rows = energy.get("layers") or []
+    if not rows:
+        return f'<p class="note">{escape(energy.get("skipped", "not computed"))}</p>'
+    chart = hbar_chart(
+        "Energy per layer, one inference",
+        [r["layer"] for r in rows],
+        [
+            ("float", [r["float_pj"]["total"] for r in rows]),
+            ("quantized", [r["quantized_pj"]["total"] for r in rows]),
+        ],
+        "pJ",
+        log=True,
+    )
+    parts = energy.get("breakdown", {})
+    split = _table(
+        ["", "compute pJ", "weights memory pJ", "activations memory pJ"],
+        [
+            [key.replace("_pj", "")]
+            + [
+                _num(parts[key][p], "{:,.0f}")
+                for p in ("compute", "weights_memory", "activations_memory")
+            ]
+            for key in ("float_pj", "quantized_pj")
+            if key in parts
+        ],
+    )
+    assumptions = "".join(f"<li>{escape(a)}</li>" for a in energy.get("assumptions", []))
+    return f"{split}{chart}<p><b>Assumptions</b></p><ul class='note'>{assumptions}</ul>"
+
+
+def _bias_plot(report: dict[str, Any]) -> str:
+    data = report.get("step_reports", {}).get("bias_correction") or {}
+    rows = [r for r in data.get("layers", []) if r.get("error_before")]
+    if not rows:
+        return ""
+    after = [fmean(r["error_after"]) if r.get("error_after") else None for r in rows]
+    return hbar_chart(
+        "Bias correction: mean |output shift| per layer (quantized vs float)",
+        [r["layer"] for r in rows],
+        [("before", [fmean(r["error_before"]) for r in rows]), ("after", after)],
+        "mean absolute error of the layer's per-channel output mean",
+        log=True,
+    )
+
+
+def _qat_plot(report: dict[str, Any]) -> str:
+    curve = (report.get("step_reports", {}).get("qat") or {}).get("curve") or []
+    if not curve:
+        return ""
+    return line_chart(
+        "QAT: validation score per epoch",
+        [c["epoch"] for c in curve],
+        [
+            ("validation", [c["validation"] for c in curve]),
+            ("train loss", [c["train_loss"] for c in curve]),
+        ],
+        "epoch",
+        "validation (top-1 or agreement) and training loss",
+    )
+
+
+def _latency(report: dict[str, Any]) -> str:
+    latency = report.get("latency_ms") or {}
+    if not latency.get("float"):
+        return f'<p class="note">{escape(latency.get("skipped_reason", "not measured"))}</p>'
+    rows = [
+        [
+            escape(batch),
+            _num(latency["float"][batch], "{:.3f}"),
+            _num(latency["quantized"].get(batch), "{:.3f}"),
+            _num(latency["speedup"].get(batch), "{:.2f}"),
+        ]
+        for batch in latency["float"]
+    ]
+    return (
+        _table(["batch", "float ms", "quantized ms", "speedup"], rows)
+        + f'<p class="note">{escape(latency.get("how", ""))}. '
+        f"{escape(latency.get('speedup_note', ''))}</p>"
+    )
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The whole page as one string."""
+    model = report.get("model", {})
+    sections = [
+        ("Summary", _summary(report)),
+        ("Steps", _steps(report)),
+        ("Energy", _energy(report)),
+        ("Measured latency", _latency(report)),
+        ("Per-layer analysis", _analysis(report)),
+    ]
+    cle, bias, qat = _cle_plots(report), _bias_plot(report), _qat_plot(report)
+    if cle:
+        sections.append(("Cross-layer equalization", cle))
+    if bias:
+        sections.append(("Bias correction", bias))
+    if qat:
+        sections.append(("Quantization-aware training", qat))
+    body = "".join(f"<h2>{escape(title)}</h2>{content}" for title, content in sections)
+    spec = report.get("spec", {})
+    subtitle = (
+        f"W{spec.get('weight_bits', '?')}A{spec.get('activation_bits') or 'float'}, "
+        f"{_num(model.get('params'), '{:,}')} parameters, "
+        f"{_num(model.get('macs'), '{:,}')} MACs per sample; engine "
+        f"{escape(str(report.get('versions', {}).get('engine', '')))}"
+    )
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<link rel="icon" href="data:,">'
+        f"<title>qaas report</title><style>{STYLE}</style></head><body>"
+        f"<h1>Quantization report</h1><p class='note'>{subtitle}</p>{body}</body></html>"
+    )

@@ -1,0 +1,111 @@
+"""Measured latency of the float and the quantized model in ONNX Runtime on this machine.
+
+Energy is a model; latency is measured. Int8 is not always faster on a CPU (no VNNI, small
+layers dominated by Q/DQ overhead), so the report states what this machine did, either way.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+DEFAULT_BATCHES = (1, 32)
+WARMUP_RUNS = 3
+MIN_RUNS = 5
+MAX_RUNS = 200
+SECONDS_PER_CASE = 0.4  # per (model, batch size): eight cases stay within a few seconds
+
+
+def _session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def _batch_of(sample: Mapping[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    """Repeat one sample ``batch`` times along axis 0."""
+    return {
+        name: np.ascontiguousarray(np.repeat(array[:1], batch, axis=0))
+        for name, array in sample.items()
+    }
+
+
+def _time(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+    for _ in range(WARMUP_RUNS):
+        session.run(None, feeds)
+    times: list[float] = []
+    deadline = time.perf_counter() + SECONDS_PER_CASE
+    while len(times) < MIN_RUNS or (time.perf_counter() < deadline and len(times) < MAX_RUNS):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        times.append((time.perf_counter() - start) * 1000)
+    return {"median": round(statistics.median(times), 4), "runs": len(times)}
+
+
+def measure_latency(
+    float_model: onnx.ModelProto,
+    quantized_model: onnx.ModelProto,
+    sample: Mapping[str, np.ndarray],
+    *,
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCHES,
+    threads: int = 1,
+) -> dict[str, Any]:
+    """Median milliseconds per run of each model at each batch size, same feeds for both.
+
+    One intra-op thread by default: the figure then does not depend on how busy the other cores
+    are, and matches a single-core device better than a many-thread number would.
+    """
+    sessions = {
+        "float": _session(float_model, threads),
+        "quantized": _session(quantized_model, threads),
+    }
+    result: dict[str, Any] = {
+        "float": {},
+        "quantized": {},
+        "speedup": {},
+        "skipped": {},
+    }
+    for batch in batch_sizes:
+        feeds = _batch_of(sample, batch)
+        try:
+            timings = {key: _time(session, feeds) for key, session in sessions.items()}
+        except Exception as error:  # a model with a fixed batch axis cannot run batch 32
+            result["skipped"][f"batch_{batch}"] = str(error).splitlines()[0][:300]
+            continue
+        for key, timing in timings.items():
+            result[key][f"batch_{batch}"] = timing["median"]
+        result["speedup"][f"batch_{batch}"] = round(
+            timings["float"]["median"] / timings["quantized"]["median"], 3
+        )
+        result.setdefault("runs", {})[f"batch_{batch}"] = {
+            key: timing["runs"] for key, timing in timings.items()
+        }
+    result["how"] = (
+        f"ONNX Runtime {ort.__version__} CPUExecutionProvider, intra-op threads {threads}, "
+        f"{WARMUP_RUNS} warm-up runs then the median of at least {MIN_RUNS} runs "
+        f"(up to {SECONDS_PER_CASE} s per model and batch size); one sample repeated per batch"
+    )
+    result["threads"] = threads
+    result["machine"] = {
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "system": platform.system(),
+    }
+    result["speedup_note"] = (
+        "speedup = float / quantized time; below 1 means the int8 model ran slower here "
+        "(common on CPUs without int8 dot-product instructions or on tiny layers)"
+    )
+    return result

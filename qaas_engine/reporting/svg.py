@@ -1,0 +1,208 @@
+"""Hand-written SVG charts: a report that opens offline needs no plotting library or CDN.
+
+Each function returns one ``<svg>`` element as a string, every label escaped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from html import escape
+
+WIDTH = 760
+LABEL_WIDTH = 190
+PALETTE = {
+    "float": "#8c8c8c",
+    "quantized": "#1f77b4",
+    "before": "#d62728",
+    "after": "#2ca02c",
+    "weights only": "#ff7f0e",
+    "activations only": "#9467bd",
+    "full model": "#1f77b4",
+    "validation": "#1f77b4",
+    "train loss": "#d62728",
+}
+Series = tuple[str, Sequence[float | None]]
+
+
+def _color(name: str, index: int) -> str:
+    fallback = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd"]
+    return PALETTE.get(name, fallback[index % len(fallback)])
+
+
+def _fmt(value: float) -> str:
+    if value == 0:
+        return "0"
+    if abs(value) >= 1000 or abs(value) < 0.01:
+        return f"{value:.2g}"
+    return f"{value:.3g}"
+
+
+class _Scale:
+    """Maps values to pixels along [0, length]; log10 when asked (values must be > 0)."""
+
+    def __init__(self, values: Sequence[float], length: float, log: bool) -> None:
+        finite = [v for v in values if v is not None and math.isfinite(v) and (v > 0 or not log)]
+        self.log = log and bool(finite)
+        if self.log:
+            self.low = math.floor(math.log10(min(finite)))
+            self.high = max(math.ceil(math.log10(max(finite))), self.low + 1)
+        else:
+            self.low = min([0.0, *finite])
+            self.high = max([0.0, *finite]) or 1.0
+            if self.high == self.low:
+                self.high = self.low + 1.0
+        self.length = length
+
+    def __call__(self, value: float) -> float:
+        if self.log:
+            value = math.log10(max(value, 10.0**self.low))
+        return (value - self.low) / (self.high - self.low) * self.length
+
+    def ticks(self) -> list[float]:
+        if self.log:
+            return [10.0**e for e in range(int(self.low), int(self.high) + 1)]
+        step = (self.high - self.low) / 4
+        return [self.low + i * step for i in range(5)]
+
+
+def _legend(series: Sequence[Series], x: float, y: float) -> list[str]:
+    parts = []
+    for index, (name, _) in enumerate(series):
+        cx = x + index * 150
+        parts.append(
+            f'<rect x="{cx:.1f}" y="{y - 9:.1f}" width="10" height="10" '
+            f'fill="{_color(name, index)}"/>'
+            f'<text x="{cx + 14:.1f}" y="{y:.1f}">{escape(name)}</text>'
+        )
+    return parts
+
+
+def _frame(title: str, height: float, body: list[str]) -> str:
+    return (
+        f'<svg class="plot" role="img" width="{WIDTH}" '
+        f'height="{height:.0f}" viewBox="0 0 {WIDTH} {height:.0f}" font-size="11" '
+        f'font-family="sans-serif"><title>{escape(title)}</title>'
+        f'<text x="4" y="14" font-size="13" font-weight="bold">{escape(title)}</text>'
+        + "".join(body)
+        + "</svg>"
+    )
+
+
+def hbar_chart(
+    title: str, labels: Sequence[str], series: Sequence[Series], unit: str, log: bool = False
+) -> str:
+    """Grouped horizontal bars, one row per label: readable with 50+ layers."""
+    bar = 9
+    row = bar * len(series) + 6
+    top, plot_width = 40, WIDTH - LABEL_WIDTH - 20
+    values = [v for _, vs in series for v in vs if v is not None]
+    scale = _Scale(values, plot_width, log)
+    height = top + row * len(labels) + 30
+    body = _legend(series, LABEL_WIDTH, 30)
+    zero = LABEL_WIDTH + (scale(scale.low) if scale.log else scale(0.0))
+    for tick in scale.ticks():
+        x = LABEL_WIDTH + scale(tick)
+        body.append(
+            f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{height - 24}" stroke="#ddd"/>'
+            f'<text x="{x:.1f}" y="{height - 12}" text-anchor="middle">{_fmt(tick)}</text>'
+        )
+    body.append(
+        f'<text x="{WIDTH - 20}" y="{height - 1}" text-anchor="end">{escape(unit)}'
+        f"{' (log scale)' if scale.log else ''}</text>"
+    )
+    for i, label in enumerate(labels):
+        y = top + i * row
+        short = label if len(label) <= 30 else "…" + label[-29:]
+        body.append(
+            f'<text x="{LABEL_WIDTH - 4}" y="{y + row / 2 + 3:.1f}" text-anchor="end">'
+            f"<title>{escape(label)}</title>{escape(short)}</text>"
+        )
+        for j, (name, vs) in enumerate(series):
+            value = vs[i]
+            if value is None or not math.isfinite(value):
+                continue
+            end = LABEL_WIDTH + scale(value)
+            x, w = min(zero, end), max(abs(end - zero), 0.8)
+            body.append(
+                f'<rect x="{x:.1f}" y="{y + 3 + j * bar:.1f}" width="{w:.1f}" height="{bar - 1}" '
+                f'fill="{_color(name, j)}"><title>{escape(label)} {escape(name)}: '
+                f"{_fmt(value)} {escape(unit)}</title></rect>"
+            )
+    return _frame(title, height, body)
+
+
+def column_chart(title: str, series: Sequence[Series], unit: str, x_label: str) -> str:
+    """Grouped vertical bars over an index (channels): the before/after CLE picture."""
+    top, bottom, left = 40, 36, 50
+    plot_h, plot_w = 160, WIDTH - left - 10
+    count = max((len(vs) for _, vs in series), default=0)
+    values = [v for _, vs in series for v in vs if v is not None]
+    scale = _Scale(values, plot_h, False)
+    height = top + plot_h + bottom
+    body = _legend(series, left, 30)
+    for tick in scale.ticks():
+        y = top + plot_h - scale(tick)
+        body.append(
+            f'<line x1="{left}" y1="{y:.1f}" x2="{WIDTH - 10}" y2="{y:.1f}" stroke="#ddd"/>'
+            f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">{_fmt(tick)}</text>'
+        )
+    slot = plot_w / max(count, 1)
+    bar = max(slot * 0.8 / max(len(series), 1), 0.5)
+    for j, (name, vs) in enumerate(series):
+        for i, value in enumerate(vs):
+            if value is None:
+                continue
+            h = max(scale(value) - scale(0.0), 0.5)
+            x = left + i * slot + slot * 0.1 + j * bar
+            body.append(
+                f'<rect x="{x:.2f}" y="{top + plot_h - scale(value):.1f}" width="{bar:.2f}" '
+                f'height="{h:.1f}" fill="{_color(name, j)}"><title>{escape(x_label)} {i} '
+                f"{escape(name)}: {_fmt(value)}</title></rect>"
+            )
+    body.append(
+        f'<text x="{left + plot_w / 2:.0f}" y="{height - 6}" text-anchor="middle">'
+        f"{escape(x_label)} (0..{max(count - 1, 0)}); {escape(unit)}</text>"
+    )
+    return _frame(title, height, body)
+
+
+def line_chart(
+    title: str, xs: Sequence[float], series: Sequence[Series], x_label: str, unit: str
+) -> str:
+    """Lines with markers over a shared x axis (the QAT curve)."""
+    top, bottom, left = 40, 36, 50
+    plot_h, plot_w = 180, WIDTH - left - 20
+    values = [v for _, vs in series for v in vs if v is not None]
+    y_scale = _Scale(values, plot_h, False)
+    x_scale = _Scale(list(xs), plot_w, False)
+    height = top + plot_h + bottom
+    body = _legend(series, left, 30)
+    for tick in y_scale.ticks():
+        y = top + plot_h - y_scale(tick)
+        body.append(
+            f'<line x1="{left}" y1="{y:.1f}" x2="{WIDTH - 20}" y2="{y:.1f}" stroke="#ddd"/>'
+            f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">{_fmt(tick)}</text>'
+        )
+    for x_value in xs:
+        body.append(
+            f'<text x="{left + x_scale(x_value):.1f}" y="{top + plot_h + 14}" '
+            f'text-anchor="middle">{_fmt(x_value)}</text>'
+        )
+    for j, (name, vs) in enumerate(series):
+        points = [
+            (left + x_scale(x), top + plot_h - y_scale(v))
+            for x, v in zip(xs, vs, strict=False)
+            if v is not None
+        ]
+        if not points:
+            continue
+        color = _color(name, j)
+        path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+        body.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
+        body.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>' for x, y in points)
+    body.append(
+        f'<text x="{left + plot_w / 2:.0f}" y="{height - 4}" text-anchor="middle">'
+        f"{escape(x_label)}; {escape(unit)}</text>"
+    )
+    return _frame(title, height, body)
