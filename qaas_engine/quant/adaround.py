@@ -40,9 +40,10 @@ class AdaRoundConfig:
     beta_start: float = 20.0
     beta_end: float = 2.0
     warm_start: float = 0.2  # fraction of iterations without the rounding regulariser
-    check_every: int = 50
+    check_every: int = 25
     settled_checks: int = 4  # consecutive checks with no flipped decision, and
-    undecided_fraction: float = 0.005  # at most this share of h(V) still between 0.01 and 0.99
+    undecided_fraction: float = 0.02  # at most this share of h(V) still between 0.01 and 0.99
+    threads: int = 1  # per-layer problems are small: one thread beats two (no sync, no contention)
     max_cache_bytes: int = 256 * 2**20
     seed: int = 0
 
@@ -153,18 +154,32 @@ def adaround(
     ]
     rows = []
     generator = torch.Generator().manual_seed(config.seed)
-    for done, index in enumerate(indices):
-        if should_stop is not None and should_stop():
-            raise Cancelled("stopped between AdaRound layers")
-        layer = _Layer(sim, index)
-        start = time.perf_counter()
-        inputs, targets = _collect(sim, layer, batches, float_weights, config.max_cache_bytes)
-        row = _optimize_layer(sim, layer, inputs, targets, config, device, generator)
-        row["seconds"] = round(time.perf_counter() - start, 3)
-        rows.append(row)
-        if progress:
-            progress("adaround", (done + 1) / len(indices))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads if device.type == "cpu" else threads)
+    try:
+        for done, index in enumerate(indices):
+            rows.append(
+                _adaround_layer(
+                    sim, index, batches, config, float_weights, device, generator, should_stop
+                )
+            )
+            if progress:
+                progress("adaround", (done + 1) / len(indices))
+    finally:
+        torch.set_num_threads(threads)
     return {"layers": rows, "iterations_per_layer": config.iterations, "device": str(device)}
+
+
+def _adaround_layer(sim, index, batches, config, float_weights, device, generator, should_stop):
+    """Collect one layer's data and optimise its rounding; a stop request lands before it."""
+    if should_stop is not None and should_stop():
+        raise Cancelled("stopped between AdaRound layers")
+    layer = _Layer(sim, index)
+    start = time.perf_counter()
+    inputs, targets = _collect(sim, layer, batches, float_weights, config.max_cache_bytes)
+    row = _optimize_layer(sim, layer, inputs, targets, config, device, generator)
+    row["seconds"] = round(time.perf_counter() - start, 3)
+    return row
 
 
 def _optimize_layer(sim, layer, inputs, targets, config, device, generator) -> dict[str, Any]:
