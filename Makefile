@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup serve api worker migrate test lint format bench
+.PHONY: setup serve api worker migrate test lint format bench soak
 
 setup:
 	bash scripts/setup.sh
@@ -35,3 +35,6 @@ format: setup
 
 bench: setup  ## service load against a Postgres + Redis deployment it starts itself
 	$(PY) bench/service_load.py
+
+soak: setup  ## clients against a deployment whose worker is killed every few seconds
+	$(PY) bench/soak.py --duration 60

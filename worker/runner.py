@@ -5,7 +5,9 @@ so a duplicate delivery, a cancel or a takeover after a lost worker can never cl
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.artifacts.service import artifacts_key
 from app.core.db import transaction, utcnow
@@ -25,6 +28,10 @@ from worker.runtime import Runtime
 
 log = logging.getLogger("qaas.worker")
 PROGRESS_WRITE_INTERVAL_S = 0.5
+# How long an attempt keeps trying to record its outcome while the database is away (a restart
+# or failover); past this it gives up and the reaper takes the job over once its lease is out.
+FINISH_RETRY_S = 120.0
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
 
 
 class JobAborted(Exception):
@@ -147,18 +154,25 @@ class Attempt:
             )
 
     def finish(self, status: JobStatus, **values: Any) -> bool:
-        with self.lock, transaction(self.runtime.sessions) as session:
-            return JobRepository(session).finish(
-                self.inputs.job_id, self.inputs.attempt, status, **values
-            )
+        """Record the outcome, waiting out a database restart: the work is done, don't lose it."""
+        deadline = time.monotonic() + FINISH_RETRY_S
+        while True:
+            try:
+                with self.lock, transaction(self.runtime.sessions) as session:
+                    return JobRepository(session).finish(
+                        self.inputs.job_id, self.inputs.attempt, status, **values
+                    )
+            except DATABASE_UNAVAILABLE:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("job %s: database unavailable; retrying", self.inputs.job_id)
+                time.sleep(1.0)
 
     def progress(self, phase: str, fraction: float) -> None:
         """The engine's progress callback: throttled row writes; raises once we are aborted."""
         if self.aborted.is_set():
             raise JobAborted()
-        delay = self.runtime.settings.test_phase_delay_s
-        if delay:
-            time.sleep(delay)
+        self._test_hooks()
         changed = phase != self.phase
         self.phase, self.fraction = phase, max(0.0, min(1.0, fraction))
         if changed:
@@ -167,9 +181,28 @@ class Attempt:
         if changed or fraction >= 1.0 or now - self.last_write >= PROGRESS_WRITE_INTERVAL_S:
             self.last_write = now
             values = {"steps": list(self.steps)} if changed else {}
-            if not self.record(**values):
+            try:
+                recorded = self.record(**values)
+            except DATABASE_UNAVAILABLE:
+                # A database restart must not fail the job: keep computing; the heartbeat
+                # retries, and if the lease runs out meanwhile a later write notices the takeover.
+                log.warning(
+                    "job %s: progress not recorded (database unavailable)", self.inputs.job_id
+                )
+                return
+            if not recorded:
                 self.aborted.set()
                 raise JobAborted()
+
+    def _test_hooks(self) -> None:
+        """Fault-injection hooks of the test suite; inert unless its settings are given."""
+        settings = self.runtime.settings
+        if settings.test_phase_delay_s:
+            time.sleep(settings.test_phase_delay_s)
+        kill_file = settings.test_kill_jobs_file
+        if kill_file is not None and kill_file.is_file():
+            if self.inputs.job_id in kill_file.read_text().split():
+                os.kill(os.getpid(), signal.SIGKILL)  # a poison job: takes its worker down
 
     # the attempt
     def execute(self) -> Outcome:
@@ -199,7 +232,8 @@ class Attempt:
             )
             self.runtime.storage.publish_dir(staged, artifacts_key(job_id))
             staged = None
-            heartbeat.stopped.set()
+            # The heartbeat runs on until the outcome is recorded: finish() may wait out a
+            # database restart, and the lease must not lapse meanwhile.
             if not self.finish(
                 JobStatus.SUCCEEDED,
                 phase="done",
@@ -223,6 +257,8 @@ class Attempt:
                 error_detail=f"the job ran past the server's time limit of {limit} s",
             )
             return Outcome("failed")
+        except DATABASE_UNAVAILABLE:
+            raise  # not the job's fault: the task retries, or the reaper takes over
         except Exception as error:
             from qaas_engine.errors import QaasInputError
 

@@ -11,11 +11,12 @@ from celery.signals import worker_init, worker_process_init, worker_ready, worke
 from app.core.config import Settings
 from worker.celery_app import celery_app, ensure_broker_folders
 from worker.reaper import Reaper
-from worker.runner import run_job
+from worker.runner import DATABASE_UNAVAILABLE, run_job
 from worker.runtime import Runtime, get_runtime, worker_name
 
 log = logging.getLogger("qaas.worker")
 _reaper: Reaper | None = None
+DATABASE_RETRY_S = 3.0
 
 
 def _settings() -> Settings:
@@ -32,7 +33,13 @@ def _settings() -> Settings:
 )
 def run(self: Task, job_id: str) -> str:
     """Run job ``job_id``; safe to deliver twice (the job row decides)."""
-    outcome = run_job(get_runtime(_settings()), job_id, worker_name())
+    try:
+        outcome = run_job(get_runtime(_settings()), job_id, worker_name())
+    except DATABASE_UNAVAILABLE as error:
+        # The database is restarting: try again shortly rather than drop the message (the
+        # reaper would resend it, but only after requeue_after_s).
+        log.warning("job %s: database unavailable (%s); retrying", job_id, type(error).__name__)
+        raise self.retry(countdown=DATABASE_RETRY_S) from None
     if outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in)
     log.info("job %s: %s", job_id, outcome.status)

@@ -31,6 +31,15 @@ class Settings(BaseSettings):
     inspect_timeout_s: float = Field(120.0, gt=0)
     inspect_memory_bytes: int = Field(8192 * MiB, ge=256 * MiB)
     inspect_processes: int = Field(1, ge=1)
+    # A tiny file can declare tensors no machine holds (a shape-inference bomb): refuse any
+    # statically known tensor above this many elements at upload, before a job tries to run it.
+    max_tensor_elements: int = Field(1 << 30, ge=1)
+
+    # Per-tenant limits. Checked before the work starts, so concurrent requests can overshoot
+    # them slightly; they protect the service from one tenant, they are not billing.
+    quota_stored_bytes: int = Field(20 * 1024 * MiB, ge=1, description="models + datasets")
+    quota_active_jobs: int = Field(10, ge=1, description="queued or running at once")
+    submissions_per_minute: int = Field(60, ge=1)
 
     job_time_limit_s: int = Field(3600, ge=1, description="soft limit; job fails as 'timeout'")
     job_lease_s: float = Field(60.0, gt=0, description="a running job's heartbeat lease")
@@ -38,8 +47,11 @@ class Settings(BaseSettings):
     requeue_after_s: float = Field(300.0, gt=0, description="resend a queued job not started")
     reaper_interval_s: float = Field(15.0, gt=0)
 
-    # Test hook: sleep this long at every progress report so a job can be caught mid-run.
+    # Test hooks, never set in a deployment: sleep at every progress report so a job can be
+    # caught mid-run; and a file of job ids whose attempts SIGKILL their own worker process
+    # (a poison job, for the fault-injection suite).
     test_phase_delay_s: float = Field(0.0, ge=0, exclude=True)
+    test_kill_jobs_file: Path | None = Field(None, exclude=True)
 
     @property
     def embedded(self) -> bool:

@@ -7,9 +7,11 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("qaas.api")
+DATABASE_RETRY_AFTER_S = 5
 
 
 class AppError(Exception):
@@ -41,6 +43,17 @@ class PayloadTooLarge(AppError):
     status_code, code = 413, "payload_too_large"
 
 
+class QuotaExceeded(PayloadTooLarge):
+    code = "quota_exceeded"
+
+
+class TooManyRequests(AppError):
+    status_code, code = 429, "too_many_requests"
+
+    def __init__(self, detail: str, *, retry_after_s: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after_s))})
+
+
 class InvalidInput(AppError):
     """The upload or spec is at fault; the detail says what to fix."""
 
@@ -68,6 +81,19 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
         return envelope(error.status_code, code, str(error.detail), error.headers)
+
+    async def _database_down(request: Request, error: Exception) -> JSONResponse:
+        # A database restart or failover: say so and when to retry, rather than a bare 500.
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, error)
+        return envelope(
+            503,
+            ServiceUnavailable.code,
+            "the database is unavailable; try again shortly",
+            {"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+        )
+
+    app.add_exception_handler(OperationalError, _database_down)
+    app.add_exception_handler(InterfaceError, _database_down)
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, error: Exception) -> JSONResponse:

@@ -28,7 +28,7 @@ def _inputs_meta(model: Any) -> list[dict[str, Any]]:
     ]
 
 
-def inspect_model(path: str, converted_path: str) -> dict[str, Any]:
+def inspect_model(path: str, converted_path: str, max_tensor_elements: int) -> dict[str, Any]:
     """Engine import checks; a ``.pt2`` archive is converted to ONNX here, once."""
     import onnx
 
@@ -38,6 +38,9 @@ def inspect_model(path: str, converted_path: str) -> dict[str, Any]:
         imported = import_model(path)
     except QaasInputError as error:
         return {"error": str(error)}
+    oversized = _oversized_tensor(imported.model, max_tensor_elements)
+    if oversized:
+        return {"error": oversized}
     converted = None
     if imported.source_format != "onnx":
         onnx.save(imported.model, converted_path)
@@ -51,6 +54,24 @@ def inspect_model(path: str, converted_path: str) -> dict[str, Any]:
     }
 
 
+def _oversized_tensor(model: Any, max_elements: int) -> str | None:
+    """The first tensor whose inferred static shape is too large to ever compute, described."""
+    graph = model.graph
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        sizes = [d.dim_value for d in dims if d.HasField("dim_value")]
+        elements = 1
+        for size in sizes:
+            elements *= size
+        if sizes and elements > max_elements:
+            return (
+                f"tensor '{value.name}' would hold {elements} elements (shape {sizes}), more "
+                f"than the limit of {max_elements}; the model declares dimensions too large to "
+                "run (a shape-inference bomb or a wrong export)"
+            )
+    return None
+
+
 def inspect_dataset(path: str) -> dict[str, Any]:
     """An ``.npz`` of plain numeric arrays (never unpickled): record names, shapes and dtypes."""
     import zipfile
@@ -60,11 +81,13 @@ def inspect_dataset(path: str) -> dict[str, Any]:
     if not zipfile.is_zipfile(path):
         return {"error": "not an .npz archive (numpy.savez)"}
     try:
+        arrays = {}
         with np.load(path, allow_pickle=False) as archive:
-            arrays = {
-                key: {"shape": list(archive[key].shape), "dtype": archive[key].dtype.name}
-                for key in archive.files
-            }
+            for key in archive.files:
+                value = archive[key]  # members not stored as .npy come back as raw bytes
+                if not isinstance(value, np.ndarray):
+                    return {"error": f"archive member '{key}' is not a numpy array (.npy)"}
+                arrays[key] = {"shape": list(value.shape), "dtype": value.dtype.name}
     except ValueError as error:
         if "pickle" in str(error).lower():
             return {"error": "holds Python objects (pickled arrays); save plain numeric arrays"}

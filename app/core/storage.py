@@ -3,6 +3,7 @@ by rename, so a reader sees a whole file or none and a task that runs twice leav
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -54,10 +55,12 @@ class LocalStorage:
         self.ensure()
         digest = hashlib.sha256()
         size = 0
-        fd, name = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=self.staging)
-        path = Path(name)
+        # A folder of its own: the checker resolves a model's external data next to the file,
+        # so it must see nothing there but what this upload brought (not other tenants' uploads).
+        folder = Path(tempfile.mkdtemp(prefix="upload-", dir=self.staging))
+        path = folder / "upload.part"
         try:
-            with os.fdopen(fd, "wb") as handle:
+            with path.open("wb") as handle:
                 async for chunk in chunks:
                     size += len(chunk)
                     if size > max_bytes:
@@ -65,7 +68,7 @@ class LocalStorage:
                     digest.update(chunk)
                     handle.write(chunk)
         except BaseException:
-            path.unlink(missing_ok=True)
+            shutil.rmtree(folder, ignore_errors=True)
             raise
         return StagedFile(path, size, digest.hexdigest())
 
@@ -73,10 +76,13 @@ class LocalStorage:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged.path, target)
+        with contextlib.suppress(OSError):
+            staged.path.parent.rmdir()  # empty now, unless the caller still has files there
         return target
 
     def discard(self, staged: StagedFile) -> None:
-        staged.path.unlink(missing_ok=True)
+        """Remove the upload's staging folder and whatever is left in it."""
+        shutil.rmtree(staged.path.parent, ignore_errors=True)
 
     def delete_tree(self, key: str) -> None:
         shutil.rmtree(self.path(key), ignore_errors=True)

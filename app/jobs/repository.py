@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.core.db import utcnow
@@ -36,6 +36,20 @@ class JobRepository:
             select(Job)
             .where(Job.tenant_id == tenant_id)
             .order_by(Job.created_at.desc())
+            .limit(limit)
+        )
+        return list(self.session.scalars(query))
+
+    def count_active(self, tenant_id: str) -> int:
+        query = select(func.count()).where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))
+        return int(self.session.scalar(query) or 0)
+
+    def created_since(self, tenant_id: str, since: datetime, limit: int) -> list[datetime]:
+        """Creation times of the tenant's jobs since ``since``, oldest first (rate limiting)."""
+        query = (
+            select(Job.created_at)
+            .where(Job.tenant_id == tenant_id, Job.created_at >= since)
+            .order_by(Job.created_at)
             .limit(limit)
         )
         return list(self.session.scalars(query))

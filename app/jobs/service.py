@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from app.core.context import Context
 from app.core.db import after_commit
 from app.core.errors import Conflict, InvalidInput, NotFound
+from app.core.quotas import Quotas
 from app.datasets.service import DatasetService
 from app.jobs.repository import JobRepository
 from app.jobs.schemas import JobCreate
@@ -59,6 +60,10 @@ class JobService:
             )
             if existing is not None:
                 return self._replay(existing, digest), False
+        await run_in_threadpool(
+            Quotas(session=self.session, settings=self.context.settings).check_submission,
+            tenant_id=tenant_id,
+        )
         await self._validate(tenant_id=tenant_id, request=request)
         job = Job(
             tenant_id=tenant_id,

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.models_.tables import Model
@@ -28,3 +28,9 @@ class ModelRepository:
             .limit(limit)
         )
         return list(self.session.scalars(query))
+
+    def stored_bytes(self, tenant_id: str) -> int:
+        query = select(func.coalesce(func.sum(Model.size_bytes), 0)).where(
+            Model.tenant_id == tenant_id
+        )
+        return int(self.session.scalar(query) or 0)

@@ -12,6 +12,7 @@ from app.core.config import Settings
 from app.core.errors import InvalidInput, NotFound
 from app.core.ids import new_id
 from app.core.inspection import Inspector, inspect_model
+from app.core.quotas import Quotas
 from app.core.storage import LocalStorage
 from app.models_.repository import ModelRepository
 from app.models_.tables import Model
@@ -39,32 +40,42 @@ class ModelService:
         body: AsyncIterator[bytes],
         declared_length: int | None,
     ) -> Model:
+        allowance = await run_in_threadpool(
+            Quotas(session=self.repository.session, settings=self.settings).upload_allowance,
+            tenant_id=tenant_id,
+            limit=self.settings.max_model_bytes,
+            declared_length=declared_length,
+        )
         staged = await self.storage.receive(
             body,
-            max_bytes=self.settings.max_model_bytes,
+            max_bytes=allowance,
             declared_length=declared_length,
-            what="model upload",
+            what="model upload"
+            if allowance == self.settings.max_model_bytes
+            else "model upload (quota left)",
         )
         model_id = new_id()
-        converted = self.storage.staging / f"{model_id}.converted.onnx"
+        converted = staged.path.parent / "converted.onnx"
         try:
             facts = await self.inspector.run(
-                filename, inspect_model, str(staged.path), str(converted)
+                filename,
+                inspect_model,
+                str(staged.path),
+                str(converted),
+                self.settings.max_tensor_elements,
             )
             if "error" in facts:
                 cause = facts["error"].replace(staged.path.name, filename)  # name the user's file
                 raise InvalidInput(f"not a model qaas can quantize: {cause}")
-        except BaseException:
+            original_key = f"models/{model_id}/original"
+            self.storage.path(original_key).parent.mkdir(parents=True, exist_ok=True)
+            storage_key = original_key
+            if facts["converted_path"]:  # torch.export archives become ONNX once, here
+                storage_key = f"models/{model_id}/model.onnx"
+                converted.replace(self.storage.path(storage_key))
+            self.storage.commit(staged, original_key)
+        finally:
             self.storage.discard(staged)
-            converted.unlink(missing_ok=True)
-            raise
-        original_key = f"models/{model_id}/original"
-        self.storage.commit(staged, original_key)
-        storage_key = original_key
-        if facts["converted_path"]:  # torch.export archives become ONNX once, here
-            storage_key = f"models/{model_id}/model.onnx"
-            self.storage.path(storage_key).parent.mkdir(parents=True, exist_ok=True)
-            converted.replace(self.storage.path(storage_key))
         model = Model(
             id=model_id,
             tenant_id=tenant_id,

@@ -71,7 +71,10 @@ def test_embedded_serve_submit_wait_download(embedded, tiny_model, tiny_data, tm
     job = json.loads(result.stdout)
     assert job["status"] == "succeeded"
     assert {p.name for p in out.iterdir()} == {
-        "model.quant.onnx", "encodings.json", "report.json", "report.html"
+        "model.quant.onnx",
+        "encodings.json",
+        "report.json",
+        "report.html",
     }
     report = json.loads((out / "report.json").read_text())
     assert report["metrics"]["onnxruntime"]["sqnr_db"] > 20

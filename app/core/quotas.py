@@ -1,0 +1,60 @@
+"""Per-tenant limits: stored bytes (413), jobs queued or running and submissions per minute
+(429 with Retry-After). Counted from the rows themselves, so every API process agrees without
+shared memory, in the embedded mode as in the distributed one."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+
+from sqlalchemy.orm import Session
+
+from app.core.config import Settings
+from app.core.db import utcnow
+from app.core.errors import QuotaExceeded, TooManyRequests
+from app.datasets.repository import DatasetRepository
+from app.jobs.repository import JobRepository
+from app.models_.repository import ModelRepository
+
+RATE_WINDOW = timedelta(minutes=1)
+ACTIVE_RETRY_AFTER_S = 30
+
+
+class Quotas:
+    def __init__(self, *, session: Session, settings: Settings) -> None:
+        self.session = session
+        self.settings = settings
+
+    def upload_allowance(self, *, tenant_id: str, limit: int, declared_length: int | None) -> int:
+        """The most bytes this upload may have: the per-file limit or what the quota leaves."""
+        quota = self.settings.quota_stored_bytes
+        used = ModelRepository(self.session).stored_bytes(tenant_id) + DatasetRepository(
+            self.session
+        ).stored_bytes(tenant_id)
+        left = quota - used
+        wanted = declared_length if declared_length is not None else 1
+        if wanted > left and (declared_length is None or declared_length <= limit):
+            raise QuotaExceeded(
+                f"storage quota exceeded: this tenant stores {used} of its {quota} bytes and "
+                f"the upload needs {wanted} more"
+            )
+        return min(limit, left)
+
+    def check_submission(self, *, tenant_id: str) -> None:
+        jobs = JobRepository(self.session)
+        active, most = jobs.count_active(tenant_id), self.settings.quota_active_jobs
+        if active >= most:
+            raise TooManyRequests(
+                f"{active} jobs are queued or running, the most a tenant may have; "
+                "submit again when one has finished",
+                retry_after_s=ACTIVE_RETRY_AFTER_S,
+            )
+        per_minute = self.settings.submissions_per_minute
+        now = utcnow()
+        recent = jobs.created_since(tenant_id, now - RATE_WINDOW, per_minute)
+        if len(recent) >= per_minute:
+            wait = (recent[0] + RATE_WINDOW - now).total_seconds()
+            raise TooManyRequests(
+                f"more than {per_minute} job submissions in a minute; slow down",
+                retry_after_s=math.ceil(wait),
+            )
