@@ -169,3 +169,8 @@ def kernel_summary(ops: Counter[str]) -> str:
     int8 = sum(ops[name] for name in INT8_COMPUTE_OPS)
     total = int8 + sum(ops[name] for name in FLOAT_COMPUTE_OPS)
     return f"{int8}/{total}"
+
+
+# Report steps that measure the result (accuracy, energy, latency, per-layer analysis) rather
+# than produce it: left out of "quantization time" so it compares with peers that only quantize.
+MEASUREMENT_STEPS = frozenset({"evaluation", "energy", "latency", "analysis"})

@@ -53,7 +53,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-from bench._common import cpu_summary, print_table, ratio  # noqa: E402
+from bench._common import MEASUREMENT_STEPS, cpu_summary, print_table, ratio  # noqa: E402
 from bench.peers.aimet_env import VENV, ensure_aimet_env  # noqa: E402
 from qaas_engine import Dataset, QuantSpec, __version__, import_model, model_inputs  # noqa: E402
 from qaas_engine import quantize as qaas_quantize  # noqa: E402
@@ -115,7 +115,7 @@ def run_ours(
     )
     result = qaas_quantize(path, spec, calibration=calibration, evaluation=evaluation)
     report = result.report
-    seconds = sum(s["seconds"] for s in report["steps"] if s["name"] != "evaluation")
+    seconds = sum(s["seconds"] for s in report["steps"] if s["name"] not in MEASUREMENT_STEPS)
     # Weight scales from the AIMET-format encodings, to compare grids with AIMET's.
     report["bench_weight_scales"] = {
         e["name"]: e["scale"] for e in result.encodings["param_encodings"]

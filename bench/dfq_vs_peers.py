@@ -50,7 +50,14 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-from bench._common import cpu_summary, ort_session, print_table, ratio, run_logits  # noqa: E402
+from bench._common import (  # noqa: E402
+    MEASUREMENT_STEPS,
+    cpu_summary,
+    ort_session,
+    print_table,
+    ratio,
+    run_logits,
+)
 from bench.peers.aimet_env import VENV, ensure_aimet_env  # noqa: E402
 from bench.peers.onnxruntime_static import quantize_static_qdq  # noqa: E402
 from qaas_engine import Dataset, QuantSpec, __version__, import_model, model_inputs  # noqa: E402
@@ -102,7 +109,7 @@ def run_ours(
 ) -> tuple[dict[str, Any], float]:
     spec = QuantSpec(weight_granularity="per-tensor", pipeline=pipeline)
     report = qaas_quantize(path, spec, calibration=calibration, evaluation=evaluation).report
-    seconds = sum(s["seconds"] for s in report["steps"] if s["name"] != "evaluation")
+    seconds = sum(s["seconds"] for s in report["steps"] if s["name"] not in MEASUREMENT_STEPS)
     return report, seconds
 
 
@@ -303,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             steps = ", ".join(
                 f"{step['name']} {step['seconds']:.3f}"
                 for step in report["steps"]
-                if step["name"] != "evaluation"
+                if step["name"] not in MEASUREMENT_STEPS
             )
             print(f"- {label}: {steps}")
 

@@ -45,6 +45,7 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
 from bench._common import (  # noqa: E402
+    MEASUREMENT_STEPS,
     cpu_summary,
     fidelity,
     kernel_summary,
@@ -133,7 +134,7 @@ def run_ours(
     spec = QuantSpec(weight_bits=8, activation_bits=8, weight_granularity=granularity)
     result = qaas_quantize(model_path, spec, calibration=calibration, evaluation=evaluation)
     report = result.report
-    seconds = sum(s["seconds"] for s in report["steps"] if s["name"] != "evaluation")
+    seconds = sum(s["seconds"] for s in report["steps"] if s["name"] not in MEASUREMENT_STEPS)
     path = tmp / f"qaas_{granularity}.onnx"
     path.write_bytes(result.quantized_model.SerializeToString())
     metrics = report["metrics"]
