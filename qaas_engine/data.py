@@ -102,6 +102,12 @@ def load_npz(path: str | Path, inputs: list[InputSpec], *, role: str = "data") -
         raise DataError(f"{role} file {path.name} is not a valid .npz: {error}") from None
     except (OSError, zipfile.BadZipFile, EOFError) as error:
         raise DataError(f"{role} file {path.name} is damaged: {error}") from None
+    not_arrays = sorted(key for key, value in raw.items() if not isinstance(value, np.ndarray))
+    if not_arrays:
+        raise DataError(
+            f"{role} file {path.name}: member(s) {', '.join(not_arrays)} are not .npy arrays; "
+            "write the file with numpy.savez"
+        )
     return validate_arrays(raw, inputs, role=role, source=path.name)
 
 

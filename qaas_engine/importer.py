@@ -117,7 +117,26 @@ def prepare_onnx(
         domain = f" (domain '{node.domain}')" if node.domain else ""
         raise UnsupportedOpError(node.op_type + domain, node.name or "<unnamed>")
     _check_inputs(model)
+    _check_declared_sizes(model)
     return ImportedModel(model, source_format, original_opset, notes)
+
+
+MAX_TENSOR_ELEMENTS = 2**30
+
+
+def _check_declared_sizes(model: onnx.ModelProto, limit: int = MAX_TENSOR_ELEMENTS) -> None:
+    """A few bytes of ONNX can declare a tensor of 10^15 elements; refuse before computing."""
+    for value in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        sizes = [d.dim_value for d in dims if d.HasField("dim_value")]
+        elements = 1
+        for size in sizes:
+            elements *= max(size, 1)
+        if elements > limit:
+            raise ModelImportError(
+                f"tensor '{value.name}' declares {elements:,} elements (over {limit:,}); "
+                "this is not a model the service will compute"
+            )
 
 
 def _first_line(error: BaseException) -> str:

@@ -85,3 +85,13 @@ def test_nan_in_data_is_refused(tmp_path):
     array[0, 0, 0, 0] = np.nan
     with pytest.raises(DataError, match="NaN"):
         load_npz(_npz(tmp_path, input=array), IMAGE)
+
+
+def test_npz_member_that_is_not_an_array_is_refused(tmp_path):
+    import zipfile
+
+    path = tmp_path / "data.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("input.npy", b"not a numpy array")
+    with pytest.raises(DataError, match="not .npy arrays"):
+        load_npz(path, IMAGE)

@@ -226,3 +226,15 @@ def test_zip_that_is_not_pt2_is_refused(tmp_path):
     path.write_bytes(buffer.getvalue())
     with pytest.raises(ModelImportError, match="not a torch.export"):
         import_model(path)
+
+
+def test_shape_inference_bomb_is_refused(tmp_path):
+    model = _graph_model(
+        [helper.make_node("Relu", ["x"], ["y"], name="relu")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [100000, 100000, 100000])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [100000, 100000, 100000])],
+    )
+    path = tmp_path / "bomb.onnx"
+    onnx.save(model, path)
+    with pytest.raises(ModelImportError, match="declares"):
+        import_model(path)
