@@ -36,15 +36,20 @@ SEED = 0
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--width", type=int, default=16, help="DepthwiseReLUNet width")
     parser.add_argument(
         "--granularity", default="per-tensor", choices=["per-tensor", "per-channel"]
     )
     args = parser.parse_args(argv)
     wall = time.perf_counter()
-    print(f"QAT at W4A4 {args.granularity}, {args.epochs} epochs; {cpu_summary()}")
+    print(
+        f"QAT at W4A4 {args.granularity}, width {args.width}, {args.epochs} epochs; {cpu_summary()}"
+    )
     digits = load_digits_splits(seed=SEED)
     torch.manual_seed(SEED)
-    model = train_classifier(DepthwiseReLUNet(), digits.x_train, digits.y_train, epochs=15)
+    model = train_classifier(
+        DepthwiseReLUNet(width=args.width), digits.x_train, digits.y_train, epochs=15
+    )
     with tempfile.TemporaryDirectory() as tmp:
         imported = import_model(export_onnx(model, Path(tmp) / "net.onnx"))
     inputs = model_inputs(imported.model)

@@ -155,7 +155,7 @@ class QATModel(nn.Module):
         sim._derive_bias_encodings()
 
 
-DISTILLATION_TEMPERATURE = 2.0
+DISTILLATION_TEMPERATURE = 4.0  # softer targets carry more of the teacher (Hinton et al.)
 
 
 def _loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None):
