@@ -36,25 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         "model.quant.onnx, encodings.json, report.json and report.html to OUTDIR.",
     )
     add_quantize_options(quantize)
-    quantize.add_argument(
-        "--training",
-        type=Path,
-        metavar="NPZ",
-        help="data for the qat step; labels used when present",
-    )
-    quantize.add_argument(
-        "--validation",
-        type=Path,
-        metavar="NPZ",
-        help="model selection for qat (default: 10%% held out of --training)",
-    )
-    quantize.add_argument("--qat-epochs", type=int, default=15, metavar="N")
-    quantize.add_argument(
-        "--energy-profile",
-        type=Path,
-        metavar="JSON",
-        help="your hardware's energy figures for the report (default: the 45 nm table)",
-    )
+    add_training_options(quantize)
     quantize.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR")
     quantize.add_argument("--quiet", action="store_true", help="no progress or table")
     add_service_commands(commands)
@@ -89,6 +71,35 @@ def add_quantize_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="upper bound per layer; a layer stops early once settled",
     )
+
+
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    """The qat step's data and the energy profile, shared by ``quantize`` and ``submit``."""
+    parser.add_argument(
+        "--training",
+        type=Path,
+        metavar="NPZ",
+        help="data for the qat step; labels used when present",
+    )
+    parser.add_argument(
+        "--validation",
+        type=Path,
+        metavar="NPZ",
+        help="model selection for qat (default: 10%% held out of --training)",
+    )
+    parser.add_argument("--qat-epochs", type=int, default=15, metavar="N")
+    parser.add_argument(
+        "--energy-profile",
+        type=Path,
+        metavar="JSON",
+        help="your hardware's energy figures for the report (default: the 45 nm table)",
+    )
+
+
+def with_qat_epochs(spec, args: argparse.Namespace):
+    if args.qat_epochs < 1:
+        raise CliError("--qat-epochs must be at least 1")
+    return spec.model_copy(update={"qat_epochs": args.qat_epochs})
 
 
 def spec_from_args(args: argparse.Namespace):
@@ -185,9 +196,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     training = load_npz(args.training, inputs, role="training") if args.training else None
     validation = load_npz(args.validation, inputs, role="validation") if args.validation else None
     import_seconds = time.perf_counter() - started
-    if args.qat_epochs < 1:
-        raise CliError("--qat-epochs must be at least 1")
-    spec = spec.model_copy(update={"qat_epochs": args.qat_epochs})
+    spec = with_qat_epochs(spec, args)
     result = quantize(
         imported,
         spec,

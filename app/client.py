@@ -117,19 +117,34 @@ class QaasClient:
         *,
         calibration_id: str | None = None,
         evaluation_id: str | None = None,
+        training_id: str | None = None,
+        validation_id: str | None = None,
         quantization: dict[str, Any] | None = None,
         max_accuracy_drop: float | None = None,
+        energy_profile: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
         retries: int = 3,
     ) -> dict[str, Any]:
-        """Submit a job; retried on connection errors, safe thanks to the Idempotency-Key."""
-        body = {
+        """Submit a job; retried on connection errors, safe thanks to the Idempotency-Key.
+
+        ``training_id`` (and optionally ``validation_id``) feed the ``qat`` step;
+        ``energy_profile`` is a dict of the engine's EnergyProfile fields for the report.
+        """
+        body: dict[str, Any] = {
             "model_id": model_id,
             "calibration_id": calibration_id,
             "evaluation_id": evaluation_id,
             "quantization": quantization or {},
             "max_accuracy_drop": max_accuracy_drop,
         }
+        # Sent only when given, so a client of this version also talks to an older server.
+        for name, value in (
+            ("training_id", training_id),
+            ("validation_id", validation_id),
+            ("energy_profile", energy_profile),
+        ):
+            if value is not None:
+                body[name] = value
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
         for attempt in range(retries + 1):
             try:

@@ -21,7 +21,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def add_service_commands(commands: Any) -> None:
-    from app.cli import add_quantize_options
+    from app.cli import add_quantize_options, add_training_options
 
     serve = commands.add_parser(
         "serve",
@@ -46,6 +46,7 @@ def add_service_commands(commands: Any) -> None:
         "'qaas quantize'; with --wait -o OUTDIR, write the same files.",
     )
     add_quantize_options(submit)
+    add_training_options(submit)
     submit.add_argument("--max-accuracy-drop", type=float, metavar="FRACTION")
     submit.add_argument("--wait", action="store_true", help="wait for the job to finish")
     submit.add_argument("--timeout", type=float, default=None, metavar="SECONDS")
@@ -149,24 +150,32 @@ def _job_exit(job: dict[str, Any]) -> int:
 
 @_client_errors
 def cmd_submit(args: argparse.Namespace) -> int:
-    from app.cli import CliError, ProgressLine, result_table, spec_from_args
+    from app.cli import CliError, ProgressLine, result_table, spec_from_args, with_qat_epochs
 
     if args.output is not None and not args.wait:
         raise CliError("-o/--output needs --wait")
-    spec = spec_from_args(args)  # the same flags, checked the same way, as 'qaas quantize'
-    for path in (args.model, args.calibration, args.evaluation):
+    # The same flags, checked the same way, as 'qaas quantize'.
+    spec = with_qat_epochs(spec_from_args(args), args)
+    data_files = {
+        role: getattr(args, role)
+        for role in ("calibration", "evaluation", "training", "validation")
+    }
+    for path in (args.model, *data_files.values(), args.energy_profile):
         if path is not None and not path.is_file():
             raise CliError(f"file not found: {path}")
+    energy_profile = _read_energy_profile(args.energy_profile)
     with _client(args) as client:
         model = client.upload_model(args.model)
-        calibration = client.upload_dataset(args.calibration) if args.calibration else None
-        evaluation = client.upload_dataset(args.evaluation) if args.evaluation else None
+        ids = {
+            f"{role}_id": client.upload_dataset(path)["id"] if path is not None else None
+            for role, path in data_files.items()
+        }
         job = client.submit(
             model["id"],
-            calibration_id=calibration["id"] if calibration else None,
-            evaluation_id=evaluation["id"] if evaluation else None,
+            **ids,
             quantization=spec.model_dump(mode="json"),
             max_accuracy_drop=args.max_accuracy_drop,
+            energy_profile=energy_profile,
             idempotency_key=str(uuid.uuid4()),
         )
         if not args.wait:
@@ -185,6 +194,21 @@ def cmd_submit(args: argparse.Namespace) -> int:
         text += f"\nwrote {', '.join(str(p) for p in files.values())}"
     _emit(args, {**job, "files": {k: str(v) for k, v in files.items()}}, text)
     return _job_exit(job)
+
+
+def _read_energy_profile(path: Path | None) -> dict[str, Any] | None:
+    """The file's JSON object, sent as is: the server checks its fields."""
+    from app.cli import CliError
+
+    if path is None:
+        return None
+    try:
+        profile = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise CliError(f"energy profile {path}: {error}") from None
+    if not isinstance(profile, dict):
+        raise CliError(f"energy profile {path}: expected a JSON object")
+    return profile
 
 
 @_client_errors

@@ -53,8 +53,11 @@ class JobInputs:
     model_path: Path
     calibration_path: Path | None
     evaluation_path: Path | None
+    training_path: Path | None
+    validation_path: Path | None
     spec: dict[str, Any]
     max_accuracy_drop: float | None
+    energy_profile: dict[str, Any] | None
 
 
 def run_job(runtime: Runtime, job_id: str, worker: str) -> Outcome:
@@ -106,8 +109,11 @@ def claim(runtime: Runtime, job_id: str, worker: str) -> JobInputs | Outcome:
             model_path=runtime.storage.path(model.storage_key),
             calibration_path=path_of(job.calibration_id),
             evaluation_path=path_of(job.evaluation_id),
+            training_path=path_of(job.training_id),
+            validation_path=path_of(job.validation_id),
             spec=job.spec,
             max_accuracy_drop=job.max_accuracy_drop,
+            energy_profile=job.energy_profile,
         )
 
 
@@ -295,19 +301,26 @@ class Attempt:
         spec = QuantSpec.model_validate(self.inputs.spec)
         imported = import_model(self.inputs.model_path)
         model_specs = model_inputs(imported.model)
-        calibration = evaluation = None
-        if self.inputs.calibration_path is not None:
-            calibration = load_npz(self.inputs.calibration_path, model_specs, role="calibration")
-        if self.inputs.evaluation_path is not None:
-            evaluation = load_npz(self.inputs.evaluation_path, model_specs, role="evaluation")
+        data = {
+            role: load_npz(path, model_specs, role=role) if path is not None else None
+            for role, path in (
+                ("calibration", self.inputs.calibration_path),
+                ("evaluation", self.inputs.evaluation_path),
+                ("training", self.inputs.training_path),
+                ("validation", self.inputs.validation_path),
+            )
+        }
         self.progress("load", 1.0)
         load_seconds = time.perf_counter() - started
         result = quantize(
             imported,
             spec,
-            calibration=calibration,
-            evaluation=evaluation,
+            calibration=data["calibration"],
+            evaluation=data["evaluation"],
+            training=data["training"],
+            validation=data["validation"],
             progress=self.progress,
+            energy_profile=self.inputs.energy_profile,
         )
         if self.aborted.is_set():
             raise JobAborted()

@@ -16,9 +16,22 @@ class JobCreate(BaseModel):
     model_id: str = Field(max_length=64)
     calibration_id: str | None = Field(None, max_length=64)
     evaluation_id: str | None = Field(None, max_length=64)
+    training_id: str | None = Field(
+        None, max_length=64, description="data for the qat step; labels used when present"
+    )
+    validation_id: str | None = Field(
+        None,
+        max_length=64,
+        description="model selection for the qat step (default: 10% held out of training)",
+    )
     quantization: QuantSpec = Field(default_factory=QuantSpec)
     max_accuracy_drop: float | None = Field(
         None, ge=0, le=1, description="largest acceptable top-1 drop (0.01 = one point)"
+    )
+    energy_profile: dict[str, Any] | None = Field(
+        None,
+        description="your hardware's energy figures for the report, as the engine's "
+        "EnergyProfile fields (default: the 45 nm table)",
     )
 
 
@@ -44,8 +57,11 @@ class JobOut(BaseModel):
     model_id: str
     calibration_id: str | None
     evaluation_id: str | None
+    training_id: str | None
+    validation_id: str | None
     quantization: dict[str, Any]
     max_accuracy_drop: float | None
+    energy_profile: dict[str, Any] | None
     error: JobError | None
     steps: list[dict[str, Any]]
     step_reports: dict[str, Any]
@@ -68,8 +84,11 @@ class JobOut(BaseModel):
             model_id=job.model_id,
             calibration_id=job.calibration_id,
             evaluation_id=job.evaluation_id,
+            training_id=job.training_id,
+            validation_id=job.validation_id,
             quantization=job.spec,
             max_accuracy_drop=job.max_accuracy_drop,
+            energy_profile=job.energy_profile,
             error=error,
             steps=job.steps or [],
             step_reports=job.step_reports or {},

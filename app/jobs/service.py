@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -22,13 +23,39 @@ from app.jobs.tables import Job, JobStatus
 from app.models_.service import ModelService
 from qaas_engine.errors import SpecError
 from qaas_engine.pipeline import check_pipeline_order
+from qaas_engine.reporting.energy import EnergyProfile
 
 log = logging.getLogger("qaas.jobs")
 
 
+# Fields added after jobs were first stored: left out of the hash while unset, so a retry of a
+# request made before they existed still matches the job it created.
+LATER_FIELDS = ("training_id", "validation_id", "energy_profile")
+
+
 def request_hash(request: JobCreate) -> str:
-    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    body = request.model_dump(mode="json")
+    for name in LATER_FIELDS:
+        if body.get(name) is None:
+            body.pop(name, None)
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def check_energy_profile(profile: dict[str, Any] | None) -> None:
+    """The engine's own profile checks, run now so a bad profile is a 422, not a failed job."""
+    if profile is None:
+        return
+    try:
+        json.dumps(profile, allow_nan=False)
+    except ValueError:
+        raise InvalidInput("energy profile: NaN and infinity are not valid JSON numbers") from None
+    try:
+        EnergyProfile.load(profile)
+    except SpecError as error:
+        raise InvalidInput(str(error)) from None
+    except (TypeError, ValueError, AttributeError) as error:  # a field of the wrong type
+        raise InvalidInput(f"energy profile: {error}") from None
 
 
 class JobService:
@@ -70,8 +97,11 @@ class JobService:
             model_id=request.model_id,
             calibration_id=request.calibration_id,
             evaluation_id=request.evaluation_id,
+            training_id=request.training_id,
+            validation_id=request.validation_id,
             spec=request.quantization.model_dump(mode="json"),
             max_accuracy_drop=request.max_accuracy_drop,
+            energy_profile=request.energy_profile,
             idempotency_key=idempotency_key,
             request_hash=digest,
             status=JobStatus.QUEUED,
@@ -110,12 +140,27 @@ class JobService:
                 "activation quantization needs calibration data: give calibration_id, "
                 "or keep activations in float (quantization.activation_bits = null)"
             )
+        if "qat" in spec.pipeline and request.training_id is None:
+            raise InvalidInput(
+                "the qat step needs training data: upload an .npz (labels used when present) "
+                "and give its id as training_id, or remove qat from quantization.pipeline"
+            )
+        if "qat" not in spec.pipeline:
+            for field in ("training_id", "validation_id"):
+                if getattr(request, field) is not None:
+                    raise InvalidInput(
+                        f"{field} is used only by the qat step: add qat to "
+                        f"quantization.pipeline, or leave {field} out"
+                    )
+        check_energy_profile(request.energy_profile)
         model = await run_in_threadpool(
             lambda: self.models.get(tenant_id=tenant_id, model_id=request.model_id)
         )
         for role, dataset_id in (
             ("calibration", request.calibration_id),
             ("evaluation", request.evaluation_id),
+            ("training", request.training_id),
+            ("validation", request.validation_id),
         ):
             if dataset_id is None:
                 continue

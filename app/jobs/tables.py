@@ -37,7 +37,14 @@ class Job(Base):
     evaluation_id: Mapped[str | None] = mapped_column(
         ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True
     )
+    training_id: Mapped[str | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True
+    )
+    validation_id: Mapped[str | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True
+    )
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    energy_profile: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     max_accuracy_drop: Mapped[float | None] = mapped_column(Float, nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     request_hash: Mapped[str] = mapped_column(String(64))
