@@ -134,8 +134,8 @@ def _check_declared_sizes(model: onnx.ModelProto, limit: int = MAX_TENSOR_ELEMEN
             elements *= max(size, 1)
         if elements > limit:
             raise ModelImportError(
-                f"tensor '{value.name}' declares {elements:,} elements (over {limit:,}); "
-                "this is not a model the service will compute"
+                f"tensor '{value.name}' declares {elements:,} elements (over {limit:,}): "
+                "a shape-inference bomb, not a model to compute"
             )
 
 
