@@ -6,8 +6,13 @@ import re
 from collections.abc import AsyncIterator
 
 from fastapi import Request
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
+from app.core.config import Settings
 from app.core.errors import InvalidInput
+from app.core.quotas import Quotas
+from app.core.storage import LocalStorage, StagedFile
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -38,3 +43,30 @@ RAW_BODY_OPENAPI = {
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     }
 }
+
+
+async def receive_within_quota(
+    *,
+    session: Session,
+    settings: Settings,
+    storage: LocalStorage,
+    tenant_id: str,
+    body: AsyncIterator[bytes],
+    declared_length: int | None,
+    limit: int,
+    what: str,
+) -> StagedFile:
+    """Stream an upload to staging under the smaller of the size limit and the tenant's quota;
+    models and datasets share this, so both refuse the same way (413 naming which cap)."""
+    allowance = await run_in_threadpool(
+        Quotas(session=session, settings=settings).upload_allowance,
+        tenant_id=tenant_id,
+        limit=limit,
+        declared_length=declared_length,
+    )
+    return await storage.receive(
+        body,
+        max_bytes=allowance,
+        declared_length=declared_length,
+        what=what if allowance == limit else f"{what} (quota left)",
+    )

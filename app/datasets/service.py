@@ -12,8 +12,8 @@ from app.core.config import Settings
 from app.core.errors import InvalidInput, NotFound
 from app.core.ids import new_id
 from app.core.inspection import Inspector, check_dataset_fits, inspect_dataset
-from app.core.quotas import Quotas
 from app.core.storage import LocalStorage
+from app.core.uploads import receive_within_quota
 from app.datasets.repository import DatasetRepository
 from app.datasets.tables import Dataset
 from app.models_.tables import Model
@@ -41,19 +41,15 @@ class DatasetService:
         body: AsyncIterator[bytes],
         declared_length: int | None,
     ) -> Dataset:
-        allowance = await run_in_threadpool(
-            Quotas(session=self.repository.session, settings=self.settings).upload_allowance,
+        staged = await receive_within_quota(
+            session=self.repository.session,
+            settings=self.settings,
+            storage=self.storage,
             tenant_id=tenant_id,
+            body=body,
+            declared_length=declared_length,
             limit=self.settings.max_dataset_bytes,
-            declared_length=declared_length,
-        )
-        staged = await self.storage.receive(
-            body,
-            max_bytes=allowance,
-            declared_length=declared_length,
-            what="dataset upload"
-            if allowance == self.settings.max_dataset_bytes
-            else "dataset upload (quota left)",
+            what="dataset upload",
         )
         try:
             facts = await self.inspector.run(filename, inspect_dataset, str(staged.path))

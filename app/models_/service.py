@@ -12,8 +12,8 @@ from app.core.config import Settings
 from app.core.errors import InvalidInput, NotFound
 from app.core.ids import new_id
 from app.core.inspection import Inspector, inspect_model
-from app.core.quotas import Quotas
 from app.core.storage import LocalStorage
+from app.core.uploads import receive_within_quota
 from app.models_.repository import ModelRepository
 from app.models_.tables import Model
 
@@ -40,19 +40,15 @@ class ModelService:
         body: AsyncIterator[bytes],
         declared_length: int | None,
     ) -> Model:
-        allowance = await run_in_threadpool(
-            Quotas(session=self.repository.session, settings=self.settings).upload_allowance,
+        staged = await receive_within_quota(
+            session=self.repository.session,
+            settings=self.settings,
+            storage=self.storage,
             tenant_id=tenant_id,
+            body=body,
+            declared_length=declared_length,
             limit=self.settings.max_model_bytes,
-            declared_length=declared_length,
-        )
-        staged = await self.storage.receive(
-            body,
-            max_bytes=allowance,
-            declared_length=declared_length,
-            what="model upload"
-            if allowance == self.settings.max_model_bytes
-            else "model upload (quota left)",
+            what="model upload",
         )
         model_id = new_id()
         converted = staged.path.parent / "converted.onnx"
