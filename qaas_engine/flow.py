@@ -93,6 +93,8 @@ def quantize(
 ) -> QuantizationResult:
     """Quantize a model per ``spec``; evaluation data only measures, it never calibrates.
 
+    ``spec.pipeline == ("auto",)`` searches the pipelines cheapest first for one that meets
+    ``spec.max_accuracy_drop`` on validation data (see :mod:`qaas_engine.auto`).
     ``should_stop`` is polled between layers and epochs; when it answers True the run ends with
     :class:`~qaas_engine.errors.Cancelled`. ``energy_profile`` (a JSON file, a dict or an
     :class:`EnergyProfile`) prices the energy report; the default is the 45 nm table.
@@ -105,10 +107,41 @@ def quantize(
         if isinstance(model, ImportedModel)
         else timer.run("import", lambda: import_model(model))
     )
-    state = timer.run("prepare", lambda: build_state(imported, spec, calibration, progress))
+    data = PipelineData(calibration, training, validation)
+    if spec.is_auto:
+        from qaas_engine.auto import auto_quantize
+
+        return auto_quantize(
+            imported, spec, data, evaluation, timer, profile, progress, should_stop
+        )
+    state, sim, qdq = run_pipeline(imported, spec, data, timer, profile, progress, should_stop)
+    return finish(imported, state, sim, qdq, timer, evaluation, profile)
+
+
+@dataclass(frozen=True)
+class PipelineData:
+    """The datasets steps learn from; the evaluation set is kept apart and only measures."""
+
+    calibration: Dataset | None = None
+    training: Dataset | None = None
+    validation: Dataset | None = None
+
+
+def run_pipeline(
+    imported: ImportedModel,
+    spec: QuantSpec,
+    data: PipelineData,
+    timer: Timer,
+    profile: EnergyProfile,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[PipelineState, QuantSim, onnx.ModelProto]:
+    """Prepare, float steps, calibration, quantized steps and export: the model, not the report."""
+    state = timer.run("prepare", lambda: build_state(imported, spec, data.calibration, progress))
     if should_stop is not None:
         state.should_stop = should_stop
-    state.training, state.validation = training, validation
+    state.training, state.validation = data.training, data.validation
+    state.energy_profile = profile
     run_steps(state, "float", timer)
     # Quantized steps (bias correction, AdaRound) rewrite weights in place; the float reference
     # every metric compares against is the model as it stands here.
@@ -117,14 +150,27 @@ def quantize(
     run_steps(state, "quantized", timer)
     qdq = timer.run("export", lambda: export_qdq(state.model, sim))
     onnx.checker.check_model(qdq)
+    return state, sim, qdq
+
+
+def finish(
+    imported: ImportedModel,
+    state: PipelineState,
+    sim: QuantSim,
+    qdq: onnx.ModelProto,
+    timer: Timer,
+    evaluation: Dataset | None,
+    profile: EnergyProfile,
+) -> QuantizationResult:
+    """Measure on the evaluation data (else the calibration data) and write the report."""
     encodings = aimet_encodings(sim, __version__)
-    measured_on = evaluation if evaluation is not None else calibration
+    measured_on = evaluation if evaluation is not None else state.calibration
     metrics = timer.run("evaluation", lambda: evaluate(state, sim, qdq, measured_on))
     metrics["dataset"] = (
         "evaluation"
         if evaluation is not None
         else "calibration"
-        if calibration is not None
+        if state.calibration is not None
         else None
     )
     report = build_report(imported, state, sim, qdq, metrics, timer)

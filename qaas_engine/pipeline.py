@@ -23,6 +23,7 @@ from qaas_engine.importer import ImportedModel
 from qaas_engine.quant.moments import propagate
 from qaas_engine.quant.placement import place_quantizers
 from qaas_engine.quant.sim import QuantSim
+from qaas_engine.reporting.energy import EnergyProfile
 from qaas_engine.spec import QuantSpec
 from qaas_engine.transforms.bn_fold import FoldedBatchNorm, fold_batchnorms
 from qaas_engine.transforms.cle import ChannelStats
@@ -49,6 +50,7 @@ class PipelineState:
     float_weights: dict[str, torch.Tensor] | None = None  # the reference after float steps
     training: Dataset | None = None
     validation: Dataset | None = None
+    energy_profile: EnergyProfile = field(default_factory=EnergyProfile)  # prices mixed precision
 
     def rebuild_executor(self) -> None:
         """After a float step rewrote the graph or its initializers."""
@@ -121,6 +123,8 @@ class Timer:
 
 def check_pipeline_order(pipeline: tuple[str, ...]) -> None:
     seen_quantized = None
+    if pipeline == ("auto",):
+        return
     for name in pipeline:
         stage = STEPS[name].stage
         if stage == "quantized":

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SPEC_VERSION = 1
+AUTO = "auto"  # the pipeline that picks its own steps against max_accuracy_drop
 
 
 class QuantSpec(BaseModel):
@@ -35,7 +36,14 @@ class QuantSpec(BaseModel):
     qat_learn_ranges: bool = True
     qat_weight_lr: float = Field(5e-4, gt=0, le=1.0)
     qat_range_lr: float = Field(5e-3, gt=0, le=1.0)
-    max_accuracy_drop: float | None = Field(None, ge=0, le=100)  # top-1 points; stops QAT early
+    bayesian_bits_epochs: int = Field(8, ge=1, le=1000)
+    bayesian_bits_finetune_epochs: int = Field(4, ge=0, le=1000)
+    bayesian_bits_strength: float = Field(0.5, ge=0, le=100.0)  # weight of the relative cost
+    bayesian_bits_cost: Literal["energy", "bops"] = "energy"
+    bayesian_bits_prune: bool = True
+    # top-1 points (or points of top-1 agreement with the float model when the validation data
+    # has no labels): the target of pipeline auto, and an early stop for QAT
+    max_accuracy_drop: float | None = Field(None, ge=0, le=100)
     seed: int = 0
 
     @field_validator("version")
@@ -51,12 +59,24 @@ class QuantSpec(BaseModel):
     def _pipeline_known(self) -> QuantSpec:
         from qaas_engine.pipeline import STEPS
 
+        if AUTO in self.pipeline:
+            if self.pipeline != (AUTO,):
+                raise ValueError(
+                    "pipeline 'auto' chooses the steps itself: give it alone, not with "
+                    f"{', '.join(s for s in self.pipeline if s != AUTO)}"
+                )
+            return self
         unknown = [step for step in self.pipeline if step not in STEPS]
         if unknown:
             raise ValueError(
-                f"unknown pipeline step(s) {', '.join(unknown)}; known: {', '.join(sorted(STEPS))}"
+                f"unknown pipeline step(s) {', '.join(unknown)}; known: "
+                f"{', '.join(sorted(STEPS))}, or auto alone"
             )
         return self
+
+    @property
+    def is_auto(self) -> bool:
+        return self.pipeline == (AUTO,)
 
     @property
     def quantize_activations(self) -> bool:

@@ -11,12 +11,14 @@ import torch
 from qaas_engine.errors import SpecError
 from qaas_engine.pipeline import PipelineState, Step, register_step, seeds
 from qaas_engine.quant.adaround import AdaRoundConfig, adaround
+from qaas_engine.quant.bayesian_bits import BayesianBitsConfig, cost_terms, train_bayesian_bits
 from qaas_engine.quant.bias_correction import (
     analytical_bias_correction,
     empirical_bias_correction,
 )
 from qaas_engine.quant.moments import propagate
 from qaas_engine.quant.qat import QATConfig, train_qat
+from qaas_engine.reporting.energy import layer_shapes
 from qaas_engine.transforms.bias_absorption import absorb_high_biases
 from qaas_engine.transforms.cle import equalize
 
@@ -200,5 +202,70 @@ register_step(
         "quantized",
         _qat,
         "quantization-aware training with learned ranges, from labels or by distillation",
+    )
+)
+
+
+def _training_data(state: PipelineState, step: str):
+    """Shuffled training batches per epoch, validation batches, and where validation came from."""
+    if state.training is None:
+        raise SpecError(f"{step} needs training data: --training NPZ (labels used when present)")
+    training, validation = state.training, state.validation
+    if validation is None:
+        training, validation = training.split(VALIDATION_FRACTION, seed=state.spec.seed)
+    spec = state.spec
+
+    def epoch_batches(epoch: int):
+        order = np.random.default_rng(spec.seed * 1000 + epoch).permutation(training.num_samples)
+        for feeds, labels in training.subset(order).batches(spec.batch_size):
+            yield _tensors(feeds), _labels(labels)
+
+    def validation_batches():
+        for feeds, labels in validation.batches(spec.batch_size):
+            yield _tensors(feeds), _labels(labels)
+
+    source = (
+        "--validation"
+        if state.validation is not None
+        else f"held-out {VALIDATION_FRACTION:.0%} of the training data"
+    )
+    return epoch_batches, validation_batches, source
+
+
+def _bayesian_bits(state: PipelineState) -> dict[str, Any]:
+    spec = state.spec
+    epoch_batches, validation_batches, source = _training_data(state, "bayesian_bits")
+    feeds, _ = next(state.training.batches(1))
+    layers = layer_shapes(state.model, state.executor, _tensors(feeds))
+    config = BayesianBitsConfig(
+        epochs=spec.bayesian_bits_epochs,
+        finetune_epochs=spec.bayesian_bits_finetune_epochs,
+        strength=spec.bayesian_bits_strength,
+        cost=spec.bayesian_bits_cost,
+        prune=spec.bayesian_bits_prune,
+        seed=spec.seed,
+    )
+    report = train_bayesian_bits(
+        state.sim,
+        epoch_batches,
+        validation_batches,
+        state.float_weights,
+        cost_terms(state.sim, layers),
+        state.energy_profile,
+        config,
+        state.progress,
+        state.should_stop,
+    )
+    report["validation_source"] = source
+    return report
+
+
+register_step(
+    Step(
+        "bayesian_bits",
+        "quantized",
+        _bayesian_bits,
+        "mixed precision: learned bit-width per weight and activation (2/4/8/16) and pruned "
+        "channels, weighted by the energy model; from labels or by distillation",
     )
 )

@@ -39,6 +39,8 @@ class QuantSim:
         self.activation_encodings: dict[str, Encoding] = {}
         self.bias_encodings: dict[str, Encoding] = {}
         self.skipped: dict[str, str] = dict(placement.skipped)
+        # weight -> output channels pruned to zero (mixed precision); trainers keep them at zero
+        self.pruned_channels: dict[str, list[int]] = {}
         self._quantized_weights: dict[str, torch.Tensor] | None = None
 
     # -- weights -------------------------------------------------------------------------

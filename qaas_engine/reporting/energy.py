@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +125,9 @@ class EnergyProfile:
 
 
 @dataclass
-class _Layer:
+class LayerShape:
+    """A counted layer's work and traffic per sample, independent of bit-widths."""
+
     name: str
     op_type: str
     macs: int  # multiply-accumulates (or single adds/mults for elementwise ops) per sample
@@ -148,7 +150,7 @@ def energy_report(
 ) -> dict[str, Any]:
     """Energy of one inference (per sample), per layer and in total, FP32 against quantized."""
     profile = profile or EnergyProfile()
-    layers = _layers(model, executor, sample)
+    layers = layer_shapes(model, executor, sample)
     quantizers = sim.activation_quantizers()
     fused_output = _fused_outputs(model, sim)
     rows = []
@@ -160,12 +162,15 @@ def energy_report(
         o_bits = out_enc.scheme.bits if out_enc is not None else FLOAT_BITS
         computes_int = a_bits < FLOAT_BITS and (layer.weight is None or w_bits < FLOAT_BITS)
         c_w, c_a = (w_bits if layer.weight else a_bits, a_bits) if computes_int else (32, 32)
-        quant_pj = _layer_energy(layer, profile, c_w, c_a, w_bits, o_bits, mem_a_bits=a_bits)
+        kept = _kept_fraction(layer, sim)
+        priced = layer if kept == 1.0 else _pruned(layer, kept)
+        quant_pj = _layer_energy(priced, profile, c_w, c_a, w_bits, o_bits, mem_a_bits=a_bits)
         rows.append(
             {
                 "layer": layer.name,
                 "op": layer.op_type,
                 "macs": layer.macs,
+                "kept_channels": kept if kept < 1.0 else None,
                 "operation": layer.kind,
                 "compute_bits": {"weights": c_w, "activations": c_a} if computes_int else 32,
                 "bytes": {"float": float_pj.pop("bytes"), "quantized": quant_pj.pop("bytes")},
@@ -215,12 +220,14 @@ def assumptions(profile: EnergyProfile) -> list[str]:
         f"{p.activation_level} ({p.access_pj[p.activation_level]} pJ per 64-bit access); ops "
         "without arithmetic (fused Relu, reshapes, pooling by max) are not counted",
         "quantized biases are int32 (4 bytes, like FP32 ones); bytes are packed at the bit-width",
+        "output channels pruned by mixed precision (all-zero weights) are priced as removed: "
+        "their MACs, weights and outputs cost nothing",
         *p.notes,
     ]
 
 
 def _layer_energy(
-    layer: _Layer,
+    layer: LayerShape,
     profile: EnergyProfile,
     w_bits: int,
     a_bits: int,
@@ -249,12 +256,33 @@ def _layer_energy(
     }
 
 
-def _weight_bits(layer: _Layer, sim: QuantSim) -> int:
+def _kept_fraction(layer: LayerShape, sim: QuantSim) -> float:
+    """Share of output channels left after pruning (Bayesian Bits' 2-bit gate)."""
+    pruned = sim.pruned_channels.get(layer.weight) if layer.weight else None
+    if not pruned:
+        return 1.0
+    site = sim.placement.weights[layer.weight]
+    channels = int(sim.executor.weights[layer.weight].shape[site.channel_axis or 0])
+    return round(1.0 - len(pruned) / channels, 6)
+
+
+def _pruned(layer: LayerShape, kept: float) -> LayerShape:
+    """A pruned channel is skipped: its MACs, weights and output are not computed or moved."""
+    return replace(
+        layer,
+        macs=int(round(layer.macs * kept)),
+        weight_elements=int(round(layer.weight_elements * kept)),
+        bias_elements=int(round(layer.bias_elements * kept)),
+        output_elements=int(round(layer.output_elements * kept)),
+    )
+
+
+def _weight_bits(layer: LayerShape, sim: QuantSim) -> int:
     encoding = sim.weight_encodings.get(layer.weight) if layer.weight else None
     return encoding.scheme.bits if encoding is not None else FLOAT_BITS
 
 
-def _input_bits(layer: _Layer, quantizers: Mapping[str, Any]) -> int:
+def _input_bits(layer: LayerShape, quantizers: Mapping[str, Any]) -> int:
     bits = [quantizers[name].scheme.bits if name in quantizers else 32 for name in layer.inputs]
     return max(bits) if bits else FLOAT_BITS
 
@@ -269,9 +297,9 @@ def _fused_outputs(model: onnx.ModelProto, sim: QuantSim) -> dict[str, str]:
     }
 
 
-def _layers(
+def layer_shapes(
     model: onnx.ModelProto, executor: GraphExecutor, sample: Mapping[str, torch.Tensor]
-) -> list[_Layer]:
+) -> list[LayerShape]:
     shapes: dict[str, tuple[int, ...]] = {n: tuple(v.shape) for n, v in sample.items()}
 
     def hook(name: str, value: torch.Tensor) -> torch.Tensor:
@@ -295,7 +323,7 @@ def _layers(
             weight = node.input[1] if len(node.input) > 1 and node.input[1] in weights else None
             bias = node.input[2] if len(node.input) > 2 and node.input[2] in weights else None
             layers.append(
-                _Layer(
+                LayerShape(
                     name, node.op_type, macs[name], "mac",
                     weights[weight].numel() if weight else 0,
                     weights[bias].numel() if bias else 0,
@@ -305,12 +333,12 @@ def _layers(
         elif node.op_type in ELEMENTWISE_ADDS | ELEMENTWISE_MULTS and len(dynamic) == 2:
             kind = "add" if node.op_type in ELEMENTWISE_ADDS else "mult"
             layers.append(
-                _Layer(name, node.op_type, out_elems, kind, 0, 0, in_elems, out_elems,
+                LayerShape(name, node.op_type, out_elems, kind, 0, 0, in_elems, out_elems,
                        None, dynamic, node.output[0])
             )  # fmt: skip
         elif node.op_type in REDUCING_ADDS and dynamic:
             layers.append(
-                _Layer(name, node.op_type, in_elems, "add", 0, 0, in_elems, out_elems,
+                LayerShape(name, node.op_type, in_elems, "add", 0, 0, in_elems, out_elems,
                        None, dynamic, node.output[0])
             )  # fmt: skip
     return layers

@@ -10,7 +10,7 @@ from html import escape
 from statistics import fmean
 from typing import Any
 
-from qaas_engine.reporting.svg import column_chart, hbar_chart, line_chart
+from qaas_engine.reporting.svg import column_chart, hbar_chart, line_chart, scatter_chart
 
 MAX_CLE_LAYERS = 6
 MAX_ANALYSIS_ROWS = 12
@@ -266,6 +266,79 @@ def _qat_plot(report: dict[str, Any]) -> str:
     )
 
 
+def _auto(report: dict[str, Any]) -> str:
+    auto = report.get("auto")
+    if not auto:
+        return ""
+    rows, points = [], []
+    for row in auto["tried"]:
+        if "skipped" in row:
+            rows.append([escape(row["name"]), "-", "-", "-", "-", escape(row["skipped"])])
+            continue
+        chosen = " (chosen)" if row["name"] == auto["chosen"] else ""
+        rows.append(
+            [
+                escape(row["name"] + chosen),
+                _num(row["accuracy"], "{:.4f}"),
+                _num(row["drop_points"], "{:.2f}"),
+                _num(row["energy_pj"], "{:,.0f}"),
+                _num(row["seconds"], "{:.1f}"),
+                "meets the target" if row["meets_target"] else "misses the target",
+            ]
+        )
+        points.append((row["name"], row["energy_pj"], row["accuracy"], row.get("on_frontier")))
+    target = auto["target"]
+    note = (
+        f"Target: lose at most {target['max_accuracy_drop']:g} {escape(target['measure'])}, "
+        f"measured on {escape(auto['validation']['source'])} "
+        f"({auto['validation']['samples']} samples), never on the evaluation data. "
+        f"{escape(auto['message'])}."
+    )
+    plot = scatter_chart(
+        "Configurations tried: accuracy against modelled energy (frontier joined)",
+        points,
+        "energy per inference, pJ",
+        "validation accuracy",
+    )
+    return (
+        f'<p class="note">{note}</p>'
+        + _table(["configuration", "accuracy", "drop", "energy pJ", "seconds", ""], rows)
+        + plot
+    )
+
+
+def _mixed_precision(report: dict[str, Any]) -> str:
+    data = (report.get("step_reports") or {}).get("bayesian_bits")
+    if not data:
+        return ""
+    weights = data["weights"]
+    plot = hbar_chart(
+        "Bayesian Bits: bit-width chosen per layer (weights)",
+        [w["layer"] for w in weights],
+        [("quantized", [float(w["bits"]) for w in weights])],
+        "bits",
+    )
+    rows = [
+        [
+            escape(w["layer"]),
+            str(w["bits"]),
+            "-" if w["channels"] is None else f"{len(w['pruned_channels'])} of {w['channels']}",
+        ]
+        for w in weights
+    ]
+    acts = ", ".join(f"{a['bits']}" for a in data["activations"] if a["gated"])
+    cost = data["relative_cost"]
+    note = (
+        f"Modelled {escape(data['cost'])} cost {cost['chosen']:.3f} x that of "
+        f"{escape(cost['reference'])}; gated activation widths: {escape(acts)}."
+    )
+    return (
+        f'<p class="note">{note}</p>'
+        + _table(["layer", "weight bits", "pruned output channels"], rows)
+        + plot
+    )
+
+
 def _latency(report: dict[str, Any]) -> str:
     latency = report.get("latency_ms") or {}
     if not latency.get("float"):
@@ -296,6 +369,11 @@ def render_html(report: dict[str, Any]) -> str:
         ("Measured latency", _latency(report)),
         ("Per-layer analysis", _analysis(report)),
     ]
+    auto, mixed = _auto(report), _mixed_precision(report)
+    if auto:
+        sections.insert(1, ("Automatic pipeline", auto))
+    if mixed:
+        sections.append(("Mixed precision", mixed))
     cle, bias, qat = _cle_plots(report), _bias_plot(report), _qat_plot(report)
     if cle:
         sections.append(("Cross-layer equalization", cle))

@@ -21,6 +21,8 @@ PALETTE = {
     "full model": "#1f77b4",
     "validation": "#1f77b4",
     "train loss": "#d62728",
+    "frontier": "#1f77b4",
+    "other configurations": "#8c8c8c",
 }
 Series = tuple[str, Sequence[float | None]]
 
@@ -204,5 +206,52 @@ def line_chart(
     body.append(
         f'<text x="{left + plot_w / 2:.0f}" y="{height - 4}" text-anchor="middle">'
         f"{escape(x_label)}; {escape(unit)}</text>"
+    )
+    return _frame(title, height, body)
+
+
+def scatter_chart(
+    title: str,
+    points: Sequence[tuple[str, float, float, bool]],
+    x_label: str,
+    y_label: str,
+) -> str:
+    """Labelled points (name, x, y, highlighted) with the highlighted ones joined by a line:
+    the accuracy-vs-energy frontier of the configurations pipeline auto tried."""
+    top, bottom, left = 40, 36, 60
+    plot_h, plot_w = 220, WIDTH - left - 140
+    x_scale = _Scale([p[1] for p in points], plot_w, False)
+    y_scale = _Scale([p[2] for p in points], plot_h, False)
+    height = top + plot_h + bottom
+    body = _legend([("frontier", []), ("other configurations", [])], left, 30)
+    for tick in y_scale.ticks():
+        y = top + plot_h - y_scale(tick)
+        body.append(
+            f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#ddd"/>'
+            f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">{_fmt(tick)}</text>'
+        )
+    for tick in x_scale.ticks():
+        x = left + x_scale(tick)
+        body.append(
+            f'<text x="{x:.1f}" y="{top + plot_h + 14}" text-anchor="middle">{_fmt(tick)}</text>'
+        )
+    placed = [(name, left + x_scale(x), top + plot_h - y_scale(y), on) for name, x, y, on in points]
+    frontier = sorted((px, py) for _, px, py, on in placed if on)
+    if len(frontier) > 1:
+        path = " ".join(f"{x:.1f},{y:.1f}" for x, y in frontier)
+        body.append(
+            f'<polyline points="{path}" fill="none" stroke="{_color("frontier", 0)}" '
+            'stroke-width="2"/>'
+        )
+    for name, px, py, on in placed:
+        color = _color("frontier", 0) if on else _color("other configurations", 1)
+        body.append(
+            f'<circle cx="{px:.1f}" cy="{py:.1f}" r="4" fill="{color}"><title>{escape(name)}'
+            f"</title></circle>"
+            f'<text x="{px + 6:.1f}" y="{py - 5:.1f}">{escape(name)}</text>'
+        )
+    body.append(
+        f'<text x="{left + plot_w / 2:.0f}" y="{height - 4}" text-anchor="middle">'
+        f"{escape(x_label)}; vertical: {escape(y_label)}</text>"
     )
     return _frame(title, height, body)

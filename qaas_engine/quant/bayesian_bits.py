@@ -1,0 +1,523 @@
+"""Bayesian Bits (van Baalen et al. 2020): learn a bit-width per quantizer, and prune channels.
+
+Every gated tensor is quantized on nested grids of 2, 4, 8 and 16 bits over the same range,
+``x_b = s_b * clamp(round(x / s_b) ...)``, and the simulated value is the gated sum of residuals
+
+    x_q = z2 * (x_2 + z4 * (e_4 + z8 * (e_8 + z16 * e_16))),   e_b = x_b - x_{b/2}
+
+so that gates on up to width ``b`` and off above give exactly ``x_b`` (the sum telescopes),
+whatever the gates' values. Each gate is hard-concrete (Louizos et al. 2018) with a learned
+``log_alpha``; the 2-bit gate of a weight is one per output channel and prunes the channel, the
+2-bit gate of an activation is always on. The loss is the task loss (labels, or distillation
+from the float model) plus ``strength`` times the expected cost: the energy model (compute at
+E[b_w] * E[b_a], weight and activation traffic at E[b]) or bit-operations, relative to the
+cost of the spec's uniform bit-widths, so ``strength`` means the same on every model.
+
+Then the gates are fixed to their decisions, the weights are fine-tuned at the chosen widths
+(selected on validation), and the sim takes the chosen grids: because the fixed-gate model *is*
+the sim with those grids, the exported QDQ model is the model that was trained.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from qaas_engine.errors import Cancelled
+from qaas_engine.quant.encoding import Encoding
+from qaas_engine.quant.qat import Batch, _loss, _score
+from qaas_engine.quant.sim import QuantSim
+from qaas_engine.reporting.energy import EnergyProfile, LayerShape
+
+BIT_LADDER = (2, 4, 8, 16)
+HC_BETA, HC_ZETA, HC_GAMMA = 2.0 / 3.0, 1.1, -0.1  # hard-concrete temperature and stretch
+GATE_ON, GATE_OFF = 3.0, -3.0  # initial log_alpha: decided, but still free to move
+
+
+@dataclass(frozen=True)
+class BayesianBitsConfig:
+    epochs: int = 8  # gate learning
+    finetune_epochs: int = 4  # weights at the fixed widths
+    strength: float = 0.5  # lambda: weight of the relative expected cost
+    cost: Literal["energy", "bops"] = "energy"
+    max_bits: int = 16
+    prune: bool = True
+    weight_lr: float = 0.0  # weights held during gate learning: gates judge the trained weights
+    gate_lr: float = 5e-2
+    finetune_lr: float = 2e-4
+    seed: int = 0
+    threads: int = 1  # small per-batch work: one thread is as fast, and the result reproducible
+
+
+def _round_ste(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.round(x) - x).detach()
+
+
+def _active_probability(log_alpha: torch.Tensor) -> torch.Tensor:
+    """P(z != 0) of a hard-concrete gate."""
+    return torch.sigmoid(log_alpha - HC_BETA * math.log(-HC_GAMMA / HC_ZETA))
+
+
+def _gate(log_alpha: torch.Tensor, sample: bool) -> torch.Tensor:
+    if sample:
+        u = torch.rand_like(log_alpha).clamp(1e-6, 1 - 1e-6)
+        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / HC_BETA)
+    else:
+        s = torch.sigmoid(log_alpha)
+    return torch.clamp(s * (HC_ZETA - HC_GAMMA) + HC_GAMMA, 0.0, 1.0)
+
+
+class GatedQuantizer(nn.Module):
+    """Nested grids of one tensor with a gate per doubling (and per channel at 2 bits)."""
+
+    def __init__(
+        self,
+        encoding: Encoding,
+        levels: tuple[int, ...],
+        start_bits: int,
+        channels: int | None,
+        fixed: bool = False,
+    ) -> None:
+        super().__init__()
+        self.base = encoding
+        self.levels = levels
+        self.axis = encoding.scheme.axis
+        self.encodings = [
+            encoding
+            if b == encoding.scheme.bits
+            else Encoding.from_range(replace(encoding.scheme, bits=b), encoding.low, encoding.high)
+            for b in levels
+        ]
+        for index, level in enumerate(self.encodings):
+            self.register_buffer(f"scale{index}", torch.from_numpy(level.scale.copy()))
+            self.register_buffer(
+                f"zero{index}", torch.from_numpy(level.zero_point.astype(np.float32))
+            )
+        start = [GATE_ON if b <= start_bits else GATE_OFF for b in levels[1:]]
+        self.log_alpha = nn.Parameter(torch.tensor(start), requires_grad=not fixed)
+        self.prunable = channels is not None
+        self.channel_log_alpha = nn.Parameter(
+            torch.full((channels or 1,), GATE_ON), requires_grad=self.prunable and not fixed
+        )
+        self.frozen: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _level(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        scale, zero = getattr(self, f"scale{index}"), getattr(self, f"zero{index}")
+        scheme = self.encodings[index].scheme
+        if scale.numel() > 1:
+            shape = [1] * x.dim()
+            shape[self.axis] = -1
+            scale, zero = scale.reshape(shape), zero.reshape(shape)
+        x_int = torch.clamp(_round_ste(x / scale) + zero, scheme.qmin, scheme.qmax)
+        return (x_int - zero) * scale
+
+    def gates(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.frozen is not None:
+            return self.frozen
+        return (
+            _gate(self.log_alpha, self.training),
+            _gate(self.channel_log_alpha, self.training and self.prunable),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        doubling, channel = self.gates()
+        values = [self._level(x, i) for i in range(len(self.levels))]
+        out = values[-1] - values[-2] if len(values) > 1 else values[0]
+        for i in range(len(values) - 2, -1, -1):  # inside out: e_b + z_2b * (...)
+            out = out * doubling[i]
+            out = out + (values[i] - values[i - 1] if i > 0 else values[0])
+        if self.prunable:
+            shape = [1] * x.dim()
+            shape[self.axis] = -1
+            out = out * channel.reshape(shape)
+        return out
+
+    def expected_bits(self) -> torch.Tensor:
+        """E[bits] under the gates: 2 + P(z4)(2 + P(z8)(4 + P(z16) 8))."""
+        if self.frozen is not None:
+            return torch.tensor(float(self.decided_bits()))
+        active = _active_probability(self.log_alpha)
+        bits = torch.tensor(0.0)
+        for i in range(len(self.levels) - 1, 0, -1):
+            bits = active[i - 1] * (self.levels[i] - self.levels[i - 1] + bits)
+        return bits + self.levels[0]
+
+    def active_fraction(self) -> torch.Tensor:
+        if not self.prunable:
+            return torch.tensor(1.0)
+        if self.frozen is not None:
+            return self.frozen[1].mean()
+        return _active_probability(self.channel_log_alpha).mean()
+
+    def decided_bits(self) -> int:
+        bits = self.levels[0]
+        for i, log_alpha in enumerate(self.log_alpha.detach().tolist()):
+            if log_alpha <= 0:
+                break
+            bits = self.levels[i + 1]
+        return bits
+
+    def kept_channels(self) -> np.ndarray:
+        if not self.prunable:
+            return np.ones(1, dtype=bool)
+        return self.channel_log_alpha.detach().cpu().numpy() > 0
+
+    def freeze(self) -> None:
+        """Gates to their decisions: the quantizer becomes the plain grid at the chosen width."""
+        bits = self.decided_bits()
+        doubling = torch.tensor([1.0 if b <= bits else 0.0 for b in self.levels[1:]])
+        channel = torch.from_numpy(self.kept_channels().astype(np.float32))
+        self.frozen = (doubling, channel)
+        self.log_alpha.requires_grad_(False)
+        self.channel_log_alpha.requires_grad_(False)
+
+    def decided_encoding(self) -> Encoding:
+        return self.encodings[self.levels.index(self.decided_bits())]
+
+
+@dataclass(frozen=True)
+class CostTerm:
+    """One layer's share of the modelled cost, with the quantizers whose bits set it."""
+
+    layer: str
+    macs: int
+    weight_elements: int
+    input_elements: int
+    weight: str | None
+    activation: str | None
+
+
+class CostModel:
+    """Expected cost (energy in pJ, or bit-operations) of the gated model, and its reference."""
+
+    def __init__(
+        self,
+        terms: list[CostTerm],
+        kind: Literal["energy", "bops"],
+        profile: EnergyProfile,
+        float_bits: int = 32,
+    ) -> None:
+        self.terms = terms
+        self.kind = kind
+        self.profile = profile
+        self.float_bits = float_bits
+
+    def layer_cost(
+        self, macs_share: torch.Tensor, w_bits: torch.Tensor, a_bits: torch.Tensor, term: CostTerm
+    ) -> torch.Tensor:
+        p = self.profile
+        if self.kind == "bops":
+            return term.macs * macs_share * w_bits * a_bits
+        ref = p.int_reference_bits
+        compute = (
+            term.macs
+            * macs_share
+            * (
+                p.int_mult_pj * w_bits * a_bits / ref**2
+                + p.int_add_pj * torch.maximum(w_bits, a_bits) / ref
+            )
+        )
+        weights = term.weight_elements * macs_share * w_bits / 8 * p.byte_pj(p.weight_level)
+        inputs = term.input_elements * a_bits / 8 * p.byte_pj(p.activation_level)
+        return compute + weights + inputs
+
+    def expected(
+        self,
+        weight_q: Mapping[str, GatedQuantizer],
+        act_q: Mapping[str, GatedQuantizer],
+        fixed_bits: Mapping[str, int],
+    ) -> torch.Tensor:
+        total = torch.tensor(0.0)
+        for term in self.terms:
+            w_bits, share = self._bits(term.weight, weight_q, fixed_bits)
+            a_bits, _ = self._bits(term.activation, act_q, fixed_bits)
+            total = total + self.layer_cost(share, w_bits, a_bits, term)
+        return total
+
+    def uniform(self, weight_bits: int, activation_bits: int) -> float:
+        total = 0.0
+        for term in self.terms:
+            w = torch.tensor(float(weight_bits if term.weight else self.float_bits))
+            a = torch.tensor(float(activation_bits if term.activation else self.float_bits))
+            total += float(self.layer_cost(torch.tensor(1.0), w, a, term))
+        return total
+
+    def _bits(self, name, quantizers, fixed_bits) -> tuple[torch.Tensor, torch.Tensor]:
+        if name is not None and name in quantizers:
+            q = quantizers[name]
+            return q.expected_bits(), q.active_fraction()
+        bits = fixed_bits.get(name, self.float_bits) if name is not None else self.float_bits
+        return torch.tensor(float(bits)), torch.tensor(1.0)
+
+
+def cost_terms(sim: QuantSim, layers: Iterable[LayerShape]) -> list[CostTerm]:
+    """Weighted layers with the quantizer of their weight and of their input's grid."""
+    quantizers = sim.activation_quantizers()
+    sources = {name: _source(sim, name) for name in quantizers}
+    terms = []
+    for layer in layers:
+        if layer.kind != "mac":
+            continue
+        site = sim.placement.weights.get(layer.weight) if layer.weight else None
+        activation = None
+        for tensor in layer.inputs:
+            if tensor in sources:
+                activation = sources[tensor]
+        terms.append(
+            CostTerm(
+                layer.name,
+                layer.macs,
+                layer.weight_elements,
+                layer.input_elements,
+                layer.weight if site is not None and layer.weight in sim.weight_encodings else None,
+                activation,
+            )
+        )
+    return terms
+
+
+def _source(sim: QuantSim, tensor: str) -> str | None:
+    seen = set()
+    while tensor not in sim.activation_encodings:
+        if tensor in seen or tensor not in sim.placement.shared:
+            return None
+        seen.add(tensor)
+        tensor = sim.placement.shared[tensor]
+    return tensor
+
+
+class BayesianBitsModel(nn.Module):
+    """The sim's graph with trainable weights, gated weight quantizers and gated activations.
+
+    Only quantizers that feed a weighted layer carry gates (they are the ones with a cost);
+    the rest keep the spec's grid.
+    """
+
+    def __init__(self, sim: QuantSim, terms: list[CostTerm], config: BayesianBitsConfig) -> None:
+        super().__init__()
+        self.sim = sim
+        levels = tuple(b for b in BIT_LADDER if b <= config.max_bits)
+        trainable = set(sim.weight_encodings) | {
+            site.bias for site in sim.placement.weights.values() if site.bias
+        }
+        self.names = sorted(n for n in trainable if n in sim.executor.weights)
+        self.params = nn.ParameterList(
+            [nn.Parameter(sim.executor.weights[n].detach().clone().float()) for n in self.names]
+        )
+        gated_acts = {t.activation for t in terms if t.activation}
+        self.gated_activations = gated_acts
+        self.weight_keys: dict[str, str] = {}
+        self.weight_q = nn.ModuleDict()
+        for index, name in enumerate(sorted(sim.weight_encodings)):
+            encoding = sim.weight_encodings[name]
+            channels = None
+            if config.prune and sim.placement.weights[name].channel_axis is not None:
+                axis = sim.placement.weights[name].channel_axis
+                channels = int(sim.executor.weights[name].shape[axis])
+                if not encoding.scheme.per_channel:
+                    encoding = replace(encoding, scheme=replace(encoding.scheme, axis=axis))
+            key = f"w{index}"
+            self.weight_keys[name] = key
+            self.weight_q[key] = GatedQuantizer(
+                encoding, levels, encoding.scheme.bits, channels if channels else None
+            )
+        self.act_keys: dict[str, str] = {}
+        self.act_q = nn.ModuleDict()
+        for index, name in enumerate(sorted(sim.activation_encodings)):
+            encoding = sim.activation_encodings[name]
+            key = f"a{index}"
+            self.act_keys[name] = key
+            self.act_q[key] = GatedQuantizer(
+                encoding, levels, encoding.scheme.bits, None, fixed=name not in gated_acts
+            )
+            if name not in gated_acts:
+                self.act_q[key].freeze()
+
+    def weight_quantizers(self) -> dict[str, GatedQuantizer]:
+        return {name: self.weight_q[key] for name, key in self.weight_keys.items()}
+
+    def activation_quantizers(self) -> dict[str, GatedQuantizer]:
+        return {name: self.act_q[key] for name, key in self.act_keys.items()}
+
+    def forward(self, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+        weights = {}
+        for name, param in zip(self.names, self.params, strict=True):
+            key = self.weight_keys.get(name)
+            weights[name] = self.weight_q[key](param) if key else param
+
+        def hook(name: str, value: torch.Tensor) -> torch.Tensor:
+            source = _source(self.sim, name)
+            if source is None or not value.is_floating_point():
+                return value
+            return self.act_q[self.act_keys[source]](value)
+
+        output = self.sim.executor.output_names[0]
+        return self.sim.executor.run(feeds, hook=hook, weights=weights, outputs=[output])[output]
+
+    def gate_parameters(self) -> list[nn.Parameter]:
+        return [
+            p
+            for q in [*self.weight_q.values(), *self.act_q.values()]
+            for p in (q.log_alpha, q.channel_log_alpha)
+            if p.requires_grad
+        ]
+
+    def freeze(self) -> None:
+        for q in [*self.weight_q.values(), *self.act_q.values()]:
+            q.freeze()
+
+    def commit(self) -> dict[str, np.ndarray]:
+        """The sim takes the fine-tuned weights (pruned channels zeroed) and the chosen grids."""
+        sim = self.sim
+        pruned = {}
+        for name, param in zip(self.names, self.params, strict=True):
+            sim.executor.weights[name] = param.detach().clone()
+        for name, q in self.weight_quantizers().items():
+            keep = q.kept_channels()
+            if q.prunable and not keep.all():
+                mask = torch.from_numpy(keep.astype(np.float32))
+                shape = [1] * sim.executor.weights[name].dim()
+                shape[q.axis] = -1
+                sim.executor.weights[name] = sim.executor.weights[name] * mask.reshape(shape)
+                pruned[name] = np.flatnonzero(~keep)
+            sim.weight_encodings[name] = q.decided_encoding()
+        for name, q in self.activation_quantizers().items():
+            sim.activation_encodings[name] = q.decided_encoding()
+        sim.pruned_channels = {k: v.tolist() for k, v in pruned.items()}
+        sim._derive_bias_encodings()
+        sim.invalidate()
+        return pruned
+
+
+def train_bayesian_bits(
+    sim: QuantSim,
+    training: Callable[[int], Iterable[Batch]],
+    validation: Callable[[], Iterable[Batch]],
+    float_weights: dict[str, torch.Tensor],
+    terms: list[CostTerm],
+    profile: EnergyProfile,
+    config: BayesianBitsConfig = BayesianBitsConfig(),
+    progress: Callable[[str, float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Learn the gates, fix them, fine-tune at the chosen widths, commit; report the choices."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _train(
+            sim, training, validation, float_weights, terms, profile, config, progress, should_stop
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(
+    sim, training, validation, float_weights, terms, profile, config, progress, should_stop
+) -> dict[str, Any]:
+    torch.manual_seed(config.seed)
+    spec_bits = {name: e.scheme.bits for name, e in sim.weight_encodings.items()}
+    spec_bits.update({name: e.scheme.bits for name, e in sim.activation_encodings.items()})
+    model = BayesianBitsModel(sim, terms, config)
+    costs = CostModel(terms, config.cost, profile)
+    reference = costs.uniform(sim.spec.weight_bits, sim.spec.activation_bits or 32)
+    optimizer = torch.optim.Adam(
+        [
+            {"params": list(model.params), "lr": config.weight_lr},
+            {"params": model.gate_parameters(), "lr": config.gate_lr},
+        ]
+    )
+    output = sim.executor.output_names[0]
+    total_epochs = config.epochs + config.finetune_epochs
+    curve: list[dict[str, Any]] = []
+    labelled = None
+
+    def run_epoch(epoch: int, phase: str, opt: torch.optim.Optimizer) -> None:
+        nonlocal labelled
+        if should_stop is not None and should_stop():
+            raise Cancelled("stopped between Bayesian Bits epochs")
+        start, task_losses, relative = time.perf_counter(), [], []
+        model.train()
+        for feeds, labels in training(epoch):
+            labelled = labels is not None
+            teacher = None
+            if labels is None:
+                with torch.no_grad():
+                    teacher = sim.executor.run(feeds, weights=float_weights)[output]
+            task = _loss(model(feeds), teacher, labels)
+            loss = task
+            if phase == "gates":
+                cost = costs.expected(
+                    model.weight_quantizers(), model.activation_quantizers(), spec_bits
+                )
+                loss = task + config.strength * cost / reference
+                relative.append(float(cost.detach()) / reference)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            task_losses.append(float(task.detach()))
+        model.eval()
+        score = _score(model, validation(), float_weights)
+        curve.append(
+            {
+                "epoch": epoch,
+                "phase": phase,
+                "train_loss": float(np.mean(task_losses)) if task_losses else None,
+                "expected_relative_cost": float(np.mean(relative)) if relative else None,
+                "validation": score,
+                "seconds": round(time.perf_counter() - start, 3),
+            }
+        )
+        if progress:
+            progress("bayesian_bits", epoch / max(total_epochs, 1))
+
+    for epoch in range(1, config.epochs + 1):
+        run_epoch(epoch, "gates", optimizer)
+    model.freeze()
+    model.eval()
+    best_score = _score(model, validation(), float_weights)
+    best_state, best_epoch = copy.deepcopy(model.state_dict()), config.epochs
+    finetune = torch.optim.Adam(list(model.params), lr=config.finetune_lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(finetune, max(config.finetune_epochs, 1))
+    for epoch in range(config.epochs + 1, total_epochs + 1):
+        run_epoch(epoch, "finetune", finetune)
+        schedule.step()
+        if curve[-1]["validation"] > best_score:
+            best_score, best_epoch = curve[-1]["validation"], epoch
+            best_state = copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    pruned = model.commit()
+    chosen = costs.expected(model.weight_quantizers(), model.activation_quantizers(), spec_bits)
+    return {
+        "signal": "labels" if labelled else "distillation",
+        "cost": config.cost,
+        "strength": config.strength,
+        "relative_cost": {
+            "chosen": round(float(chosen) / reference, 4),
+            "reference": f"uniform W{sim.spec.weight_bits}A{sim.spec.activation_bits or 'float'}",
+        },
+        "best_epoch": best_epoch,
+        "best_validation": best_score,
+        "weights": [
+            {
+                "tensor": name,
+                "layer": sim.placement.weights[name].node,
+                "bits": q.decided_bits(),
+                "channels": int(q.kept_channels().size) if q.prunable else None,
+                "pruned_channels": pruned[name].tolist() if name in pruned else [],
+            }
+            for name, q in sorted(model.weight_quantizers().items())
+        ],
+        "activations": [
+            {"tensor": name, "bits": q.decided_bits(), "gated": name in model.gated_activations}
+            for name, q in sorted(model.activation_quantizers().items())
+        ],
+        "curve": curve,
+    }
