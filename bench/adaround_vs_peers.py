@@ -368,7 +368,11 @@ def main(argv: list[str] | None = None) -> int:
             "weights\nrounded away from nearest (AIMET: measured under its frozen encodings)."
         )
 
-        print("\nqaas AdaRound per layer (iterations used of the budget, by the early stop):")
+        print(
+            "\nqaas AdaRound per layer (iterations used of the budget, by the early stop; "
+            "gradient: how the step is computed,\nconv = torch's kernels + torch.nn.grad, dense = "
+            "matrix products, autograd = the executor's op through autograd):"
+        )
         aimet_flips: dict[str, dict[str, float]] = {}
         aimet_scales: dict[str, dict[str, list[float]]] = {}
         if aimet is not None:
@@ -385,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{granularity}",
                 [
                     "layer",
+                    "gradient",
                     "iterations",
                     "s",
                     "flipped",
@@ -396,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                 [
                     [
                         layer["layer"],
+                        layer.get("gradient", "-"),
                         f"{layer['iterations']}/{args.iterations}",
                         layer["seconds"],
                         layer["rounded_away_from_nearest"],
@@ -463,14 +469,21 @@ def main(argv: list[str] | None = None) -> int:
             for key, error in aimet["errors"].items():
                 print(f"- {key} FAILED: {error}")
 
-        checks: list[tuple[str, bool]] = []
+        checks: list[tuple[str, bool | None]] = []
         pt_near = ours["per-tensor", "nearest"][0]["metrics"]["onnxruntime"]["top1"]
         pt_ada_report, pt_ada_s = ours["per-tensor", "adaround"]
         pt_ada = pt_ada_report["metrics"]["onnxruntime"]["top1"]
+        nearest_loss = float_top1 - pt_near
         checks.append(
             (
-                "per-tensor W4A8 AdaRound within 2 pts of float where nearest loses >= 5 pts",
-                float_top1 - pt_near >= 0.05 and pt_ada >= float_top1 - 0.02,
+                "per-tensor W4A8 AdaRound within 2 pts of float where nearest loses >= 5 pts"
+                + (
+                    ""
+                    if nearest_loss >= 0.05
+                    else f" (nearest loses {100 * nearest_loss:.2f} pts on this model; "
+                    "tests/engine/test_adaround.py checks it on an imbalanced one)"
+                ),
+                pt_ada >= float_top1 - 0.02 if nearest_loss >= 0.05 else None,
             )
         )
         if "per-channel" in granularities:
@@ -573,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print("\nTargets (issue 4):")
         for text, ok in checks:
-            print(f"- {'MET   ' if ok else 'MISSED'} {text}")
+            print(f"- {'N/A   ' if ok is None else 'MET   ' if ok else 'MISSED'} {text}")
         if aimet is None:
             print("- NOT CHECKED (no AIMET figures): top-1 >= AIMET's, time <= 1/3 of AIMET's")
         print(f"\n{load_note()} at end")
