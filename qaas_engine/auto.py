@@ -97,6 +97,7 @@ def auto_quantize(
     data, validation = _split_validation(data, spec.seed)
     tried: list[Tried] = []
     chosen: Tried | None = None
+    search_start = time.perf_counter()
     for rung in LADDER:
         row = {"name": rung.name, "pipeline": list(rung.pipeline), "summary": rung.summary}
         missing = _missing_data(rung, data)
@@ -116,6 +117,7 @@ def auto_quantize(
         if attempt.row["meets_target"]:
             chosen = attempt
             break
+    search_seconds = time.perf_counter() - search_start
     assert chosen is not None and chosen.state is not None  # the first rung always runs
     _mark_frontier([t.row for t in tried if "skipped" not in t.row])
     met = bool(chosen.row["meets_target"])
@@ -136,6 +138,8 @@ def auto_quantize(
         "chosen": chosen.rung.name,
         "chosen_pipeline": list(chosen.rung.pipeline),
         "tried": [t.row for t in tried],
+        # every configuration built and measured on validation: the time to the chosen model
+        "search_seconds": round(search_seconds, 3),
         "message": _message(met, chosen, target, validation),
     }
     if not met:
