@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from bench.peers._venv import probe_versions, run_quiet
 
 REPO = Path(__file__).resolve().parents[2]
 VENV = REPO / "bench" / ".venvs" / "aimet"
@@ -49,12 +50,7 @@ class AimetEnv:
 
 
 def _run(cmd: list[str], timeout: float = INSTALL_TIMEOUT_S) -> tuple[bool, str]:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return False, f"{' '.join(cmd[:4])} ...: {error}"
-    tail = (proc.stdout + proc.stderr).strip().splitlines()[-6:]
-    return proc.returncode == 0, "\n".join(tail)
+    return run_quiet(cmd, timeout)
 
 
 def _probe(python: Path) -> tuple[dict[str, str] | None, str]:
@@ -65,22 +61,7 @@ def _probe(python: Path) -> tuple[dict[str, str] | None, str]:
         "print(json.dumps({'torch': torch.__version__, "
         "'aimet-torch': m.version('aimet-torch')}))"
     )
-    env = AimetEnv(python, {}, False, 0.0).env()
-    try:
-        proc = subprocess.run(
-            [str(python), "-c", code],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=env,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return None, str(error)
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        return None, lines[-1] if lines else f"exit status {proc.returncode}"
-    return json.loads(proc.stdout.strip().splitlines()[-1]), ""
+    return probe_versions(python, code, AimetEnv(python, {}, False, 0.0).env())
 
 
 def _torch_ok(versions: dict[str, str]) -> bool:

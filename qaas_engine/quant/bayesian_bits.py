@@ -261,7 +261,7 @@ class CostModel:
 def cost_terms(sim: QuantSim, layers: Iterable[LayerShape]) -> list[CostTerm]:
     """Weighted layers with the quantizer of their weight and of their input's grid."""
     quantizers = sim.activation_quantizers()
-    sources = {name: _source(sim, name) for name in quantizers}
+    sources = {name: sim.quantizer_of(name) for name in quantizers}
     terms = []
     for layer in layers:
         if layer.kind != "mac":
@@ -282,16 +282,6 @@ def cost_terms(sim: QuantSim, layers: Iterable[LayerShape]) -> list[CostTerm]:
             )
         )
     return terms
-
-
-def _source(sim: QuantSim, tensor: str) -> str | None:
-    seen = set()
-    while tensor not in sim.activation_encodings:
-        if tensor in seen or tensor not in sim.placement.shared:
-            return None
-        seen.add(tensor)
-        tensor = sim.placement.shared[tensor]
-    return tensor
 
 
 class BayesianBitsModel(nn.Module):
@@ -354,7 +344,7 @@ class BayesianBitsModel(nn.Module):
             weights[name] = self.weight_q[key](param) if key else param
 
         def hook(name: str, value: torch.Tensor) -> torch.Tensor:
-            source = _source(self.sim, name)
+            source = self.sim.quantizer_of(name)
             if source is None or not value.is_floating_point():
                 return value
             return self.act_q[self.act_keys[source]](value)

@@ -198,15 +198,21 @@ class QuantSim:
             )
         self.invalidate()
 
-    def encoding_of(self, tensor: str) -> Encoding | None:
-        """The grid a tensor is on: its own quantizer, or the one it shares through data moves."""
+    def quantizer_of(self, tensor: str) -> str | None:
+        """The tensor whose quantizer sets this one's grid: itself, or the one it shares
+        through data moves (Reshape, MaxPool...); None when it is not quantized."""
         seen = set()
         while tensor not in self.activation_encodings:
             if tensor in seen or tensor not in self.placement.shared:
                 return None
             seen.add(tensor)
             tensor = self.placement.shared[tensor]
-        return self.activation_encodings[tensor]
+        return tensor
+
+    def encoding_of(self, tensor: str) -> Encoding | None:
+        """The grid a tensor is on: its own quantizer, or the one it shares through data moves."""
+        source = self.quantizer_of(tensor)
+        return None if source is None else self.activation_encodings[source]
 
     def activation_quantizers(self) -> dict[str, Encoding]:
         """Every tensor that carries a Q/DQ: own quantizers and shared ones."""
