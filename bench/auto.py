@@ -39,9 +39,14 @@ import torch  # noqa: E402
 
 from bench._common import cpu_summary, ort_session, print_table, ratio, run_logits  # noqa: E402
 from bench.peers.onnxruntime_static import quantize_static_qdq  # noqa: E402
-from qaas_engine import QuantSpec, import_model, model_inputs, quantize  # noqa: E402
-from qaas_engine.data import validate_arrays  # noqa: E402
-from qaas_engine.zoo import export_onnx, load_digits_splits, save_npz, train_classifier  # noqa: E402
+from qaas_engine import QuantSpec, import_model, quantize  # noqa: E402
+from qaas_engine.zoo import (  # noqa: E402
+    digits_datasets,
+    export_onnx,
+    load_digits_splits,
+    save_npz,
+    train_classifier,
+)
 from qaas_engine.zoo.imbalance import DepthwiseReLUNet, imbalance_channels  # noqa: E402
 from qaas_engine.zoo.redundant import RedundantNet  # noqa: E402
 
@@ -104,24 +109,17 @@ def _npz_files(digits, tmp: Path) -> dict[str, Path]:
     return files
 
 
-def _datasets(imported, digits, with_training: bool) -> dict[str, Any]:
-    inputs = model_inputs(imported.model)
-
-    def data(x, y=None):
-        raw = {"input": x} if y is None else {"input": x, "labels": y}
-        return validate_arrays(raw, inputs, role="bench", source="digits")
-
-    return {
-        "calibration": data(digits.x_calib),
-        "evaluation": data(digits.x_eval, digits.y_eval),
-        "validation": data(digits.x_val, digits.y_val),
-        "training": data(digits.x_train, digits.y_train) if with_training else None,
-    }
+def _datasets(imported, digits, training: str | None) -> dict[str, Any]:
+    """Engine datasets; ``training`` is "labels", "unlabelled" (distillation) or None."""
+    data = digits_datasets(imported.model, digits)
+    unlabelled = data.pop("unlabelled")
+    data["training"] = {"labels": data["training"], "unlabelled": unlabelled}.get(training)
+    return data
 
 
 def _scenario(name, path, spec, with_training, digits, files, tmp, nncf) -> list[Any]:
     imported = import_model(path)
-    data = _datasets(imported, digits, with_training)
+    data = _datasets(imported, digits, "labels" if with_training else None)
     start = time.perf_counter()
     result = quantize(
         imported, QuantSpec(pipeline=("auto",), max_accuracy_drop=TARGET, **spec), **data
@@ -183,10 +181,7 @@ def _bayesian_bits(plain, digits, tmp: Path) -> None:
     rows = []
     for name, net in (("DepthwiseReLUNet", plain), ("RedundantNet", RedundantNet(plain))):
         imported = import_model(export_onnx(net, tmp / f"bb_{name}.onnx"))
-        data = _datasets(imported, digits, True)
-        data["training"] = validate_arrays(
-            {"input": digits.x_train}, model_inputs(imported.model), role="bench", source="digits"
-        )
+        data = _datasets(imported, digits, "unlabelled")
         results = {}
         for label, pipeline in (("uniform W8A8", ()), ("bayesian_bits", ("bayesian_bits",))):
             start = time.perf_counter()

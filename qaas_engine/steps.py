@@ -131,24 +131,8 @@ VALIDATION_FRACTION = 0.1
 
 
 def _qat(state: PipelineState) -> dict[str, Any]:
-    if state.training is None:
-        raise SpecError("qat needs training data: --training NPZ (labels used when present)")
-    training, validation = state.training, state.validation
-    if validation is None:
-        training, validation = training.split(VALIDATION_FRACTION, seed=state.spec.seed)
+    epoch_batches, validation_batches, validation, source = _training_data(state, "qat")
     spec = state.spec
-    batch = spec.batch_size
-
-    def epoch_batches(epoch: int):
-        order = np.random.default_rng(spec.seed * 1000 + epoch).permutation(training.num_samples)
-        shuffled = training.subset(order)
-        for feeds, labels in shuffled.batches(batch):
-            yield _tensors(feeds), _labels(labels)
-
-    def validation_batches():
-        for feeds, labels in validation.batches(batch):
-            yield _tensors(feeds), _labels(labels)
-
     target = None
     if spec.max_accuracy_drop is not None and validation.labels is not None:
         float_top1 = _float_top1(state, validation)
@@ -170,11 +154,7 @@ def _qat(state: PipelineState) -> dict[str, Any]:
         state.progress,
         state.should_stop,
     )
-    report["validation_source"] = (
-        "--validation"
-        if state.validation is not None
-        else (f"held-out {VALIDATION_FRACTION:.0%} of the training data")
-    )
+    report["validation_source"] = source
     return report
 
 
@@ -207,7 +187,8 @@ register_step(
 
 
 def _training_data(state: PipelineState, step: str):
-    """Shuffled training batches per epoch, validation batches, and where validation came from."""
+    """Shuffled training batches per epoch, validation batches, the validation set, and where
+    it came from (``--validation``, else a held-out part of the training data)."""
     if state.training is None:
         raise SpecError(f"{step} needs training data: --training NPZ (labels used when present)")
     training, validation = state.training, state.validation
@@ -229,12 +210,12 @@ def _training_data(state: PipelineState, step: str):
         if state.validation is not None
         else f"held-out {VALIDATION_FRACTION:.0%} of the training data"
     )
-    return epoch_batches, validation_batches, source
+    return epoch_batches, validation_batches, validation, source
 
 
 def _bayesian_bits(state: PipelineState) -> dict[str, Any]:
     spec = state.spec
-    epoch_batches, validation_batches, source = _training_data(state, "bayesian_bits")
+    epoch_batches, validation_batches, _, source = _training_data(state, "bayesian_bits")
     feeds, _ = next(state.training.batches(1))
     layers = layer_shapes(state.model, state.executor, _tensors(feeds))
     config = BayesianBitsConfig(

@@ -1,6 +1,6 @@
 """Small reference networks, digits data, training and ONNX export for tests and examples."""
 
-from qaas_engine.zoo.digits import DigitsSplits, load_digits_splits, save_npz
+from qaas_engine.zoo.digits import DigitsSplits, digits_datasets, load_digits_splits, save_npz
 from qaas_engine.zoo.export import export_onnx, max_abs_diff_vs_onnxruntime
 from qaas_engine.zoo.models import (
     MODELS,
@@ -24,6 +24,7 @@ __all__ = [
     "TransformerEncoderLike",
     "accuracy",
     "build_model",
+    "digits_datasets",
     "export_onnx",
     "load_digits_splits",
     "max_abs_diff_vs_onnxruntime",

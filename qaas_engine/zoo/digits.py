@@ -100,3 +100,25 @@ def save_npz(path: str | Path, input_name: str, x: np.ndarray, y: np.ndarray | N
     with path.open("wb") as fh:
         np.savez_compressed(fh, **arrays)
     return path
+
+
+def digits_datasets(model, splits: DigitsSplits) -> dict:
+    """The splits as engine datasets for a model with one image input: ``calibration``,
+    ``evaluation`` and ``validation`` (labelled), ``training`` (labelled) and ``unlabelled``
+    (the training images alone, for distillation)."""
+    from qaas_engine.data import model_inputs, validate_arrays
+
+    inputs = model_inputs(model)
+    name = inputs[0].name
+
+    def data(x: np.ndarray, y: np.ndarray | None = None):
+        raw = {name: x} if y is None else {name: x, "labels": y}
+        return validate_arrays(raw, inputs, role="digits", source="digits")
+
+    return {
+        "calibration": data(splits.x_calib),
+        "evaluation": data(splits.x_eval, splits.y_eval),
+        "validation": data(splits.x_val, splits.y_val),
+        "training": data(splits.x_train, splits.y_train),
+        "unlabelled": data(splits.x_train),
+    }

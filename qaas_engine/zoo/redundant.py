@@ -35,9 +35,9 @@ class RedundantNet(nn.Module):
         with torch.no_grad():
             self.identity.weight.copy_(torch.eye(width).reshape(width, width, 1, 1))
             conv.weight[:live] = head_conv.weight
-            conv.weight[live:] = torch.randn(
-                dead_channels, width, 1, 1, generator=generator
-            ) / width**0.5
+            conv.weight[live:] = (
+                torch.randn(dead_channels, width, 1, 1, generator=generator) / width**0.5
+            )
             for name in ("weight", "bias", "running_mean", "running_var"):
                 getattr(bn, name)[:live] = getattr(head_bn, name)
             classifier.weight.zero_()

@@ -6,12 +6,16 @@ import json
 import numpy as np
 import pytest
 import torch
+from onnx import numpy_helper
 
-from qaas_engine import QuantSpec, import_model, model_inputs, quantize
-from qaas_engine.data import validate_arrays
+from qaas_engine import QuantSpec, import_model, quantize
+from qaas_engine.flow import PipelineData, run_pipeline
+from qaas_engine.pipeline import Timer
 from qaas_engine.quant.bayesian_bits import GatedQuantizer
 from qaas_engine.quant.encoding import Encoding, QuantScheme
-from qaas_engine.zoo import export_onnx, load_digits_splits, train_classifier
+from qaas_engine.quant.qat import QATModel
+from qaas_engine.reporting.energy import EnergyProfile
+from qaas_engine.zoo import digits_datasets, export_onnx, load_digits_splits, train_classifier
 from qaas_engine.zoo.imbalance import DepthwiseReLUNet
 from qaas_engine.zoo.redundant import RedundantNet
 
@@ -26,20 +30,7 @@ def redundant(tmp_path_factory):
         x = torch.from_numpy(digits.x_eval[:64])
         assert torch.allclose(net(x), base(x), atol=1e-5)  # the redundancy changes nothing
     imported = import_model(export_onnx(net, tmp_path_factory.mktemp("bb") / "net.onnx"))
-    inputs = model_inputs(imported.model)
-
-    def data(x, y=None):
-        raw = {"input": x} if y is None else {"input": x, "labels": y}
-        return validate_arrays(raw, inputs, role="test", source="digits")
-
-    return {
-        "model": imported,
-        "net": net,
-        "calibration": data(digits.x_calib),
-        "evaluation": data(digits.x_eval, digits.y_eval),
-        "unlabelled": data(digits.x_train),
-        "validation": data(digits.x_val, digits.y_val),
-    }
+    return {"model": imported, "net": net, **digits_datasets(imported.model, digits)}
 
 
 @pytest.fixture(scope="module")
@@ -83,28 +74,58 @@ def test_redundant_parts_are_lowered_and_pruned(redundant, uniform_and_mixed):
     assert energy_rows[head["layer"]]["kept_channels"] < 1.0
 
 
-def test_pruned_channels_are_zero_in_the_exported_model(uniform_and_mixed, tmp_path):
-    _, mixed = uniform_and_mixed
-    written = mixed.save(tmp_path)
-    report = json.loads(written["report.json"].read_text())
-    head = next(
-        w for w in report["step_reports"]["bayesian_bits"]["weights"] if "head" in w["layer"]
-    )
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(written["model.quant.onnx"])
-    initializers = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    quantized = next(
-        v for k, v in initializers.items() if k.startswith(head["tensor"]) and v.ndim == 4
-    )
+def _exported_rows_at_zero(result, tensor: str) -> list[int]:
+    """Output channels of ``tensor`` whose quantized values all sit at the zero point."""
+    initializers = {
+        i.name: numpy_helper.to_array(i) for i in result.quantized_model.graph.initializer
+    }
+    quantized = next(v for k, v in initializers.items() if k.startswith(tensor) and v.ndim == 4)
     zero_points = next(
-        v for k, v in initializers.items() if k.startswith(head["tensor"]) and "zero_point" in k
+        v for k, v in initializers.items() if k.startswith(tensor) and "zero_point" in k
     )
     rows = quantized.reshape(quantized.shape[0], -1).astype(np.int64)
     offsets = np.broadcast_to(zero_points.reshape(-1, 1).astype(np.int64), rows.shape)
-    assert np.all(rows[head["pruned_channels"]] == offsets[head["pruned_channels"]])
+    return np.flatnonzero(np.all(rows == offsets, axis=1)).tolist()
+
+
+def _head(report: dict) -> dict:
+    return next(
+        w for w in report["step_reports"]["bayesian_bits"]["weights"] if "head" in w["layer"]
+    )
+
+
+def test_pruned_channels_are_zero_in_the_exported_model(uniform_and_mixed, tmp_path):
+    _, mixed = uniform_and_mixed
+    head = _head(mixed.report)
+    assert set(head["pruned_channels"]) <= set(_exported_rows_at_zero(mixed, head["tensor"]))
+    written = mixed.save(tmp_path)
+    assert json.loads(written["report.json"].read_text())["step_reports"]["bayesian_bits"]
     assert "Mixed precision" in written["report.html"].read_text()
+
+
+def test_qat_keeps_pruned_channels_at_zero(redundant):
+    state, sim, _ = run_pipeline(
+        redundant["model"], QuantSpec(), PipelineData(redundant["calibration"]), Timer(),
+        EnergyProfile(),
+    )  # fmt: skip
+    stem = next(name for name in sim.weight_encodings if "stem" in name)
+    live = sim.executor.weights[stem].clone()
+    sim.pruned_channels[stem] = [0, 3]  # live channels: their gradient is not zero
+    sim.executor.weights[stem] = live * (torch.arange(live.shape[0]) % 3 != 0).float().reshape(
+        -1, 1, 1, 1
+    )
+    model = QATModel(sim, learn_ranges=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    feeds, labels = next(redundant["training"].batches(32))
+    loss = torch.nn.functional.cross_entropy(
+        model({k: torch.from_numpy(v) for k, v in feeds.items()}), torch.from_numpy(labels)
+    )
+    loss.backward()
+    optimizer.step()
+    model.commit()
+    trained = sim.executor.weights[stem]
+    assert torch.all(trained[[0, 3]] == 0)
+    assert not torch.equal(trained[1], live[1])  # the step did train the others
 
 
 def test_gated_sum_is_exactly_the_grid_the_gates_select():

@@ -1,0 +1,121 @@
+"""pipeline auto: stops at the cheap steps when they meet the target, climbs when they do not,
+says so when nothing meets it, and decides on validation data, never on the evaluation set."""
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from qaas_engine import QuantSpec, import_model, quantize
+from qaas_engine.zoo import digits_datasets, export_onnx, load_digits_splits, train_classifier
+from qaas_engine.zoo.imbalance import DepthwiseReLUNet, imbalance_channels
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+W8A8_PER_TENSOR = {"weight_granularity": "per-tensor", "max_accuracy_drop": 1.0}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    digits = load_digits_splits(seed=0)
+    torch.manual_seed(0)
+    plain = train_classifier(DepthwiseReLUNet(), digits.x_train, digits.y_train, epochs=15)
+    imbalanced = copy.deepcopy(plain)
+    # Channel ranges spread over four decades (function unchanged): per-tensor grids break
+    # until cross-layer equalization puts the ranges back in line.
+    imbalance_channels(imbalanced, seed=0, decades=2.0)
+    folder = tmp_path_factory.mktemp("auto")
+    imported = {
+        name: import_model(export_onnx(net, folder / f"{name}.onnx"))
+        for name, net in (("plain", plain), ("imbalanced", imbalanced))
+    }
+    return {**imported, **digits_datasets(imported["plain"].model, digits)}
+
+
+def _auto(models, name, **spec):
+    return quantize(
+        models[name],
+        QuantSpec(pipeline=("auto",), **{**W8A8_PER_TENSOR, **spec}),
+        calibration=models["calibration"],
+        evaluation=models["evaluation"],
+        validation=models["validation"],
+    )
+
+
+def test_auto_stops_at_the_cheap_steps_when_they_suffice(models):
+    report = _auto(models, "plain").report
+    auto = report["auto"]
+    assert auto["met"] and auto["chosen"] == "ptq"
+    assert [row["name"] for row in auto["tried"]] == ["ptq"]
+    assert auto["tried"][0]["drop_points"] <= 1.0
+    assert auto["validation"]["source"] == "--validation"
+    assert report["metrics"]["dataset"] == "evaluation"
+
+
+def test_auto_goes_further_when_they_do_not(models, tmp_path):
+    result = _auto(models, "imbalanced")
+    auto = result.report["auto"]
+    ptq, dfq = auto["tried"]
+    assert not ptq["meets_target"] and ptq["drop_points"] > 5
+    assert dfq["meets_target"] and auto["chosen"] == "dfq" and auto["met"]
+    assert result.report["step_reports"].keys() >= {"cle", "bias_correction"}
+    assert dfq["on_frontier"] and not ptq["on_frontier"]
+    for row in auto["tried"]:
+        assert row["energy_pj"] > 0 and row["seconds"] >= 0 and 0 <= row["accuracy"] <= 1
+    written = result.save(tmp_path)
+    saved = json.loads(written["report.json"].read_text())
+    assert [row["name"] for row in saved["auto"]["tried"]] == ["ptq", "dfq"]
+    assert saved["spec"]["pipeline"] == ["auto"]
+    html = written["report.html"].read_text()
+    assert "Automatic pipeline" in html and "frontier" in html
+
+
+def test_auto_says_so_when_the_target_cannot_be_met(models):
+    report = _auto(
+        models, "plain", weight_bits=2, max_accuracy_drop=0.0, adaround_iterations=50
+    ).report
+    auto = report["auto"]
+    assert not auto["met"]
+    tried = {row["name"]: row for row in auto["tried"]}
+    assert list(tried) == ["ptq", "dfq", "adaround", "mixed_precision", "qat"]
+    assert "training data" in tried["mixed_precision"]["skipped"]
+    ran = [row for row in auto["tried"] if "skipped" not in row]
+    assert auto["chosen"] == max(ran, key=lambda row: row["accuracy"])["name"]
+    assert any("not met" in warning for warning in report["warnings"])
+
+
+def test_auto_decides_on_held_out_calibration_without_validation(models):
+    result = quantize(
+        models["plain"],
+        QuantSpec(pipeline=("auto",), **W8A8_PER_TENSOR),
+        calibration=models["calibration"],
+        evaluation=models["evaluation"],
+    )
+    auto = result.report["auto"]
+    assert auto["validation"]["source"] == "held-out 20% of the calibration data"
+    assert auto["target"]["measure"] == "points of top-1 agreement"  # no labels there
+    assert auto["validation"]["samples"] == round(0.2 * models["calibration"].num_samples)
+
+
+def test_auto_is_alone_in_its_pipeline():
+    with pytest.raises(ValueError, match="auto"):
+        QuantSpec(pipeline=("auto", "cle"))
+
+
+def test_cli_pipeline_auto(tmp_path, capsys):
+    from app.cli import main
+
+    code = main(
+        [
+            "quantize", str(EXAMPLES / "digits_mobilenetv2.onnx"),
+            "--calibration", str(EXAMPLES / "digits_calibration.npz"),
+            "--evaluation", str(EXAMPLES / "digits_evaluation.npz"),
+            "--pipeline", "auto", "--max-accuracy-drop", "1.0", "-o", str(tmp_path),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "auto: target met" in out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["auto"]["target"]["max_accuracy_drop"] == 1.0
