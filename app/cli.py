@@ -89,6 +89,13 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--qat-epochs", type=int, default=15, metavar="N")
     parser.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        metavar="POINTS",
+        help="top-1 points the result may lose: the target of --pipeline auto (default 1.0); "
+        "qat stops early once it is met",
+    )
+    parser.add_argument(
         "--energy-profile",
         type=Path,
         metavar="JSON",
@@ -126,6 +133,7 @@ def spec_from_args(args: argparse.Namespace):
             keep_float_nodes=tuple(k for k in keep if k not in OP_REGISTRY),
             batch_size=args.batch_size,
             adaround_iterations=args.adaround_iterations,
+            max_accuracy_drop=getattr(args, "max_accuracy_drop", None),
         )
     except ValidationError as error:
         first = error.errors()[0]
@@ -178,8 +186,26 @@ def result_table(report: dict) -> str:
         f"sim vs ORT agreement {_fmt(gap.get('top1_agreement'), '{:.4f}')}; "
         f"size {size['float']:,} -> {size['quantized']:,} bytes; {seconds:.1f} s"
     )
+    rows.extend(auto_lines(report.get("auto")))
     rows.extend(f"warning: {w}" for w in report.get("warnings", []))
     return "\n".join(rows)
+
+
+def auto_lines(auto: dict | None) -> list[str]:
+    """What pipeline auto tried, one line per configuration, and what it chose."""
+    if not auto:
+        return []
+    lines = [f"auto: {auto['message']}"]
+    for row in auto["tried"]:
+        if "skipped" in row:
+            lines.append(f"  {row['name']:<16} skipped: {row['skipped']}")
+            continue
+        lines.append(
+            f"  {row['name']:<16} drop {row['drop_points']:6.2f}  energy "
+            f"{row['energy_pj']:>14,.0f} pJ  {row['seconds']:7.1f} s"
+            f"{'  <- chosen' if row['name'] == auto['chosen'] else ''}"
+        )
+    return lines
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:

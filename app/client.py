@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tarfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,34 @@ def _chunks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as handle:
         while block := handle.read(CHUNK):
             yield block
+
+
+TAR_BLOCK = 512
+
+
+def _tar_header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    return info.tobuf(format=tarfile.GNU_FORMAT)
+
+
+def _tar_size(files: list[tuple[str, Path]]) -> int:
+    total = 2 * TAR_BLOCK  # the end-of-archive marker
+    for name, path in files:
+        size = path.stat().st_size
+        total += len(_tar_header(name, size)) + -(-size // TAR_BLOCK) * TAR_BLOCK
+    return total
+
+
+def _tar_stream(files: list[tuple[str, Path]]) -> Iterator[bytes]:
+    """An uncompressed tar, produced while it is sent (no copy of the model on disk)."""
+    for name, path in files:
+        size = path.stat().st_size
+        yield _tar_header(name, size)
+        yield from _chunks(path)
+        if size % TAR_BLOCK:
+            yield b"\0" * (TAR_BLOCK - size % TAR_BLOCK)
+    yield b"\0" * (2 * TAR_BLOCK)
 
 
 class QaasClient:
@@ -105,8 +134,29 @@ class QaasClient:
         )
         return response.json()
 
-    def upload_model(self, path: str | os.PathLike[str]) -> dict[str, Any]:
-        return self._upload("/v1/models", path)
+    def upload_model(
+        self, path: str | os.PathLike[str], external_data: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """``external_data``: the model's external-data locations (relative to its folder);
+        with any, the model and those files go up as one uncompressed tar, streamed."""
+        if not external_data:
+            return self._upload("/v1/models", path)
+        path = Path(path)
+        files = [(path.name, path)] + [(name, path.parent / name) for name in external_data]
+        for _, file in files:
+            if not file.is_file():
+                raise QaasError(0, "not_found", f"file not found: {file}")
+        response = self._request(
+            "POST",
+            "/v1/models",
+            params={"filename": path.name},
+            content=_tar_stream(files),
+            headers={
+                "Content-Type": "application/x-tar",
+                "Content-Length": str(_tar_size(files)),
+            },
+        )
+        return response.json()
 
     def upload_dataset(self, path: str | os.PathLike[str]) -> dict[str, Any]:
         return self._upload("/v1/datasets", path)

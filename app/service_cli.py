@@ -47,7 +47,6 @@ def add_service_commands(commands: Any) -> None:
     )
     add_quantize_options(submit)
     add_training_options(submit)
-    submit.add_argument("--max-accuracy-drop", type=float, metavar="FRACTION")
     submit.add_argument("--wait", action="store_true", help="wait for the job to finish")
     submit.add_argument("--timeout", type=float, default=None, metavar="SECONDS")
     submit.add_argument("-o", "--output", type=Path, metavar="OUTDIR", help="needs --wait")
@@ -165,7 +164,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             raise CliError(f"file not found: {path}")
     energy_profile = _read_energy_profile(args.energy_profile)
     with _client(args) as client:
-        model = client.upload_model(args.model)
+        model = client.upload_model(args.model, external_data_of(args.model))
         ids = {
             f"{role}_id": client.upload_dataset(path)["id"] if path is not None else None
             for role, path in data_files.items()
@@ -174,7 +173,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
             model["id"],
             **ids,
             quantization=spec.model_dump(mode="json"),
-            max_accuracy_drop=args.max_accuracy_drop,
+            # the job's own target is a fraction (0.01 = one point); the flag is in points
+            max_accuracy_drop=(
+                None if args.max_accuracy_drop is None else args.max_accuracy_drop / 100.0
+            ),
             energy_profile=energy_profile,
             idempotency_key=str(uuid.uuid4()),
         )
@@ -194,6 +196,26 @@ def cmd_submit(args: argparse.Namespace) -> int:
         text += f"\nwrote {', '.join(str(p) for p in files.values())}"
     _emit(args, {**job, "files": {k: str(v) for k, v in files.items()}}, text)
     return _job_exit(job)
+
+
+def external_data_of(model: Path) -> list[str]:
+    """The external-data files an ONNX model names (they are uploaded with it)."""
+    if model.suffix != ".onnx":
+        return []
+    import onnx
+    from onnx import external_data_helper
+
+    try:
+        proto = onnx.load_model(model, load_external_data=False)
+    except Exception:  # not ONNX after all: the server says what is wrong with it
+        return []
+    return sorted(
+        {
+            external_data_helper.ExternalDataInfo(tensor).location
+            for tensor in external_data_helper._get_all_tensors(proto)
+            if external_data_helper.uses_external_data(tensor)
+        }
+    )
 
 
 def _read_energy_profile(path: Path | None) -> dict[str, Any] | None:

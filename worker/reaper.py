@@ -1,16 +1,19 @@
 """Finds jobs whose worker died (lease ran out) and queues them again, or fails them visibly
-after too many attempts; resends queued jobs whose message never led to a start. Runs in every
-worker's main process; compare-and-set makes concurrent reapers harmless."""
+after too many attempts; fails jobs that waited in the queue past its limit; resends queued
+jobs whose message never led to a start. Runs in every worker's main process; compare-and-set
+makes concurrent reapers harmless."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+from app.core.config import Settings
 from app.core.db import after_commit, transaction, utcnow
 from app.jobs.repository import JobRepository
+from app.jobs.tables import Job
 from worker.runtime import Runtime
 
 log = logging.getLogger("qaas.reaper")
@@ -19,7 +22,7 @@ log = logging.getLogger("qaas.reaper")
 def reap(runtime: Runtime, enqueue: Callable[[str], None]) -> dict[str, int]:
     settings = runtime.settings
     now = utcnow()
-    counts = {"requeued": 0, "failed": 0, "resent": 0}
+    counts = {"requeued": 0, "failed": 0, "resent": 0, "queue_timeout": 0}
     with transaction(runtime.sessions) as session:
         jobs = JobRepository(session)
         # One extra lease of grace: a redelivered task gets the first chance to take over.
@@ -45,6 +48,11 @@ def reap(runtime: Runtime, enqueue: Callable[[str], None]) -> dict[str, int]:
             elif jobs.requeue(job.id, job.attempts):
                 after_commit(session, lambda job_id=job.id: enqueue(job_id))
                 counts["requeued"] += 1
+        for job in jobs.queued_since(now - timedelta(seconds=settings.queue_time_limit_s)):
+            if jobs.fail_active(
+                job.id, job.attempts, "queue_timeout", queue_timeout_detail(job, settings, now)
+            ):
+                counts["queue_timeout"] += 1
         cutoff = now - timedelta(seconds=settings.requeue_after_s)
         for job in jobs.unstarted_queued(cutoff):
             if jobs.mark_resent(job.id, job.enqueued_at):
@@ -53,6 +61,19 @@ def reap(runtime: Runtime, enqueue: Callable[[str], None]) -> dict[str, int]:
     if any(counts.values()):
         log.warning("reaper: %s", counts)
     return counts
+
+
+def queue_timeout_detail(job: Job, settings: Settings, now: datetime) -> str:
+    waited = (now - job.queued_at).total_seconds()
+    return (
+        f"the job waited {waited:.0f} s in the queue, more than the limit of "
+        f"{settings.queue_time_limit_s:g} s, and was not started: no worker was free in time. "
+        "Submit it again (or ask the operator for more workers)"
+    )
+
+
+def waited_too_long(job: Job, settings: Settings, now: datetime) -> bool:
+    return (now - job.queued_at).total_seconds() > settings.queue_time_limit_s
 
 
 class Reaper(threading.Thread):

@@ -19,11 +19,14 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.artifacts.service import artifacts_key
 from app.core.db import transaction, utcnow
-from app.core.storage import file_sha256
+from app.core.errors import InsufficientStorage
+from app.core.storage import file_sha256, is_storage_full
 from app.datasets.tables import Dataset
 from app.jobs.repository import JobRepository
 from app.jobs.tables import TERMINAL, JobStatus
 from app.models_.tables import Model
+from worker.limited import STORAGE_FILLED_UP, ChildJob, JobFailed, Limits, run_limited
+from worker.reaper import queue_timeout_detail, waited_too_long
 from worker.runtime import Runtime
 
 log = logging.getLogger("qaas.worker")
@@ -81,6 +84,12 @@ def claim(runtime: Runtime, job_id: str, worker: str) -> JobInputs | Outcome:
         if job.status == JobStatus.RUNNING and job.lease_expires_at and job.lease_expires_at > now:
             # Running elsewhere, or its worker just died: look again once the lease is over.
             return Outcome("busy", retry_in=(job.lease_expires_at - now).total_seconds() + 0.5)
+        if job.status == JobStatus.QUEUED and waited_too_long(job, settings, now):
+            # Its message arrived before the reaper noticed: start nothing this late.
+            jobs.fail_active(
+                job.id, job.attempts, "queue_timeout", queue_timeout_detail(job, settings, now)
+            )
+            return Outcome("queue timeout")
         if job.attempts >= settings.job_max_attempts:
             jobs.fail_active(
                 job.id,
@@ -201,10 +210,9 @@ class Attempt:
                 raise JobAborted()
 
     def _test_hooks(self) -> None:
-        """Fault-injection hooks of the test suite; inert unless its settings are given."""
+        """Fault-injection hook of the test suite, inert unless its setting is given (the
+        phase delay, ``test_phase_delay_s``, sleeps in the limited child)."""
         settings = self.runtime.settings
-        if settings.test_phase_delay_s:
-            time.sleep(settings.test_phase_delay_s)
         kill_file = settings.test_kill_jobs_file
         if kill_file is not None and kill_file.is_file():
             if self.inputs.job_id in kill_file.read_text().split():
@@ -218,24 +226,28 @@ class Attempt:
         heartbeat.start()
         staged: Path | None = None
         try:
-            result, load_seconds = self._quantize()
-            self.progress("save", 0.0)
-            started = time.perf_counter()
+            self.progress("load", 0.0)
+            self.runtime.storage.ensure_space(0, "the job's artifacts")
             staged = self.runtime.storage.new_staging_dir(f"job-{job_id}-{self.inputs.attempt}-")
-            written = result.save(staged)
+            saved = run_limited(self._child_job(staged), self._limits(), self.progress, self.check)
             manifest = [
-                {"name": name, "size_bytes": path.stat().st_size, "sha256": file_sha256(path)}
-                for name, path in written.items()
+                {
+                    "name": name,
+                    "size_bytes": (staged / name).stat().st_size,
+                    "sha256": file_sha256(staged / name),
+                }
+                for name in saved["written"]
             ]
-            report = result.report
+            report = saved["report"]
             report["steps"] = [
-                {"name": "load", "seconds": round(load_seconds, 4)},
+                {"name": "load", "seconds": round(saved["load_seconds"], 4)},
                 *report["steps"],
-                {"name": "save", "seconds": round(time.perf_counter() - started, 4)},
+                {"name": "save", "seconds": round(saved["save_seconds"], 4)},
             ]
             report["accuracy_target"] = accuracy_target(
                 report["metrics"], self.inputs.max_accuracy_drop
             )
+            self.check()
             self.runtime.storage.publish_dir(staged, artifacts_key(job_id))
             staged = None
             # The heartbeat runs on until the outcome is recorded: finish() may wait out a
@@ -265,19 +277,28 @@ class Attempt:
             return Outcome("failed")
         except DATABASE_UNAVAILABLE:
             raise  # not the job's fault: the task retries, or the reaper takes over
+        except (JobFailed, InsufficientStorage) as error:
+            kind, detail = "storage_full", error.detail
+            if isinstance(error, JobFailed):
+                kind = error.kind
+            if kind == "internal":  # the child printed the trace to the worker's log
+                log.error("job %s attempt %s: %s", job_id, self.attempt, detail)
+                detail += f"; the worker log has the trace for job {job_id}"
+            self.finish(JobStatus.FAILED, error_kind=kind, error_detail=detail)
+            return Outcome("failed")
         except Exception as error:
-            from qaas_engine.errors import QaasInputError
-
-            if isinstance(error, QaasInputError):
-                self.finish(JobStatus.FAILED, error_kind="invalid_input", error_detail=str(error))
-            else:
-                log.exception("job %s attempt %s: internal error", job_id, self.inputs.attempt)
+            if is_storage_full(error):
                 self.finish(
-                    JobStatus.FAILED,
-                    error_kind="internal",
-                    error_detail=f"internal error ({type(error).__name__}); the worker log "
-                    f"has the trace for job {job_id}",
+                    JobStatus.FAILED, error_kind="storage_full", error_detail=STORAGE_FILLED_UP
                 )
+                return Outcome("failed")
+            log.exception("job %s attempt %s: internal error", job_id, self.inputs.attempt)
+            self.finish(
+                JobStatus.FAILED,
+                error_kind="internal",
+                error_detail=f"internal error ({type(error).__name__}); the worker log "
+                f"has the trace for job {job_id}",
+            )
             return Outcome("failed")
         finally:
             heartbeat.stopped.set()
@@ -293,38 +314,32 @@ class Attempt:
     def attempt(self) -> int:
         return self.inputs.attempt
 
-    def _quantize(self) -> tuple[Any, float]:
-        from qaas_engine import QuantSpec, import_model, load_npz, model_inputs, quantize
-
-        started = time.perf_counter()
-        self.progress("load", 0.0)
-        spec = QuantSpec.model_validate(self.inputs.spec)
-        imported = import_model(self.inputs.model_path)
-        model_specs = model_inputs(imported.model)
-        data = {
-            role: load_npz(path, model_specs, role=role) if path is not None else None
-            for role, path in (
-                ("calibration", self.inputs.calibration_path),
-                ("evaluation", self.inputs.evaluation_path),
-                ("training", self.inputs.training_path),
-                ("validation", self.inputs.validation_path),
-            )
-        }
-        self.progress("load", 1.0)
-        load_seconds = time.perf_counter() - started
-        result = quantize(
-            imported,
-            spec,
-            calibration=data["calibration"],
-            evaluation=data["evaluation"],
-            training=data["training"],
-            validation=data["validation"],
-            progress=self.progress,
-            energy_profile=self.inputs.energy_profile,
-        )
+    def check(self) -> None:
+        """Called while the child computes quietly: stop once the row is no longer ours."""
         if self.aborted.is_set():
             raise JobAborted()
-        return result, load_seconds
+
+    def _limits(self) -> Limits:
+        settings = self.runtime.settings
+        return Limits(settings.job_memory_bytes, settings.job_compute_timeout_s)
+
+    def _child_job(self, staged: Path) -> ChildJob:
+        inputs, settings = self.inputs, self.runtime.settings
+        return ChildJob(
+            model_path=inputs.model_path,
+            data_paths={
+                "calibration": inputs.calibration_path,
+                "evaluation": inputs.evaluation_path,
+                "training": inputs.training_path,
+                "validation": inputs.validation_path,
+            },
+            spec=inputs.spec,
+            energy_profile=inputs.energy_profile,
+            staged=staged,
+            storage_root=self.runtime.storage.root,
+            storage_min_free_bytes=self.runtime.storage.min_free_bytes,
+            phase_delay_s=settings.test_phase_delay_s,
+        )
 
     def _lost_at_finish(self) -> Outcome:
         """Our final compare-and-set lost: if the job was cancelled, remove what we published."""

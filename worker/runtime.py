@@ -26,7 +26,9 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings, *, pooled: bool = True) -> Runtime:
         engine = make_engine(settings, pooled=pooled)
-        storage = LocalStorage(settings.artifact_root)
+        storage = LocalStorage(
+            settings.artifact_root, min_free_bytes=settings.storage_min_free_bytes
+        )
         storage.ensure()
         return cls(settings, engine, make_sessionmaker(engine), storage, os.getpid())
 

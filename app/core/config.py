@@ -24,9 +24,14 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(None, description="default: filesystem broker in data_dir")
     storage_dir: Path | None = Field(None, description="default: data_dir/storage; shared")
     queue: str = "qaas"
+    # Uploads are refused (507) and jobs fail as 'storage_full' rather than fill the storage
+    # folder's disk past this floor: the database and logs may share that disk.
+    storage_min_free_bytes: int = Field(256 * MiB, ge=0)
 
     max_model_bytes: int = Field(512 * MiB, ge=1)
     max_dataset_bytes: int = Field(1024 * MiB, ge=1)
+    # A model bundle (tar of a model and its external-data files): most entries it may hold.
+    max_bundle_entries: int = Field(64, ge=2)
     # Untrusted uploads are parsed in a separate process with these limits.
     inspect_timeout_s: float = Field(120.0, gt=0)
     inspect_memory_bytes: int = Field(8192 * MiB, ge=256 * MiB)
@@ -42,6 +47,15 @@ class Settings(BaseSettings):
     submissions_per_minute: int = Field(60, ge=1)
 
     job_time_limit_s: int = Field(3600, ge=1, description="soft limit; job fails as 'timeout'")
+    # A job's untrusted part (import, calibration, steps, export) runs in a child process with
+    # these limits; past either the job fails as 'resource_limit', naming which. Without
+    # job_compute_timeout_s only job_time_limit_s bounds its time (as 'timeout').
+    job_memory_bytes: int = Field(8192 * MiB, ge=64 * MiB)
+    job_compute_timeout_s: float | None = Field(None, gt=0)
+    # Time waiting for a worker, apart from time running: a job queued longer than this
+    # (since submission, or since it was queued again after a lost worker) fails as
+    # 'queue_timeout' instead of starting late.
+    queue_time_limit_s: float = Field(24 * 3600.0, gt=0)
     job_lease_s: float = Field(60.0, gt=0, description="a running job's heartbeat lease")
     job_max_attempts: int = Field(3, ge=1)
     requeue_after_s: float = Field(300.0, gt=0, description="resend a queued job not started")

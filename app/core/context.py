@@ -49,7 +49,9 @@ class Context:
     @classmethod
     def build(cls, settings: Settings) -> Context:
         engine = make_engine(settings)
-        storage = LocalStorage(settings.artifact_root)
+        storage = LocalStorage(
+            settings.artifact_root, min_free_bytes=settings.storage_min_free_bytes
+        )
         storage.ensure()
         inspector = Inspector(
             processes=settings.inspect_processes,

@@ -60,6 +60,15 @@ class InvalidInput(AppError):
     status_code, code = 422, "invalid_input"
 
 
+class InsufficientStorage(AppError):
+    """The server's storage is full: nothing was stored; the client may try again later."""
+
+    status_code, code = 507, "storage_full"
+
+    def __init__(self, detail: str, *, retry_after_s: int = 60) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
+
+
 class ServiceUnavailable(AppError):
     status_code, code = 503, "unavailable"
 
@@ -94,6 +103,20 @@ def install_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(InterfaceError, _database_down)
+
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, error: OSError) -> JSONResponse:
+        from app.core.storage import is_storage_full
+
+        if not is_storage_full(error):
+            return await _internal(request, error)
+        # A write that the free-space floor did not foresee (another process filled the disk).
+        log.warning("storage full on %s %s: %s", request.method, request.url.path, error)
+        full = InsufficientStorage(
+            "the server's storage is full; nothing was stored. Try again later; if it persists, "
+            "the operator must free space in the storage folder (QAAS_STORAGE_DIR)"
+        )
+        return envelope(full.status_code, full.code, full.detail, full.headers)
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, error: Exception) -> JSONResponse:

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import resource
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from app.core.errors import InvalidInput
+from app.core.limits import limit_process
 
 
 def _limit_memory(max_bytes: int) -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
+    limit_process(max_bytes)
     import qaas_engine  # noqa: F401  (import once per child, not per upload)
 
 
@@ -28,8 +28,11 @@ def _inputs_meta(model: Any) -> list[dict[str, Any]]:
     ]
 
 
-def inspect_model(path: str, converted_path: str, max_tensor_elements: int) -> dict[str, Any]:
-    """Engine import checks; a ``.pt2`` archive is converted to ONNX here, once."""
+def inspect_model(
+    path: str, converted_path: str, max_tensor_elements: int, list_external_data: bool = False
+) -> dict[str, Any]:
+    """Engine import checks; a ``.pt2`` archive is converted to ONNX here, once. With
+    ``list_external_data``, also the external-data locations the model's tensors name."""
     import onnx
 
     from qaas_engine import QaasInputError, import_model
@@ -38,6 +41,8 @@ def inspect_model(path: str, converted_path: str, max_tensor_elements: int) -> d
         imported = import_model(path)
     except QaasInputError as error:
         return {"error": str(error)}
+    onnx_upload = imported.source_format == "onnx"
+    locations = _external_locations(path) if list_external_data and onnx_upload else []
     oversized = _oversized_tensor(imported.model, max_tensor_elements)
     if oversized:
         return {"error": oversized}
@@ -51,7 +56,23 @@ def inspect_model(path: str, converted_path: str, max_tensor_elements: int) -> d
         "inputs": _inputs_meta(imported.model),
         "notes": list(imported.notes),
         "converted_path": converted,
+        "external_data": locations,
     }
+
+
+def _external_locations(path: str) -> list[str]:
+    """Where an ONNX file's tensors keep their data (read without loading it)."""
+    import onnx
+    from onnx import external_data_helper
+
+    model = onnx.load_model(path, load_external_data=False)
+    return sorted(
+        {
+            external_data_helper.ExternalDataInfo(tensor).location
+            for tensor in external_data_helper._get_all_tensors(model)
+            if external_data_helper.uses_external_data(tensor)
+        }
+    )
 
 
 def _oversized_tensor(model: Any, max_elements: int) -> str | None:

@@ -4,6 +4,7 @@ by rename, so a reader sees a whole file or none and a task that runs twice leav
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -13,9 +14,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.core.errors import PayloadTooLarge
+from app.core.errors import InsufficientStorage, PayloadTooLarge
 
 CHUNK = 1024 * 1024
+# While an upload streams in, free space is looked at again after every this many bytes.
+SPACE_CHECK_BYTES = 8 * CHUNK
+STORAGE_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_storage_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in STORAGE_FULL_ERRNOS
 
 
 @dataclass(frozen=True)
@@ -28,12 +36,22 @@ class StagedFile:
 class LocalStorage:
     """Keys are relative POSIX paths under ``root``; staging lives beside them (same device)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, min_free_bytes: int = 0) -> None:
         self.root = root
         self.staging = root / ".staging"
+        self.min_free_bytes = min_free_bytes
 
     def ensure(self) -> None:
         self.staging.mkdir(parents=True, exist_ok=True)
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def ensure_space(self, needed: int, what: str) -> None:
+        """Refuse (507) before writing ``needed`` bytes would eat into the free-space floor."""
+        free = self.free_bytes()
+        if free - needed < self.min_free_bytes:
+            raise storage_full(what, needed=needed, free=free, floor=self.min_free_bytes)
 
     def path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -52,9 +70,10 @@ class LocalStorage:
         """Stream a request body to a staging file; refuse past ``max_bytes`` while reading."""
         if declared_length is not None and declared_length > max_bytes:
             raise PayloadTooLarge(f"{what} is {declared_length} bytes; the limit is {max_bytes}")
+        self.ensure_space(declared_length or 0, what)
         self.ensure()
         digest = hashlib.sha256()
-        size = 0
+        size = checked = 0
         # A folder of its own: the checker resolves a model's external data next to the file,
         # so it must see nothing there but what this upload brought (not other tenants' uploads).
         folder = Path(tempfile.mkdtemp(prefix="upload-", dir=self.staging))
@@ -65,8 +84,16 @@ class LocalStorage:
                     size += len(chunk)
                     if size > max_bytes:
                         raise PayloadTooLarge(f"{what} exceeds the limit of {max_bytes} bytes")
+                    if size - checked >= SPACE_CHECK_BYTES:
+                        checked = size
+                        self.ensure_space(0, what)
                     digest.update(chunk)
                     handle.write(chunk)
+        except OSError as error:
+            shutil.rmtree(folder, ignore_errors=True)
+            if is_storage_full(error):
+                raise storage_full(what, needed=size, free=0, floor=self.min_free_bytes) from None
+            raise
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -103,6 +130,15 @@ class LocalStorage:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return target
+
+
+def storage_full(what: str, *, needed: int, free: int, floor: int) -> InsufficientStorage:
+    need = f", {needed} needed" if needed else ""
+    return InsufficientStorage(
+        f"the server's storage is full ({free} bytes free, {floor} kept in reserve{need}): "
+        f"nothing was stored for {what}. Try again later; if it persists, the operator must "
+        "free space in the storage folder (QAAS_STORAGE_DIR)"
+    )
 
 
 def file_sha256(path: Path) -> str:

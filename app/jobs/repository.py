@@ -138,10 +138,16 @@ class JobRepository:
 
     def requeue(self, job_id: str, attempts: int) -> bool:
         """running (dead worker) -> queued, so another worker picks it up."""
+        now = utcnow()
         return self._cas(
             job_id,
             [Job.status == JobStatus.RUNNING, Job.attempts == attempts],
-            {"status": JobStatus.QUEUED, "lease_expires_at": None, "enqueued_at": utcnow()},
+            {
+                "status": JobStatus.QUEUED,
+                "lease_expires_at": None,
+                "enqueued_at": now,
+                "queued_at": now,
+            },
         )
 
     def mark_resent(self, job_id: str, enqueued_at: datetime) -> bool:
@@ -156,6 +162,15 @@ class JobRepository:
         query = (
             select(Job)
             .where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < expired_before)
+            .limit(limit)
+        )
+        return list(self.session.scalars(query))
+
+    def queued_since(self, queued_before: datetime, limit: int = 100) -> list[Job]:
+        """Queued jobs that entered the queue before ``queued_before`` (waited too long)."""
+        query = (
+            select(Job)
+            .where(Job.status == JobStatus.QUEUED, Job.queued_at < queued_before)
             .limit(limit)
         )
         return list(self.session.scalars(query))

@@ -68,6 +68,7 @@ class JobOut(BaseModel):
     metrics: dict[str, Any] | None
     artifacts: list[Artifact]
     created_at: datetime
+    queued_at: datetime | None = None
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
@@ -95,6 +96,7 @@ class JobOut(BaseModel):
             metrics=job.metrics,
             artifacts=[Artifact(**a) for a in job.artifacts or []],
             created_at=job.created_at,
+            queued_at=job.queued_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
             updated_at=job.updated_at,

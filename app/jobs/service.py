@@ -24,6 +24,7 @@ from app.models_.service import ModelService
 from qaas_engine.errors import SpecError
 from qaas_engine.pipeline import check_pipeline_order
 from qaas_engine.reporting.energy import EnergyProfile
+from qaas_engine.spec import QuantSpec
 
 log = logging.getLogger("qaas.jobs")
 
@@ -99,7 +100,7 @@ class JobService:
             evaluation_id=request.evaluation_id,
             training_id=request.training_id,
             validation_id=request.validation_id,
-            spec=request.quantization.model_dump(mode="json"),
+            spec=_with_target(request).model_dump(mode="json"),
             max_accuracy_drop=request.max_accuracy_drop,
             energy_profile=request.energy_profile,
             idempotency_key=idempotency_key,
@@ -140,17 +141,19 @@ class JobService:
                 "activation quantization needs calibration data: give calibration_id, "
                 "or keep activations in float (quantization.activation_bits = null)"
             )
-        if "qat" in spec.pipeline and request.training_id is None:
+        training_steps = [step for step in spec.pipeline if step in TRAINING_STEPS]
+        if training_steps and request.training_id is None:
             raise InvalidInput(
-                "the qat step needs training data: upload an .npz (labels used when present) "
-                "and give its id as training_id, or remove qat from quantization.pipeline"
+                f"the {training_steps[0]} step needs training data: upload an .npz (labels used "
+                f"when present) and give its id as training_id, or remove {training_steps[0]} "
+                "from quantization.pipeline"
             )
-        if "qat" not in spec.pipeline:
+        if not training_steps and not spec.is_auto:
             for field in ("training_id", "validation_id"):
                 if getattr(request, field) is not None:
                     raise InvalidInput(
-                        f"{field} is used only by the qat step: add qat to "
-                        f"quantization.pipeline, or leave {field} out"
+                        f"{field} is used only by the qat and bayesian_bits steps and by "
+                        f"pipeline auto: add one to quantization.pipeline, or leave {field} out"
                     )
         check_energy_profile(request.energy_profile)
         model = await run_in_threadpool(
@@ -194,3 +197,15 @@ class JobService:
                 raise Conflict(f"job {job_id} already {job.status}; it can no longer be cancelled")
         self.session.refresh(job)
         return job
+
+
+TRAINING_STEPS = ("qat", "bayesian_bits")  # steps that learn from training_id
+
+
+def _with_target(request: JobCreate) -> QuantSpec:
+    """The job's accuracy target (a fraction) becomes the spec's (in points) when the spec has
+    none, so pipeline auto and QAT's early stop aim at what the job asked for."""
+    spec = request.quantization
+    if request.max_accuracy_drop is None or spec.max_accuracy_drop is not None:
+        return spec
+    return spec.model_copy(update={"max_accuracy_drop": 100.0 * request.max_accuracy_drop})

@@ -65,6 +65,9 @@ class Job(Base):
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     enqueued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # When the job last entered the queue (submitted, or queued again after a lost worker);
+    # unlike enqueued_at, a resent message does not move it.
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -2,12 +2,22 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, status
 
+from app.core.bundles import BUNDLE_CONTENT_TYPE
 from app.core.deps import ContextDep, SessionDep, TenantDep
 from app.core.uploads import RAW_BODY_OPENAPI, body_stream, declared_length, display_name
 from app.models_.schemas import ModelOut
 from app.models_.service import ModelService
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
+MODEL_BODY_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            **RAW_BODY_OPENAPI["requestBody"]["content"],
+            BUNDLE_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
 
 
 def _service(session: SessionDep, context: ContextDep) -> ModelService:
@@ -23,8 +33,11 @@ def _service(session: SessionDep, context: ContextDep) -> ModelService:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=ModelOut,
-    openapi_extra=RAW_BODY_OPENAPI,
+    openapi_extra=MODEL_BODY_OPENAPI,
     summary="Upload an ONNX model or torch.export archive (.pt2) as the raw request body",
+    description="With `Content-Type: application/x-tar` the body is an uncompressed tar of one "
+    "`.onnx` model and the external-data files its initializers name (paths relative to the "
+    "model), stored beside it.",
 )
 async def upload_model(
     request: Request,
@@ -38,8 +51,14 @@ async def upload_model(
         filename=display_name(filename, "model"),
         body=body_stream(request),
         declared_length=declared_length(request),
+        bundle=is_bundle(request),
     )
     return ModelOut.model_validate(model)
+
+
+def is_bundle(request: Request) -> bool:
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return media_type == BUNDLE_CONTENT_TYPE
 
 
 @router.get("", response_model=list[ModelOut])

@@ -11,6 +11,12 @@ class ModelInput(BaseModel):
     shape: list[int | None]
 
 
+class ExternalDataFile(BaseModel):
+    name: str
+    size_bytes: int
+    sha256: str
+
+
 class ModelOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -22,4 +28,5 @@ class ModelOut(BaseModel):
     opset: int
     inputs: list[ModelInput]
     notes: list[str]
+    external_data: list[ExternalDataFile] = []
     created_at: datetime

@@ -25,4 +25,7 @@ class Model(Base):
     opset: Mapped[int] = mapped_column(Integer)
     inputs: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
     notes: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    # Files uploaded with the model (a tar bundle) that hold its initializers' external data,
+    # stored beside it: [{"name", "size_bytes", "sha256"}].
+    external_data: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -115,6 +115,7 @@ class Cluster:
     sessions: sessionmaker[Session]
     workers: dict[int, subprocess.Popen] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    storage_is_tmpfs: bool = False
 
     def start_worker(self, slot: int) -> None:
         log = (self.logs / f"worker-{slot}.log").open("ab")
@@ -157,12 +158,42 @@ def fault_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+STORAGE_TMPFS_BYTES = 64 * 1024 * 1024
+STORAGE_FLOOR_BYTES = 16 * 1024  # below a job's artifacts, so a test can run out mid-write
+
+
+@contextmanager
+def small_tmpfs(folder: Path, size: int) -> Iterator[bool]:
+    """``folder`` on a tmpfs of ``size`` bytes, so a test can fill it; False (and a plain
+    folder) where mounting is not allowed (not root, or in a container without the right)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = (
+        os.geteuid() == 0
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "qaas-faults", str(folder)],
+            capture_output=True,
+            timeout=30,
+        ).returncode
+        == 0
+    )
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=30)
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("faults")
-    with scratch_database("qaas_faults") as url:
+    with (
+        scratch_database("qaas_faults") as url,
+        small_tmpfs(root / "storage", STORAGE_TMPFS_BYTES) as storage_is_tmpfs,
+    ):
         settings = Settings(
             data_dir=root / "data",
+            storage_dir=root / "storage",
+            storage_min_free_bytes=STORAGE_FLOOR_BYTES,
             database_url=url,
             broker_url=REDIS_URL,
             queue=f"qaas-faults-{uuid.uuid4().hex[:8]}",
@@ -187,6 +218,7 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         )  # fmt: skip
         deployed = Cluster(settings, f"http://127.0.0.1:{port}", root, make_sessionmaker(engine))
         deployed.env = env
+        deployed.storage_is_tmpfs = storage_is_tmpfs
         try:
             for slot in (0, 1):
                 deployed.start_worker(slot)

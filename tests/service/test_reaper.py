@@ -14,6 +14,7 @@ from app.jobs.tables import Job
 from app.models_.tables import Model
 from tests.service.conftest import scratch_database
 from worker.reaper import reap
+from worker.runner import run_job
 from worker.runtime import Runtime
 
 
@@ -65,4 +66,41 @@ def test_reaper_requeues_fails_and_resends(own_db):
         assert session.get(Job, alive).status == "running"
     reap(runtime, sent.append)  # nothing is sent twice for the same state
     assert sent.count(lost) == 1 and sent.count(forgotten) == 1
+    runtime.engine.dispose()
+
+
+def test_queue_wait_and_run_time_have_separate_limits(own_db):
+    settings, sessions = own_db
+    settings = settings.model_copy(update={"queue_time_limit_s": 60.0})
+    hour_ago = utcnow() - timedelta(hours=1)
+    # Queued an hour ago; its message was resent a moment ago: the wait still counts.
+    stale = make_job(sessions, status="queued", queued_at=hour_ago, enqueued_at=utcnow())
+    fresh = make_job(sessions, status="queued")
+    # Running for an hour, lease alive: the queue limit is not its business.
+    alive = utcnow() + timedelta(seconds=60)
+    running = make_job(sessions, status="running", attempts=1, queued_at=hour_ago,
+                       started_at=hour_ago, lease_expires_at=alive)  # fmt: skip
+    runtime = Runtime.build(settings, pooled=False)
+    sent: list[str] = []
+    counts = reap(runtime, sent.append)
+    assert counts["queue_timeout"] == 1 and stale not in sent
+    with sessions() as session:
+        failed = session.get(Job, stale)
+        assert failed.status == "failed" and failed.error_kind == "queue_timeout"
+        assert "in the queue" in failed.error_detail and "60 s" in failed.error_detail
+        assert session.get(Job, fresh).status == "queued"
+        assert session.get(Job, running).status == "running"
+    runtime.engine.dispose()
+
+
+def test_a_late_message_does_not_start_a_job_that_waited_too_long(own_db):
+    settings, sessions = own_db
+    settings = settings.model_copy(update={"queue_time_limit_s": 60.0})
+    late = make_job(sessions, status="queued", queued_at=utcnow() - timedelta(hours=1))
+    runtime = Runtime.build(settings, pooled=False)
+    assert run_job(runtime, late, "test-worker").status == "queue timeout"
+    with sessions() as session:
+        job = session.get(Job, late)
+        assert job.status == "failed" and job.error_kind == "queue_timeout"
+        assert job.attempts == 0 and job.started_at is None
     runtime.engine.dispose()

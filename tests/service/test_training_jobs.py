@@ -240,3 +240,37 @@ def test_cli_submit_uploads_training_data_and_sends_the_profile(
     bad.write_text("[1, 2]")
     assert cli_main([*argv[:-2], str(bad), "--json"]) == 2
     assert "expected a JSON object" in capsys.readouterr().err
+
+
+def test_auto_job_takes_the_job_target_and_reports_its_climb(api, runtime, tenant, ids):
+    quick = {
+        "pipeline": ["auto"],
+        "qat_epochs": 1,
+        "bayesian_bits_epochs": 1,
+        "bayesian_bits_finetune_epochs": 0,
+        "adaround_iterations": 10,
+    }
+    queued = submit(api, tenant, {**ids, "quantization": quick, "max_accuracy_drop": 0.0})
+    assert queued["quantization"]["max_accuracy_drop"] == 0.0  # the job target, in points
+    job, report = run(api, runtime, tenant, queued)
+    assert job["status"] == "succeeded", job["error"]
+    auto = report["auto"]
+    assert auto["target"]["max_accuracy_drop"] == 0.0
+    assert auto["validation"]["source"] == "--validation"
+    names = [row["name"] for row in auto["tried"]]
+    assert names[0] == "ptq" and auto["chosen"] in names
+    ran = [row for row in auto["tried"] if "skipped" not in row]
+    assert all(row["drop_points"] is not None and row["energy_pj"] > 0 for row in ran)
+    # It stops at the first configuration that meets the target, and only there.
+    assert [row["meets_target"] for row in ran][:-1] == [False] * (len(ran) - 1)
+    assert job["step_reports"].keys() == report["step_reports"].keys()
+
+
+def test_bayesian_bits_without_training_data_is_422(api, tenant, ids):
+    body = {
+        "model_id": ids["model_id"],
+        "calibration_id": ids["calibration_id"],
+        "quantization": {"pipeline": ["bayesian_bits"]},
+    }
+    detail = error_of(api.post("/v1/jobs", json=body, headers=tenant), 422)["detail"]
+    assert "training_id" in detail and "bayesian_bits" in detail

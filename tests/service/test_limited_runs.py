@@ -1,0 +1,90 @@
+"""A job's untrusted part runs in a limited child process: past the memory or the time limit
+the job fails as ``resource_limit`` naming the limit, nothing is left in staging, and the
+process that ran it (a worker, here the test itself) runs the next job as usual."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from app.core.config import MiB
+from worker.runner import run_job
+from worker.runtime import Runtime
+
+
+@contextmanager
+def runtime_with(settings, **limits) -> Iterator[Runtime]:
+    runtime = Runtime.build(settings.model_copy(update=limits), pooled=False)
+    try:
+        yield runtime
+    finally:
+        runtime.engine.dispose()
+
+
+@pytest.fixture
+def submit_job(api, make_tenant, tiny_model, tiny_data):
+    tenant = make_tenant()
+
+    def put(route, path) -> str:
+        response = api.post(
+            route,
+            params={"filename": path.name},
+            content=path.read_bytes(),
+            headers={**tenant, "Content-Type": "application/octet-stream"},
+        )
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+    body = {
+        "model_id": put("/v1/models", tiny_model),
+        "calibration_id": put("/v1/datasets", tiny_data[0]),
+        "quantization": {"weight_bits": 8, "activation_bits": 8},
+    }
+
+    def submit() -> str:
+        response = api.post("/v1/jobs", json=body, headers=tenant)
+        assert response.status_code == 202, response.text
+        return response.json()["id"]
+
+    def state(job_id: str) -> dict:
+        return api.get(f"/v1/jobs/{job_id}", headers=tenant).json()
+
+    submit.state = state  # type: ignore[attr-defined]
+    return submit
+
+
+def staging_of(settings, job_id: str) -> list:
+    return list((settings.artifact_root / ".staging").glob(f"job-{job_id}-*"))
+
+
+def assert_resource_limit(settings, job: dict, limit_words: str) -> None:
+    assert job["status"] == "failed", job
+    assert job["error"]["kind"] == "resource_limit", job
+    assert limit_words in job["error"]["detail"], job["error"]
+    assert job["artifacts"] == []
+    assert not (settings.artifact_root / "jobs" / job["id"] / "artifacts").exists()
+    assert staging_of(settings, job["id"]) == []
+
+
+def test_memory_limit_fails_the_job_and_the_next_one_runs(settings, submit_job):
+    job_id = submit_job()
+    with runtime_with(settings, job_memory_bytes=64 * MiB) as runtime:
+        assert run_job(runtime, job_id, "limited-test").status == "failed"
+    assert_resource_limit(settings, submit_job.state(job_id), "memory limit of 67108864 bytes")
+    after = submit_job()
+    with runtime_with(settings) as runtime:
+        assert run_job(runtime, after, "limited-test").status == "succeeded"
+    assert submit_job.state(after)["status"] == "succeeded"
+
+
+def test_time_limit_fails_the_job_and_the_next_one_runs(settings, submit_job):
+    job_id = submit_job()
+    slow = {"job_compute_timeout_s": 1.0, "test_phase_delay_s": 0.3}
+    with runtime_with(settings, **slow) as runtime:
+        assert run_job(runtime, job_id, "limited-test").status == "failed"
+    assert_resource_limit(settings, submit_job.state(job_id), "time limit of 1 s")
+    after = submit_job()
+    with runtime_with(settings, job_compute_timeout_s=300.0) as runtime:
+        assert run_job(runtime, after, "limited-test").status == "succeeded"
