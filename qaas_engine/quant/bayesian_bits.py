@@ -20,7 +20,6 @@ the sim with those grids, the exported QDQ model is the model that was trained.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -33,7 +32,7 @@ from torch import nn
 
 from qaas_engine.errors import Cancelled
 from qaas_engine.quant.encoding import Encoding
-from qaas_engine.quant.qat import Batch, _loss, _score
+from qaas_engine.quant.qat import Batch, QATConfig, _loss, _score, train_qat
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.reporting.energy import EnergyProfile, LayerShape
 
@@ -45,14 +44,13 @@ GATE_ON, GATE_OFF = 3.0, -3.0  # initial log_alpha: decided, but still free to m
 @dataclass(frozen=True)
 class BayesianBitsConfig:
     epochs: int = 8  # gate learning
-    finetune_epochs: int = 4  # weights at the fixed widths
+    finetune_epochs: int = 4  # QAT at the fixed widths
     strength: float = 0.5  # lambda: weight of the relative expected cost
     cost: Literal["energy", "bops"] = "energy"
     max_bits: int = 16
     prune: bool = True
     weight_lr: float = 0.0  # weights held during gate learning: gates judge the trained weights
     gate_lr: float = 5e-2
-    finetune_lr: float = 2e-4
     seed: int = 0
     threads: int = 1  # small per-batch work: one thread is as fast, and the result reproducible
 
@@ -471,19 +469,21 @@ def _train(
     for epoch in range(1, config.epochs + 1):
         run_epoch(epoch, "gates", optimizer)
     model.freeze()
-    model.eval()
-    best_score = _score(model, validation(), float_weights)
-    best_state, best_epoch = copy.deepcopy(model.state_dict()), config.epochs
-    finetune = torch.optim.Adam(list(model.params), lr=config.finetune_lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(finetune, max(config.finetune_epochs, 1))
-    for epoch in range(config.epochs + 1, total_epochs + 1):
-        run_epoch(epoch, "finetune", finetune)
-        schedule.step()
-        if curve[-1]["validation"] > best_score:
-            best_score, best_epoch = curve[-1]["validation"], epoch
-            best_state = copy.deepcopy(model.state_dict())
-    model.load_state_dict(best_state)
     pruned = model.commit()
+    finetune = None
+    if config.finetune_epochs > 0:
+        # The chosen widths, fine-tuned as QAT does it (learned ranges, pruned channels held at
+        # zero, best epoch on validation, the freeze point included), so export equals training.
+        def finetune_progress(_: str, fraction: float) -> None:
+            if progress:
+                done = config.epochs + fraction * config.finetune_epochs
+                progress("bayesian_bits", done / total_epochs)
+
+        finetune = train_qat(
+            sim, training, validation, float_weights,
+            QATConfig(epochs=config.finetune_epochs, seed=config.seed),
+            finetune_progress, should_stop,
+        )  # fmt: skip
     chosen = costs.expected(model.weight_quantizers(), model.activation_quantizers(), spec_bits)
     return {
         "signal": "labels" if labelled else "distillation",
@@ -493,8 +493,7 @@ def _train(
             "chosen": round(float(chosen) / reference, 4),
             "reference": f"uniform W{sim.spec.weight_bits}A{sim.spec.activation_bits or 'float'}",
         },
-        "best_epoch": best_epoch,
-        "best_validation": best_score,
+        "finetune": finetune,
         "weights": [
             {
                 "tensor": name,

@@ -15,6 +15,8 @@ import torch
 
 # Smallest scale we emit: keeps x / s finite for an all-zero tensor.
 MIN_SCALE = 1e-8
+# Signed symmetric grids of this width use the restricted range [-(2^(b-1) - 1), 2^(b-1) - 1].
+RESTRICTED_BITS = 8
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,12 @@ class Encoding:
         high = np.maximum(np.asarray(high, dtype=np.float64).reshape(-1), 0.0)
         qmin, qmax = scheme.qmin, scheme.qmax
         if scheme.symmetric:
-            if scheme.signed:
+            if scheme.signed and scheme.bits == RESTRICTED_BITS:
+                # int8 as TFLite's spec and ONNX Runtime have it: [-127, 127], no -128 (whose
+                # products overflow the int16 pair sums of u8s8 kernels).
+                scale = np.maximum(-low, high) / qmax
+                zero_point = np.zeros_like(scale)
+            elif scheme.signed:
                 # Zero at 0 and the whole grid in use: -qmin steps below zero, qmax above
                 # (max|w|/qmax would never use the lowest level, a real loss at 4 bits).
                 scale = np.maximum(-low / -qmin, high / qmax)

@@ -90,9 +90,11 @@ class QuantSim:
         batches: Callable[[], Iterable[Feeds]],
         progress: Progress | None = None,
     ) -> CalibrationSummary:
-        """Set activation ranges from calibration batches (weights already quantized).
+        """Set activation ranges from calibration batches run through the float model.
 
-        ``batches`` is called once per pass, so the data is streamed, never held whole.
+        The range a tensor should have, as ONNX Runtime and NNCF set it, not one widened by the
+        upstream weights' rounding noise. ``batches`` is called once per pass, so the data is
+        streamed, never held whole.
         """
         if not self.weight_encodings and self.placement.weights:
             self.compute_weight_encodings()
@@ -152,7 +154,7 @@ class QuantSim:
                 observer.observe(value)
             return value
 
-        weights = self.quantized_weights()
+        weights = self.executor.weights
         seen = 0
         batch_list = batches()
         total = len(batch_list) if hasattr(batch_list, "__len__") else None
