@@ -37,6 +37,16 @@ class QuantScheme:
     def qmax(self) -> int:
         return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
 
+    @property
+    def restricted(self) -> bool:
+        """A signed symmetric grid whose range is [-qmax, qmax] steps: qmin is never chosen."""
+        return self.symmetric and self.signed and self.bits == RESTRICTED_BITS
+
+    @property
+    def steps_below_zero(self) -> int:
+        """Grid steps a symmetric range's negative bound spans (its scale is bound / this)."""
+        return self.qmax if self.restricted or not self.signed else -self.qmin
+
 
 @dataclass
 class Encoding:
@@ -53,7 +63,7 @@ class Encoding:
         high = np.maximum(np.asarray(high, dtype=np.float64).reshape(-1), 0.0)
         qmin, qmax = scheme.qmin, scheme.qmax
         if scheme.symmetric:
-            if scheme.signed and scheme.bits == RESTRICTED_BITS:
+            if scheme.restricted:
                 # int8 as TFLite's spec and ONNX Runtime have it: [-127, 127], no -128 (whose
                 # products overflow the int16 pair sums of u8s8 kernels).
                 scale = np.maximum(-low, high) / qmax

@@ -64,7 +64,8 @@ class LearnedQuantizer(nn.Module):
         low = torch.as_tensor(encoding.low, dtype=torch.float32)
         high = torch.as_tensor(encoding.high, dtype=torch.float32)
         if self.scheme.symmetric:
-            bound = torch.maximum(low.abs(), high.abs()) if self.scheme.signed else high
+            scale = torch.as_tensor(encoding.scale, dtype=torch.float32)
+            bound = scale * self.scheme.steps_below_zero
             unit = bound.abs().clamp_min(1e-8)
             self.register_buffer("unit", unit)
             self.bound = nn.Parameter(bound / unit, requires_grad=learn)
@@ -78,13 +79,16 @@ class LearnedQuantizer(nn.Module):
         qmin, qmax = self.scheme.qmin, self.scheme.qmax
         if self.scheme.symmetric:
             bound = (self.bound * self.unit).abs().clamp_min(1e-8)
-            scale = bound / (-qmin if self.scheme.signed else qmax)
+            scale = bound / self.scheme.steps_below_zero
             return scale, torch.zeros_like(scale)
         low = torch.clamp(self.low * self.unit, max=0.0)
         high = torch.clamp(self.high * self.unit, min=0.0)
         scale = ((high - low) / (qmax - qmin)).clamp_min(1e-8)
         zero_point = torch.clamp(_round_ste(qmin - low / scale), qmin, qmax)
         return scale, zero_point
+
+    def scale(self) -> torch.Tensor:
+        return self._scale_zero_point()[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale, zero_point = self._scale_zero_point()
@@ -101,7 +105,7 @@ class LearnedQuantizer(nn.Module):
             if self.scheme.symmetric:
                 bound = (self.bound * self.unit).abs().double().cpu().numpy()
                 low = -bound if self.scheme.signed else np.zeros_like(bound)
-                high = bound * self.scheme.qmax / -self.scheme.qmin if self.scheme.signed else bound
+                high = bound * self.scheme.qmax / self.scheme.steps_below_zero
                 return Encoding.from_range(self.scheme, low, high)
             return Encoding.from_range(
                 self.scheme,
@@ -146,6 +150,13 @@ class QATModel(nn.Module):
             self.act_quantizers[key] = LearnedQuantizer(
                 sim.activation_encodings[name], learn_ranges
             )
+        # bias -> (its weight's quantizer, its input's quantizer): int32 at s_input * s_weight,
+        # as the sim and the runtime hold it; a float bias here would train another model.
+        self.bias_grids = {
+            site.bias: (self.weight_keys[weight], self.act_keys[sim.quantizer_of(site.input)])
+            for weight, site in sim.placement.weights.items()
+            if site.bias in sim.bias_encodings and weight in self.weight_keys
+        }
 
     def _unit(self, name: str) -> torch.Tensor:
         weight = self.sim.executor.weights[name].detach().float()
@@ -184,7 +195,17 @@ class QATModel(nn.Module):
         weights = {}
         for name, weight in self.trained_weights().items():
             key = self.weight_keys.get(name)
-            weights[name] = self.weight_quantizers[key](weight) if key else weight
+            if key is not None:
+                weights[name] = self.weight_quantizers[key](weight)
+            elif name in self.bias_grids:
+                weight_key, input_key = self.bias_grids[name]
+                step = (
+                    self.weight_quantizers[weight_key].scale().reshape(-1)
+                    * self.act_quantizers[input_key].scale().reshape(-1)
+                )
+                weights[name] = _round_ste(weight / step) * step
+            else:
+                weights[name] = weight
 
         def hook(name: str, value: torch.Tensor) -> torch.Tensor:
             source = self.sim.quantizer_of(name)

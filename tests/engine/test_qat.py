@@ -9,11 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from qaas_engine import Cancelled, QuantSpec, SpecError, import_model, model_inputs, quantize
-from qaas_engine.data import validate_arrays
+from qaas_engine import Cancelled, QuantSpec, SpecError, import_model, quantize
+from qaas_engine.flow import PipelineData, run_pipeline
+from qaas_engine.pipeline import Timer, to_torch
 from qaas_engine.quant.encoding import Encoding, QuantScheme
-from qaas_engine.quant.qat import LearnedQuantizer
-from qaas_engine.zoo import MobileNetV2Like, export_onnx, load_digits_splits, train_classifier
+from qaas_engine.quant.qat import LearnedQuantizer, QATModel
+from qaas_engine.reporting.energy import EnergyProfile
+from qaas_engine.zoo import (
+    MobileNetV2Like,
+    digits_datasets,
+    export_onnx,
+    load_digits_splits,
+    train_classifier,
+)
 
 W4A4 = {"weight_bits": 4, "activation_bits": 4, "weight_granularity": "per-tensor"}
 EPOCHS = 8  # every QAT run below: the same model, data and number of steps
@@ -34,20 +42,7 @@ def setup(tmp_path_factory):
     torch.manual_seed(0)  # the initial weights: the same net whatever ran before
     model = train_classifier(MobileNetV2Like(width=8), digits.x_train, digits.y_train, epochs=15)
     imported = import_model(export_onnx(model, tmp_path_factory.mktemp("qat") / "net.onnx"))
-    inputs = model_inputs(imported.model)
-
-    def data(x, y=None):
-        raw = {"input": x} if y is None else {"input": x, "labels": y}
-        return validate_arrays(raw, inputs, role="test", source="digits")
-
-    return {
-        "model": imported,
-        "calibration": data(digits.x_calib),
-        "evaluation": data(digits.x_eval, digits.y_eval),
-        "training": data(digits.x_train, digits.y_train),
-        "unlabelled": data(digits.x_train),
-        "validation": data(digits.x_val, digits.y_val),
-    }
+    return {"model": imported, **digits_datasets(imported.model, digits)}
 
 
 def _run(setup, pipeline, training=None, **spec):
@@ -120,6 +115,9 @@ def test_qat_reports_its_signal_and_training_curve(reports):
         QuantScheme(bits=4, symmetric=True, signed=False),
         QuantScheme(bits=4, symmetric=False, signed=False),
         QuantScheme(bits=4, symmetric=True, signed=True, per_channel=True, axis=0),
+        QuantScheme(bits=8, symmetric=True, signed=True),  # the restricted int8 grid
+        QuantScheme(bits=8, symmetric=True, signed=True, per_channel=True, axis=0),
+        QuantScheme(bits=8, symmetric=False, signed=False),
     ],
 )
 def test_learned_quantizer_starts_on_the_post_training_grid(scheme):
@@ -135,6 +133,21 @@ def test_learned_quantizer_starts_on_the_post_training_grid(scheme):
     assert torch.allclose(quantizer(values), expected, atol=1e-6)
     np.testing.assert_allclose(quantizer.encoding().scale, encoding.scale, rtol=1e-6)
     np.testing.assert_array_equal(quantizer.encoding().zero_point, encoding.zero_point)
+
+
+def test_the_trained_model_starts_as_the_exported_one(setup):
+    """Weights, int32 biases at s_input * s_weight and activations on the sim's grids: QAT
+    trains the model that is exported, not a float-bias cousin of it."""
+    _, sim, _ = run_pipeline(
+        setup["model"], QuantSpec(**W4A4, pipeline=("cle",)), PipelineData(setup["calibration"]),
+        Timer(), EnergyProfile(),
+    )  # fmt: skip
+    assert sim.bias_encodings
+    feeds, _ = next(setup["validation"].batches(64))
+    with torch.no_grad():
+        simulated = sim.run(to_torch(feeds))[sim.executor.output_names[0]]
+        trained = QATModel(sim, learn_ranges=True)(to_torch(feeds))
+    torch.testing.assert_close(trained, simulated, atol=1e-5, rtol=1e-5)
 
 
 def test_qat_is_deterministic_with_a_seed(setup):
