@@ -199,10 +199,9 @@ class QATModel(nn.Module):
                 weights[name] = self.weight_quantizers[key](weight)
             elif name in self.bias_grids:
                 weight_key, input_key = self.bias_grids[name]
-                step = (
-                    self.weight_quantizers[weight_key].scale().reshape(-1)
-                    * self.act_quantizers[input_key].scale().reshape(-1)
-                )
+                step = self.weight_quantizers[weight_key].scale().reshape(-1) * self.act_quantizers[
+                    input_key
+                ].scale().reshape(-1)
                 weights[name] = _round_ste(weight / step) * step
             else:
                 weights[name] = weight
