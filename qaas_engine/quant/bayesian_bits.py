@@ -48,6 +48,7 @@ class BayesianBitsConfig:
     strength: float = 0.5  # lambda: weight of the relative expected cost
     cost: Literal["energy", "bops"] = "energy"
     max_bits: int = 16
+    start_bits: int = 8  # gates start on up to max(this, the spec's width): room to go up
     prune: bool = True
     weight_lr: float = 0.0  # weights held during gate learning: gates judge the trained weights
     gate_lr: float = 5e-2
@@ -315,7 +316,10 @@ class BayesianBitsModel(nn.Module):
             key = f"w{index}"
             self.weight_keys[name] = key
             self.weight_q[key] = GatedQuantizer(
-                encoding, levels, encoding.scheme.bits, channels if channels else None
+                encoding,
+                levels,
+                max(encoding.scheme.bits, config.start_bits),
+                channels if channels else None,
             )
         self.act_keys: dict[str, str] = {}
         self.act_q = nn.ModuleDict()
@@ -323,9 +327,9 @@ class BayesianBitsModel(nn.Module):
             encoding = sim.activation_encodings[name]
             key = f"a{index}"
             self.act_keys[name] = key
-            self.act_q[key] = GatedQuantizer(
-                encoding, levels, encoding.scheme.bits, None, fixed=name not in gated_acts
-            )
+            gated = name in gated_acts
+            start = max(encoding.scheme.bits, config.start_bits) if gated else encoding.scheme.bits
+            self.act_q[key] = GatedQuantizer(encoding, levels, start, None, fixed=not gated)
             if name not in gated_acts:
                 self.act_q[key].freeze()
 
