@@ -87,13 +87,13 @@ class Row:
     flipped: float | None
 
 
-def build_model(tmp: Path) -> tuple[DepthwiseReLUNet, Path, Any, float]:
+def build_model(tmp: Path, seed: int = SEED) -> tuple[DepthwiseReLUNet, Path, Any, float]:
     """Train (as the AdaRound test does) and export; the model, its ONNX path, splits, train s."""
-    splits = load_digits_splits(SEED)
-    torch.manual_seed(SEED)
+    splits = load_digits_splits(seed)
+    torch.manual_seed(seed)
     start = time.perf_counter()
     model = train_classifier(
-        DepthwiseReLUNet(), splits.x_train, splits.y_train, epochs=EPOCHS, seed=SEED
+        DepthwiseReLUNet(), splits.x_train, splits.y_train, epochs=EPOCHS, seed=seed
     )
     seconds = time.perf_counter() - start
     return model, export_onnx(model, tmp / "net.onnx"), splits, seconds
@@ -154,7 +154,7 @@ def run_aimet(
         f"--iterations={args.iterations}",
         f"--scheme={args.aimet_scheme}",
         f"--variants={','.join(variants)}",
-        f"--seed={SEED}",
+        f"--seed={args.seed}",
     ]
     start = time.perf_counter()
     cmd.append(f"--launched-at={time.time()}")
@@ -230,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"AdaRound iterations per layer, both tools (default {DEFAULT_ITERATIONS})",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=SEED,
+        help="data split and training seed: one image is 0.25 pt, so compare over several",
+    )
     parser.add_argument("--no-aimet", action="store_true", help="skip AIMET")
     parser.add_argument(
         "--no-install", action="store_true", help="use an existing AIMET venv, never install one"
@@ -264,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="qaas-adaround-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        model, path, splits, train_s = build_model(tmp)
-        print(f"model: DepthwiseReLUNet trained {EPOCHS} epochs (seed {SEED}, {train_s:.1f}s)")
+        model, path, splits, train_s = build_model(tmp, args.seed)
+        print(f"model: DepthwiseReLUNet trained {EPOCHS} epochs (seed {args.seed}, {train_s:.1f}s)")
         print(f"data: {len(splits.x_calib)} calibration, {len(splits.x_eval)} evaluation images")
         inputs = model_inputs(import_model(path).model)
         calibration = validate_arrays(
