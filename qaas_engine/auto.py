@@ -36,6 +36,7 @@ from qaas_engine.spec import QuantSpec
 
 DEFAULT_MAX_DROP = 1.0  # top-1 points, when auto is asked for without a target
 HELD_OUT_FRACTION = 0.2  # of the training (else calibration) data, when no validation set
+SMALL_VALIDATION = 100  # fewer samples than this and the report warns that decisions are coarse
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,13 @@ def auto_quantize(
     }
     if not met:
         result.report["warnings"].append(result.report["auto"]["message"])
+    samples = validation.data.num_samples
+    if samples < SMALL_VALIDATION:
+        result.report["warnings"].append(
+            f"pipeline auto decided on {samples} validation samples ({validation.source}): one "
+            f"sample is {100 / samples:.1f} points, coarser than most targets; give "
+            "--validation NPZ with a few hundred labelled samples"
+        )
     return result
 
 

@@ -43,12 +43,17 @@ def _fmt(value: float) -> str:
 class _Scale:
     """Maps values to pixels along [0, length]; log10 when asked (values must be > 0)."""
 
-    def __init__(self, values: Sequence[float], length: float, log: bool) -> None:
+    def __init__(
+        self, values: Sequence[float], length: float, log: bool, from_zero: bool = True
+    ) -> None:
         finite = [v for v in values if v is not None and math.isfinite(v) and (v > 0 or not log)]
         self.log = log and bool(finite)
         if self.log:
             self.low = math.floor(math.log10(min(finite)))
             self.high = max(math.ceil(math.log10(max(finite))), self.low + 1)
+        elif not from_zero and finite:  # the data's own span, padded: points apart, not at 0
+            span = (max(finite) - min(finite)) or abs(max(finite)) or 1.0
+            self.low, self.high = min(finite) - 0.1 * span, max(finite) + 0.1 * span
         else:
             self.low = min([0.0, *finite])
             self.high = max([0.0, *finite]) or 1.0
@@ -220,8 +225,8 @@ def scatter_chart(
     the accuracy-vs-energy frontier of the configurations pipeline auto tried."""
     top, bottom, left = 40, 36, 60
     plot_h, plot_w = 220, WIDTH - left - 140
-    x_scale = _Scale([p[1] for p in points], plot_w, False)
-    y_scale = _Scale([p[2] for p in points], plot_h, False)
+    x_scale = _Scale([p[1] for p in points], plot_w, False, from_zero=False)
+    y_scale = _Scale([p[2] for p in points], plot_h, False, from_zero=False)
     height = top + plot_h + bottom
     body = _legend([("frontier", []), ("other configurations", [])], left, 30)
     for tick in y_scale.ticks():

@@ -96,6 +96,7 @@ def test_auto_decides_on_held_out_calibration_without_validation(models):
     assert auto["validation"]["source"] == "held-out 20% of the calibration data"
     assert auto["target"]["measure"] == "points of top-1 agreement"  # no labels there
     assert auto["validation"]["samples"] == round(0.2 * models["calibration"].num_samples)
+    assert any("coarser than most targets" in w for w in result.report["warnings"])
 
 
 def test_auto_is_alone_in_its_pipeline():
