@@ -36,9 +36,7 @@ nearest rounding and the gaps published in the AdaRound paper.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,7 +52,7 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
 from bench._common import MEASUREMENT_STEPS, cpu_summary, print_table, ratio  # noqa: E402
-from bench.peers.aimet_env import VENV, ensure_aimet_env  # noqa: E402
+from bench.peers.aimet_env import VENV, run_aimet_script  # noqa: E402
 from qaas_engine import Dataset, QuantSpec, __version__, import_model, model_inputs  # noqa: E402
 from qaas_engine import quantize as qaas_quantize  # noqa: E402
 from qaas_engine.data import validate_arrays  # noqa: E402
@@ -135,20 +133,9 @@ def run_aimet(
     granularities: list[str],
 ) -> tuple[dict[str, Any] | None, str | None, float]:
     """AIMET's figures (or None and why not), and the AIMET process's wall seconds."""
-    env = ensure_aimet_env(install=not args.no_install)
-    if env.error is not None or env.python is None:
-        return None, env.error or "AIMET venv unusable", 0.0
-    weights, data, out = tmp / "state.pt", tmp / "digits.npz", tmp / "aimet.json"
-    torch.save(model.state_dict(), weights)
-    np.savez(data, x_calib=splits.x_calib, x_eval=splits.x_eval, y_eval=splits.y_eval)
     # Nearest first in each granularity: the first variant pays AIMET's one-off warm-up costs.
     variants = [f"{r}-{GRANULARITIES[g]}" for g in granularities for r in ("nearest", "adaround")]
-    cmd = [
-        str(env.python),
-        str(AIMET_SCRIPT),
-        f"--weights={weights}",
-        f"--data={data}",
-        f"--out={out}",
+    options = [
         f"--threads={args.threads}",
         f"--bits={WEIGHT_BITS}",
         f"--iterations={args.iterations}",
@@ -156,31 +143,14 @@ def run_aimet(
         f"--variants={','.join(variants)}",
         f"--seed={args.seed}",
     ]
-    start = time.perf_counter()
-    cmd.append(f"--launched-at={time.time()}")
-    try:
-        proc = subprocess.run(
-            cmd,
-            env=env.env(),
-            capture_output=True,
-            text=True,
-            timeout=AIMET_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return None, f"AIMET process ran past {AIMET_TIMEOUT_S}s", time.perf_counter() - start
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0 or not out.is_file():
-        lines = [x for x in proc.stderr.strip().splitlines() if x.strip()]
-        why = lines[-1] if lines else f"exit status {proc.returncode}"
-        return None, f"AIMET process failed: {why}", seconds
-    result = json.loads(out.read_text())
-    if not result["variants"]:
+    result, error, seconds = run_aimet_script(
+        AIMET_SCRIPT, model, splits, tmp, options,
+        install=not args.no_install, timeout=AIMET_TIMEOUT_S,
+    )  # fmt: skip
+    if result is not None and not result["variants"]:
         errors = "; ".join(f"{k}: {v}" for k, v in result["errors"].items())
         return None, f"every AIMET variant failed: {errors}", seconds
-    result["installed_now"] = env.installed_now
-    result["install_seconds"] = env.install_seconds
-    return result, None, seconds
+    return result, error, seconds
 
 
 def layer_key(name: str) -> str:

@@ -34,8 +34,6 @@ installed or run, the bench says why and compares with ONNX Runtime only.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,7 +56,7 @@ from bench._common import (  # noqa: E402
     ratio,
     run_logits,
 )
-from bench.peers.aimet_env import VENV, ensure_aimet_env  # noqa: E402
+from bench.peers.aimet_env import VENV, run_aimet_script  # noqa: E402
 from bench.peers.onnxruntime_static import quantize_static_qdq  # noqa: E402
 from qaas_engine import Dataset, QuantSpec, __version__, import_model, model_inputs  # noqa: E402
 from qaas_engine import quantize as qaas_quantize  # noqa: E402
@@ -117,44 +115,10 @@ def run_aimet(
     model: DepthwiseReLUNet, splits: Any, tmp: Path, threads: int, quick: bool, install: bool
 ) -> tuple[dict[str, Any] | None, str | None, float]:
     """AIMET's figures (or None and why not), and the AIMET process's wall seconds."""
-    env = ensure_aimet_env(install=install)
-    if env.error is not None or env.python is None:
-        return None, env.error or "AIMET venv unusable", 0.0
-    weights, data, out = tmp / "imbalanced_state.pt", tmp / "digits.npz", tmp / "aimet.json"
-    torch.save(model.state_dict(), weights)
-    np.savez(data, x_calib=splits.x_calib, x_eval=splits.x_eval, y_eval=splits.y_eval)
-    variants = "cle" if quick else "quantsim,cle"
-    cmd = [
-        str(env.python),
-        str(AIMET_SCRIPT),
-        f"--weights={weights}",
-        f"--data={data}",
-        f"--out={out}",
-        f"--threads={threads}",
-        f"--variants={variants}",
-    ]
-    start = time.perf_counter()
-    cmd.append(f"--launched-at={time.time()}")
-    try:
-        proc = subprocess.run(
-            cmd,
-            env=env.env(),
-            capture_output=True,
-            text=True,
-            timeout=AIMET_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return None, f"AIMET process ran past {AIMET_TIMEOUT_S}s", time.perf_counter() - start
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0 or not out.is_file():
-        lines = [x for x in proc.stderr.strip().splitlines() if x.strip()]
-        why = lines[-1] if lines else f"exit status {proc.returncode}"
-        return None, f"AIMET process failed: {why}", seconds
-    result = json.loads(out.read_text())
-    result["installed_now"] = env.installed_now
-    result["install_seconds"] = env.install_seconds
-    return result, None, seconds
+    options = [f"--threads={threads}", f"--variants={'cle' if quick else 'quantsim,cle'}"]
+    return run_aimet_script(
+        AIMET_SCRIPT, model, splits, tmp, options, install=install, timeout=AIMET_TIMEOUT_S
+    )
 
 
 def run_ort_peer(

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.peers._venv import probe_versions, run_quiet
 
@@ -142,6 +144,51 @@ def ensure_aimet_env(*, install: bool = True) -> AimetEnv:
     STAMP.write_text(json.dumps(versions))
     print(f"[aimet] installed {versions} in {seconds:.0f}s", flush=True)
     return AimetEnv(python, versions, True, seconds)
+
+
+def run_aimet_script(
+    script: Path,
+    model: Any,
+    splits: Any,
+    tmp: Path,
+    options: list[str],
+    *,
+    install: bool,
+    timeout: float,
+) -> tuple[dict[str, Any] | None, str | None, float]:
+    """Run one of ``bench/peers/aimet_*.py`` on ``model`` and the digits splits in the AIMET venv.
+
+    The model travels as a state dict and the data as an npz (the scripts rebuild the zoo net),
+    so nothing is pickled across venvs but tensors. Returns the script's JSON (with the install
+    facts added), or None and why not; and the AIMET process's wall seconds.
+    """
+    import numpy as np
+    import torch
+
+    env = ensure_aimet_env(install=install)
+    if env.error is not None or env.python is None:
+        return None, env.error or "AIMET venv unusable", 0.0
+    weights, data, out = tmp / "aimet_state.pt", tmp / "aimet_digits.npz", tmp / "aimet.json"
+    torch.save(model.state_dict(), weights)
+    np.savez(data, x_calib=splits.x_calib, x_eval=splits.x_eval, y_eval=splits.y_eval)
+    cmd = [str(env.python), str(script), f"--weights={weights}", f"--data={data}", f"--out={out}"]
+    start = time.perf_counter()
+    cmd += [*options, f"--launched-at={time.time()}"]
+    try:
+        proc = subprocess.run(
+            cmd, env=env.env(), capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return None, f"AIMET process ran past {timeout:.0f}s", time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0 or not out.is_file():
+        lines = [x for x in proc.stderr.strip().splitlines() if x.strip()]
+        why = lines[-1] if lines else f"exit status {proc.returncode}"
+        return None, f"AIMET process failed: {why}", seconds
+    result = json.loads(out.read_text())
+    result["installed_now"] = env.installed_now
+    result["install_seconds"] = env.install_seconds
+    return result, None, seconds
 
 
 if __name__ == "__main__":
