@@ -344,15 +344,7 @@ class BayesianBitsModel(nn.Module):
         for name, param in zip(self.names, self.params, strict=True):
             key = self.weight_keys.get(name)
             weights[name] = self.weight_q[key](param) if key else param
-
-        def hook(name: str, value: torch.Tensor) -> torch.Tensor:
-            source = self.sim.quantizer_of(name)
-            if source is None or not value.is_floating_point():
-                return value
-            return self.act_q[self.act_keys[source]](value)
-
-        output = self.sim.executor.output_names[0]
-        return self.sim.executor.run(feeds, hook=hook, weights=weights, outputs=[output])[output]
+        return self.sim.run_trainable(feeds, weights, self.activation_quantizers())
 
     def gate_parameters(self) -> list[nn.Parameter]:
         return [

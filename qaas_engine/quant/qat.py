@@ -199,21 +199,13 @@ class QATModel(nn.Module):
                 weights[name] = self.weight_quantizers[key](weight)
             elif name in self.bias_grids:
                 weight_key, input_key = self.bias_grids[name]
-                step = self.weight_quantizers[weight_key].scale().reshape(-1) * self.act_quantizers[
-                    input_key
-                ].scale().reshape(-1)
+                weight_scale = self.weight_quantizers[weight_key].scale().reshape(-1)
+                step = weight_scale * self.act_quantizers[input_key].scale().reshape(-1)
                 weights[name] = _round_ste(weight / step) * step
             else:
                 weights[name] = weight
-
-        def hook(name: str, value: torch.Tensor) -> torch.Tensor:
-            source = self.sim.quantizer_of(name)
-            if source is None or not value.is_floating_point():
-                return value
-            return self.act_quantizers[self.act_keys[source]](value)
-
-        output = self.sim.executor.output_names[0]
-        return self.sim.executor.run(feeds, hook=hook, weights=weights, outputs=[output])[output]
+        quantizers = {name: self.act_quantizers[key] for name, key in self.act_keys.items()}
+        return self.sim.run_trainable(feeds, weights, quantizers)
 
     def commit(self) -> None:
         """Write the trained weights and learned ranges back into the sim (on the CPU)."""

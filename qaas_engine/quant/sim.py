@@ -239,6 +239,25 @@ class QuantSim:
             feeds, hook=hook, weights=self.quantized_weights(), outputs=outputs
         )
 
+    def run_trainable(
+        self,
+        feeds: Feeds,
+        weights: Mapping[str, torch.Tensor],
+        quantizers: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
+    ) -> torch.Tensor:
+        """The first output, with trainers' weights and activation quantizers (keyed by the
+        tensor whose grid they set) standing where this sim's own would: QAT and mixed
+        precision train exactly the graph that is exported."""
+
+        def hook(name: str, value: torch.Tensor) -> torch.Tensor:
+            source = self.quantizer_of(name)
+            if source is None or not value.is_floating_point():
+                return value
+            return quantizers[source](value)
+
+        output = self.executor.output_names[0]
+        return self.executor.run(feeds, hook=hook, weights=weights, outputs=[output])[output]
+
 
 def _batch_size(feeds: Feeds) -> int:
     for value in feeds.values():
