@@ -18,6 +18,7 @@ import onnx
 from onnx import helper
 
 from qaas_engine.errors import DataError
+from qaas_engine.npz import scan_npz
 
 LABELS_KEY = "labels"
 
@@ -83,13 +84,19 @@ class Dataset:
         return self.subset(np.sort(order[held:])), self.subset(np.sort(order[:held]))
 
 
-def load_npz(path: str | Path, inputs: list[InputSpec], *, role: str = "data") -> Dataset:
-    """Read and validate an ``.npz`` against the model's inputs; errors name the fix."""
+def load_npz(
+    path: str | Path,
+    inputs: list[InputSpec],
+    *,
+    role: str = "data",
+    max_expanded_bytes: int | None = None,
+) -> Dataset:
+    """Read and validate an ``.npz`` against the model's inputs; errors name the fix. Headers
+    are checked first (``scan_npz``), so a bomb is refused before it is expanded."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{role} file not found: {path}")
-    if not zipfile.is_zipfile(path):
-        raise DataError(f"{role} file {path.name} is not an .npz archive (numpy.savez)")
+    scan_npz(path, max_expanded_bytes=max_expanded_bytes, role=role)
     try:
         with np.load(path, allow_pickle=False) as archive:
             raw = {key: archive[key] for key in archive.files}
@@ -102,12 +109,6 @@ def load_npz(path: str | Path, inputs: list[InputSpec], *, role: str = "data") -
         raise DataError(f"{role} file {path.name} is not a valid .npz: {error}") from None
     except (OSError, zipfile.BadZipFile, EOFError) as error:
         raise DataError(f"{role} file {path.name} is damaged: {error}") from None
-    not_arrays = sorted(key for key, value in raw.items() if not isinstance(value, np.ndarray))
-    if not_arrays:
-        raise DataError(
-            f"{role} file {path.name}: member(s) {', '.join(not_arrays)} are not .npy arrays; "
-            "write the file with numpy.savez"
-        )
     return validate_arrays(raw, inputs, role=role, source=path.name)
 
 

@@ -32,6 +32,7 @@ from app.core.limits import (
     memory_limit_detail,
     time_limit_detail,
 )
+from app.core.sandbox import Confinement, confine
 from app.core.storage import LocalStorage, is_storage_full
 from qaas_engine.errors import QaasInputError
 
@@ -51,6 +52,7 @@ PRELOAD = [
     "qaas_engine.reporting.latency",
     "onnxruntime",
     "worker.limited",
+    "app.core.sandbox",
 ]
 
 
@@ -72,6 +74,17 @@ class ChildJob:
     storage_root: Path
     storage_min_free_bytes: int
     phase_delay_s: float = 0.0  # the test suite's hook: a job slow enough to act on
+    sandbox: bool = True
+    keep_out: tuple[Path, ...] = ()  # the data folders: never readable as part of the runtime
+    max_dataset_expanded_bytes: int | None = None
+
+    def confinement(self) -> Confinement:
+        """The model's folder (its external data sits beside it) and the data files to read;
+        the staging folder for the artifacts to write."""
+        data = tuple(path for path in self.data_paths.values() if path is not None)
+        return Confinement(
+            read=(self.model_path.parent, *data), write=(self.staged,), keep_out=self.keep_out
+        )
 
 
 class JobFailed(Exception):
@@ -160,6 +173,10 @@ def _child_main(sender: Connection, job: ChildJob, memory_bytes: int) -> None:
     )
     limit_process(memory_bytes)
     try:
+        if job.sandbox:
+            refused = confine(job.confinement())
+            if refused:
+                log.warning("job sandbox: the kernel refused %s", ", ".join(refused))
         sender.send(("done", _quantize_and_save(job, sender)))
     except BaseException as error:  # noqa: BLE001 -- everything is reported, nothing raised
         _report_failure(sender, error, out_of_memory)
@@ -222,7 +239,11 @@ def _quantize_and_save(job: ChildJob, sender: Connection) -> dict[str, Any]:
     imported = import_model(job.model_path)
     model_specs = model_inputs(imported.model)
     data = {
-        role: load_npz(path, model_specs, role=role) if path is not None else None
+        role: load_npz(
+            path, model_specs, role=role, max_expanded_bytes=job.max_dataset_expanded_bytes
+        )
+        if path is not None
+        else None
         for role, path in job.data_paths.items()
     }
     progress("load", 1.0)

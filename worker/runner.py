@@ -339,6 +339,9 @@ class Attempt:
             storage_root=self.runtime.storage.root,
             storage_min_free_bytes=self.runtime.storage.min_free_bytes,
             phase_delay_s=settings.test_phase_delay_s,
+            sandbox=settings.sandbox,
+            keep_out=(settings.resolved_data_dir, self.runtime.storage.root),
+            max_dataset_expanded_bytes=settings.max_dataset_expanded_bytes,
         )
 
     def _lost_at_finish(self) -> Outcome:

@@ -32,10 +32,19 @@ class Settings(BaseSettings):
     max_dataset_bytes: int = Field(1024 * MiB, ge=1)
     # A model bundle (tar of a model and its external-data files): most entries it may hold.
     max_bundle_entries: int = Field(64, ge=2)
-    # Untrusted uploads are parsed in a separate process with these limits.
+    # Bytes an .npz may expand to (its arrays' total size, read from headers before anything
+    # is expanded); the storage quota counts this, not the compressed size.
+    max_dataset_expanded_bytes: int = Field(4096 * MiB, ge=1)
+    # Untrusted uploads are parsed in confined child processes with these limits: at most
+    # inspect_processes checks at once, inspect_per_tenant of them for one tenant; the timeout
+    # counts running time, not time waiting for a turn.
     inspect_timeout_s: float = Field(120.0, gt=0)
     inspect_memory_bytes: int = Field(8192 * MiB, ge=256 * MiB)
-    inspect_processes: int = Field(1, ge=1)
+    inspect_processes: int = Field(2, ge=1)
+    inspect_per_tenant: int = Field(1, ge=1)
+    # Children that touch uploads run without network, see only their own files and drop root
+    # (app/core/sandbox.py). Turn off only to debug a sandbox refusal.
+    sandbox: bool = True
     # A tiny file can declare tensors no machine holds (a shape-inference bomb): refuse any
     # statically known tensor above this many elements at upload, before a job tries to run it.
     max_tensor_elements: int = Field(1 << 30, ge=1)

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Settings
 from app.core.db import make_engine, make_sessionmaker
-from app.core.inspection import Inspector
+from app.core.inspector import Inspector
 from app.core.storage import LocalStorage
 
 
@@ -55,8 +55,11 @@ class Context:
         storage.ensure()
         inspector = Inspector(
             processes=settings.inspect_processes,
+            per_tenant=settings.inspect_per_tenant,
             memory_bytes=settings.inspect_memory_bytes,
             timeout_s=settings.inspect_timeout_s,
+            keep_out=(settings.resolved_data_dir, settings.artifact_root),
+            sandbox=settings.sandbox,
         )
         return cls(
             settings, engine, make_sessionmaker(engine), storage, inspector, JobQueue(settings)

@@ -1,22 +1,10 @@
-"""Untrusted uploads are parsed by the engine in a separate process with a memory cap and a
-timeout, never in the API process: tiny ONNX files can exhaust memory or time in shape
-inference, and a crash there must cost one child process, not the API."""
+"""What the upload checker runs on an untrusted upload, always in a confined child process
+(``app.core.inspector``), never in the API process: tiny ONNX files can exhaust memory or time
+in shape inference, and a crash there must cost one child process, not the API."""
 
 from __future__ import annotations
 
-import asyncio
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any
-
-from app.core.errors import InvalidInput
-from app.core.limits import limit_process
-
-
-def _limit_memory(max_bytes: int) -> None:
-    limit_process(max_bytes)
-    import qaas_engine  # noqa: F401  (import once per child, not per upload)
 
 
 def _inputs_meta(model: Any) -> list[dict[str, Any]]:
@@ -93,37 +81,27 @@ def _oversized_tensor(model: Any, max_elements: int) -> str | None:
     return None
 
 
-def inspect_dataset(path: str) -> dict[str, Any]:
-    """An ``.npz`` of plain numeric arrays (never unpickled): record names, shapes and dtypes."""
-    import zipfile
+def inspect_dataset(path: str, max_expanded_bytes: int) -> dict[str, Any]:
+    """An ``.npz`` of plain numeric arrays, from its headers only (never expanded, never
+    unpickled): names, shapes, dtypes and the bytes it expands to."""
+    from qaas_engine import QaasInputError
+    from qaas_engine.npz import scan_npz
 
-    import numpy as np
-
-    if not zipfile.is_zipfile(path):
-        return {"error": "not an .npz archive (numpy.savez)"}
     try:
-        arrays = {}
-        with np.load(path, allow_pickle=False) as archive:
-            for key in archive.files:
-                value = archive[key]  # members not stored as .npy come back as raw bytes
-                if not isinstance(value, np.ndarray):
-                    return {"error": f"archive member '{key}' is not a numpy array (.npy)"}
-                arrays[key] = {"shape": list(value.shape), "dtype": value.dtype.name}
-    except ValueError as error:
-        if "pickle" in str(error).lower():
-            return {"error": "holds Python objects (pickled arrays); save plain numeric arrays"}
-        return {"error": f"not a valid .npz: {error}"}
-    except (OSError, zipfile.BadZipFile, EOFError) as error:
-        return {"error": f"damaged .npz: {error}"}
-    if not arrays:
-        return {"error": "the archive holds no arrays"}
-    for key, meta in arrays.items():
-        if meta["dtype"] == "object" or not meta["shape"]:
-            return {"error": f"array '{key}' is not a numeric array with a sample axis"}
-    return {"arrays": arrays}
+        members = scan_npz(path, max_expanded_bytes=max_expanded_bytes, shown_as="the archive")
+    except QaasInputError as error:
+        return {"error": str(error)}
+    arrays = {}
+    for member in members:
+        if not member.shape:
+            return {"error": f"array '{member.key}' is not a numeric array with a sample axis"}
+        arrays[member.key] = {"shape": list(member.shape), "dtype": member.dtype.name}
+    return {"arrays": arrays, "expanded_bytes": sum(m.expanded_bytes for m in members)}
 
 
-def check_dataset_fits(path: str, inputs: list[dict[str, Any]], role: str) -> dict[str, Any]:
+def check_dataset_fits(
+    path: str, inputs: list[dict[str, Any]], role: str, max_expanded_bytes: int | None = None
+) -> dict[str, Any]:
     """The engine's own data checks against a model's recorded inputs."""
     import numpy as np
 
@@ -134,61 +112,7 @@ def check_dataset_fits(path: str, inputs: list[dict[str, Any]], role: str) -> di
         InputSpec(item["name"], np.dtype(item["dtype"]), tuple(item["shape"])) for item in inputs
     ]
     try:
-        dataset = load_npz(path, specs, role=role)
+        dataset = load_npz(path, specs, role=role, max_expanded_bytes=max_expanded_bytes)
     except QaasInputError as error:
         return {"error": str(error)}
     return {"num_samples": dataset.num_samples, "labels": dataset.labels is not None}
-
-
-class Inspector:
-    """A small pool of limited child processes; one that hangs or dies is replaced."""
-
-    def __init__(self, *, processes: int, memory_bytes: int, timeout_s: float) -> None:
-        self.processes = processes
-        self.memory_bytes = memory_bytes
-        self.timeout_s = timeout_s
-        self._pool: ProcessPoolExecutor | None = None
-
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                self.processes,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_limit_memory,
-                initargs=(self.memory_bytes,),
-            )
-        return self._pool
-
-    def warm_up(self) -> None:
-        self._executor().submit(int)
-
-    async def run(self, what: str, fn: Any, *args: Any) -> dict[str, Any]:
-        """Run ``fn`` in a child; a time-out, crash or memory blow-up is the upload's fault."""
-        future = self._executor().submit(fn, *args)
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout_s)
-        except TimeoutError:
-            self._reset()
-            raise InvalidInput(
-                f"{what}: checking it took longer than {self.timeout_s:g} s"
-            ) from None
-        except (BrokenProcessPool, MemoryError):
-            self._reset()
-            raise InvalidInput(
-                f"{what}: checking it exhausted the memory limit ({self.memory_bytes} bytes) "
-                "or crashed the checker"
-            ) from None
-
-    def _reset(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        # ProcessPoolExecutor cannot cancel a running call: end its children ourselves.
-        for process in list(getattr(pool, "_processes", {}).values()):
-            process.kill()
-        pool.shutdown(wait=False, cancel_futures=True)
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None

@@ -40,6 +40,19 @@ class Quotas:
             )
         return min(limit, left)
 
+    def check_expanded(self, *, tenant_id: str, expanded_bytes: int) -> None:
+        """A dataset counts at its expanded size: a small compressed archive of zeros must not
+        slip a large dataset past the quota (its compressed bytes were counted as it streamed)."""
+        quota = self.settings.quota_stored_bytes
+        used = ModelRepository(self.session).stored_bytes(tenant_id) + DatasetRepository(
+            self.session
+        ).stored_bytes(tenant_id)
+        if used + expanded_bytes > quota:
+            raise QuotaExceeded(
+                f"storage quota exceeded: this tenant stores {used} of its {quota} bytes and "
+                f"the dataset expands to {expanded_bytes} bytes (datasets count expanded)"
+            )
+
     def check_submission(self, *, tenant_id: str) -> None:
         jobs = JobRepository(self.session)
         active, most = jobs.count_active(tenant_id), self.settings.quota_active_jobs

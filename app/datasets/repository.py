@@ -30,7 +30,7 @@ class DatasetRepository:
         return list(self.session.scalars(query))
 
     def stored_bytes(self, tenant_id: str) -> int:
-        query = select(func.coalesce(func.sum(Dataset.size_bytes), 0)).where(
+        query = select(func.coalesce(func.sum(Dataset.expanded_bytes), 0)).where(
             Dataset.tenant_id == tenant_id
         )
         return int(self.session.scalar(query) or 0)

@@ -16,6 +16,7 @@ class DatasetOut(BaseModel):
     id: str
     filename: str
     size_bytes: int
+    expanded_bytes: int  # what the quota counts: the arrays at their full size
     sha256: str
     arrays: dict[str, ArrayInfo]
     created_at: datetime

@@ -4,6 +4,7 @@ child process. Whether they fit a model is checked when a job names both."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -11,7 +12,9 @@ from starlette.concurrency import run_in_threadpool
 from app.core.config import Settings
 from app.core.errors import InvalidInput, NotFound
 from app.core.ids import new_id
-from app.core.inspection import Inspector, check_dataset_fits, inspect_dataset
+from app.core.inspection import check_dataset_fits, inspect_dataset
+from app.core.inspector import Inspector
+from app.core.quotas import Quotas
 from app.core.storage import LocalStorage
 from app.core.uploads import receive_within_quota
 from app.datasets.repository import DatasetRepository
@@ -52,9 +55,21 @@ class DatasetService:
             what="dataset upload",
         )
         try:
-            facts = await self.inspector.run(filename, inspect_dataset, str(staged.path))
+            facts = await self.inspector.run(
+                filename,
+                inspect_dataset,
+                str(staged.path),
+                self.settings.max_dataset_expanded_bytes,
+                tenant_id=tenant_id,
+                read=(staged.path,),
+            )
             if "error" in facts:
                 raise InvalidInput(f"dataset {filename}: {facts['error']}")
+            await run_in_threadpool(
+                Quotas(session=self.repository.session, settings=self.settings).check_expanded,
+                tenant_id=tenant_id,
+                expanded_bytes=facts["expanded_bytes"],
+            )
         except BaseException:
             self.storage.discard(staged)
             raise
@@ -67,6 +82,7 @@ class DatasetService:
             filename=filename,
             storage_key=storage_key,
             size_bytes=staged.size,
+            expanded_bytes=facts["expanded_bytes"],
             sha256=staged.sha256,
             arrays=facts["arrays"],
         )
@@ -85,7 +101,14 @@ class DatasetService:
         """The engine's own data checks, run now so a misfit is a 422, not a failed job."""
         path = str(self.storage.path(dataset.storage_key))
         facts = await self.inspector.run(
-            f"{role} dataset", check_dataset_fits, path, model.inputs, role
+            f"{role} dataset",
+            check_dataset_fits,
+            path,
+            model.inputs,
+            role,
+            self.settings.max_dataset_expanded_bytes,
+            tenant_id=dataset.tenant_id,
+            read=(Path(path),),
         )
         if "error" in facts:
             raise InvalidInput(

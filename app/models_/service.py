@@ -14,7 +14,8 @@ from app.core.bundles import Bundle, store_bundle, unpack_bundle
 from app.core.config import Settings
 from app.core.errors import InvalidInput, NotFound
 from app.core.ids import new_id
-from app.core.inspection import Inspector, inspect_model
+from app.core.inspection import inspect_model
+from app.core.inspector import Inspector
 from app.core.storage import LocalStorage, StagedFile
 from app.core.uploads import receive_within_quota
 from app.models_.repository import ModelRepository
@@ -79,7 +80,9 @@ class ModelService:
                 )
             else:
                 model_file = staged
-            facts = await self._inspect(filename, model_file, converted, bundle=bundle)
+            facts = await self._inspect(
+                filename, model_file, converted, bundle=bundle, tenant_id=tenant_id
+            )
             if unpacked is not None:
                 self._refuse_unreferenced(unpacked, facts["external_data"])
             original_key = f"{folder}/original"
@@ -111,7 +114,13 @@ class ModelService:
         return await run_in_threadpool(self.repository.add, model)
 
     async def _inspect(
-        self, filename: str, model_file: StagedFile, converted: Path, *, bundle: bool
+        self,
+        filename: str,
+        model_file: StagedFile,
+        converted: Path,
+        *,
+        bundle: bool,
+        tenant_id: str,
     ) -> dict[str, Any]:
         facts = await self.inspector.run(
             filename,
@@ -120,6 +129,9 @@ class ModelService:
             str(converted),
             self.settings.max_tensor_elements,
             bundle,
+            tenant_id=tenant_id,
+            read=(model_file.path.parent,),
+            write=(converted.parent,),
         )
         if "error" in facts:
             cause = facts["error"].replace(model_file.path.name, filename)  # the user's name

@@ -93,5 +93,5 @@ def test_npz_member_that_is_not_an_array_is_refused(tmp_path):
     path = tmp_path / "data.npz"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("input.npy", b"not a numpy array")
-    with pytest.raises(DataError, match="not .npy arrays"):
+    with pytest.raises(DataError, match="not a valid .npy"):
         load_npz(path, IMAGE)
