@@ -117,11 +117,9 @@ class Inspector:
         return self._context
 
     def warm_up(self) -> None:
-        """Start the forkserver (it imports the engine) before the first upload waits for it."""
-        from multiprocessing import forkserver
-
-        self._processes()
-        forkserver.ensure_running()
+        """Start the forkserver and let it import the engine now, at startup, rather than make
+        the first upload wait for it: one trivial child is run to the end."""
+        self._call("warm-up", _nothing, (), Confinement(keep_out=self.keep_out))
 
     async def run(
         self,
@@ -178,6 +176,10 @@ class Inspector:
 
     def close(self) -> None:
         """Children die with their forkserver; nothing is pooled here."""
+
+
+def _nothing() -> dict[str, Any]:
+    return {}
 
 
 def _child_main(
