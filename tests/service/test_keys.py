@@ -3,9 +3,6 @@ list|revoke``: a revoked key is refused from the very next request, in the error
 
 from __future__ import annotations
 
-import pytest
-
-from app.cli import main
 from tests.service.test_api import assert_envelope
 
 
@@ -60,20 +57,6 @@ def test_another_tenants_key_is_404(api, make_tenant):
     assert_envelope(api.delete("/v1/keys/0123456789abcdef", headers=mine), 404, "not_found")
     assert api.get("/v1/me", headers=theirs).status_code == 200
     assert api.get("/v1/keys", headers=theirs).json()[0]["revoked_at"] is None
-
-
-@pytest.fixture
-def cli(settings, monkeypatch, capsys):
-    """``qaas ...`` in this process against the test database: (exit status, stdout, stderr)."""
-    monkeypatch.setenv("QAAS_DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("QAAS_DATA_DIR", str(settings.data_dir))
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        status = main(list(argv))
-        out, err = capsys.readouterr()
-        return status, out, err
-
-    return run
 
 
 def test_cli_keys_list_and_revoke(api, cli):

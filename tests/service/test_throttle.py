@@ -57,3 +57,17 @@ def test_valid_and_missing_keys_never_count(from_address, make_tenant, settings)
         assert_envelope(client.get("/v1/me", headers=WRONG), 401)
     assert client.get("/v1/me", headers=valid).status_code == 200
 
+
+def test_wrong_ui_logins_count_too(from_address, settings, make_tenant):
+    browser = from_address("198.51.100.10")
+    valid = make_tenant()
+    for _ in range(settings.auth_failure_limit - 1):
+        assert_envelope(browser.get("/v1/me", headers=WRONG), 401)
+    page = browser.get("/ui/login").text
+    token = page.split('name="csrf" value="')[1].split('"')[0]
+    failed = browser.post("/ui/login", data={"key": "qaas_wrong", "csrf": token})
+    assert failed.status_code == 401 and "invalid API key" in failed.text
+    refused = browser.post("/ui/login", data={"key": "qaas_wrong", "csrf": token})
+    assert_envelope(refused, 429, "too_many_requests")
+    assert "retry-after" in refused.headers
+    assert_envelope(browser.get("/v1/me", headers=valid), 429)
