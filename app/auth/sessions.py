@@ -18,10 +18,14 @@ class UiSessionService:
     def __init__(self, *, session: Session) -> None:
         self.repository = UiSessionRepository(session)
 
-    def start(self, *, api_key: ApiKey, ttl_s: float) -> str:
-        """A new session for the key's tenant; returns the token (for the cookie only)."""
+    def start(self, *, api_key: ApiKey, ttl_s: float, replacing: str | None = None) -> str:
+        """A new session for the key's tenant; returns the token (for the cookie only). A new
+        token at every login (never the one the browser came with, ``replacing``, which ends:
+        no session fixation, no orphaned session left behind by a second login)."""
         now = utcnow()
         self.repository.delete_expired(now=now)  # keeps the table to the live sessions
+        if replacing:
+            self.end(token=replacing)
         token = new_session_token()
         self.repository.add(
             UiSession(

@@ -26,6 +26,8 @@ SESSION_COOKIE = "qaas_session"
 # holds a random secret for it instead (login CSRF: logging a victim in as the attacker).
 LOGIN_CSRF_COOKIE = "qaas_login_csrf"
 COOKIE_PATH = "/ui"
+# Before sessions the cookie held the API key itself: the login page deletes any left over.
+LEGACY_KEY_COOKIE = "qaas_key"
 
 
 @dataclass(frozen=True)

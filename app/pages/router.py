@@ -16,6 +16,7 @@ from app.core.errors import Forbidden, Unauthorized
 from app.jobs.service import JobService
 from app.pages.csrf import check_origin, check_token, form_token, new_secret, read_form
 from app.pages.deps import (
+    LEGACY_KEY_COOKIE,
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
     OptionalPageSessionDep,
@@ -58,8 +59,10 @@ async def login(request: Request, session: SessionDep, context: ContextDep) -> R
         )  # fmt: skip
     except Unauthorized as error:
         return _login_page(request, error.detail, status_code=401)
-    ttl_s = context.settings.session_ttl_s
-    token = UiSessionService(session=session).start(api_key=api_key, ttl_s=ttl_s)
+    token = UiSessionService(session=session).start(
+        api_key=api_key, ttl_s=context.settings.session_ttl_s,
+        replacing=request.cookies.get(SESSION_COOKIE),
+    )  # fmt: skip
     response = RedirectResponse("/ui/jobs", status_code=303)
     set_page_cookie(request, response, SESSION_COOKIE, token)
     clear_page_cookie(response, LOGIN_CSRF_COOKIE)
@@ -78,11 +81,15 @@ async def logout(request: Request, page: OptionalPageSessionDep, session: Sessio
     return response
 
 
-def _login_page(request: Request, message: str | None = None, status_code: int = 200):
+def _login_page(
+    request: Request, message: str | None = None, status_code: int = 200
+) -> HTMLResponse:
     """The login form, its CSRF token made from the pre-login cookie (set here if absent)."""
     secret = request.cookies.get(LOGIN_CSRF_COOKIE) or new_secret()
     response = HTMLResponse(login_page(form_token(secret), message), status_code=status_code)
     set_page_cookie(request, response, LOGIN_CSRF_COOKIE, secret)
+    if LEGACY_KEY_COOKIE in request.cookies:
+        clear_page_cookie(response, LEGACY_KEY_COOKIE)
     return response
 
 

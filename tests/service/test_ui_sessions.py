@@ -89,6 +89,31 @@ def test_logout_ends_the_session_on_the_server(browser, api, make_tenant):
     assert page.status_code == 303 and page.headers["location"] == "/ui/login"
 
 
+def test_a_new_login_gets_a_new_token_and_ends_the_old_one(browser, api, make_tenant):
+    key = key_of(make_tenant())
+    assert log_in(browser, key).status_code == 303
+    first = browser.cookies["qaas_session"]
+    assert log_in(browser, key).status_code == 303
+    assert browser.cookies["qaas_session"] != first and logged_in(browser)
+    replay = TestClient(api.app, client=("192.0.2.252", 40000), follow_redirects=False)
+    replay.cookies.set("qaas_session", first, path="/ui")
+    assert replay.get("/ui/jobs.json").status_code == 401
+
+
+def test_a_key_left_in_a_cookie_by_the_old_login_is_deleted(browser, make_tenant):
+    key = key_of(make_tenant())
+    # As the old login set it (the jar names the TestClient's host testserver.local).
+    browser.cookies.set("qaas_key", key, domain="testserver.local", path="/ui")
+    page = browser.get("/ui/jobs")  # the old cookie logs nobody in
+    assert page.status_code == 303 and page.headers["location"] == "/ui/login"
+    login = browser.get("/ui/login")
+    assert any(
+        c.startswith('qaas_key=""') or c.startswith("qaas_key=;")
+        for c in login.headers.get_list("set-cookie")
+    ), login.headers.get_list("set-cookie")
+    assert "qaas_key" not in browser.cookies
+
+
 def test_an_expired_session_is_refused(browser, make_tenant, sessions):
     assert log_in(browser, key_of(make_tenant())).status_code == 303
     assert logged_in(browser)
