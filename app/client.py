@@ -214,6 +214,18 @@ class QaasClient:
     def report(self, job_id: str) -> dict[str, Any]:
         return self._request("GET", f"/v1/jobs/{job_id}/report").json()
 
+    def keys(self) -> list[dict[str, Any]]:
+        """This tenant's API keys (id, prefix, created_at, revoked_at; never the keys)."""
+        return self._request("GET", "/v1/keys").json()
+
+    def create_key(self) -> dict[str, Any]:
+        """A new key for this tenant; its ``key`` is in this answer only."""
+        return self._request("POST", "/v1/keys").json()
+
+    def revoke_key(self, key_id: str) -> dict[str, Any]:
+        """Revoke one of this tenant's keys (the one this client uses included)."""
+        return self._request("DELETE", f"/v1/keys/{key_id}").json()
+
     def wait(
         self,
         job_id: str,

@@ -16,6 +16,7 @@ from app.core.health import router as health_router
 from app.datasets.router import router as datasets_router
 from app.jobs.router import router as jobs_router
 from app.models_.router import router as models_router
+from app.pages.headers import PageFrameHeaders
 from app.pages.router import router as pages_router
 from qaas_engine.version import __version__
 
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(PageFrameHeaders)
     for router in (
         health_router,
         auth_router,

@@ -1,5 +1,5 @@
-"""The service's CLI commands: ``serve``, ``keys create``, and the client commands ``submit``,
-``status``, ``download`` and ``cancel``. Heavy imports stay inside the commands.
+"""The service's CLI commands: ``serve``, ``keys create|list|revoke``, and the client commands
+``submit``, ``status``, ``download`` and ``cancel``. Heavy imports stay inside the commands.
 
 Client commands exit 0 on success, 2 when the request or the job's input is at fault (4xx, or
 a job failed with ``invalid_input``), 3 when ``--wait`` timed out, 1 otherwise (server error,
@@ -38,6 +38,14 @@ def add_service_commands(commands: Any) -> None:
         "create", help="create an API key; the key alone is printed on the last line"
     )
     create.add_argument("--tenant", required=True, metavar="NAME")
+    listing = key_commands.add_parser(
+        "list", help="list API keys: id, tenant, prefix, created, revoked (never the key)"
+    )
+    listing.add_argument("--tenant", metavar="NAME", help="only this tenant's keys")
+    revoke = key_commands.add_parser(
+        "revoke", help="revoke an API key at once; the /ui sessions made with it end"
+    )
+    revoke.add_argument("key_id", metavar="ID")
 
     submit = commands.add_parser(
         "submit",
@@ -81,20 +89,59 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from app.auth.service import AuthService
+    """``keys create|list|revoke``: straight to the database, for the operator (no API key
+    needed, so it works before the first key exists or after every key was revoked)."""
+    from app.cli import CliError
     from app.core.config import Settings
     from app.core.db import make_engine, make_sessionmaker, run_migrations, transaction
+    from app.core.errors import NotFound
 
     settings = Settings()
     run_migrations(settings)
     engine = make_engine(settings, pooled=False)
-    with transaction(make_sessionmaker(engine)) as session:
-        tenant, key = AuthService(session=session).create_key(tenant_name=args.tenant)
-        tenant_id = tenant.id
-    engine.dispose()
-    print(f"created an API key for tenant '{args.tenant}' ({tenant_id}); it is shown only once:")
-    print(key)
+    try:
+        with transaction(make_sessionmaker(engine)) as session:
+            lines = KEY_COMMANDS[args.keys_command](args, session)
+    except NotFound as error:
+        raise CliError(error.detail) from None
+    finally:
+        engine.dispose()
+    print("\n".join(lines))  # only once committed
     return EXIT_OK
+
+
+def _keys_create(args: argparse.Namespace, session: Any) -> list[str]:
+    from app.auth.service import AuthService
+
+    tenant, key = AuthService(session=session).create_key(tenant_name=args.tenant)
+    return [
+        f"created an API key for tenant '{args.tenant}' ({tenant.id}); it is shown only once:",
+        key,
+    ]
+
+
+def _keys_list(args: argparse.Namespace, session: Any) -> list[str]:
+    from app.auth.service import AuthService
+
+    lines = [f"{'ID':32}  {'TENANT':20}  {'PREFIX':9}  {'CREATED (UTC)':19}  REVOKED (UTC)"]
+    for key, tenant in AuthService(session=session).keys(tenant_name=args.tenant):
+        revoked = _utc(key.revoked_at) if key.revoked_at else "-"
+        lines.append(f"{key.id:32}  {tenant:20}  {key.prefix:9}  {_utc(key.created_at)}  {revoked}")
+    return lines
+
+
+def _keys_revoke(args: argparse.Namespace, session: Any) -> list[str]:
+    from app.auth.service import AuthService
+
+    key = AuthService(session=session).revoke_key(key_id=args.key_id)
+    return [f"revoked API key {key.id} ({key.prefix}...) at {_utc(key.revoked_at)} UTC"]
+
+
+def _utc(moment: Any) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+KEY_COMMANDS = {"create": _keys_create, "list": _keys_list, "revoke": _keys_revoke}
 
 
 def _client(args: argparse.Namespace) -> Any:

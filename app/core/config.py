@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     quota_active_jobs: int = Field(10, ge=1, description="queued or running at once")
     submissions_per_minute: int = Field(60, ge=1)
 
+    # A /ui login lasts this long (a server-side session row; the cookie holds only its token).
+    session_ttl_s: float = Field(12 * 3600.0, gt=0)
+    # Wrong API keys (API or /ui login) from one client address: this many in the window and
+    # that address gets 429 until the oldest of them leaves the window.
+    auth_failure_limit: int = Field(10, ge=1)
+    auth_failure_window_s: float = Field(60.0, gt=0)
+
     job_time_limit_s: int = Field(3600, ge=1, description="soft limit; job fails as 'timeout'")
     # A job's untrusted part (import, calibration, steps, export) runs in a child process with
     # these limits; past either the job fails as 'resource_limit', naming which. Without

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
-from app.auth.service import AuthService
 from app.auth.tables import Tenant
+from app.auth.throttle import client_address, verify_throttled
 from app.core.context import Context
 from app.core.db import run_after_commit
 
@@ -52,9 +52,16 @@ def api_key_from_headers(
 
 
 def get_tenant(
-    session: SessionDep, key: Annotated[str | None, Depends(api_key_from_headers)]
+    request: Request,
+    session: SessionDep,
+    context: ContextDep,
+    key: Annotated[str | None, Depends(api_key_from_headers)],
 ) -> Tenant:
-    return AuthService(session=session).authenticate(key=key)
+    """The key's tenant; wrong keys are throttled per client address (429 with Retry-After)."""
+    _, tenant = verify_throttled(
+        session=session, context=context, client=client_address(request), key=key
+    )
+    return tenant
 
 
 TenantDep = Annotated[Tenant, Depends(get_tenant)]

@@ -31,6 +31,10 @@ class Unauthorized(AppError):
         super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+class Forbidden(AppError):
+    status_code, code = 403, "forbidden"
+
+
 class NotFound(AppError):
     status_code, code = 404, "not_found"
 

@@ -4,24 +4,32 @@ from __future__ import annotations
 
 import secrets
 from typing import Any
-from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from app.artifacts.service import ArtifactService
-from app.auth.service import AuthService
+from app.auth.sessions import UiSessionService
+from app.auth.throttle import client_address, verify_throttled
 from app.core.deps import ContextDep, SessionDep
-from app.core.errors import Unauthorized
+from app.core.errors import Forbidden, Unauthorized
 from app.jobs.service import JobService
-from app.pages.deps import COOKIE_NAME, COOKIE_PATH, OptionalPageTenantDep, PageTenantDep
+from app.pages.csrf import check_origin, check_token, form_token, new_secret, read_form
+from app.pages.deps import (
+    LEGACY_KEY_COOKIE,
+    LOGIN_CSRF_COOKIE,
+    SESSION_COOKIE,
+    OptionalPageSessionDep,
+    PageTenantDep,
+    clear_page_cookie,
+    set_page_cookie,
+)
 from app.pages.views import jobs_page, login_page
 
 router = APIRouter(prefix="/ui", tags=["pages"], include_in_schema=False)
 REPORT_NAME = "report.html"
 # The report is generated from user-named layers: no script may run in it, nothing may load.
 REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
-MAX_LOGIN_BODY = 4096
 
 
 @router.get("")
@@ -30,43 +38,71 @@ def index() -> RedirectResponse:
 
 
 @router.get("/login", response_class=HTMLResponse)
-def login_form() -> HTMLResponse:
-    return HTMLResponse(login_page())
+def login_form(request: Request) -> HTMLResponse:
+    return _login_page(request)
 
 
 @router.post("/login")
-async def login(request: Request, session: SessionDep) -> Response:
-    """Check the key as the API would, then keep it in an HttpOnly, SameSite=Strict cookie."""
-    body = (await request.body())[:MAX_LOGIN_BODY].decode(errors="replace")
-    key = (parse_qs(body).get("key") or [""])[0].strip()
+async def login(request: Request, session: SessionDep, context: ContextDep) -> Response:
+    """Check the key as the API would (throttled alike), then start a server-side session;
+    the cookie gets only the session's token."""
+    form = await read_form(request)
     try:
-        AuthService(session=session).authenticate(key=key)
+        check_origin(request)
+        check_token(form, request.cookies.get(LOGIN_CSRF_COOKIE))
+    except Forbidden as error:
+        return _login_page(request, error.detail, status_code=error.status_code)
+    try:
+        api_key, _ = verify_throttled(
+            session=session, context=context, client=client_address(request),
+            key=form.get("key", "").strip(),
+        )  # fmt: skip
     except Unauthorized as error:
-        return HTMLResponse(login_page(error.detail), status_code=401)
-    response = RedirectResponse("/ui/jobs", status_code=303)
-    response.set_cookie(
-        COOKIE_NAME, key, path=COOKIE_PATH, httponly=True, samesite="strict",
-        secure=request.url.scheme == "https",
+        return _login_page(request, error.detail, status_code=401)
+    token = UiSessionService(session=session).start(
+        api_key=api_key, ttl_s=context.settings.session_ttl_s,
+        replacing=request.cookies.get(SESSION_COOKIE),
     )  # fmt: skip
+    response = RedirectResponse("/ui/jobs", status_code=303)
+    set_page_cookie(request, response, SESSION_COOKIE, token)
+    clear_page_cookie(response, LOGIN_CSRF_COOKIE)
     return response
 
 
 @router.post("/logout")
-def logout() -> RedirectResponse:
+async def logout(request: Request, page: OptionalPageSessionDep, session: SessionDep) -> Response:
+    """End the session on the server (its cookie replayed later logs nobody in)."""
+    check_origin(request)
+    if page is not None:
+        check_token(await read_form(request), page.token)
+        UiSessionService(session=session).end(token=page.token)
     response = RedirectResponse("/ui/login", status_code=303)
-    response.delete_cookie(COOKIE_NAME, path=COOKIE_PATH)
+    clear_page_cookie(response, SESSION_COOKIE)
+    return response
+
+
+def _login_page(
+    request: Request, message: str | None = None, status_code: int = 200
+) -> HTMLResponse:
+    """The login form, its CSRF token made from the pre-login cookie (set here if absent)."""
+    secret = request.cookies.get(LOGIN_CSRF_COOKIE) or new_secret()
+    response = HTMLResponse(login_page(form_token(secret), message), status_code=status_code)
+    set_page_cookie(request, response, LOGIN_CSRF_COOKIE, secret)
+    if LEGACY_KEY_COOKIE in request.cookies:
+        clear_page_cookie(response, LEGACY_KEY_COOKIE)
     return response
 
 
 @router.get("/jobs", response_class=HTMLResponse)
-def jobs(tenant: OptionalPageTenantDep) -> Response:
-    if tenant is None:
+def jobs(page: OptionalPageSessionDep) -> Response:
+    if page is None:
         return RedirectResponse("/ui/login", status_code=303)
     nonce = secrets.token_urlsafe(16)
     csp = (
         f"default-src 'self'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; img-src data:"
     )
-    return HTMLResponse(jobs_page(tenant.name, nonce), headers={"Content-Security-Policy": csp})
+    html = jobs_page(page.tenant.name, nonce, page.csrf_token)
+    return HTMLResponse(html, headers={"Content-Security-Policy": csp})
 
 
 @router.get("/jobs.json")

@@ -60,29 +60,37 @@ refresh();
 """
 
 
-def login_page(message: str | None = None) -> str:
+def login_page(csrf_token: str, message: str | None = None) -> str:
     note = f'<p class="failed">{escape(message)}</p>' if message else ""
     return (
         HEAD.format(title="qaas: log in", style=STYLE)
         + "<h1>qaas</h1>"
         + note
-        + '<form method="post" action="/ui/login"><label>API key '
-        '<input type="password" name="key" autocomplete="current-password" size="50" required>'
-        '</label> <button type="submit">Log in</button></form>'
+        + '<form method="post" action="/ui/login">'
+        + _csrf_field(csrf_token)
+        + '<label>API key <input type="password" name="key" autocomplete="current-password" '
+        'size="50" required></label> <button type="submit">Log in</button></form>'
         '<p class="muted">The key printed by <code>qaas serve</code> or made with '
-        "<code>qaas keys create</code>; kept in an HttpOnly cookie for this site only.</p>"
+        "<code>qaas keys create</code>. It is checked once; this browser then holds only a "
+        "session cookie (HttpOnly, this site only) until you log out.</p>"
         "</body></html>"
     )
 
 
-def jobs_page(tenant_name: str, nonce: str) -> str:
+def jobs_page(tenant_name: str, nonce: str, csrf_token: str) -> str:
     return (
         HEAD.format(title="qaas: jobs", style=STYLE)
         + f"<h1>Jobs of {escape(tenant_name)}</h1>"
         + '<p class="muted"><span id="updated">loading…</span> · '
         '<form class="inline" method="post" action="/ui/logout">'
-        '<button type="submit">Log out</button></form></p>'
+        + _csrf_field(csrf_token)
+        + '<button type="submit">Log out</button></form></p>'
         "<table><thead><tr><th>job</th><th>state</th><th>progress</th><th>created (UTC)</th>"
         '<th>report</th></tr></thead><tbody id="jobs"></tbody></table>'
         + f'<script nonce="{nonce}">{JOBS_SCRIPT}</script></body></html>'
     )
+
+
+def _csrf_field(token: str) -> str:
+    """Every POST form carries one (checked in app.pages.csrf)."""
+    return f'<input type="hidden" name="csrf" value="{escape(token)}">'

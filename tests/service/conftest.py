@@ -117,6 +117,22 @@ def make_tenant(sessions):
     return make
 
 
+@pytest.fixture
+def cli(settings, monkeypatch, capsys):
+    """``qaas ...`` in this process against the test database: (exit status, stdout, stderr)."""
+    monkeypatch.setenv("QAAS_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("QAAS_DATA_DIR", str(settings.data_dir))
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        from app.cli import main
+
+        status = main(list(argv))
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return run
+
+
 def upload(client, route: str, path: Path, headers: dict[str, str]):
     return client.post(
         route,

@@ -66,6 +66,13 @@ def _ready(url: str) -> bool:
         return False
 
 
+def _login_form(client: httpx.Client) -> str:
+    """The login form's CSRF token (the GET also sets its pre-login cookie in ``client``)."""
+    page = client.get("/ui/login")
+    assert page.status_code == 200
+    return page.text.split('name="csrf" value="')[1].split('"')[0]
+
+
 def test_pages_need_the_key(served):
     url = served["url"]
     page = httpx.get(f"{url}/ui/jobs")
@@ -73,12 +80,39 @@ def test_pages_need_the_key(served):
     assert httpx.get(f"{url}/ui/jobs.json").status_code == 401
     report = httpx.get(f"{url}/ui/jobs/{served['job']['id']}/report")
     assert report.status_code == 401
-    bad = httpx.post(f"{url}/ui/login", data={"key": "qaas_wrong"})
-    assert bad.status_code == 401 and "invalid API key" in bad.text
-    good = httpx.post(f"{url}/ui/login", data={"key": served["key"]})
-    assert good.status_code == 303
-    cookie = good.headers["set-cookie"].lower()
-    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/ui" in cookie
+    with httpx.Client(base_url=url) as client:
+        csrf = _login_form(client)
+        bad = client.post("/ui/login", data={"key": "qaas_wrong", "csrf": csrf})
+        assert bad.status_code == 401 and "invalid API key" in bad.text
+        good = client.post("/ui/login", data={"key": served["key"], "csrf": csrf})
+        assert good.status_code == 303
+        cookie = next(c for c in good.headers.get_list("set-cookie") if "qaas_session=" in c)
+        assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
+        assert "path=/ui" in cookie.lower()
+        assert served["key"] not in good.headers.get("set-cookie", "")
+        assert client.cookies["qaas_session"] != served["key"]
+
+
+def test_session_report_headers_and_logout(served):
+    """On the embedded server (SQLite): the session opens the report, whose CSP is kept and
+    forbids framing; after logout the same cookie opens nothing."""
+    url, job_id = served["url"], served["job"]["id"]
+    with httpx.Client(base_url=url) as client:
+        csrf = _login_form(client)
+        login = client.post("/ui/login", data={"key": served["key"], "csrf": csrf})
+        assert login.status_code == 303
+        token = client.cookies["qaas_session"]
+        report = client.get(f"/ui/jobs/{job_id}/report")
+        assert report.status_code == 200 and "<svg" in report.text
+        csp = report.headers["content-security-policy"]
+        assert csp.startswith("default-src 'none'; style-src 'unsafe-inline'; img-src data:")
+        assert "frame-ancestors 'none'" in csp and report.headers["x-frame-options"] == "DENY"
+        jobs = client.get("/ui/jobs").text
+        logout_csrf = jobs.split('name="csrf" value="')[1].split('"')[0]
+        out = client.post("/ui/logout", data={"csrf": logout_csrf}, headers={"Origin": url})
+        assert out.status_code == 303 and out.headers["location"] == "/ui/login"
+    replay = httpx.get(f"{url}/ui/jobs/{job_id}/report", cookies={"qaas_session": token})
+    assert replay.status_code == 401
 
 
 def test_artifacts_endpoint_serves_report_html_as_html(served):
@@ -145,4 +179,16 @@ def test_jobs_page_and_report_in_chromium(served, browser):
     assert len(plots) >= 2, plots  # energy per layer and per-layer SQNR at least
     assert all(p["w"] > 0 and p["h"] > 0 and p["marks"] > 0 for p in plots), plots
     assert "Energy per layer" in browser.page_source
+    assert _console_errors(browser) == []
+
+    # Log out through the page's own form (its CSRF token, the browser's Origin): the session
+    # ends, and the jobs page sends the browser back to the login form.
+    browser.get(f"{served['url']}/ui/jobs")
+    WebDriverWait(browser, 15).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-job="{job_id}"]')
+    )
+    browser.find_element(By.CSS_SELECTOR, "form[action='/ui/logout'] button").click()
+    WebDriverWait(browser, 15).until(lambda d: d.current_url.endswith("/ui/login"))
+    browser.get(f"{served['url']}/ui/jobs")
+    assert browser.current_url.endswith("/ui/login")
     assert _console_errors(browser) == []
