@@ -1,8 +1,8 @@
 """ui_sessions: server-side /ui logins (only a token's hash, the key they came from, an expiry);
 auth_failures: recent wrong API keys per client address, for the login throttle
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-12-18
 
 Types are spelled out here (not imported from app/) so this file keeps meaning what it meant
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004"
-down_revision: str | None = "0003"
+revision: str = "0005"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
