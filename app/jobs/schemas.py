@@ -54,7 +54,7 @@ class JobOut(BaseModel):
     phase: str | None
     progress: float
     attempts: int
-    model_id: str
+    model_id: str | None  # None once the model was deleted
     calibration_id: str | None
     evaluation_id: str | None
     training_id: str | None
