@@ -20,7 +20,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from app.artifacts.service import artifacts_key
 from app.core.db import transaction, utcnow
 from app.core.errors import InsufficientStorage
-from app.core.storage import file_sha256, is_storage_full
+from app.core.storage import file_sha256, is_storage_full, job_folder
 from app.datasets.tables import Dataset
 from app.jobs.repository import JobRepository
 from app.jobs.tables import TERMINAL, JobStatus
@@ -75,7 +75,7 @@ def claim(runtime: Runtime, job_id: str, worker: str) -> JobInputs | Outcome:
     with transaction(runtime.sessions) as session:
         jobs = JobRepository(session)
         job = jobs.get(job_id)
-        if job is None:
+        if job is None:  # deleted (or never committed): nothing to run, nothing to write
             log.warning("job %s: no such row; message dropped", job_id)
             return Outcome("missing")
         if job.status in TERMINAL:
@@ -99,12 +99,17 @@ def claim(runtime: Runtime, job_id: str, worker: str) -> JobInputs | Outcome:
                 "(killed, out of memory, or past the hard time limit)",
             )
             return Outcome("gave up")
+        model = session.get(Model, job.model_id) if job.model_id is not None else None
+        if model is None:
+            # Deletion refuses a model an active job needs; this is a race that slipped past.
+            jobs.fail_active(
+                job.id, job.attempts, "invalid_input", "the job's model was deleted before it ran"
+            )
+            return Outcome("model deleted")
         if not jobs.claim(
             job.id, attempts=job.attempts, worker=worker, lease_s=settings.job_lease_s
         ):
             return Outcome("claimed by another worker")
-        model = session.get(Model, job.model_id)
-        assert model is not None  # FK, ON DELETE CASCADE
 
         def path_of(dataset_id: str | None) -> Path | None:
             if dataset_id is None:
@@ -345,10 +350,15 @@ class Attempt:
         )
 
     def _lost_at_finish(self) -> Outcome:
-        """Our final compare-and-set lost: if the job was cancelled, remove what we published."""
+        """Our final compare-and-set lost: if the job was cancelled, remove what we published;
+        if it was deleted meanwhile (its files perhaps removed before we published), remove its
+        whole folder, so a deleted job leaves nothing behind."""
         with transaction(self.runtime.sessions) as session:
             job = JobRepository(session).get(self.inputs.job_id)
             status = job.status if job else None
+        if job is None:
+            self.runtime.storage.delete_tree(job_folder(self.inputs.job_id))
+            return Outcome("lost to deletion")
         if status == JobStatus.CANCELLED:
             self.runtime.storage.delete_tree(artifacts_key(self.inputs.job_id))
         return Outcome(f"lost to {status}")

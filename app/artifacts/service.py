@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, NotFound
-from app.core.storage import LocalStorage
+from app.core.storage import LocalStorage, job_folder
 from app.jobs.repository import JobRepository
 from app.jobs.tables import Job, JobStatus
 
@@ -17,7 +17,7 @@ ARTIFACTS_DIR = "artifacts"
 
 
 def artifacts_key(job_id: str) -> str:
-    return f"jobs/{job_id}/{ARTIFACTS_DIR}"
+    return f"{job_folder(job_id)}/{ARTIFACTS_DIR}"
 
 
 @dataclass(frozen=True)

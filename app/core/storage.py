@@ -132,6 +132,21 @@ class LocalStorage:
         return target
 
 
+# Where each row's files live: one folder per model (the upload, its external-data files, the
+# ONNX converted from a .pt2), per dataset and per job (its artifacts), so deleting a row
+# removes one folder.
+def model_folder(model_id: str) -> str:
+    return f"models/{model_id}"
+
+
+def dataset_folder(dataset_id: str) -> str:
+    return f"datasets/{dataset_id}"
+
+
+def job_folder(job_id: str) -> str:
+    return f"jobs/{job_id}"
+
+
 def storage_full(what: str, *, needed: int, free: int, floor: int) -> InsufficientStorage:
     need = f", {needed} needed" if needed else ""
     return InsufficientStorage(

@@ -55,3 +55,12 @@ def get_dataset(
 ) -> DatasetOut:
     dataset = _service(session, context).get(tenant_id=tenant.id, dataset_id=dataset_id)
     return DatasetOut.model_validate(dataset)
+
+
+@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_dataset(
+    dataset_id: str, tenant: TenantDep, session: SessionDep, context: ContextDep
+) -> None:
+    """Delete the dataset and its file, freeing its quota at once. 409 while a queued or running
+    job needs it; finished jobs that used it keep their artifacts (the id becomes null)."""
+    _service(session, context).delete(tenant_id=tenant.id, dataset_id=dataset_id)

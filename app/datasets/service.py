@@ -10,12 +10,13 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.core.config import Settings
+from app.core.deletion import Deletion
 from app.core.errors import InvalidInput, NotFound
 from app.core.ids import new_id
 from app.core.inspection import check_dataset_fits, inspect_dataset
 from app.core.inspector import Inspector
 from app.core.quotas import Quotas
-from app.core.storage import LocalStorage
+from app.core.storage import LocalStorage, dataset_folder
 from app.core.uploads import receive_within_quota
 from app.datasets.repository import DatasetRepository
 from app.datasets.tables import Dataset
@@ -74,7 +75,7 @@ class DatasetService:
             self.storage.discard(staged)
             raise
         dataset_id = new_id()
-        storage_key = f"datasets/{dataset_id}/data.npz"
+        storage_key = f"{dataset_folder(dataset_id)}/data.npz"
         self.storage.commit(staged, storage_key)
         dataset = Dataset(
             id=dataset_id,
@@ -96,6 +97,14 @@ class DatasetService:
 
     def list(self, *, tenant_id: str, limit: int = 100) -> list[Dataset]:
         return self.repository.list_for_tenant(tenant_id, limit)
+
+    def delete(self, *, tenant_id: str, dataset_id: str) -> None:
+        """The row now, its file after commit; 409 while a queued or running job needs it
+        (``app.core.deletion``). Finished jobs that used it keep their artifacts."""
+        dataset = self.get(tenant_id=tenant_id, dataset_id=dataset_id)
+        deletion = Deletion(session=self.repository.session, storage=self.storage)
+        if not deletion.dataset(dataset.id):
+            raise NotFound(f"dataset {dataset_id} not found")
 
     async def check_fits(self, *, dataset: Dataset, model: Model, role: str) -> None:
         """The engine's own data checks, run now so a misfit is a 422, not a failed job."""

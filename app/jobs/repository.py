@@ -6,13 +6,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.core.db import utcnow
-from app.jobs.tables import Job, JobStatus
+from app.jobs.tables import TERMINAL, Job, JobStatus
 
 ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+DATASET_COLUMNS = (Job.calibration_id, Job.evaluation_id, Job.training_id, Job.validation_id)
 
 
 class JobRepository:
@@ -54,10 +55,47 @@ class JobRepository:
         )
         return list(self.session.scalars(query))
 
+    def active_using_model(self, model_id: str, limit: int = 10) -> list[str]:
+        """Ids of queued or running jobs that will read this model."""
+        query = (
+            select(Job.id)
+            .where(Job.model_id == model_id, Job.status.in_(ACTIVE))
+            .order_by(Job.created_at)
+            .limit(limit)
+        )
+        return list(self.session.scalars(query))
+
+    def active_using_dataset(self, dataset_id: str, limit: int = 10) -> list[str]:
+        """Ids of queued or running jobs that will read this dataset, in any role."""
+        query = (
+            select(Job.id)
+            .where(or_(*(column == dataset_id for column in DATASET_COLUMNS)))
+            .where(Job.status.in_(ACTIVE))
+            .order_by(Job.created_at)
+            .limit(limit)
+        )
+        return list(self.session.scalars(query))
+
+    def finished_before(self, created_before: datetime, limit: int) -> list[str]:
+        """Ids of finished jobs created before ``created_before``, oldest first (retention)."""
+        query = (
+            select(Job.id)
+            .where(Job.status.in_([status.value for status in TERMINAL]))
+            .where(Job.created_at < created_before)
+            .order_by(Job.created_at)
+            .limit(limit)
+        )
+        return list(self.session.scalars(query))
+
     def add(self, job: Job) -> Job:
         self.session.add(job)
         self.session.flush()
         return job
+
+    def delete(self, job_id: str) -> bool:
+        """False when the row was already gone (deleted concurrently)."""
+        statement = delete(Job).where(Job.id == job_id).execution_options(synchronize_session=False)
+        return self.session.execute(statement).rowcount == 1
 
     # compare-and-set transitions
     def _cas(self, job_id: str, conditions: list[Any], values: dict[str, Any]) -> bool:

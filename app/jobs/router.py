@@ -44,3 +44,9 @@ def get_job(job_id: str, tenant: TenantDep, session: SessionDep, context: Contex
 def cancel_job(job_id: str, tenant: TenantDep, session: SessionDep, context: ContextDep) -> JobOut:
     job = JobService(session=session, context=context).cancel(tenant_id=tenant.id, job_id=job_id)
     return JobOut.from_row(job)
+
+
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_job(job_id: str, tenant: TenantDep, session: SessionDep, context: ContextDep) -> None:
+    """Delete the job and its artifacts; a queued or running job is cancelled first."""
+    JobService(session=session, context=context).delete(tenant_id=tenant.id, job_id=job_id)

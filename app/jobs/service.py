@@ -14,12 +14,13 @@ from starlette.concurrency import run_in_threadpool
 
 from app.core.context import Context
 from app.core.db import after_commit
+from app.core.deletion import Deletion
 from app.core.errors import Conflict, InvalidInput, NotFound
 from app.core.quotas import Quotas
 from app.datasets.service import DatasetService
 from app.jobs.repository import JobRepository
 from app.jobs.schemas import JobCreate
-from app.jobs.tables import Job, JobStatus
+from app.jobs.tables import TERMINAL, Job, JobStatus
 from app.models_.service import ModelService
 from qaas_engine.errors import SpecError
 from qaas_engine.pipeline import check_pipeline_order
@@ -116,8 +117,10 @@ class JobService:
             winner = await run_in_threadpool(
                 self.repository.by_idempotency_key, tenant_id, idempotency_key or ""
             )
-            if winner is None:
-                raise
+            if winner is None:  # not the key: a model or dataset was deleted meanwhile
+                raise Conflict(
+                    "a model or dataset this job names was deleted while it was submitted"
+                ) from None
             return self._replay(winner, digest), False
         after_commit(self.session, lambda job_id=job.id: self._enqueue(job_id))
         return job, True
@@ -197,6 +200,17 @@ class JobService:
                 raise Conflict(f"job {job_id} already {job.status}; it can no longer be cancelled")
         self.session.refresh(job)
         return job
+
+    def delete(self, *, tenant_id: str, job_id: str) -> None:
+        """The row now, its artifacts after commit (``app.core.deletion``). A queued job never
+        starts; a running one is cancelled as by ``cancel``: its worker's next progress report
+        or heartbeat finds the row gone and stops, and anything it publishes after that is
+        removed by the worker itself."""
+        job = self.get(tenant_id=tenant_id, job_id=job_id)
+        if job.status not in TERMINAL:
+            self.repository.cancel(job.id)
+        if not Deletion(session=self.session, storage=self.context.storage).job(job.id):
+            raise NotFound(f"job {job_id} not found")
 
 
 TRAINING_STEPS = ("qat", "bayesian_bits")  # steps that learn from training_id

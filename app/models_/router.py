@@ -67,6 +67,15 @@ def list_models(tenant: TenantDep, session: SessionDep, context: ContextDep) -> 
     return [ModelOut.model_validate(m) for m in models]
 
 
+@router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_model(
+    model_id: str, tenant: TenantDep, session: SessionDep, context: ContextDep
+) -> None:
+    """Delete the model and its files, freeing its quota at once. 409 while a queued or running
+    job needs it; finished jobs made from it keep their artifacts (their model_id becomes null)."""
+    _service(session, context).delete(tenant_id=tenant.id, model_id=model_id)
+
+
 @router.get("/{model_id}", response_model=ModelOut)
 def get_model(
     model_id: str, tenant: TenantDep, session: SessionDep, context: ContextDep

@@ -12,11 +12,12 @@ from starlette.concurrency import run_in_threadpool
 
 from app.core.bundles import Bundle, store_bundle, unpack_bundle
 from app.core.config import Settings
+from app.core.deletion import Deletion
 from app.core.errors import InvalidInput, NotFound
 from app.core.ids import new_id
 from app.core.inspection import inspect_model
 from app.core.inspector import Inspector
-from app.core.storage import LocalStorage, StagedFile
+from app.core.storage import LocalStorage, StagedFile, model_folder
 from app.core.uploads import receive_within_quota
 from app.models_.repository import ModelRepository
 from app.models_.tables import Model
@@ -63,7 +64,7 @@ class ModelService:
             what="model bundle" if bundle else "model upload",
         )
         model_id = new_id()
-        folder = f"models/{model_id}"
+        folder = model_folder(model_id)
         converted = staged.path.parent / "converted.onnx"
         stored = False
         try:
@@ -159,3 +160,10 @@ class ModelService:
 
     def list(self, *, tenant_id: str, limit: int = 100) -> list[Model]:
         return self.repository.list_for_tenant(tenant_id, limit)
+
+    def delete(self, *, tenant_id: str, model_id: str) -> None:
+        """The row now, its files after commit; 409 while a queued or running job needs it
+        (``app.core.deletion``). Finished jobs made from it keep their artifacts."""
+        model = self.get(tenant_id=tenant_id, model_id=model_id)
+        if not Deletion(session=self.repository.session, storage=self.storage).model(model.id):
+            raise NotFound(f"model {model_id} not found")

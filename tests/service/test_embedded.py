@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.service.conftest import REPO, free_port, wait_for
+from tests.service.conftest import REPO, free_port, poll_job, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +121,31 @@ def test_keys_create_against_the_same_settings(embedded):
     assert re.fullmatch(r"qaas_\S+", key)
     me = httpx.get(f"{embedded['url']}/v1/me", headers={"X-API-Key": key}, timeout=10).json()
     assert me["name"] == "ci"
+
+
+def test_embedded_delete(embedded, tiny_model, tiny_data):
+    """On SQLite too: a finished job outlives its model (the foreign key sets null), and each
+    deletion takes the files with it."""
+    storage = embedded["home"] / "qaas-data" / "storage"
+    client = httpx.Client(
+        base_url=embedded["url"],
+        headers={"Authorization": f"Bearer {embedded['key']}"},
+        timeout=60,
+    )
+    model = client.post("/v1/models", content=tiny_model.read_bytes()).json()
+    data = client.post("/v1/datasets", content=tiny_data[0].read_bytes()).json()
+    body = {"model_id": model["id"], "quantization": {"activation_bits": None}}
+    job = client.post("/v1/jobs", json=body).json()
+    done = poll_job(client, job["id"], {}, timeout=180)
+    assert done["status"] == "succeeded", done
+    for route in (f"/v1/models/{model['id']}", f"/v1/datasets/{data['id']}"):
+        assert client.delete(route).status_code == 204
+        assert client.get(route).status_code == 404
+    assert not (storage / "models" / model["id"]).exists()
+    assert not (storage / "datasets" / data["id"]).exists()
+    kept = client.get(f"/v1/jobs/{job['id']}").json()
+    assert kept["model_id"] is None and kept["status"] == "succeeded"
+    assert client.get(f"/v1/jobs/{job['id']}/artifacts/report.json").status_code == 200
+    assert client.delete(f"/v1/jobs/{job['id']}").status_code == 204
+    assert not (storage / "jobs" / job["id"]).exists()
+    client.close()
