@@ -211,6 +211,18 @@ class QaasClient:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._request("POST", f"/v1/jobs/{job_id}/cancel").json()
 
+    def delete_job(self, job_id: str) -> None:
+        """Delete the job and its artifacts; a queued or running job is cancelled first."""
+        self._request("DELETE", f"/v1/jobs/{job_id}")
+
+    def delete_model(self, model_id: str) -> None:
+        """Delete the model and free its quota; 409 while a queued or running job needs it."""
+        self._request("DELETE", f"/v1/models/{model_id}")
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Delete the dataset and free its quota; 409 while a queued or running job needs it."""
+        self._request("DELETE", f"/v1/datasets/{dataset_id}")
+
     def report(self, job_id: str) -> dict[str, Any]:
         return self._request("GET", f"/v1/jobs/{job_id}/report").json()
 

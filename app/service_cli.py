@@ -1,5 +1,6 @@
 """The service's CLI commands: ``serve``, ``keys create|list|revoke``, and the client commands
-``submit``, ``status``, ``download`` and ``cancel``. Heavy imports stay inside the commands.
+``submit``, ``status``, ``download``, ``cancel`` and ``delete``. Heavy imports stay inside the
+commands.
 
 Client commands exit 0 on success, 2 when the request or the job's input is at fault (4xx, or
 a job failed with ``invalid_input``), 3 when ``--wait`` timed out, 1 otherwise (server error,
@@ -18,6 +19,7 @@ from typing import Any
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_TIMEOUT = 0, 1, 2, 3
 DEFAULT_URL = "http://127.0.0.1:8000"
+DELETE_KINDS = ("job", "model", "dataset")
 
 
 def add_service_commands(commands: Any) -> None:
@@ -72,6 +74,17 @@ def add_service_commands(commands: Any) -> None:
     cancel = commands.add_parser("cancel", help="cancel a queued or running job")
     cancel.add_argument("job", metavar="JOB")
     _client_options(cancel)
+
+    delete = commands.add_parser(
+        "delete",
+        help="delete a job (and its artifacts), a model or a dataset",
+        description="Delete a job (a queued or running one is cancelled first) with its "
+        "artifacts, or a model or dataset with its files, freeing its quota. A model or dataset "
+        "that a queued or running job needs is refused (exit status 2).",
+    )
+    delete.add_argument("kind", choices=DELETE_KINDS)
+    delete.add_argument("id", metavar="ID")
+    _client_options(delete)
 
 
 def _client_options(parser: argparse.ArgumentParser) -> None:
@@ -305,6 +318,21 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@_client_errors
+def cmd_delete(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        delete = {
+            "job": client.delete_job,
+            "model": client.delete_model,
+            "dataset": client.delete_dataset,
+        }[args.kind]
+        delete(args.id)
+    _emit(
+        args, {"kind": args.kind, "id": args.id, "deleted": True}, f"deleted {args.kind} {args.id}"
+    )
+    return EXIT_OK
+
+
 SERVICE_COMMANDS = {
     "serve": cmd_serve,
     "keys": cmd_keys,
@@ -312,4 +340,5 @@ SERVICE_COMMANDS = {
     "status": cmd_status,
     "download": cmd_download,
     "cancel": cmd_cancel,
+    "delete": cmd_delete,
 }

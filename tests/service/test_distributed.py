@@ -1,6 +1,7 @@
 """The distributed deployment for real: Postgres, Redis, an API server process and a
 ``celery -A worker.celery_app worker`` process. End to end through HTTP, the Python client and
-the CLI; a worker killed mid-job; cancel of a running job; the tenant isolation matrix."""
+the CLI; a worker killed mid-job; cancel and deletion of a running job; the tenant isolation
+matrix."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from app.client import QaasClient
+from app.client import QaasClient, QaasError
 from app.jobs.tables import Job
 from tests.service.conftest import (
     REPO,
@@ -221,6 +222,57 @@ def test_cancel_a_running_job(api, owner, finished, settings, sessions):
     assert not (settings.artifact_root / "jobs" / job["id"] / "artifacts").exists()
 
 
+def test_delete_a_running_job(api, owner, finished, settings, worker):
+    """Cancelled, then gone: the worker stops at its next report and leaves no artifacts."""
+    job = submit_slow_job(api, owner, finished)
+    staging = settings.artifact_root / ".staging"
+    wait_for(lambda: list(staging.glob(f"job-{job['id']}-*")), 30, "the job's staging folder")
+    assert api.delete(f"/v1/jobs/{job['id']}", headers=owner).status_code == 204
+    assert api.get(f"/v1/jobs/{job['id']}", headers=owner).status_code == 404
+    wait_for(
+        lambda: not list(staging.glob(f"job-{job['id']}-*")), 30, "the worker to let the job go"
+    )
+    assert not (settings.artifact_root / "jobs" / job["id"]).exists()
+    assert worker.poll() is None  # the vanished row did not take the worker down
+    # The model and data it used were not deleted with it, and the next job runs.
+    assert api.get(f"/v1/models/{finished['model']['id']}", headers=owner).status_code == 200
+    body = {"model_id": finished["model"]["id"], "quantization": {"activation_bits": None}}
+    after = api.post("/v1/jobs", json=body, headers=owner).json()
+    assert poll_job(api, after["id"], owner, timeout=180)["status"] == "succeeded"
+
+
+def test_client_and_cli_delete(server, owner, worker, tiny_model, tiny_data, settings):
+    key = owner["Authorization"].split()[1]
+    with QaasClient(server, key) as client:
+        model = client.upload_model(tiny_model)
+        data = client.upload_dataset(tiny_data[0])
+        job = client.submit(model["id"], calibration_id=data["id"])
+        job = client.wait(job["id"], timeout=180)
+        assert job["status"] == "succeeded"
+        client.delete_job(job["id"])
+        client.delete_dataset(data["id"])
+        with pytest.raises(QaasError) as missing:
+            client.job(job["id"])
+        assert missing.value.status == 404
+    assert not (settings.artifact_root / "jobs" / job["id"]).exists()
+    assert not (settings.artifact_root / "datasets" / data["id"]).exists()
+
+    env = {**os.environ, "QAAS_URL": server, "QAAS_API_KEY": key, "PYTHONWARNINGS": "ignore"}
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "app.cli", "delete", *args],
+            capture_output=True, text=True, timeout=120, env=env, cwd=REPO,
+        )  # fmt: skip
+
+    deleted = cli("model", model["id"], "--json")
+    assert deleted.returncode == 0, deleted.stderr
+    assert json.loads(deleted.stdout) == {"kind": "model", "id": model["id"], "deleted": True}
+    assert not (settings.artifact_root / "models" / model["id"]).exists()
+    again = cli("model", model["id"])
+    assert again.returncode == 2 and "not found" in again.stderr
+
+
 def test_tenant_isolation_matrix(api, owner, make_tenant, finished, tiny_model):
     """Tenant B can neither see nor touch anything of A's, on every endpoint: always 404."""
     intruder = make_tenant()
@@ -238,6 +290,8 @@ def test_tenant_isolation_matrix(api, owner, make_tenant, finished, tiny_model):
         assert api.get(path, headers=intruder).status_code == 404, path
         assert api.get(path, headers=owner).status_code == 200, path
     assert api.post(f"/v1/jobs/{job['id']}/cancel", headers=intruder).status_code == 404
+    for path in reads[:3]:
+        assert api.delete(path, headers=intruder).status_code == 404, path
     uses = [
         {"model_id": model["id"], "calibration_id": dataset["id"]},
         {"model_id": own_model["id"], "calibration_id": dataset["id"]},
