@@ -1,22 +1,32 @@
 """Finds jobs whose worker died (lease ran out) and queues them again, or fails them visibly
 after too many attempts; fails jobs that waited in the queue past its limit; resends queued
-jobs whose message never led to a start. Runs in every worker's main process; compare-and-set
-makes concurrent reapers harmless."""
+jobs whose message never led to a start; and, with ``QAAS_RETENTION_DAYS``, deletes what is
+older than that. Runs in every worker's main process; compare-and-set (and row locks for
+deletion) makes concurrent reapers harmless."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from app.core.config import Settings
 from app.core.db import after_commit, transaction, utcnow
+from app.core.deletion import Deletion
+from app.core.errors import Conflict
+from app.datasets.repository import DatasetRepository
 from app.jobs.repository import JobRepository
 from app.jobs.tables import Job
+from app.models_.repository import ModelRepository
 from worker.runtime import Runtime
 
 log = logging.getLogger("qaas.reaper")
+# Retention deletes at most this many rows of each kind per sweep (a backlog drains over several
+# sweeps, each a short transaction), and sweeps at most this often.
+RETENTION_BATCH = 100
+RETENTION_INTERVAL_S = 60.0
 
 
 def reap(runtime: Runtime, enqueue: Callable[[str], None]) -> dict[str, int]:
@@ -63,6 +73,40 @@ def reap(runtime: Runtime, enqueue: Callable[[str], None]) -> dict[str, int]:
     return counts
 
 
+def expire(runtime: Runtime, now: datetime | None = None) -> dict[str, int]:
+    """Delete models, datasets and finished jobs created more than ``retention_days`` ago.
+    Jobs go first, then models and datasets that no queued or running job needs (checked
+    again under a row lock, as for a deletion through the API). Rows go in the transaction,
+    files after it commits (``app.core.deletion``)."""
+    days = runtime.settings.retention_days
+    counts = {"jobs": 0, "models": 0, "datasets": 0}
+    if days is None:
+        return counts
+    cutoff = (now or utcnow()) - timedelta(days=days)
+    with transaction(runtime.sessions) as session:
+        deletion = Deletion(session=session, storage=runtime.storage)
+        for job_id in JobRepository(session).finished_before(cutoff, RETENTION_BATCH):
+            counts["jobs"] += deletion.job(job_id)
+    with transaction(runtime.sessions) as session:
+        deletion = Deletion(session=session, storage=runtime.storage)
+        for model_id in ModelRepository(session).expired(cutoff, RETENTION_BATCH):
+            counts["models"] += _unless_in_use(deletion.model, model_id)
+    with transaction(runtime.sessions) as session:
+        deletion = Deletion(session=session, storage=runtime.storage)
+        for dataset_id in DatasetRepository(session).expired(cutoff, RETENTION_BATCH):
+            counts["datasets"] += _unless_in_use(deletion.dataset, dataset_id)
+    if any(counts.values()):
+        log.info("retention (%g days): deleted %s", days, counts)
+    return counts
+
+
+def _unless_in_use(delete: Callable[[str], bool], row_id: str) -> int:
+    try:
+        return int(delete(row_id))
+    except Conflict:  # a job was submitted for it since the query: keep it
+        return 0
+
+
 def queue_timeout_detail(job: Job, settings: Settings, now: datetime) -> str:
     waited = (now - job.queued_at).total_seconds()
     return (
@@ -84,10 +128,17 @@ class Reaper(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        next_retention = 0.0
         while True:
             try:
                 reap(self.runtime, self.enqueue)
             except Exception:
                 log.exception("reaper pass failed; trying again next interval")
+            if time.monotonic() >= next_retention:
+                next_retention = time.monotonic() + RETENTION_INTERVAL_S
+                try:
+                    expire(self.runtime)
+                except Exception:
+                    log.exception("retention sweep failed; trying again later")
             if self.stopped.wait(self.runtime.settings.reaper_interval_s):
                 return

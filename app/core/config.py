@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     quota_stored_bytes: int = Field(20 * 1024 * MiB, ge=1, description="models + datasets")
     quota_active_jobs: int = Field(10, ge=1, description="queued or running at once")
     submissions_per_minute: int = Field(60, ge=1)
+    # Models, datasets and finished jobs (with their artifacts) older than this many days are
+    # deleted by the workers' reaper; never a queued or running job, nor what one needs.
+    # None keeps everything until it is deleted through the API.
+    retention_days: float | None = Field(None, gt=0)
 
     # A /ui login lasts this long (a server-side session row; the cookie holds only its token).
     session_ttl_s: float = Field(12 * 3600.0, gt=0)

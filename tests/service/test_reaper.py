@@ -1,5 +1,6 @@
 """The reaper, against Postgres: a job whose worker vanished (lease ran out) is queued again,
-or failed visibly once it has used up its attempts; a queued job never started is resent."""
+or failed visibly once it has used up its attempts; a queued job never started is resent;
+with a retention period, old rows and their files go, but never what an active job needs."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import pytest
 from app.auth.service import AuthService
 from app.core.config import Settings
 from app.core.db import make_engine, make_sessionmaker, run_migrations, transaction, utcnow
+from app.datasets.tables import Dataset
 from app.jobs.tables import Job
 from app.models_.tables import Model
 from tests.service.conftest import scratch_database
-from worker.reaper import reap
+from worker.reaper import expire, reap
 from worker.runner import run_job
 from worker.runtime import Runtime
 
@@ -103,4 +105,100 @@ def test_a_late_message_does_not_start_a_job_that_waited_too_long(own_db):
         job = session.get(Job, late)
         assert job.status == "failed" and job.error_kind == "queue_timeout"
         assert job.attempts == 0 and job.started_at is None
+    runtime.engine.dispose()
+
+
+class Stored:
+    """Rows with files on storage, created ``days_ago``, for the retention sweep."""
+
+    def __init__(self, sessions, storage_root):
+        self.sessions, self.root = sessions, storage_root
+        with transaction(sessions) as session:
+            tenant, _ = AuthService(session=session).create_key(tenant_name=f"ret-{utcnow()}")
+            self.tenant_id = tenant.id
+
+    def _file(self, key: str) -> str:
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        return key
+
+    def model(self, days_ago: float) -> str:
+        with transaction(self.sessions) as session:
+            model = Model(
+                tenant_id=self.tenant_id, filename="m.onnx", storage_key="", size_bytes=1,
+                sha256="0" * 64, source_format="onnx", opset=17, inputs=[], notes=[],
+                created_at=utcnow() - timedelta(days=days_ago),
+            )  # fmt: skip
+            session.add(model)
+            session.flush()
+            model.storage_key = self._file(f"models/{model.id}/original")
+            return model.id
+
+    def dataset(self, days_ago: float) -> str:
+        with transaction(self.sessions) as session:
+            dataset = Dataset(
+                tenant_id=self.tenant_id, filename="d.npz", storage_key="", size_bytes=1,
+                expanded_bytes=1, sha256="0" * 64, arrays={},
+                created_at=utcnow() - timedelta(days=days_ago),
+            )  # fmt: skip
+            session.add(dataset)
+            session.flush()
+            dataset.storage_key = self._file(f"datasets/{dataset.id}/data.npz")
+            return dataset.id
+
+    def job(self, days_ago: float, model_id: str, status: str, **fields) -> str:
+        with transaction(self.sessions) as session:
+            job = Job(
+                tenant_id=self.tenant_id, model_id=model_id, spec={}, request_hash="h",
+                status=status, created_at=utcnow() - timedelta(days=days_ago), **fields,
+            )  # fmt: skip
+            session.add(job)
+            session.flush()
+            self._file(f"jobs/{job.id}/artifacts/model.quant.onnx")
+            return job.id
+
+
+def test_retention_deletes_what_is_old_and_keeps_what_active_jobs_need(own_db):
+    settings, sessions = own_db
+    stored = Stored(sessions, settings.artifact_root)
+    old_model, busy_model, new_model = stored.model(40), stored.model(40), stored.model(1)
+    old_data, busy_data = stored.dataset(40), stored.dataset(40)
+    old_done = stored.job(40, old_model, "succeeded", calibration_id=old_data)
+    old_failed = stored.job(40, busy_model, "failed")
+    old_queued = stored.job(40, busy_model, "queued")
+    running = stored.job(1, new_model, "running", evaluation_id=busy_data)
+    new_done = stored.job(1, busy_model, "cancelled")
+
+    kept_forever = Runtime.build(settings, pooled=False)  # retention_days unset
+    assert not any(expire(kept_forever).values())
+    runtime = Runtime.build(settings.model_copy(update={"retention_days": 30}), pooled=False)
+    assert expire(runtime) == {"jobs": 2, "models": 1, "datasets": 1}
+
+    root = settings.artifact_root
+    gone = [(Job, old_done), (Job, old_failed), (Model, old_model), (Dataset, old_data)]
+    kept = [(Job, old_queued), (Job, running), (Job, new_done), (Model, busy_model),
+            (Model, new_model), (Dataset, busy_data)]  # fmt: skip
+    with sessions() as session:
+        assert all(session.get(table, row_id) is None for table, row_id in gone)
+        assert all(session.get(table, row_id) is not None for table, row_id in kept)
+    assert not (root / "jobs" / old_done).exists() and not (root / "models" / old_model).exists()
+    assert not (root / "datasets" / old_data).exists()
+    assert (root / "jobs" / new_done).is_dir() and (root / "models" / busy_model).is_dir()
+    assert (root / "datasets" / busy_data).is_dir()
+    assert not any(expire(runtime).values())  # nothing more to do
+    kept_forever.engine.dispose()
+    runtime.engine.dispose()
+
+
+def test_retention_work_per_sweep_is_bounded(own_db, monkeypatch):
+    settings, sessions = own_db
+    stored = Stored(sessions, settings.artifact_root)
+    models = [stored.model(40) for _ in range(3)]
+    monkeypatch.setattr("worker.reaper.RETENTION_BATCH", 2)
+    runtime = Runtime.build(settings.model_copy(update={"retention_days": 30}), pooled=False)
+    assert expire(runtime)["models"] == 2
+    assert expire(runtime)["models"] == 1
+    with sessions() as session:
+        assert all(session.get(Model, model_id) is None for model_id in models)
     runtime.engine.dispose()
