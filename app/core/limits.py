@@ -18,6 +18,9 @@ OUT_OF_MEMORY_WORDS = (
     "failed to allocate memory",
     "bad_alloc",
     "out of memory",
+    # oneDNN (torch's CPU convolutions) reports a scratchpad it could not allocate this way;
+    # seen under the job memory cap when the allocation fails inside a convolution.
+    "could not create a primitive",
 )
 
 
