@@ -50,8 +50,10 @@ class Settings(BaseSettings):
     body_read_timeout_s: float = Field(30.0, gt=0)
     header_read_timeout_s: float = Field(10.0, gt=0)
 
-    # Per-tenant limits. Checked before the work starts, so concurrent requests can overshoot
-    # them slightly; they protect the service from one tenant, they are not billing.
+    # Per-tenant limits: they protect the service from one tenant, they are not billing. The
+    # active-jobs and per-minute counts are checked under a lock on the tenant, so concurrent
+    # submissions never overshoot them; the storage quota is checked before an upload streams,
+    # so uploads running at the same time can overshoot it.
     quota_stored_bytes: int = Field(20 * 1024 * MiB, ge=1, description="models + datasets")
     quota_active_jobs: int = Field(10, ge=1, description="queued or running at once")
     submissions_per_minute: int = Field(60, ge=1)
