@@ -14,7 +14,8 @@ serve: setup  ## API + one worker, embedded default
 	$(VENV)/bin/qaas serve --host $(HOST) --port $(PORT)
 
 api: setup  ## the API alone (distributed mode; run `make migrate` first)
-	$(VENV)/bin/uvicorn --factory app.main:create_app --host $(HOST) --port $(PORT)
+	$(VENV)/bin/uvicorn --factory app.main:create_app --http app.core.server:HeaderTimeoutProtocol \
+		--host $(HOST) --port $(PORT)
 
 worker: setup  ## one Celery worker; run as many as you like, on any machine
 	$(VENV)/bin/celery -A worker.celery_app worker --concurrency=1 --loglevel=INFO

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from app.artifacts.router import router as artifacts_router
 from app.auth.router import router as auth_router
+from app.core.bodies import BodyGuard
 from app.core.config import Settings
 from app.core.context import Context
 from app.core.errors import install_error_handlers
@@ -43,6 +44,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(PageFrameHeaders)
+    app.add_middleware(
+        BodyGuard, max_bytes=settings.max_json_bytes, timeout_s=settings.body_read_timeout_s
+    )
     for router in (
         health_router,
         auth_router,

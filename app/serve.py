@@ -106,6 +106,7 @@ def serve(settings: Settings, host: str, port: int) -> int:
     import uvicorn
 
     from app.core.db import run_migrations
+    from app.core.server import protocol_with_timeout
     from app.main import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -126,7 +127,13 @@ def serve(settings: Settings, host: str, port: int) -> int:
     # is stopped in the finally below instead of being orphaned.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level="info",
+            http=protocol_with_timeout(settings.header_read_timeout_s),
+        )
     finally:
         worker.stop()
     return 0

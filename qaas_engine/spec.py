@@ -5,12 +5,31 @@ The CLI builds one from flags, the service from a job's JSON; both hand it to ``
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 SPEC_VERSION = 1
 AUTO = "auto"  # the pipeline that picks its own steps against max_accuracy_drop
+
+# Caps on the lists a spec holds. A spec is stored with its job and returned by every job
+# listing, and each pipeline step is run: without caps one request could store megabytes or
+# queue thousands of steps. Far above what a real model needs.
+MAX_PIPELINE_STEPS = 16
+MAX_KEEP_FLOAT_NODES = 1000
+MAX_KEEP_FLOAT_OPS = 256
+MAX_NAME_CHARS = 256  # one node or op name
+MAX_STEP_NAME_CHARS = 64
+
+NodeName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_CHARS)]
+StepName = Annotated[str, StringConstraints(max_length=MAX_STEP_NAME_CHARS)]
 
 
 class QuantSpec(BaseModel):
@@ -26,9 +45,9 @@ class QuantSpec(BaseModel):
     activation_symmetric: bool = False
     calibration_method: Literal["minmax", "percentile", "mse"] = "minmax"
     percentile: float = Field(99.99, gt=50.0, le=100.0)
-    keep_float_nodes: tuple[str, ...] = ()
-    keep_float_ops: tuple[str, ...] = ()
-    pipeline: tuple[str, ...] = ()
+    keep_float_nodes: tuple[NodeName, ...] = Field((), max_length=MAX_KEEP_FLOAT_NODES)
+    keep_float_ops: tuple[NodeName, ...] = Field((), max_length=MAX_KEEP_FLOAT_OPS)
+    pipeline: tuple[StepName, ...] = Field((), max_length=MAX_PIPELINE_STEPS)
     batch_size: int = Field(32, ge=1, le=4096)
     max_calibration_samples: int | None = Field(None, ge=1)
     adaround_iterations: int = Field(1000, ge=10, le=100_000)
@@ -44,7 +63,7 @@ class QuantSpec(BaseModel):
     # top-1 points (or points of top-1 agreement with the float model when the validation data
     # has no labels): the target of pipeline auto, and an early stop for QAT
     max_accuracy_drop: float | None = Field(None, ge=0, le=100)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy refuses negative seeds, torch huge ones
 
     @field_validator("version")
     @classmethod
@@ -71,6 +90,14 @@ class QuantSpec(BaseModel):
             raise ValueError(
                 f"unknown pipeline step(s) {', '.join(unknown)}; known: "
                 f"{', '.join(sorted(STEPS))}, or auto alone"
+            )
+        # Every step is idempotent or converges on its own (cle iterates to a fixed point, qat
+        # has qat_epochs), and reports are kept by step name: a repeat only costs time.
+        repeated = sorted({step for step in self.pipeline if self.pipeline.count(step) > 1})
+        if repeated:
+            raise ValueError(
+                f"pipeline step(s) {', '.join(repeated)} given more than once; each step runs "
+                "at most once (raise qat_epochs or adaround_iterations for a longer run)"
             )
         return self
 

@@ -49,8 +49,20 @@ class Settings(BaseSettings):
     # statically known tensor above this many elements at upload, before a job tries to run it.
     max_tensor_elements: int = Field(1 << 30, ge=1)
 
-    # Per-tenant limits. Checked before the work starts, so concurrent requests can overshoot
-    # them slightly; they protect the service from one tenant, they are not billing.
+    # Request hygiene. Every request body but the model and dataset uploads (which stream to
+    # disk under their own limits) is refused (413) past max_json_bytes while it is read. A body
+    # that stalls longer than body_read_timeout_s between chunks, or a capped body that has not
+    # arrived whole within it, is refused (408). The headers of a request must arrive within
+    # header_read_timeout_s; enforced by ``qaas serve`` and ``--http app.core.server:...`` (see
+    # app/core/server.py), not by plain uvicorn.
+    max_json_bytes: int = Field(1 * MiB, ge=1024)
+    body_read_timeout_s: float = Field(30.0, gt=0)
+    header_read_timeout_s: float = Field(10.0, gt=0)
+
+    # Per-tenant limits: they protect the service from one tenant, they are not billing. The
+    # active-jobs and per-minute counts are checked under a lock on the tenant, so concurrent
+    # submissions never overshoot them; the storage quota is checked before an upload streams,
+    # so uploads running at the same time can overshoot it.
     quota_stored_bytes: int = Field(20 * 1024 * MiB, ge=1, description="models + datasets")
     quota_active_jobs: int = Field(10, ge=1, description="queued or running at once")
     submissions_per_minute: int = Field(60, ge=1)

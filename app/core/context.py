@@ -3,14 +3,15 @@ pool and the job queue. Built once by ``create_app`` (or a CLI command), after a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Settings
-from app.core.db import make_engine, make_sessionmaker
+from app.core.db import POOL_CONNECTIONS, make_engine, make_sessionmaker
 from app.core.inspector import Inspector
 from app.core.storage import LocalStorage
 
@@ -45,6 +46,12 @@ class Context:
     storage: LocalStorage
     inspector: Inspector
     queue: Any
+    # Requests wait here, not in a worker thread, for one of the pool's connections: a thread
+    # blocked on the pool while every connection's request waits for a thread is a deadlock
+    # (many concurrent requests, e.g. submissions queued on a tenant's lock, met it).
+    session_slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(POOL_CONNECTIONS)
+    )
 
     @classmethod
     def build(cls, settings: Settings) -> Context:

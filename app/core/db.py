@@ -27,6 +27,10 @@ NAMING_CONVENTION = {
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+# A pooled engine's connections; the API lets at most this many requests hold a session at once
+# (``Context.session_slots``), so requests queue for the pool without holding a worker thread.
+POOL_SIZE, POOL_OVERFLOW = 10, 20
+POOL_CONNECTIONS = POOL_SIZE + POOL_OVERFLOW
 
 
 class Base(DeclarativeBase):
@@ -56,7 +60,11 @@ def make_engine(settings: Settings, *, pooled: bool = True) -> Engine:
     """One engine per process: callers create it after any fork (see worker_process_init).
     ``pooled=False`` holds no connection between uses (for a process that forks children)."""
     url = settings.sqlalchemy_url
-    pool: dict[str, Any] = {} if pooled else {"poolclass": NullPool}
+    pool: dict[str, Any] = (
+        {"pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW}
+        if pooled
+        else {"poolclass": NullPool}
+    )
     if url.startswith("sqlite"):
         settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
@@ -67,8 +75,6 @@ def make_engine(settings: Settings, *, pooled: bool = True) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    if pooled:
-        pool = {"pool_size": 10, "max_overflow": 20}
     return create_engine(url, pool_pre_ping=True, **pool)
 
 

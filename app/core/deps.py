@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
@@ -21,20 +22,30 @@ def get_context(request: Request) -> Context:
 ContextDep = Annotated[Context, Depends(get_context)]
 
 
-def get_session(context: ContextDep) -> Iterator[Session]:
+async def get_session(context: ContextDep) -> AsyncIterator[Session]:
     """One transaction per request: commit on success (before the response is sent), roll back
-    on any error; work queued with ``after_commit`` (enqueueing) runs only after the commit."""
-    session = context.sessions()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    else:
-        run_after_commit(session)
-    finally:
-        session.close()
+    on any error; work queued with ``after_commit`` (enqueueing) runs only after the commit.
+    A request waits (without a thread) for a free connection slot before it gets a session."""
+    async with context.session_slots:
+        session = context.sessions()
+        try:
+            yield session
+            await _end(session.commit)
+        except BaseException:
+            await _end(session.rollback)
+            raise
+        else:
+            await _end(run_after_commit, session)
+        finally:
+            await _end(session.close)
+
+
+async def _end(function: Callable[..., object], *args: object) -> None:
+    """Run a session's ending on a thread outside the shared pool (as FastAPI ends a sync
+    dependency), so it never queues behind requests for one, and shielded from cancellation
+    (a client that went away), so the transaction and its connection are always given back."""
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(function, *args, limiter=anyio.CapacityLimiter(1))
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]

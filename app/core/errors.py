@@ -39,6 +39,12 @@ class NotFound(AppError):
     status_code, code = 404, "not_found"
 
 
+class RequestTimeout(AppError):
+    """The client sent its request body too slowly; the connection is closed after this."""
+
+    status_code, code = 408, "request_timeout"
+
+
 class Conflict(AppError):
     status_code, code = 409, "conflict"
 

@@ -1,6 +1,7 @@
 """Per-tenant limits: stored bytes (413), jobs queued or running and submissions per minute
 (429 with Retry-After). Counted from the rows themselves, so every API process agrees without
-shared memory, in the embedded mode as in the distributed one."""
+shared memory, in the embedded mode as in the distributed one; job submissions are counted under
+a lock on the tenant (see ``check_submission``)."""
 
 from __future__ import annotations
 
@@ -53,8 +54,13 @@ class Quotas:
                 f"the dataset expands to {expanded_bytes} bytes (datasets count expanded)"
             )
 
-    def check_submission(self, *, tenant_id: str) -> None:
+    def check_submission(self, *, tenant_id: str, lock: bool) -> None:
+        """With ``lock`` the tenant stays locked until the transaction ends: call it right
+        before inserting the job, so concurrent submissions cannot all pass on the same count.
+        Without it, a cheap early refusal before the request's slower checks."""
         jobs = JobRepository(self.session)
+        if lock:
+            jobs.lock_tenant_submissions(tenant_id)
         active, most = jobs.count_active(tenant_id), self.settings.quota_active_jobs
         if active >= most:
             raise TooManyRequests(

@@ -9,6 +9,7 @@ from fastapi import Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from app.core.bodies import allow_large_body
 from app.core.config import Settings
 from app.core.errors import InvalidInput
 from app.core.quotas import Quotas
@@ -34,6 +35,9 @@ def declared_length(request: Request) -> int | None:
 
 
 def body_stream(request: Request) -> AsyncIterator[bytes]:
+    """The upload as it arrives; its size is capped by ``receive_within_quota``, not by the
+    JSON cap every other body has."""
+    allow_large_body(request)
     return request.stream()
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from app.auth.tables import Tenant
 from app.core.db import utcnow
 from app.jobs.tables import TERMINAL, Job, JobStatus
 
@@ -40,6 +41,21 @@ class JobRepository:
             .limit(limit)
         )
         return list(self.session.scalars(query))
+
+    def lock_tenant_submissions(self, tenant_id: str) -> None:
+        """Hold the tenant's row until this transaction ends, so that counting its jobs and
+        inserting one is a single step: concurrent submissions wait here in turn."""
+        if self.session.get_bind().dialect.name == "sqlite":
+            # No row locks: a write that changes nothing takes the database's write lock (the
+            # first write begins pysqlite's transaction), and other writers wait for the commit.
+            self.session.execute(
+                update(Tenant).where(Tenant.id == tenant_id).values(name=Tenant.name)
+            )
+            return
+        # NO KEY UPDATE: submissions wait for each other, but not inserts elsewhere whose
+        # foreign key to the tenant takes KEY SHARE (uploads, keys).
+        lock = select(Tenant.id).where(Tenant.id == tenant_id).with_for_update(key_share=True)
+        self.session.execute(lock)
 
     def count_active(self, tenant_id: str) -> int:
         query = select(func.count()).where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))

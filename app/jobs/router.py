@@ -1,7 +1,8 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Response, status
+from fastapi import APIRouter, Header, Request, Response, status
 
+from app.core.bodies import json_body_openapi, read_json
 from app.core.deps import ContextDep, SessionDep, TenantDep
 from app.jobs.schemas import JobCreate, JobOut
 from app.jobs.service import JobService
@@ -9,9 +10,14 @@ from app.jobs.service import JobService
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobOut,
+    openapi_extra=json_body_openapi(JobCreate),
+)
 async def submit_job(
-    body: JobCreate,
+    request: Request,
     response: Response,
     tenant: TenantDep,
     session: SessionDep,
@@ -19,6 +25,7 @@ async def submit_job(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobOut:
     """Queue a quantization job. Send an Idempotency-Key to make retries safe."""
+    body = await read_json(request, JobCreate)  # after the key is checked, never before
     job, created = await JobService(session=session, context=context).submit(
         tenant_id=tenant.id, request=body, idempotency_key=idempotency_key
     )

@@ -30,6 +30,7 @@ class JobCreate(BaseModel):
     )
     energy_profile: dict[str, Any] | None = Field(
         None,
+        max_length=16,
         description="your hardware's energy figures for the report, as the engine's "
         "EnergyProfile fields (default: the 45 nm table)",
     )

@@ -65,6 +65,7 @@ class JobService:
         self.session = session
         self.context = context
         self.repository = JobRepository(session)
+        self.quotas = Quotas(session=session, settings=context.settings)
         self.models = ModelService(
             session=session,
             settings=context.settings,
@@ -89,10 +90,8 @@ class JobService:
             )
             if existing is not None:
                 return self._replay(existing, digest), False
-        await run_in_threadpool(
-            Quotas(session=self.session, settings=self.context.settings).check_submission,
-            tenant_id=tenant_id,
-        )
+        # A cheap early refusal; the count that decides is made again in _insert_within_quota.
+        await run_in_threadpool(self.quotas.check_submission, tenant_id=tenant_id, lock=False)
         await self._validate(tenant_id=tenant_id, request=request)
         job = Job(
             tenant_id=tenant_id,
@@ -109,11 +108,10 @@ class JobService:
             status=JobStatus.QUEUED,
         )
         try:
-            await run_in_threadpool(self.repository.add, job)
+            await run_in_threadpool(self._insert_within_quota, tenant_id, job)
         except IntegrityError:
             # A concurrent request with the same key won the insert; this request wrote
-            # nothing else, so rolling back its whole transaction loses nothing.
-            await run_in_threadpool(self.session.rollback)
+            # nothing else, so its rolled-back transaction lost nothing.
             winner = await run_in_threadpool(
                 self.repository.by_idempotency_key, tenant_id, idempotency_key or ""
             )
@@ -124,6 +122,20 @@ class JobService:
             return self._replay(winner, digest), False
         after_commit(self.session, lambda job_id=job.id: self._enqueue(job_id))
         return job, True
+
+    def _insert_within_quota(self, tenant_id: str, job: Job) -> None:
+        """Lock the tenant, count its jobs, insert and end the transaction, in one call on one
+        thread, so concurrent submissions cannot all pass on the same count. This is why the
+        request commits here rather than in the session dependency: a submission waiting for
+        the lock blocks a worker thread, and a commit (or rollback) left for later would need
+        another one, so enough waiters would starve the lock's holder."""
+        try:
+            self.quotas.check_submission(tenant_id=tenant_id, lock=True)
+            self.repository.add(job)
+            self.session.commit()
+        except BaseException:
+            self.session.rollback()
+            raise
 
     def _replay(self, job: Job, digest: str) -> Job:
         if job.request_hash != digest:

@@ -30,6 +30,13 @@ ACCESS_BITS = 64  # the table prices one 64-bit access
 ELEMENTWISE_ADDS = {"Add", "Sub"}
 ELEMENTWISE_MULTS = {"Mul", "Div"}
 REDUCING_ADDS = {"GlobalAveragePool", "ReduceMean", "ReduceSum"}
+# A profile arrives with a job and is stored and returned with it: its strings and lists are
+# capped, far above what a chip's table needs.
+MAX_NAME_CHARS = 200
+MAX_ACCESS_LEVELS = 32
+MAX_LEVEL_CHARS = 64
+MAX_NOTES = 16
+MAX_NOTE_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,7 @@ class EnergyProfile:
         unknown = sorted(set(data) - known)
         if unknown:
             raise SpecError(f"energy profile: unknown fields {unknown}; known: {sorted(known)}")
+        _check_sizes(data)
         values = dict(data)
         if "access_pj" in values:
             values["access_pj"] = {str(k): float(v) for k, v in values["access_pj"].items()}
@@ -122,6 +130,33 @@ class EnergyProfile:
         data = asdict(self)
         data["notes"] = list(self.notes)
         return data
+
+
+def _check_sizes(data: Mapping[str, Any]) -> None:
+    """Types and caps of a profile's strings and lists, before anything is converted."""
+    for name in ("name", "weight_level", "activation_level"):
+        value = data.get(name, "")
+        if not isinstance(value, str):
+            raise SpecError(f"energy profile: {name} must be a string")
+        if len(value) > MAX_NAME_CHARS:
+            raise SpecError(f"energy profile: {name} is longer than {MAX_NAME_CHARS} characters")
+    access = data.get("access_pj", {})
+    if not isinstance(access, Mapping):
+        raise SpecError("energy profile: access_pj must be an object of level -> pJ")
+    if len(access) > MAX_ACCESS_LEVELS:
+        raise SpecError(f"energy profile: access_pj has more than {MAX_ACCESS_LEVELS} levels")
+    if any(len(str(level)) > MAX_LEVEL_CHARS for level in access):
+        raise SpecError(
+            f"energy profile: an access_pj level name is longer than {MAX_LEVEL_CHARS} characters"
+        )
+    notes = data.get("notes", ())
+    if not isinstance(notes, list | tuple) or not all(isinstance(n, str) for n in notes):
+        raise SpecError("energy profile: notes must be a list of strings")
+    if len(notes) > MAX_NOTES or any(len(note) > MAX_NOTE_CHARS for note in notes):
+        raise SpecError(
+            f"energy profile: notes may hold at most {MAX_NOTES} notes of at most "
+            f"{MAX_NOTE_CHARS} characters each"
+        )
 
 
 @dataclass

@@ -190,6 +190,8 @@ def _bad_inputs(tmp_path, tiny_model):
         "no calibration, no BN statistics": ([str(no_batchnorm)], "calibration data"),
         "bad bit-width": ([str(tiny_model), "--weights", "int1"], "bit-width"),
         "unknown step": ([str(tiny_model), "--pipeline", "magic"], "unknown pipeline step"),
+        "repeated step": ([str(tiny_model), "--pipeline", "cle,cle"], "more than once"),
+        "long node name": ([str(tiny_model), "--keep-float", "n" * 257], "at most 256 char"),
         "missing file": ([str(tmp_path / "nope.onnx")], "not found"),
     }
 
