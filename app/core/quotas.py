@@ -26,12 +26,16 @@ class Quotas:
         self.session = session
         self.settings = settings
 
+    def stored_bytes(self, tenant_id: str) -> int:
+        """What the quota counts: models as stored, datasets at their expanded size."""
+        return ModelRepository(self.session).stored_bytes(tenant_id) + DatasetRepository(
+            self.session
+        ).stored_bytes(tenant_id)
+
     def upload_allowance(self, *, tenant_id: str, limit: int, declared_length: int | None) -> int:
         """The most bytes this upload may have: the per-file limit or what the quota leaves."""
         quota = self.settings.quota_stored_bytes
-        used = ModelRepository(self.session).stored_bytes(tenant_id) + DatasetRepository(
-            self.session
-        ).stored_bytes(tenant_id)
+        used = self.stored_bytes(tenant_id)
         left = quota - used
         wanted = declared_length if declared_length is not None else 1
         if wanted > left and (declared_length is None or declared_length <= limit):
@@ -45,9 +49,7 @@ class Quotas:
         """A dataset counts at its expanded size: a small compressed archive of zeros must not
         slip a large dataset past the quota (its compressed bytes were counted as it streamed)."""
         quota = self.settings.quota_stored_bytes
-        used = ModelRepository(self.session).stored_bytes(tenant_id) + DatasetRepository(
-            self.session
-        ).stored_bytes(tenant_id)
+        used = self.stored_bytes(tenant_id)
         if used + expanded_bytes > quota:
             raise QuotaExceeded(
                 f"storage quota exceeded: this tenant stores {used} of its {quota} bytes and "

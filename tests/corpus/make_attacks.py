@@ -156,10 +156,6 @@ def _add_constant_tensor(members: dict[str, bytes], payload: bytes) -> None:
     )
 
 
-def _duplicate(members: dict[str, bytes], payload: bytes) -> None:
-    raise NotImplementedError  # written by _write_duplicate: a dict cannot hold a name twice
-
-
 def _program(change: Callable[[dict], None]) -> Edit:
     def edit(members: dict[str, bytes], payload: bytes) -> None:
         _edit_json(members, "models/model.json", change)
@@ -229,7 +225,6 @@ def _edits(marker: Path) -> dict[str, Edit]:
         "use_pickle_constant": _add_constant_tensor,
         "nested_archive": _add("extra/inner.pt2"),
         "compiled_code": _add("data/aotinductor/model/model.so"),
-        "duplicate_member": _duplicate,
         "node_name_injection": _program(_rename_first_node(marker)),
         "attribute_path_injection": _program(_attribute_path(marker)),
         "symbolic_expression_injection": _program(_sym_expr(marker)),
@@ -241,6 +236,7 @@ def _edits(marker: Path) -> dict[str, Edit]:
 
 
 def _write_duplicate(good: Path, out: Path, payload: bytes) -> None:
+    """Written apart from the edits: a dict of members cannot hold a name twice."""
     with zipfile.ZipFile(good) as src, zipfile.ZipFile(out, "w") as dst:
         infos = src.infolist()
         for info in infos:

@@ -26,16 +26,6 @@ def attacks(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def attacker(sessions) -> dict[str, str]:
-    from app.auth.service import AuthService
-    from app.core.db import transaction
-
-    with transaction(sessions) as session:
-        _, key = AuthService(session=session).create_key(tenant_name="attacker")
-    return {"Authorization": f"Bearer {key}"}
-
-
-@pytest.fixture(scope="module")
 def calibration(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("attack-data") / "calibration.npz"
     rng = np.random.default_rng(0)
@@ -43,16 +33,16 @@ def calibration(tmp_path_factory) -> Path:
     return path
 
 
-def test_the_unmodified_archive_is_accepted(attacks, api, attacker):
+def test_the_unmodified_archive_is_accepted(attacks, api, corpus_tenant):
     """The corpus starts from a valid archive: refusals below are about the attack, not it."""
-    response = upload(api, "/v1/models", attacks / "good.pt2", attacker)
+    response = upload(api, "/v1/models", attacks / "good.pt2", corpus_tenant)
     assert response.status_code == 201, response.text
     assert response.json()["source_format"] == "pt2"
 
 
 @pytest.mark.parametrize("attack", ATTACKS, ids=[a.name for a in ATTACKS])
-def test_api_upload_never_runs_the_payload(attack: Attack, attacks, api, attacker):
-    response = upload(api, "/v1/models", attacks / f"{attack.name}.pt2", attacker)
+def test_api_upload_never_runs_the_payload(attack: Attack, attacks, api, corpus_tenant):
+    response = upload(api, "/v1/models", attacks / f"{attack.name}.pt2", corpus_tenant)
     assert not (attacks / ATTACK_MARKER).exists(), "the payload ran in the inspection child"
     if attack.cause:
         assert 400 <= response.status_code < 500, response.text

@@ -26,16 +26,6 @@ def corpus(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tenant(sessions) -> dict[str, str]:
-    from app.auth.service import AuthService
-    from app.core.db import transaction
-
-    with transaction(sessions) as session:
-        _, key = AuthService(session=session).create_key(tenant_name="corpus")
-    return {"Authorization": f"Bearer {key}"}
-
-
-@pytest.fixture(scope="module")
 def planted_neighbour(settings) -> Path:
     """Another upload's file sitting in staging: external data must never reach it."""
     staging = settings.artifact_root / ".staging"
@@ -51,9 +41,9 @@ def staging_leftovers(settings, keep: Path) -> list[str]:
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_refused_with_its_cause(
-    case: Case, corpus, api, tenant, settings, tiny_model, planted_neighbour
+    case: Case, corpus, api, corpus_tenant, settings, tiny_model, planted_neighbour
 ):
-    response = upload(api, "/v1/models", corpus / case.filename, tenant)
+    response = upload(api, "/v1/models", corpus / case.filename, corpus_tenant)
     assert 400 <= response.status_code < 500, response.text
     body = response.json()
     assert set(body) == {"error", "detail"}, body
@@ -62,7 +52,7 @@ def test_refused_with_its_cause(
     assert not (corpus / UNPICKLED_MARKER).exists(), "an upload was unpickled"
     assert staging_leftovers(settings, planted_neighbour) == []
     assert api.get("/healthz").status_code == 200
-    assert upload(api, "/v1/models", tiny_model, tenant).status_code == 201
+    assert upload(api, "/v1/models", tiny_model, corpus_tenant).status_code == 201
 
 
 def test_checker_refuses_symlinked_external_data(corpus, tmp_path):

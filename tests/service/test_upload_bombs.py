@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from app.core.inspector import FairGate
-from tests.service.conftest import REPO
+from tests.service.conftest import REPO, upload
 
 BOMB_BYTES = 6 * 2**30
 
@@ -112,12 +112,7 @@ def test_quota_counts_expanded_bytes(api, make_tenant, tmp_path):
     small = tmp_path / "zeros.npz"
     np.savez_compressed(small, input=np.zeros((256, 1, 64, 64), np.float32))
     headers = make_tenant()
-    answer = api.post(
-        "/v1/datasets",
-        params={"filename": small.name},
-        content=small.read_bytes(),
-        headers={**headers, "Content-Type": "application/octet-stream"},
-    )
+    answer = upload(api, "/v1/datasets", small, headers)
     assert answer.status_code == 201, answer.text
     body = answer.json()
     assert body["expanded_bytes"] > 4 * 2**20 > body["size_bytes"] * 10
