@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from app.cli import main
 from app.core.inspection import inspect_model
 from tests.corpus.make_corpus import CASES, UNPICKLED_MARKER, Case
 from tests.service.conftest import REPO, upload
@@ -61,3 +62,18 @@ def test_checker_refuses_symlinked_external_data(corpus, tmp_path):
         str(corpus / "symlink" / "model.onnx"), str(tmp_path / "converted.onnx"), 1 << 30
     )
     assert "outside the upload" in facts["error"] or "symlink" in facts["error"], facts
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_cli_refuses_with_its_cause(case: Case, corpus, tmp_path, capsys):
+    """The same files through ``qaas quantize``: exit 2, the cause on one line, nothing
+    written. A neighbour file the CLI could read would have to sit in the corpus folder, and
+    none does, so the neighbour case reads as missing here too."""
+    out = tmp_path / "out"
+    code = main(["quantize", str(corpus / case.filename), "-o", str(out)])
+    message = capsys.readouterr().err
+    assert code == 2, message
+    causes = case.cause + (("missing",) if case.name == "external_data_symlink" else ())
+    assert any(word in message for word in causes), (case.cause, message)
+    assert not (corpus / UNPICKLED_MARKER).exists(), "an upload was unpickled"
+    assert not out.exists() or not any(out.iterdir())
