@@ -25,7 +25,7 @@ from typing import Any
 
 from billiard.connection import Connection
 
-from app.core.errors import InsufficientStorage
+from app.core.errors import InsufficientStorage, is_storage_full
 from app.core.limits import (
     is_out_of_memory,
     limit_process,
@@ -33,7 +33,7 @@ from app.core.limits import (
     time_limit_detail,
 )
 from app.core.sandbox import Confinement, confine
-from app.core.storage import LocalStorage, is_storage_full
+from app.core.storage import LocalStorage
 from qaas_engine.errors import QaasInputError
 
 log = logging.getLogger("qaas.worker")

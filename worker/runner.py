@@ -19,8 +19,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.artifacts.service import artifacts_key
 from app.core.db import transaction, utcnow
-from app.core.errors import InsufficientStorage
-from app.core.storage import file_sha256, is_storage_full, job_folder
+from app.core.errors import InsufficientStorage, is_storage_full
+from app.core.storage import file_sha256, job_folder
 from app.datasets.tables import Dataset
 from app.jobs.repository import JobRepository
 from app.jobs.tables import TERMINAL, JobStatus
