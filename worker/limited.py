@@ -73,7 +73,6 @@ class ChildJob:
     staged: Path
     storage_root: Path
     storage_min_free_bytes: int
-    phase_delay_s: float = 0.0  # the test suite's hook: a job slow enough to act on
     sandbox: bool = True
     keep_out: tuple[Path, ...] = ()  # the data folders: never readable as part of the runtime
     max_dataset_expanded_bytes: int | None = None
@@ -229,8 +228,6 @@ def _quantize_and_save(job: ChildJob, sender: Connection) -> dict[str, Any]:
     from qaas_engine import QuantSpec, import_model, load_npz, model_inputs, quantize
 
     def progress(phase: str, fraction: float) -> None:
-        if job.phase_delay_s:
-            time.sleep(job.phase_delay_s)
         sender.send(("progress", phase, fraction))
 
     started = time.perf_counter()

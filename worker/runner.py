@@ -5,9 +5,7 @@ so a duplicate delivery, a cancel or a takeover after a lost worker can never cl
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -192,7 +190,6 @@ class Attempt:
         """The engine's progress callback: throttled row writes; raises once we are aborted."""
         if self.aborted.is_set():
             raise JobAborted()
-        self._test_hooks()
         changed = phase != self.phase
         self.phase, self.fraction = phase, max(0.0, min(1.0, fraction))
         if changed:
@@ -213,15 +210,6 @@ class Attempt:
             if not recorded:
                 self.aborted.set()
                 raise JobAborted()
-
-    def _test_hooks(self) -> None:
-        """Fault-injection hook of the test suite, inert unless its setting is given (the
-        phase delay, ``test_phase_delay_s``, sleeps in the limited child)."""
-        settings = self.runtime.settings
-        kill_file = settings.test_kill_jobs_file
-        if kill_file is not None and kill_file.is_file():
-            if self.inputs.job_id in kill_file.read_text().split():
-                os.kill(os.getpid(), signal.SIGKILL)  # a poison job: takes its worker down
 
     # the attempt
     def execute(self) -> Outcome:
@@ -343,7 +331,6 @@ class Attempt:
             staged=staged,
             storage_root=self.runtime.storage.root,
             storage_min_free_bytes=self.runtime.storage.min_free_bytes,
-            phase_delay_s=settings.test_phase_delay_s,
             sandbox=settings.sandbox,
             keep_out=(settings.resolved_data_dir, self.runtime.storage.root),
             max_dataset_expanded_bytes=settings.max_dataset_expanded_bytes,
