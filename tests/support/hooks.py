@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from worker import limited
-from worker.runner import Attempt
 
 # The limited child's real entry, captured before any patch (the child imports this module
 # afresh when it unpickles its target, and must find the original here too).
@@ -60,6 +59,10 @@ def kill_poisoned_jobs(kill_file: Path) -> None:
     """An attempt at a job listed in ``kill_file`` (ids, whitespace-separated, read at every
     progress report) SIGKILLs its own process: a poison job takes down each worker that runs
     it. A cancelled or taken-over attempt stops as usual instead."""
+    # Here, not at the top: the limited child imports this module for its slow entry, and
+    # needs none of the worker's database side.
+    from worker.runner import Attempt
+
     progress = Attempt.progress
 
     def poisoned_progress(self: Attempt, phase: str, fraction: float) -> None:
