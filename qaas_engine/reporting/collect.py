@@ -12,11 +12,11 @@ import onnx
 import torch
 
 from qaas_engine.data import Dataset
-from qaas_engine.pipeline import PipelineState, Timer, to_torch
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.reporting.analysis import analyze_layers
 from qaas_engine.reporting.energy import EnergyProfile, energy_report
 from qaas_engine.reporting.latency import measure_latency
+from qaas_engine.state import PipelineState, Timer, to_torch
 
 ANALYSIS_SAMPLES = 16  # one small batch: enough to rank layers, 2 passes per layer
 EnergyProfileSource = EnergyProfile | Mapping[str, Any] | str | os.PathLike[str] | None
