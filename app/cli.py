@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from app.service_cli import SERVICE_COMMANDS, add_service_commands
+from qaas_engine.step_registry import STEPS
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -55,7 +56,12 @@ def add_quantize_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--calibration-method", default="minmax", choices=["minmax", "percentile", "mse"]
     )
-    parser.add_argument("--pipeline", default="", metavar="STEP,STEP,...")
+    parser.add_argument(
+        "--pipeline",
+        default="",
+        metavar="STEP,STEP,...",
+        help=f"steps in order, from {', '.join(STEPS)}; or auto (alone)",
+    )
     parser.add_argument(
         "--keep-float",
         default="",
