@@ -30,11 +30,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from qaas_engine.cost.energy import EnergyProfile, bit_operations, expected_energy_pj
+from qaas_engine.cost.shapes import LayerShape
 from qaas_engine.errors import Cancelled
 from qaas_engine.quant.encoding import Encoding
 from qaas_engine.quant.qat import Batch, QATConfig, _loss, _score, train_qat
 from qaas_engine.quant.sim import QuantSim
-from qaas_engine.reporting.energy import EnergyProfile, LayerShape
 
 BIT_LADDER = (2, 4, 8, 16)
 HC_BETA, HC_ZETA, HC_GAMMA = 2.0 / 3.0, 1.1, -0.1  # hard-concrete temperature and stretch
@@ -212,21 +213,17 @@ class CostModel:
     def layer_cost(
         self, macs_share: torch.Tensor, w_bits: torch.Tensor, a_bits: torch.Tensor, term: CostTerm
     ) -> torch.Tensor:
-        p = self.profile
         if self.kind == "bops":
-            return term.macs * macs_share * w_bits * a_bits
-        ref = p.int_reference_bits
-        compute = (
-            term.macs
-            * macs_share
-            * (
-                p.int_mult_pj * w_bits * a_bits / ref**2
-                + p.int_add_pj * torch.maximum(w_bits, a_bits) / ref
-            )
+            return bit_operations(term.macs, macs_share, w_bits, a_bits)
+        return expected_energy_pj(
+            self.profile,
+            term.macs,
+            term.weight_elements,
+            term.input_elements,
+            macs_share,
+            w_bits,
+            a_bits,
         )
-        weights = term.weight_elements * macs_share * w_bits / 8 * p.byte_pj(p.weight_level)
-        inputs = term.input_elements * a_bits / 8 * p.byte_pj(p.activation_level)
-        return compute + weights + inputs
 
     def expected(
         self,

@@ -11,11 +11,12 @@ import numpy as np
 import onnx
 import torch
 
+from qaas_engine.cost.energy import EnergyProfile
 from qaas_engine.data import Dataset
 from qaas_engine.pipeline import PipelineState, Timer, to_torch
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.reporting.analysis import analyze_layers
-from qaas_engine.reporting.energy import EnergyProfile, energy_report
+from qaas_engine.reporting.energy import energy_report
 from qaas_engine.reporting.latency import measure_latency
 
 ANALYSIS_SAMPLES = 16  # one small batch: enough to rank layers, 2 passes per layer
