@@ -67,6 +67,7 @@ def fingerprint(result: Any) -> dict[str, Any]:
         "step_reports": report.get("step_reports"),
         "metrics": report.get("metrics"),
         "energy": report.get("energy"),
+        "analysis": report.get("analysis"),
         "model_sha256": _digest(result.quantized_model.SerializeToString()),
         "encodings_sha256": _digest(json.dumps(result.encodings, sort_keys=True).encode()),
     }
