@@ -18,6 +18,7 @@ _EXPORTS = {
     "UnsupportedOpError": "qaas_engine.errors",
     "Cancelled": "qaas_engine.errors",
     "Dataset": "qaas_engine.data",
+    "EnergyProfile": "qaas_engine.cost.energy",
     "load_npz": "qaas_engine.data",
     "model_inputs": "qaas_engine.data",
     "ImportedModel": "qaas_engine.importer",

@@ -20,13 +20,14 @@ from typing import Any
 import onnx
 
 from qaas_engine.artifacts.result import QuantizationResult
+from qaas_engine.cost.energy import EnergyProfile
 from qaas_engine.data import Dataset
 from qaas_engine.errors import SpecError
 from qaas_engine.evaluation import evaluate
 from qaas_engine.importer import ImportedModel
 from qaas_engine.pipeline import PipelineData, run_pipeline
 from qaas_engine.quant.sim import QuantSim
-from qaas_engine.reporting.energy import EnergyProfile, energy_report
+from qaas_engine.reporting.energy import energy_report
 from qaas_engine.reporting.report import finish
 from qaas_engine.spec import QuantSpec
 from qaas_engine.state import PipelineState, Progress, Timer, to_torch

@@ -9,11 +9,11 @@ from collections.abc import Callable
 
 from qaas_engine.artifacts.result import QuantizationResult
 from qaas_engine.auto import auto_quantize
+from qaas_engine.cost.energy import EnergyProfile
 from qaas_engine.data import Dataset
 from qaas_engine.importer import ImportedModel, import_model
 from qaas_engine.pipeline import PipelineData, run_pipeline
 from qaas_engine.reporting.collect import EnergyProfileSource
-from qaas_engine.reporting.energy import EnergyProfile
 from qaas_engine.reporting.report import finish
 from qaas_engine.spec import QuantSpec
 from qaas_engine.state import Progress, Timer

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import onnx
 
+from qaas_engine.cost.energy import EnergyProfile
 from qaas_engine.data import Dataset
 from qaas_engine.errors import SpecError
 from qaas_engine.export.qdq import export_qdq
@@ -19,7 +20,6 @@ from qaas_engine.importer import ImportedModel
 from qaas_engine.quant.moments import propagate
 from qaas_engine.quant.placement import place_quantizers
 from qaas_engine.quant.sim import QuantSim
-from qaas_engine.reporting.energy import EnergyProfile
 from qaas_engine.spec import QuantSpec
 from qaas_engine.state import PipelineState, Progress, Timer, no_progress
 from qaas_engine.step_registry import STEPS, Data, Stage, missing_data_message

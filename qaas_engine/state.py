@@ -14,10 +14,10 @@ from typing import Any
 import onnx
 import torch
 
+from qaas_engine.cost.energy import EnergyProfile
 from qaas_engine.data import Dataset
 from qaas_engine.graph.executor import GraphExecutor
 from qaas_engine.quant.sim import QuantSim
-from qaas_engine.reporting.energy import EnergyProfile
 from qaas_engine.spec import QuantSpec
 from qaas_engine.transforms.bn_fold import FoldedBatchNorm
 from qaas_engine.transforms.cle import ChannelStats

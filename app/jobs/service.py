@@ -22,8 +22,8 @@ from app.jobs.repository import JobRepository
 from app.jobs.schemas import JobCreate
 from app.jobs.tables import TERMINAL, Job, JobStatus
 from app.models_.service import ModelService
+from qaas_engine.cost.energy import EnergyProfile
 from qaas_engine.errors import SpecError
-from qaas_engine.reporting.energy import EnergyProfile
 from qaas_engine.spec import QuantSpec
 from qaas_engine.step_registry import steps_needing, steps_taking
 

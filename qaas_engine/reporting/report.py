@@ -14,6 +14,8 @@ import onnxruntime as ort
 import torch
 
 from qaas_engine.artifacts.result import QuantizationResult
+from qaas_engine.cost.energy import EnergyProfile
+from qaas_engine.cost.shapes import macs_per_sample
 from qaas_engine.data import Dataset
 from qaas_engine.evaluation import evaluate, gap_warnings
 from qaas_engine.export.encodings import aimet_encodings
@@ -21,9 +23,8 @@ from qaas_engine.graph.executor import default_opset
 from qaas_engine.importer import ImportedModel
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.reporting.collect import add_report_sections
-from qaas_engine.reporting.energy import EnergyProfile
+from qaas_engine.reporting.size import count_params, float_bytes, quantized_bytes
 from qaas_engine.state import PipelineState, Timer, to_torch
-from qaas_engine.stats import count_params, float_bytes, macs_per_sample, quantized_bytes
 from qaas_engine.version import __version__
 
 

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from qaas_engine.cost.shapes import layer_shapes
 from qaas_engine.data import Dataset
 from qaas_engine.quant.bayesian_bits import BayesianBitsConfig, cost_terms, train_bayesian_bits
 from qaas_engine.quant.qat import QATConfig, train_qat
-from qaas_engine.reporting.energy import layer_shapes
 from qaas_engine.state import PipelineState
 
 VALIDATION_FRACTION = 0.1
