@@ -7,6 +7,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from qaas_engine.step_registry import STEPS
+
 if TYPE_CHECKING:
     from qaas_engine import QuantSpec
 
@@ -28,7 +30,12 @@ def add_quantize_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--calibration-method", default="minmax", choices=["minmax", "percentile", "mse"]
     )
-    parser.add_argument("--pipeline", default="", metavar="STEP,STEP,...")
+    parser.add_argument(
+        "--pipeline",
+        default="",
+        metavar="STEP,STEP,...",
+        help=f"steps in order, from {', '.join(STEPS)}; or auto (alone)",
+    )
     parser.add_argument(
         "--keep-float",
         default="",

@@ -21,7 +21,6 @@ the sim with those grids, the exported QDQ model is the model that was trained.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -30,11 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from qaas_engine.errors import Cancelled
+from qaas_engine.cost.energy import EnergyProfile, bit_operations, expected_energy_pj
+from qaas_engine.cost.shapes import LayerShape
 from qaas_engine.quant.encoding import Encoding
-from qaas_engine.quant.qat import Batch, QATConfig, _loss, _score, train_qat
+from qaas_engine.quant.qat import QATConfig, train_qat
 from qaas_engine.quant.sim import QuantSim
-from qaas_engine.reporting.energy import EnergyProfile, LayerShape
+from qaas_engine.quant.training import Batch, Penalty, Supervision, TrainingLoop, fit
 
 BIT_LADDER = (2, 4, 8, 16)
 HC_BETA, HC_ZETA, HC_GAMMA = 2.0 / 3.0, 1.1, -0.1  # hard-concrete temperature and stretch
@@ -212,21 +212,17 @@ class CostModel:
     def layer_cost(
         self, macs_share: torch.Tensor, w_bits: torch.Tensor, a_bits: torch.Tensor, term: CostTerm
     ) -> torch.Tensor:
-        p = self.profile
         if self.kind == "bops":
-            return term.macs * macs_share * w_bits * a_bits
-        ref = p.int_reference_bits
-        compute = (
-            term.macs
-            * macs_share
-            * (
-                p.int_mult_pj * w_bits * a_bits / ref**2
-                + p.int_add_pj * torch.maximum(w_bits, a_bits) / ref
-            )
+            return bit_operations(term.macs, macs_share, w_bits, a_bits)
+        return expected_energy_pj(
+            self.profile,
+            term.macs,
+            term.weight_elements,
+            term.input_elements,
+            macs_share,
+            w_bits,
+            a_bits,
         )
-        weights = term.weight_elements * macs_share * w_bits / 8 * p.byte_pj(p.weight_level)
-        inputs = term.input_elements * a_bits / 8 * p.byte_pj(p.activation_level)
-        return compute + weights + inputs
 
     def expected(
         self,
@@ -404,7 +400,15 @@ def train_bayesian_bits(
 
 
 def _train(
-    sim, training, validation, float_weights, terms, profile, config, progress, should_stop
+    sim: QuantSim,
+    training: Callable[[int], Iterable[Batch]],
+    validation: Callable[[], Iterable[Batch]],
+    float_weights: dict[str, torch.Tensor],
+    terms: list[CostTerm],
+    profile: EnergyProfile,
+    config: BayesianBitsConfig,
+    progress: Callable[[str, float], None] | None,
+    should_stop: Callable[[], bool] | None,
 ) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     spec_bits = {name: e.scheme.bits for name, e in sim.weight_encodings.items()}
@@ -418,52 +422,31 @@ def _train(
             {"params": model.gate_parameters(), "lr": config.gate_lr},
         ]
     )
-    output = sim.executor.output_names[0]
     total_epochs = config.epochs + config.finetune_epochs
-    curve: list[dict[str, Any]] = []
-    labelled = None
 
-    def run_epoch(epoch: int, phase: str, opt: torch.optim.Optimizer) -> None:
-        nonlocal labelled
-        if should_stop is not None and should_stop():
-            raise Cancelled("stopped between Bayesian Bits epochs")
-        start, task_losses, relative = time.perf_counter(), [], []
-        model.train()
-        for feeds, labels in training(epoch):
-            labelled = labels is not None
-            teacher = None
-            if labels is None:
-                with torch.no_grad():
-                    teacher = sim.executor.run(feeds, weights=float_weights)[output]
-            task = _loss(model(feeds), teacher, labels)
-            loss = task
-            if phase == "gates":
-                cost = costs.expected(
-                    model.weight_quantizers(), model.activation_quantizers(), spec_bits
-                )
-                loss = task + config.strength * cost / reference
-                relative.append(float(cost.detach()) / reference)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            task_losses.append(float(task.detach()))
-        model.eval()
-        score = _score(model, validation(), float_weights)
-        curve.append(
-            {
-                "epoch": epoch,
-                "phase": phase,
-                "train_loss": float(np.mean(task_losses)) if task_losses else None,
-                "expected_relative_cost": float(np.mean(relative)) if relative else None,
-                "validation": score,
-                "seconds": round(time.perf_counter() - start, 3),
-            }
-        )
+    def relative_cost() -> tuple[torch.Tensor, float]:
+        """The expected cost as a loss term, and relative to the spec's uniform widths."""
+        cost = costs.expected(model.weight_quantizers(), model.activation_quantizers(), spec_bits)
+        return config.strength * cost / reference, float(cost.detach()) / reference
+
+    def epoch_done(epoch: int) -> None:
         if progress:
             progress("bayesian_bits", epoch / max(total_epochs, 1))
 
-    for epoch in range(1, config.epochs + 1):
-        run_epoch(epoch, "gates", optimizer)
+    supervision = Supervision(sim, float_weights)
+    gates = TrainingLoop(
+        "Bayesian Bits",
+        model,
+        optimizer,
+        training,
+        validation,
+        supervision,
+        penalty=Penalty("expected_relative_cost", relative_cost),
+        tags={"phase": "gates"},
+        should_stop=should_stop,
+        progress=epoch_done,
+    )
+    curve = fit(gates, config.epochs).curve
     model.freeze()
     pruned = model.commit()
     finetune = None
@@ -482,7 +465,7 @@ def _train(
         )  # fmt: skip
     chosen = costs.expected(model.weight_quantizers(), model.activation_quantizers(), spec_bits)
     return {
-        "signal": "labels" if labelled else "distillation",
+        "signal": supervision.signal,
         "cost": config.cost,
         "strength": config.strength,
         "relative_cost": {
