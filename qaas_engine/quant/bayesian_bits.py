@@ -245,7 +245,12 @@ class CostModel:
             total += float(self.layer_cost(torch.tensor(1.0), w, a, term))
         return total
 
-    def _bits(self, name, quantizers, fixed_bits) -> tuple[torch.Tensor, torch.Tensor]:
+    def _bits(
+        self,
+        name: str | None,
+        quantizers: Mapping[str, GatedQuantizer],
+        fixed_bits: Mapping[str, int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if name is not None and name in quantizers:
             q = quantizers[name]
             return q.expected_bits(), q.active_fraction()

@@ -182,7 +182,9 @@ class QATModel(nn.Module):
         shape[axis] = -1
         return mask.reshape(shape)
 
-    def to(self, *args, **kwargs) -> QATModel:  # units and masks travel with the parameters
+    def to(
+        self, *args: Any, **kwargs: Any
+    ) -> QATModel:  # units and masks travel with the parameters
         super().to(*args, **kwargs)
         device = self.params[0].device if len(self.params) else None
         if device is not None:
