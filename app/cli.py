@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from app.service_cli import SERVICE_COMMANDS, add_service_commands
+from qaas_engine.step_registry import STEPS
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -56,7 +56,12 @@ def add_quantize_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--calibration-method", default="minmax", choices=["minmax", "percentile", "mse"]
     )
-    parser.add_argument("--pipeline", default="", metavar="STEP,STEP,...")
+    parser.add_argument(
+        "--pipeline",
+        default="",
+        metavar="STEP,STEP,...",
+        help=f"steps in order, from {', '.join(STEPS)}; or auto (alone)",
+    )
     parser.add_argument(
         "--keep-float",
         default="",
@@ -209,35 +214,21 @@ def auto_lines(auto: dict | None) -> list[str]:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from qaas_engine import import_model, load_npz, model_inputs, quantize
+    from qaas_engine import job
 
-    spec = spec_from_args(args)
-    started = time.perf_counter()
-    imported = import_model(args.model)
-    inputs = model_inputs(imported.model)
-    calibration = (
-        load_npz(args.calibration, inputs, role="calibration") if args.calibration else None
-    )
-    evaluation = load_npz(args.evaluation, inputs, role="evaluation") if args.evaluation else None
-    training = load_npz(args.training, inputs, role="training") if args.training else None
-    validation = load_npz(args.validation, inputs, role="validation") if args.validation else None
-    import_seconds = time.perf_counter() - started
-    spec = with_qat_epochs(spec, args)
-    result = quantize(
-        imported,
+    spec = with_qat_epochs(spec_from_args(args), args)
+    saved = job.run(
+        args.model,
+        {role: getattr(args, role) for role in job.DATA_ROLES},
         spec,
-        calibration=calibration,
-        evaluation=evaluation,
-        training=training,
-        validation=validation,
+        args.output,
         progress=ProgressLine(not args.quiet),
         energy_profile=args.energy_profile,
+        max_accuracy_drop=None if spec.max_accuracy_drop is None else spec.max_accuracy_drop / 100,
     )
-    result.report["steps"].insert(0, {"name": "import", "seconds": round(import_seconds, 4)})
-    written = result.save(args.output)
     if not args.quiet:
-        print(result_table(result.report))
-        print(f"wrote {', '.join(str(p) for p in written.values())}")
+        print(result_table(saved.report))
+        print(f"wrote {', '.join(str(p) for p in saved.written.values())}")
     return EXIT_OK
 
 

@@ -23,9 +23,10 @@ _EXPORTS = {
     "model_inputs": "qaas_engine.data",
     "ImportedModel": "qaas_engine.importer",
     "import_model": "qaas_engine.importer",
-    "QuantizationResult": "qaas_engine.flow",
+    "QuantizationResult": "qaas_engine.artifacts.result",
     "quantize": "qaas_engine.flow",
     "QuantSpec": "qaas_engine.spec",
+    "SavedRun": "qaas_engine.job",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]

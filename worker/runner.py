@@ -244,14 +244,6 @@ class Attempt:
                 for name in saved["written"]
             ]
             report = saved["report"]
-            report["steps"] = [
-                {"name": "load", "seconds": round(saved["load_seconds"], 4)},
-                *report["steps"],
-                {"name": "save", "seconds": round(saved["save_seconds"], 4)},
-            ]
-            report["accuracy_target"] = accuracy_target(
-                report["metrics"], self.inputs.max_accuracy_drop
-            )
             self.check()
             self.runtime.storage.publish_dir(staged, artifacts_key(job_id))
             staged = None
@@ -347,6 +339,7 @@ class Attempt:
             sandbox=settings.sandbox,
             keep_out=(settings.resolved_data_dir, self.runtime.storage.root),
             max_dataset_expanded_bytes=settings.max_dataset_expanded_bytes,
+            max_accuracy_drop=inputs.max_accuracy_drop,
         )
 
     def _lost_at_finish(self) -> Outcome:
@@ -362,20 +355,3 @@ class Attempt:
         if status == JobStatus.CANCELLED:
             self.runtime.storage.delete_tree(artifacts_key(self.inputs.job_id))
         return Outcome(f"lost to {status}")
-
-
-def accuracy_target(metrics: dict[str, Any], max_drop: float | None) -> dict[str, Any] | None:
-    """Did ONNX Runtime's top-1 stay within the requested drop from the float model's?"""
-    if max_drop is None:
-        return None
-    reference = metrics.get("float", {}).get("top1")
-    achieved = metrics.get("onnxruntime", {}).get("top1")
-    if reference is None or achieved is None:
-        return {
-            "max_top1_drop": max_drop,
-            "top1_drop": None,
-            "met": None,
-            "note": "needs labelled evaluation data to be measured",
-        }
-    drop = round(reference - achieved, 6)
-    return {"max_top1_drop": max_drop, "top1_drop": drop, "met": drop <= max_drop}

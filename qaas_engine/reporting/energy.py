@@ -18,10 +18,6 @@ from qaas_engine.cost.shapes import LayerShape, layer_shapes
 from qaas_engine.graph.executor import GraphExecutor
 from qaas_engine.quant.sim import QuantSim
 
-# Re-exported for callers that imported the model from here before it moved to
-# qaas_engine.cost (pipeline, steps, flow, auto, app.jobs.service); drop once they import it there.
-__all__ = ["EnergyProfile", "LayerShape", "assumptions", "energy_report", "layer_shapes"]
-
 
 def energy_report(
     model: onnx.ModelProto,
