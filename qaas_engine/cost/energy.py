@@ -92,7 +92,9 @@ class EnergyProfile:
             raise SpecError(f"energy profile: {error}") from None
 
     @classmethod
-    def load(cls, source: EnergyProfile | Mapping[str, Any] | str | os.PathLike[str] | None):
+    def load(
+        cls, source: EnergyProfile | Mapping[str, Any] | str | os.PathLike[str] | None
+    ) -> EnergyProfile:
         """A profile from itself, a dict, or a JSON file; ``None`` gives the default table."""
         if source is None:
             return cls()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -245,7 +245,12 @@ class CostModel:
             total += float(self.layer_cost(torch.tensor(1.0), w, a, term))
         return total
 
-    def _bits(self, name, quantizers, fixed_bits) -> tuple[torch.Tensor, torch.Tensor]:
+    def _bits(
+        self,
+        name: str | None,
+        quantizers: Mapping[str, GatedQuantizer],
+        fixed_bits: Mapping[str, int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if name is not None and name in quantizers:
             q = quantizers[name]
             return q.expected_bits(), q.active_fraction()
@@ -304,8 +309,8 @@ class BayesianBitsModel(nn.Module):
         for index, name in enumerate(sorted(sim.weight_encodings)):
             encoding = sim.weight_encodings[name]
             channels = None
-            if config.prune and sim.placement.weights[name].channel_axis is not None:
-                axis = sim.placement.weights[name].channel_axis
+            axis = sim.placement.weights[name].channel_axis
+            if config.prune and axis is not None:
                 channels = int(sim.executor.weights[name].shape[axis])
                 if not encoding.scheme.per_channel:
                     encoding = replace(encoding, scheme=replace(encoding.scheme, axis=axis))
@@ -325,15 +330,21 @@ class BayesianBitsModel(nn.Module):
             self.act_keys[name] = key
             gated = name in gated_acts
             start = max(encoding.scheme.bits, config.start_bits) if gated else encoding.scheme.bits
-            self.act_q[key] = GatedQuantizer(encoding, levels, start, None, fixed=not gated)
+            quantizer = GatedQuantizer(encoding, levels, start, None, fixed=not gated)
+            self.act_q[key] = quantizer
             if name not in gated_acts:
-                self.act_q[key].freeze()
+                quantizer.freeze()
 
     def weight_quantizers(self) -> dict[str, GatedQuantizer]:
-        return {name: self.weight_q[key] for name, key in self.weight_keys.items()}
+        return {
+            name: cast(GatedQuantizer, self.weight_q[key]) for name, key in self.weight_keys.items()
+        }
 
     def activation_quantizers(self) -> dict[str, GatedQuantizer]:
-        return {name: self.act_q[key] for name, key in self.act_keys.items()}
+        return {name: cast(GatedQuantizer, self.act_q[key]) for name, key in self.act_keys.items()}
+
+    def _all_quantizers(self) -> list[GatedQuantizer]:
+        return [*self.weight_quantizers().values(), *self.activation_quantizers().values()]
 
     def forward(self, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
         weights = {}
@@ -345,13 +356,13 @@ class BayesianBitsModel(nn.Module):
     def gate_parameters(self) -> list[nn.Parameter]:
         return [
             p
-            for q in [*self.weight_q.values(), *self.act_q.values()]
+            for q in self._all_quantizers()
             for p in (q.log_alpha, q.channel_log_alpha)
             if p.requires_grad
         ]
 
     def freeze(self) -> None:
-        for q in [*self.weight_q.values(), *self.act_q.values()]:
+        for q in self._all_quantizers():
             q.freeze()
 
     def commit(self) -> dict[str, np.ndarray]:

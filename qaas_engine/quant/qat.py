@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -53,6 +53,8 @@ class LearnedQuantizer(nn.Module):
     The parameters hold the range in units of its starting magnitude (``unit``), so a
     learning rate is a relative change whatever the tensor's scale.
     """
+
+    unit: torch.Tensor  # a buffer: the range's starting magnitude
 
     def __init__(self, encoding: Encoding, learn: bool) -> None:
         super().__init__()
@@ -148,11 +150,19 @@ class QATModel(nn.Module):
             )
         # bias -> (its weight's quantizer, its input's quantizer): int32 at s_input * s_weight,
         # as the sim and the runtime hold it; a float bias here would train another model.
-        self.bias_grids = {
-            site.bias: (self.weight_keys[weight], self.act_keys[sim.quantizer_of(site.input)])
-            for weight, site in sim.placement.weights.items()
-            if site.bias in sim.bias_encodings and weight in self.weight_keys
-        }
+        self.bias_grids: dict[str, tuple[str, str]] = {}
+        for weight, site in sim.placement.weights.items():
+            if site.bias in sim.bias_encodings and weight in self.weight_keys:
+                source = sim.quantizer_of(site.input)
+                if site.bias is None or source is None:  # a bias grid needs both scales
+                    raise ValueError(f"bias of {weight} has an int32 grid but no input grid")
+                self.bias_grids[site.bias] = (self.weight_keys[weight], self.act_keys[source])
+
+    def _weight_quantizer(self, key: str) -> LearnedQuantizer:
+        return cast(LearnedQuantizer, self.weight_quantizers[key])
+
+    def _act_quantizer(self, key: str) -> LearnedQuantizer:
+        return cast(LearnedQuantizer, self.act_quantizers[key])
 
     def _unit(self, name: str) -> torch.Tensor:
         weight = self.sim.executor.weights[name].detach().float()
@@ -172,7 +182,9 @@ class QATModel(nn.Module):
         shape[axis] = -1
         return mask.reshape(shape)
 
-    def to(self, *args, **kwargs) -> QATModel:  # units and masks travel with the parameters
+    def to(
+        self, *args: Any, **kwargs: Any
+    ) -> QATModel:  # units and masks travel with the parameters
         super().to(*args, **kwargs)
         device = self.params[0].device if len(self.params) else None
         if device is not None:
@@ -195,8 +207,8 @@ class QATModel(nn.Module):
                 weights[name] = self.weight_quantizers[key](weight)
             elif name in self.bias_grids:
                 weight_key, input_key = self.bias_grids[name]
-                weight_scale = self.weight_quantizers[weight_key].scale().reshape(-1)
-                step = weight_scale * self.act_quantizers[input_key].scale().reshape(-1)
+                weight_scale = self._weight_quantizer(weight_key).scale().reshape(-1)
+                step = weight_scale * self._act_quantizer(input_key).scale().reshape(-1)
                 weights[name] = _round_ste(weight / step) * step
             else:
                 weights[name] = weight
@@ -210,9 +222,9 @@ class QATModel(nn.Module):
             for name, weight in self.trained_weights().items():
                 sim.executor.weights[name] = weight.detach().cpu().clone()
         for name, key in self.weight_keys.items():
-            sim.weight_encodings[name] = self.weight_quantizers[key].encoding()
+            sim.weight_encodings[name] = self._weight_quantizer(key).encoding()
         for name, key in self.act_keys.items():
-            sim.activation_encodings[name] = self.act_quantizers[key].encoding()
+            sim.activation_encodings[name] = self._act_quantizer(key).encoding()
         sim._derive_bias_encodings()
 
 

@@ -106,7 +106,9 @@ def assumptions(profile: EnergyProfile) -> list[str]:
 
 def _kept_fraction(layer: LayerShape, sim: QuantSim) -> float:
     """Share of output channels left after pruning (Bayesian Bits' 2-bit gate)."""
-    pruned = sim.pruned_channels.get(layer.weight) if layer.weight else None
+    if not layer.weight:
+        return 1.0
+    pruned = sim.pruned_channels.get(layer.weight)
     if not pruned:
         return 1.0
     site = sim.placement.weights[layer.weight]
