@@ -114,7 +114,9 @@ def auto_quantize(
             chosen = attempt
             break
     search_seconds = time.perf_counter() - search_start
-    assert chosen is not None and chosen.state is not None  # the first rung always runs
+    # the first rung always runs, and the chosen attempt keeps its model
+    assert chosen is not None and chosen.state is not None
+    assert chosen.sim is not None and chosen.qdq is not None
     _mark_frontier([t.row for t in tried if "skipped" not in t.row])
     met = bool(chosen.row["meets_target"])
     final_timer = chosen.timer or timer

@@ -107,8 +107,8 @@ def evaluate(
     with torch.no_grad():
         for feeds, labels in data.batches(state.spec.batch_size):
             tensors = to_torch(feeds)
-            reference = state.executor.run(tensors, weights=state.float_weights)[output]
-            reference = reference.float().numpy()
+            float_out = state.executor.run(tensors, weights=state.float_weights)[output]
+            reference = float_out.float().numpy()
             simulated = sim.run(tensors, outputs=[output])[output].float().numpy()
             runtime = session.run([output], feeds)[0].astype(np.float32)
             meters["float"].update(reference, reference, labels)

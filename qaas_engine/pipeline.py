@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import onnx
 
@@ -74,7 +76,8 @@ def run_steps(state: PipelineState, stage: Stage, timer: Timer) -> None:
         step = STEPS[name]
         if step.stage == stage:
             apply = step.function()
-            state.step_reports[name] = timer.run(name, lambda f=apply: f(state))
+            report: dict[str, Any] = timer.run(name, partial(apply, state))
+            state.step_reports[name] = report
             if stage == "float":
                 state.rebuild_executor()
 

@@ -63,6 +63,12 @@ class PipelineState:
             )
         )
 
+    def reference_weights(self) -> dict[str, torch.Tensor]:
+        """The float weights every quantized step compares against (set before calibration)."""
+        if self.float_weights is None:
+            raise RuntimeError("a quantized step ran before the float reference was kept")
+        return self.float_weights
+
     def quantized(self) -> QuantSim:
         """The simulation, for quantized steps (it exists once calibration has run)."""
         if self.sim is None:

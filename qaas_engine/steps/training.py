@@ -42,7 +42,7 @@ def qat(state: PipelineState) -> dict[str, Any]:
         state.quantized(),
         data.epoch_batches,
         data.validation_batches,
-        state.float_weights,
+        state.reference_weights(),
         config,
         state.progress,
         state.should_stop,
@@ -69,7 +69,7 @@ def bayesian_bits(state: PipelineState) -> dict[str, Any]:
         sim,
         data.epoch_batches,
         data.validation_batches,
-        state.float_weights,
+        state.reference_weights(),
         cost_terms(sim, layers),
         state.energy_profile,
         config,
@@ -128,6 +128,7 @@ def _float_top1(state: PipelineState, data: Dataset) -> float:
     hits = 0
     with torch.no_grad():
         for feeds, labels in data.batches(state.spec.batch_size):
+            assert labels is not None  # called only for labelled validation data
             out = state.executor.run(_tensors(feeds), weights=state.float_weights)[output]
             hits += int((out.reshape(len(labels), -1).argmax(1).numpy() == labels).sum())
     return hits / data.num_samples
