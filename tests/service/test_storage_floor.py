@@ -24,6 +24,7 @@ def full(settings):
 def test_uploads_are_507_and_store_nothing(full, settings, make_tenant, tiny_model, tiny_data):
     tenant = make_tenant()
     staging = settings.artifact_root / ".staging"
+    staging.mkdir(parents=True, exist_ok=True)  # as a server that ran before this test made it
     before = set(staging.iterdir())
     with TestClient(create_app(full)) as api:
         for route, path in (("/v1/models", tiny_model), ("/v1/datasets", tiny_data[0])):
