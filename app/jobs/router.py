@@ -3,11 +3,15 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response, status
 
 from app.core.bodies import json_body_openapi, read_json
-from app.core.deps import ContextDep, SessionDep, TenantDep
+from app.core.deps import ContextDep, SessionDep, TenantDep, owned, owned_rows
+from app.jobs.repository import JobRepository
 from app.jobs.schemas import JobCreate, JobOut
 from app.jobs.service import JobService
+from app.jobs.tables import Job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+JobDep = Annotated[Job, owned(JobRepository, "job_id")]
+JobsDep = Annotated[list[Job], owned_rows(JobRepository)]
 
 
 @router.post(
@@ -36,14 +40,12 @@ async def submit_job(
 
 
 @router.get("", response_model=list[JobOut])
-def list_jobs(tenant: TenantDep, session: SessionDep, context: ContextDep) -> list[JobOut]:
-    jobs = JobService(session=session, context=context).list(tenant_id=tenant.id)
+def list_jobs(jobs: JobsDep) -> list[JobOut]:
     return [JobOut.from_row(job) for job in jobs]
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, tenant: TenantDep, session: SessionDep, context: ContextDep) -> JobOut:
-    job = JobService(session=session, context=context).get(tenant_id=tenant.id, job_id=job_id)
+def get_job(job: JobDep) -> JobOut:
     return JobOut.from_row(job)
 
 
