@@ -217,11 +217,30 @@ class Attempt:
         self._remove_stale_staging()
         heartbeat = Heartbeat(self)
         heartbeat.start()
-        staged: Path | None = None
         try:
-            self.progress("load", 0.0)
-            self.runtime.storage.ensure_space(0, "the job's artifacts")
-            staged = self.runtime.storage.new_staging_dir(f"job-{job_id}-{self.inputs.attempt}-")
+            return self._run_and_publish()
+        except JobAborted:
+            log.info("job %s attempt %s: stopped (cancelled or taken over)", job_id, self.attempt)
+            return Outcome("aborted")
+        except DATABASE_UNAVAILABLE:
+            raise  # not the job's fault: the task retries, or the reaper takes over
+        except Exception as error:
+            kind, detail = self._failure(error)
+            self.finish(JobStatus.FAILED, error_kind=kind, error_detail=detail)
+            return Outcome("failed")
+        finally:
+            # The heartbeat runs until the outcome is recorded: finish() may wait out a
+            # database restart, and the lease must not lapse meanwhile.
+            heartbeat.stopped.set()
+
+    def _run_and_publish(self) -> Outcome:
+        """Quantize into a staging folder, publish it whole, record success."""
+        job_id = self.inputs.job_id
+        self.progress("load", 0.0)
+        self.runtime.storage.ensure_space(0, "the job's artifacts")
+        staged = self.runtime.storage.new_staging_dir(f"job-{job_id}-{self.inputs.attempt}-")
+        published = False
+        try:
             saved = run_limited(self._child_job(staged), self._limits(), self.progress, self.check)
             manifest = [
                 {
@@ -234,61 +253,44 @@ class Attempt:
             report = saved["report"]
             self.check()
             self.runtime.storage.publish_dir(staged, artifacts_key(job_id))
-            staged = None
-            # The heartbeat runs on until the outcome is recorded: finish() may wait out a
-            # database restart, and the lease must not lapse meanwhile.
-            if not self.finish(
-                JobStatus.SUCCEEDED,
-                phase="done",
-                progress=1.0,
-                steps=report["steps"],
-                step_reports=report.get("step_reports", {}),
-                metrics=report["metrics"],
-                report=report,
-                artifacts=manifest,
-            ):
-                return self._lost_at_finish()
-            return Outcome("succeeded")
-        except JobAborted:
-            log.info("job %s attempt %s: stopped (cancelled or taken over)", job_id, self.attempt)
-            return Outcome("aborted")
-        except SoftTimeLimitExceeded:
-            limit = self.runtime.settings.job_time_limit_s
-            self.finish(
-                JobStatus.FAILED,
-                error_kind="timeout",
-                error_detail=f"the job ran past the server's time limit of {limit} s",
-            )
-            return Outcome("failed")
-        except DATABASE_UNAVAILABLE:
-            raise  # not the job's fault: the task retries, or the reaper takes over
-        except (JobFailed, InsufficientStorage) as error:
-            kind, detail = "storage_full", error.detail
-            if isinstance(error, JobFailed):
-                kind = error.kind
-            if kind == "internal":  # the child printed the trace to the worker's log
-                log.error("job %s attempt %s: %s", job_id, self.attempt, detail)
-                detail += f"; the worker log has the trace for job {job_id}"
-            self.finish(JobStatus.FAILED, error_kind=kind, error_detail=detail)
-            return Outcome("failed")
-        except Exception as error:
-            if is_storage_full(error):
-                self.finish(
-                    JobStatus.FAILED, error_kind="storage_full", error_detail=STORAGE_FILLED_UP
-                )
-                return Outcome("failed")
-            log.exception("job %s attempt %s: internal error", job_id, self.inputs.attempt)
-            self.finish(
-                JobStatus.FAILED,
-                error_kind="internal",
-                error_detail=f"internal error ({type(error).__name__}); the worker log "
-                f"has the trace for job {job_id}",
-            )
-            return Outcome("failed")
+            published = True
         finally:
-            heartbeat.stopped.set()
-            if staged is not None:
+            if not published:
                 self.runtime.storage.delete_tree(str(staged.relative_to(self.runtime.storage.root)))
+        recorded = self.finish(
+            JobStatus.SUCCEEDED,
+            phase="done",
+            progress=1.0,
+            steps=report["steps"],
+            step_reports=report.get("step_reports", {}),
+            metrics=report["metrics"],
+            report=report,
+            artifacts=manifest,
+        )
+        return Outcome("succeeded") if recorded else self._lost_at_finish()
+
+    def _failure(self, error: Exception) -> tuple[str, str]:
+        """The row's ``error_kind`` and ``error_detail`` for what stopped the job."""
+        job_id = self.inputs.job_id
+        if isinstance(error, SoftTimeLimitExceeded):
+            limit = self.runtime.settings.job_time_limit_s
+            return "timeout", f"the job ran past the server's time limit of {limit} s"
+        if isinstance(error, InsufficientStorage):
+            return "storage_full", error.detail
+        if isinstance(error, JobFailed):
+            if error.kind != "internal":
+                return error.kind, error.detail
+            # the child printed the trace to the worker's log
+            log.error("job %s attempt %s: %s", job_id, self.attempt, error.detail)
+            return "internal", f"{error.detail}; the worker log has the trace for job {job_id}"
+        if is_storage_full(error):
+            return "storage_full", STORAGE_FILLED_UP
+        log.exception("job %s attempt %s: internal error", job_id, self.attempt)
+        return (
+            "internal",
+            f"internal error ({type(error).__name__}); the worker log has the trace for job "
+            f"{job_id}",
+        )
 
     def _remove_stale_staging(self) -> None:
         """Folders that earlier attempts of this job left when their worker died."""
