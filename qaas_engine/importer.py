@@ -98,6 +98,10 @@ def prepare_onnx(
     if moved:
         notes.append(f"{moved} Constant nodes turned into initializers")
     _drop_initializers_from_inputs(model)
+    _raise_ir_version(model)
+    materialized = _materialize_constant_fills(model)
+    if materialized:
+        notes.append(f"{materialized} ConstantOfShape weights materialized as initializers")
     folded = _fold_constant_nodes(model)
     if folded:
         notes.append(f"{folded} nodes computed from constants only were folded into initializers")
@@ -304,6 +308,64 @@ def _drop_initializers_from_inputs(model: onnx.ModelProto) -> None:
     if len(inputs) != len(model.graph.input):
         del model.graph.input[:]
         model.graph.input.extend(inputs)
+
+
+def _raise_ir_version(model: onnx.ModelProto) -> None:
+    """IR < 4 requires every initializer to be a graph input too; once the inputs list only feeds
+    (and the opset was upgraded) the file is valid only at the IR version its opsets need."""
+    needed = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    model.ir_version = max(model.ir_version, needed, 4)
+
+
+# Elements all ConstantOfShape weights of one model may expand to (1 GiB of float32): VGG-19
+# stores its 143M weights this way; a few bytes must not declare terabytes.
+MAX_MATERIALIZED_ELEMENTS = 2**28
+
+
+def _materialize_constant_fills(
+    model: onnx.ModelProto, budget: int = MAX_MATERIALIZED_ELEMENTS
+) -> int:
+    """Old model-zoo files (the onnx wheel's light nets) build weights with ``ConstantOfShape``
+    of a constant shape; weights must be initializers for the algorithms to see them."""
+    import numpy as np
+
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    kept, count, spent = [], 0, 0
+    for node in graph.node:
+        shape_name = node.input[0] if node.input else ""
+        if (
+            node.op_type != "ConstantOfShape"
+            or node.domain not in ("", "ai.onnx")
+            or shape_name not in initializers
+            or node.output[0] in outputs
+        ):
+            kept.append(node)
+            continue
+        shape = [int(d) for d in numpy_helper.to_array(initializers[shape_name]).reshape(-1)]
+        elements = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if any(d < 0 for d in shape) or spent + elements > budget:
+            raise ModelImportError(
+                f"ConstantOfShape node '{node.name or node.output[0]}' would expand to "
+                f"{spent + elements:,} constant elements in all (over {budget:,})"
+            )
+        spent += elements
+        fill = np.zeros(1, np.float32)
+        for attr in node.attribute:
+            if attr.name == "value":
+                fill = numpy_helper.to_array(attr.t).reshape(-1)[:1]
+        graph.initializer.append(
+            numpy_helper.from_array(np.full(shape, fill[0], dtype=fill.dtype), node.output[0])
+        )
+        count += 1
+    if count:
+        del graph.node[:]
+        graph.node.extend(kept)
+        used = {name for node in kept for name in node.input} | outputs
+        for init in [i for i in graph.initializer if i.name not in used]:
+            graph.initializer.remove(init)
+    return count
 
 
 def _check_inputs(model: onnx.ModelProto) -> None:
