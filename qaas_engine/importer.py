@@ -14,6 +14,12 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper, numpy_helper
 
+from qaas_engine.control_flow import (
+    CONTROL_FLOW_OPS,
+    inline_constant_ifs,
+    refuse_work_in_subgraphs,
+    used_names,
+)
 from qaas_engine.errors import ModelImportError, UnsupportedOpError
 from qaas_engine.graph.executor import default_opset, unsupported_nodes
 
@@ -32,7 +38,6 @@ ALREADY_QUANTIZED_OPS = {
     "MatMulIntegerToFloat",
     "QGemm",
 }
-CONTROL_FLOW_OPS = {"If", "Loop", "Scan"}
 PICKLE_PREFIXES = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
@@ -88,7 +93,7 @@ def prepare_onnx(
 ) -> ImportedModel:
     """Check, load external data safely, upgrade the opset and normalise constants."""
     notes: list[str] = []
-    _refuse_quantized_and_control_flow(model)
+    _refuse_quantized(model)
     _load_external_data(model, base_dir)
     original_opset = default_opset(model)
     if original_opset < MIN_OPSET:
@@ -103,8 +108,18 @@ def prepare_onnx(
     if materialized:
         notes.append(f"{materialized} ConstantOfShape weights materialized as initializers")
     folded = _fold_constant_nodes(model)
+    inlined = 0
+    while branches := inline_constant_ifs(model):  # a taken branch may hold another constant If
+        inlined += branches
+        _constants_to_initializers(model)
+        folded += _fold_constant_nodes(model)
+    if inlined:
+        _drop_unused_initializers(model)
     if folded:
         notes.append(f"{folded} nodes computed from constants only were folded into initializers")
+    if inlined:
+        notes.append(f"{inlined} If nodes on a constant condition replaced by their taken branch")
+    refuse_work_in_subgraphs(model)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as error:
@@ -119,7 +134,13 @@ def prepare_onnx(
     if bad:
         node = bad[0]
         domain = f" (domain '{node.domain}')" if node.domain else ""
-        raise UnsupportedOpError(node.op_type + domain, node.name or "<unnamed>")
+        reason = (
+            "control flow on a value known only at run time is not computed yet; export the "
+            "model with the branch resolved (e.g. torch.onnx.export of the traced path)"
+            if node.op_type in CONTROL_FLOW_OPS
+            else ""
+        )
+        raise UnsupportedOpError(node.op_type + domain, node.name or "<unnamed>", reason)
     _check_inputs(model)
     _check_declared_sizes(model)
     return ImportedModel(model, source_format, original_opset, notes)
@@ -148,19 +169,12 @@ def _first_line(error: BaseException) -> str:
     return text[0][:300] if text else type(error).__name__
 
 
-def _refuse_quantized_and_control_flow(model: onnx.ModelProto) -> None:
+def _refuse_quantized(model: onnx.ModelProto) -> None:
     for node in model.graph.node:
         if node.op_type in ALREADY_QUANTIZED_OPS:
             raise ModelImportError(
                 f"the model is already quantized (node '{node.name}' is {node.op_type}); "
                 "upload the float model"
-            )
-        if node.op_type in CONTROL_FLOW_OPS:
-            raise UnsupportedOpError(
-                node.op_type,
-                node.name or "<unnamed>",
-                "control flow subgraphs are not quantized; export the model with the branch "
-                "resolved (e.g. torch.onnx.export of the traced path)",
             )
 
 
@@ -294,11 +308,16 @@ def _fold_constant_nodes(model: onnx.ModelProto) -> int:
     if folded:
         del graph.node[:]
         graph.node.extend(kept)
-        used = {name for node in kept for name in node.input} | outputs
-        unused = [init for init in graph.initializer if init.name not in used]
-        for init in unused:
-            graph.initializer.remove(init)
+        _drop_unused_initializers(model)
     return folded
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    """Conditions of inlined ``If`` nodes and the branches not taken leave constants behind."""
+    graph = model.graph
+    used = used_names(graph)
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
 
 
 def _drop_initializers_from_inputs(model: onnx.ModelProto) -> None:
@@ -348,7 +367,8 @@ def _materialize_constant_fills(
         if any(d < 0 for d in shape) or spent + elements > budget:
             raise ModelImportError(
                 f"ConstantOfShape node '{node.name or node.output[0]}' would expand to "
-                f"{spent + elements:,} constant elements in all (over {budget:,})"
+                f"{spent + elements:,} constant elements in all (over {budget:,}): a "
+                "shape-inference bomb, not a model to compute"
             )
         spent += elements
         fill = np.zeros(1, np.float32)
@@ -362,9 +382,7 @@ def _materialize_constant_fills(
     if count:
         del graph.node[:]
         graph.node.extend(kept)
-        used = {name for node in kept for name in node.input} | outputs
-        for init in [i for i in graph.initializer if i.name not in used]:
-            graph.initializer.remove(init)
+        _drop_unused_initializers(model)
     return count
 
 
