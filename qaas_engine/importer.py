@@ -107,6 +107,9 @@ def prepare_onnx(
     materialized = _materialize_constant_fills(model)
     if materialized:
         notes.append(f"{materialized} ConstantOfShape weights materialized as initializers")
+    cast_like = _cast_like_to_cast(model)
+    if cast_like:
+        notes.append(f"{cast_like} CastLike nodes turned into Cast (their target type is known)")
     folded = _fold_constant_nodes(model)
     inlined = 0
     while branches := inline_constant_ifs(model):  # a taken branch may hold another constant If
@@ -327,6 +330,40 @@ def _drop_initializers_from_inputs(model: onnx.ModelProto) -> None:
     if len(inputs) != len(model.graph.input):
         del model.graph.input[:]
         model.graph.input.extend(inputs)
+
+
+def _cast_like_to_cast(model: onnx.ModelProto) -> int:
+    """torch's dynamo exporter (``optimize=False``) casts every Python scalar with ``CastLike``
+    to the type of a runtime tensor; that type is known statically, so a plain ``Cast`` says the
+    same, and a Cast of a constant folds into the initializer the algorithms expect."""
+    cast_likes = [
+        node
+        for node in model.graph.node
+        if node.op_type == "CastLike" and node.domain in ("", "ai.onnx") and len(node.input) > 1
+    ]
+    if not cast_likes:
+        return 0
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # the checks after this report a broken model with their own words
+        return 0
+    types = {
+        value.name: value.type.tensor_type.elem_type
+        for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+        if value.type.HasField("tensor_type")
+    }
+    types.update({init.name: init.data_type for init in model.graph.initializer})
+    replaced = 0
+    for node in cast_likes:
+        target = types.get(node.input[1], onnx.TensorProto.UNDEFINED)
+        if target == onnx.TensorProto.UNDEFINED:
+            continue
+        node.op_type = "Cast"
+        del node.input[1:]
+        del node.attribute[:]  # CastLike's only attribute, saturate, is a float8 matter
+        node.attribute.append(onnx.helper.make_attribute("to", target))
+        replaced += 1
+    return replaced
 
 
 def _raise_ir_version(model: onnx.ModelProto) -> None:
