@@ -78,6 +78,7 @@ class Placement:
     shared: dict[str, str] = field(default_factory=dict)  # pass-through output -> its input
     fused: dict[str, str] = field(default_factory=dict)  # producer output -> fused consumer node
     skipped: dict[str, str] = field(default_factory=dict)  # tensor -> why it stays float
+    float_nodes: list[str] = field(default_factory=list)  # nodes computing in float, any reason
 
 
 def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -148,6 +149,10 @@ def place_quantizers(
 
     def kept_float(node: onnx.NodeProto) -> bool:
         return bool(float_reason(node, keep_float_nodes, keep_float_ops))
+
+    placement.float_nodes = [
+        node.name or node.output[0] for node in graph.node if kept_float(node) and node.output
+    ]
 
     for node in graph.node:
         if node.op_type in WEIGHTED_OPS and not kept_float(node):

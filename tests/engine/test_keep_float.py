@@ -8,6 +8,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from app.cli import build_parser, spec_from_args
+from qaas_engine import QuantSpec
+from qaas_engine.data import model_inputs, validate_arrays
+from qaas_engine.flow import quantize
+from qaas_engine.importer import ImportedModel
 from qaas_engine.quant.placement import place_quantizers
 
 
@@ -83,3 +87,17 @@ def test_recurrent_ops_run_float_with_float_weights():
     assert set(placement.weights) == {"w1", "w2"}  # never the GRU's W or R
     assert "no integer kernel" in placement.skipped["seq"]
     assert "b" not in placement.activations and "b" not in placement.shared
+
+
+def test_kept_float_op_is_exported_float_and_listed_as_excluded():
+    sigmoid = helper.make_node("Sigmoid", ["a"], ["b"], name="gate")
+    model = _model(sigmoid, [])
+    imported = ImportedModel(model, "onnx", 17)
+    x = np.random.default_rng(2).standard_normal((16, 2, 4)).astype(np.float32)  # stacked
+    calibration = validate_arrays({"x": x}, model_inputs(model), role="calibration", source="x")
+    spec = QuantSpec(keep_float_ops=("Sigmoid",))
+    result = quantize(imported, spec, calibration=calibration)
+    consumers = [n.op_type for n in result.quantized_model.graph.node if "b" in n.input]
+    assert consumers == ["MatMul"]  # the Sigmoid's output reaches the MatMul unquantized
+    assert "gate" in result.encodings["excluded_layers"]
+    assert "b" in result.report["quantizers"]["kept_float"]
