@@ -8,14 +8,14 @@ the deployed model agree by construction. No gradient flows back through such a 
 AdaRound and QAT, layers before it learn only from paths that avoid it; that is the price of not
 refusing the model.
 
-Wiring: the graph executor calls :func:`onnxruntime_op` for a node whose domain is not the
-default one and for which :func:`onnxruntime_knows` is true, in place of an ``OP_REGISTRY``
-lookup; the returned callable has the registry's signature.
+Wiring: :class:`OnnxRuntimeKernel` has the graph executor's reference-kernel shape
+(``run(args) -> outputs``); the executor builds one for a node whose domain is not the default
+one and for which :func:`onnxruntime_knows` is true, where it would otherwise refuse the node.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from functools import cache
 
 import numpy as np
@@ -24,66 +24,74 @@ import onnxruntime as ort
 import torch
 from onnx import helper
 
-from qaas_engine.graph.registry import NodeContext, OpFn
-
-DEFAULT_DOMAINS = ("", "ai.onnx")
-
 
 @cache
-def _schemas() -> frozenset[tuple[str, str]]:
+def _schema_versions() -> dict[tuple[str, str], int]:
+    """(domain, op type) -> the newest version this ONNX Runtime build defines."""
     from onnxruntime.capi import onnxruntime_pybind11_state as state
 
-    return frozenset((schema.domain, schema.name) for schema in state.get_all_operator_schema())
+    versions: dict[tuple[str, str], int] = {}
+    for schema in state.get_all_operator_schema():
+        key = (schema.domain, schema.name)
+        versions[key] = max(versions.get(key, 0), schema.since_version)
+    return versions
 
 
 def onnxruntime_knows(node: onnx.NodeProto) -> bool:
     """Whether this ONNX Runtime build has a schema for the node's (domain, op type)."""
-    return (node.domain, node.op_type) in _schemas()
+    return (node.domain, node.op_type) in _schema_versions()
 
 
-def onnxruntime_op(node: onnx.NodeProto, opset_imports: Iterable[onnx.OperatorSetIdProto]) -> OpFn:
-    """A registry-compatible op that computes ``node`` in ONNX Runtime.
+class OnnxRuntimeKernel:
+    """One node in a one-node model run by ONNX Runtime; torch tensors in and out.
 
-    Sessions are built on first use per input dtype/rank signature (shapes stay dynamic, so
-    calibration batches of any size reuse them).
+    ``domain_version`` is the model's opset for the node's domain (the newest ONNX Runtime knows
+    when not given). Sessions are built on first use per input dtype/rank signature, shapes
+    left dynamic, so calibration batches of any size reuse them.
     """
-    template = onnx.NodeProto()
-    template.CopyFrom(node)
-    opsets = [helper.make_opsetid(o.domain, o.version) for o in opset_imports]
-    sessions: dict[tuple, ort.InferenceSession] = {}
 
-    def run(context: NodeContext, args: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+    def __init__(self, node: onnx.NodeProto, opset: int, domain_version: int | None = None):
+        self.node = onnx.NodeProto()
+        self.node.CopyFrom(node)
+        version = domain_version or _schema_versions().get((node.domain, node.op_type), 1)
+        self.opsets = [helper.make_opsetid("", opset)]
+        if node.domain not in ("", "ai.onnx"):
+            self.opsets.append(helper.make_opsetid(node.domain, version))
+        self.sessions: dict[tuple, ort.InferenceSession] = {}
+
+    def run(self, args: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        """Outputs in the node's order; ``None`` where an output is not requested (``''``)."""
         feeds = {
             name: value.detach().cpu().numpy()
-            for name, value in zip(template.input, args, strict=False)
+            for name, value in zip(self.node.input, args, strict=False)
             if name and value is not None
         }
         signature = tuple((name, array.dtype.str, array.ndim) for name, array in feeds.items())
-        if signature not in sessions:
-            sessions[signature] = _session(template, opsets, feeds)
-        wanted = [name for name in template.output[: context.num_outputs] if name]
-        results = sessions[signature].run(wanted, feeds)
+        if signature not in self.sessions:
+            self.sessions[signature] = self._session(feeds)
+        requested = [name for name in self.node.output if name]
+        results = dict(zip(requested, self.sessions[signature].run(requested, feeds), strict=True))
         device = next((a.device for a in args if a is not None), torch.device("cpu"))
-        return [torch.from_numpy(np.asarray(result)).to(device) for result in results]
+        return [
+            torch.from_numpy(np.asarray(results[name])).to(device) if name else None
+            for name in self.node.output
+        ]
 
-    return run
-
-
-def _session(
-    node: onnx.NodeProto, opsets: list[onnx.OperatorSetIdProto], feeds: dict[str, np.ndarray]
-) -> ort.InferenceSession:
-    inputs = [
-        helper.make_tensor_value_info(
-            name, helper.np_dtype_to_tensor_dtype(array.dtype), [None] * array.ndim
+    def _session(self, feeds: dict[str, np.ndarray]) -> ort.InferenceSession:
+        inputs = [
+            helper.make_tensor_value_info(
+                name, helper.np_dtype_to_tensor_dtype(array.dtype), [None] * array.ndim
+            )
+            for name, array in feeds.items()
+        ]
+        outputs = [
+            helper.make_value_info(name, onnx.TypeProto()) for name in self.node.output if name
+        ]
+        graph = helper.make_graph([self.node], f"{self.node.op_type}_alone", inputs, outputs)
+        model = helper.make_model(graph, opset_imports=self.opsets)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.intra_op_num_threads = 1
+        return ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
         )
-        for name, array in feeds.items()
-    ]
-    outputs = [helper.make_value_info(name, onnx.TypeProto()) for name in node.output if name]
-    graph = helper.make_graph([node], f"{node.op_type}_alone", inputs, outputs)
-    model = helper.make_model(graph, opset_imports=opsets)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )

@@ -13,9 +13,8 @@ from qaas_engine import QuantSpec
 from qaas_engine.data import model_inputs, validate_arrays
 from qaas_engine.errors import UnsupportedOpError
 from qaas_engine.flow import quantize
-from qaas_engine.graph.registry import NodeContext
 from qaas_engine.importer import import_model
-from qaas_engine.onnxruntime_ops import onnxruntime_knows, onnxruntime_op
+from qaas_engine.onnxruntime_ops import OnnxRuntimeKernel, onnxruntime_knows
 
 OPSETS = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
 
@@ -25,18 +24,18 @@ def test_contrib_op_matches_torch_for_any_batch():
         "FusedMatMul", ["a", "b"], ["y"], domain="com.microsoft", alpha=0.5, transB=1
     )
     assert onnxruntime_knows(node)
-    op = onnxruntime_op(node, OPSETS)
-    context = NodeContext("FusedMatMul", "fused", {}, 17, 1)
+    kernel = OnnxRuntimeKernel(node, 17)
     weight = torch.randn(3, 4)
     for batch in (2, 5):  # one session serves every batch size
         x = torch.randn(batch, 4)
-        (y,) = op(context, [x, weight])
+        (y,) = kernel.run([x, weight])
         torch.testing.assert_close(y, 0.5 * x @ weight.T)
+    assert len(kernel.sessions) == 1
 
 
-def test_contrib_and_ml_ops_keep_their_dtypes():
-    node = helper.make_node("Gelu", ["x"], ["y"], domain="com.microsoft")
-    (y,) = onnxruntime_op(node, OPSETS)(NodeContext("Gelu", "g"), [torch.linspace(-3, 3, 7)])
+def test_contrib_and_ml_ops_keep_their_dtypes_and_output_positions():
+    gelu = helper.make_node("Gelu", ["x"], ["y"], domain="com.microsoft")
+    (y,) = OnnxRuntimeKernel(gelu, 17).run([torch.linspace(-3, 3, 7)])
     torch.testing.assert_close(y, torch.nn.functional.gelu(torch.linspace(-3, 3, 7)))
     label = helper.make_node(
         "LabelEncoder",
@@ -47,9 +46,17 @@ def test_contrib_and_ml_ops_keep_their_dtypes():
         values_int64s=[10, 20],
         default_int64=-1,
     )
-    opsets = [*OPSETS, helper.make_opsetid("ai.onnx.ml", 2)]
-    (v,) = onnxruntime_op(label, opsets)(NodeContext("LabelEncoder", "l"), [torch.tensor([2, 7])])
-    assert v.tolist() == [20, -1]
+    (v,) = OnnxRuntimeKernel(label, 17, domain_version=2).run([torch.tensor([2, 7])])
+    assert v.dtype == torch.int64 and v.tolist() == [20, -1]
+    # SkipLayerNormalization with its optional mean output not requested
+    norm = helper.make_node(
+        "SkipLayerNormalization", ["x", "skip", "g"], ["n", "", "inv"], domain="com.microsoft"
+    )
+    x, skip = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    normed, skipped, inv_std = OnnxRuntimeKernel(norm, 17).run([x, skip, torch.ones(4)])
+    assert skipped is None and inv_std.numel() == 6
+    expected = torch.nn.functional.layer_norm(x + skip, (4,), eps=1e-12)
+    torch.testing.assert_close(normed, expected, atol=1e-4, rtol=0)
 
 
 def test_unknown_custom_op_is_not_claimed():
@@ -60,8 +67,8 @@ def test_unknown_custom_op_is_not_claimed():
 @pytest.mark.xfail(
     strict=True,
     raises=UnsupportedOpError,
-    reason="the graph executor (op-coverage branch) does not yet dispatch foreign-domain nodes "
-    "to onnxruntime_op",
+    reason="the graph executor (op-coverage branch) does not yet build an OnnxRuntimeKernel for "
+    "foreign-domain nodes",
 )
 def test_model_with_contrib_op_quantizes_around_it(tmp_path):
     rng = np.random.default_rng(0)
