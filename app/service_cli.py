@@ -17,14 +17,21 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from app.cli_options import (
+    CliError,
+    add_quantize_options,
+    add_training_options,
+    spec_from_args,
+    with_qat_epochs,
+)
+from app.cli_output import ProgressLine, result_table
+
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_TIMEOUT = 0, 1, 2, 3
 DEFAULT_URL = "http://127.0.0.1:8000"
 DELETE_KINDS = ("job", "model", "dataset")
 
 
 def add_service_commands(commands: Any) -> None:
-    from app.cli import add_quantize_options, add_training_options
-
     serve = commands.add_parser(
         "serve",
         help="run the API and one worker (embedded default: no external services)",
@@ -104,7 +111,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_keys(args: argparse.Namespace) -> int:
     """``keys create|list|revoke``: straight to the database, for the operator (no API key
     needed, so it works before the first key exists or after every key was revoked)."""
-    from app.cli import CliError
     from app.core.config import Settings
     from app.core.db import make_engine, make_sessionmaker, run_migrations, transaction
     from app.core.errors import NotFound
@@ -209,8 +215,6 @@ def _job_exit(job: dict[str, Any]) -> int:
 
 @_client_errors
 def cmd_submit(args: argparse.Namespace) -> int:
-    from app.cli import CliError, ProgressLine, result_table, spec_from_args, with_qat_epochs
-
     if args.output is not None and not args.wait:
         raise CliError("-o/--output needs --wait")
     # The same flags, checked the same way, as 'qaas quantize'.
@@ -280,8 +284,6 @@ def external_data_of(model: Path) -> list[str]:
 
 def _read_energy_profile(path: Path | None) -> dict[str, Any] | None:
     """The file's JSON object, sent as is: the server checks its fields."""
-    from app.cli import CliError
-
     if path is None:
         return None
     try:

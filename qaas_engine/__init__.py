@@ -18,13 +18,15 @@ _EXPORTS = {
     "UnsupportedOpError": "qaas_engine.errors",
     "Cancelled": "qaas_engine.errors",
     "Dataset": "qaas_engine.data",
+    "EnergyProfile": "qaas_engine.cost.energy",
     "load_npz": "qaas_engine.data",
     "model_inputs": "qaas_engine.data",
     "ImportedModel": "qaas_engine.importer",
     "import_model": "qaas_engine.importer",
-    "QuantizationResult": "qaas_engine.flow",
+    "QuantizationResult": "qaas_engine.artifacts.result",
     "quantize": "qaas_engine.flow",
     "QuantSpec": "qaas_engine.spec",
+    "SavedRun": "qaas_engine.job",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]

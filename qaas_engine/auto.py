@@ -19,20 +19,19 @@ from typing import Any
 
 import onnx
 
+from qaas_engine.artifacts.result import QuantizationResult
+from qaas_engine.cost.energy import EnergyProfile
 from qaas_engine.data import Dataset
 from qaas_engine.errors import SpecError
-from qaas_engine.flow import (
-    PipelineData,
-    QuantizationResult,
-    evaluate,
-    finish,
-    run_pipeline,
-)
+from qaas_engine.evaluation import evaluate
 from qaas_engine.importer import ImportedModel
-from qaas_engine.pipeline import PipelineState, Progress, Timer, to_torch
+from qaas_engine.pipeline import PipelineData, run_pipeline
 from qaas_engine.quant.sim import QuantSim
-from qaas_engine.reporting.energy import EnergyProfile, energy_report
+from qaas_engine.reporting.energy import energy_report
+from qaas_engine.reporting.report import finish
 from qaas_engine.spec import QuantSpec
+from qaas_engine.state import PipelineState, Progress, Timer, to_torch
+from qaas_engine.step_registry import DATA_FLAGS, missing_data
 
 DEFAULT_MAX_DROP = 1.0  # top-1 points, when auto is asked for without a target
 HELD_OUT_FRACTION = 0.2  # of the training (else calibration) data, when no validation set
@@ -44,19 +43,15 @@ class Rung:
     name: str
     pipeline: tuple[str, ...]
     summary: str
-    needs_training: bool = False
-    needs_calibration: bool = False
 
 
 LADDER: tuple[Rung, ...] = (
     Rung("ptq", (), "BatchNorm folding and calibrated ranges only"),
     Rung("dfq", ("cle", "bias_correction"), "cross-layer equalization and bias correction"),
-    Rung("adaround", ("cle", "adaround"), "equalization and learned rounding",
-         needs_calibration=True),
+    Rung("adaround", ("cle", "adaround"), "equalization and learned rounding"),
     Rung("mixed_precision", ("cle", "bayesian_bits"),
-         "Bayesian Bits: bit-width per layer and pruning, trained", needs_training=True),
-    Rung("qat", ("cle", "adaround", "qat"), "AdaRound, then quantization-aware training",
-         needs_training=True, needs_calibration=True),
+         "Bayesian Bits: bit-width per layer and pruning, trained"),
+    Rung("qat", ("cle", "adaround", "qat"), "AdaRound, then quantization-aware training"),
 )  # fmt: skip
 
 
@@ -119,7 +114,9 @@ def auto_quantize(
             chosen = attempt
             break
     search_seconds = time.perf_counter() - search_start
-    assert chosen is not None and chosen.state is not None  # the first rung always runs
+    # the first rung always runs, and the chosen attempt keeps its model
+    assert chosen is not None and chosen.state is not None
+    assert chosen.sim is not None and chosen.qdq is not None
     _mark_frontier([t.row for t in tried if "skipped" not in t.row])
     met = bool(chosen.row["meets_target"])
     final_timer = chosen.timer or timer
@@ -175,11 +172,13 @@ def _split_validation(data: PipelineData, seed: int) -> tuple[PipelineData, Vali
 
 
 def _missing_data(rung: Rung, data: PipelineData) -> str | None:
-    if rung.needs_training and data.training is None:
-        return "needs training data (--training NPZ)"
-    if rung.needs_calibration and data.calibration is None:
-        return "needs calibration data (--calibration NPZ)"
-    return None
+    """Why a rung cannot run with the data given (its steps' needs, from the registry)."""
+    missing = sorted({need for _, need in missing_data(rung.pipeline, data.available())})
+    if not missing:
+        return None
+    # training before calibration: the order the ladder's users add data in
+    need = "training" if "training" in missing else missing[0]
+    return f"needs {need} data ({DATA_FLAGS[need]})"
 
 
 def _attempt(

@@ -156,6 +156,7 @@ def _fit_input(
     array: np.ndarray, spec: InputSpec, role: str, source: str
 ) -> tuple[np.ndarray, bool]:
     rank = len(spec.shape)
+    is_stacked: bool | None  # None: the array fits the declared shape neither way
     if array.ndim == rank:
         is_stacked, sample_shape = False, array.shape[1:]
         declared = spec.shape[1:]
@@ -187,7 +188,7 @@ def _fit_input(
         raise DataError(f"{role} file {source}: array '{spec.name}' is not numeric ({array.dtype})")
     if np.issubdtype(spec.dtype, np.floating) and not np.all(np.isfinite(array)):
         raise DataError(f"{role} file {source}: array '{spec.name}' holds NaN or infinite values")
-    return np.ascontiguousarray(array.astype(spec.dtype, copy=False)), is_stacked
+    return np.ascontiguousarray(array.astype(spec.dtype, copy=False)), bool(is_stacked)
 
 
 def _check_labels(labels: np.ndarray, count: int, role: str, source: str) -> np.ndarray:

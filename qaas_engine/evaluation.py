@@ -10,6 +10,13 @@ import math
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from qaas_engine.data import Dataset
+from qaas_engine.quant.sim import QuantSim
+from qaas_engine.state import PipelineState, to_torch
 
 # An exact match has infinite SQNR; JSON has no infinity, so it is reported at this ceiling.
 SQNR_CEILING_DB = 200.0
@@ -69,3 +76,68 @@ class FidelityMeter:
         metrics["cosine"] = self.cosine_sum / self.samples if self.samples else None
         metrics["samples"] = self.samples
         return metrics
+
+
+def ort_session(model: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def evaluate(
+    state: PipelineState, sim: QuantSim, qdq: onnx.ModelProto, data: Dataset | None
+) -> dict[str, Any]:
+    """Float, simulated and ONNX Runtime outputs side by side on the same batches."""
+    if data is None:
+        empty = {"top1": None, "sqnr_db": None, "top1_agreement": None, "cosine": None}
+        return {
+            "float": dict(empty),
+            "simulated": dict(empty),
+            "onnxruntime": dict(empty),
+            "simulation_vs_onnxruntime": dict(empty),
+            "note": "no calibration or evaluation data given: nothing to measure",
+        }
+    session = ort_session(qdq)
+    output = state.executor.output_names[0]
+    meters = {key: FidelityMeter() for key in ("float", "simulated", "onnxruntime", "gap")}
+    total = data.num_samples
+    done = 0
+    with torch.no_grad():
+        for feeds, labels in data.batches(state.spec.batch_size):
+            tensors = to_torch(feeds)
+            float_out = state.executor.run(tensors, weights=state.float_weights)[output]
+            reference = float_out.float().numpy()
+            simulated = sim.run(tensors, outputs=[output])[output].float().numpy()
+            runtime = session.run([output], feeds)[0].astype(np.float32)
+            meters["float"].update(reference, reference, labels)
+            meters["simulated"].update(reference, simulated, labels)
+            meters["onnxruntime"].update(reference, runtime, labels)
+            meters["gap"].update(simulated, runtime, None)
+            done += len(labels) if labels is not None else 1
+            state.progress("evaluation", min(1.0, done / total))
+    gap = meters["gap"].result()
+    gap["max_abs_diff"] = meters["gap"].max_abs_diff
+    return {
+        "float": meters["float"].result(reference_itself=True),
+        "simulated": meters["simulated"].result(),
+        "onnxruntime": meters["onnxruntime"].result(),
+        "simulation_vs_onnxruntime": gap,
+        "output": output,
+    }
+
+
+SIM_RUNTIME_AGREEMENT_FLOOR = 0.99
+
+
+def gap_warnings(metrics: dict[str, Any]) -> list[str]:
+    """Say so loudly when ONNX Runtime does not compute what the simulation computed."""
+    agreement = metrics.get("simulation_vs_onnxruntime", {}).get("top1_agreement")
+    if agreement is None or agreement >= SIM_RUNTIME_AGREEMENT_FLOOR:
+        return []
+    return [
+        f"ONNX Runtime agrees with the simulation on only {agreement:.1%} of top-1 predictions; "
+        "the runtime's optimized kernels compute something else (seen with 16-bit weights and "
+        "16-bit activations in onnxruntime's graph optimizer): check metrics.onnxruntime"
+    ]

@@ -1,146 +1,58 @@
-"""The engine's one verb: ``quantize(model, spec, data) -> QuantizationResult``.
+"""One pipeline run: prepare (BN folding) -> float steps -> quantizers and ranges -> quantized
+steps -> QDQ export. The model, not the report: ``flow`` and ``auto`` measure and report.
 
-Fixed phases (prepare, calibrate, export, evaluate) around the user's pipeline steps. A step is
-registered by name in ``STEPS`` with its stage: ``float`` steps change the float model before
-quantizers exist (equalization), ``quantized`` steps work on the calibrated simulation
-(bias correction, AdaRound, QAT). The CLI and the worker are the two callers.
+Which steps exist, their stage and their data needs come from ``step_registry``.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import onnx
-import torch
 
+from qaas_engine.cost.energy import EnergyProfile
 from qaas_engine.data import Dataset
 from qaas_engine.errors import SpecError
+from qaas_engine.export.qdq import export_qdq
 from qaas_engine.graph.executor import GraphExecutor
 from qaas_engine.importer import ImportedModel
 from qaas_engine.quant.moments import propagate
 from qaas_engine.quant.placement import place_quantizers
 from qaas_engine.quant.sim import QuantSim
-from qaas_engine.reporting.energy import EnergyProfile
 from qaas_engine.spec import QuantSpec
-from qaas_engine.transforms.bn_fold import FoldedBatchNorm, fold_batchnorms
+from qaas_engine.state import PipelineState, Progress, Timer, no_progress
+from qaas_engine.step_registry import STEPS, Data, Stage, missing_data_message
+from qaas_engine.transforms.bn_fold import fold_batchnorms
 from qaas_engine.transforms.cle import ChannelStats
-
-Progress = Callable[[str, float], None]
-Stage = Literal["float", "quantized"]
-
-
-@dataclass
-class PipelineState:
-    """What steps read and change. Steps never open files: data arrives as ``Dataset``."""
-
-    model: onnx.ModelProto
-    executor: GraphExecutor
-    spec: QuantSpec
-    calibration: Dataset | None
-    folded_batchnorms: list[FoldedBatchNorm]
-    progress: Progress
-    sim: QuantSim | None = None
-    step_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
-    channel_stats: dict[str, ChannelStats] = field(default_factory=dict)
-    data_free: bool = False
-    should_stop: Callable[[], bool] = lambda: False  # polled between layers and epochs
-    float_weights: dict[str, torch.Tensor] | None = None  # the reference after float steps
-    training: Dataset | None = None
-    validation: Dataset | None = None
-    energy_profile: EnergyProfile = field(default_factory=EnergyProfile)  # prices mixed precision
-
-    def rebuild_executor(self) -> None:
-        """After a float step rewrote the graph or its initializers."""
-        self.executor = GraphExecutor(self.model)
-
-    def calibration_feeds(self) -> Iterator[dict[str, torch.Tensor]]:
-        if self.calibration is None:
-            return iter(())
-        return (
-            to_torch(feeds)
-            for feeds, _ in self.calibration.batches(
-                self.spec.batch_size, self.spec.max_calibration_samples
-            )
-        )
 
 
 @dataclass(frozen=True)
-class Step:
-    name: str
-    stage: Stage
-    apply: Callable[[PipelineState], dict[str, Any]]
-    summary: str
+class PipelineData:
+    """The datasets steps learn from; the evaluation set is kept apart and only measures."""
+
+    calibration: Dataset | None = None
+    training: Dataset | None = None
+    validation: Dataset | None = None
+
+    def available(self) -> set[Data]:
+        have: set[Data] = set()
+        if self.calibration is not None:
+            have.add("calibration")
+        if self.training is not None:
+            have.add("training")
+            if self.training.labels is not None:
+                have.add("labels")
+        return have
 
 
-STEPS: dict[str, Step] = {}
-
-
-def register_step(step: Step) -> Step:
-    STEPS[step.name] = step
-    return step
-
-
-def to_torch(feeds: dict) -> dict[str, torch.Tensor]:
-    return {name: torch.from_numpy(array) for name, array in feeds.items()}
-
-
-def _bn_fold_report(state: PipelineState) -> dict[str, Any]:
-    return {
-        "folded": [{"layer": f.layer, "batchnorm": f.batchnorm} for f in state.folded_batchnorms],
-    }
-
-
-register_step(
-    Step(
-        "bn_fold",
-        "float",
-        _bn_fold_report,
-        "BatchNormalization folded into the preceding Conv/Gemm (always done while preparing; "
-        "listed here as a step so pipelines can name it)",
-    )
-)
-
-
-@dataclass
-class Timer:
-    steps: list[dict[str, Any]] = field(default_factory=list)
-
-    progress: Progress | None = None
-
-    def run(self, name: str, fn: Callable[[], Any]) -> Any:
-        if self.progress is not None:
-            self.progress(name, 0.0)
-        start = time.perf_counter()
-        result = fn()
-        self.steps.append({"name": name, "seconds": round(time.perf_counter() - start, 4)})
-        if self.progress is not None:
-            self.progress(name, 1.0)
-        return result
-
-
-def check_pipeline_order(pipeline: tuple[str, ...]) -> None:
-    seen_quantized = None
-    if pipeline == ("auto",):
-        return
-    for name in pipeline:
-        stage = STEPS[name].stage
-        if stage == "quantized":
-            seen_quantized = name
-        elif seen_quantized:
-            raise SpecError(
-                f"pipeline step '{name}' changes the float model and must come before "
-                f"'{seen_quantized}', which works on the quantized model"
-            )
-
-
-def prepare(imported: ImportedModel) -> tuple[onnx.ModelProto, list[FoldedBatchNorm]]:
-    model = onnx.ModelProto()
-    model.CopyFrom(imported.model)
-    folded = fold_batchnorms(model)
-    return model, folded
+def check_needs(pipeline: tuple[str, ...], data: PipelineData) -> None:
+    """Refuse before any work when a step lacks the data it cannot do without."""
+    message = missing_data_message(pipeline, data.available())
+    if message is not None:
+        raise SpecError(message)
 
 
 def build_state(
@@ -149,9 +61,12 @@ def build_state(
     calibration: Dataset | None,
     progress: Progress | None,
 ) -> PipelineState:
-    model, folded = prepare(imported)
+    """A copy of the model with BatchNorms folded (their statistics kept for data-free steps)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(imported.model)
+    folded = fold_batchnorms(model)
     executor = GraphExecutor(model)
-    state = PipelineState(model, executor, spec, calibration, folded, progress or _no_progress)
+    state = PipelineState(model, executor, spec, calibration, folded, progress or no_progress)
     state.channel_stats = {f.output: ChannelStats(f.beta, f.gamma) for f in folded}
     return state
 
@@ -160,12 +75,15 @@ def run_steps(state: PipelineState, stage: Stage, timer: Timer) -> None:
     for name in state.spec.pipeline:
         step = STEPS[name]
         if step.stage == stage:
-            state.step_reports[name] = timer.run(name, lambda s=step: s.apply(state))
+            apply = step.function()
+            report: dict[str, Any] = timer.run(name, partial(apply, state))
+            state.step_reports[name] = report
             if stage == "float":
                 state.rebuild_executor()
 
 
 def build_sim(state: PipelineState, timer: Timer) -> QuantSim:
+    """Quantizers placed, weight ranges set, activation ranges from data or BN statistics."""
     spec = state.spec
     placement = place_quantizers(
         state.model,
@@ -180,7 +98,7 @@ def build_sim(state: PipelineState, timer: Timer) -> QuantSim:
             timer.run("calibration", lambda: sim.calibrate(state.calibration_feeds, state.progress))
         elif state.channel_stats:
             state.data_free = True
-            moments = propagate(state.model, seeds(state))
+            moments = propagate(state.model, state.batchnorm_seeds())
             timer.run("data_free_ranges", lambda: sim.set_ranges_from_moments(moments))
         else:
             raise SpecError(
@@ -192,12 +110,28 @@ def build_sim(state: PipelineState, timer: Timer) -> QuantSim:
     return sim
 
 
-def seeds(state: PipelineState) -> dict:
-    return {name: (st.beta, st.gamma) for name, st in state.channel_stats.items()}
-
-
-def _no_progress(phase: str, fraction: float) -> None:
-    return None
-
-
-import qaas_engine.steps  # noqa: E402,F401  (registers the pipeline steps)
+def run_pipeline(
+    imported: ImportedModel,
+    spec: QuantSpec,
+    data: PipelineData,
+    timer: Timer,
+    profile: EnergyProfile,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[PipelineState, QuantSim, onnx.ModelProto]:
+    """Prepare, float steps, calibration, quantized steps and export: the model, not the report."""
+    check_needs(spec.pipeline, data)
+    state = timer.run("prepare", lambda: build_state(imported, spec, data.calibration, progress))
+    if should_stop is not None:
+        state.should_stop = should_stop
+    state.training, state.validation = data.training, data.validation
+    state.energy_profile = profile
+    run_steps(state, "float", timer)
+    # Quantized steps (bias correction, AdaRound) rewrite weights in place; the float reference
+    # every metric compares against is the model as it stands here.
+    state.float_weights = dict(state.executor.weights)
+    sim = build_sim(state, timer)
+    run_steps(state, "quantized", timer)
+    qdq = timer.run("export", lambda: export_qdq(state.model, sim))
+    onnx.checker.check_model(qdq)
+    return state, sim, qdq

@@ -108,6 +108,8 @@ def convert_pt2(path: Path) -> onnx.ModelProto:
         raise ModelImportError(
             f"could not convert the torch.export program to ONNX: {str(error)[:300]}"
         ) from None
+    if onnx_program is None:
+        raise ModelImportError("torch.onnx.export returned no program for the torch.export archive")
     return onnx_program.model_proto
 
 

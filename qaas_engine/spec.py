@@ -13,11 +13,11 @@ from pydantic import (
     Field,
     StringConstraints,
     field_validator,
-    model_validator,
 )
 
+from qaas_engine.step_registry import AUTO, check_pipeline
+
 SPEC_VERSION = 1
-AUTO = "auto"  # the pipeline that picks its own steps against max_accuracy_drop
 
 # Caps on the lists a spec holds. A spec is stored with its job and returned by every job
 # listing, and each pipeline step is run: without caps one request could store megabytes or
@@ -74,32 +74,11 @@ class QuantSpec(BaseModel):
             )
         return value
 
-    @model_validator(mode="after")
-    def _pipeline_known(self) -> QuantSpec:
-        from qaas_engine.pipeline import STEPS
-
-        if AUTO in self.pipeline:
-            if self.pipeline != (AUTO,):
-                raise ValueError(
-                    "pipeline 'auto' chooses the steps itself: give it alone, not with "
-                    f"{', '.join(s for s in self.pipeline if s != AUTO)}"
-                )
-            return self
-        unknown = [step for step in self.pipeline if step not in STEPS]
-        if unknown:
-            raise ValueError(
-                f"unknown pipeline step(s) {', '.join(unknown)}; known: "
-                f"{', '.join(sorted(STEPS))}, or auto alone"
-            )
-        # Every step is idempotent or converges on its own (cle iterates to a fixed point, qat
-        # has qat_epochs), and reports are kept by step name: a repeat only costs time.
-        repeated = sorted({step for step in self.pipeline if self.pipeline.count(step) > 1})
-        if repeated:
-            raise ValueError(
-                f"pipeline step(s) {', '.join(repeated)} given more than once; each step runs "
-                "at most once (raise qat_epochs or adaround_iterations for a longer run)"
-            )
-        return self
+    @field_validator("pipeline")
+    @classmethod
+    def _pipeline_valid(cls, pipeline: tuple[str, ...]) -> tuple[str, ...]:
+        check_pipeline(pipeline)  # known names, each once, float steps before quantized ones
+        return pipeline
 
     @property
     def is_auto(self) -> bool:
@@ -118,9 +97,7 @@ def is_op_type(name: str) -> bool:
     """
     import onnx.defs
 
-    from qaas_engine.graph.registry import OP_REGISTRY
-
-    return name in OP_REGISTRY or onnx.defs.has(name)
+    return onnx.defs.has(name)
 
 
 def parse_bits(text: str, *, allow_float: bool) -> int | None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from billiard.connection import Connection
 
-from app.core.errors import InsufficientStorage
+from app.core.errors import InsufficientStorage, is_storage_full
 from app.core.limits import (
     is_out_of_memory,
     limit_process,
@@ -33,7 +33,7 @@ from app.core.limits import (
     time_limit_detail,
 )
 from app.core.sandbox import Confinement, confine
-from app.core.storage import LocalStorage, is_storage_full
+from app.core.storage import LocalStorage
 from qaas_engine.errors import QaasInputError
 
 log = logging.getLogger("qaas.worker")
@@ -45,10 +45,13 @@ PRELOAD = [
     "qaas_engine.importer",
     "qaas_engine.data",
     "qaas_engine.spec",
-    "qaas_engine.flow",
-    "qaas_engine.steps",
+    "qaas_engine.job",
+    "qaas_engine.steps.float_steps",
+    "qaas_engine.steps.bias_correction",
+    "qaas_engine.steps.adaround",
+    "qaas_engine.steps.training",
     "qaas_engine.auto",
-    "qaas_engine.reporting.html",
+    "qaas_engine.artifacts.html",
     "qaas_engine.reporting.latency",
     "onnxruntime",
     "worker.limited",
@@ -73,10 +76,10 @@ class ChildJob:
     staged: Path
     storage_root: Path
     storage_min_free_bytes: int
-    phase_delay_s: float = 0.0  # the test suite's hook: a job slow enough to act on
     sandbox: bool = True
     keep_out: tuple[Path, ...] = ()  # the data folders: never readable as part of the runtime
     max_dataset_expanded_bytes: int | None = None
+    max_accuracy_drop: float | None = None  # the job's target, a fraction of top-1
 
     def confinement(self) -> Confinement:
         """The model's folder (its external data sits beside it) and the data files to read;
@@ -226,43 +229,22 @@ STORAGE_FILLED_UP = (
 
 
 def _quantize_and_save(job: ChildJob, sender: Connection) -> dict[str, Any]:
-    from qaas_engine import QuantSpec, import_model, load_npz, model_inputs, quantize
+    from qaas_engine import QuantSpec
+    from qaas_engine import job as engine_job
 
     def progress(phase: str, fraction: float) -> None:
-        if job.phase_delay_s:
-            time.sleep(job.phase_delay_s)
         sender.send(("progress", phase, fraction))
 
-    started = time.perf_counter()
-    progress("load", 0.0)
-    spec = QuantSpec.model_validate(job.spec)
-    imported = import_model(job.model_path)
-    model_specs = model_inputs(imported.model)
-    data = {
-        role: load_npz(
-            path, model_specs, role=role, max_expanded_bytes=job.max_dataset_expanded_bytes
-        )
-        if path is not None
-        else None
-        for role, path in job.data_paths.items()
-    }
-    progress("load", 1.0)
-    load_seconds = time.perf_counter() - started
-    result = quantize(
-        imported,
-        spec,
+    storage = LocalStorage(job.storage_root, min_free_bytes=job.storage_min_free_bytes)
+    saved = engine_job.run(
+        job.model_path,
+        job.data_paths,
+        QuantSpec.model_validate(job.spec),
+        job.staged,
         progress=progress,
         energy_profile=job.energy_profile,
-        **data,
+        max_accuracy_drop=job.max_accuracy_drop,
+        max_dataset_expanded_bytes=job.max_dataset_expanded_bytes,
+        before_save=lambda: storage.ensure_space(0, "the job's artifacts"),
     )
-    progress("save", 0.0)
-    started = time.perf_counter()
-    storage = LocalStorage(job.storage_root, min_free_bytes=job.storage_min_free_bytes)
-    storage.ensure_space(0, "the job's artifacts")
-    written = result.save(job.staged)
-    return {
-        "report": result.report,
-        "written": sorted(path.name for path in written.values()),
-        "load_seconds": load_seconds,
-        "save_seconds": time.perf_counter() - started,
-    }
+    return {"report": saved.report, "written": sorted(saved.written)}

@@ -9,7 +9,8 @@ from celery import Task
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
 from app.core.config import Settings
-from worker.celery_app import celery_app, ensure_broker_folders
+from app.core.queue import RUN_JOB, JobQueue, ensure_broker_folders
+from worker.celery_app import celery_app
 from worker.reaper import Reaper
 from worker.runner import DATABASE_UNAVAILABLE, run_job
 from worker.runtime import Runtime, get_runtime, worker_name
@@ -24,7 +25,7 @@ def _settings() -> Settings:
 
 
 @celery_app.task(
-    name="jobs.run",
+    name=RUN_JOB,
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
@@ -46,10 +47,6 @@ def run(self: Task, job_id: str) -> str:
     return outcome.status
 
 
-def enqueue(job_id: str) -> None:
-    celery_app.send_task("jobs.run", args=[job_id], queue=_settings().queue)
-
-
 @worker_init.connect
 def _worker_init(**_: Any) -> None:
     ensure_broker_folders(_settings())
@@ -64,7 +61,8 @@ def _process_init(**_: Any) -> None:
 def _start_reaper(**_: Any) -> None:
     global _reaper
     # No pooled connections in the parent: pool children are forked from it later too.
-    _reaper = Reaper(Runtime.build(_settings(), pooled=False), enqueue)
+    settings = _settings()
+    _reaper = Reaper(Runtime.build(settings, pooled=False), JobQueue(settings, celery_app).enqueue)
     _reaper.start()
 
 

@@ -93,12 +93,6 @@ class Settings(BaseSettings):
     requeue_after_s: float = Field(300.0, gt=0, description="resend a queued job not started")
     reaper_interval_s: float = Field(15.0, gt=0)
 
-    # Test hooks, never set in a deployment: sleep at every progress report so a job can be
-    # caught mid-run; and a file of job ids whose attempts SIGKILL their own worker process
-    # (a poison job, for the fault-injection suite).
-    test_phase_delay_s: float = Field(0.0, ge=0, exclude=True)
-    test_kill_jobs_file: Path | None = Field(None, exclude=True)
-
     @property
     def embedded(self) -> bool:
         """No external database: the one-machine default, where a local key is made for you."""

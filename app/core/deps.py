@@ -1,18 +1,20 @@
 """Request dependencies as ``Annotated`` aliases; ownership checks live in the loaders."""
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: ``owned`` declares its loader's parameters from its
+# arguments, and FastAPI reads those annotations as objects, not as names in this module.
 
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Path, Request
 from sqlalchemy.orm import Session
 
 from app.auth.tables import Tenant
 from app.auth.throttle import client_address, verify_throttled
 from app.core.context import Context
 from app.core.db import run_after_commit
+from app.core.owned import Row, TenantRepository
 
 
 def get_context(request: Request) -> Context:
@@ -76,3 +78,25 @@ def get_tenant(
 
 
 TenantDep = Annotated[Tenant, Depends(get_tenant)]
+
+
+def owned(repository: type[TenantRepository[Row]], path_param: str) -> Any:
+    """``Annotated[Model, owned(ModelRepository, "model_id")]``: the row the route's
+    ``path_param`` names, loaded for the caller's tenant, or 404."""
+
+    def load(
+        row_id: Annotated[str, Path(alias=path_param)], tenant: TenantDep, session: SessionDep
+    ) -> Any:
+        return repository(session).owned(row_id, tenant.id)
+
+    return Depends(load)
+
+
+def owned_rows(repository: type[TenantRepository[Row]], limit: int = 100) -> Any:
+    """``Annotated[list[Model], owned_rows(ModelRepository)]``: the caller's tenant's rows,
+    newest first."""
+
+    def load(tenant: TenantDep, session: SessionDep) -> Any:
+        return repository(session).list_for_tenant(tenant.id, limit)
+
+    return Depends(load)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 
 from fastapi import FastAPI, Request
@@ -12,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("qaas.api")
 DATABASE_RETRY_AFTER_S = 5
+STORAGE_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 class AppError(Exception):
@@ -79,6 +81,11 @@ class InsufficientStorage(AppError):
         super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
 
 
+def is_storage_full(error: BaseException) -> bool:
+    """A write failed for want of space (or quota): the storage's fault, not the request's."""
+    return isinstance(error, OSError) and error.errno in STORAGE_FULL_ERRNOS
+
+
 class ServiceUnavailable(AppError):
     status_code, code = 503, "unavailable"
 
@@ -116,8 +123,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(OSError)
     async def _os_error(request: Request, error: OSError) -> JSONResponse:
-        from app.core.storage import is_storage_full
-
         if not is_storage_full(error):
             return await _internal(request, error)
         # A write that the free-space floor did not foresee (another process filled the disk).

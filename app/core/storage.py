@@ -4,7 +4,6 @@ by rename, so a reader sees a whole file or none and a task that runs twice leav
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
 import shutil
@@ -14,16 +13,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.core.errors import InsufficientStorage, PayloadTooLarge
+from app.core.errors import InsufficientStorage, PayloadTooLarge, is_storage_full
 
 CHUNK = 1024 * 1024
 # While an upload streams in, free space is looked at again after every this many bytes.
 SPACE_CHECK_BYTES = 8 * CHUNK
-STORAGE_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-
-
-def is_storage_full(error: BaseException) -> bool:
-    return isinstance(error, OSError) and error.errno in STORAGE_FULL_ERRNOS
 
 
 @dataclass(frozen=True)

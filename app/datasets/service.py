@@ -90,21 +90,15 @@ class DatasetService:
         return await run_in_threadpool(self.repository.add, dataset)
 
     def get(self, *, tenant_id: str, dataset_id: str) -> Dataset:
-        dataset = self.repository.get_for_tenant(dataset_id, tenant_id)
-        if dataset is None:
-            raise NotFound(f"dataset {dataset_id} not found")
-        return dataset
+        """Another tenant's dataset is indistinguishable from a missing one."""
+        return self.repository.owned(dataset_id, tenant_id)
 
-    def list(self, *, tenant_id: str, limit: int = 100) -> list[Dataset]:
-        return self.repository.list_for_tenant(tenant_id, limit)
-
-    def delete(self, *, tenant_id: str, dataset_id: str) -> None:
+    def delete(self, *, dataset: Dataset) -> None:
         """The row now, its file after commit; 409 while a queued or running job needs it
         (``app.core.deletion``). Finished jobs that used it keep their artifacts."""
-        dataset = self.get(tenant_id=tenant_id, dataset_id=dataset_id)
         deletion = Deletion(session=self.repository.session, storage=self.storage)
         if not deletion.dataset(dataset.id):
-            raise NotFound(f"dataset {dataset_id} not found")
+            raise NotFound(f"dataset {dataset.id} not found")
 
     async def check_fits(self, *, dataset: Dataset, model: Model, role: str) -> None:
         """The engine's own data checks, run now so a misfit is a 422, not a failed job."""

@@ -6,41 +6,29 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import func, or_, select, update
 
 from app.auth.tables import Tenant
 from app.core.db import utcnow
+from app.core.owned import TenantRepository
 from app.jobs.tables import TERMINAL, Job, JobStatus
 
 ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 DATASET_COLUMNS = (Job.calibration_id, Job.evaluation_id, Job.training_id, Job.validation_id)
 
 
-class JobRepository:
-    def __init__(self, session: Session) -> None:
-        self.session = session
+class JobRepository(TenantRepository[Job]):
+    table = Job
+    noun = "job"
 
     # reads
     def get(self, job_id: str) -> Job | None:
         return self.session.get(Job, job_id, populate_existing=True)
 
-    def get_for_tenant(self, job_id: str, tenant_id: str) -> Job | None:
-        return self.session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
-
     def by_idempotency_key(self, tenant_id: str, key: str) -> Job | None:
         return self.session.scalar(
             select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)
         )
-
-    def list_for_tenant(self, tenant_id: str, limit: int) -> list[Job]:
-        query = (
-            select(Job)
-            .where(Job.tenant_id == tenant_id)
-            .order_by(Job.created_at.desc())
-            .limit(limit)
-        )
-        return list(self.session.scalars(query))
 
     def lock_tenant_submissions(self, tenant_id: str) -> None:
         """Hold the tenant's row until this transaction ends, so that counting its jobs and
@@ -102,16 +90,6 @@ class JobRepository:
             .limit(limit)
         )
         return list(self.session.scalars(query))
-
-    def add(self, job: Job) -> Job:
-        self.session.add(job)
-        self.session.flush()
-        return job
-
-    def delete(self, job_id: str) -> bool:
-        """False when the row was already gone (deleted concurrently)."""
-        statement = delete(Job).where(Job.id == job_id).execution_options(synchronize_session=False)
-        return self.session.execute(statement).rowcount == 1
 
     # compare-and-set transitions
     def _cas(self, job_id: str, conditions: list[Any], values: dict[str, Any]) -> bool:

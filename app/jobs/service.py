@@ -22,10 +22,10 @@ from app.jobs.repository import JobRepository
 from app.jobs.schemas import JobCreate
 from app.jobs.tables import TERMINAL, Job, JobStatus
 from app.models_.service import ModelService
+from qaas_engine.cost.energy import EnergyProfile
 from qaas_engine.errors import SpecError
-from qaas_engine.pipeline import check_pipeline_order
-from qaas_engine.reporting.energy import EnergyProfile
 from qaas_engine.spec import QuantSpec
+from qaas_engine.step_registry import steps_needing, steps_taking
 
 log = logging.getLogger("qaas.jobs")
 
@@ -147,16 +147,19 @@ class JobService:
 
     async def _validate(self, *, tenant_id: str, request: JobCreate) -> None:
         spec = request.quantization
-        try:
-            check_pipeline_order(spec.pipeline)
-        except SpecError as error:
-            raise InvalidInput(str(error)) from None
         if spec.quantize_activations and request.calibration_id is None:
             raise InvalidInput(
                 "activation quantization needs calibration data: give calibration_id, "
                 "or keep activations in float (quantization.activation_bits = null)"
             )
-        training_steps = [step for step in spec.pipeline if step in TRAINING_STEPS]
+        calibration_steps = steps_needing(spec.pipeline, "calibration")
+        if calibration_steps and request.calibration_id is None:
+            raise InvalidInput(
+                f"the {calibration_steps[0]} step needs calibration data: upload an .npz and "
+                f"give its id as calibration_id, or remove {calibration_steps[0]} from "
+                "quantization.pipeline"
+            )
+        training_steps = steps_needing(spec.pipeline, "training")
         if training_steps and request.training_id is None:
             raise InvalidInput(
                 f"the {training_steps[0]} step needs training data: upload an .npz (labels used "
@@ -167,8 +170,9 @@ class JobService:
             for field in ("training_id", "validation_id"):
                 if getattr(request, field) is not None:
                     raise InvalidInput(
-                        f"{field} is used only by the qat and bayesian_bits steps and by "
-                        f"pipeline auto: add one to quantization.pipeline, or leave {field} out"
+                        f"{field} is used only by the {' and '.join(steps_taking('training'))} "
+                        "steps and by pipeline auto: add one to quantization.pipeline, or leave "
+                        f"{field} out"
                     )
         check_energy_profile(request.energy_profile)
         model = await run_in_threadpool(
@@ -223,9 +227,6 @@ class JobService:
             self.repository.cancel(job.id)
         if not Deletion(session=self.session, storage=self.context.storage).job(job.id):
             raise NotFound(f"job {job_id} not found")
-
-
-TRAINING_STEPS = ("qat", "bayesian_bits")  # steps that learn from training_id
 
 
 def _with_target(request: JobCreate) -> QuantSpec:

@@ -3,12 +3,16 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, status
 
 from app.core.bundles import BUNDLE_CONTENT_TYPE
-from app.core.deps import ContextDep, SessionDep, TenantDep
+from app.core.deps import ContextDep, SessionDep, TenantDep, owned, owned_rows
 from app.core.uploads import RAW_BODY_OPENAPI, body_stream, declared_length, display_name
+from app.models_.repository import ModelRepository
 from app.models_.schemas import ModelOut
 from app.models_.service import ModelService
+from app.models_.tables import Model
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
+ModelDep = Annotated[Model, owned(ModelRepository, "model_id")]
+ModelsDep = Annotated[list[Model], owned_rows(ModelRepository)]
 MODEL_BODY_OPENAPI = {
     "requestBody": {
         "required": True,
@@ -62,24 +66,17 @@ def is_bundle(request: Request) -> bool:
 
 
 @router.get("", response_model=list[ModelOut])
-def list_models(tenant: TenantDep, session: SessionDep, context: ContextDep) -> list[ModelOut]:
-    models = _service(session, context).list(tenant_id=tenant.id)
+def list_models(models: ModelsDep) -> list[ModelOut]:
     return [ModelOut.model_validate(m) for m in models]
 
 
 @router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_model(
-    model_id: str, tenant: TenantDep, session: SessionDep, context: ContextDep
-) -> None:
+def delete_model(model: ModelDep, session: SessionDep, context: ContextDep) -> None:
     """Delete the model and its files, freeing its quota at once. 409 while a queued or running
     job needs it; finished jobs made from it keep their artifacts (their model_id becomes null)."""
-    _service(session, context).delete(tenant_id=tenant.id, model_id=model_id)
+    _service(session, context).delete(model=model)
 
 
 @router.get("/{model_id}", response_model=ModelOut)
-def get_model(
-    model_id: str, tenant: TenantDep, session: SessionDep, context: ContextDep
-) -> ModelOut:
-    return ModelOut.model_validate(
-        _service(session, context).get(tenant_id=tenant.id, model_id=model_id)
-    )
+def get_model(model: ModelDep) -> ModelOut:
+    return ModelOut.model_validate(model)

@@ -153,17 +153,10 @@ class ModelService:
 
     def get(self, *, tenant_id: str, model_id: str) -> Model:
         """Another tenant's model is indistinguishable from a missing one."""
-        model = self.repository.get_for_tenant(model_id, tenant_id)
-        if model is None:
-            raise NotFound(f"model {model_id} not found")
-        return model
+        return self.repository.owned(model_id, tenant_id)
 
-    def list(self, *, tenant_id: str, limit: int = 100) -> list[Model]:
-        return self.repository.list_for_tenant(tenant_id, limit)
-
-    def delete(self, *, tenant_id: str, model_id: str) -> None:
+    def delete(self, *, model: Model) -> None:
         """The row now, its files after commit; 409 while a queued or running job needs it
         (``app.core.deletion``). Finished jobs made from it keep their artifacts."""
-        model = self.get(tenant_id=tenant_id, model_id=model_id)
         if not Deletion(session=self.repository.session, storage=self.storage).model(model.id):
-            raise NotFound(f"model {model_id} not found")
+            raise NotFound(f"model {model.id} not found")

@@ -135,7 +135,7 @@ def export_qdq(model: onnx.ModelProto, sim: QuantSim, *, unsigned: bool = True) 
     kept_initializers = []
     for init in graph.initializer:
         tensor = weights.get(init.name)
-        if init.name in param_encodings:
+        if init.name in param_encodings and tensor is not None:
             encoding = param_encodings[init.name]
             if init.name in sim.weight_encodings and unsigned:
                 encoding = unsigned_container(encoding)

@@ -110,7 +110,7 @@ class _Layer:
         return OP_REGISTRY[self.activation.op_type](self.activation.context, args)[0]
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor, params: Feeds) -> torch.Tensor:
-        args = []
+        args: list[torch.Tensor | None] = []
         for name in self.node.inputs:
             if name == self.weight:
                 args.append(weight)
@@ -185,13 +185,13 @@ class _ConvForm(_Form):
         super().__init__(layer, x, y, params, shape)
         inputs = layer.node.inputs
         self.bias = params.get(inputs[2]) if len(inputs) > 2 and inputs[2] else None
-        self.geometry = {
+        self.geometry: dict[str, Any] = {
             "stride": list(attrs.get("strides", [1] * spatial)),
             "padding": pads[:spatial],
             "dilation": list(attrs.get("dilations", [1] * spatial)),
             "groups": int(attrs.get("group", 1)),
         }
-        self.conv = (F.conv1d, F.conv2d, F.conv3d)[spatial - 1]
+        self.conv: Callable[..., torch.Tensor] = (F.conv1d, F.conv2d, F.conv3d)[spatial - 1]
         self.conv_weight = (
             conv_grad.conv1d_weight,
             conv_grad.conv2d_weight,
@@ -276,6 +276,8 @@ class _GenericForm(_Form):
             w = m.detach().requires_grad_(True)
             out = self.layer.forward(self.x.index_select(0, pick), w, self.params)
             (0.5 * torch.sum((out - self.y.index_select(0, pick)) ** 2)).backward()
+        if w.grad is None:
+            raise RuntimeError("the reconstruction loss does not reach the weight")
         return w.grad
 
 

@@ -21,20 +21,20 @@ the sim with those grids, the exported QDQ model is the model that was trained.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
 from torch import nn
 
-from qaas_engine.errors import Cancelled
+from qaas_engine.cost.energy import EnergyProfile, bit_operations, expected_energy_pj
+from qaas_engine.cost.shapes import LayerShape
 from qaas_engine.quant.encoding import Encoding
-from qaas_engine.quant.qat import Batch, QATConfig, _loss, _score, train_qat
+from qaas_engine.quant.qat import QATConfig, train_qat
 from qaas_engine.quant.sim import QuantSim
-from qaas_engine.reporting.energy import EnergyProfile, LayerShape
+from qaas_engine.quant.training import Batch, Penalty, Supervision, TrainingLoop, fit
 
 BIT_LADDER = (2, 4, 8, 16)
 HC_BETA, HC_ZETA, HC_GAMMA = 2.0 / 3.0, 1.1, -0.1  # hard-concrete temperature and stretch
@@ -212,21 +212,17 @@ class CostModel:
     def layer_cost(
         self, macs_share: torch.Tensor, w_bits: torch.Tensor, a_bits: torch.Tensor, term: CostTerm
     ) -> torch.Tensor:
-        p = self.profile
         if self.kind == "bops":
-            return term.macs * macs_share * w_bits * a_bits
-        ref = p.int_reference_bits
-        compute = (
-            term.macs
-            * macs_share
-            * (
-                p.int_mult_pj * w_bits * a_bits / ref**2
-                + p.int_add_pj * torch.maximum(w_bits, a_bits) / ref
-            )
+            return bit_operations(term.macs, macs_share, w_bits, a_bits)
+        return expected_energy_pj(
+            self.profile,
+            term.macs,
+            term.weight_elements,
+            term.input_elements,
+            macs_share,
+            w_bits,
+            a_bits,
         )
-        weights = term.weight_elements * macs_share * w_bits / 8 * p.byte_pj(p.weight_level)
-        inputs = term.input_elements * a_bits / 8 * p.byte_pj(p.activation_level)
-        return compute + weights + inputs
 
     def expected(
         self,
@@ -249,7 +245,12 @@ class CostModel:
             total += float(self.layer_cost(torch.tensor(1.0), w, a, term))
         return total
 
-    def _bits(self, name, quantizers, fixed_bits) -> tuple[torch.Tensor, torch.Tensor]:
+    def _bits(
+        self,
+        name: str | None,
+        quantizers: Mapping[str, GatedQuantizer],
+        fixed_bits: Mapping[str, int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if name is not None and name in quantizers:
             q = quantizers[name]
             return q.expected_bits(), q.active_fraction()
@@ -308,8 +309,8 @@ class BayesianBitsModel(nn.Module):
         for index, name in enumerate(sorted(sim.weight_encodings)):
             encoding = sim.weight_encodings[name]
             channels = None
-            if config.prune and sim.placement.weights[name].channel_axis is not None:
-                axis = sim.placement.weights[name].channel_axis
+            axis = sim.placement.weights[name].channel_axis
+            if config.prune and axis is not None:
                 channels = int(sim.executor.weights[name].shape[axis])
                 if not encoding.scheme.per_channel:
                     encoding = replace(encoding, scheme=replace(encoding.scheme, axis=axis))
@@ -329,15 +330,21 @@ class BayesianBitsModel(nn.Module):
             self.act_keys[name] = key
             gated = name in gated_acts
             start = max(encoding.scheme.bits, config.start_bits) if gated else encoding.scheme.bits
-            self.act_q[key] = GatedQuantizer(encoding, levels, start, None, fixed=not gated)
+            quantizer = GatedQuantizer(encoding, levels, start, None, fixed=not gated)
+            self.act_q[key] = quantizer
             if name not in gated_acts:
-                self.act_q[key].freeze()
+                quantizer.freeze()
 
     def weight_quantizers(self) -> dict[str, GatedQuantizer]:
-        return {name: self.weight_q[key] for name, key in self.weight_keys.items()}
+        return {
+            name: cast(GatedQuantizer, self.weight_q[key]) for name, key in self.weight_keys.items()
+        }
 
     def activation_quantizers(self) -> dict[str, GatedQuantizer]:
-        return {name: self.act_q[key] for name, key in self.act_keys.items()}
+        return {name: cast(GatedQuantizer, self.act_q[key]) for name, key in self.act_keys.items()}
+
+    def _all_quantizers(self) -> list[GatedQuantizer]:
+        return [*self.weight_quantizers().values(), *self.activation_quantizers().values()]
 
     def forward(self, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
         weights = {}
@@ -349,13 +356,13 @@ class BayesianBitsModel(nn.Module):
     def gate_parameters(self) -> list[nn.Parameter]:
         return [
             p
-            for q in [*self.weight_q.values(), *self.act_q.values()]
+            for q in self._all_quantizers()
             for p in (q.log_alpha, q.channel_log_alpha)
             if p.requires_grad
         ]
 
     def freeze(self) -> None:
-        for q in [*self.weight_q.values(), *self.act_q.values()]:
+        for q in self._all_quantizers():
             q.freeze()
 
     def commit(self) -> dict[str, np.ndarray]:
@@ -404,7 +411,15 @@ def train_bayesian_bits(
 
 
 def _train(
-    sim, training, validation, float_weights, terms, profile, config, progress, should_stop
+    sim: QuantSim,
+    training: Callable[[int], Iterable[Batch]],
+    validation: Callable[[], Iterable[Batch]],
+    float_weights: dict[str, torch.Tensor],
+    terms: list[CostTerm],
+    profile: EnergyProfile,
+    config: BayesianBitsConfig,
+    progress: Callable[[str, float], None] | None,
+    should_stop: Callable[[], bool] | None,
 ) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     spec_bits = {name: e.scheme.bits for name, e in sim.weight_encodings.items()}
@@ -418,52 +433,31 @@ def _train(
             {"params": model.gate_parameters(), "lr": config.gate_lr},
         ]
     )
-    output = sim.executor.output_names[0]
     total_epochs = config.epochs + config.finetune_epochs
-    curve: list[dict[str, Any]] = []
-    labelled = None
 
-    def run_epoch(epoch: int, phase: str, opt: torch.optim.Optimizer) -> None:
-        nonlocal labelled
-        if should_stop is not None and should_stop():
-            raise Cancelled("stopped between Bayesian Bits epochs")
-        start, task_losses, relative = time.perf_counter(), [], []
-        model.train()
-        for feeds, labels in training(epoch):
-            labelled = labels is not None
-            teacher = None
-            if labels is None:
-                with torch.no_grad():
-                    teacher = sim.executor.run(feeds, weights=float_weights)[output]
-            task = _loss(model(feeds), teacher, labels)
-            loss = task
-            if phase == "gates":
-                cost = costs.expected(
-                    model.weight_quantizers(), model.activation_quantizers(), spec_bits
-                )
-                loss = task + config.strength * cost / reference
-                relative.append(float(cost.detach()) / reference)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            task_losses.append(float(task.detach()))
-        model.eval()
-        score = _score(model, validation(), float_weights)
-        curve.append(
-            {
-                "epoch": epoch,
-                "phase": phase,
-                "train_loss": float(np.mean(task_losses)) if task_losses else None,
-                "expected_relative_cost": float(np.mean(relative)) if relative else None,
-                "validation": score,
-                "seconds": round(time.perf_counter() - start, 3),
-            }
-        )
+    def relative_cost() -> tuple[torch.Tensor, float]:
+        """The expected cost as a loss term, and relative to the spec's uniform widths."""
+        cost = costs.expected(model.weight_quantizers(), model.activation_quantizers(), spec_bits)
+        return config.strength * cost / reference, float(cost.detach()) / reference
+
+    def epoch_done(epoch: int) -> None:
         if progress:
             progress("bayesian_bits", epoch / max(total_epochs, 1))
 
-    for epoch in range(1, config.epochs + 1):
-        run_epoch(epoch, "gates", optimizer)
+    supervision = Supervision(sim, float_weights)
+    gates = TrainingLoop(
+        "Bayesian Bits",
+        model,
+        optimizer,
+        training,
+        validation,
+        supervision,
+        penalty=Penalty("expected_relative_cost", relative_cost),
+        tags={"phase": "gates"},
+        should_stop=should_stop,
+        progress=epoch_done,
+    )
+    curve = fit(gates, config.epochs).curve
     model.freeze()
     pruned = model.commit()
     finetune = None
@@ -482,7 +476,7 @@ def _train(
         )  # fmt: skip
     chosen = costs.expected(model.weight_quantizers(), model.activation_quantizers(), spec_bits)
     return {
-        "signal": "labels" if labelled else "distillation",
+        "signal": supervision.signal,
         "cost": config.cost,
         "strength": config.strength,
         "relative_cost": {

@@ -43,7 +43,9 @@ class _MeanMeter:
 
     @property
     def mean(self) -> np.ndarray:
-        return self.total / max(self.count, 1)
+        if self.total is None:
+            raise ValueError("no batch was measured")
+        return np.asarray(self.total / max(self.count, 1))
 
 
 def correctable_layers(sim: QuantSim) -> list[tuple[str, str, str]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 # Smallest scale we emit: keeps x / s finite for an all-zero tensor.
@@ -57,10 +58,11 @@ class Encoding:
     zero_point: np.ndarray  # int64, same shape
 
     @classmethod
-    def from_range(cls, scheme: QuantScheme, low: np.ndarray, high: np.ndarray) -> Encoding:
-        """Grid covering [low, high] (widened to include 0, so zero padding stays exact)."""
-        low = np.minimum(np.asarray(low, dtype=np.float64).reshape(-1), 0.0)
-        high = np.maximum(np.asarray(high, dtype=np.float64).reshape(-1), 0.0)
+    def from_range(cls, scheme: QuantScheme, lows: npt.ArrayLike, highs: npt.ArrayLike) -> Encoding:
+        """Grid covering [low, high] (widened to include 0, so zero padding stays exact); a
+        range per channel, or one (numbers are fine)."""
+        low = np.minimum(np.asarray(lows, dtype=np.float64).reshape(-1), 0.0)
+        high = np.maximum(np.asarray(highs, dtype=np.float64).reshape(-1), 0.0)
         qmin, qmax = scheme.qmin, scheme.qmax
         if scheme.symmetric:
             if scheme.restricted:

@@ -130,11 +130,17 @@ def weight_encoding(weight: torch.Tensor, scheme: QuantScheme, method: str) -> E
     return Encoding.from_range(scheme, lows, highs)
 
 
+def _histogram(hist: HistogramObserver | None) -> HistogramObserver:
+    if hist is None:
+        raise ValueError("this range estimator needs the histogram pass")
+    return hist
+
+
 ActivationEstimator = Callable[[MinMaxObserver, HistogramObserver | None, QuantScheme], tuple]
 
 ACTIVATION_METHODS: dict[str, tuple[bool, ActivationEstimator]] = {
     # name: (needs a histogram pass, estimator)
     "minmax": (False, lambda mm, hist, scheme: minmax_range(mm)),
-    "percentile": (True, lambda mm, hist, scheme: percentile_range(hist)),
-    "mse": (True, lambda mm, hist, scheme: mse_range(hist, scheme)),
+    "percentile": (True, lambda mm, hist, scheme: percentile_range(_histogram(hist))),
+    "mse": (True, lambda mm, hist, scheme: mse_range(_histogram(hist), scheme)),
 }

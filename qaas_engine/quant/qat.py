@@ -15,21 +15,17 @@ thing for every layer and every model: that is what lets the defaults work untun
 
 from __future__ import annotations
 
-import copy
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
-from qaas_engine.errors import Cancelled
 from qaas_engine.quant.encoding import Encoding
 from qaas_engine.quant.sim import QuantSim
-
-Batch = tuple[dict[str, torch.Tensor], torch.Tensor | None]
+from qaas_engine.quant.training import Batch, Supervision, TrainingLoop, fit
 
 
 @dataclass(frozen=True)
@@ -57,6 +53,8 @@ class LearnedQuantizer(nn.Module):
     The parameters hold the range in units of its starting magnitude (``unit``), so a
     learning rate is a relative change whatever the tensor's scale.
     """
+
+    unit: torch.Tensor  # a buffer: the range's starting magnitude
 
     def __init__(self, encoding: Encoding, learn: bool) -> None:
         super().__init__()
@@ -152,11 +150,19 @@ class QATModel(nn.Module):
             )
         # bias -> (its weight's quantizer, its input's quantizer): int32 at s_input * s_weight,
         # as the sim and the runtime hold it; a float bias here would train another model.
-        self.bias_grids = {
-            site.bias: (self.weight_keys[weight], self.act_keys[sim.quantizer_of(site.input)])
-            for weight, site in sim.placement.weights.items()
-            if site.bias in sim.bias_encodings and weight in self.weight_keys
-        }
+        self.bias_grids: dict[str, tuple[str, str]] = {}
+        for weight, site in sim.placement.weights.items():
+            if site.bias in sim.bias_encodings and weight in self.weight_keys:
+                source = sim.quantizer_of(site.input)
+                if site.bias is None or source is None:  # a bias grid needs both scales
+                    raise ValueError(f"bias of {weight} has an int32 grid but no input grid")
+                self.bias_grids[site.bias] = (self.weight_keys[weight], self.act_keys[source])
+
+    def _weight_quantizer(self, key: str) -> LearnedQuantizer:
+        return cast(LearnedQuantizer, self.weight_quantizers[key])
+
+    def _act_quantizer(self, key: str) -> LearnedQuantizer:
+        return cast(LearnedQuantizer, self.act_quantizers[key])
 
     def _unit(self, name: str) -> torch.Tensor:
         weight = self.sim.executor.weights[name].detach().float()
@@ -176,7 +182,9 @@ class QATModel(nn.Module):
         shape[axis] = -1
         return mask.reshape(shape)
 
-    def to(self, *args, **kwargs) -> QATModel:  # units and masks travel with the parameters
+    def to(
+        self, *args: Any, **kwargs: Any
+    ) -> QATModel:  # units and masks travel with the parameters
         super().to(*args, **kwargs)
         device = self.params[0].device if len(self.params) else None
         if device is not None:
@@ -199,8 +207,8 @@ class QATModel(nn.Module):
                 weights[name] = self.weight_quantizers[key](weight)
             elif name in self.bias_grids:
                 weight_key, input_key = self.bias_grids[name]
-                weight_scale = self.weight_quantizers[weight_key].scale().reshape(-1)
-                step = weight_scale * self.act_quantizers[input_key].scale().reshape(-1)
+                weight_scale = self._weight_quantizer(weight_key).scale().reshape(-1)
+                step = weight_scale * self._act_quantizer(input_key).scale().reshape(-1)
                 weights[name] = _round_ste(weight / step) * step
             else:
                 weights[name] = weight
@@ -214,66 +222,10 @@ class QATModel(nn.Module):
             for name, weight in self.trained_weights().items():
                 sim.executor.weights[name] = weight.detach().cpu().clone()
         for name, key in self.weight_keys.items():
-            sim.weight_encodings[name] = self.weight_quantizers[key].encoding()
+            sim.weight_encodings[name] = self._weight_quantizer(key).encoding()
         for name, key in self.act_keys.items():
-            sim.activation_encodings[name] = self.act_quantizers[key].encoding()
+            sim.activation_encodings[name] = self._act_quantizer(key).encoding()
         sim._derive_bias_encodings()
-
-
-# Softened targets carry more of the teacher than its top-1 (Hinton et al.); 2 beat 1 and 4 on
-# MobileNetV2-like digits nets at W4A4 (mean top-1 over four seeds: 0.944 / 0.948 / 0.939).
-DISTILLATION_TEMPERATURE = 2.0
-
-
-def _loss(student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor | None):
-    """Cross-entropy on labels; without them, match the float model's outputs: KL divergence
-    of softened class distributions for classifier logits, normalised MSE otherwise."""
-    if labels is not None:
-        return nn.functional.cross_entropy(student.reshape(len(labels), -1), labels)
-    if teacher is None:
-        raise ValueError("distillation needs the float model's outputs")
-    if student.dim() == 2 and student.shape[1] > 1:
-        t = DISTILLATION_TEMPERATURE
-        return nn.functional.kl_div(
-            nn.functional.log_softmax(student / t, dim=1),
-            nn.functional.log_softmax(teacher / t, dim=1),
-            log_target=True,
-            reduction="batchmean",
-        ) * (t * t)
-    return nn.functional.mse_loss(student, teacher) / teacher.var().clamp_min(1e-8)
-
-
-def _on(feeds: dict[str, torch.Tensor], device: torch.device | None) -> dict[str, torch.Tensor]:
-    if device is None:
-        return feeds
-    return {name: value.to(device) for name, value in feeds.items()}
-
-
-def _score(
-    model: nn.Module,
-    batches: Iterable[Batch],
-    float_weights,
-    device: torch.device | None = None,
-) -> float:
-    """Validation: top-1 with labels, else top-1 agreement with the float model."""
-    hits, total = 0, 0
-    output = model.sim.executor.output_names[0]
-    with torch.no_grad():
-        for feeds, labels in batches:
-            feeds = _on(feeds, device)
-            predicted = model(feeds).reshape(feeds_count(feeds, labels), -1).argmax(1).cpu()
-            if labels is None:
-                reference = model.sim.executor.run(feeds, weights=float_weights)[output]
-                labels = reference.reshape(len(predicted), -1).argmax(1).cpu()
-            hits += int((predicted == labels).sum())
-            total += len(labels)
-    return hits / max(total, 1)
-
-
-def feeds_count(feeds: dict[str, torch.Tensor], labels: torch.Tensor | None) -> int:
-    if labels is not None:
-        return len(labels)
-    return int(next(iter(feeds.values())).shape[0])
 
 
 def _device(config: QATConfig) -> torch.device:
@@ -311,7 +263,16 @@ def train_qat(
     return report
 
 
-def _train(sim, training, validation, float_weights, config, device, progress, should_stop):
+def _train(
+    sim: QuantSim,
+    training: Callable[[int], Iterable[Batch]],
+    validation: Callable[[], Iterable[Batch]],
+    float_weights: dict[str, torch.Tensor],
+    config: QATConfig,
+    device: torch.device,
+    progress: Callable[[str, float], None] | None,
+    should_stop: Callable[[], bool] | None,
+) -> dict[str, Any]:
     float_weights = {name: value.to(device) for name, value in float_weights.items()}
     torch.manual_seed(config.seed)
     model = QATModel(sim, config.learn_ranges).to(device)
@@ -320,61 +281,33 @@ def _train(sim, training, validation, float_weights, config, device, progress, s
         for p in [*model.weight_quantizers.parameters(), *model.act_quantizers.parameters()]
         if p.requires_grad
     ]
-    groups = [{"params": list(model.params), "lr": config.weight_lr}]
+    groups: list[dict[str, Any]] = [{"params": list(model.params), "lr": config.weight_lr}]
     if range_params:
         groups.append({"params": range_params, "lr": config.range_lr})
     optimizer = torch.optim.Adam(groups)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(config.epochs, 1))
-    output = sim.executor.output_names[0]
 
-    def validate() -> float:
-        return _score(model, validation(), float_weights, device)
-
-    best_score = validate()
-    best_state, best_epoch = copy.deepcopy(model.state_dict()), 0
-    curve = [{"epoch": 0, "train_loss": None, "validation": best_score, "seconds": 0.0}]
-    labelled = None
-    for epoch in range(1, config.epochs + 1):
-        if should_stop is not None and should_stop():
-            raise Cancelled("stopped between QAT epochs")
-        start, losses = time.perf_counter(), []
-        for feeds, labels in training(epoch):
-            feeds = _on(feeds, device)
-            labelled = labels is not None
-            teacher = None
-            if labels is None:
-                with torch.no_grad():
-                    teacher = sim.executor.run(feeds, weights=float_weights)[output]
-            else:
-                labels = labels.to(device)
-            loss = _loss(model(feeds), teacher, labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        schedule.step()
-        score = validate()
-        curve.append(
-            {
-                "epoch": epoch,
-                "train_loss": float(np.mean(losses)) if losses else None,
-                "validation": score,
-                "seconds": round(time.perf_counter() - start, 3),
-            }
-        )
-        if score > best_score:
-            best_score, best_epoch = score, epoch
-            best_state = copy.deepcopy(model.state_dict())
+    def epoch_done(epoch: int) -> None:
         if progress:
             progress("qat", epoch / config.epochs)
-        if config.target_top1 is not None and best_score >= config.target_top1:
-            break
-    model.load_state_dict(best_state)
+
+    supervision = Supervision(sim, float_weights, device)
+    loop = TrainingLoop(
+        "QAT",
+        model,
+        optimizer,
+        training,
+        validation,
+        supervision,
+        scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(config.epochs, 1)),
+        should_stop=should_stop,
+        progress=epoch_done,
+    )
+    fitted = fit(loop, config.epochs, keep_best=True, target=config.target_top1)
     model.commit()
     return {
-        "signal": "labels" if labelled else "distillation",
+        "signal": supervision.signal,
         "learned_ranges": config.learn_ranges,
-        "best_epoch": best_epoch,
-        "best_validation": best_score,
-        "curve": curve,
+        "best_epoch": fitted.best_epoch,
+        "best_validation": fitted.best_validation,
+        "curve": fitted.curve,
     }

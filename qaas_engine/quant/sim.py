@@ -54,7 +54,7 @@ class QuantSim:
             symmetric=self.spec.weight_symmetric,
             signed=True,
             per_channel=per_channel,
-            axis=site.channel_axis if per_channel else 0,
+            axis=site.channel_axis if per_channel and site.channel_axis is not None else 0,
         )
 
     def compute_weight_encodings(self) -> None:

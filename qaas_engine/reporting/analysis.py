@@ -67,14 +67,42 @@ def _layers(sim: QuantSim) -> list[_Layer]:
     return layers
 
 
-def analyze_layers(
+@dataclass
+class LayerMeasurement:
+    """One weighted layer's SQNRs in dB; the two sensitivities are None when not measured."""
+
+    layer: _Layer
+    sqnr_db: float
+    weights_only_sqnr_db: float | None = None
+    activations_only_sqnr_db: float | None = None
+    skipped: str | None = None  # why the sensitivities were not measured
+
+    @property
+    def sensitivity_db(self) -> float | None:
+        """The worse of its two sensitivities: what quantizing this layer alone costs."""
+        measured = [
+            v for v in (self.weights_only_sqnr_db, self.activations_only_sqnr_db) if v is not None
+        ]
+        return min(measured) if measured else None
+
+
+@dataclass
+class Measurements:
+    output_sqnr_db: float  # the fully quantized model's output against float
+    samples: int
+    layers: list[LayerMeasurement]
+
+
+def measure_layers(
     sim: QuantSim,
     batches: Iterable[Feeds],
     float_weights: Mapping[str, torch.Tensor] | None = None,
     *,
     time_budget_s: float = DEFAULT_TIME_BUDGET_S,
-) -> dict[str, Any]:
-    """Rank the weighted layers by how much quantizing each alone hurts the model's output."""
+) -> Measurements:
+    """Every weighted layer's output SQNR in the fully quantized model, then, while the time
+    budget lasts, the model's output SQNR with only that layer's weights or only its output
+    quantized (one float run per layer and kind: the expensive part)."""
     started = time.perf_counter()
     executor: GraphExecutor = sim.executor
     reference_weights = dict(float_weights if float_weights is not None else executor.weights)
@@ -82,14 +110,15 @@ def analyze_layers(
     quantizers = sim.activation_quantizers()
     layers = _layers(sim)
     final = executor.output_names[0]
-    batches = list(batches)
+    batch_list = list(batches)
     watched = {layer.output for layer in layers}
 
     references: list[dict[str, torch.Tensor]] = []
     per_layer = {layer.node: _Sqnr() for layer in layers}
     whole = _Sqnr()
+    measured = []
     with torch.no_grad():
-        for feeds in batches:
+        for feeds in batch_list:
             captured = _run(executor, feeds, reference_weights, watched, {})
             references.append(captured)
             quant = _run(executor, feeds, quantized, watched, quantizers)
@@ -97,53 +126,60 @@ def analyze_layers(
             for layer in layers:
                 per_layer[layer.node].update(captured[layer.output], quant[layer.output])
 
-        rows = []
         for layer in layers:
-            row: dict[str, Any] = {
-                "layer": layer.node,
-                "op": layer.op_type,
-                "output": layer.output,
-                "sqnr_db": per_layer[layer.node].db(),
-                "weights_only_sqnr_db": None,
-                "activations_only_sqnr_db": None,
-            }
-            rows.append(row)
+            measurement = LayerMeasurement(layer, per_layer[layer.node].db())
+            measured.append(measurement)
             if time.perf_counter() - started > time_budget_s:
-                row["note"] = f"sensitivity not measured: {time_budget_s:.0f} s budget spent"
+                measurement.skipped = (
+                    f"sensitivity not measured: {time_budget_s:.0f} s budget spent"
+                )
                 continue
             weights_only = {**reference_weights, layer.weight: quantized[layer.weight]}
-            row["weights_only_sqnr_db"] = _output_sqnr(
-                executor, batches, references, weights_only, {}, final
+            measurement.weights_only_sqnr_db = _output_sqnr(
+                executor, batch_list, references, weights_only, {}, final
             )
             encoding = quantizers.get(layer.output)
             if encoding is not None:
-                row["activations_only_sqnr_db"] = _output_sqnr(
-                    executor, batches, references, reference_weights,
+                measurement.activations_only_sqnr_db = _output_sqnr(
+                    executor, batch_list, references, reference_weights,
                     {layer.output: encoding}, final,
                 )  # fmt: skip
-    whole_db = whole.db()
-    for row in rows:
-        measured = [
-            v
-            for v in (row["weights_only_sqnr_db"], row["activations_only_sqnr_db"])
-            if v is not None
-        ]
-        row["sensitivity_db"] = min(measured) if measured else None
-        row["noise_share"] = (
-            round(min(1.0, 10 ** ((whole_db - row["sensitivity_db"]) / 10)), 4)
-            if measured
-            else None
-        )
-    ranked = sorted(rows, key=lambda r: (r["sensitivity_db"] is None, r["sensitivity_db"] or 0.0))
-    suggestions = [
-        r["layer"]
-        for r in ranked
-        if r["noise_share"] is not None and r["noise_share"] >= NOISE_SHARE_TO_SUGGEST
+    samples = sum(_batch_size(feeds) for feeds in batch_list)
+    return Measurements(whole.db(), samples, measured)
+
+
+def noise_share(sensitivity_db: float, output_sqnr_db: float) -> float:
+    """The share of the full model's output noise that one layer alone causes (at most 1)."""
+    return round(min(1.0, 10 ** ((output_sqnr_db - sensitivity_db) / 10)), 4)
+
+
+def rank_layers(measurements: Measurements) -> list[LayerMeasurement]:
+    """Most sensitive first (lowest SQNR when alone quantized); unmeasured layers last."""
+    return sorted(
+        measurements.layers,
+        key=lambda m: (m.sensitivity_db is None, m.sensitivity_db or 0.0),
+    )
+
+
+def suggest_keep_float(ranked: list[LayerMeasurement], output_sqnr_db: float) -> list[str]:
+    """The few layers that alone cause a large share of the output noise, worst first."""
+    return [
+        m.layer.node
+        for m in ranked
+        if m.sensitivity_db is not None
+        and noise_share(m.sensitivity_db, output_sqnr_db) >= NOISE_SHARE_TO_SUGGEST
     ][:MAX_SUGGESTIONS]
+
+
+def describe(
+    measurements: Measurements, ranked: list[LayerMeasurement], suggestions: list[str]
+) -> dict[str, Any]:
+    """The report's ``analysis`` section: ranked rows, the suggestion, and how to read them."""
+    whole_db = measurements.output_sqnr_db
     return {
         "output_sqnr_db": whole_db,
-        "samples": sum(_batch_size(feeds) for feeds in batches),
-        "layers": ranked,
+        "samples": measurements.samples,
+        "layers": [_row(m, whole_db) for m in ranked],
         "suggest_keep_float": suggestions,
         "suggestion": (
             f"--keep-float {','.join(suggestions)}"
@@ -157,8 +193,42 @@ def analyze_layers(
             f"of the two; suggested when that alone is >= {NOISE_SHARE_TO_SUGGEST:.0%} of the "
             "full model's output noise (noise_share)"
         ),
-        "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def _row(measurement: LayerMeasurement, output_sqnr_db: float) -> dict[str, Any]:
+    layer = measurement.layer
+    row: dict[str, Any] = {
+        "layer": layer.node,
+        "op": layer.op_type,
+        "output": layer.output,
+        "sqnr_db": measurement.sqnr_db,
+        "weights_only_sqnr_db": measurement.weights_only_sqnr_db,
+        "activations_only_sqnr_db": measurement.activations_only_sqnr_db,
+    }
+    if measurement.skipped is not None:
+        row["note"] = measurement.skipped
+    sensitivity = measurement.sensitivity_db
+    row["sensitivity_db"] = sensitivity
+    row["noise_share"] = None if sensitivity is None else noise_share(sensitivity, output_sqnr_db)
+    return row
+
+
+def analyze_layers(
+    sim: QuantSim,
+    batches: Iterable[Feeds],
+    float_weights: Mapping[str, torch.Tensor] | None = None,
+    *,
+    time_budget_s: float = DEFAULT_TIME_BUDGET_S,
+) -> dict[str, Any]:
+    """Rank the weighted layers by how much quantizing each alone hurts the model's output."""
+    started = time.perf_counter()
+    measurements = measure_layers(sim, batches, float_weights, time_budget_s=time_budget_s)
+    ranked = rank_layers(measurements)
+    suggestions = suggest_keep_float(ranked, measurements.output_sqnr_db)
+    section = describe(measurements, ranked, suggestions)
+    section["seconds"] = round(time.perf_counter() - started, 3)
+    return section
 
 
 def _run(
@@ -182,7 +252,14 @@ def _run(
     return captured
 
 
-def _output_sqnr(executor, batches, references, weights, quantizers, final) -> float:
+def _output_sqnr(
+    executor: GraphExecutor,
+    batches: list[Feeds],
+    references: list[dict[str, torch.Tensor]],
+    weights: Mapping[str, torch.Tensor],
+    quantizers: Mapping[str, Any],
+    final: str,
+) -> float:
     meter = _Sqnr()
     for feeds, reference in zip(batches, references, strict=True):
         out = _run(executor, feeds, weights, set(), quantizers)[final]

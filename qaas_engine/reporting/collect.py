@@ -4,22 +4,50 @@ reason rather than failing the job: a quantized model is worth returning without
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import onnx
 import torch
 
+from qaas_engine.cost.energy import EnergyProfile
 from qaas_engine.data import Dataset
-from qaas_engine.pipeline import PipelineState, Timer, to_torch
+from qaas_engine.graph.executor import GraphExecutor
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.reporting.analysis import analyze_layers
-from qaas_engine.reporting.energy import EnergyProfile, energy_report
+from qaas_engine.reporting.energy import energy_report
 from qaas_engine.reporting.latency import measure_latency
 
 ANALYSIS_SAMPLES = 16  # one small batch: enough to rank layers, 2 passes per layer
 EnergyProfileSource = EnergyProfile | Mapping[str, Any] | str | os.PathLike[str] | None
+
+T = TypeVar("T")
+
+
+class QuantizedRun(Protocol):
+    """What the sections read of a pipeline's state (a ``PipelineState`` is one); a protocol,
+    so reporting does not depend on the orchestration that calls it."""
+
+    @property
+    def model(self) -> onnx.ModelProto: ...
+
+    @property
+    def executor(self) -> GraphExecutor: ...
+
+    @property
+    def float_weights(self) -> Mapping[str, torch.Tensor] | None: ...
+
+
+class StepTimer(Protocol):
+    """Times each section as a report step (a pipeline ``Timer`` is one)."""
+
+    def run(self, name: str, fn: Callable[[], T]) -> T: ...
+
+
+def _tensors(feeds: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {name: torch.from_numpy(array) for name, array in feeds.items()}
+
 
 _NP_TYPES = {
     onnx.TensorProto.FLOAT: np.float32,
@@ -45,7 +73,7 @@ def synthetic_sample(model: onnx.ModelProto, executor_inputs: list[str]) -> dict
     return sample
 
 
-def _one_sample(state: PipelineState, data: Dataset | None) -> dict[str, np.ndarray]:
+def _one_sample(state: QuantizedRun, data: Dataset | None) -> dict[str, np.ndarray]:
     if data is not None:
         feeds, _ = next(data.batches(1))
         return {name: np.ascontiguousarray(array) for name, array in feeds.items()}
@@ -56,11 +84,11 @@ def add_report_sections(
     report: dict[str, Any],
     *,
     float_model: onnx.ModelProto,
-    state: PipelineState,
+    state: QuantizedRun,
     sim: QuantSim,
     qdq: onnx.ModelProto,
     data: Dataset | None,
-    timer: Timer,
+    timer: StepTimer,
     energy_profile: EnergyProfileSource = None,
 ) -> None:
     """Fill ``energy``, ``latency_ms`` and ``analysis``; an unusable profile is the user's
@@ -72,7 +100,7 @@ def add_report_sections(
         report["energy"] = {"skipped": reason}
         report["latency_ms"] = {"skipped_reason": reason}
     else:
-        tensors = to_torch(sample)
+        tensors = _tensors(sample)
         report["energy"] = timer.run(
             "energy", lambda: energy_report(state.model, sim.executor, sim, tensors, profile)
         )
@@ -83,19 +111,28 @@ def add_report_sections(
     if data is None:
         report["analysis"] = {"skipped": "no calibration or evaluation data: nothing to compare"}
         return
-    batch_feeds = [to_torch(feeds) for feeds, _ in data.batches(ANALYSIS_SAMPLES, ANALYSIS_SAMPLES)]
+    batch_feeds = [_tensors(feeds) for feeds, _ in data.batches(ANALYSIS_SAMPLES, ANALYSIS_SAMPLES)]
     report["analysis"] = timer.run(
         "analysis", lambda: _analysis(sim, batch_feeds, state.float_weights)
     )
 
 
-def _latency(float_model, qdq, sample, batches) -> dict[str, Any]:
+def _latency(
+    float_model: onnx.ModelProto,
+    qdq: onnx.ModelProto,
+    sample: dict[str, np.ndarray],
+    batches: tuple[int, ...],
+) -> dict[str, Any]:
     try:
         return measure_latency(float_model, qdq, sample, batch_sizes=batches)
     except Exception as error:  # ONNX Runtime refusing the float original must not fail a job
         return {"skipped_reason": f"ONNX Runtime could not time the models: {error}"[:500]}
 
 
-def _analysis(sim: QuantSim, batches, float_weights) -> dict[str, Any]:
+def _analysis(
+    sim: QuantSim,
+    batches: list[dict[str, torch.Tensor]],
+    float_weights: Mapping[str, torch.Tensor] | None,
+) -> dict[str, Any]:
     with torch.no_grad():
         return analyze_layers(sim, batches, float_weights)

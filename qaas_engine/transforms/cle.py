@@ -193,7 +193,10 @@ def _make_clips_exact(pairs: list[Pair], editor: GraphEditor) -> list[str]:
         clip = pair.activation
         if clip is None or clip.op_type != "Clip":
             continue
-        _, high = _clip_bounds(clip, editor)
+        bounds = _clip_bounds(clip, editor)
+        if bounds is None:  # a bound computed at run time: nothing to make exact
+            continue
+        _, high = bounds
         weight = editor.array(pair.first.weight)
         channels = weight.shape[pair.first.out_axis]
         is_conv = pair.first.node.op_type == "Conv"
@@ -239,7 +242,7 @@ def equalize(
         for name, layer in involved.items()
     }
     report.clips_made_exact = _make_clips_exact(pairs, editor)
-    totals = {id(p): None for p in pairs}
+    totals: dict[int, np.ndarray | None] = {id(p): None for p in pairs}
     for iteration in range(MAX_ITERATIONS):
         worst = 0.0
         for pair in pairs:
@@ -251,6 +254,7 @@ def equalize(
             break
     for pair in pairs:
         total = totals[id(pair)]
+        assert total is not None  # every pair was scaled at least once above
         report.equalized.append(
             {
                 "first": pair.first.name,

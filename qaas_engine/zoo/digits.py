@@ -98,7 +98,7 @@ def save_npz(path: str | Path, input_name: str, x: np.ndarray, y: np.ndarray | N
     if y is not None:
         arrays["labels"] = np.asarray(y, dtype=np.int64)
     with path.open("wb") as fh:
-        np.savez_compressed(fh, **arrays)
+        np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds oddly
     return path
 
 

@@ -5,8 +5,9 @@ import torch
 
 from qaas_engine import Cancelled, QuantSpec, import_model, model_inputs, quantize
 from qaas_engine.data import validate_arrays
-from qaas_engine.pipeline import Timer, build_sim, build_state
+from qaas_engine.pipeline import build_sim, build_state
 from qaas_engine.quant import adaround as ada
+from qaas_engine.state import Timer
 from qaas_engine.zoo import export_onnx, load_digits_splits, train_classifier
 from qaas_engine.zoo.imbalance import DepthwiseReLUNet, imbalance_channels
 

@@ -9,12 +9,12 @@ import torch
 from onnx import numpy_helper
 
 from qaas_engine import QuantSpec, import_model, quantize
-from qaas_engine.flow import PipelineData, run_pipeline
-from qaas_engine.pipeline import Timer
+from qaas_engine.cost.energy import EnergyProfile
+from qaas_engine.pipeline import PipelineData, run_pipeline
 from qaas_engine.quant.bayesian_bits import GatedQuantizer
 from qaas_engine.quant.encoding import Encoding, QuantScheme
 from qaas_engine.quant.qat import QATModel
-from qaas_engine.reporting.energy import EnergyProfile
+from qaas_engine.state import Timer
 from qaas_engine.zoo import digits_datasets, export_onnx, load_digits_splits, train_classifier
 from qaas_engine.zoo.imbalance import DepthwiseReLUNet
 from qaas_engine.zoo.redundant import RedundantNet

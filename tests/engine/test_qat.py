@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from qaas_engine import Cancelled, QuantSpec, SpecError, import_model, quantize
-from qaas_engine.flow import PipelineData, run_pipeline
-from qaas_engine.pipeline import Timer, to_torch
+from qaas_engine.cost.energy import EnergyProfile
+from qaas_engine.pipeline import PipelineData, run_pipeline
 from qaas_engine.quant.encoding import Encoding, QuantScheme
 from qaas_engine.quant.qat import LearnedQuantizer, QATModel
-from qaas_engine.reporting.energy import EnergyProfile
+from qaas_engine.state import Timer, to_torch
 from qaas_engine.zoo import (
     MobileNetV2Like,
     digits_datasets,

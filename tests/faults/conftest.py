@@ -38,9 +38,11 @@ from tests.service.conftest import (
     service_env,
     stop_process,
     wait_for,
+    worker_command,
 )
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+PHASE_DELAY_S = 0.1
 REDIS_START = [
     "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
     "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis",
@@ -116,15 +118,20 @@ class Cluster:
     workers: dict[int, subprocess.Popen] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     storage_is_tmpfs: bool = False
+    # The workers' test hooks: job ids written here are poison (SIGKILL the worker that runs
+    # them); every progress report sleeps PHASE_DELAY_S, so a job can be caught mid-run.
+    kill_jobs_file: Path | None = None
 
     def start_worker(self, slot: int) -> None:
         log = (self.logs / f"worker-{slot}.log").open("ab")
+        command = worker_command(
+            self.settings,
+            f"fault-{slot}-{uuid.uuid4().hex[:6]}@%h",
+            phase_delay_s=PHASE_DELAY_S,
+            kill_jobs_file=self.kill_jobs_file,
+        )
         self.workers[slot] = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-             "--concurrency=1", "--loglevel=INFO", "--without-gossip", "--without-mingle",
-             "-Q", self.settings.queue,
-             "--hostname", f"fault-{slot}-{uuid.uuid4().hex[:6]}@%h"],
-            cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
 
@@ -149,13 +156,6 @@ class Cluster:
 
     def workers_alive(self) -> bool:
         return all(p.poll() is None for p in self.workers.values())
-
-
-def fault_env(settings: Settings) -> dict[str, str]:
-    env = service_env(settings)
-    if settings.test_kill_jobs_file is not None:
-        env["QAAS_TEST_KILL_JOBS_FILE"] = str(settings.test_kill_jobs_file)
-    return env
 
 
 STORAGE_TMPFS_BYTES = 64 * 1024 * 1024
@@ -203,12 +203,10 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
             job_max_attempts=3,
             reaper_interval_s=0.5,
             requeue_after_s=5.0,
-            test_phase_delay_s=0.1,
-            test_kill_jobs_file=root / "kill-jobs",
         )
         run_migrations(settings)
         engine = make_engine(settings, pooled=False)
-        env = fault_env(settings)
+        env = service_env(settings)
         port = free_port()
         api_log = (root / "api.log").open("wb")
         api = subprocess.Popen(
@@ -218,6 +216,7 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         )  # fmt: skip
         deployed = Cluster(settings, f"http://127.0.0.1:{port}", root, make_sessionmaker(engine))
         deployed.env = env
+        deployed.kill_jobs_file = root / "kill-jobs"
         deployed.storage_is_tmpfs = storage_is_tmpfs
         try:
             for slot in (0, 1):

@@ -44,7 +44,7 @@ def test_repeated_sigkill_mid_job(cluster: Cluster, http, tenant, job_body):
 
 def test_poison_job_fails_visibly_after_the_cap(cluster: Cluster, http, tenant, job_body):
     poison = submit(http, tenant, job_body)
-    kill_file = cluster.settings.test_kill_jobs_file
+    kill_file = cluster.kill_jobs_file
     assert kill_file is not None
     kill_file.write_text(poison)
     try:

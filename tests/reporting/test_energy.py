@@ -7,8 +7,8 @@ import json
 import pytest
 
 from qaas_engine import QuantSpec, quantize
+from qaas_engine.cost.energy import EnergyProfile
 from qaas_engine.errors import SpecError
-from qaas_engine.reporting import EnergyProfile
 from tests.reporting.conftest import load
 
 DRAM_BYTE = 1950 / 8  # pJ per byte: one 64-bit access moves 8 bytes

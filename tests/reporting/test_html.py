@@ -55,7 +55,7 @@ def test_html_is_self_contained_and_has_the_plots(saved):
 
 
 def test_html_escapes_layer_names(saved):
-    from qaas_engine.reporting import render_html
+    from qaas_engine.artifacts.html import render_html
 
     _, _, report = saved
     hostile = {**report, "warnings": ["<script>alert(1)</script>"]}

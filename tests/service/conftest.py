@@ -66,7 +66,6 @@ def service_env(settings: Settings) -> dict[str, str]:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     for key, value in settings.model_dump(exclude_none=True).items():
         env[f"QAAS_{key.upper()}"] = str(value)
-    env["QAAS_TEST_PHASE_DELAY_S"] = str(settings.test_phase_delay_s)
     return env
 
 
@@ -158,26 +157,46 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
-    """A real ``celery -A worker.celery_app worker`` process, as deployed."""
+def worker_command(
+    settings: Settings,
+    hostname: str,
+    *,
+    phase_delay_s: float = 0.0,
+    kill_jobs_file: Path | None = None,
+) -> list[str]:
+    """``celery -A worker.celery_app worker``, as deployed; started through the suite's hooked
+    entry point (``tests.support.hooked_worker``) when a test asks for a hook."""
+    hooks: list[str] = []
+    if phase_delay_s:
+        hooks += ["--phase-delay", str(phase_delay_s)]
+    if kill_jobs_file is not None:
+        hooks += ["--kill-jobs-file", str(kill_jobs_file)]
+    entry = ["tests.support.hooked_worker", *hooks, "--"] if hooks else ["celery"]
+    return [
+        sys.executable,
+        "-m",
+        *entry,
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "--concurrency=1",
+        "--loglevel=INFO",
+        "--without-gossip",
+        "--without-mingle",
+        "-Q",
+        settings.queue,
+        "--hostname",
+        hostname,
+    ]
+
+
+def start_worker(
+    settings: Settings, log_path: Path, *, phase_delay_s: float = 0.0
+) -> subprocess.Popen:
+    """A real worker process; every progress report of its jobs ``phase_delay_s`` slower."""
     log = log_path.open("wb")
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.celery_app",
-            "worker",
-            "--concurrency=1",
-            "--loglevel=INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "-Q",
-            settings.queue,
-            "--hostname",
-            f"test-{uuid.uuid4().hex[:6]}@%h",
-        ],
+        worker_command(settings, f"test-{uuid.uuid4().hex[:6]}@%h", phase_delay_s=phase_delay_s),
         cwd=REPO,
         env=service_env(settings),
         stdout=log,

@@ -4,7 +4,7 @@ visibility timeout under the hard time limit would hand a running job to a secon
 from __future__ import annotations
 
 from app.core.config import Settings
-from worker.celery_app import make_celery
+from app.core.queue import make_celery
 
 
 def test_broker_settings_fit_the_longest_job(tmp_path):

@@ -34,15 +34,10 @@ ARTIFACTS = {"model.quant.onnx", "encodings.json", "report.json", "report.html"}
 
 
 @pytest.fixture(scope="module")
-def slow_settings(settings):
-    # Every progress report sleeps a little, so a test can act while a job runs.
-    return settings.model_copy(update={"test_phase_delay_s": 0.3})
-
-
-@pytest.fixture(scope="module")
-def worker(slow_settings, tmp_path_factory):
+def worker(settings, tmp_path_factory):
     log = tmp_path_factory.mktemp("worker") / "worker.log"
-    process = start_worker(slow_settings, log)
+    # Every progress report sleeps a little, so a test can act while a job runs.
+    process = start_worker(settings, log, phase_delay_s=0.3)
     yield process
     stop_process(process)
     assert process.returncode is not None

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 import pytest
 
 from app.core.config import MiB
+from tests.support.hooks import slow_child_main
+from worker import limited
 from worker.runner import run_job
 from worker.runtime import Runtime
 
@@ -79,11 +81,12 @@ def test_memory_limit_fails_the_job_and_the_next_one_runs(settings, submit_job):
     assert submit_job.state(after)["status"] == "succeeded"
 
 
-def test_time_limit_fails_the_job_and_the_next_one_runs(settings, submit_job):
+def test_time_limit_fails_the_job_and_the_next_one_runs(settings, submit_job, monkeypatch):
     job_id = submit_job()
-    slow = {"job_compute_timeout_s": 1.0, "test_phase_delay_s": 0.3}
-    with runtime_with(settings, **slow) as runtime:
-        assert run_job(runtime, job_id, "limited-test").status == "failed"
+    with monkeypatch.context() as patch:
+        patch.setattr(limited, "_child_main", slow_child_main(0.3))  # a job that takes a while
+        with runtime_with(settings, job_compute_timeout_s=1.0) as runtime:
+            assert run_job(runtime, job_id, "limited-test").status == "failed"
     assert_resource_limit(settings, submit_job.state(job_id), "time limit of 1 s")
     after = submit_job()
     with runtime_with(settings, job_compute_timeout_s=300.0) as runtime:

@@ -43,6 +43,9 @@ def _fmt(value: float) -> str:
 class _Scale:
     """Maps values to pixels along [0, length]; log10 when asked (values must be > 0)."""
 
+    low: float
+    high: float
+
     def __init__(
         self, values: Sequence[float], length: float, log: bool, from_zero: bool = True
     ) -> None:

@@ -10,7 +10,7 @@ from html import escape
 from statistics import fmean
 from typing import Any
 
-from qaas_engine.reporting.svg import column_chart, hbar_chart, line_chart, scatter_chart
+from qaas_engine.artifacts.svg import column_chart, hbar_chart, line_chart, scatter_chart
 
 MAX_CLE_LAYERS = 6
 MAX_ANALYSIS_ROWS = 12

@@ -1,0 +1,119 @@
+"""The options ``qaas quantize`` and ``qaas submit`` share, and the ``QuantSpec`` made from
+them, so both commands accept and check the same flags the same way."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from qaas_engine.step_registry import STEPS
+
+if TYPE_CHECKING:
+    from qaas_engine import QuantSpec
+
+
+class CliError(Exception):
+    """Bad command-line input; printed as one line, exit status 2."""
+
+
+def add_quantize_options(parser: argparse.ArgumentParser) -> None:
+    """The model, data and quantization options shared by ``quantize`` and ``submit``."""
+    parser.add_argument("model", type=Path, metavar="MODEL", help=".onnx or .pt2")
+    parser.add_argument("--calibration", type=Path, metavar="NPZ")
+    parser.add_argument("--evaluation", type=Path, metavar="NPZ")
+    parser.add_argument("--weights", default="int8", metavar="intN", help="int2..int16")
+    parser.add_argument(
+        "--weights-granularity", default="per-channel", choices=["per-tensor", "per-channel"]
+    )
+    parser.add_argument("--activations", default="int8", metavar="intN|float")
+    parser.add_argument(
+        "--calibration-method", default="minmax", choices=["minmax", "percentile", "mse"]
+    )
+    parser.add_argument(
+        "--pipeline",
+        default="",
+        metavar="STEP,STEP,...",
+        help=f"steps in order, from {', '.join(STEPS)}; or auto (alone)",
+    )
+    parser.add_argument(
+        "--keep-float",
+        default="",
+        metavar="NAME|OP,...",
+        help="node names or op types to leave in float",
+    )
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--adaround-iterations",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="upper bound per layer; a layer stops early once settled",
+    )
+
+
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    """The qat step's data and the energy profile, shared by ``quantize`` and ``submit``."""
+    parser.add_argument(
+        "--training",
+        type=Path,
+        metavar="NPZ",
+        help="data for the qat step; labels used when present",
+    )
+    parser.add_argument(
+        "--validation",
+        type=Path,
+        metavar="NPZ",
+        help="model selection for qat (default: 10%% held out of --training)",
+    )
+    parser.add_argument("--qat-epochs", type=int, default=15, metavar="N")
+    parser.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        metavar="POINTS",
+        help="top-1 points the result may lose: the target of --pipeline auto (default 1.0); "
+        "qat stops early once it is met",
+    )
+    parser.add_argument(
+        "--energy-profile",
+        type=Path,
+        metavar="JSON",
+        help="your hardware's energy figures for the report (default: the 45 nm table)",
+    )
+
+
+def with_qat_epochs(spec: QuantSpec, args: argparse.Namespace) -> QuantSpec:
+    if args.qat_epochs < 1:
+        raise CliError("--qat-epochs must be at least 1")
+    return spec.model_copy(update={"qat_epochs": args.qat_epochs})
+
+
+def spec_from_args(args: argparse.Namespace) -> QuantSpec:
+    from pydantic import ValidationError
+
+    from qaas_engine import QuantSpec
+    from qaas_engine.spec import is_op_type, parse_bits
+
+    try:
+        weight_bits = parse_bits(args.weights, allow_float=False)
+        activation_bits = parse_bits(args.activations, allow_float=True)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    keep = [item.strip() for item in args.keep_float.split(",") if item.strip()]
+    try:
+        return QuantSpec(
+            weight_bits=weight_bits,
+            weight_granularity=args.weights_granularity,
+            activation_bits=activation_bits,
+            calibration_method=args.calibration_method,
+            pipeline=tuple(s.strip() for s in args.pipeline.split(",") if s.strip()),
+            keep_float_ops=tuple(k for k in keep if is_op_type(k)),
+            keep_float_nodes=tuple(k for k in keep if not is_op_type(k)),
+            batch_size=args.batch_size,
+            adaround_iterations=args.adaround_iterations,
+            max_accuracy_drop=getattr(args, "max_accuracy_drop", None),
+        )
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise CliError(f"{where + ': ' if where else ''}{first['msg']}") from None

@@ -1,0 +1,154 @@
+"""Work and traffic per layer for one sample, counted from a real run's tensor shapes.
+
+Independent of bit-widths: the same counts price the float model and every quantized one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import numpy as np
+import onnx
+import torch
+
+from qaas_engine.graph.executor import GraphExecutor
+from qaas_engine.graph.registry import parse_attributes
+
+# Elementwise ops whose arithmetic is countable from the output shape: one op per element.
+ELEMENTWISE_ADDS = {"Add", "Sub"}
+ELEMENTWISE_MULTS = {"Mul", "Div"}
+REDUCING_ADDS = {"GlobalAveragePool", "ReduceMean", "ReduceSum"}
+
+Shape = tuple[int, ...]
+
+
+@dataclass
+class LayerShape:
+    """A counted layer's work and traffic per sample, independent of bit-widths."""
+
+    name: str
+    op_type: str
+    macs: int  # multiply-accumulates (or single adds/mults for elementwise ops) per sample
+    kind: str  # "mac", "add" or "mult"
+    weight_elements: int
+    bias_elements: int
+    input_elements: int
+    output_elements: int
+    weight: str | None
+    inputs: list[str]
+    output: str
+
+    def with_kept_channels(self, kept: float) -> LayerShape:
+        """A pruned output channel is skipped: its MACs, weights and output are not computed or
+        moved, so the layer costs ``kept`` of its work and traffic (its inputs are still read)."""
+        return replace(
+            self,
+            macs=int(round(self.macs * kept)),
+            weight_elements=int(round(self.weight_elements * kept)),
+            bias_elements=int(round(self.bias_elements * kept)),
+            output_elements=int(round(self.output_elements * kept)),
+        )
+
+
+def _run_shapes(executor: GraphExecutor, feeds: Mapping[str, torch.Tensor]) -> dict[str, Shape]:
+    """The shape of every tensor one run computes, the feeds included."""
+    shapes: dict[str, Shape] = {n: tuple(v.shape) for n, v in feeds.items()}
+
+    def hook(name: str, value: torch.Tensor) -> torch.Tensor:
+        shapes[name] = tuple(value.shape)
+        return value
+
+    with torch.no_grad():
+        executor.run(feeds, hook=hook)
+    return shapes
+
+
+def macs_per_sample(
+    model: onnx.ModelProto, executor: GraphExecutor, feeds: Mapping[str, torch.Tensor]
+) -> dict[str, int]:
+    """MACs of each Conv/ConvTranspose/Gemm/MatMul for one sample, from a real run's shapes."""
+    shapes = _run_shapes(executor, feeds)
+    batch = next(iter(shapes.values()))[0] if shapes else 1
+    weights = {n: tuple(t.shape) for n, t in executor.weights.items()}
+    per_node: dict[str, int] = {}
+    for index, node in enumerate(model.graph.node):
+        name = node.name or f"{node.op_type}_{index}"
+        out = shapes.get(node.output[0]) if node.output else None
+        if out is None:
+            continue
+        macs = _node_macs(node, out, shapes, weights)
+        if macs:
+            per_node[name] = int(macs // max(batch, 1))
+    return per_node
+
+
+def _shape(name: str, shapes: Mapping[str, Shape], weights: Mapping[str, Shape]) -> Shape | None:
+    return shapes.get(name) or weights.get(name)
+
+
+def _node_macs(
+    node: onnx.NodeProto,
+    out: Shape,
+    shapes: Mapping[str, Shape],
+    weights: Mapping[str, Shape],
+) -> int:
+    op = node.op_type
+    if op == "Conv":
+        w = _shape(node.input[1], shapes, weights)
+        return int(np.prod(out)) * int(np.prod(w[1:])) if w else 0
+    if op == "ConvTranspose":
+        w, x = _shape(node.input[1], shapes, weights), _shape(node.input[0], shapes, weights)
+        return int(np.prod(x)) * int(np.prod(w[1:])) if w and x else 0
+    if op == "Gemm":
+        a = _shape(node.input[0], shapes, weights)
+        if not a:
+            return 0
+        k = a[0] if int(parse_attributes(node).get("transA", 0)) else a[-1]
+        return int(np.prod(out)) * int(k)
+    if op == "MatMul":
+        a = _shape(node.input[0], shapes, weights)
+        return int(np.prod(out)) * int(a[-1]) if a else 0
+    return 0
+
+
+def layer_shapes(
+    model: onnx.ModelProto, executor: GraphExecutor, sample: Mapping[str, torch.Tensor]
+) -> list[LayerShape]:
+    """Every layer with countable arithmetic: weighted layers (MACs), two-input elementwise
+    ops and reductions; ops without arithmetic (reshapes, max pooling, a fused Relu) are not."""
+    shapes = _run_shapes(executor, sample)
+    batch = max(next(iter(shapes.values()))[0] if shapes else 1, 1)
+    macs = macs_per_sample(model, executor, sample)
+    weights = executor.weights
+    layers = []
+    for index, node in enumerate(model.graph.node):
+        name = node.name or f"{node.op_type}_{index}"
+        if not node.output or node.output[0] not in shapes:
+            continue
+        out_elems = int(np.prod(shapes[node.output[0]])) // batch
+        dynamic = [n for n in node.input if n and n in shapes and n not in weights]
+        in_elems = sum(int(np.prod(shapes[n])) // batch for n in dynamic)
+        if name in macs:
+            weight = node.input[1] if len(node.input) > 1 and node.input[1] in weights else None
+            bias = node.input[2] if len(node.input) > 2 and node.input[2] in weights else None
+            layers.append(
+                LayerShape(
+                    name, node.op_type, macs[name], "mac",
+                    weights[weight].numel() if weight else 0,
+                    weights[bias].numel() if bias else 0,
+                    in_elems, out_elems, weight, dynamic, node.output[0],
+                )
+            )  # fmt: skip
+        elif node.op_type in ELEMENTWISE_ADDS | ELEMENTWISE_MULTS and len(dynamic) == 2:
+            kind = "add" if node.op_type in ELEMENTWISE_ADDS else "mult"
+            layers.append(
+                LayerShape(name, node.op_type, out_elems, kind, 0, 0, in_elems, out_elems,
+                           None, dynamic, node.output[0])
+            )  # fmt: skip
+        elif node.op_type in REDUCING_ADDS and dynamic:
+            layers.append(
+                LayerShape(name, node.op_type, in_elems, "add", 0, 0, in_elems, out_elems,
+                           None, dynamic, node.output[0])
+            )  # fmt: skip
+    return layers

@@ -1,0 +1,137 @@
+"""The report of one quantization: measure on the evaluation data, then assemble every figure.
+
+Shared by a plain pipeline run (``flow``) and by ``auto`` for the configuration it chose.
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from qaas_engine.artifacts.result import QuantizationResult
+from qaas_engine.cost.energy import EnergyProfile
+from qaas_engine.cost.shapes import macs_per_sample
+from qaas_engine.data import Dataset
+from qaas_engine.evaluation import evaluate, gap_warnings
+from qaas_engine.export.encodings import aimet_encodings
+from qaas_engine.graph.executor import default_opset
+from qaas_engine.importer import ImportedModel
+from qaas_engine.quant.sim import QuantSim
+from qaas_engine.reporting.collect import add_report_sections
+from qaas_engine.reporting.size import count_params, float_bytes, quantized_bytes
+from qaas_engine.state import PipelineState, Timer, to_torch
+from qaas_engine.version import __version__
+
+
+def finish(
+    imported: ImportedModel,
+    state: PipelineState,
+    sim: QuantSim,
+    qdq: onnx.ModelProto,
+    timer: Timer,
+    evaluation: Dataset | None,
+    profile: EnergyProfile,
+) -> QuantizationResult:
+    """Measure on the evaluation data (else the calibration data) and write the report."""
+    encodings = aimet_encodings(sim, __version__)
+    measured_on = evaluation if evaluation is not None else state.calibration
+    metrics = timer.run("evaluation", lambda: evaluate(state, sim, qdq, measured_on))
+    metrics["dataset"] = (
+        "evaluation"
+        if evaluation is not None
+        else "calibration"
+        if state.calibration is not None
+        else None
+    )
+    report = build_report(imported, state, sim, qdq, metrics, timer)
+    report["warnings"] = gap_warnings(metrics)
+    add_report_sections(
+        report, float_model=imported.model, state=state, sim=sim, qdq=qdq, data=measured_on,
+        timer=timer, energy_profile=profile,
+    )  # fmt: skip
+    return QuantizationResult(qdq, encodings, report)
+
+
+def build_report(
+    imported: ImportedModel,
+    state: PipelineState,
+    sim: QuantSim,
+    qdq: onnx.ModelProto,
+    metrics: dict[str, Any],
+    timer: Timer,
+) -> dict[str, Any]:
+    macs = None
+    sample = _first_sample(state)
+    if sample is not None:
+        macs = sum(macs_per_sample(state.model, state.executor, sample).values())
+    size_float = float_bytes(state.executor)
+    size_quant = quantized_bytes(sim)
+    placement = sim.placement
+    return {
+        "engine": "qaas",
+        "spec": sim.spec.model_dump(mode="json"),
+        "model": {
+            "source_format": imported.source_format,
+            "opset": {"original": imported.original_opset, "used": default_opset(state.model)},
+            "inputs": state.executor.input_names,
+            "outputs": state.executor.output_names,
+            "params": count_params(state.executor),
+            "macs": macs,
+            "nodes": len(state.model.graph.node),
+            "notes": imported.notes,
+        },
+        "size_bytes": {
+            "float": size_float,
+            "quantized": size_quant,
+            "ratio": round(size_float / size_quant, 3) if size_quant else None,
+            "quantized_file": qdq.ByteSize(),
+        },
+        "metrics": metrics,
+        "steps": timer.steps,
+        "step_reports": state.step_reports,
+        "quantizers": {
+            "weights": len(sim.weight_encodings),
+            "biases_int32": len(sim.bias_encodings),
+            "activations": len(sim.activation_encodings),
+            "shared_with_input": len(placement.shared),
+            "fused_into_consumer": placement.fused,
+            "kept_float": sim.skipped,
+        },
+        "versions": {
+            "engine": __version__,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": ort.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+    }
+
+
+def _first_sample(state: PipelineState) -> dict[str, torch.Tensor] | None:
+    if state.calibration is None:
+        return None
+    feeds, _ = next(state.calibration.batches(1))
+    return to_torch(feeds)
+
+
+def accuracy_target(metrics: dict[str, Any], max_drop: float | None) -> dict[str, Any] | None:
+    """Did ONNX Runtime's top-1 stay within ``max_drop`` (a fraction) of the float model's?"""
+    if max_drop is None:
+        return None
+    reference = metrics.get("float", {}).get("top1")
+    achieved = metrics.get("onnxruntime", {}).get("top1")
+    if reference is None or achieved is None:
+        return {
+            "max_top1_drop": max_drop,
+            "top1_drop": None,
+            "met": None,
+            "note": "needs labelled evaluation data to be measured",
+        }
+    drop = round(reference - achieved, 6)
+    return {"max_top1_drop": max_drop, "top1_drop": drop, "met": drop <= max_drop}

@@ -1,0 +1,105 @@
+"""What pipeline steps read and change, and the timer that clocks every phase.
+
+Kept apart from the code that runs steps (``pipeline``) and from the steps themselves
+(``steps/``), so each of those imports this module and none imports another.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+import torch
+
+from qaas_engine.cost.energy import EnergyProfile
+from qaas_engine.data import Dataset
+from qaas_engine.graph.executor import GraphExecutor
+from qaas_engine.quant.sim import QuantSim
+from qaas_engine.spec import QuantSpec
+from qaas_engine.transforms.bn_fold import FoldedBatchNorm
+from qaas_engine.transforms.cle import ChannelStats
+
+Progress = Callable[[str, float], None]
+
+
+def no_progress(phase: str, fraction: float) -> None:
+    return None
+
+
+@dataclass
+class PipelineState:
+    """What steps read and change. Steps never open files: data arrives as ``Dataset``."""
+
+    model: onnx.ModelProto
+    executor: GraphExecutor
+    spec: QuantSpec
+    calibration: Dataset | None
+    folded_batchnorms: list[FoldedBatchNorm]
+    progress: Progress
+    sim: QuantSim | None = None
+    step_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    channel_stats: dict[str, ChannelStats] = field(default_factory=dict)
+    data_free: bool = False
+    should_stop: Callable[[], bool] = lambda: False  # polled between layers and epochs
+    float_weights: dict[str, torch.Tensor] | None = None  # the reference after float steps
+    training: Dataset | None = None
+    validation: Dataset | None = None
+    energy_profile: EnergyProfile = field(default_factory=EnergyProfile)  # prices mixed precision
+
+    def rebuild_executor(self) -> None:
+        """After a float step rewrote the graph or its initializers."""
+        self.executor = GraphExecutor(self.model)
+
+    def calibration_feeds(self) -> Iterator[dict[str, torch.Tensor]]:
+        if self.calibration is None:
+            return iter(())
+        return (
+            to_torch(feeds)
+            for feeds, _ in self.calibration.batches(
+                self.spec.batch_size, self.spec.max_calibration_samples
+            )
+        )
+
+    def reference_weights(self) -> dict[str, torch.Tensor]:
+        """The float weights every quantized step compares against (set before calibration)."""
+        if self.float_weights is None:
+            raise RuntimeError("a quantized step ran before the float reference was kept")
+        return self.float_weights
+
+    def quantized(self) -> QuantSim:
+        """The simulation, for quantized steps (it exists once calibration has run)."""
+        if self.sim is None:
+            raise RuntimeError("a quantized step ran before the simulation was built")
+        return self.sim
+
+    def batchnorm_seeds(self) -> dict[str, tuple[Any, Any]]:
+        """Per-output (beta, gamma) of the folded BatchNorms: the data-free statistics."""
+        return {name: (st.beta, st.gamma) for name, st in self.channel_stats.items()}
+
+
+def to_torch(feeds: dict) -> dict[str, torch.Tensor]:
+    return {name: torch.from_numpy(array) for name, array in feeds.items()}
+
+
+@dataclass
+class Timer:
+    """Runs phases, records their wall time in order, and reports progress at both ends."""
+
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    progress: Progress | None = None
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        if self.progress is not None:
+            self.progress(name, 0.0)
+        start = time.perf_counter()
+        result = fn()
+        self.record(name, time.perf_counter() - start)
+        if self.progress is not None:
+            self.progress(name, 1.0)
+        return result
+
+    def record(self, name: str, seconds: float) -> None:
+        self.steps.append({"name": name, "seconds": round(seconds, 4)})
