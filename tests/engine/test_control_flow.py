@@ -105,3 +105,62 @@ def test_work_behind_a_runtime_condition_is_refused(tmp_path):
     onnx.save(_if_model(None), path)
     with pytest.raises(UnsupportedOpError, match="If at node 'outer_if'.*MatMul.*control flow"):
         import_model(path)
+
+
+@pytest.mark.xfail(
+    strict=True, raises=UnsupportedOpError, reason="If kernel: op-coverage branch's executor"
+)
+def test_glue_behind_a_runtime_condition_runs_float_between_quantized_layers(tmp_path):
+    """An If that only picks a sign (no weights inside) stays in the graph and runs float; the
+    MatMuls before and after it are quantized."""
+    rng = np.random.default_rng(3)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), name)
+        for name in ("w1", "w2")
+    ]
+    out = helper.make_tensor_value_info
+
+    def branch(op: str) -> onnx.GraphProto:
+        node = helper.make_node(op, ["a"], [f"{op}_out"])
+        return helper.make_graph(
+            [node], op, [], [out(f"{op}_out", TensorProto.FLOAT, ["batch", 4])]
+        )
+
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["a"], name="first"),
+        helper.make_node(
+            "If",
+            ["flip"],
+            ["b"],
+            name="sign",
+            then_branch=branch("Neg"),
+            else_branch=branch("Identity"),
+        ),
+        helper.make_node("MatMul", ["b", "w2"], ["y"], name="last"),
+    ]
+    inputs = [out("x", TensorProto.FLOAT, ["batch", 4]), out("flip", TensorProto.BOOL, [])]
+    graph = helper.make_graph(
+        nodes, "g", inputs, [out("y", TensorProto.FLOAT, ["batch", 4])], weights
+    )
+    source = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "glue.onnx"
+    onnx.save(source, path)
+    imported = import_model(path)
+    x = rng.standard_normal((16, 4)).astype(np.float32)
+    flip = np.ones((16, 1), bool)  # stacked: one scalar per sample
+    calibration = validate_arrays(
+        {"x": x[:, None], "flip": flip}, model_inputs(imported.model), role="c", source="x"
+    )
+    result = quantize(imported, QuantSpec(), calibration=calibration)
+    qdq = result.quantized_model
+    producers = {o: n.op_type for n in qdq.graph.node for o in n.output}
+    matmuls = [n for n in qdq.graph.node if n.op_type == "MatMul"]
+    assert all(producers.get(n.input[1]) == "DequantizeLinear" for n in matmuls)
+    assert any(n.op_type == "If" for n in qdq.graph.node)
+    session = ort.InferenceSession(qdq.SerializeToString(), providers=["CPUExecutionProvider"])
+    reference = ort.InferenceSession(source.SerializeToString(), providers=["CPUExecutionProvider"])
+    for value in (True, False):
+        feeds = {"x": x[:4], "flip": np.array(value)}
+        (actual,) = session.run(None, feeds)
+        (expected,) = reference.run(None, feeds)
+        assert np.linalg.norm(actual - expected) / np.linalg.norm(expected) < 0.05
