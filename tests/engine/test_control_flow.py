@@ -138,7 +138,7 @@ def test_glue_behind_a_runtime_condition_runs_float_between_quantized_layers(tmp
         ),
         helper.make_node("MatMul", ["b", "w2"], ["y"], name="last"),
     ]
-    inputs = [out("x", TensorProto.FLOAT, ["batch", 4]), out("flip", TensorProto.BOOL, [])]
+    inputs = [out("x", TensorProto.FLOAT, ["batch", 4]), out("flip", TensorProto.BOOL, [1])]
     graph = helper.make_graph(
         nodes, "g", inputs, [out("y", TensorProto.FLOAT, ["batch", 4])], weights
     )
@@ -147,7 +147,7 @@ def test_glue_behind_a_runtime_condition_runs_float_between_quantized_layers(tmp
     onnx.save(source, path)
     imported = import_model(path)
     x = rng.standard_normal((16, 4)).astype(np.float32)
-    flip = np.ones((16, 1), bool)  # stacked: one scalar per sample
+    flip = (np.arange(16) % 2 == 0)[:, None]  # one flag per sample, both branches seen
     calibration = validate_arrays(
         {"x": x[:, None], "flip": flip}, model_inputs(imported.model), role="c", source="x"
     )
@@ -160,7 +160,7 @@ def test_glue_behind_a_runtime_condition_runs_float_between_quantized_layers(tmp
     session = ort.InferenceSession(qdq.SerializeToString(), providers=["CPUExecutionProvider"])
     reference = ort.InferenceSession(source.SerializeToString(), providers=["CPUExecutionProvider"])
     for value in (True, False):
-        feeds = {"x": x[:4], "flip": np.array(value)}
+        feeds = {"x": x[:4], "flip": np.array([value])}
         (actual,) = session.run(None, feeds)
         (expected,) = reference.run(None, feeds)
         assert np.linalg.norm(actual - expected) / np.linalg.norm(expected) < 0.05
