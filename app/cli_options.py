@@ -92,8 +92,7 @@ def spec_from_args(args: argparse.Namespace) -> QuantSpec:
     from pydantic import ValidationError
 
     from qaas_engine import QuantSpec
-    from qaas_engine.graph.registry import OP_REGISTRY
-    from qaas_engine.spec import parse_bits
+    from qaas_engine.spec import is_op_type, parse_bits
 
     try:
         weight_bits = parse_bits(args.weights, allow_float=False)
@@ -108,8 +107,8 @@ def spec_from_args(args: argparse.Namespace) -> QuantSpec:
             activation_bits=activation_bits,
             calibration_method=args.calibration_method,
             pipeline=tuple(s.strip() for s in args.pipeline.split(",") if s.strip()),
-            keep_float_ops=tuple(k for k in keep if k in OP_REGISTRY),
-            keep_float_nodes=tuple(k for k in keep if k not in OP_REGISTRY),
+            keep_float_ops=tuple(k for k in keep if is_op_type(k)),
+            keep_float_nodes=tuple(k for k in keep if not is_op_type(k)),
             batch_size=args.batch_size,
             adaround_iterations=args.adaround_iterations,
             max_accuracy_drop=getattr(args, "max_accuracy_drop", None),

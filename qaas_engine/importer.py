@@ -14,6 +14,12 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper, numpy_helper
 
+from qaas_engine.control_flow import (
+    CONTROL_FLOW_OPS,
+    inline_constant_ifs,
+    refuse_work_in_subgraphs,
+    used_names,
+)
 from qaas_engine.errors import ModelImportError, UnsupportedOpError
 from qaas_engine.graph.executor import default_opset, unsupported_nodes
 
@@ -32,7 +38,6 @@ ALREADY_QUANTIZED_OPS = {
     "MatMulIntegerToFloat",
     "QGemm",
 }
-CONTROL_FLOW_OPS = {"If", "Loop", "Scan"}
 PICKLE_PREFIXES = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
@@ -88,7 +93,7 @@ def prepare_onnx(
 ) -> ImportedModel:
     """Check, load external data safely, upgrade the opset and normalise constants."""
     notes: list[str] = []
-    _refuse_quantized_and_control_flow(model)
+    _refuse_quantized(model)
     _load_external_data(model, base_dir)
     original_opset = default_opset(model)
     if original_opset < MIN_OPSET:
@@ -98,9 +103,26 @@ def prepare_onnx(
     if moved:
         notes.append(f"{moved} Constant nodes turned into initializers")
     _drop_initializers_from_inputs(model)
+    _raise_ir_version(model)
+    materialized = _materialize_constant_fills(model)
+    if materialized:
+        notes.append(f"{materialized} ConstantOfShape weights materialized as initializers")
+    cast_like = _cast_like_to_cast(model)
+    if cast_like:
+        notes.append(f"{cast_like} CastLike nodes turned into Cast (their target type is known)")
     folded = _fold_constant_nodes(model)
+    inlined = 0
+    while branches := inline_constant_ifs(model):  # a taken branch may hold another constant If
+        inlined += branches
+        _constants_to_initializers(model)
+        folded += _fold_constant_nodes(model)
+    if inlined:
+        _drop_unused_initializers(model)
     if folded:
         notes.append(f"{folded} nodes computed from constants only were folded into initializers")
+    if inlined:
+        notes.append(f"{inlined} If nodes on a constant condition replaced by their taken branch")
+    refuse_work_in_subgraphs(model)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as error:
@@ -115,7 +137,13 @@ def prepare_onnx(
     if bad:
         node = bad[0]
         domain = f" (domain '{node.domain}')" if node.domain else ""
-        raise UnsupportedOpError(node.op_type + domain, node.name or "<unnamed>")
+        reason = (
+            "control flow on a value known only at run time is not computed yet; export the "
+            "model with the branch resolved (e.g. torch.onnx.export of the traced path)"
+            if node.op_type in CONTROL_FLOW_OPS
+            else ""
+        )
+        raise UnsupportedOpError(node.op_type + domain, node.name or "<unnamed>", reason)
     _check_inputs(model)
     _check_declared_sizes(model)
     return ImportedModel(model, source_format, original_opset, notes)
@@ -144,19 +172,12 @@ def _first_line(error: BaseException) -> str:
     return text[0][:300] if text else type(error).__name__
 
 
-def _refuse_quantized_and_control_flow(model: onnx.ModelProto) -> None:
+def _refuse_quantized(model: onnx.ModelProto) -> None:
     for node in model.graph.node:
         if node.op_type in ALREADY_QUANTIZED_OPS:
             raise ModelImportError(
                 f"the model is already quantized (node '{node.name}' is {node.op_type}); "
                 "upload the float model"
-            )
-        if node.op_type in CONTROL_FLOW_OPS:
-            raise UnsupportedOpError(
-                node.op_type,
-                node.name or "<unnamed>",
-                "control flow subgraphs are not quantized; export the model with the branch "
-                "resolved (e.g. torch.onnx.export of the traced path)",
             )
 
 
@@ -290,11 +311,16 @@ def _fold_constant_nodes(model: onnx.ModelProto) -> int:
     if folded:
         del graph.node[:]
         graph.node.extend(kept)
-        used = {name for node in kept for name in node.input} | outputs
-        unused = [init for init in graph.initializer if init.name not in used]
-        for init in unused:
-            graph.initializer.remove(init)
+        _drop_unused_initializers(model)
     return folded
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    """Conditions of inlined ``If`` nodes and the branches not taken leave constants behind."""
+    graph = model.graph
+    used = used_names(graph)
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
 
 
 def _drop_initializers_from_inputs(model: onnx.ModelProto) -> None:
@@ -304,6 +330,97 @@ def _drop_initializers_from_inputs(model: onnx.ModelProto) -> None:
     if len(inputs) != len(model.graph.input):
         del model.graph.input[:]
         model.graph.input.extend(inputs)
+
+
+def _cast_like_to_cast(model: onnx.ModelProto) -> int:
+    """torch's dynamo exporter (``optimize=False``) casts every Python scalar with ``CastLike``
+    to the type of a runtime tensor; that type is known statically, so a plain ``Cast`` says the
+    same, and a Cast of a constant folds into the initializer the algorithms expect."""
+    cast_likes = [
+        node
+        for node in model.graph.node
+        if node.op_type == "CastLike" and node.domain in ("", "ai.onnx") and len(node.input) > 1
+    ]
+    if not cast_likes:
+        return 0
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # the checks after this report a broken model with their own words
+        return 0
+    types = {
+        value.name: value.type.tensor_type.elem_type
+        for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+        if value.type.HasField("tensor_type")
+    }
+    types.update({init.name: init.data_type for init in model.graph.initializer})
+    replaced = 0
+    for node in cast_likes:
+        target = types.get(node.input[1], onnx.TensorProto.UNDEFINED)
+        if target == onnx.TensorProto.UNDEFINED:
+            continue
+        node.op_type = "Cast"
+        del node.input[1:]
+        del node.attribute[:]  # CastLike's only attribute, saturate, is a float8 matter
+        node.attribute.append(onnx.helper.make_attribute("to", target))
+        replaced += 1
+    return replaced
+
+
+def _raise_ir_version(model: onnx.ModelProto) -> None:
+    """IR < 4 requires every initializer to be a graph input too; once the inputs list only feeds
+    (and the opset was upgraded) the file is valid only at the IR version its opsets need."""
+    needed = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    model.ir_version = max(model.ir_version, needed, 4)
+
+
+# Elements all ConstantOfShape weights of one model may expand to (1 GiB of float32): VGG-19
+# stores its 143M weights this way; a few bytes must not declare terabytes.
+MAX_MATERIALIZED_ELEMENTS = 2**28
+
+
+def _materialize_constant_fills(
+    model: onnx.ModelProto, budget: int = MAX_MATERIALIZED_ELEMENTS
+) -> int:
+    """Old model-zoo files (the onnx wheel's light nets) build weights with ``ConstantOfShape``
+    of a constant shape; weights must be initializers for the algorithms to see them."""
+    import numpy as np
+
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    kept, count, spent = [], 0, 0
+    for node in graph.node:
+        shape_name = node.input[0] if node.input else ""
+        if (
+            node.op_type != "ConstantOfShape"
+            or node.domain not in ("", "ai.onnx")
+            or shape_name not in initializers
+            or node.output[0] in outputs
+        ):
+            kept.append(node)
+            continue
+        shape = [int(d) for d in numpy_helper.to_array(initializers[shape_name]).reshape(-1)]
+        elements = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if any(d < 0 for d in shape) or spent + elements > budget:
+            raise ModelImportError(
+                f"ConstantOfShape node '{node.name or node.output[0]}' would expand to "
+                f"{spent + elements:,} constant elements in all (over {budget:,}): a "
+                "shape-inference bomb, not a model to compute"
+            )
+        spent += elements
+        fill = np.zeros(1, np.float32)
+        for attr in node.attribute:
+            if attr.name == "value":
+                fill = numpy_helper.to_array(attr.t).reshape(-1)[:1]
+        graph.initializer.append(
+            numpy_helper.from_array(np.full(shape, fill[0], dtype=fill.dtype), node.output[0])
+        )
+        count += 1
+    if count:
+        del graph.node[:]
+        graph.node.extend(kept)
+        _drop_unused_initializers(model)
+    return count
 
 
 def _check_inputs(model: onnx.ModelProto) -> None:

@@ -89,6 +89,17 @@ class QuantSpec(BaseModel):
         return self.activation_bits is not None
 
 
+def is_op_type(name: str) -> bool:
+    """Whether ``--keep-float NAME`` means an op type rather than a node name.
+
+    Any op of the default ONNX domain counts, not only those the engine computes in torch: an
+    op with no torch kernel (GRU, say) is exactly the one a user wants kept float.
+    """
+    import onnx.defs
+
+    return onnx.defs.has(name)
+
+
 def parse_bits(text: str, *, allow_float: bool) -> int | None:
     """``int8`` -> 8; ``float`` -> None where allowed. Raises ValueError with the accepted forms."""
     value = text.strip().lower()

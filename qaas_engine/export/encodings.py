@@ -36,7 +36,8 @@ def aimet_encodings(sim: QuantSim, producer_version: str) -> dict[str, Any]:
             _entry(name, enc) for name, enc in sorted(sim.activation_quantizers().items())
         ],
         "param_encodings": [_entry(name, enc) for name, enc in sorted(params.items())],
-        "excluded_layers": sorted(spec.keep_float_nodes),
+        # every node left in float: named by the user, of a kept op type, or with no int kernel
+        "excluded_layers": sorted(set(spec.keep_float_nodes) | set(sim.placement.float_nodes)),
         "quantizer_args": {
             "activation_bitwidth": spec.activation_bits,
             "param_bitwidth": spec.weight_bits,

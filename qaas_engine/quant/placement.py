@@ -10,7 +10,10 @@ ops unchanged. The simulation must quantize exactly there, or its accuracy is a 
 * outputs of data-movement ops (Reshape, MaxPool, nearest Resize...) share their input's grid;
 * weights of Conv, ConvTranspose, Gemm and MatMul are quantized; biases of Conv and Gemm become
   int32 at scale ``s_input * s_weight``; other constants stay float;
-* tensors computed from constants only (shape arithmetic) and integer tensors are never touched.
+* tensors computed from constants only (shape arithmetic) and integer tensors are never touched;
+* recurrent ops (LSTM, GRU, RNN), control flow and nodes of other domains (an exporter's or a
+  runtime's custom ops) compute in float like the nodes a user keeps float: ONNX Runtime has no
+  QDQ kernel for them, so a quantizer on their outputs would only add rounding error.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ PASS_THROUGH_OPS = {
 FUSED_ACTIVATIONS = {"Relu", "Clip"}
 BIAS_FUSING_PRODUCERS = {"MatMul", "Gemm", "Conv", "ConvTranspose"}
 WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+FLOAT_ONLY_OPS = {"LSTM", "GRU", "RNN", "If", "Loop", "Scan"}
+DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class Placement:
     shared: dict[str, str] = field(default_factory=dict)  # pass-through output -> its input
     fused: dict[str, str] = field(default_factory=dict)  # producer output -> fused consumer node
     skipped: dict[str, str] = field(default_factory=dict)  # tensor -> why it stays float
+    float_nodes: list[str] = field(default_factory=list)  # nodes computing in float, any reason
 
 
 def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -142,7 +148,11 @@ def place_quantizers(
     placement = Placement()
 
     def kept_float(node: onnx.NodeProto) -> bool:
-        return node.op_type in keep_float_ops or (node.name or "") in keep_float_nodes
+        return bool(float_reason(node, keep_float_nodes, keep_float_ops))
+
+    placement.float_nodes = [
+        node.name or node.output[0] for node in graph.node if kept_float(node) and node.output
+    ]
 
     for node in graph.node:
         if node.op_type in WEIGHTED_OPS and not kept_float(node):
@@ -175,8 +185,9 @@ def place_quantizers(
                 continue
             if not is_float_dynamic(output):
                 continue
-            if kept_float(node):
-                placement.skipped[output] = f"node '{node.name}' ({node.op_type}) kept in float"
+            reason = float_reason(node, keep_float_nodes, keep_float_ops)
+            if reason:
+                placement.skipped[output] = f"node '{node.name}' ({node.op_type}) {reason}"
                 continue
             if node.op_type in PASS_THROUGH_OPS and not _changes_values(node):
                 source = node.input[0] if node.input else ""
@@ -212,6 +223,19 @@ def place_quantizers(
             placement.activations.append(output)
             quantized.add(output)
     return placement
+
+
+def float_reason(
+    node: onnx.NodeProto, keep_float_nodes: frozenset[str], keep_float_ops: frozenset[str]
+) -> str:
+    """Why ``node`` computes in float ('' when it is quantized)."""
+    if node.op_type in keep_float_ops or (node.name or "") in keep_float_nodes:
+        return "kept in float"
+    if node.domain not in DEFAULT_DOMAINS:
+        return f"of domain '{node.domain}' runs in float"
+    if node.op_type in FLOAT_ONLY_OPS:
+        return "runs in float (no integer kernel)"
+    return ""
 
 
 def _changes_values(node: onnx.NodeProto) -> bool:

@@ -103,17 +103,16 @@ def _graph_model(nodes, inputs, outputs, initializers=(), opset=17):
 
 
 def test_unsupported_op_names_op_and_node(tmp_path):
+    """An op neither a torch kernel nor ONNX's reference implementation computes is refused."""
     model = _graph_model(
-        [helper.make_node("NonMaxSuppression", ["b", "s"], ["y"], name="nms_1")],
-        [
-            helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 4, 4]),
-            helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 1, 4]),
-        ],
-        [helper.make_tensor_value_info("y", TensorProto.INT64, [None, 3])],
+        [helper.make_node("Frobnicate", ["x"], ["y"], name="frob_1", domain="com.example")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
     )
-    path = tmp_path / "nms.onnx"
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    path = tmp_path / "frob.onnx"
     onnx.save(model, path)
-    with pytest.raises(UnsupportedOpError, match="NonMaxSuppression at node 'nms_1'"):
+    with pytest.raises(UnsupportedOpError, match="Frobnicate .* at node 'frob_1'"):
         import_model(path)
 
 
@@ -190,12 +189,14 @@ def test_constant_node_weights_become_initializers(tmp_path):
     assert imported.model.graph.initializer[0].name == "w"
 
 
-def test_control_flow_is_refused_by_name(tmp_path):
+def test_work_inside_control_flow_is_refused_by_name(tmp_path):
+    """A MatMul behind a runtime condition would leave the export with no Q/DQ on its work."""
     branch = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["z"])],
+        [helper.make_node("MatMul", ["x", "w"], ["z"])],
         "b",
         [],
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1])],
+        [numpy_helper.from_array(np.ones((1, 1), np.float32), "w")],
     )
     model = _graph_model(
         [helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch, name="if0")],
@@ -207,7 +208,7 @@ def test_control_flow_is_refused_by_name(tmp_path):
     )
     path = tmp_path / "if.onnx"
     path.write_bytes(model.SerializeToString())
-    with pytest.raises(UnsupportedOpError, match="If at node 'if0'"):
+    with pytest.raises(UnsupportedOpError, match="If at node 'if0'.*MatMul.*control flow"):
         import_model(path)
 
 
