@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 
@@ -81,7 +82,8 @@ class PipelineState:
 
 
 def to_torch(feeds: dict) -> dict[str, torch.Tensor]:
-    return {name: torch.from_numpy(array) for name, array in feeds.items()}
+    # np.asarray: a scalar input batch arrives as a numpy scalar, which from_numpy refuses
+    return {name: torch.from_numpy(np.asarray(array)) for name, array in feeds.items()}
 
 
 @dataclass
