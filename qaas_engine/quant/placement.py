@@ -10,7 +10,8 @@ ops unchanged. The simulation must quantize exactly there, or its accuracy is a 
 * outputs of data-movement ops (Reshape, MaxPool, nearest Resize...) share their input's grid;
 * weights of Conv, ConvTranspose, Gemm and MatMul are quantized; biases of Conv and Gemm become
   int32 at scale ``s_input * s_weight``; other constants stay float;
-* tensors computed from constants only (shape arithmetic) and integer tensors are never touched.
+* tensors computed from constants only (shape arithmetic) and integer tensors are never touched;
+* nodes the executor computes by ONNX's reference implementation (no torch kernel) stay float.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from qaas_engine.graph.executor import has_torch_kernel
 from qaas_engine.graph.registry import parse_attributes
 
 FLOAT_TYPES = {
@@ -142,7 +144,12 @@ def place_quantizers(
     placement = Placement()
 
     def kept_float(node: onnx.NodeProto) -> bool:
-        return node.op_type in keep_float_ops or (node.name or "") in keep_float_nodes
+        """Asked for, or computed by the reference fallback (no integer kernel, no gradient)."""
+        return (
+            node.op_type in keep_float_ops
+            or (node.name or "") in keep_float_nodes
+            or not has_torch_kernel(node)
+        )
 
     for node in graph.node:
         if node.op_type in WEIGHTED_OPS and not kept_float(node):

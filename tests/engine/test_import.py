@@ -103,17 +103,16 @@ def _graph_model(nodes, inputs, outputs, initializers=(), opset=17):
 
 
 def test_unsupported_op_names_op_and_node(tmp_path):
+    """An op neither a torch kernel nor ONNX's reference implementation computes is refused."""
     model = _graph_model(
-        [helper.make_node("NonMaxSuppression", ["b", "s"], ["y"], name="nms_1")],
-        [
-            helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 4, 4]),
-            helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 1, 4]),
-        ],
-        [helper.make_tensor_value_info("y", TensorProto.INT64, [None, 3])],
+        [helper.make_node("Frobnicate", ["x"], ["y"], name="frob_1", domain="com.example")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
     )
-    path = tmp_path / "nms.onnx"
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    path = tmp_path / "frob.onnx"
     onnx.save(model, path)
-    with pytest.raises(UnsupportedOpError, match="NonMaxSuppression at node 'nms_1'"):
+    with pytest.raises(UnsupportedOpError, match="Frobnicate .* at node 'frob_1'"):
         import_model(path)
 
 
