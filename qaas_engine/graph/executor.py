@@ -26,7 +26,7 @@ from qaas_engine.errors import UnsupportedOpError
 from qaas_engine.graph.control_flow import CONTROL_FLOW
 from qaas_engine.graph.dtypes import to_torch
 from qaas_engine.graph.reference import ReferenceKernel, has_reference
-from qaas_engine.graph.registry import OP_REGISTRY, NodeContext, parse_attributes
+from qaas_engine.graph.registry import ANY_VALUE_OPS, OP_REGISTRY, NodeContext, parse_attributes
 
 # Called for each activation as it is produced (graph inputs included); returns the tensor the
 # consumers will see.
@@ -284,7 +284,8 @@ class _Runner:
 
     def compute(self, program: Program, node: CompiledNode, args: list[Any]) -> list[Any]:
         reference = program.references.get(node.name)
-        if reference is None and all(_is_value(a) for a in args):
+        accepted = node.op_type in ANY_VALUE_OPS or all(_is_value(a) for a in args)
+        if reference is None and accepted:
             try:
                 return list(OP_REGISTRY[node.op_type](node.context, args))
             except UnsupportedOpError:

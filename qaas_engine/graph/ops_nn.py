@@ -141,7 +141,11 @@ def conv_transpose(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
 
 @register("MatMul")
 def matmul(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
-    return [torch.matmul(inputs[0], inputs[1])]
+    """Half-precision products accumulate in float32 and round once, as ORT's kernels do."""
+    a, b = inputs[0], inputs[1]
+    if a.dtype in (torch.float16, torch.bfloat16):
+        return [torch.matmul(a.float(), b.float()).to(a.dtype)]
+    return [torch.matmul(a, b)]
 
 
 @register("Gemm")
@@ -243,22 +247,6 @@ def batch_norm(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
     return [centered * _channel_view(factor, x.dim()) + _channel_view(bias, x.dim())]
 
 
-@register("LayerNormalization")
-def layer_norm(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
-    """Written out (not F.layer_norm) because ONNX allows scale/bias that merely broadcast to
-    the normalised shape; low-precision inputs are normalised in float32 per ``stash_type``."""
-    x, scale, bias = inputs[0], inputs[1], opt(inputs, 2)
-    if ctx.num_outputs > 1:
-        raise ctx.unsupported("outputs Mean/InvStdDev")
-    dims = tuple(range(norm_axis(ctx.attrs.get("axis", -1), x.dim()), x.dim()))
-    low_precision = x.dtype in (torch.float16, torch.bfloat16)
-    xf = x.float() if low_precision and ctx.attrs.get("stash_type", 1) == 1 else x
-    centered = xf - xf.mean(dims, keepdim=True)
-    var = (centered * centered).mean(dims, keepdim=True)
-    y = (centered * torch.rsqrt(var + ctx.attrs.get("epsilon", 1e-5))).to(x.dtype) * scale
-    return [y if bias is None else y + bias]
-
-
 def _softmax_like(fn: Callable[..., Tensor]) -> Callable[[NodeContext, Inputs], list[Tensor]]:
     def op(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
         """Before opset 13 the input is coerced to 2-D at ``axis`` (default 1) and normalised
@@ -273,8 +261,23 @@ def _softmax_like(fn: Callable[..., Tensor]) -> Callable[[NodeContext, Inputs], 
     return op
 
 
-register("Softmax")(_softmax_like(torch.softmax))
-register("LogSoftmax")(_softmax_like(torch.log_softmax))
+def _half_aware(fn: Callable[..., Tensor], log: bool) -> Callable[..., Tensor]:
+    """Half-precision inputs round after each step (exp, sum, divide) as ORT and numpy do; torch
+    rounds once from float32, which is one ulp away often enough to fail a 1e-3 tolerance."""
+
+    def softmax(x: Tensor, dim: int) -> Tensor:
+        if x.dtype not in (torch.float16, torch.bfloat16):
+            return fn(x, dim=dim)
+        shifted = x - x.amax(dim, keepdim=True)
+        exps = torch.exp(shifted)
+        total = exps.sum(dim, keepdim=True)
+        return shifted - torch.log(total) if log else exps / total
+
+    return softmax
+
+
+register("Softmax")(_softmax_like(_half_aware(torch.softmax, log=False)))
+register("LogSoftmax")(_softmax_like(_half_aware(torch.log_softmax, log=True)))
 
 
 # --- activations ---------------------------------------------------------------------------------

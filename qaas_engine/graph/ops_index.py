@@ -1,0 +1,115 @@
+"""Gather/scatter by index tensors, block rearrangements and generated matrices in torch.
+
+Negative indices count from the end of their axis, as in ONNX Runtime. The scatters are written
+out-of-place (``Tensor.scatter``/``scatter_reduce``) so gradients reach both the data and the
+updates, which matters where a transformer writes into a cache or a mask.
+"""
+
+import math
+
+import torch
+from torch import Tensor
+
+from qaas_engine.graph.ops_tensor import Inputs, norm_axis, torch_dtype
+from qaas_engine.graph.registry import NodeContext, register
+
+_REDUCE = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}
+
+
+def _positive(indices: Tensor, size: int | Tensor) -> Tensor:
+    indices = indices.long()
+    return torch.where(indices < 0, indices + size, indices)
+
+
+@register("GatherElements")
+def gather_elements(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
+    x = inputs[0]
+    axis = norm_axis(ctx.attrs.get("axis", 0), x.dim())
+    return [torch.gather(x, axis, _positive(inputs[1], x.shape[axis]))]
+
+
+@register("GatherND")
+def gather_nd(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
+    """The leading ``batch_dims`` axes pair data with indices; each index row of length k then
+    picks a slice of the remaining data axes."""
+    data, indices = inputs[0], inputs[1]
+    batch_dims = int(ctx.attrs.get("batch_dims", 0))
+    k = indices.shape[-1]
+    batch_shape = data.shape[:batch_dims]
+    batches = math.prod(batch_shape)
+    flat = data.reshape(batches, *data.shape[batch_dims:])
+    rows = indices.reshape(batches, -1, k)
+    sizes = torch.tensor(data.shape[batch_dims : batch_dims + k], dtype=torch.int64)
+    rows = _positive(rows, sizes)
+    batch_index = torch.arange(batches).unsqueeze(1).expand(batches, rows.shape[1])
+    picked = flat[(batch_index, *rows.unbind(-1))]
+    out_shape = (*batch_shape, *indices.shape[batch_dims:-1], *data.shape[batch_dims + k :])
+    return [picked.reshape(out_shape)]
+
+
+def _scatter(data: Tensor, axis: int, index: Tensor, updates: Tensor, reduction: str) -> Tensor:
+    if reduction == "none":
+        return data.scatter(axis, index, updates)
+    return data.scatter_reduce(axis, index, updates, _REDUCE[reduction], include_self=True)
+
+
+@register("ScatterElements", "Scatter")
+def scatter_elements(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
+    """``Scatter`` is the opset 9-10 name of ScatterElements without ``reduction``."""
+    data, indices, updates = inputs[:3]
+    axis = norm_axis(ctx.attrs.get("axis", 0), data.dim())
+    index = _positive(indices, data.shape[axis])
+    return [_scatter(data, axis, index, updates, ctx.attrs.get("reduction", "none"))]
+
+
+@register("ScatterND")
+def scatter_nd(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
+    """Index rows address slices of the first k data axes; flattening those axes turns the
+    scatter into one along axis 0 with a linear index."""
+    data, indices, updates = inputs[:3]
+    k = indices.shape[-1]
+    lead = data.shape[:k]
+    flat = data.reshape(math.prod(lead), *data.shape[k:])
+    sizes = torch.tensor(lead, dtype=torch.int64)
+    strides = torch.tensor([math.prod(lead[i + 1 :]) for i in range(k)], dtype=torch.int64)
+    linear = (_positive(indices.reshape(-1, k), sizes) * strides).sum(-1)
+    rows = updates.reshape(-1, *data.shape[k:])
+    index = linear.reshape(-1, *[1] * (rows.dim() - 1)).expand_as(rows)
+    out = _scatter(flat, 0, index, rows, ctx.attrs.get("reduction", "none"))
+    return [out.reshape(data.shape)]
+
+
+@register("DepthToSpace")
+def depth_to_space(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
+    """DCR takes the block offsets from the outer part of the channel axis, CRD from the inner."""
+    x = inputs[0]
+    b = int(ctx.attrs["blocksize"])
+    n, c, h, w = x.shape
+    if ctx.attrs.get("mode", "DCR") == "CRD":
+        y = x.reshape(n, c // (b * b), b, b, h, w).permute(0, 1, 4, 2, 5, 3)
+    else:
+        y = x.reshape(n, b, b, c // (b * b), h, w).permute(0, 3, 4, 1, 5, 2)
+    return [y.reshape(n, c // (b * b), h * b, w * b)]
+
+
+@register("SpaceToDepth")
+def space_to_depth(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
+    """The inverse of DepthToSpace in the same ``mode``."""
+    x = inputs[0]
+    b = int(ctx.attrs["blocksize"])
+    n, c, h, w = x.shape
+    y = x.reshape(n, c, h // b, b, w // b, b)
+    if ctx.attrs.get("mode", "DCR") == "CRD":
+        y = y.permute(0, 1, 3, 5, 2, 4)
+    else:
+        y = y.permute(0, 3, 5, 1, 2, 4)
+    return [y.reshape(n, c * b * b, h // b, w // b)]
+
+
+@register("EyeLike")
+def eye_like(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
+    x = inputs[0]
+    dtype = torch_dtype(ctx, ctx.attrs["dtype"]) if "dtype" in ctx.attrs else x.dtype
+    rows, cols = x.shape
+    diagonal = torch.arange(cols).unsqueeze(0) - torch.arange(rows).unsqueeze(1)
+    return [(diagonal == int(ctx.attrs.get("k", 0))).to(dtype)]
