@@ -1,13 +1,22 @@
 """Importing this module registers every torch implementation of an ONNX op in ``OP_REGISTRY``.
 
-The ops live in modules by kind: :mod:`.ops_nn` (conv, pooling, batch norm, activations, resize),
+The ops live in modules by kind: :mod:`.ops_nn` (conv, pooling, batch norm, activations),
+:mod:`.ops_resize` (Resize, Upsample, GridSample),
 :mod:`.ops_norm` (layer, instance, group norms, LRN), :mod:`.ops_math` (elementwise math,
 bitwise, the remaining reductions), :mod:`.ops_index` (gather/scatter, block moves),
 :mod:`.ops_sequence` (sequences and optionals) and :mod:`.ops_tensor` (arithmetic, shape,
 indexing, reduction, constants).
 """
 
-from qaas_engine.graph import ops_index, ops_math, ops_nn, ops_norm, ops_sequence, ops_tensor
+from qaas_engine.graph import (
+    ops_index,
+    ops_math,
+    ops_nn,
+    ops_norm,
+    ops_resize,
+    ops_sequence,
+    ops_tensor,
+)
 from qaas_engine.graph.registry import OP_REGISTRY
 
 __all__ = [
@@ -16,6 +25,7 @@ __all__ = [
     "ops_math",
     "ops_nn",
     "ops_norm",
+    "ops_resize",
     "ops_sequence",
     "ops_tensor",
 ]

@@ -696,13 +696,13 @@ def test_required_ops_are_registered() -> None:
 @pytest.mark.parametrize(
     ("op_type", "inputs", "attrs", "n_out", "reason"),
     [
-        ("Resize", [X4, None, f32(1, 1, 2, 2)], {"mode": "cubic"}, 1, "attribute mode=cubic"),
+        ("Resize", [X4, None, f32(1, 1, 2, 2)], {"mode": "area"}, 1, "attribute mode=area"),
         (
             "Resize",
             [X4, None, f32(1, 1, 2, 2)],
-            {"coordinate_transformation_mode": "tf_crop_and_resize"},
+            {"coordinate_transformation_mode": "bogus"},
             1,
-            "attribute coordinate_transformation_mode=tf_crop_and_resize",
+            "attribute coordinate_transformation_mode=bogus",
         ),
         ("Conv", [X4, rand(4, 3, 3, 3)], {"auto_pad": "BOGUS"}, 1, "attribute auto_pad=BOGUS"),
         (
@@ -755,6 +755,20 @@ def test_unsupported_attribute_names_op_and_node(
         ("Slice", [i64(-1), i64(I64_MIN), i64(3), i64(-2)], {}),
         ("LayerNormalization", [rand(8)], {}),
         ("Softmax", [], {}),
+        ("Resize", [None, f32(1, 1, 0.5, 0.75)], {"mode": "cubic", "antialias": 1}),
+        ("GridSample", [RNG.uniform(-1, 1, (2, 5, 6, 2)).astype(np.float32)], {}),
+        ("InstanceNormalization", [rand(3), rand(3)], {}),
+        ("GroupNormalization", [rand(3), rand(3)], {"num_groups": 3}),
+        ("LRN", [], {"size": 3}),
+        ("Mish", [], {}),
+        ("Selu", [], {}),
+        ("CumSum", [i64(3)], {"exclusive": 1, "reverse": 1}),
+        ("ReduceL2", [i64(1)], {}),
+        ("ReduceLogSumExp", [i64(2, 3)], {}),
+        ("LpNormalization", [], {"axis": 1}),
+        ("GatherElements", [RNG.integers(-7, 7, (2, 3, 4, 8))], {"axis": 2}),
+        ("DepthToSpace", [], {"blocksize": 1}),
+        ("Atan", [], {}),
     ],
 )
 def test_gradients_flow(op_type: str, extra: list, attrs: dict) -> None:
