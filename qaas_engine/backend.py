@@ -33,7 +33,7 @@ class QaasBackendRep(BackendRep):
 
     def __init__(self, model: onnx.ModelProto, device: str = "CPU") -> None:
         self.device = _torch_device(device)
-        self.executor = GraphExecutor(model).to(self.device)
+        self.executor = GraphExecutor(_with_inferred_types(model)).to(self.device)
         self._output_types = {
             o.name: o.type.tensor_type.elem_type if o.type.HasField("tensor_type") else 0
             for o in model.graph.output
@@ -51,6 +51,15 @@ class QaasBackendRep(BackendRep):
         with torch.no_grad():
             results = self.executor.run(feeds)
         return tuple(to_declared(results[name], self._output_types[name]) for name in results)
+
+
+def _with_inferred_types(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Intermediate types tell the executor which widened unsigned values to wrap around; a
+    model whose shapes cannot be inferred still runs, without that."""
+    try:
+        return onnx.shape_inference.infer_shapes(model)
+    except Exception:  # onnx raises several unrelated types here
+        return model
 
 
 def _on_device(value: Any, device: torch.device) -> Any:

@@ -24,7 +24,7 @@ import torch
 import qaas_engine.graph.ops  # noqa: F401  (registers the op implementations)
 from qaas_engine.errors import UnsupportedOpError
 from qaas_engine.graph.control_flow import CONTROL_FLOW
-from qaas_engine.graph.dtypes import to_torch
+from qaas_engine.graph.dtypes import UNSIGNED_BITS, to_torch, wrap_unsigned
 from qaas_engine.graph.reference import ReferenceKernel, has_reference
 from qaas_engine.graph.registry import ANY_VALUE_OPS, OP_REGISTRY, NodeContext, parse_attributes
 
@@ -46,6 +46,9 @@ class CompiledNode:
     subgraphs: dict[str, Program] = field(default_factory=dict)
     # outer-scope names the subgraphs read: they must stay alive until this node has run
     captured: tuple[str, ...] = ()
+    # per output, the declared uint16/uint32 type of a value held widened (0: none), so that
+    # results that overflowed the type wrap around before anything else reads them
+    wrapped: tuple[int, ...] = ()
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -148,11 +151,24 @@ class Program:
                     captured |= _subgraph_reads(attr.g)
         elif not has_torch_kernel(node):
             self.references[name] = self._reference(node, name)
-        compiled = CompiledNode(
-            node.op_type, name, tuple(node.input), tuple(node.output), context, subgraphs
+        wrapped = tuple(self._wrapped_type(o) for o in node.output)
+        return CompiledNode(
+            node.op_type,
+            name,
+            tuple(node.input),
+            tuple(node.output),
+            context,
+            subgraphs,
+            tuple(sorted(captured)),
+            wrapped if any(wrapped) else (),
         )
-        object.__setattr__(compiled, "captured", tuple(sorted(captured)))
-        return compiled
+
+    def _wrapped_type(self, name: str) -> int:
+        value_type = self.types.get(name)
+        if value_type is None or not value_type.HasField("tensor_type"):
+            return 0
+        elem_type = value_type.tensor_type.elem_type
+        return elem_type if UNSIGNED_BITS.get(elem_type, 64) < 64 else 0
 
     def _reference(self, node: onnx.NodeProto, name: str) -> ReferenceKernel:
         if node.domain not in DEFAULT_DOMAINS:
@@ -274,6 +290,11 @@ class _Runner:
                 results = CONTROL_FLOW[node.op_type](self, node, args, scope)
             else:
                 results = self.compute(program, node, args)
+            if node.wrapped:
+                results = [
+                    wrap_unsigned(r, t) if t and isinstance(r, torch.Tensor) else r
+                    for r, t in zip(results, node.wrapped, strict=False)
+                ]
             for out_name, value in zip(node.outputs, results, strict=False):
                 if out_name:
                     env[out_name] = self.observe(out_name, value)

@@ -212,3 +212,20 @@ def test_backend_api() -> None:
     x = RNG.standard_normal((2, 8)).astype(np.float32)
     rep = backend.prepare(model)
     np.testing.assert_allclose(rep.run([x])[0], backend.run_model(model, {"x": x})[0])
+
+
+def test_a_wrapped_unsigned_intermediate_feeds_the_next_op_wrapped() -> None:
+    """uint32 ``a - b`` below zero wraps before the division reads it, as in a real uint32."""
+    u32 = TensorProto.UINT32
+    nodes = [helper.make_node("Sub", ["a", "b"], ["d"]), helper.make_node("Div", ["d", "c"], ["q"])]
+    values = [helper.make_tensor_value_info(n, u32, [3]) for n in ("a", "b", "c", "q")]
+    model = _model(nodes, values[:3], values[3:], opset=17)
+    feeds = {
+        "a": np.array([1, 5, 0], np.uint32),
+        "b": np.array([2, 3, 1], np.uint32),
+        "c": np.array([3, 2, 7], np.uint32),
+    }
+    (ours,) = backend.prepare(model).run(feeds)
+    expected = (feeds["a"] - feeds["b"]) // feeds["c"]
+    np.testing.assert_array_equal(ours, expected)
+    np.testing.assert_array_equal(ours, _ort(model, feeds)[0])
