@@ -113,3 +113,41 @@ def eye_like(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
     rows, cols = x.shape
     diagonal = torch.arange(cols).unsqueeze(0) - torch.arange(rows).unsqueeze(1)
     return [(diagonal == int(ctx.attrs.get("k", 0))).to(dtype)]
+
+
+@register("TopK")
+def top_k(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
+    """A stable sort, so equal values keep the lower index first, as ONNX requires (torch.topk
+    leaves ties unordered)."""
+    x = inputs[0]
+    k = int(inputs[1].reshape(-1)[0]) if ctx.opset >= 10 else int(ctx.attrs["k"])
+    axis = norm_axis(ctx.attrs.get("axis", -1), x.dim())
+    largest = bool(ctx.attrs.get("largest", 1))
+    values, indices = torch.sort(x, dim=axis, descending=largest, stable=True)
+    return [values.narrow(axis, 0, k), indices.narrow(axis, 0, k)]
+
+
+@register("OneHot")
+def one_hot(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
+    """Negative indices count back from ``depth``; indices out of range give all-off rows."""
+    indices, depth, values = inputs[:3]
+    depth = int(depth.reshape(-1)[0])
+    index = indices.long()
+    index = torch.where(index < 0, index + depth, index)
+    hot = index.unsqueeze(-1) == torch.arange(depth)
+    hot = hot.movedim(-1, norm_axis(ctx.attrs.get("axis", -1), indices.dim() + 1))
+    off, on = values.reshape(-1)[0], values.reshape(-1)[1]
+    return [torch.where(hot, on, off)]
+
+
+@register("Compress")
+def compress(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
+    """Without ``axis`` the input is flattened; a condition shorter than the axis keeps only
+    what it covers."""
+    x, condition = inputs[0], inputs[1].reshape(-1).bool()
+    if "axis" not in ctx.attrs:
+        x, axis = x.reshape(-1), 0
+    else:
+        axis = norm_axis(ctx.attrs["axis"], x.dim())
+    kept = torch.nonzero(condition[: x.shape[axis]]).reshape(-1)
+    return [x.index_select(axis, kept)]

@@ -186,14 +186,52 @@ def _pool_geometry(ctx: NodeContext, x: Tensor) -> tuple[list[int], list[int], l
 @register("MaxPool")
 def max_pool(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
     x = inputs[0]
-    if ctx.num_outputs > 1:
-        raise ctx.unsupported("output Indices")
-    if ctx.attrs.get("storage_order", 0):
-        raise ctx.unsupported(f"attribute storage_order={ctx.attrs['storage_order']}")
     kernel, strides, dils, pads = _pool_geometry(ctx, x)
     lowest = -math.inf if x.dtype.is_floating_point else torch.iinfo(x.dtype).min
-    x = F.pad(x, _torch_pad(pads), value=lowest)
-    return [_MAX_POOL[len(kernel)](x, kernel, strides, 0, dils)]
+    padded = F.pad(x, _torch_pad(pads), value=lowest)
+    if ctx.num_outputs < 2:
+        return [_MAX_POOL[len(kernel)](padded, kernel, strides, 0, dils)]
+    y, where = _MAX_POOL[len(kernel)](padded, kernel, strides, 0, dils, return_indices=True)
+    return [y, _onnx_pool_indices(ctx, where, x.shape, padded.shape, pads)]
+
+
+def _onnx_pool_indices(
+    ctx: NodeContext, where: Tensor, shape: torch.Size, padded: torch.Size, pads: Pads
+) -> Tensor:
+    """torch indexes each padded plane; ONNX indexes the whole unpadded tensor, row-major or,
+    with ``storage_order=1``, column-major within each plane."""
+    spatial = list(shape[2:])
+    coords, rest = [], where
+    for size in reversed(padded[2:]):
+        coords.append(rest % size)
+        rest = rest // size
+    coords = [c - begin for c, (begin, _) in zip(reversed(coords), pads, strict=True)]
+    order = list(range(len(spatial)))
+    order = order[::-1] if ctx.attrs.get("storage_order", 0) else order
+    flat = torch.zeros_like(where)
+    for axis in order:
+        flat = flat * spatial[axis] + coords[axis]
+    planes = torch.arange(shape[0] * shape[1]).reshape(shape[0], shape[1], *[1] * len(spatial))
+    return flat + planes * math.prod(spatial)
+
+
+@register("LpPool")
+def lp_pool(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
+    """(sum over the window of |x|^p)^(1/p); padding contributes zeros."""
+    x = inputs[0]
+    p = float(ctx.attrs.get("p", 2))
+    kernel, strides, dils, pads = _pool_geometry(ctx, x)
+    ones = torch.ones((1, 1, *kernel), dtype=x.dtype)
+    flat = F.pad(x.abs().pow(p).reshape(-1, 1, *x.shape[2:]), _torch_pad(pads))
+    sums = _CONV[len(kernel)](flat, ones, None, strides, 0, dils)
+    return [sums.pow(1 / p).reshape(*x.shape[:2], *sums.shape[2:])]
+
+
+@register("GlobalLpPool")
+def global_lp_pool(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
+    x, p = inputs[0], float(ctx.attrs.get("p", 2))
+    dims = tuple(range(2, x.dim()))
+    return [x.abs().pow(p).sum(dims, keepdim=True).pow(1 / p)]
 
 
 @register("AveragePool")

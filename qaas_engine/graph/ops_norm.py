@@ -100,3 +100,13 @@ def mean_variance_norm(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
     mean = x.mean(dims, keepdim=True)
     variance = (x * x).mean(dims, keepdim=True) - mean * mean
     return [(x - mean) / (variance.sqrt() + 1e-9)]
+
+
+@register("RMSNormalization")
+def rms_norm(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
+    """x / sqrt(mean(x^2) + eps) over the axes from ``axis`` on, times scale."""
+    x, scale = inputs[0], inputs[1]
+    dims = tuple(range(norm_axis(ctx.attrs.get("axis", -1), x.dim()), x.dim()))
+    xs = _stash(ctx, x)
+    inv_rms = torch.rsqrt((xs * xs).mean(dims, keepdim=True) + ctx.attrs.get("epsilon", 1e-5))
+    return [(xs * inv_rms).to(x.dtype) * scale]

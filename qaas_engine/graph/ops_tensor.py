@@ -70,7 +70,6 @@ def _pow(a: Tensor, b: Tensor) -> Tensor:
 
 _register_all(
     {
-        "Identity": lambda x: x,
         "Erf": torch.erf,
         "Exp": torch.exp,
         "Log": torch.log,
@@ -100,6 +99,12 @@ _register_all(
     },
     arity=2,
 )
+
+
+@register("Identity", any_value=True)
+def identity(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
+    """Also passes sequences and optionals through."""
+    return [inputs[0]]
 
 
 @register("Where")

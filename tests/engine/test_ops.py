@@ -671,9 +671,97 @@ RESIZE = [
 ]
 
 
+TIES = np.array([[3, 1, 3, 2, 1, 3]], dtype=np.float32)
+IMG = RNG.uniform(0, 255, (1, 2, 6, 8)).astype(np.float32)
+
+# Ops beyond the first exporters' set, each against ORT on random data (ONNX's node cases run in
+# test_conformance.py).
+EXTENDED = [
+    case("MaxPool", [X4], {"kernel_shape": [3, 3], "pads": [1, 0, 2, 1]}, n_out=2, id="argmax"),
+    case(
+        "MaxPool",
+        [X4],
+        {"kernel_shape": [2, 2], "strides": [2, 2], "storage_order": 1},
+        n_out=2,
+        id="argmax-column-major",
+    ),
+    case("MaxPool", [rand(1, 2, 4, 5, 6)], {"kernel_shape": [2, 3, 2]}, n_out=2, id="argmax3d"),
+    case("LpPool", [X4], {"kernel_shape": [3, 2], "pads": [1, 1, 0, 0], "p": 3}, id="lppool"),
+    case("GlobalLpPool", [X4], {"p": 1}, id="global-lppool"),
+    case("TopK", [TIES, i64(4)], {}, n_out=2, id="topk-ties"),
+    case("TopK", [TIES, i64(3)], {"largest": 0, "axis": 1}, n_out=2, id="topk-smallest"),
+    case("OneHot", [i64(0, -1, 5, 2), i64(4), f32(-1, 7)], {"axis": 0}, id="onehot"),
+    case("Compress", [X4, np.array([1, 0, 1], bool)], {"axis": 1}, id="compress"),
+    case("Compress", [rand(3, 2), np.array([0, 1, 1], bool)], {}, id="compress-flat"),
+    case("GroupNormalization", [X4, rand(3), rand(3)], {"num_groups": 3}, 21, id="groupnorm"),
+    case("InstanceNormalization", [X4, rand(3), rand(3)], {"epsilon": 1e-3}, id="instnorm"),
+    case("LRN", [X4], {"size": 5, "alpha": 1e-2, "bias": 2.0}, id="lrn"),
+    case("Mod", [i64(-7, 7, 5, -3), i64(3, -3, -2, 5)], {}, id="mod-int"),
+    case("Mod", [rand(6), pos(6)], {"fmod": 1}, id="fmod"),
+    case("CumSum", [X4, i64(-1)], {"exclusive": 1, "reverse": 1}, id="cumsum"),
+    case("Hardmax", [TIES], {"axis": 1}, id="hardmax"),
+    case("GatherND", [rand(2, 3, 4), RNG.integers(-3, 3, (2, 5, 1))], {"batch_dims": 1}, id="gnd"),
+    case(
+        "ScatterND",
+        [rand(4, 3), i64(1, 3, 1).reshape(3, 1), rand(3, 3)],
+        {"reduction": "add"},
+        18,
+        id="scatternd-add",
+    ),
+    case(
+        "ScatterElements",
+        [rand(3, 4), i64(0, 2, -1, 1).reshape(1, 4), rand(1, 4)],
+        {"axis": 0, "reduction": "max"},
+        18,
+        id="scatter-elements-max",
+    ),
+    case("DepthToSpace", [rand(1, 8, 2, 3)], {"blocksize": 2, "mode": "CRD"}, id="d2s-crd"),
+    case("SpaceToDepth", [rand(1, 2, 4, 6)], {"blocksize": 2}, id="s2d"),
+    case("GridSample", [X4, RNG.uniform(-1.2, 1.2, (2, 4, 5, 2)).astype(np.float32)], {}, id="gs"),
+    case(
+        "GridSample",
+        [X4, RNG.uniform(-1.2, 1.2, (2, 4, 5, 2)).astype(np.float32)],
+        {"mode": "cubic", "padding_mode": "border", "align_corners": 1},
+        20,
+        id="gs-cubic",
+    ),
+    case("Resize", [IMG, None, f32(1, 1, 0.6, 0.4)], {"mode": "cubic"}, 18, id="cubic"),
+    case(
+        "Resize",
+        [IMG, None, f32(1, 1, 0.5, 0.3)],
+        {"mode": "linear", "antialias": 1},
+        18,
+        id="linear-antialias",
+    ),
+    case(
+        "Resize",
+        [IMG, None, None, i64(1, 2, 9, 9)],
+        {"mode": "cubic", "keep_aspect_ratio_policy": "not_larger", "exclude_outside": 1},
+        18,
+        id="cubic-aspect",
+    ),
+    case(
+        "Resize",
+        [IMG, f32(0, 0, 0.1, 0.2, 1, 1, 0.9, 1.1), None, i64(1, 2, 5, 5)],
+        {"coordinate_transformation_mode": "tf_crop_and_resize", "extrapolation_value": -1.0},
+        18,
+        id="crop-and-resize",
+    ),
+]
+
+
 @pytest.mark.parametrize(
     ("op_type", "inputs", "attrs", "opset", "n_out"),
-    CONV + POOL_NORM + ACTIVATIONS + ELEMENTWISE + SHAPE + INDEXING + REDUCE + CONSTANTS + RESIZE,
+    CONV
+    + POOL_NORM
+    + ACTIVATIONS
+    + ELEMENTWISE
+    + SHAPE
+    + INDEXING
+    + REDUCE
+    + CONSTANTS
+    + RESIZE
+    + EXTENDED,
 )
 def test_op_matches_onnxruntime(
     op_type: str, inputs: list, attrs: dict, opset: int, n_out: int
@@ -711,14 +799,6 @@ def test_required_ops_are_registered() -> None:
             {"training_mode": 1},
             1,
             "attribute training_mode=1",
-        ),
-        ("MaxPool", [X4], {"kernel_shape": [2, 2]}, 2, "output Indices"),
-        (
-            "MaxPool",
-            [X4],
-            {"kernel_shape": [2, 2], "storage_order": 1},
-            1,
-            "attribute storage_order=1",
         ),
         ("Cast", [rand(2)], {"to": TensorProto.STRING}, 1, "attribute to=8"),
         ("Gelu", [rand(2)], {"approximate": "erf"}, 1, "attribute approximate=erf"),
