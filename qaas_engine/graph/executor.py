@@ -177,6 +177,14 @@ class Program:
             raise UnsupportedOpError(node.op_type, name)
         return ReferenceKernel(node, self.opset, self.types)
 
+    def reference_nodes(self) -> list[tuple[str, str]]:
+        """(name, op type) of the nodes compiled to the reference fallback, bodies included."""
+        found = [(name, self.protos[name].op_type) for name in self.references]
+        for node in self.nodes:
+            for body in node.subgraphs.values():
+                found += body.reference_nodes()
+        return found
+
     def _last_uses(self) -> dict[str, int]:
         last: dict[str, int] = {}
         for index, node in enumerate(self.nodes):
@@ -198,9 +206,8 @@ class GraphExecutor:
         self.input_names = self.program.input_names
         self.output_names = self.program.output_names
         # node name -> op type, for every node computed by the reference implementation
-        self.fallback_nodes: dict[str, str] = {
-            name: self.program.protos[name].op_type for name in self.program.references
-        }
+        # (inside If/Loop/Scan bodies too)
+        self.fallback_nodes: dict[str, str] = dict(self.program.reference_nodes())
 
     @property
     def fallback_ops(self) -> frozenset[str]:

@@ -183,7 +183,9 @@ def place_quantizers(
             if not is_float_dynamic(output):
                 continue
             if kept_float(node):
-                placement.skipped[output] = f"node '{node.name}' ({node.op_type}) kept in float"
+                why = "" if has_torch_kernel(node) else ": no torch kernel, run by onnx.reference"
+                kept = f"node '{node.name}' ({node.op_type}) kept in float"
+                placement.skipped[output] = kept + why
                 continue
             if node.op_type in PASS_THROUGH_OPS and not _changes_values(node):
                 source = node.input[0] if node.input else ""

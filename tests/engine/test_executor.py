@@ -44,7 +44,7 @@ def _dft_between_matmuls() -> onnx.ModelProto:
         numpy_helper.from_array(np.array([2], np.int64), "last"),
         numpy_helper.from_array(np.array(1, np.int64), "dft_axis"),
     ]
-    return _model(nodes, [_f32("x", [2, 8])], [_f32("y", [2, 8])], [w, *consts])
+    return _model(nodes, [_f32("x", ["n", 8])], [_f32("y", ["n", 8])], [w, *consts])
 
 
 def test_op_without_torch_kernel_runs_by_reference_and_stays_float() -> None:
@@ -229,3 +229,28 @@ def test_a_wrapped_unsigned_intermediate_feeds_the_next_op_wrapped() -> None:
     expected = (feeds["a"] - feeds["b"]) // feeds["c"]
     np.testing.assert_array_equal(ours, expected)
     np.testing.assert_array_equal(ours, _ort(model, feeds)[0])
+
+
+def test_a_model_with_a_reference_op_quantizes_around_it(tmp_path) -> None:
+    """The DFT stays float in the exported model and the report says why; the MatMuls and the
+    activations around it are quantized, and ORT computes what the simulation promised."""
+    from qaas_engine import QuantSpec, import_model, model_inputs, quantize
+    from qaas_engine.data import validate_arrays
+
+    path = tmp_path / "dft.onnx"
+    onnx.save(_dft_between_matmuls(), path)
+    imported = import_model(path)
+
+    def dataset(samples: int):
+        x = RNG.standard_normal((samples, 8)).astype(np.float32)
+        return validate_arrays({"x": x}, model_inputs(imported.model), role="t", source="arrays")
+
+    result = quantize(imported, QuantSpec(), calibration=dataset(32), evaluation=dataset(16))
+    kept = result.report["quantizers"]["kept_float"]
+    assert "onnx.reference" in kept["spectrum"]
+    graph = result.quantized_model.graph
+    assert any(n.op_type == "DFT" for n in graph.node)
+    assert not any(n.op_type == "QuantizeLinear" and "spectrum" in n.input for n in graph.node)
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) >= 2
+    metrics = result.report["metrics"]["simulation_vs_onnxruntime"]
+    assert metrics["max_abs_diff"] < 1e-4, metrics
