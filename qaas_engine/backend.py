@@ -21,19 +21,17 @@ from qaas_engine.graph.dtypes import to_declared, to_torch
 from qaas_engine.graph.executor import GraphExecutor
 
 
-def _torch_device(device: str) -> torch.device:
-    parsed = Device(device)
-    if parsed.type == DeviceType.CUDA:
-        return torch.device("cuda", parsed.device_id)
-    return torch.device("cpu")
+def _check_device(device: str) -> None:
+    if not QaasBackend.supports_device(device):
+        raise ValueError(f"qaas_engine.backend runs on CPU only, not {device}")
 
 
 class QaasBackendRep(BackendRep):
     """A prepared model: its executor and the declared type of each graph output."""
 
     def __init__(self, model: onnx.ModelProto, device: str = "CPU") -> None:
-        self.device = _torch_device(device)
-        self.executor = GraphExecutor(_with_inferred_types(model)).to(self.device)
+        _check_device(device)
+        self.executor = GraphExecutor(_with_inferred_types(model))
         self._output_types = {
             o.name: o.type.tensor_type.elem_type if o.type.HasField("tensor_type") else 0
             for o in model.graph.output
@@ -47,7 +45,7 @@ class QaasBackendRep(BackendRep):
         else:
             values = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
             named = dict(zip(self.executor.input_names, values, strict=False))
-        feeds = {name: _on_device(to_torch(value), self.device) for name, value in named.items()}
+        feeds = {name: to_torch(value) for name, value in named.items()}
         with torch.no_grad():
             results = self.executor.run(feeds)
         return tuple(to_declared(results[name], self._output_types[name]) for name in results)
@@ -62,14 +60,6 @@ def _with_inferred_types(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
-def _on_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, list):
-        return [_on_device(v, device) for v in value]
-    return value
-
-
 class QaasBackend(Backend):
     """``prepare`` compiles once; ``run_node`` wraps one node in a model of its own."""
 
@@ -80,10 +70,9 @@ class QaasBackend(Backend):
 
     @classmethod
     def supports_device(cls, device: str) -> bool:
-        parsed = Device(device)
-        if parsed.type == DeviceType.CUDA:
-            return torch.cuda.is_available()
-        return parsed.type == DeviceType.CPU
+        """CPU only: the engine calibrates and simulates on CPU, and its kernels create their
+        helper tensors (indices, interpolation matrices) there."""
+        return Device(device).type == DeviceType.CPU
 
     @classmethod
     def run_node(

@@ -2,8 +2,7 @@
 optional is ``None``.
 
 Exporters emit these around dynamic splits and concatenations (``SplitToSequence`` then
-``ConcatFromSequence``); computing them with torch keeps the tensors inside differentiable and on
-the executor's device.
+``ConcatFromSequence``); computing them with torch keeps the tensors inside differentiable.
 """
 
 import torch

@@ -203,7 +203,7 @@ def test_unsigned_integers_compute_widened_and_come_back_declared(dtype: type) -
 
 def test_backend_api() -> None:
     assert backend.supports_device("CPU")
-    assert backend.supports_device("CUDA") == torch.cuda.is_available()
+    assert not backend.supports_device("CUDA")
     node = helper.make_node("Softplus", ["x"], ["y"])
     x = RNG.standard_normal((3, 4)).astype(np.float32)
     (y,) = backend.run_node(node, [x])
