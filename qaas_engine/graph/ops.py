@@ -1,7 +1,7 @@
 """Importing this module registers every torch implementation of an ONNX op in ``OP_REGISTRY``.
 
 The ops live in modules by kind: :mod:`.ops_nn` (conv, pooling, batch norm, activations),
-:mod:`.ops_resize` (Resize, Upsample, GridSample),
+:mod:`.ops_resize` (Resize, Upsample, GridSample), :mod:`.ops_attention` (Attention),
 :mod:`.ops_norm` (layer, instance, group norms, LRN), :mod:`.ops_math` (elementwise math,
 bitwise, the remaining reductions), :mod:`.ops_index` (gather/scatter, block moves),
 :mod:`.ops_sequence` (sequences and optionals) and :mod:`.ops_tensor` (arithmetic, shape,
@@ -9,6 +9,7 @@ indexing, reduction, constants).
 """
 
 from qaas_engine.graph import (
+    ops_attention,
     ops_index,
     ops_math,
     ops_nn,
@@ -21,6 +22,7 @@ from qaas_engine.graph.registry import OP_REGISTRY
 
 __all__ = [
     "OP_REGISTRY",
+    "ops_attention",
     "ops_index",
     "ops_math",
     "ops_nn",

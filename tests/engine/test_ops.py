@@ -725,6 +725,22 @@ EXTENDED = [
         20,
         id="gs-cubic",
     ),
+    case(
+        "Attention",
+        [rand(2, 4, 3, 8), rand(2, 2, 5, 8), rand(2, 2, 5, 6), RNG.random((3, 7)) > 0.3]
+        + [rand(2, 2, 2, 8), rand(2, 2, 2, 6)],
+        {"is_causal": 1, "qk_matmul_output_mode": 3},
+        23,
+        4,
+        id="attention-gqa-cache-causal",
+    ),
+    case(
+        "Attention",
+        [rand(2, 3, 16), rand(2, 5, 16), rand(2, 5, 8), rand(3, 5)],
+        {"q_num_heads": 4, "kv_num_heads": 4, "softcap": 2.0, "scale": 0.3},
+        23,
+        id="attention-3d-softcap",
+    ),
     case("Resize", [IMG, None, f32(1, 1, 0.6, 0.4)], {"mode": "cubic"}, 18, id="cubic"),
     case(
         "Resize",
