@@ -2,6 +2,7 @@
 
 The ops live in modules by kind: :mod:`.ops_nn` (conv, pooling, batch norm, activations),
 :mod:`.ops_resize` (Resize, Upsample, GridSample), :mod:`.ops_attention` (Attention),
+:mod:`.ops_rnn` (RNN, GRU, LSTM),
 :mod:`.ops_norm` (layer, instance, group norms, LRN), :mod:`.ops_math` (elementwise math,
 bitwise, the remaining reductions), :mod:`.ops_index` (gather/scatter, block moves),
 :mod:`.ops_sequence` (sequences and optionals) and :mod:`.ops_tensor` (arithmetic, shape,
@@ -15,6 +16,7 @@ from qaas_engine.graph import (
     ops_nn,
     ops_norm,
     ops_resize,
+    ops_rnn,
     ops_sequence,
     ops_tensor,
 )
@@ -28,6 +30,7 @@ __all__ = [
     "ops_nn",
     "ops_norm",
     "ops_resize",
+    "ops_rnn",
     "ops_sequence",
     "ops_tensor",
 ]

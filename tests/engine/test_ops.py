@@ -741,6 +741,28 @@ EXTENDED = [
         23,
         id="attention-3d-softcap",
     ),
+    case(
+        "LSTM",
+        [rand(5, 3, 4), rand(2, 24, 4), rand(2, 24, 6), rand(2, 48)]
+        + [np.array([5, 2, 4], np.int32), rand(2, 3, 6), rand(2, 3, 6), rand(2, 18)],
+        {"hidden_size": 6, "direction": "bidirectional", "clip": 2.0},
+        n_out=3,
+        id="lstm-bidirectional-lengths-peepholes",
+    ),
+    case(
+        "GRU",
+        [rand(4, 2, 3), rand(1, 15, 3), rand(1, 15, 5), rand(1, 30)],
+        {"hidden_size": 5, "linear_before_reset": 1, "direction": "reverse"},
+        n_out=2,
+        id="gru-reverse-linear-before-reset",
+    ),
+    case(
+        "RNN",
+        [rand(4, 2, 3), rand(1, 5, 3), rand(1, 5, 5)],
+        {"hidden_size": 5, "activations": ["Relu"]},
+        n_out=2,
+        id="rnn-relu",
+    ),
     case("Resize", [IMG, None, f32(1, 1, 0.6, 0.4)], {"mode": "cubic"}, 18, id="cubic"),
     case(
         "Resize",
@@ -875,3 +897,17 @@ def test_gradients_flow(op_type: str, extra: list, attrs: dict) -> None:
     (y,) = OP_REGISTRY[op_type](ctx, [x, *rest])
     y.square().sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("op_type", ["RNN", "GRU", "LSTM"])
+def test_gradients_flow_through_recurrences(op_type: str) -> None:
+    """QAT trains through recurrent layers: input and weights both get gradients."""
+    gates = {"RNN": 1, "GRU": 3, "LSTM": 4}[op_type]
+    x = torch.randn(4, 2, 3, requires_grad=True)
+    w = torch.randn(2, gates * 5, 3, requires_grad=True)
+    r = torch.randn(2, gates * 5, 5)
+    ctx = NodeContext(op_type, "n", {"hidden_size": 5, "direction": "bidirectional"}, 17, 2)
+    y, y_h = OP_REGISTRY[op_type](ctx, [x, w, r])
+    (y.square().sum() + y_h.sum()).backward()
+    for t in (x, w):
+        assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
