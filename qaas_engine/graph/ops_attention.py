@@ -1,5 +1,5 @@
-"""ONNX ``Attention`` (opset 23+) in torch: what the dynamo exporter emits for
-``scaled_dot_product_attention`` at those opsets.
+"""ONNX ``Attention`` and ``RotaryEmbedding`` (opset 23+) in torch: what the dynamo exporter
+emits for ``scaled_dot_product_attention`` and rotary position embeddings at those opsets.
 
 Follows the op's function body step by step (Q and K each scaled by sqrt(scale), softcap before
 the mask, a fully masked row gives zeros, not NaN) so the values match ONNX's; grouped-query
@@ -111,3 +111,34 @@ def attention(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
         y = y.transpose(1, 2).reshape(y.shape[0], y.shape[2], -1)
     outputs = [y, present_key, present_value, exposed.to(q.dtype)]
     return outputs[: max(ctx.num_outputs, 1)]
+
+
+@register("RotaryEmbedding")
+def rotary_embedding(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
+    """Rotates the first ``rotary_embedding_dim`` features of each head by the cached angles
+    of its position: pairs are adjacent features (``interleaved``) or the two halves."""
+    x, cos, sin, positions = inputs[0], inputs[1], inputs[2], opt(inputs, 3)
+    if x.dim() == 4:  # (batch, heads, seq, size) -> (batch, seq, heads, size)
+        heads_last = x.transpose(1, 2)
+    else:
+        batch, seq, hidden = x.shape
+        heads = int(ctx.attrs["num_heads"])
+        heads_last = x.reshape(batch, seq, heads, hidden // heads)
+    size = heads_last.shape[-1]
+    rotated_size = int(ctx.attrs.get("rotary_embedding_dim", 0)) or size
+    if positions is not None:
+        cos, sin = cos[positions.long()], sin[positions.long()]
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # one angle per (batch, seq), every head
+    rotate, keep = heads_last[..., :rotated_size], heads_last[..., rotated_size:]
+    interleaved = bool(ctx.attrs.get("interleaved", 0))
+    if interleaved:
+        first, second = rotate[..., 0::2], rotate[..., 1::2]
+    else:
+        first, second = rotate.chunk(2, dim=-1)
+    real, imag = cos * first - sin * second, sin * first + cos * second
+    if interleaved:
+        rotate = torch.stack([real, imag], dim=-1).reshape(rotate.shape)
+    else:
+        rotate = torch.cat([real, imag], dim=-1)
+    out = torch.cat([rotate, keep], dim=-1)
+    return [out.transpose(1, 2) if x.dim() == 4 else out.reshape(x.shape)]

@@ -742,6 +742,20 @@ EXTENDED = [
         id="attention-3d-softcap",
     ),
     case(
+        "RotaryEmbedding",
+        [rand(2, 3, 4, 8), rand(10, 2), rand(10, 2), RNG.integers(0, 10, (2, 4))],
+        {"interleaved": 1, "rotary_embedding_dim": 4},
+        23,
+        id="rotary-interleaved-partial",
+    ),
+    case(
+        "RotaryEmbedding",
+        [rand(2, 4, 16), rand(2, 4, 4), rand(2, 4, 4)],
+        {"num_heads": 2},
+        23,
+        id="rotary-3d",
+    ),
+    case(
         "LSTM",
         [rand(5, 3, 4), rand(2, 24, 4), rand(2, 24, 6), rand(2, 48)]
         + [np.array([5, 2, 4], np.int32), rand(2, 3, 6), rand(2, 3, 6), rand(2, 18)],
