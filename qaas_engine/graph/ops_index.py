@@ -151,3 +151,37 @@ def compress(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
         axis = norm_axis(ctx.attrs["axis"], x.dim())
     kept = torch.nonzero(condition[: x.shape[axis]]).reshape(-1)
     return [x.index_select(axis, kept)]
+
+
+@register("ReverseSequence")
+def reverse_sequence(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
+    """Each batch entry's first ``sequence_lens[b]`` steps reversed, the rest left in place."""
+    x, lengths = inputs[0], inputs[1].long()
+    time_axis, batch_axis = int(ctx.attrs.get("time_axis", 0)), int(ctx.attrs.get("batch_axis", 1))
+    steps = torch.arange(x.shape[time_axis]).unsqueeze(1)  # (time, batch)
+    order = torch.where(steps < lengths, lengths - 1 - steps, steps)
+    moved = x.movedim((time_axis, batch_axis), (0, 1))
+    index = order.reshape(*order.shape, *[1] * (moved.dim() - 2)).expand_as(moved)
+    return [moved.gather(0, index).movedim((0, 1), (time_axis, batch_axis))]
+
+
+@register("CenterCropPad")
+def center_crop_pad(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
+    """Crops a centred window or pads with zeros around the input, axis by axis; an odd
+    difference leaves the extra element at the end."""
+    x = inputs[0]
+    sizes = [int(v) for v in inputs[1].reshape(-1).tolist()]
+    axes = ctx.attrs.get("axes") or list(range(x.dim()))
+    for axis, size in zip((norm_axis(a, x.dim()) for a in axes), sizes, strict=False):
+        current = x.shape[axis]
+        if size < current:
+            x = x.narrow(axis, (current - size) // 2, size)
+        elif size > current:
+            before = (size - current) // 2
+            shape = list(x.shape)
+            pieces = []
+            for count in (before, size - current - before):
+                shape[axis] = count
+                pieces.append(x.new_zeros(shape))
+            x = torch.cat([pieces[0], x, pieces[1]], dim=axis)
+    return [x]

@@ -129,17 +129,27 @@ def hardmax(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
     return [F.one_hot(flat.argmax(1), flat.shape[1]).to(x.dtype).reshape(x.shape)]
 
 
-@register("CumSum")
-def cumsum(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
+@register("CumSum", "CumProd")
+def cumulative(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
+    """``exclusive`` shifts the running value by one (starting from 0, or 1 for products)
+    rather than subtracting or dividing, so integers stay exact; ``reverse`` runs from the end."""
     x = inputs[0]
     axis = norm_axis(int(inputs[1].reshape(-1)[0]), x.dim())
     reverse, exclusive = ctx.attrs.get("reverse", 0), ctx.attrs.get("exclusive", 0)
+    product = ctx.op_type == "CumProd"
     y = x.flip(axis) if reverse else x
     if exclusive:
-        head = torch.zeros_like(y.narrow(axis, 0, 1))
+        start = y.narrow(axis, 0, 1)
+        head = torch.ones_like(start) if product else torch.zeros_like(start)
         y = torch.cat([head, y.narrow(axis, 0, y.shape[axis] - 1)], dim=axis)
-    y = torch.cumsum(y, axis, dtype=x.dtype)
+    y = torch.cumprod(y, axis, dtype=x.dtype) if product else torch.cumsum(y, axis, dtype=x.dtype)
     return [y.flip(axis) if reverse else y]
+
+
+@register("SwiGLU")
+def swiglu(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
+    gate, value = inputs[0], inputs[1]
+    return [gate * torch.sigmoid(_attr(ctx, "alpha", 1.0) * gate) * value]
 
 
 # --- reductions beyond sum/mean/max/min ----------------------------------------------------------

@@ -265,3 +265,11 @@ def grid_sample(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
         raise ctx.unsupported(f"{x.dim() - 2}-D {mode} sampling")
     align = bool(ctx.attrs.get("align_corners", 0))
     return [F.grid_sample(x, grid.to(x.dtype), mode, padding, align_corners=align)]
+
+
+@register("AffineGrid")
+def affine_grid(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
+    """The sampling grid of an affine transform, in GridSample's convention (torch's too)."""
+    theta, size = inputs[0], [int(v) for v in inputs[1].reshape(-1).tolist()]
+    align = bool(ctx.attrs.get("align_corners", 0))
+    return [F.affine_grid(theta, size, align_corners=align)]

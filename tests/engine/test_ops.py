@@ -742,6 +742,14 @@ EXTENDED = [
         id="attention-3d-softcap",
     ),
     case(
+        "ReverseSequence",
+        [rand(3, 5, 2), np.array([5, 1, 3], np.int64)],
+        {"batch_axis": 0, "time_axis": 1},
+        id="reverse-sequence",
+    ),
+    case("CenterCropPad", [X4, i64(5, 11)], {"axes": [2, 3]}, 18, id="center-crop-pad"),
+    case("AffineGrid", [rand(2, 2, 3), i64(2, 3, 4, 5)], {"align_corners": 1}, 20, id="affine"),
+    case(
         "RotaryEmbedding",
         [rand(2, 3, 4, 8), rand(10, 2), rand(10, 2), RNG.integers(0, 10, (2, 4))],
         {"interleaved": 1, "rotary_embedding_dim": 4},
