@@ -150,7 +150,7 @@ class Program:
                     subgraphs[attr.name] = Program(attr.g, self.opset, self.types)
                     captured |= _subgraph_reads(attr.g)
         elif not has_torch_kernel(node):
-            self.references[name] = self._reference(node, name)
+            self.references[name] = self.reference_kernel(node, name)
         wrapped = tuple(self._wrapped_type(o) for o in node.output)
         return CompiledNode(
             node.op_type,
@@ -170,7 +170,8 @@ class Program:
         elem_type = value_type.tensor_type.elem_type
         return elem_type if UNSIGNED_BITS.get(elem_type, 64) < 64 else 0
 
-    def _reference(self, node: onnx.NodeProto, name: str) -> ReferenceKernel:
+    def reference_kernel(self, node: onnx.NodeProto, name: str) -> ReferenceKernel:
+        """The node run by onnx.reference; refused by name if that cannot compute it either."""
         if node.domain not in DEFAULT_DOMAINS:
             raise UnsupportedOpError(f"{node.op_type} (domain '{node.domain}')", name)
         if not has_reference(node.op_type, self.opset):
@@ -244,7 +245,7 @@ class GraphExecutor:
         reference implementation for good, and record it."""
         kernel = program.references.get(node.name)
         if kernel is None:
-            kernel = program._reference(program.protos[node.name], node.name)
+            kernel = program.reference_kernel(program.protos[node.name], node.name)
             program.references[node.name] = kernel
         self.fallback_nodes[node.name] = node.op_type
         return kernel
