@@ -5,8 +5,8 @@ The ops live in modules by kind: :mod:`.ops_nn` (conv, pooling, batch norm, acti
 :mod:`.ops_rnn` (RNN, GRU, LSTM),
 :mod:`.ops_norm` (layer, instance, group norms, LRN), :mod:`.ops_math` (elementwise math,
 bitwise, the remaining reductions), :mod:`.ops_index` (gather/scatter, block moves),
-:mod:`.ops_sequence` (sequences and optionals) and :mod:`.ops_tensor` (arithmetic, shape,
-indexing, reduction, constants).
+:mod:`.ops_sequence` (sequences and optionals), :mod:`.ops_signal` (DFT, windows) and
+:mod:`.ops_tensor` (arithmetic, shape, indexing, reduction, constants).
 """
 
 from qaas_engine.graph import (
@@ -18,6 +18,7 @@ from qaas_engine.graph import (
     ops_resize,
     ops_rnn,
     ops_sequence,
+    ops_signal,
     ops_tensor,
 )
 from qaas_engine.graph.registry import OP_REGISTRY
@@ -32,5 +33,6 @@ __all__ = [
     "ops_resize",
     "ops_rnn",
     "ops_sequence",
+    "ops_signal",
     "ops_tensor",
 ]

@@ -30,29 +30,30 @@ def _ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarra
     return session.run(None, feeds)
 
 
-def _dft_between_matmuls() -> onnx.ModelProto:
-    """DFT has no torch kernel: it runs through onnx.reference between two quantizable MatMuls."""
+def _stft_after_matmul() -> onnx.ModelProto:
+    """STFT has no torch kernel: it runs through onnx.reference after a quantizable MatMul."""
     w = numpy_helper.from_array(RNG.standard_normal((8, 8)).astype(np.float32), "w")
     nodes = [
         helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
         helper.make_node("Unsqueeze", ["h", "axes"], ["h3"], name="unsq"),
-        helper.make_node("DFT", ["h3", "", "dft_axis"], ["spectrum"], name="dft"),
-        helper.make_node("ReduceSum", ["spectrum", "last"], ["y"], name="sum", keepdims=0),
+        helper.make_node("STFT", ["h3", "step", "", "frame"], ["spectrum"], name="stft"),
+        helper.make_node("ReduceSum", ["spectrum", "bins"], ["y"], name="sum", keepdims=0),
     ]
     consts = [
         numpy_helper.from_array(np.array([2], np.int64), "axes"),
-        numpy_helper.from_array(np.array([2], np.int64), "last"),
-        numpy_helper.from_array(np.array(1, np.int64), "dft_axis"),
+        numpy_helper.from_array(np.array([2, 3], np.int64), "bins"),
+        numpy_helper.from_array(np.array(2, np.int64), "step"),
+        numpy_helper.from_array(np.array(4, np.int64), "frame"),
     ]
-    return _model(nodes, [_f32("x", ["n", 8])], [_f32("y", ["n", 8])], [w, *consts])
+    return _model(nodes, [_f32("x", ["n", 8])], [_f32("y", ["n", 3])], [w, *consts])
 
 
 def test_op_without_torch_kernel_runs_by_reference_and_stays_float() -> None:
-    model = _dft_between_matmuls()
+    model = _stft_after_matmul()
     x = RNG.standard_normal((2, 8)).astype(np.float32)
     executor = GraphExecutor(model)
-    assert executor.fallback_ops == {"DFT"} and executor.fallback_nodes == {"dft": "DFT"}
-    assert [n.name for n in reference_nodes(model)] == ["dft"] and not unsupported_nodes(model)
+    assert executor.fallback_ops == {"STFT"} and executor.fallback_nodes == {"stft": "STFT"}
+    assert [n.name for n in reference_nodes(model)] == ["stft"] and not unsupported_nodes(model)
     (ours,) = executor.run({"x": torch.from_numpy(x)}).values()
     np.testing.assert_allclose(ours.numpy(), _ort(model, {"x": x})[0], rtol=1e-4, atol=1e-4)
     placement = place_quantizers(onnx.shape_inference.infer_shapes(model))
@@ -208,7 +209,7 @@ def test_backend_api() -> None:
     x = RNG.standard_normal((3, 4)).astype(np.float32)
     (y,) = backend.run_node(node, [x])
     np.testing.assert_allclose(y, np.log1p(np.exp(x)), rtol=1e-5)
-    model = _dft_between_matmuls()
+    model = _stft_after_matmul()
     x = RNG.standard_normal((2, 8)).astype(np.float32)
     rep = backend.prepare(model)
     np.testing.assert_allclose(rep.run([x])[0], backend.run_model(model, {"x": x})[0])
@@ -232,13 +233,13 @@ def test_a_wrapped_unsigned_intermediate_feeds_the_next_op_wrapped() -> None:
 
 
 def test_a_model_with_a_reference_op_quantizes_around_it(tmp_path) -> None:
-    """The DFT stays float in the exported model and the report says why; the MatMuls and the
+    """The STFT stays float in the exported model and the report says why; the MatMuls and the
     activations around it are quantized, and ORT computes what the simulation promised."""
     from qaas_engine import QuantSpec, import_model, model_inputs, quantize
     from qaas_engine.data import validate_arrays
 
-    path = tmp_path / "dft.onnx"
-    onnx.save(_dft_between_matmuls(), path)
+    path = tmp_path / "stft.onnx"
+    onnx.save(_stft_after_matmul(), path)
     imported = import_model(path)
 
     def dataset(samples: int):
@@ -249,7 +250,7 @@ def test_a_model_with_a_reference_op_quantizes_around_it(tmp_path) -> None:
     kept = result.report["quantizers"]["kept_float"]
     assert "onnx.reference" in kept["spectrum"]
     graph = result.quantized_model.graph
-    assert any(n.op_type == "DFT" for n in graph.node)
+    assert any(n.op_type == "STFT" for n in graph.node)
     assert not any(n.op_type == "QuantizeLinear" and "spectrum" in n.input for n in graph.node)
     assert sum(n.op_type == "QuantizeLinear" for n in graph.node) >= 2
     metrics = result.report["metrics"]["simulation_vs_onnxruntime"]

@@ -749,6 +749,10 @@ EXTENDED = [
     ),
     case("CenterCropPad", [X4, i64(5, 11)], {"axes": [2, 3]}, 18, id="center-crop-pad"),
     case("AffineGrid", [rand(2, 2, 3), i64(2, 3, 4, 5)], {"align_corners": 1}, 20, id="affine"),
+    case("DFT", [rand(2, 6, 1), i64(8), i64(1)], {"onesided": 1}, 20, id="dft-real-onesided"),
+    case("DFT", [rand(2, 5, 2), None, i64(-2)], {"inverse": 1}, 20, id="dft-complex-inverse"),
+    case("HammingWindow", [i64(7)], {"periodic": 0}, 17, id="hamming"),
+    case("BlackmanWindow", [i64(8)], {}, 17, id="blackman"),
     case(
         "RotaryEmbedding",
         [rand(2, 3, 4, 8), rand(10, 2), rand(10, 2), RNG.integers(0, 10, (2, 4))],
