@@ -119,7 +119,9 @@ def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
 class Program:
     """A compiled graph: nodes in order, their kernels, and when each value is last used."""
 
-    def __init__(self, graph: onnx.GraphProto, opset: int, types: dict[str, onnx.TypeProto]):
+    def __init__(
+        self, graph: onnx.GraphProto, opset: int, types: dict[str, onnx.TypeProto]
+    ) -> None:
         _value_types(graph, types)
         self.opset = opset
         self.types = types

@@ -34,7 +34,9 @@ def _additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.where(mask, zero, minus_inf)
 
 
-def _bias(ctx: NodeContext, mask: Tensor | None, dtype: torch.dtype, shape: tuple, past: int):
+def _bias(
+    ctx: NodeContext, mask: Tensor | None, dtype: torch.dtype, shape: tuple, past: int
+) -> Tensor:
     """The additive bias over (query, key) positions: the mask padded to every key (padding
     masked), plus the causal frontier ``key <= query + past`` when ``is_causal``."""
     queries, keys = shape

@@ -67,7 +67,9 @@ def _run_direction(
     return torch.stack(outputs), state
 
 
-def _cell(ctx: NodeContext, xw: Tensor, state: tuple, rec: tuple, acts: list, clip) -> tuple:
+def _cell(
+    ctx: NodeContext, xw: Tensor, state: tuple, rec: tuple, acts: list, clip: float | None
+) -> tuple:
     r, rb, p = rec
     h = state[0]
     hidden = h.shape[1]

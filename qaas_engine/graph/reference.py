@@ -44,7 +44,7 @@ def _declared_elem_type(value_type: onnx.TypeProto | None) -> int:
 class ReferenceKernel:
     """One node wrapped in a one-node model (so the model's opset applies), run by numpy."""
 
-    def __init__(self, node: onnx.NodeProto, opset: int, types: dict[str, onnx.TypeProto]):
+    def __init__(self, node: onnx.NodeProto, opset: int, types: dict[str, onnx.TypeProto]) -> None:
         self.input_names = list(node.input)
         self.input_types = [_declared_elem_type(types.get(name)) for name in node.input]
         inputs = [
