@@ -22,9 +22,9 @@ import pytest
 from onnx import numpy_helper
 
 from qaas_engine import backend as qaas_backend
-from qaas_engine.graph.dtypes import TORCH_DTYPES
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
+WIDE_UNSIGNED = {np.dtype(np.uint16), np.dtype(np.uint32), np.dtype(np.uint64)}
 _EXPANDED = re.compile(r"_expanded(_ver\d+)?$")  # a function op's case, expanded to its body
 
 # Ops whose every node case must pass (issue #15 names them: real exporters emit them).
@@ -44,6 +44,7 @@ class CaseOutcome:
     ort: str | None
     fallback: frozenset[str]  # op types our backend ran by onnx.reference, not by torch
     exotic: bool  # the case's data hold a type torch has no tensors for
+    wide_unsigned: bool  # ... or uint16/32/64, which torch holds only widened
 
 
 def _default_domain_only(model: onnx.ModelProto) -> bool:
@@ -88,16 +89,33 @@ def _as_arrays(values: Sequence[Any]) -> list[Any]:
 Runner = Callable[[onnx.ModelProto, list[Any], set[str]], Sequence[Any]]
 
 
-def _holds_exotic_types(data_sets: Any) -> bool:
-    def exotic(value: Any) -> bool:
-        if isinstance(value, list | tuple):
-            return any(exotic(v) for v in value)
-        if isinstance(value, onnx.TensorProto):
-            return value.data_type not in TORCH_DTYPES
-        dtype = np.asarray(value).dtype if value is not None else np.dtype(np.float32)
-        return dtype.kind == "O" or (dtype.kind == "V" and dtype != ml_dtypes.bfloat16)
+def _dtypes(data_sets: Any) -> set[np.dtype]:
+    """Every element type in a case's inputs and expected outputs (sequences included)."""
+    found: set[np.dtype] = set()
 
-    return any(exotic(list(inputs)) or exotic(list(outputs)) for inputs, outputs in data_sets)
+    def visit(value: Any) -> None:
+        if isinstance(value, list | tuple):
+            for v in value:
+                visit(v)
+        elif isinstance(value, onnx.TensorProto):
+            found.add(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value.data_type)))
+        elif value is not None:
+            found.add(np.asarray(value).dtype)
+
+    for inputs, outputs in data_sets:
+        visit(list(inputs))
+        visit(list(outputs))
+    return found
+
+
+_TORCH_HELD = {np.dtype(t) for t in (np.bool_, np.float16, np.float32, np.float64)}
+_TORCH_HELD |= {np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64, np.uint8)}
+_TORCH_HELD |= {np.dtype(ml_dtypes.bfloat16)}
+
+
+def _exotic(dtype: np.dtype) -> bool:
+    """Types torch has no tensors for: strings, float8, 4-bit and 2-bit integers."""
+    return dtype not in _TORCH_HELD and dtype not in WIDE_UNSIGNED
 
 
 def _outcome(run: Runner, case: Any, fallback: set[str]) -> str | None:
@@ -153,9 +171,16 @@ def collect_outcomes() -> list[CaseOutcome]:
         subject = subjects.get(_EXPANDED.sub("", case.name), "")
         fallback: set[str] = set()
         ours, theirs = _outcome(run_qaas, case, fallback), _outcome(run_ort, case, set())
-        exotic = _holds_exotic_types(case.data_sets)
+        dtypes = _dtypes(case.data_sets)
         outcome = CaseOutcome(
-            case.name, subject, op_types, ours, theirs, frozenset(fallback), exotic
+            case.name,
+            subject,
+            op_types,
+            ours,
+            theirs,
+            frozenset(fallback),
+            exotic=any(_exotic(d) for d in dtypes),
+            wide_unsigned=bool(dtypes & WIDE_UNSIGNED),
         )
         outcomes.append(outcome)
     return outcomes
@@ -189,3 +214,13 @@ def test_every_case_of_a_named_op_passes_in_torch(
     assert not failed, failed
     by_reference = [o.name for o in cases if op_type in o.fallback and not o.exotic]
     assert not by_reference, f"{op_type} ran through onnx.reference, not torch: {by_reference}"
+
+
+def test_every_case_with_16_to_64_bit_unsigned_integers_passes(
+    outcomes: list[CaseOutcome],
+) -> None:
+    """Computed widened in torch, returned in the declared type."""
+    cases = [o for o in outcomes if o.wide_unsigned]
+    assert len(cases) > 20
+    failed = {o.name: o.ours for o in cases if o.ours is not None}
+    assert not failed, failed
