@@ -11,8 +11,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
 from qaas_engine.errors import UnsupportedOpError
+from qaas_engine.graph.dtypes import TORCH_DTYPES
 
 if TYPE_CHECKING:
     from qaas_engine.graph.executor import CompiledNode, Program, Scope, _Runner
@@ -32,12 +34,19 @@ def run_if(runner: _Runner, node: CompiledNode, args: list[Any], scope: Scope) -
     return _run_body(runner, node, "then_branch" if condition else "else_branch", [], scope)
 
 
-def _stack(ctx_node: CompiledNode, pieces: list[Any], axis: int = 0) -> Any:
-    if not pieces:
-        raise UnsupportedOpError(ctx_node.op_type, ctx_node.name, "no iteration ran a scan output")
+def _stack(ctx_node: CompiledNode, pieces: list[Any], body: Program, name: str) -> Tensor:
+    """Per-iteration values stacked on a new axis 0; with no iteration, an empty tensor of the
+    body output's declared type and shape."""
     if not all(isinstance(p, torch.Tensor) for p in pieces):
         raise UnsupportedOpError(ctx_node.op_type, ctx_node.name, "scan output of a non-tensor")
-    return torch.stack(pieces, dim=axis)
+    if pieces:
+        return torch.stack(pieces)
+    declared = body.types.get(name)
+    tensor_type = declared.tensor_type if declared is not None else None
+    dims = [d.dim_value for d in tensor_type.shape.dim] if tensor_type is not None else []
+    if tensor_type is None or tensor_type.elem_type not in TORCH_DTYPES or not all(dims):
+        raise UnsupportedOpError(ctx_node.op_type, ctx_node.name, f"empty scan output {name}")
+    return torch.empty((0, *dims), dtype=TORCH_DTYPES[tensor_type.elem_type])
 
 
 def run_loop(runner: _Runner, node: CompiledNode, args: list[Any], scope: Scope) -> list[Any]:
@@ -65,8 +74,9 @@ def run_loop(runner: _Runner, node: CompiledNode, args: list[Any], scope: Scope)
         for pieces, value in zip(scans, per_iteration, strict=True):
             pieces.append(value)
         iteration += 1
-    n_scan = len(node.subgraphs["body"].output_names) - 1 - len(carried)
-    stacked = [_stack(node, scans[i] if scans else []) for i in range(n_scan)]
+    body = node.subgraphs["body"]
+    scan_names = body.output_names[1 + len(carried) :]
+    stacked = [_stack(node, scans[i] if scans else [], body, n) for i, n in enumerate(scan_names)]
     return [*carried, *stacked]
 
 
@@ -117,8 +127,8 @@ def _scan(
     out_reverse = list(attrs.get("scan_output_directions") or [0] * n_out)
     results = []
     for i, collected in enumerate(pieces):
-        stacked = _stack(node, collected[::-1] if out_reverse[i] else collected)
-        results.append(stacked)
+        name = body.output_names[len(states) + i]
+        results.append(_stack(node, collected[::-1] if out_reverse[i] else collected, body, name))
     out_axes = _axes(attrs.get("scan_output_axes"), n_out, lambda i: results[i].dim())
     results = [t.movedim(0, axis) for t, axis in zip(results, out_axes, strict=True)]
     return [*states, *results]

@@ -123,9 +123,10 @@ def test_if_runs_the_taken_branch_hooked_and_differentiable(condition: bool) -> 
     assert executor.fallback_nodes == {}
 
 
-def test_loop_and_scan_bodies_match_onnxruntime() -> None:
-    """Loop carries a running sum and emits per-iteration values; Scan runs a cumulative sum
-    backwards over axis 1."""
+@pytest.mark.parametrize("trips", [4, 0])
+def test_loop_and_scan_bodies_match_onnxruntime(trips: int) -> None:
+    """Loop carries a running sum and emits per-iteration values (none: an empty tensor of the
+    body output's shape); Scan runs a cumulative sum backwards over axis 1."""
     loop_body = helper.make_graph(
         [
             helper.make_node("Identity", ["cond_in"], ["cond_out"]),
@@ -170,10 +171,10 @@ def test_loop_and_scan_bodies_match_onnxruntime() -> None:
         _f32("s0", [2]),
         _f32("m", [2, 5]),
     ]
-    outputs = [_f32("acc", [3]), _f32("squares", [4, 3]), _f32("s", [2]), _f32("ns", [2, 5])]
+    outputs = [_f32("acc", [3]), _f32("squares", ["t", 3]), _f32("s", [2]), _f32("ns", [2, 5])]
     model = _model(nodes, inputs, outputs, opset=17)
     feeds = {
-        "trips": np.array(4, np.int64),
+        "trips": np.array(trips, np.int64),
         "acc0": RNG.standard_normal(3).astype(np.float32),
         "x": RNG.standard_normal(3).astype(np.float32),
         "s0": RNG.standard_normal(2).astype(np.float32),
@@ -181,6 +182,7 @@ def test_loop_and_scan_bodies_match_onnxruntime() -> None:
     }
     ours = backend.prepare(model).run(feeds)
     for got, want in zip(ours, _ort(model, feeds), strict=True):
+        assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
