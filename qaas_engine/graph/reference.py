@@ -4,6 +4,11 @@ Some default-domain ops have no sensible torch kernel (string processing, FFTs, 
 decoding, quantized matmuls) and some values torch cannot hold (float8, 4-bit types, sequences of
 them). Rather than refuse a whole model, such a node runs in numpy through the reference
 implementation: its values are right, but no gradient flows through it, so it stays float.
+
+Left here on purpose, not written in torch: training-only ops (the loss ops, ``Dropout`` and
+``BatchNormalization`` in training mode: random or batch-dependent, nothing to quantize at
+inference), string ops (no tensors to quantize), random ops, ``SequenceMap``, detection
+post-processing (``NonMaxSuppression``, ``RoiAlign``) and ops that are already quantized.
 """
 
 from __future__ import annotations
