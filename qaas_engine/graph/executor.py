@@ -178,7 +178,7 @@ class Program:
             raise UnsupportedOpError(f"{node.op_type} (domain '{node.domain}')", name)
         if not has_reference(node.op_type, self.opset):
             raise UnsupportedOpError(node.op_type, name)
-        return ReferenceKernel(node, self.opset, self.types)
+        return ReferenceKernel(node, name, self.opset, self.types)
 
     def reference_nodes(self) -> list[tuple[str, str]]:
         """(name, op type) of the nodes compiled to the reference fallback, bodies included."""

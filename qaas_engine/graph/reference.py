@@ -20,6 +20,7 @@ import onnx
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.ops import load_op
 
+from qaas_engine.errors import UnsupportedOpError
 from qaas_engine.graph.dtypes import to_declared, to_torch
 
 
@@ -49,7 +50,10 @@ def _declared_elem_type(value_type: onnx.TypeProto | None) -> int:
 class ReferenceKernel:
     """One node wrapped in a one-node model (so the model's opset applies), run by numpy."""
 
-    def __init__(self, node: onnx.NodeProto, opset: int, types: dict[str, onnx.TypeProto]) -> None:
+    def __init__(
+        self, node: onnx.NodeProto, name: str, opset: int, types: dict[str, onnx.TypeProto]
+    ) -> None:
+        self.op_type, self.name = node.op_type, name
         self.input_names = list(node.input)
         self.input_types = [_declared_elem_type(types.get(name)) for name in node.input]
         inputs = [
@@ -61,7 +65,10 @@ class ReferenceKernel:
         model = onnx.helper.make_model(
             graph, opset_imports=[onnx.helper.make_opsetid("", opset)], ir_version=10
         )
-        self.evaluator = ReferenceEvaluator(model)
+        try:
+            self.evaluator = ReferenceEvaluator(model)
+        except Exception as error:  # onnx raises many unrelated types for a node it cannot run
+            raise self._refusal(error) from None
         self.output_names = list(node.output)  # positions matter: '' marks one not requested
 
     def run(self, args: list[Any]) -> list[Any]:
@@ -71,5 +78,14 @@ class ReferenceKernel:
             if name:
                 feeds[name] = to_declared(value, elem_type) if value is not None else None
         requested = [name for name in self.output_names if name]
-        results = dict(zip(requested, self.evaluator.run(None, feeds), strict=True))
+        try:
+            computed = self.evaluator.run(None, feeds)
+        except Exception as error:  # as above: a user-facing refusal, not an internal error
+            raise self._refusal(error) from None
+        results = dict(zip(requested, computed, strict=True))
         return [to_torch(results[name]) if name else None for name in self.output_names]
+
+    def _refusal(self, error: Exception) -> UnsupportedOpError:
+        lines = str(error).strip().splitlines()
+        cause = lines[0][:200] if lines else type(error).__name__
+        return UnsupportedOpError(self.op_type, self.name, f"onnx.reference failed: {cause}")

@@ -10,6 +10,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from qaas_engine import backend
+from qaas_engine.errors import UnsupportedOpError
 from qaas_engine.graph.executor import GraphExecutor, reference_nodes, unsupported_nodes
 from qaas_engine.quant.placement import place_quantizers
 
@@ -257,3 +258,15 @@ def test_a_model_with_a_reference_op_quantizes_around_it(tmp_path) -> None:
     assert sum(n.op_type == "QuantizeLinear" for n in graph.node) >= 2
     metrics = result.report["metrics"]["simulation_vs_onnxruntime"]
     assert metrics["max_abs_diff"] < 1e-4, metrics
+
+
+def test_a_reference_failure_is_a_refusal_that_names_the_node() -> None:
+    """Bad values for an op only onnx.reference computes end as UnsupportedOpError (exit 2 with
+    the cause), not as an internal error."""
+    node = helper.make_node("NonMaxSuppression", ["boxes", "scores"], ["picked"], name="nms")
+    inputs = [_f32("boxes", [1, 4, 4]), _f32("scores", [1, 1, 5])]
+    picked = helper.make_tensor_value_info("picked", TensorProto.INT64, [None, 3])
+    executor = GraphExecutor(_model([node], inputs, [picked], opset=17))
+    feeds = {"boxes": torch.rand(1, 4, 4), "scores": torch.rand(1, 1, 5)}
+    with pytest.raises(UnsupportedOpError, match="NonMaxSuppression at node 'nms'.*onnx.reference"):
+        executor.run(feeds)
