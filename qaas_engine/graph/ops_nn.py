@@ -1,19 +1,18 @@
-"""Convolution, pooling, normalisation, activation and resize ONNX ops in torch.
+"""Convolution, pooling, batch normalisation, softmax and activation ONNX ops in torch.
 
-Padding, ceil-mode and resize coordinate rules differ between ONNX and torch's functional API, so
-these ops resolve ONNX's geometry to explicit pads and source indices first and only then call
-torch; the result matches ONNX Runtime rather than torch's own conventions.
+Padding and ceil-mode rules differ between ONNX and torch's functional API, so these ops resolve
+ONNX's geometry to explicit pads first and only then call torch; the result matches ONNX
+Runtime rather than torch's own conventions.
 """
 
 import math
 from collections.abc import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qaas_engine.graph.ops_tensor import Inputs, int_list, norm_axis, opt
+from qaas_engine.graph.ops_tensor import Inputs, norm_axis, opt
 from qaas_engine.graph.registry import NodeContext, register
 
 Pads = list[tuple[int, int]]
@@ -141,7 +140,11 @@ def conv_transpose(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
 
 @register("MatMul")
 def matmul(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
-    return [torch.matmul(inputs[0], inputs[1])]
+    """Half-precision products accumulate in float32 and round once, as ORT's kernels do."""
+    a, b = inputs[0], inputs[1]
+    if a.dtype in (torch.float16, torch.bfloat16):
+        return [torch.matmul(a.float(), b.float()).to(a.dtype)]
+    return [torch.matmul(a, b)]
 
 
 @register("Gemm")
@@ -183,14 +186,52 @@ def _pool_geometry(ctx: NodeContext, x: Tensor) -> tuple[list[int], list[int], l
 @register("MaxPool")
 def max_pool(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
     x = inputs[0]
-    if ctx.num_outputs > 1:
-        raise ctx.unsupported("output Indices")
-    if ctx.attrs.get("storage_order", 0):
-        raise ctx.unsupported(f"attribute storage_order={ctx.attrs['storage_order']}")
     kernel, strides, dils, pads = _pool_geometry(ctx, x)
     lowest = -math.inf if x.dtype.is_floating_point else torch.iinfo(x.dtype).min
-    x = F.pad(x, _torch_pad(pads), value=lowest)
-    return [_MAX_POOL[len(kernel)](x, kernel, strides, 0, dils)]
+    padded = F.pad(x, _torch_pad(pads), value=lowest)
+    if ctx.num_outputs < 2:
+        return [_MAX_POOL[len(kernel)](padded, kernel, strides, 0, dils)]
+    y, where = _MAX_POOL[len(kernel)](padded, kernel, strides, 0, dils, return_indices=True)
+    return [y, _onnx_pool_indices(ctx, where, x.shape, padded.shape, pads)]
+
+
+def _onnx_pool_indices(
+    ctx: NodeContext, where: Tensor, shape: torch.Size, padded: torch.Size, pads: Pads
+) -> Tensor:
+    """torch indexes each padded plane; ONNX indexes the whole unpadded tensor, row-major or,
+    with ``storage_order=1``, column-major within each plane."""
+    spatial = list(shape[2:])
+    coords, rest = [], where
+    for size in reversed(padded[2:]):
+        coords.append(rest % size)
+        rest = rest // size
+    coords = [c - begin for c, (begin, _) in zip(reversed(coords), pads, strict=True)]
+    order = list(range(len(spatial)))
+    order = order[::-1] if ctx.attrs.get("storage_order", 0) else order
+    flat = torch.zeros_like(where)
+    for axis in order:
+        flat = flat * spatial[axis] + coords[axis]
+    planes = torch.arange(shape[0] * shape[1]).reshape(shape[0], shape[1], *[1] * len(spatial))
+    return flat + planes * math.prod(spatial)
+
+
+@register("LpPool")
+def lp_pool(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
+    """(sum over the window of |x|^p)^(1/p); padding contributes zeros."""
+    x = inputs[0]
+    p = float(ctx.attrs.get("p", 2))
+    kernel, strides, dils, pads = _pool_geometry(ctx, x)
+    ones = torch.ones((1, 1, *kernel), dtype=x.dtype)
+    flat = F.pad(x.abs().pow(p).reshape(-1, 1, *x.shape[2:]), _torch_pad(pads))
+    sums = _CONV[len(kernel)](flat, ones, None, strides, 0, dils)
+    return [sums.pow(1 / p).reshape(*x.shape[:2], *sums.shape[2:])]
+
+
+@register("GlobalLpPool")
+def global_lp_pool(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
+    x, p = inputs[0], float(ctx.attrs.get("p", 2))
+    dims = tuple(range(2, x.dim()))
+    return [x.abs().pow(p).sum(dims, keepdim=True).pow(1 / p)]
 
 
 @register("AveragePool")
@@ -243,22 +284,6 @@ def batch_norm(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
     return [centered * _channel_view(factor, x.dim()) + _channel_view(bias, x.dim())]
 
 
-@register("LayerNormalization")
-def layer_norm(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
-    """Written out (not F.layer_norm) because ONNX allows scale/bias that merely broadcast to
-    the normalised shape; low-precision inputs are normalised in float32 per ``stash_type``."""
-    x, scale, bias = inputs[0], inputs[1], opt(inputs, 2)
-    if ctx.num_outputs > 1:
-        raise ctx.unsupported("outputs Mean/InvStdDev")
-    dims = tuple(range(norm_axis(ctx.attrs.get("axis", -1), x.dim()), x.dim()))
-    low_precision = x.dtype in (torch.float16, torch.bfloat16)
-    xf = x.float() if low_precision and ctx.attrs.get("stash_type", 1) == 1 else x
-    centered = xf - xf.mean(dims, keepdim=True)
-    var = (centered * centered).mean(dims, keepdim=True)
-    y = (centered * torch.rsqrt(var + ctx.attrs.get("epsilon", 1e-5))).to(x.dtype) * scale
-    return [y if bias is None else y + bias]
-
-
 def _softmax_like(fn: Callable[..., Tensor]) -> Callable[[NodeContext, Inputs], list[Tensor]]:
     def op(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
         """Before opset 13 the input is coerced to 2-D at ``axis`` (default 1) and normalised
@@ -273,8 +298,23 @@ def _softmax_like(fn: Callable[..., Tensor]) -> Callable[[NodeContext, Inputs], 
     return op
 
 
-register("Softmax")(_softmax_like(torch.softmax))
-register("LogSoftmax")(_softmax_like(torch.log_softmax))
+def _half_aware(fn: Callable[..., Tensor], log: bool) -> Callable[..., Tensor]:
+    """Half-precision inputs round after each step (exp, sum, divide) as ORT and numpy do; torch
+    rounds once from float32, which is one ulp away often enough to fail a 1e-3 tolerance."""
+
+    def softmax(x: Tensor, dim: int) -> Tensor:
+        if x.dtype not in (torch.float16, torch.bfloat16):
+            return fn(x, dim=dim)
+        shifted = x - x.amax(dim, keepdim=True)
+        exps = torch.exp(shifted)
+        total = exps.sum(dim, keepdim=True)
+        return shifted - torch.log(total) if log else exps / total
+
+    return softmax
+
+
+register("Softmax")(_softmax_like(_half_aware(torch.softmax, log=False)))
+register("LogSoftmax")(_softmax_like(_half_aware(torch.log_softmax, log=True)))
 
 
 # --- activations ---------------------------------------------------------------------------------
@@ -354,118 +394,3 @@ def dropout(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
     if ctx.opset < 10:
         return [x, torch.zeros_like(x)]
     return [x, torch.ones(x.shape, dtype=torch.bool)]
-
-
-# --- resize --------------------------------------------------------------------------------------
-
-# Maps output positions to (float32, as ORT computes them) source coordinates per
-# coordinate_transformation_mode; arguments are (positions, scale, input size, output size).
-_COORDS: dict[str, Callable[[Tensor, Tensor, int, int], Tensor]] = {
-    "half_pixel": lambda o, s, n_in, n_out: (o + 0.5) / s - 0.5,
-    "pytorch_half_pixel": lambda o, s, n_in, n_out: (o + 0.5) / s - 0.5 if n_out > 1 else o * 0,
-    "align_corners": lambda o, s, n_in, n_out: o * (n_in - 1) / (n_out - 1) if n_out > 1 else o * 0,
-    "asymmetric": lambda o, s, n_in, n_out: o / s,
-    "tf_half_pixel_for_nn": lambda o, s, n_in, n_out: (o + 0.5) / s,
-    "half_pixel_symmetric": lambda o, s, n_in, n_out: (
-        n_in / 2 * (1 - n_out / (s * n_in)) + (o + 0.5) / s - 0.5
-    ),
-}
-
-# Source coordinate to source index per nearest_mode; "simple" is what ORT uses before opset 11.
-_NEAREST: dict[str, Callable[[Tensor, bool], Tensor]] = {
-    "round_prefer_floor": lambda c, down: torch.ceil(c - 0.5),
-    "round_prefer_ceil": lambda c, down: torch.floor(c + 0.5),
-    "floor": lambda c, down: torch.floor(c),
-    "ceil": lambda c, down: torch.ceil(c),
-    "simple": lambda c, down: torch.ceil(c) if down else torch.trunc(c),
-}
-
-
-def _resize_axis(
-    x: Tensor, axis: int, size: int, scale: float, mode: str, coord: str, nearest: str
-) -> Tensor:
-    n_in = x.shape[axis]
-    s = torch.tensor(scale, dtype=torch.float32)
-    src = _COORDS[coord](torch.arange(size, dtype=torch.float32), s, n_in, size)
-    if mode == "nearest":
-        idx = _NEAREST[nearest](src, scale < 1).long().clamp(0, n_in - 1)
-        return x.index_select(axis, idx)
-    src = src.clamp(0, n_in - 1)
-    low = src.long()
-    high = (low + 1).clamp(max=n_in - 1)
-    weight = (src - low).to(x.dtype).reshape([-1 if a == axis else 1 for a in range(x.dim())])
-    a, b = x.index_select(axis, low), x.index_select(axis, high)
-    return a * (1 - weight) + b * weight
-
-
-def _resize(
-    ctx: NodeContext,
-    x: Tensor,
-    scales: list[float] | None,
-    sizes: list[int] | None,
-    coord: str,
-    nearest: str,
-) -> Tensor:
-    """Separable per-axis resize: nearest gathers, linear blends two gathered neighbours with the
-    clamping ORT applies. Output sizes truncate ``float32(scale) * size`` as ORT does."""
-    mode = ctx.attrs.get("mode", "nearest")
-    mode = "linear" if mode == "bilinear" else mode
-    policy = ctx.attrs.get("keep_aspect_ratio_policy", "stretch")
-    for name, value, allowed in (
-        ("mode", mode, ("nearest", "linear")),
-        ("coordinate_transformation_mode", coord, _COORDS),
-        ("nearest_mode", nearest, _NEAREST),
-        ("antialias", ctx.attrs.get("antialias", 0), (0,)),
-        ("keep_aspect_ratio_policy", policy, ("stretch",)),
-    ):
-        if value not in allowed:
-            raise ctx.unsupported(f"attribute {name}={value}")
-    dims = list(x.shape)
-    if sizes is not None:
-        scales = [float(np.float32(o) / np.float32(i)) for o, i in zip(sizes, dims, strict=True)]
-    elif scales is not None:
-        sizes = [int(np.float32(s) * np.float32(i)) for s, i in zip(scales, dims, strict=True)]
-    else:
-        raise ctx.unsupported("Resize without scales or sizes")
-    if mode == "linear" and not x.dtype.is_floating_point:
-        raise ctx.unsupported(f"linear resize of a {x.dtype} input")
-    for axis, (size, scale) in enumerate(zip(sizes, scales, strict=True)):
-        if size != dims[axis] or scale != 1.0:
-            x = _resize_axis(x, axis, size, scale, mode, coord, nearest)
-    return x
-
-
-def _floats(t: Tensor | None) -> list[float] | None:
-    """Resize's optional float inputs may be given as empty tensors to mean 'absent'."""
-    return None if t is None or t.numel() == 0 else [float(v) for v in t.reshape(-1).tolist()]
-
-
-def _full_rank(values: list | None, axes: list[int] | None, fill: list) -> list | None:
-    """Opset 18 ``axes`` gives scales/sizes for some axes only; the rest stay as ``fill``."""
-    if values is None or not axes:
-        return values
-    out = list(fill)
-    for axis, value in zip(axes, values, strict=True):
-        out[norm_axis(axis, len(fill))] = value
-    return out
-
-
-@register("Resize")
-def resize(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
-    x = inputs[0]
-    if ctx.opset < 11:
-        return [_resize(ctx, x, _floats(inputs[1]), None, "asymmetric", "simple")]
-    coord = ctx.attrs.get("coordinate_transformation_mode", "half_pixel")
-    nearest = ctx.attrs.get("nearest_mode", "round_prefer_floor")
-    axes = ctx.attrs.get("axes")
-    scales = _full_rank(_floats(opt(inputs, 2)), axes, [1.0] * x.dim())
-    sizes = _full_rank(int_list(opt(inputs, 3)) or None, axes, list(x.shape))
-    return [_resize(ctx, x, scales, sizes, coord, nearest)]
-
-
-@register("Upsample")
-def upsample(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
-    """Pre-opset-10 Resize: asymmetric coordinates, scales as attribute (input from opset 9)."""
-    x = inputs[0]
-    scales = _floats(inputs[1]) if ctx.opset >= 9 else list(ctx.attrs["scales"])
-    return [_resize(ctx, x, scales, None, "asymmetric", "simple")]

@@ -15,22 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from qaas_engine.graph.dtypes import TORCH_DTYPES, UNSIGNED_BITS, wrap_unsigned
 from qaas_engine.graph.registry import NodeContext, register
 
 Inputs = Sequence[Tensor | None]
-
-_DTYPES: dict[int, torch.dtype] = {
-    onnx.TensorProto.FLOAT: torch.float32,
-    onnx.TensorProto.DOUBLE: torch.float64,
-    onnx.TensorProto.FLOAT16: torch.float16,
-    onnx.TensorProto.BFLOAT16: torch.bfloat16,
-    onnx.TensorProto.INT64: torch.int64,
-    onnx.TensorProto.INT32: torch.int32,
-    onnx.TensorProto.INT16: torch.int16,
-    onnx.TensorProto.INT8: torch.int8,
-    onnx.TensorProto.UINT8: torch.uint8,
-    onnx.TensorProto.BOOL: torch.bool,
-}
 
 
 def opt(inputs: Inputs, index: int) -> Tensor | None:
@@ -82,7 +70,6 @@ def _pow(a: Tensor, b: Tensor) -> Tensor:
 
 _register_all(
     {
-        "Identity": lambda x: x,
         "Erf": torch.erf,
         "Exp": torch.exp,
         "Log": torch.log,
@@ -112,6 +99,12 @@ _register_all(
     },
     arity=2,
 )
+
+
+@register("Identity", any_value=True)
+def identity(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
+    """Also passes sequences and optionals through."""
+    return [inputs[0]]
 
 
 @register("Where")
@@ -319,7 +312,7 @@ _PAD_INDEX: dict[str, Callable[[Tensor, int], Tensor]] = {
 
 # --- reductions ----------------------------------------------------------------------------------
 
-_REDUCERS: dict[str, tuple[Callable[[Tensor, tuple[int, ...], bool], Tensor], int]] = {
+REDUCERS: dict[str, tuple[Callable[[Tensor, tuple[int, ...], bool], Tensor], int]] = {
     "ReduceMean": (lambda x, dims, keep: x.mean(dims, keepdim=keep), 18),
     "ReduceSum": (lambda x, dims, keep: x.sum(dims, keepdim=keep).to(x.dtype), 13),
     "ReduceMax": (lambda x, dims, keep: x.amax(dims, keepdim=keep), 18),
@@ -327,11 +320,11 @@ _REDUCERS: dict[str, tuple[Callable[[Tensor, tuple[int, ...], bool], Tensor], in
 }
 
 
-@register(*_REDUCERS)
+@register(*REDUCERS)
 def reduce(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
-    """Axes move from attribute to input at the opset in ``_REDUCERS``; no axes means all of
+    """Axes move from attribute to input at the opset in ``REDUCERS``; no axes means all of
     them, unless ``noop_with_empty_axes`` asks for the identity."""
-    fn, since = _REDUCERS[ctx.op_type]
+    fn, since = REDUCERS[ctx.op_type]
     x = inputs[0]
     axes = ints_from(ctx, inputs, 1, "axes", since)
     if not axes:
@@ -373,17 +366,32 @@ def constant_of_shape(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
     return [torch.full(int_list(inputs[0]), fill[0].item(), dtype=fill.dtype)]
 
 
-def torch_dtype(ctx: NodeContext, to: int | str) -> torch.dtype:
+def onnx_type(to: int | str) -> int:
     """Opset 1 spells the target type as a name ("FLOAT"); later opsets as a TensorProto enum."""
-    code = onnx.TensorProto.DataType.Value(to) if to in onnx.TensorProto.DataType.keys() else to
-    if code not in _DTYPES:
+    return onnx.TensorProto.DataType.Value(to) if to in onnx.TensorProto.DataType.keys() else to
+
+
+def torch_dtype(ctx: NodeContext, to: int | str) -> torch.dtype:
+    code = onnx_type(to)
+    if code not in TORCH_DTYPES:
         raise ctx.unsupported(f"attribute to={to}")
-    return _DTYPES[code]
+    return TORCH_DTYPES[code]
 
 
 @register("Cast")
 def cast(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
-    return [inputs[0].to(torch_dtype(ctx, ctx.attrs["to"]))]
+    """Unsigned targets torch lacks are held widened, wrapped into the type's range as a C cast
+    of an integer would; types torch cannot hold at all are left to the reference fallback."""
+    x, code = inputs[0], onnx_type(ctx.attrs["to"])
+    target = torch_dtype(ctx, code)
+    if code in UNSIGNED_BITS:
+        return [wrap_unsigned(x.to(torch.int64), code)]
+    return [x.to(target)]
+
+
+@register("CastLike")
+def cast_like(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
+    return [inputs[0].to(inputs[1].dtype)]
 
 
 @register("Range")

@@ -33,12 +33,16 @@ class NodeContext:
 
 OpFn = Callable[[NodeContext, Sequence[torch.Tensor | None]], Sequence[torch.Tensor]]
 OP_REGISTRY: dict[str, OpFn] = {}
+# Ops whose kernels also take sequences (lists) and empty optionals (None), not only tensors.
+ANY_VALUE_OPS: set[str] = set()
 
 
-def register(*op_types: str) -> Callable[[OpFn], OpFn]:
+def register(*op_types: str, any_value: bool = False) -> Callable[[OpFn], OpFn]:
     def decorate(fn: OpFn) -> OpFn:
         for op_type in op_types:
             OP_REGISTRY[op_type] = fn
+            if any_value:
+                ANY_VALUE_OPS.add(op_type)
         return fn
 
     return decorate

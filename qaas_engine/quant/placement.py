@@ -14,6 +14,7 @@ ops unchanged. The simulation must quantize exactly there, or its accuracy is a 
 * recurrent ops (LSTM, GRU, RNN), control flow and nodes of other domains (an exporter's or a
   runtime's custom ops) compute in float like the nodes a user keeps float: ONNX Runtime has no
   QDQ kernel for them, so a quantizer on their outputs would only add rounding error.
+* nodes the executor computes by ONNX's reference implementation (no torch kernel) stay float.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from qaas_engine.graph.executor import has_torch_kernel
 from qaas_engine.graph.registry import parse_attributes
 
 FLOAT_TYPES = {
@@ -235,6 +237,8 @@ def float_reason(
         return f"of domain '{node.domain}' runs in float"
     if node.op_type in FLOAT_ONLY_OPS:
         return "runs in float (no integer kernel)"
+    if not has_torch_kernel(node):
+        return "runs in float: no torch kernel, run by onnx.reference"
     return ""
 
 

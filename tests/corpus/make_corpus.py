@@ -118,8 +118,11 @@ def work_inside_if() -> onnx.ModelProto:
 
 
 def unsupported_op() -> onnx.ModelProto:
-    node = helper.make_node("Det", ["x"], ["y"], name="determinant")
-    return _model([node], [_tensor("x", ["batch", 4, 4])], [_tensor("y", ["batch"])])
+    """An op of a domain nothing here computes (default-domain ops fall back to onnx.reference)."""
+    node = helper.make_node("Frobnicate", ["x"], ["y"], name="frobnicate", domain="com.example")
+    model = _model([node], [_tensor("x", ["batch", 4, 4])], [_tensor("y", ["batch"])])
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    return model
 
 
 def make_corpus(out: Path) -> dict[str, Path]:

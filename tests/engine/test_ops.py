@@ -671,9 +671,161 @@ RESIZE = [
 ]
 
 
+TIES = np.array([[3, 1, 3, 2, 1, 3]], dtype=np.float32)
+IMG = RNG.uniform(0, 255, (1, 2, 6, 8)).astype(np.float32)
+
+# Ops beyond the first exporters' set, each against ORT on random data (ONNX's node cases run in
+# test_conformance.py).
+EXTENDED = [
+    case("MaxPool", [X4], {"kernel_shape": [3, 3], "pads": [1, 0, 2, 1]}, n_out=2, id="argmax"),
+    case(
+        "MaxPool",
+        [X4],
+        {"kernel_shape": [2, 2], "strides": [2, 2], "storage_order": 1},
+        n_out=2,
+        id="argmax-column-major",
+    ),
+    case("MaxPool", [rand(1, 2, 4, 5, 6)], {"kernel_shape": [2, 3, 2]}, n_out=2, id="argmax3d"),
+    case("LpPool", [X4], {"kernel_shape": [3, 2], "pads": [1, 1, 0, 0], "p": 3}, id="lppool"),
+    case("GlobalLpPool", [X4], {"p": 1}, id="global-lppool"),
+    case("TopK", [TIES, i64(4)], {}, n_out=2, id="topk-ties"),
+    case("TopK", [TIES, i64(3)], {"largest": 0, "axis": 1}, n_out=2, id="topk-smallest"),
+    case("OneHot", [i64(0, -1, 5, 2), i64(4), f32(-1, 7)], {"axis": 0}, id="onehot"),
+    case("Compress", [X4, np.array([1, 0, 1], bool)], {"axis": 1}, id="compress"),
+    case("Compress", [rand(3, 2), np.array([0, 1, 1], bool)], {}, id="compress-flat"),
+    case("GroupNormalization", [X4, rand(3), rand(3)], {"num_groups": 3}, 21, id="groupnorm"),
+    case("InstanceNormalization", [X4, rand(3), rand(3)], {"epsilon": 1e-3}, id="instnorm"),
+    case("LRN", [X4], {"size": 5, "alpha": 1e-2, "bias": 2.0}, id="lrn"),
+    case("Mod", [i64(-7, 7, 5, -3), i64(3, -3, -2, 5)], {}, id="mod-int"),
+    case("Mod", [rand(6), pos(6)], {"fmod": 1}, id="fmod"),
+    case("CumSum", [X4, i64(-1)], {"exclusive": 1, "reverse": 1}, id="cumsum"),
+    case("Hardmax", [TIES], {"axis": 1}, id="hardmax"),
+    case("GatherND", [rand(2, 3, 4), RNG.integers(-3, 3, (2, 5, 1))], {"batch_dims": 1}, id="gnd"),
+    case(
+        "ScatterND",
+        [rand(4, 3), i64(1, 3, 1).reshape(3, 1), rand(3, 3)],
+        {"reduction": "add"},
+        18,
+        id="scatternd-add",
+    ),
+    case(
+        "ScatterElements",
+        [rand(3, 4), i64(0, 2, -1, 1).reshape(1, 4), rand(1, 4)],
+        {"axis": 0, "reduction": "max"},
+        18,
+        id="scatter-elements-max",
+    ),
+    case("DepthToSpace", [rand(1, 8, 2, 3)], {"blocksize": 2, "mode": "CRD"}, id="d2s-crd"),
+    case("SpaceToDepth", [rand(1, 2, 4, 6)], {"blocksize": 2}, id="s2d"),
+    case("GridSample", [X4, RNG.uniform(-1.2, 1.2, (2, 4, 5, 2)).astype(np.float32)], {}, id="gs"),
+    case(
+        "GridSample",
+        [X4, RNG.uniform(-1.2, 1.2, (2, 4, 5, 2)).astype(np.float32)],
+        {"mode": "cubic", "padding_mode": "border", "align_corners": 1},
+        20,
+        id="gs-cubic",
+    ),
+    case(
+        "Attention",
+        [rand(2, 4, 3, 8), rand(2, 2, 5, 8), rand(2, 2, 5, 6), RNG.random((3, 7)) > 0.3]
+        + [rand(2, 2, 2, 8), rand(2, 2, 2, 6)],
+        {"is_causal": 1, "qk_matmul_output_mode": 3},
+        23,
+        4,
+        id="attention-gqa-cache-causal",
+    ),
+    case(
+        "Attention",
+        [rand(2, 3, 16), rand(2, 5, 16), rand(2, 5, 8), rand(3, 5)],
+        {"q_num_heads": 4, "kv_num_heads": 4, "softcap": 2.0, "scale": 0.3},
+        23,
+        id="attention-3d-softcap",
+    ),
+    case(
+        "ReverseSequence",
+        [rand(3, 5, 2), np.array([5, 1, 3], np.int64)],
+        {"batch_axis": 0, "time_axis": 1},
+        id="reverse-sequence",
+    ),
+    case("CenterCropPad", [X4, i64(5, 11)], {"axes": [2, 3]}, 18, id="center-crop-pad"),
+    case("AffineGrid", [rand(2, 2, 3), i64(2, 3, 4, 5)], {"align_corners": 1}, 20, id="affine"),
+    case("DFT", [rand(2, 6, 1), i64(8), i64(1)], {"onesided": 1}, 20, id="dft-real-onesided"),
+    case("DFT", [rand(2, 5, 2), None, i64(-2)], {"inverse": 1}, 20, id="dft-complex-inverse"),
+    case("HammingWindow", [i64(7)], {"periodic": 0}, 17, id="hamming"),
+    case("BlackmanWindow", [i64(8)], {}, 17, id="blackman"),
+    case(
+        "RotaryEmbedding",
+        [rand(2, 3, 4, 8), rand(10, 2), rand(10, 2), RNG.integers(0, 10, (2, 4))],
+        {"interleaved": 1, "rotary_embedding_dim": 4},
+        23,
+        id="rotary-interleaved-partial",
+    ),
+    case(
+        "RotaryEmbedding",
+        [rand(2, 4, 16), rand(2, 4, 4), rand(2, 4, 4)],
+        {"num_heads": 2},
+        23,
+        id="rotary-3d",
+    ),
+    case(
+        "LSTM",
+        [rand(5, 3, 4), rand(2, 24, 4), rand(2, 24, 6), rand(2, 48)]
+        + [np.array([5, 2, 4], np.int32), rand(2, 3, 6), rand(2, 3, 6), rand(2, 18)],
+        {"hidden_size": 6, "direction": "bidirectional", "clip": 2.0},
+        n_out=3,
+        id="lstm-bidirectional-lengths-peepholes",
+    ),
+    case(
+        "GRU",
+        [rand(4, 2, 3), rand(1, 15, 3), rand(1, 15, 5), rand(1, 30)],
+        {"hidden_size": 5, "linear_before_reset": 1, "direction": "reverse"},
+        n_out=2,
+        id="gru-reverse-linear-before-reset",
+    ),
+    case(
+        "RNN",
+        [rand(4, 2, 3), rand(1, 5, 3), rand(1, 5, 5)],
+        {"hidden_size": 5, "activations": ["Relu"]},
+        n_out=2,
+        id="rnn-relu",
+    ),
+    case("Resize", [IMG, None, f32(1, 1, 0.6, 0.4)], {"mode": "cubic"}, 18, id="cubic"),
+    case(
+        "Resize",
+        [IMG, None, f32(1, 1, 0.5, 0.3)],
+        {"mode": "linear", "antialias": 1},
+        18,
+        id="linear-antialias",
+    ),
+    case(
+        "Resize",
+        [IMG, None, None, i64(1, 2, 9, 9)],
+        {"mode": "cubic", "keep_aspect_ratio_policy": "not_larger", "exclude_outside": 1},
+        18,
+        id="cubic-aspect",
+    ),
+    case(
+        "Resize",
+        [IMG, f32(0, 0, 0.1, 0.2, 1, 1, 0.9, 1.1), None, i64(1, 2, 5, 5)],
+        {"coordinate_transformation_mode": "tf_crop_and_resize", "extrapolation_value": -1.0},
+        18,
+        id="crop-and-resize",
+    ),
+]
+
+
 @pytest.mark.parametrize(
     ("op_type", "inputs", "attrs", "opset", "n_out"),
-    CONV + POOL_NORM + ACTIVATIONS + ELEMENTWISE + SHAPE + INDEXING + REDUCE + CONSTANTS + RESIZE,
+    CONV
+    + POOL_NORM
+    + ACTIVATIONS
+    + ELEMENTWISE
+    + SHAPE
+    + INDEXING
+    + REDUCE
+    + CONSTANTS
+    + RESIZE
+    + EXTENDED,
 )
 def test_op_matches_onnxruntime(
     op_type: str, inputs: list, attrs: dict, opset: int, n_out: int
@@ -696,13 +848,13 @@ def test_required_ops_are_registered() -> None:
 @pytest.mark.parametrize(
     ("op_type", "inputs", "attrs", "n_out", "reason"),
     [
-        ("Resize", [X4, None, f32(1, 1, 2, 2)], {"mode": "cubic"}, 1, "attribute mode=cubic"),
+        ("Resize", [X4, None, f32(1, 1, 2, 2)], {"mode": "area"}, 1, "attribute mode=area"),
         (
             "Resize",
             [X4, None, f32(1, 1, 2, 2)],
-            {"coordinate_transformation_mode": "tf_crop_and_resize"},
+            {"coordinate_transformation_mode": "bogus"},
             1,
-            "attribute coordinate_transformation_mode=tf_crop_and_resize",
+            "attribute coordinate_transformation_mode=bogus",
         ),
         ("Conv", [X4, rand(4, 3, 3, 3)], {"auto_pad": "BOGUS"}, 1, "attribute auto_pad=BOGUS"),
         (
@@ -712,15 +864,6 @@ def test_required_ops_are_registered() -> None:
             1,
             "attribute training_mode=1",
         ),
-        ("MaxPool", [X4], {"kernel_shape": [2, 2]}, 2, "output Indices"),
-        (
-            "MaxPool",
-            [X4],
-            {"kernel_shape": [2, 2], "storage_order": 1},
-            1,
-            "attribute storage_order=1",
-        ),
-        ("LayerNormalization", [rand(2, 8), rand(8)], {}, 3, "outputs Mean/InvStdDev"),
         ("Cast", [rand(2)], {"to": TensorProto.STRING}, 1, "attribute to=8"),
         ("Gelu", [rand(2)], {"approximate": "erf"}, 1, "attribute approximate=erf"),
         ("Pad", [X4, i64(0, 0, 1, 1, 0, 0, 1, 1)], {"mode": "mirror"}, 1, "attribute mode=mirror"),
@@ -756,6 +899,20 @@ def test_unsupported_attribute_names_op_and_node(
         ("Slice", [i64(-1), i64(I64_MIN), i64(3), i64(-2)], {}),
         ("LayerNormalization", [rand(8)], {}),
         ("Softmax", [], {}),
+        ("Resize", [None, f32(1, 1, 0.5, 0.75)], {"mode": "cubic", "antialias": 1}),
+        ("GridSample", [RNG.uniform(-1, 1, (2, 5, 6, 2)).astype(np.float32)], {}),
+        ("InstanceNormalization", [rand(3), rand(3)], {}),
+        ("GroupNormalization", [rand(3), rand(3)], {"num_groups": 3}),
+        ("LRN", [], {"size": 3}),
+        ("Mish", [], {}),
+        ("Selu", [], {}),
+        ("CumSum", [i64(3)], {"exclusive": 1, "reverse": 1}),
+        ("ReduceL2", [i64(1)], {}),
+        ("ReduceLogSumExp", [i64(2, 3)], {}),
+        ("LpNormalization", [], {"axis": 1}),
+        ("GatherElements", [RNG.integers(-7, 7, (2, 3, 4, 8))], {"axis": 2}),
+        ("DepthToSpace", [], {"blocksize": 1}),
+        ("Atan", [], {}),
     ],
 )
 def test_gradients_flow(op_type: str, extra: list, attrs: dict) -> None:
@@ -766,3 +923,17 @@ def test_gradients_flow(op_type: str, extra: list, attrs: dict) -> None:
     (y,) = OP_REGISTRY[op_type](ctx, [x, *rest])
     y.square().sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("op_type", ["RNN", "GRU", "LSTM"])
+def test_gradients_flow_through_recurrences(op_type: str) -> None:
+    """QAT trains through recurrent layers: input and weights both get gradients."""
+    gates = {"RNN": 1, "GRU": 3, "LSTM": 4}[op_type]
+    x = torch.randn(4, 2, 3, requires_grad=True)
+    w = torch.randn(2, gates * 5, 3, requires_grad=True)
+    r = torch.randn(2, gates * 5, 5)
+    ctx = NodeContext(op_type, "n", {"hidden_size": 5, "direction": "bidirectional"}, 17, 2)
+    y, y_h = OP_REGISTRY[op_type](ctx, [x, w, r])
+    (y.square().sum() + y_h.sum()).backward()
+    for t in (x, w):
+        assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
