@@ -27,6 +27,10 @@ from qaas_engine.graph.control_flow import CONTROL_FLOW
 from qaas_engine.graph.dtypes import UNSIGNED_BITS, to_torch, wrap_unsigned
 from qaas_engine.graph.reference import ReferenceKernel, has_reference
 from qaas_engine.graph.registry import ANY_VALUE_OPS, OP_REGISTRY, NodeContext, parse_attributes
+from qaas_engine.onnxruntime_ops import OnnxRuntimeKernel, onnxruntime_knows
+
+# A node computed outside torch: no gradient, kept float by placement.
+FallbackKernel = ReferenceKernel | OnnxRuntimeKernel
 
 # Called for each activation as it is produced (graph inputs included); returns the tensor the
 # consumers will see.
@@ -90,6 +94,7 @@ def unsupported_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
         for node in model.graph.node
         if not has_torch_kernel(node)
         and not (node.domain in DEFAULT_DOMAINS and has_reference(node.op_type, opset))
+        and not (node.domain not in DEFAULT_DOMAINS and onnxruntime_knows(node))
     ]
 
 
@@ -130,7 +135,7 @@ class Program:
         self.output_names = [o.name for o in graph.output]
         self.nodes: list[CompiledNode] = []
         self.protos: dict[str, onnx.NodeProto] = {}
-        self.references: dict[str, ReferenceKernel] = {}
+        self.references: dict[str, FallbackKernel] = {}
         for index, node in enumerate(graph.node):
             self.nodes.append(self._compile(node, index))
             self.protos[self.nodes[-1].name] = node
@@ -172,9 +177,12 @@ class Program:
         elem_type = value_type.tensor_type.elem_type
         return elem_type if UNSIGNED_BITS.get(elem_type, 64) < 64 else 0
 
-    def reference_kernel(self, node: onnx.NodeProto, name: str) -> ReferenceKernel:
-        """The node run by onnx.reference; refused by name if that cannot compute it either."""
+    def reference_kernel(self, node: onnx.NodeProto, name: str) -> FallbackKernel:
+        """The node run by onnx.reference (or, for another domain's op, by ONNX Runtime);
+        refused by name if neither can compute it."""
         if node.domain not in DEFAULT_DOMAINS:
+            if onnxruntime_knows(node):
+                return OnnxRuntimeKernel(node, self.opset)
             raise UnsupportedOpError(f"{node.op_type} (domain '{node.domain}')", name)
         if not has_reference(node.op_type, self.opset):
             raise UnsupportedOpError(node.op_type, name)
@@ -242,7 +250,7 @@ class GraphExecutor:
         runner = _Runner(self, hook)
         return runner.run(self.program, feeds, constants, Scope(), outputs)
 
-    def fall_back(self, program: Program, node: CompiledNode) -> ReferenceKernel:
+    def fall_back(self, program: Program, node: CompiledNode) -> FallbackKernel:
         """Switch a node whose torch kernel declined it (attributes, input types) to the
         reference implementation for good, and record it."""
         kernel = program.references.get(node.name)

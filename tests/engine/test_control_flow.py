@@ -107,9 +107,6 @@ def test_work_behind_a_runtime_condition_is_refused(tmp_path):
         import_model(path)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=UnsupportedOpError, reason="If kernel: op-coverage branch's executor"
-)
 def test_glue_behind_a_runtime_condition_runs_float_between_quantized_layers(tmp_path):
     """An If that only picks a sign (no weights inside) stays in the graph and runs float; the
     MatMuls before and after it are quantized."""

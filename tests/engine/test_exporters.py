@@ -22,7 +22,6 @@ import torch
 
 from qaas_engine import QuantSpec
 from qaas_engine.data import model_inputs, validate_arrays
-from qaas_engine.errors import UnsupportedOpError
 from qaas_engine.flow import quantize
 from qaas_engine.importer import import_model
 
@@ -119,11 +118,6 @@ EXPORTS = [
     ("dynamo", 18, True),
     ("dynamo", 21, False),
 ]
-# Cases that need an executor kernel from the op-coverage branch (GRU; Mod in the TorchScript
-# encoder's attention): they pass once that branch is merged, and this list is then emptied.
-NEEDS_OP_COVERAGE = {("gru", *export) for export in EXPORTS} | {
-    ("encoder", "torchscript", opset, None) for opset in (13, 17, 21)
-}
 
 
 def _modules() -> dict[str, torch.nn.Module]:
@@ -194,15 +188,8 @@ def _cases():
     for name in NETS:
         for exporter, opset, optimize in EXPORTS:
             key = (name, exporter, opset, optimize)
-            marks = []
-            if key in NEEDS_OP_COVERAGE:
-                marks.append(
-                    pytest.mark.xfail(
-                        strict=True, raises=UnsupportedOpError, reason="op-coverage branch"
-                    )
-                )
             case_id = f"{name}-{exporter}{opset}" + ("" if optimize is None else f"-opt{optimize}")
-            yield pytest.param(*key, marks=marks, id=case_id)
+            yield pytest.param(*key, id=case_id)
 
 
 @pytest.mark.parametrize(("name", "exporter", "opset", "optimize"), list(_cases()))

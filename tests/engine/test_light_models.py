@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 
 from app.cli import main
-from qaas_engine.errors import ModelImportError, UnsupportedOpError
+from qaas_engine.errors import ModelImportError
 from qaas_engine.importer import import_model
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
@@ -69,21 +69,13 @@ def test_smallest_light_net_quantizes_and_runs(tmp_path):
     quantize_and_run("squeezenet", tmp_path)
 
 
-# LRN's executor kernel comes with the op-coverage branch; these marks go once it is merged
-# (strict: an unexpected pass fails the run, so they cannot be forgotten).
-LRN_PENDING = pytest.mark.xfail(strict=True, reason="LRN kernel: op-coverage branch")
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name", NO_LRN + [pytest.param(name, marks=LRN_PENDING) for name in NEEDS_LRN]
-)
+@pytest.mark.parametrize("name", NO_LRN + NEEDS_LRN)
 def test_every_light_net_quantizes_and_runs(name, tmp_path):
     quantize_and_run(name, tmp_path)
 
 
 @pytest.mark.parametrize("name", NEEDS_LRN)
-@pytest.mark.xfail(strict=True, raises=UnsupportedOpError, reason="LRN kernel: op-coverage")
 def test_light_nets_with_lrn_import(name):
     model = import_model(light_path(name)).model
     assert "LRN" in {node.op_type for node in model.graph.node}

@@ -5,13 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 import torch
 from onnx import helper, numpy_helper
 
 from qaas_engine import QuantSpec
 from qaas_engine.data import model_inputs, validate_arrays
-from qaas_engine.errors import UnsupportedOpError
 from qaas_engine.flow import quantize
 from qaas_engine.importer import import_model
 from qaas_engine.onnxruntime_ops import OnnxRuntimeKernel, onnxruntime_knows
@@ -64,12 +62,6 @@ def test_unknown_custom_op_is_not_claimed():
     assert not onnxruntime_knows(node)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnsupportedOpError,
-    reason="the graph executor (op-coverage branch) does not yet build an OnnxRuntimeKernel for "
-    "foreign-domain nodes",
-)
 def test_model_with_contrib_op_quantizes_around_it(tmp_path):
     rng = np.random.default_rng(0)
     weights = [
