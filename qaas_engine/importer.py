@@ -287,6 +287,7 @@ def _fold_constant_nodes(model: onnx.ModelProto) -> int:
             and node.op_type in OP_REGISTRY
             and node.op_type not in _SIZE_GENERATING
             and not any(o in outputs for o in node.output)
+            and not _touches_wide_unsigned(node, values)
         )
         if foldable:
             args = [
@@ -300,7 +301,8 @@ def _fold_constant_nodes(model: onnx.ModelProto) -> int:
                 results = OP_REGISTRY[node.op_type](context, args)
             except Exception:  # leave anything surprising to the runtime checks that follow
                 results = None
-            if results is not None:
+            # sequences and optionals (lists, None) are no initializers: the executor runs them
+            if results is not None and all(isinstance(v, torch.Tensor) for v in results):
                 for name, value in zip(node.output, results, strict=False):
                     tensor = numpy_helper.from_array(value.detach().cpu().numpy(), name)
                     graph.initializer.append(tensor)
@@ -313,6 +315,23 @@ def _fold_constant_nodes(model: onnx.ModelProto) -> int:
         graph.node.extend(kept)
         _drop_unused_initializers(model)
     return folded
+
+
+_WIDE_UNSIGNED = {
+    onnx.TensorProto.UINT16,
+    onnx.TensorProto.UINT32,
+    onnx.TensorProto.UINT64,
+}
+
+
+def _touches_wide_unsigned(node: onnx.NodeProto, values: dict[str, onnx.TensorProto]) -> bool:
+    """torch computes uint16/32/64 widened (the executor wraps and restores the declared type);
+    folded here, the initializer would carry the widened type, so such nodes are left to run."""
+    if any(values[name].data_type in _WIDE_UNSIGNED for name in node.input if name in values):
+        return True
+    if node.op_type == "Cast":
+        return any(a.name == "to" and a.i in _WIDE_UNSIGNED for a in node.attribute)
+    return False
 
 
 def _drop_unused_initializers(model: onnx.ModelProto) -> None:

@@ -239,3 +239,47 @@ def test_shape_inference_bomb_is_refused(tmp_path):
     onnx.save(model, path)
     with pytest.raises(ModelImportError, match="declares"):
         import_model(path)
+
+
+def _ort_outputs(model: onnx.ModelProto, feeds: dict) -> list:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def test_constant_unsigned_cast_and_sequence_stay_for_the_executor(tmp_path):
+    """Constant folding leaves what torch holds widened (uint32) or as a list (a sequence) to
+    the executor, which returns the declared types: the import keeps the model's meaning."""
+    from qaas_engine.graph.dtypes import to_numpy
+    from qaas_engine.graph.executor import GraphExecutor
+
+    seven = numpy_helper.from_array(np.array([7, 9], dtype=np.int64), "seven")
+    nodes = [
+        helper.make_node("Cast", ["seven"], ["seven_u32"], to=TensorProto.UINT32),
+        helper.make_node("Add", ["x", "seven_u32"], ["y"]),
+        helper.make_node("SequenceConstruct", ["seven", "seven"], ["pair"]),
+        helper.make_node("SequenceAt", ["pair", "one"], ["z"]),
+    ]
+    one = numpy_helper.from_array(np.array(1, dtype=np.int64), "one")
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.UINT32, [2])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.UINT32, [2]),
+            helper.make_tensor_value_info("z", TensorProto.INT64, [2]),
+        ],
+        [seven, one],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "u32.onnx"
+    onnx.save(model, path)
+    imported = import_model(path).model
+    feeds = {"x": np.array([4_000_000_000, 1], dtype=np.uint32)}
+    expected = _ort_outputs(imported, feeds)
+    outputs = GraphExecutor(imported).run({"x": torch.from_numpy(feeds["x"].astype(np.int64))})
+    got_y, got_z = (to_numpy(outputs[name]) for name in ("y", "z"))
+    assert np.array_equal(got_y.astype(np.uint32), expected[0])
+    assert np.array_equal(got_z, expected[1])
+    assert {init.data_type for init in imported.graph.initializer} <= {TensorProto.INT64}
