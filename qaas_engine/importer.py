@@ -271,7 +271,12 @@ def _fold_constant_nodes(model: onnx.ModelProto) -> int:
     import torch
 
     from qaas_engine.graph.executor import default_opset
-    from qaas_engine.graph.registry import OP_REGISTRY, NodeContext, parse_attributes
+    from qaas_engine.graph.registry import (
+        OP_REGISTRY,
+        NodeContext,
+        parse_attributes,
+        tensor_outputs,
+    )
 
     graph = model.graph
     values = {init.name: init for init in graph.initializer}
@@ -298,7 +303,7 @@ def _fold_constant_nodes(model: onnx.ModelProto) -> int:
                 node.op_type, node.name, parse_attributes(node), opset, len(node.output)
             )
             try:
-                results = OP_REGISTRY[node.op_type](context, args)
+                results = tensor_outputs(context, args)
             except Exception:  # leave anything surprising to the runtime checks that follow
                 results = None
             # sequences and optionals (lists, None) are no initializers: the executor runs them

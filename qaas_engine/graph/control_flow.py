@@ -1,27 +1,54 @@
 """``If``, ``Loop`` and ``Scan``: their bodies run through the executor itself.
 
-A body is a compiled :class:`~qaas_engine.graph.executor.Program` that reads the enclosing graph's
+A body is a compiled :class:`~qaas_engine.graph.program.Program` that reads the enclosing graph's
 values by name, so the ops inside are computed by the same torch kernels, seen by the same hook
 (calibration, fake-quantization) and differentiable like top-level ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from qaas_engine.errors import UnsupportedOpError
 from qaas_engine.graph.dtypes import TORCH_DTYPES
+from qaas_engine.graph.program import CompiledNode, Program
 
-if TYPE_CHECKING:
-    from qaas_engine.graph.executor import CompiledNode, Program, Scope, _Runner
+
+class Scope:
+    """What a subgraph sees of its enclosing graphs: their live values, then their constants."""
+
+    def __init__(self, *layers: Mapping[str, Any] | Scope) -> None:
+        self.layers = layers
+
+    def __contains__(self, name: str) -> bool:
+        return any(name in layer for layer in self.layers)
+
+    def __getitem__(self, name: str) -> Any:
+        for layer in self.layers:
+            if name in layer:
+                return layer[name]
+        raise KeyError(name)
+
+
+class BodyRunner(Protocol):
+    """The executor's one run, which the bodies recurse into (hook and fallbacks included)."""
+
+    def run(
+        self,
+        program: Program,
+        feeds: Mapping[str, Any],
+        constants: Mapping[str, Any],
+        outer: Scope,
+        outputs: Iterable[str] | None = None,
+    ) -> dict[str, Any]: ...
 
 
 def _run_body(
-    runner: _Runner, node: CompiledNode, attr: str, values: list[Any], scope: Scope
+    runner: BodyRunner, node: CompiledNode, attr: str, values: list[Any], scope: Scope
 ) -> list[Any]:
     body: Program = node.subgraphs[attr]
     feeds = dict(zip(body.input_names, values, strict=False))
@@ -29,7 +56,7 @@ def _run_body(
     return [results[name] for name in body.output_names]
 
 
-def run_if(runner: _Runner, node: CompiledNode, args: list[Any], scope: Scope) -> list[Any]:
+def run_if(runner: BodyRunner, node: CompiledNode, args: list[Any], scope: Scope) -> list[Any]:
     condition = bool(torch.as_tensor(args[0]).reshape(-1)[0])
     return _run_body(runner, node, "then_branch" if condition else "else_branch", [], scope)
 
@@ -49,7 +76,7 @@ def _stack(ctx_node: CompiledNode, pieces: list[Any], body: Program, name: str) 
     return torch.empty((0, *dims), dtype=TORCH_DTYPES[tensor_type.elem_type])
 
 
-def run_loop(runner: _Runner, node: CompiledNode, args: list[Any], scope: Scope) -> list[Any]:
+def run_loop(runner: BodyRunner, node: CompiledNode, args: list[Any], scope: Scope) -> list[Any]:
     """``M`` bounds the trip count, ``cond`` ends the loop early; either may be absent. Carried
     values thread through the body; per-iteration scan outputs are stacked on a new axis 0."""
     trip_count = args[0] if len(args) > 0 else None
@@ -85,7 +112,7 @@ def _axes(values: list[int] | None, count: int, rank_of: Callable[[int], int]) -
     return [a + rank_of(i) if a < 0 else a for i, a in enumerate(axes)]
 
 
-def run_scan(runner: _Runner, node: CompiledNode, args: list[Any], scope: Scope) -> list[Any]:
+def run_scan(runner: BodyRunner, node: CompiledNode, args: list[Any], scope: Scope) -> list[Any]:
     """Opset 9+: states, then scan inputs sliced along their scan axes (in their directions).
     Opset 8 has a leading ``sequence_lens`` input and a batch axis 0 that is scanned apart."""
     attrs = node.context.attrs
@@ -105,7 +132,7 @@ def run_scan(runner: _Runner, node: CompiledNode, args: list[Any], scope: Scope)
 
 
 def _scan(
-    runner: _Runner, node: CompiledNode, args: list[Any], scope: Scope, attrs: dict
+    runner: BodyRunner, node: CompiledNode, args: list[Any], scope: Scope, attrs: dict
 ) -> list[Any]:
     n_inputs = int(node.context.attrs["num_scan_inputs"])
     states, inputs = args[: len(args) - n_inputs], args[len(args) - n_inputs :]
@@ -134,7 +161,8 @@ def _scan(
     return [*states, *results]
 
 
-CONTROL_FLOW: dict[str, Callable[..., list[Any]]] = {
+ControlFlowKernel = Callable[[BodyRunner, CompiledNode, list[Any], Scope], list[Any]]
+CONTROL_FLOW: dict[str, ControlFlowKernel] = {
     "If": run_if,
     "Loop": run_loop,
     "Scan": run_scan,

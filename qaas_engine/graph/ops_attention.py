@@ -14,8 +14,7 @@ import torch
 from torch import Tensor
 
 from qaas_engine.graph.dtypes import TORCH_DTYPES
-from qaas_engine.graph.ops_tensor import Inputs, opt
-from qaas_engine.graph.registry import NodeContext, register
+from qaas_engine.graph.registry import Inputs, NodeContext, register
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -75,10 +74,10 @@ def _matmul(a: Tensor, b: Tensor) -> Tensor:
 @register("Attention")
 def attention(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
     q, k, v = inputs[:3]
-    mask, past_key, past_value = opt(inputs, 3), opt(inputs, 4), opt(inputs, 5)
+    mask, past_key, past_value = inputs.optional(3), inputs.optional(4), inputs.optional(5)
     attrs = ctx.attrs
     windowed = attrs.get("left_window_size", -1) >= 0 or attrs.get("right_window_size", -1) >= 0
-    if opt(inputs, 6) is not None or windowed:
+    if inputs.optional(6) is not None or windowed:
         raise ctx.unsupported("nonpad_kv_seqlen or a sliding window")
     three_d = q.dim() == 3
     if three_d:
@@ -119,7 +118,7 @@ def attention(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
 def rotary_embedding(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
     """Rotates the first ``rotary_embedding_dim`` features of each head by the cached angles
     of its position: pairs are adjacent features (``interleaved``) or the two halves."""
-    x, cos, sin, positions = inputs[0], inputs[1], inputs[2], opt(inputs, 3)
+    x, cos, sin, positions = inputs[0], inputs[1], inputs[2], inputs.optional(3)
     if x.dim() == 4:  # (batch, heads, seq, size) -> (batch, seq, heads, size)
         heads_last = x.transpose(1, 2)
     else:

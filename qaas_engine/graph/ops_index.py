@@ -10,8 +10,8 @@ import math
 import torch
 from torch import Tensor
 
-from qaas_engine.graph.ops_tensor import Inputs, norm_axis, torch_dtype
-from qaas_engine.graph.registry import NodeContext, register
+from qaas_engine.graph.ops_tensor import norm_axis, torch_dtype
+from qaas_engine.graph.registry import Inputs, NodeContext, register
 
 _REDUCE = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}
 
@@ -130,8 +130,8 @@ def top_k(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
 @register("OneHot")
 def one_hot(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
     """Negative indices count back from ``depth``; indices out of range give all-off rows."""
-    indices, depth, values = inputs[:3]
-    depth = int(depth.reshape(-1)[0])
+    indices, depth_input, values = inputs[:3]
+    depth = int(depth_input.reshape(-1)[0])
     index = indices.long()
     index = torch.where(index < 0, index + depth, index)
     hot = index.unsqueeze(-1) == torch.arange(depth)

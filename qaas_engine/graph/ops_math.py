@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qaas_engine.graph.ops_tensor import REDUCERS, Inputs, norm_axis, opt, reduce
-from qaas_engine.graph.registry import NodeContext, register
+from qaas_engine.graph.ops_tensor import REDUCERS, norm_axis, reduce
+from qaas_engine.graph.registry import Inputs, Kernel, NodeContext, register
 
 
 def _unary(table: dict[str, Callable[[NodeContext, Tensor], Tensor]]) -> None:
@@ -108,12 +108,16 @@ def bit_shift(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
     return [torch.bitwise_right_shift(a, b)]
 
 
-for _op, _fn in (
-    ("BitwiseAnd", torch.bitwise_and),
-    ("BitwiseOr", torch.bitwise_or),
-    ("BitwiseXor", torch.bitwise_xor),
-):
-    register(_op)(lambda ctx, inputs, fn=_fn: [fn(inputs[0], inputs[1])])
+def _binary(fn: Callable[[Tensor, Tensor], Tensor]) -> Kernel:
+    def op(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
+        return [fn(inputs[0], inputs[1])]
+
+    return op
+
+
+register("BitwiseAnd")(_binary(torch.bitwise_and))
+register("BitwiseOr")(_binary(torch.bitwise_or))
+register("BitwiseXor")(_binary(torch.bitwise_xor))
 
 
 @register("Hardmax")
@@ -228,7 +232,7 @@ def nonzero(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
 
 @register("Trilu")
 def trilu(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
-    x, k = inputs[0], opt(inputs, 1)
+    x, k = inputs[0], inputs.optional(1)
     diagonal = int(k.reshape(-1)[0]) if k is not None else 0
     if x.numel() == 0:
         return [x]

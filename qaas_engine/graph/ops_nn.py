@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qaas_engine.graph.ops_tensor import Inputs, norm_axis, opt
-from qaas_engine.graph.registry import NodeContext, register
+from qaas_engine.graph.ops_tensor import norm_axis
+from qaas_engine.graph.registry import Inputs, NodeContext, register
 
 Pads = list[tuple[int, int]]
 
@@ -83,7 +83,7 @@ def _channel_view(t: Tensor, rank: int) -> Tensor:
 @register("Conv")
 def conv(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
     """torch only pads symmetrically, so asymmetric pads are applied with F.pad first."""
-    x, w, b = inputs[0], inputs[1], opt(inputs, 2)
+    x, w, b = inputs[0], inputs[1], inputs.optional(2)
     n = _spatial_rank(ctx, x)
     strides, dils = _per_axis(ctx, "strides", n, 1), _per_axis(ctx, "dilations", n, 1)
     pads = _resolve_pads(ctx, list(x.shape[2:]), list(w.shape[2:]), strides, dils)
@@ -123,7 +123,7 @@ def _transpose_pads(
 def conv_transpose(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
     """Computes the uncropped transpose, then crops ``pads`` and appends ``output_padding`` with
     F.pad so that asymmetric pads work; bias goes last so appended cells get it too."""
-    x, w, b = inputs[0], inputs[1], opt(inputs, 2)
+    x, w, b = inputs[0], inputs[1], inputs.optional(2)
     n = _spatial_rank(ctx, x)
     strides, dils = _per_axis(ctx, "strides", n, 1), _per_axis(ctx, "dilations", n, 1)
     extra = _per_axis(ctx, "output_padding", n, 0)
@@ -149,7 +149,7 @@ def matmul(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
 
 @register("Gemm")
 def gemm(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
-    a, b, c = inputs[0], inputs[1], opt(inputs, 2)
+    a, b, c = inputs[0], inputs[1], inputs.optional(2)
     a = a.t() if ctx.attrs.get("transA", 0) else a
     b = b.t() if ctx.attrs.get("transB", 0) else b
     alpha, beta = ctx.attrs.get("alpha", 1.0), ctx.attrs.get("beta", 1.0)
@@ -341,7 +341,7 @@ def clip(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
     as in both ONNX and torch.clamp."""
     x = inputs[0]
     if ctx.opset >= 11:
-        low, high = opt(inputs, 1), opt(inputs, 2)
+        low, high = inputs.optional(1), inputs.optional(2)
     else:
         low, high = ctx.attrs.get("min"), ctx.attrs.get("max")
     if low is None and high is None:
@@ -386,7 +386,7 @@ def gelu(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
 def dropout(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
     """Inference only: identity, with an all-keep bool mask from opset 10. Before 10 the spec
     leaves the mask unfilled in test mode and ORT returns zeros of X's type, so we do too."""
-    x, training = inputs[0], opt(inputs, 2)
+    x, training = inputs[0], inputs.optional(2)
     if training is not None and bool(training.item()):
         raise ctx.unsupported("input training_mode=True")
     if ctx.num_outputs < 2:

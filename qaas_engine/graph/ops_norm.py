@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from qaas_engine.graph.dtypes import TORCH_DTYPES
-from qaas_engine.graph.ops_tensor import Inputs, norm_axis, opt
-from qaas_engine.graph.registry import NodeContext, register
+from qaas_engine.graph.ops_tensor import norm_axis
+from qaas_engine.graph.registry import Inputs, NodeContext, register
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -33,7 +33,7 @@ def _normalise(x: Tensor, dims: tuple[int, ...], epsilon: float) -> tuple[Tensor
 @register("LayerNormalization")
 def layer_norm(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
     """Outputs Mean and InvStdDev keep the normalised axes as ones, in the stash precision."""
-    x, scale, bias = inputs[0], inputs[1], opt(inputs, 2)
+    x, scale, bias = inputs[0], inputs[1], inputs.optional(2)
     dims = tuple(range(norm_axis(ctx.attrs.get("axis", -1), x.dim()), x.dim()))
     normalised, mean, inv_std = _normalise(_stash(ctx, x), dims, ctx.attrs.get("epsilon", 1e-5))
     y = normalised.to(x.dtype) * scale

@@ -8,14 +8,15 @@ lands a hair on the other side of an integer picks another pixel.
 
 import math
 from collections.abc import Callable
+from typing import overload
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qaas_engine.graph.ops_tensor import Inputs, int_list, norm_axis, opt
-from qaas_engine.graph.registry import NodeContext, register
+from qaas_engine.graph.ops_tensor import int_list, norm_axis
+from qaas_engine.graph.registry import Inputs, NodeContext, register
 
 # Output positions to source coordinates per coordinate_transformation_mode; arguments are
 # (positions, scale, input size, output size). tf_crop_and_resize is handled with its ROI.
@@ -207,6 +208,14 @@ def _floats(t: Tensor | None) -> list[float] | None:
     return None if t is None or t.numel() == 0 else [float(v) for v in t.reshape(-1).tolist()]
 
 
+@overload
+def _full_rank(values: list, axes: list[int] | None, fill: list) -> list: ...
+
+
+@overload
+def _full_rank(values: list | None, axes: list[int] | None, fill: list) -> list | None: ...
+
+
 def _full_rank(values: list | None, axes: list[int] | None, fill: list) -> list | None:
     """Opset 18 ``axes`` gives scales/sizes for some axes only; the rest stay as ``fill``."""
     if values is None or not axes:
@@ -228,9 +237,9 @@ def resize(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
     how = (mode, coord, ctx.attrs.get("nearest_mode", "round_prefer_floor"))
     rank = x.dim()
     axes = [norm_axis(a, rank) for a in ctx.attrs["axes"]] if ctx.attrs.get("axes") else None
-    scales = _full_rank(_floats(opt(inputs, 2)), axes, [1.0] * rank)
-    sizes = _full_rank(int_list(opt(inputs, 3)) or None, axes, list(x.shape))
-    roi = _floats(opt(inputs, 1)) if coord == _CROP else None
+    scales = _full_rank(_floats(inputs.optional(2)), axes, [1.0] * rank)
+    sizes = _full_rank(int_list(inputs.optional(3)) or None, axes, list(x.shape))
+    roi = _floats(inputs.optional(1)) if coord == _CROP else None
     if roi is not None and axes:
         starts = _full_rank(roi[: len(axes)], axes, [0.0] * rank)
         roi = starts + _full_rank(roi[len(axes) :], axes, [1.0] * rank)

@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qaas_engine.graph.ops_tensor import Inputs, opt
-from qaas_engine.graph.registry import NodeContext, register
+from qaas_engine.graph.registry import Inputs, NodeContext, register
 
 _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "Sigmoid": torch.sigmoid,
@@ -111,28 +110,28 @@ def recurrent(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
     steps, batch = x.shape[:2]
     directions, gates_hidden = w.shape[0], w.shape[1]
     hidden = gates_hidden // _GATES[ctx.op_type]
-    bias = opt(inputs, 3)
+    bias = inputs.optional(3)
     bias = torch.zeros(directions, 2 * gates_hidden, dtype=x.dtype) if bias is None else bias
-    lengths = opt(inputs, 4)
+    lengths = inputs.optional(4)
     lengths = torch.full((batch,), steps) if lengths is None else lengths.long()
-    initial = [opt(inputs, 5)] + ([opt(inputs, 6)] if ctx.op_type == "LSTM" else [])
+    given = [inputs.optional(5)] + ([inputs.optional(6)] if ctx.op_type == "LSTM" else [])
     initial = [
         torch.zeros(directions, batch, hidden, dtype=x.dtype)
         if s is None
         else (s.transpose(0, 1) if batch_first else s)
-        for s in initial
+        for s in given
     ]
-    peepholes = opt(inputs, 7) if ctx.op_type == "LSTM" else None
+    peepholes = inputs.optional(7) if ctx.op_type == "LSTM" else None
     acts = _activations(ctx, directions)
     reverse_first = ctx.attrs.get("direction", "forward") == "reverse"
     ys, finals = [], []
     for d in range(directions):
         reverse = reverse_first or d == 1
         order = _time_reversal(lengths, steps) if reverse else None
-        xs = x.gather(0, order.unsqueeze(2).expand_as(x)) if reverse else x
+        xs = x if order is None else x.gather(0, order.unsqueeze(2).expand_as(x))
         weights = (w[d], r[d], bias[d], None if peepholes is None else peepholes[d])
         y, state = _run_direction(ctx, xs, weights, tuple(s[d] for s in initial), lengths, acts[d])
-        if reverse:
+        if order is not None:
             y = y.gather(0, order.unsqueeze(2).expand_as(y))
         ys.append(y)
         finals.append(state)

@@ -8,8 +8,8 @@ Exporters emit these around dynamic splits and concatenations (``SplitToSequence
 import torch
 from torch import Tensor
 
-from qaas_engine.graph.ops_tensor import Inputs, int_list, norm_axis, opt
-from qaas_engine.graph.registry import NodeContext, register
+from qaas_engine.graph.ops_tensor import int_list, norm_axis
+from qaas_engine.graph.registry import Inputs, NodeContext, Value, register
 
 Sequence = list[Tensor]
 
@@ -31,32 +31,32 @@ def sequence_empty(ctx: NodeContext, inputs: Inputs) -> list[Sequence]:
 
 @register("SequenceLength", any_value=True)
 def sequence_length(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
-    return [torch.tensor(len(inputs[0]), dtype=torch.int64)]
+    return [torch.tensor(len(inputs.sequence(0)), dtype=torch.int64)]
 
 
 @register("SequenceAt", any_value=True)
 def sequence_at(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
-    sequence = inputs[0]
+    sequence = inputs.sequence(0)
     return [sequence[_position(inputs[1], len(sequence), 0)]]
 
 
 @register("SequenceInsert", any_value=True)
 def sequence_insert(ctx: NodeContext, inputs: Inputs) -> list[Sequence]:
-    sequence = list(inputs[0])
-    sequence.insert(_position(opt(inputs, 2), len(sequence), len(sequence)), inputs[1])
+    sequence = list(inputs.sequence(0))
+    sequence.insert(_position(inputs.optional(2), len(sequence), len(sequence)), inputs[1])
     return [sequence]
 
 
 @register("SequenceErase", any_value=True)
 def sequence_erase(ctx: NodeContext, inputs: Inputs) -> list[Sequence]:
-    sequence = list(inputs[0])
-    del sequence[_position(opt(inputs, 1), len(sequence), len(sequence) - 1)]
+    sequence = list(inputs.sequence(0))
+    del sequence[_position(inputs.optional(1), len(sequence), len(sequence) - 1)]
     return [sequence]
 
 
 @register("ConcatFromSequence", any_value=True)
 def concat_from_sequence(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
-    sequence = inputs[0]
+    sequence = inputs.sequence(0)
     axis = int(ctx.attrs["axis"])
     if ctx.attrs.get("new_axis", 0):
         return [torch.stack(sequence, dim=norm_axis(axis, sequence[0].dim() + 1))]
@@ -68,7 +68,7 @@ def split_to_sequence(ctx: NodeContext, inputs: Inputs) -> list[Sequence]:
     """No ``split``: pieces of one along the axis, the axis squeezed away if ``keepdims=0``
     (it applies only then); a scalar ``split``: equal chunks, the last one shorter; a 1-D
     ``split``: those lengths."""
-    x, split = inputs[0], opt(inputs, 1)
+    x, split = inputs[0], inputs.optional(1)
     axis = norm_axis(int(ctx.attrs.get("axis", 0)), x.dim())
     if split is None:
         pieces = list(torch.split(x, 1, dim=axis))
@@ -82,18 +82,18 @@ def split_to_sequence(ctx: NodeContext, inputs: Inputs) -> list[Sequence]:
 
 
 @register("Optional", any_value=True)
-def optional(ctx: NodeContext, inputs: Inputs) -> list[Tensor | Sequence | None]:
-    return [opt(inputs, 0)]
+def optional(ctx: NodeContext, inputs: Inputs) -> list[Value]:
+    return [inputs.value(0)]
 
 
 @register("OptionalHasElement", any_value=True)
 def optional_has_element(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
-    return [torch.tensor(opt(inputs, 0) is not None)]
+    return [torch.tensor(inputs.value(0) is not None)]
 
 
 @register("OptionalGetElement", any_value=True)
 def optional_get_element(ctx: NodeContext, inputs: Inputs) -> list[Tensor | Sequence]:
-    value = inputs[0]
+    value = inputs.value(0)
     if value is None:
         raise ctx.unsupported("an empty optional has no element")
     return [value]

@@ -6,8 +6,8 @@ import math
 import torch
 from torch import Tensor
 
-from qaas_engine.graph.ops_tensor import Inputs, norm_axis, opt, torch_dtype
-from qaas_engine.graph.registry import NodeContext, register
+from qaas_engine.graph.ops_tensor import norm_axis, torch_dtype
+from qaas_engine.graph.registry import Inputs, NodeContext, register
 
 
 @register("DFT")
@@ -15,9 +15,9 @@ def dft(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
     """The last axis holds (real) or (real, imaginary); the transform runs along ``axis`` (an
     attribute before opset 20, an input from it), zero-padded or cut to ``dft_length``. An
     inverse one-sided transform is left to the reference fallback."""
-    x, length = inputs[0], opt(inputs, 1)
+    x, length = inputs[0], inputs.optional(1)
     if ctx.opset >= 20:
-        axis_input = opt(inputs, 2)
+        axis_input = inputs.optional(2)
         axis = -2 if axis_input is None else int(axis_input.reshape(-1)[0])
     else:
         axis = int(ctx.attrs.get("axis", 1))

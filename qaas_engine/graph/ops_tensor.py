@@ -6,8 +6,8 @@ The small helpers at the top are shared with :mod:`qaas_engine.graph.ops_nn`.
 """
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
+from typing import Any, overload
 
 import numpy as np
 import onnx
@@ -16,14 +16,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qaas_engine.graph.dtypes import TORCH_DTYPES, UNSIGNED_BITS, wrap_unsigned
-from qaas_engine.graph.registry import NodeContext, register
-
-Inputs = Sequence[Tensor | None]
+from qaas_engine.graph.registry import Inputs, NodeContext, Value, register
 
 
-def opt(inputs: Inputs, index: int) -> Tensor | None:
-    """Trailing optional inputs may be left out of the node entirely, not just named ''."""
-    return inputs[index] if index < len(inputs) else None
+@overload
+def int_list(t: Tensor) -> list[int]: ...
+
+
+@overload
+def int_list(t: Tensor | None) -> list[int] | None: ...
 
 
 def int_list(t: Tensor | None) -> list[int] | None:
@@ -37,7 +38,7 @@ def ints_from(
     """Read ``name`` wherever this model's opset keeps it: an attribute before ``since``, else an
     input at ``index``."""
     if ctx.opset >= since:
-        return int_list(opt(inputs, index))
+        return int_list(inputs.optional(index))
     value = ctx.attrs.get(name)
     return None if value is None else [int(v) for v in value]
 
@@ -102,9 +103,9 @@ _register_all(
 
 
 @register("Identity", any_value=True)
-def identity(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
+def identity(ctx: NodeContext, inputs: Inputs) -> list[Value]:
     """Also passes sequences and optionals through."""
-    return [inputs[0]]
+    return [inputs.value(0)]
 
 
 @register("Where")
@@ -117,7 +118,7 @@ def where(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
 def variadic(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
     """The variadic elementwise ops fold pairwise with multidirectional broadcasting."""
     fold = {"Min": torch.minimum, "Max": torch.maximum}.get(ctx.op_type, torch.add)
-    tensors = [t for t in inputs if t is not None]
+    tensors = inputs.present()
     out = tensors[0]
     for t in tensors[1:]:
         out = fold(out, t)
@@ -181,7 +182,7 @@ def unsqueeze(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
 
 @register("Concat")
 def concat(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
-    return [torch.cat([t for t in inputs if t is not None], dim=ctx.attrs["axis"])]
+    return [torch.cat(inputs.present(), dim=ctx.attrs["axis"])]
 
 
 @register("Split")
@@ -227,7 +228,7 @@ def slice_(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
     x = inputs[0]
     if ctx.opset >= 10:
         starts, ends = int_list(inputs[1]), int_list(inputs[2])
-        axes, steps = int_list(opt(inputs, 3)), int_list(opt(inputs, 4))
+        axes, steps = int_list(inputs.optional(3)), int_list(inputs.optional(4))
     else:
         starts, ends, axes = ctx.attrs["starts"], ctx.attrs["ends"], ctx.attrs.get("axes")
         steps = None
@@ -270,11 +271,12 @@ def pad(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
     x = inputs[0]
     mode = ctx.attrs.get("mode", "constant")
     if ctx.opset >= 11:
-        pads, axes = int_list(inputs[1]), int_list(opt(inputs, 3))
-        fill = opt(inputs, 2)
+        pads, axes = int_list(inputs[1]), int_list(inputs.optional(3))
+        fill = inputs.optional(2)
         value = fill.reshape(-1)[0].item() if fill is not None and fill.numel() else 0
     else:
-        pads, axes = ctx.attrs.get("pads", ctx.attrs.get("paddings")), None
+        pads = ctx.attrs["pads"] if "pads" in ctx.attrs else ctx.attrs["paddings"]
+        axes = None
         value = ctx.attrs.get("value", 0.0)
     axes = [norm_axis(a, x.dim()) for a in axes] if axes else list(range(x.dim()))
     per_axis = {a: (pads[i], pads[i + len(axes)]) for i, a in enumerate(axes)}
@@ -367,8 +369,12 @@ def constant_of_shape(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
 
 
 def onnx_type(to: int | str) -> int:
-    """Opset 1 spells the target type as a name ("FLOAT"); later opsets as a TensorProto enum."""
-    return onnx.TensorProto.DataType.Value(to) if to in onnx.TensorProto.DataType.keys() else to
+    """Opset 1 spells the target type as a name ("FLOAT"); later opsets as a TensorProto enum.
+    A name ONNX does not know is UNDEFINED (0)."""
+    if not isinstance(to, str):
+        return to
+    known = to in onnx.TensorProto.DataType.keys()
+    return onnx.TensorProto.DataType.Value(to) if known else onnx.TensorProto.UNDEFINED
 
 
 def torch_dtype(ctx: NodeContext, to: int | str) -> torch.dtype:
@@ -383,7 +389,7 @@ def cast(ctx: NodeContext, inputs: Inputs) -> list[Tensor]:
     """Unsigned targets torch lacks are held widened, wrapped into the type's range as a C cast
     of an integer would; types torch cannot hold at all are left to the reference fallback."""
     x, code = inputs[0], onnx_type(ctx.attrs["to"])
-    target = torch_dtype(ctx, code)
+    target = torch_dtype(ctx, ctx.attrs["to"])
     if code in UNSIGNED_BITS:
         return [wrap_unsigned(x.to(torch.int64), code)]
     return [x.to(target)]

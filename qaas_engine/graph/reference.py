@@ -32,7 +32,8 @@ def has_reference(op_type: str, opset: int) -> bool:
         schema = onnx.defs.get_schema(op_type, opset, "")
     except onnx.defs.SchemaError:
         return False
-    if schema.has_function or schema.has_context_dependent_function:
+    # onnx's defs.pyi stub omits these two OpSchema properties (they exist at runtime)
+    if schema.has_function or schema.has_context_dependent_function:  # type: ignore[attr-defined]
         return True
     try:
         load_op("", op_type, opset)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch.nn import grad as conv_grad
 
 from qaas_engine.errors import Cancelled
-from qaas_engine.graph.registry import OP_REGISTRY
+from qaas_engine.graph.registry import tensor_outputs
 from qaas_engine.quant.sim import QuantSim
 
 ZETA, GAMMA = 1.1, -0.1
@@ -107,7 +107,7 @@ class _Layer:
         if self.activation is None:
             return out
         args = [out] + [params[n] if n else None for n in self.activation.inputs[1:]]
-        return OP_REGISTRY[self.activation.op_type](self.activation.context, args)[0]
+        return tensor_outputs(self.activation.context, args)[0]
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor, params: Feeds) -> torch.Tensor:
         args: list[torch.Tensor | None] = []
@@ -118,7 +118,7 @@ class _Layer:
                 args.append(x)
             else:
                 args.append(params[name] if name else None)
-        return self.activate(OP_REGISTRY[self.node.op_type](self.node.context, args)[0], params)
+        return self.activate(tensor_outputs(self.node.context, args)[0], params)
 
 
 class _Form:
