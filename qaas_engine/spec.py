@@ -54,7 +54,7 @@ class QuantSpec(BaseModel):
     qat_epochs: int = Field(15, ge=1, le=1000)
     qat_learn_ranges: bool = True
     qat_weight_lr: float = Field(1e-2, gt=0, le=1.0)  # grid steps per update
-    qat_range_lr: float = Field(5e-3, gt=0, le=1.0)  # relative change of a range per update
+    qat_range_lr: float = Field(1e-3, gt=0, le=1.0)  # relative change of a range per update
     bayesian_bits_epochs: int = Field(8, ge=1, le=1000)
     bayesian_bits_finetune_epochs: int = Field(4, ge=0, le=1000)
     bayesian_bits_strength: float = Field(0.5, ge=0, le=100.0)  # weight of the relative cost

@@ -36,9 +36,11 @@ class QATConfig:
 
     epochs: int = 15
     weight_lr: float = 1e-2
-    range_lr: float = 5e-3
+    range_lr: float = 1e-3
     learn_ranges: bool = True
     seed: int = 0
+    # keep the last epoch unless an earlier one validated clearly higher (training.fit)
+    prefer_last: bool = True
     target_top1: float | None = None  # stop once validation reaches it
     device: str | None = None  # None: CUDA when available, else CPU
 
@@ -302,7 +304,13 @@ def _train(
         should_stop=should_stop,
         progress=epoch_done,
     )
-    fitted = fit(loop, config.epochs, keep_best=True, target=config.target_top1)
+    fitted = fit(
+        loop,
+        config.epochs,
+        keep_best=True,
+        target=config.target_top1,
+        prefer_last=config.prefer_last,
+    )
     model.commit()
     return {
         "signal": supervision.signal,

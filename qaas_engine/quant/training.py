@@ -76,6 +76,7 @@ class Supervision:
         self.device = device
         self.output = sim.executor.output_names[0]
         self.labelled: bool | None = None
+        self.validated = 0  # samples behind the last score: how much to trust it
 
     @property
     def signal(self) -> str:
@@ -110,6 +111,7 @@ class Supervision:
                     labels = reference.reshape(len(predicted), -1).argmax(1).cpu()
                 hits += int((predicted == labels).sum())
                 total += len(labels)
+        self.validated = total
         return hits / max(total, 1)
 
 
@@ -194,20 +196,34 @@ class Fitted:
     best_validation: float | None = None
 
 
+def standard_error(score: float, samples: int) -> float:
+    """Of a top-1 (a binomial proportion) measured on ``samples`` samples."""
+    return float(np.sqrt(score * (1.0 - score) / max(samples, 1)))
+
+
 def fit(
     loop: TrainingLoop,
     epochs: int,
     keep_best: bool = False,
     target: float | None = None,
+    prefer_last: bool = False,
 ) -> Fitted:
     """Run ``epochs`` epochs of ``loop``.
 
     With ``keep_best`` the starting point is validated too (epoch 0), and the model ends at
     its best validation, so training never makes the result worse than where it began; a
     ``target`` validation score stops it early once reached.
+
+    With ``prefer_last`` as well, the last epoch is kept unless an earlier one validated higher
+    by more than one standard error of the score. On a small validation set the highest of a
+    few noisy scores is mostly luck (the winner's curse), while the end of an annealed schedule
+    is where training is expected to be best: on QAT at W4A4 (150 validation samples) picking
+    the highest score cost about a point of test top-1 against keeping the last epoch.
     """
     if target is not None and not keep_best:
         raise ValueError("a target score stops on the best epoch: it needs keep_best")
+    if prefer_last and not keep_best:
+        raise ValueError("prefer_last chooses between the last and the best epoch: needs keep_best")
     curve: list[dict[str, Any]] = []
     best_state: dict[str, Any] | None = None
     best_epoch, best_score = None, None
@@ -225,6 +241,11 @@ def fit(
             loop.progress(epoch)
         if target is not None and best_score is not None and best_score >= target:
             break
+    if prefer_last and best_score is not None:
+        last = curve[-1]
+        noise = standard_error(best_score, loop.supervision.validated)
+        if last["validation"] >= best_score - noise:
+            return Fitted(curve, last["epoch"], last["validation"])
     if best_state is not None:
         loop.model.load_state_dict(best_state)
     return Fitted(curve, best_epoch, best_score)

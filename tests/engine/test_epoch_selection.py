@@ -1,0 +1,67 @@
+"""The training loop's choice of the epoch it keeps (``quant/training.py``): the best one, or with
+``prefer_last`` the last one unless an earlier one validated higher by more than the noise of a
+score on that many samples."""
+
+import math
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from qaas_engine.quant.training import fit, standard_error
+
+
+class ScriptedLoop:
+    """A loop whose epochs set one weight to the epoch's number and validate as scripted, on
+    ``samples`` validation samples."""
+
+    def __init__(self, scores: list[float], samples: int) -> None:
+        self.model = nn.Linear(1, 1, bias=False)
+        nn.init.zeros_(self.model.weight)  # epoch 0
+        self.scores = scores
+        self.supervision = type("Supervision", (), {"validated": samples})()
+        self.progress = None
+
+    def validate(self) -> float:
+        return self.scores[0]
+
+    def row(self, epoch: int, losses, penalties, score: float, seconds: float) -> dict[str, Any]:
+        return {"epoch": epoch, "validation": score, "seconds": seconds}
+
+    def epoch(self, epoch: int) -> dict[str, Any]:
+        with torch.no_grad():
+            self.model.weight.fill_(float(epoch))
+        return self.row(epoch, [], [], self.scores[epoch], 0.0)
+
+    def kept(self) -> int:
+        return int(self.model.weight.item())
+
+
+def test_standard_error_of_a_top1():
+    assert standard_error(0.95, 150) == pytest.approx(math.sqrt(0.95 * 0.05 / 150))
+    assert standard_error(1.0, 150) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("scores", "prefer_last", "kept"),
+    [
+        ([0.80, 0.90, 0.94, 0.93], False, 2),  # the highest score
+        ([0.80, 0.90, 0.94, 0.93], True, 3),  # 0.01 below the best: within one standard error
+        ([0.80, 0.90, 0.96, 0.92], True, 2),  # 0.04 below: the best epoch is kept
+        ([0.90, 0.40, 0.30, 0.20], True, 0),  # training made it worse: the starting point
+    ],
+)
+def test_fit_keeps_the_last_epoch_unless_an_earlier_one_is_clearly_better(
+    scores, prefer_last, kept
+):
+    loop = ScriptedLoop(scores, samples=150)
+    fitted = fit(loop, len(scores) - 1, keep_best=True, prefer_last=prefer_last)
+    assert loop.kept() == kept
+    assert fitted.best_epoch == kept
+    assert fitted.best_validation == scores[kept]
+
+
+def test_prefer_last_needs_keep_best():
+    with pytest.raises(ValueError, match="keep_best"):
+        fit(ScriptedLoop([0.5, 0.6], samples=10), 1, prefer_last=True)
