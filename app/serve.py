@@ -45,6 +45,27 @@ def ensure_local_key(settings: Settings) -> str:
         engine.dispose()
 
 
+def worker_argv(queue: str, hostname: str, entry: tuple[str, ...] = ("celery",)) -> list[str]:
+    """One Celery worker process of the deployment (``entry`` is the module run with ``-m``;
+    the test suite puts its hooked entry point there)."""
+    return [
+        sys.executable,
+        "-m",
+        *entry,
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "--concurrency=1",
+        "--loglevel=INFO",
+        "--without-gossip",
+        "--without-mingle",
+        "-Q",
+        queue,
+        "--hostname",
+        hostname,
+    ]
+
+
 class WorkerSupervisor:
     """Runs one worker process and starts it again if it dies (its job is then picked up
     again by the lease reaper)."""
@@ -56,22 +77,7 @@ class WorkerSupervisor:
         self.thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
 
     def command(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.celery_app",
-            "worker",
-            "--concurrency=1",
-            "--loglevel=INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "-Q",
-            self.settings.queue,
-            "--hostname",
-            f"qaas-serve-{os.getpid()}@%h",
-        ]
+        return worker_argv(self.settings.queue, f"qaas-serve-{os.getpid()}@%h")
 
     def start(self) -> None:
         self.process = subprocess.Popen(self.command())

@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from app.auth.service import AuthService
 from app.core.config import Settings
 from app.core.db import make_engine, make_sessionmaker, run_migrations, transaction
 from app.main import create_app
+from app.serve import worker_argv
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -171,23 +171,8 @@ def worker_command(
         hooks += ["--phase-delay", str(phase_delay_s)]
     if kill_jobs_file is not None:
         hooks += ["--kill-jobs-file", str(kill_jobs_file)]
-    entry = ["tests.support.hooked_worker", *hooks, "--"] if hooks else ["celery"]
-    return [
-        sys.executable,
-        "-m",
-        *entry,
-        "-A",
-        "worker.celery_app",
-        "worker",
-        "--concurrency=1",
-        "--loglevel=INFO",
-        "--without-gossip",
-        "--without-mingle",
-        "-Q",
-        settings.queue,
-        "--hostname",
-        hostname,
-    ]
+    entry = ("tests.support.hooked_worker", *hooks, "--") if hooks else ("celery",)
+    return worker_argv(settings.queue, hostname, entry)
 
 
 def start_worker(
