@@ -6,7 +6,10 @@ pipeline, no ``--evaluation``, so the report evaluates on the calibration data a
 ``bench/peers/onnxruntime_static.py`` on the other (``quant_pre_process`` then ``quantize_static``,
 QDQ, MinMax, per-channel S8 weights, U8 activations), both writing their artifacts. The two
 alternate run by run (qaas first on even runs, ORT first on odd ones), so load from other work on
-a shared machine falls on both alike; the tables give medians over ``--runs``.
+a shared machine falls on both alike; the tables give medians over ``--runs``. ORT's
+``quant_pre_process`` imports torch wherever torch is installed (``onnxruntime.tools``), which
+would add about 1.2 s and 250 MiB to its side here; its child hides torch by default, as in an
+environment holding ONNX Runtime alone (the stricter baseline; ``--ort-with-torch`` to allow it).
 
 Peak RSS is each child's ``ru_maxrss`` from ``os.wait4``. A child inherits its parent's
 high-water mark through fork/exec, so this process imports nothing heavy before the runs: models
@@ -25,8 +28,10 @@ IR-3 file as shipped, ORT, which refuses it, the float model after qaas's import
 temporary folder (minutes per run).
 
 Run: ``python bench/speed.py [--runs 3] [--light squeezenet resnet50 ...] [--samples 32]
-[--large] [--no-t1]``. Threads are each tool's default unless ``OMP_NUM_THREADS`` / ``QAAS_THREADS``
-are set in the environment; the header prints them with the CPU's VNNI flags and load average.
+[--large] [--no-t1]`` (default light nets: squeezenet, shufflenet, resnet50; ``--light`` alone for
+none; ``--no-t1 --light --large --runs 1`` for the large models only). Threads are each tool's
+default unless ``OMP_NUM_THREADS`` / ``QAAS_THREADS`` are set in the environment; the header
+prints them with the CPU's VNNI flags and load average.
 """
 
 from __future__ import annotations
