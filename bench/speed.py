@@ -310,7 +310,11 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for case in cases:
             print(f"{case.name} (batch {case.batch_size}):", flush=True)
-            ours, theirs = measure(case, args.runs, tmp, ort_with_torch=args.ort_with_torch)
+            try:
+                ours, theirs = measure(case, args.runs, tmp, ort_with_torch=args.ort_with_torch)
+            except RuntimeError as error:  # one model failing keeps the others' figures
+                print(f"  {case.name} left out: {error}", flush=True)
+                continue
             results.append((case, ours, theirs))
         parent_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         report(results, parent_peak)
