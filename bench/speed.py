@@ -317,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             results.append((case, ours, theirs))
         parent_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        report(results, parent_peak)
+        if results:
+            report(results, parent_peak)
     return 0
 
 
