@@ -56,7 +56,6 @@ sys.path.insert(0, str(ROOT))  # runs from a checkout: bench/ is not an installe
 EXAMPLES = ROOT / "examples"
 DEFAULT_LIGHT = ["squeezenet", "shufflenet", "resnet50"]
 QAAS_ARGS = ["--weights", "int8", "--activations", "int8", "--weights-granularity", "per-channel"]
-EXTRA_STEPS = ("evaluation", "energy", "latency", "analysis")  # = bench._common.MEASUREMENT_STEPS
 
 
 @dataclass
@@ -102,6 +101,7 @@ def qaas_cli() -> str:
 
 
 def run_qaas(case: Case, out: Path) -> Run:
+    """``qaas quantize`` as a user runs it; its step times read back from ``report.json``."""
     command = [qaas_cli(), "quantize", str(case.qaas_model), "--calibration", str(case.calibration)]
     command += [*QAAS_ARGS, "--batch-size", str(case.batch_size), "-o", str(out), "--quiet"]
     wall, rss = run_child(command, out.parent / f"{out.name}.log")
@@ -112,6 +112,7 @@ def run_qaas(case: Case, out: Path) -> Run:
 
 
 def run_ort(case: Case, out: Path, with_torch: bool) -> Run:
+    """The ORT peer script as its own process; it prints its in-process seconds last."""
     out.mkdir()
     command = [sys.executable, str(ROOT / "bench" / "peers" / "onnxruntime_static.py")]
     command += [str(case.ort_model), str(case.calibration), str(out / "model.quant.onnx")]
@@ -208,6 +209,7 @@ def median(values: list[float]) -> float:
 
 def report(results: list[tuple[Case, list[Run], list[Run]]], parent_peak_mib: float) -> None:
     """The tables; imports bench._common only now, after every child has run."""
+    from bench._common import MEASUREMENT_STEPS as EXTRA_STEPS
     from bench._common import cpu_summary, print_table, ratio
 
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -257,7 +259,7 @@ def report(results: list[tuple[Case, list[Run], list[Run]]], parent_peak_mib: fl
         )
     print_table(
         "Quantization alone: qaas whole process less its report extras "
-        f"({', '.join(EXTRA_STEPS)}) vs ORT's whole process; then in-process only",
+        f"({', '.join(sorted(EXTRA_STEPS))}) vs ORT's whole process; then in-process only",
         ["model", "qaas s", "ORT s", "qaas/ORT", "qaas steps s", "ORT in-proc s", "qaas/ORT"],
         rows,
     )
