@@ -10,7 +10,7 @@ The two large models have random weights (timing and memory only) and are export
 torch.onnx at bench setup, never committed:
 
 * ``bert_base``: 12 pre-LN encoder layers of width 768, 12 heads, MLP 3072, 128 tokens, fed
-  float token embeddings (batch, 128, 768); about 86 M parameters (BERT-base without its
+  float token embeddings (batch, 128, 768); about 85 M parameters (BERT-base without its
   embedding tables);
 * ``resnet50``: the ResNet-50 architecture (bottlenecks 3-4-6-3, 224x224 RGB); about 25.6 M
   parameters.
