@@ -68,3 +68,46 @@ def quantize_static_qdq(
             calibrate_method=getattr(CalibrationMethod, method),
         )
     return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Quantize one model from an ``.npz`` of calibration inputs, as its own process.
+
+    ``bench/speed.py`` times this whole process against ``qaas quantize``: start-up, imports,
+    pre-processing, calibration and the written model. Prints ``{"seconds": ...}``, the time
+    inside ``quantize_static_qdq``. ``--without-torch`` runs it as in an environment holding ONNX
+    Runtime alone: its ``onnxruntime.tools`` package, which ``quant_pre_process`` imports, loads
+    torch whenever torch is installed (about 1.2 s and 250 MiB on a 2-core machine).
+    """
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="ONNX Runtime quantize_static, W8A8 QDQ MinMax")
+    parser.add_argument("model", type=Path)
+    parser.add_argument("calibration", type=Path, help=".npz with one input array")
+    parser.add_argument("output", type=Path)
+    parser.add_argument("--per-channel", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--without-torch", action="store_true")
+    args = parser.parse_args(argv)
+    if args.without_torch:
+        import sys
+
+        sys.modules.setdefault("torch", None)  # type: ignore[arg-type]  # find_spec -> None
+    with np.load(args.calibration) as data:
+        (input_name,) = [key for key in data.files if key != "labels"]
+        samples = data[input_name]
+    seconds = quantize_static_qdq(
+        args.model,
+        args.output,
+        input_name,
+        samples,
+        per_channel=args.per_channel,
+        batch_size=args.batch_size,
+    )
+    print(json.dumps({"seconds": seconds}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,328 @@
+"""Whole-process time and peak RSS: `qaas quantize` against ONNX Runtime's `quantize_static`.
+
+The baseline issue #16 is judged by. Each run is a fresh process doing the whole job as a user
+would: ``qaas quantize MODEL --calibration NPZ -o DIR`` on one side (W8A8 per-channel, default
+pipeline, no ``--evaluation``, so the report evaluates on the calibration data as in the issue),
+``bench/peers/onnxruntime_static.py`` on the other (``quant_pre_process`` then ``quantize_static``,
+QDQ, MinMax, per-channel S8 weights, U8 activations), both writing their artifacts. The two
+alternate run by run (qaas first on even runs, ORT first on odd ones), so load from other work on
+a shared machine falls on both alike; the tables give medians over ``--runs``. ORT's
+``quant_pre_process`` imports torch wherever torch is installed (``onnxruntime.tools``), which
+would add about 1.2 s and 250 MiB to its side here; its child hides torch by default, as in an
+environment holding ONNX Runtime alone (the stricter baseline; ``--ort-with-torch`` to allow it).
+
+Peak RSS is each child's ``ru_maxrss`` from ``os.wait4``. A child inherits its parent's
+high-water mark through fork/exec, so this process imports nothing heavy before the runs: models
+and calibration files are made by ``bench/speed_models.py`` in a process of its own, and the
+printed parent peak is a floor under every child figure.
+
+For qaas the tables also split the time by the ``steps`` of its ``report.json`` ("outside steps":
+interpreter start, module imports, reading inputs, writing artifacts) and give "quantization
+alone": the whole process less the report extras (evaluation, energy, latency, analysis steps),
+against ORT's whole process.
+
+Models: the bundled T1 example (``examples/digits_mobilenetv2.onnx``, its 128 calibration
+images); onnx's light reference nets (``--light``, random calibration images; qaas quantizes the
+IR-3 file as shipped, ORT, which refuses it, the float model after qaas's importer repair); with
+``--large``, a BERT-base-sized encoder and ResNet-50 with random weights, exported at setup into a
+temporary folder (minutes per run).
+
+Run: ``python bench/speed.py [--runs 3] [--light squeezenet resnet50 ...] [--samples 32]
+[--large] [--no-t1]`` (default light nets: squeezenet, shufflenet, resnet50; ``--light`` alone for
+none; ``--no-t1 --light --large --runs 1`` for the large models only). Threads are each tool's
+default unless ``OMP_NUM_THREADS`` / ``QAAS_THREADS`` are set in the environment; the header
+prints them with the CPU's VNNI flags and load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # runs from a checkout: bench/ is not an installed package
+# Nothing heavy at import time (numpy, onnx, torch, onnxruntime): see the module docstring.
+
+EXAMPLES = ROOT / "examples"
+DEFAULT_LIGHT = ["squeezenet", "shufflenet", "resnet50"]
+QAAS_ARGS = ["--weights", "int8", "--activations", "int8", "--weights-granularity", "per-channel"]
+
+
+@dataclass
+class Case:
+    """One model: the file each tool quantizes, the calibration file both read."""
+
+    name: str
+    qaas_model: Path
+    ort_model: Path
+    calibration: Path
+    params: int | None
+    batch_size: int
+
+
+@dataclass
+class Run:
+    """One whole-process run: wall seconds, peak RSS in MiB, and what the child reported."""
+
+    wall: float
+    rss_mib: float
+    steps: dict[str, float] = field(default_factory=dict)  # qaas report.json steps
+    inner: float | None = None  # ORT: seconds inside quant_pre_process + quantize_static
+
+
+def run_child(command: list[str], log: Path) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of ``command`` run to completion as a fresh process."""
+    start = time.perf_counter()
+    with log.open("w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+        raise RuntimeError(f"{Path(command[0]).name} exited {proc.returncode}:\n{tail}")
+    return wall, usage.ru_maxrss / 1024  # Linux reports KiB
+
+
+def qaas_cli() -> str:
+    """The ``qaas`` script beside this interpreter (the project's venv), else the one on PATH."""
+    beside = Path(sys.executable).parent / "qaas"
+    return str(beside) if beside.exists() else (shutil.which("qaas") or "qaas")
+
+
+def run_qaas(case: Case, out: Path) -> Run:
+    """``qaas quantize`` as a user runs it; its step times read back from ``report.json``."""
+    command = [qaas_cli(), "quantize", str(case.qaas_model), "--calibration", str(case.calibration)]
+    command += [*QAAS_ARGS, "--batch-size", str(case.batch_size), "-o", str(out), "--quiet"]
+    wall, rss = run_child(command, out.parent / f"{out.name}.log")
+    steps: dict[str, float] = {}
+    for step in json.loads((out / "report.json").read_text())["steps"]:
+        steps[step["name"]] = steps.get(step["name"], 0.0) + step["seconds"]
+    return Run(wall, rss, steps=steps)
+
+
+def run_ort(case: Case, out: Path, with_torch: bool) -> Run:
+    """The ORT peer script as its own process; it prints its in-process seconds last."""
+    out.mkdir()
+    command = [sys.executable, str(ROOT / "bench" / "peers" / "onnxruntime_static.py")]
+    command += [str(case.ort_model), str(case.calibration), str(out / "model.quant.onnx")]
+    command += ["--per-channel", "--batch-size", str(case.batch_size)]
+    command += [] if with_torch else ["--without-torch"]
+    log = out.parent / f"{out.name}.log"
+    wall, rss = run_child(command, log)
+    inner = json.loads(log.read_text().strip().splitlines()[-1])["seconds"]
+    return Run(wall, rss, inner=inner)
+
+
+def measure(
+    case: Case, runs: int, tmp: Path, *, ort_with_torch: bool
+) -> tuple[list[Run], list[Run]]:
+    """``runs`` alternating whole-process runs of each tool; outputs deleted after each.
+
+    ``ort_with_torch`` lets ORT's ``quant_pre_process`` import torch, as it does wherever torch is
+    installed; off, it runs as in an environment holding ONNX Runtime alone (the stricter
+    baseline).
+    """
+    ours: list[Run] = []
+    theirs: list[Run] = []
+    tools = [
+        ("qaas", run_qaas, ours),
+        ("ORT", lambda c, o: run_ort(c, o, ort_with_torch), theirs),
+    ]
+    for i in range(runs):
+        for label, runner, results in tools if i % 2 == 0 else tools[::-1]:
+            out = tmp / f"{case.name}-{label}-{i}"
+            result = runner(case, out)
+            shutil.rmtree(out)
+            results.append(result)
+            print(
+                f"  {case.name} run {i + 1} {label}: {result.wall:.2f} s, "
+                f"peak {result.rss_mib:.0f} MiB",
+                flush=True,
+            )
+    return ours, theirs
+
+
+def prepare(
+    light: list[str], large: bool, samples: int, large_samples: int, tmp: Path
+) -> list[Case]:
+    """Make the light/large models and their calibration files in a child process."""
+    if not light and not large:
+        return []
+    command = [sys.executable, str(ROOT / "bench" / "speed_models.py"), str(tmp / "models")]
+    command += ["--light", *light, "--samples", str(samples)]
+    command += ["--large", "--large-samples", str(large_samples)] if large else []
+    log = tmp / "prepare.log"
+    run_child(command, log)
+    cases = []
+    for line in log.read_text().splitlines():
+        if line.startswith("{"):
+            made = json.loads(line)
+            cases.append(
+                Case(
+                    name=made["name"],
+                    qaas_model=Path(made["qaas_model"]),
+                    ort_model=Path(made["ort_model"]),
+                    calibration=Path(made["calibration"]),
+                    params=made["params"],
+                    batch_size=1 if made["name"] in light else 8,  # light nets: fixed batch 1
+                )
+            )
+    return cases
+
+
+def header(runs: int, ort_with_torch: bool) -> None:
+    flags = subprocess.run(
+        ["grep", "-o", "-m1", r"avx512_vnni\|avx_vnni", "/proc/cpuinfo"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    env = {k: os.environ.get(k, "unset") for k in ("OMP_NUM_THREADS", "QAAS_THREADS")}
+    print("qaas quantize vs ONNX Runtime quantize_static: whole process, W8A8 per-channel, QDQ")
+    print(
+        f"CPU flags: {' '.join(sorted(set(flags))) or 'no VNNI'}; cores: {os.cpu_count()} "
+        f"({len(os.sched_getaffinity(0))} usable)"
+    )
+    print(
+        f"threads: each tool's default (torch intra-op = cores for qaas, ORT's default pool); "
+        f"env {' '.join(f'{k}={v}' for k, v in env.items())}"
+    )
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"ORT child: {'torch importable' if ort_with_torch else 'torch hidden (ORT alone)'}")
+    print(f"runs: {runs} per tool, alternating; load average at start {load}", flush=True)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def report(results: list[tuple[Case, list[Run], list[Run]]], parent_peak_mib: float) -> None:
+    """The tables; imports bench._common only now, after every child has run."""
+    from bench._common import MEASUREMENT_STEPS as EXTRA_STEPS
+    from bench._common import cpu_summary, print_table, ratio
+
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"\nCPU: {cpu_summary()}; load average at end {load}")
+    print(f"this process's peak RSS while spawning: {parent_peak_mib:.0f} MiB (floor of each RSS)")
+    rows = []
+    for case, ours, theirs in results:
+        qaas_s, ort_s = median([r.wall for r in ours]), median([r.wall for r in theirs])
+        qaas_mib, ort_mib = median([r.rss_mib for r in ours]), median([r.rss_mib for r in theirs])
+        rows.append(
+            [
+                case.name,
+                None if case.params is None else f"{case.params / 1e6:.1f}",
+                qaas_s,
+                f"{min(r.wall for r in ours):.2f}-{max(r.wall for r in ours):.2f}",
+                f"{qaas_mib:.0f}",
+                ort_s,
+                f"{min(r.wall for r in theirs):.2f}-{max(r.wall for r in theirs):.2f}",
+                f"{ort_mib:.0f}",
+                ratio(qaas_s, ort_s),
+                ratio(qaas_mib, ort_mib),
+            ]
+        )
+    print_table(
+        "Whole process (fresh process, artifacts written), medians",
+        ["model", "M params", "qaas s", "range", "qaas MiB", "ORT s", "range", "ORT MiB"]
+        + ["time qaas/ORT", "RSS qaas/ORT"],
+        rows,
+    )
+
+    rows = []
+    for case, ours, theirs in results:
+        alone = median([r.wall - sum(r.steps.get(s, 0.0) for s in EXTRA_STEPS) for r in ours])
+        steps = median([sum(v for k, v in r.steps.items() if k not in EXTRA_STEPS) for r in ours])
+        ort_s = median([r.wall for r in theirs])
+        ort_inner = median([r.inner or 0.0 for r in theirs])
+        rows.append(
+            [
+                case.name,
+                alone,
+                ort_s,
+                ratio(alone, ort_s),
+                steps,
+                ort_inner,
+                ratio(steps, ort_inner),
+            ]
+        )
+    print_table(
+        "Quantization alone: qaas whole process less its report extras "
+        f"({', '.join(sorted(EXTRA_STEPS))}) vs ORT's whole process; then in-process only",
+        ["model", "qaas s", "ORT s", "qaas/ORT", "qaas steps s", "ORT in-proc s", "qaas/ORT"],
+        rows,
+    )
+    print(
+        "qaas steps: its report.json steps other than the extras (import .. export); "
+        "ORT in-proc: quant_pre_process + quantize_static inside the child"
+    )
+
+    names: list[str] = []
+    for _, ours, _ in results:
+        for run in ours:
+            names += [n for n in run.steps if n not in names]
+    rows = []
+    for case, ours, _ in results:
+        split = [median([r.steps.get(n, 0.0) for r in ours]) for n in names]
+        outside = median([r.wall - sum(r.steps.values()) for r in ours])
+        rows.append([case.name, *split, outside, median([r.wall for r in ours])])
+    print_table(
+        "qaas time by report.json step, medians in s (outside steps: interpreter start, module "
+        "imports, reading inputs, writing artifacts)",
+        ["model", *names, "outside steps", "whole"],
+        rows,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3, help="runs per tool and model")
+    parser.add_argument("--light", nargs="*", default=DEFAULT_LIGHT, metavar="NAME")
+    parser.add_argument("--samples", type=int, default=32, help="calibration images, light nets")
+    parser.add_argument("--large", action="store_true", help="the two ~100 M-parameter models")
+    parser.add_argument("--large-samples", type=int, default=256)
+    parser.add_argument(
+        "--ort-with-torch", action="store_true", help="let ORT's pre-processing import torch"
+    )
+    parser.add_argument("--no-t1", action="store_true", help="skip the bundled example")
+    args = parser.parse_args(argv)
+    header(args.runs, args.ort_with_torch)
+    with tempfile.TemporaryDirectory(prefix="qaas-speed-") as tmp_name:
+        tmp = Path(tmp_name)
+        cases = []
+        if not args.no_t1:
+            model = EXAMPLES / "digits_mobilenetv2.onnx"
+            calibration = EXAMPLES / "digits_calibration.npz"
+            cases.append(Case("T1 digits_mobilenetv2", model, model, calibration, None, 32))
+        start = time.perf_counter()
+        cases += prepare(args.light, args.large, args.samples, args.large_samples, tmp)
+        if args.light or args.large:
+            print(f"setup (models, calibration files): {time.perf_counter() - start:.1f} s")
+        results = []
+        for case in cases:
+            print(f"{case.name} (batch {case.batch_size}):", flush=True)
+            try:
+                ours, theirs = measure(case, args.runs, tmp, ort_with_torch=args.ort_with_torch)
+            except RuntimeError as error:  # one model failing keeps the others' figures
+                print(f"  {case.name} left out: {error}", flush=True)
+                continue
+            results.append((case, ours, theirs))
+        parent_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if results:
+            report(results, parent_peak)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
