@@ -25,7 +25,7 @@ from app.models_.service import ModelService
 from qaas_engine.cost.energy import EnergyProfile
 from qaas_engine.errors import SpecError
 from qaas_engine.spec import QuantSpec
-from qaas_engine.step_registry import steps_needing, steps_taking
+from qaas_engine.step_registry import Data, missing_data, steps_needing, steps_taking
 
 log = logging.getLogger("qaas.jobs")
 
@@ -152,21 +152,20 @@ class JobService:
                 "activation quantization needs calibration data: give calibration_id, "
                 "or keep activations in float (quantization.activation_bits = null)"
             )
-        calibration_steps = steps_needing(spec.pipeline, "calibration")
-        if calibration_steps and request.calibration_id is None:
+        given: set[Data] = set()
+        if request.calibration_id is not None:
+            given.add("calibration")
+        if request.training_id is not None:
+            given |= {"training", "labels"}  # whether it holds labels is checked by the worker
+        missing = missing_data(spec.pipeline, given)
+        if missing:
+            step, data = missing[0]
+            field = "calibration_id" if data == "calibration" else "training_id"
             raise InvalidInput(
-                f"the {calibration_steps[0]} step needs calibration data: upload an .npz and "
-                f"give its id as calibration_id, or remove {calibration_steps[0]} from "
-                "quantization.pipeline"
+                f"the {step} step needs {data} data: upload an .npz and give its id as "
+                f"{field}, or remove {step} from quantization.pipeline"
             )
-        training_steps = steps_needing(spec.pipeline, "training")
-        if training_steps and request.training_id is None:
-            raise InvalidInput(
-                f"the {training_steps[0]} step needs training data: upload an .npz (labels used "
-                f"when present) and give its id as training_id, or remove {training_steps[0]} "
-                "from quantization.pipeline"
-            )
-        if not training_steps and not spec.is_auto:
+        if not steps_needing(spec.pipeline, "training") and not spec.is_auto:
             for field in ("training_id", "validation_id"):
                 if getattr(request, field) is not None:
                     raise InvalidInput(

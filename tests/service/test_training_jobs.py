@@ -128,6 +128,16 @@ def test_custom_energy_profile_changes_the_energy_figures(api, runtime, tenant, 
     assert custom_energy["quantized_pj"] != default_energy["quantized_pj"]
 
 
+def test_adaround_without_calibration_data_is_422(api, tenant, ids):
+    body = {
+        "model_id": ids["model_id"],
+        "quantization": {"activation_bits": None, "pipeline": ["cle", "adaround"]},
+    }
+    detail = error_of(api.post("/v1/jobs", json=body, headers=tenant), 422)["detail"]
+    assert "adaround step needs calibration data" in detail and "calibration_id" in detail
+    assert api.get("/v1/jobs", headers=tenant).json() == []
+
+
 def test_qat_without_training_data_is_422(api, tenant, ids):
     body = qat_body({k: v for k, v in ids.items() if k not in ("training_id", "validation_id")})
     detail = error_of(api.post("/v1/jobs", json=body, headers=tenant), 422)["detail"]
