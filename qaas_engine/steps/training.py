@@ -17,7 +17,7 @@ from qaas_engine.cost.shapes import layer_shapes
 from qaas_engine.data import Dataset
 from qaas_engine.quant.bayesian_bits import BayesianBitsConfig, cost_terms, train_bayesian_bits
 from qaas_engine.quant.qat import QATConfig, train_qat
-from qaas_engine.state import PipelineState
+from qaas_engine.state import PipelineState, to_torch
 
 VALIDATION_FRACTION = 0.1
 
@@ -55,7 +55,7 @@ def bayesian_bits(state: PipelineState) -> dict[str, Any]:
     spec = state.spec
     data = TrainingData.of(state)
     feeds, _ = next(data.training.batches(1))
-    layers = layer_shapes(state.model, state.executor, _tensors(feeds))
+    layers = layer_shapes(state.model, state.executor, to_torch(feeds))
     config = BayesianBitsConfig(
         epochs=spec.bayesian_bits_epochs,
         finetune_epochs=spec.bayesian_bits_finetune_epochs,
@@ -108,15 +108,11 @@ class TrainingData:
             self.training.num_samples
         )
         for feeds, labels in self.training.subset(order).batches(self.batch_size):
-            yield _tensors(feeds), _labels(labels)
+            yield to_torch(feeds), _labels(labels)
 
     def validation_batches(self) -> Batches:
         for feeds, labels in self.validation.batches(self.batch_size):
-            yield _tensors(feeds), _labels(labels)
-
-
-def _tensors(feeds: dict) -> dict[str, torch.Tensor]:
-    return {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in feeds.items()}
+            yield to_torch(feeds), _labels(labels)
 
 
 def _labels(labels: np.ndarray | None) -> torch.Tensor | None:
@@ -129,6 +125,6 @@ def _float_top1(state: PipelineState, data: Dataset) -> float:
     with torch.no_grad():
         for feeds, labels in data.batches(state.spec.batch_size):
             assert labels is not None  # called only for labelled validation data
-            out = state.executor.run(_tensors(feeds), weights=state.float_weights)[output]
+            out = state.executor.run(to_torch(feeds), weights=state.float_weights)[output]
             hits += int((out.reshape(len(labels), -1).argmax(1).numpy() == labels).sum())
     return hits / data.num_samples
