@@ -42,13 +42,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_options(quantize)
     quantize.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR")
     quantize.add_argument("--quiet", action="store_true", help="no progress or table")
+    quantize.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="threads to use (default: QAAS_THREADS, else every core)",
+    )
     add_service_commands(commands)
     return parser
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from qaas_engine import job
+    from qaas_engine.sessions import set_thread_count
 
+    if args.threads is not None and args.threads < 1:
+        raise CliError(f"--threads must be at least 1, not {args.threads}")
+    set_thread_count(args.threads)
     spec = with_qat_epochs(spec_from_args(args), args)
     saved = job.run(
         args.model,

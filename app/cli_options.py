@@ -44,12 +44,29 @@ def add_quantize_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
+        "--evaluation-samples",
+        metavar="N|all",
+        help="the report measures on the first N evaluation samples (default 1000), or all",
+    )
+    parser.add_argument(
         "--adaround-iterations",
         type=int,
         default=1000,
         metavar="N",
         help="upper bound per layer; a layer stops early once settled",
     )
+
+
+def _evaluation_samples(text: str | None) -> dict[str, int | None]:
+    """The spec field for ``--evaluation-samples``; none when not given (the spec's default)."""
+    if text is None:
+        return {}
+    if text.strip().lower() == "all":
+        return {"max_evaluation_samples": None}
+    try:
+        return {"max_evaluation_samples": int(text)}
+    except ValueError:
+        raise CliError(f"--evaluation-samples takes a count or 'all', not {text!r}") from None
 
 
 def add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +127,7 @@ def spec_from_args(args: argparse.Namespace) -> QuantSpec:
             keep_float_ops=tuple(k for k in keep if is_op_type(k)),
             keep_float_nodes=tuple(k for k in keep if not is_op_type(k)),
             batch_size=args.batch_size,
+            **_evaluation_samples(args.evaluation_samples),
             adaround_iterations=args.adaround_iterations,
             max_accuracy_drop=getattr(args, "max_accuracy_drop", None),
         )

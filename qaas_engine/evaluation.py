@@ -7,15 +7,17 @@ Fidelity compares a model's first output with the float model's: SQNR in dB, top
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import torch
 
 from qaas_engine.data import Dataset
 from qaas_engine.quant.sim import QuantSim
+from qaas_engine.sessions import session
 from qaas_engine.state import PipelineState, to_torch
 
 # An exact match has infinite SQNR; JSON has no infinity, so it is reported at this ceiling.
@@ -79,17 +81,25 @@ class FidelityMeter:
 
 
 def ort_session(model: onnx.ModelProto) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    """The exported model as ONNX Runtime runs it by default (graph optimizer on)."""
+    return session(model)
 
 
 def evaluate(
-    state: PipelineState, sim: QuantSim, qdq: onnx.ModelProto, data: Dataset | None
+    state: PipelineState,
+    sim: QuantSim,
+    qdq: onnx.ModelProto,
+    data: Dataset | None,
+    max_samples: int | None = None,
 ) -> dict[str, Any]:
-    """Float, simulated and ONNX Runtime outputs side by side on the same batches."""
+    """Float, simulated and ONNX Runtime outputs side by side on the same batches.
+
+    All three run in ONNX Runtime: the float graph, the QDQ graph with the optimizer off (Q and
+    DQ computed in float: the simulation, exactly as exported) and the QDQ graph as deployed.
+    Where ORT cannot load the float graph, the torch executor computes it. When torch is
+    already loaded (a learning step ran), the torch simulation those steps trained is checked
+    against the exported graph on the first batch (``torch_simulation_vs_export``).
+    """
     if data is None:
         empty = {"top1": None, "sqnr_db": None, "top1_agreement": None, "cosine": None}
         return {
@@ -99,33 +109,79 @@ def evaluate(
             "simulation_vs_onnxruntime": dict(empty),
             "note": "no calibration or evaluation data given: nothing to measure",
         }
-    session = ort_session(qdq)
-    output = state.executor.output_names[0]
+    output = state.model.graph.output[0].name
+    runtime = ort_session(qdq)
+    simulation = session(qdq, optimized=False)
+    float_run, float_engine = _float_runner(state, output)
     meters = {key: FidelityMeter() for key in ("float", "simulated", "onnxruntime", "gap")}
-    total = data.num_samples
+    total = data.num_samples if max_samples is None else min(max_samples, data.num_samples)
     done = 0
-    with torch.no_grad():
-        for feeds, labels in data.batches(state.spec.batch_size):
-            tensors = to_torch(feeds)
-            float_out = state.executor.run(tensors, weights=state.float_weights)[output]
-            reference = float_out.float().numpy()
-            simulated = sim.run(tensors, outputs=[output])[output].float().numpy()
-            runtime = session.run([output], feeds)[0].astype(np.float32)
-            meters["float"].update(reference, reference, labels)
-            meters["simulated"].update(reference, simulated, labels)
-            meters["onnxruntime"].update(reference, runtime, labels)
-            meters["gap"].update(simulated, runtime, None)
-            done += len(labels) if labels is not None else 1
-            state.progress("evaluation", min(1.0, done / total))
+    torch_check: dict[str, Any] | None = None
+    for feeds, labels in data.batches(state.spec.batch_size, max_samples):
+        reference = np.asarray(float_run(feeds), dtype=np.float32)
+        simulated = simulation.run([output], feeds)[0].astype(np.float32)
+        deployed = runtime.run([output], feeds)[0].astype(np.float32)
+        meters["float"].update(reference, reference, labels)
+        meters["simulated"].update(reference, simulated, labels)
+        meters["onnxruntime"].update(reference, deployed, labels)
+        meters["gap"].update(simulated, deployed, None)
+        if torch_check is None and "torch" in sys.modules:
+            torch_check = _torch_simulation_check(sim, feeds, output, simulated)
+        done += len(labels) if labels is not None else 1
+        state.progress("evaluation", min(1.0, done / max(total, 1)))
     gap = meters["gap"].result()
     gap["max_abs_diff"] = meters["gap"].max_abs_diff
-    return {
+    metrics = {
         "float": meters["float"].result(reference_itself=True),
         "simulated": meters["simulated"].result(),
         "onnxruntime": meters["onnxruntime"].result(),
         "simulation_vs_onnxruntime": gap,
         "output": output,
+        "samples": {"measured": meters["float"].samples, "available": data.num_samples},
+        "engines": {
+            "float": float_engine,
+            "simulated": "onnxruntime, graph optimizer off",
+            "onnxruntime": "onnxruntime, default optimizations",
+        },
     }
+    if torch_check is not None:
+        metrics["torch_simulation_vs_export"] = torch_check
+    return metrics
+
+
+def _float_runner(
+    state: PipelineState, output: str
+) -> tuple[Callable[[dict[str, np.ndarray]], np.ndarray], str]:
+    """The float reference's first output per batch: ONNX Runtime, else the torch executor."""
+    try:
+        float_session = session(state.model)
+    except Exception as error:  # a graph only the torch executor runs
+        reason = str(error).splitlines()[0][:200]
+
+        def run_in_torch(feeds: dict[str, np.ndarray]) -> np.ndarray:
+            import torch
+
+            with torch.no_grad():
+                result = state.executor.run(to_torch(feeds), weights=state.float_weights)
+            return result[output].float().numpy()
+
+        return run_in_torch, f"torch (onnxruntime cannot load the float graph: {reason})"
+    return (lambda feeds: float_session.run([output], feeds)[0]), "onnxruntime"
+
+
+def _torch_simulation_check(
+    sim: QuantSim, feeds: dict[str, np.ndarray], output: str, exported: np.ndarray
+) -> dict[str, Any]:
+    """The torch simulation that learning steps trained, against the exported graph."""
+    import torch
+
+    with torch.no_grad():
+        simulated = sim.run(to_torch(feeds), outputs=[output])[output].float().numpy()
+    meter = FidelityMeter()
+    meter.update(simulated, exported, None)
+    result = meter.result()
+    result["max_abs_diff"] = meter.max_abs_diff
+    return result
 
 
 SIM_RUNTIME_AGREEMENT_FLOOR = 0.99

@@ -24,7 +24,7 @@ from qaas_engine.quant.placement import place_quantizers
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.spec import QuantSpec
 from qaas_engine.state import PipelineState, Progress, Timer, no_progress
-from qaas_engine.step_registry import STEPS, Data, Stage, missing_data_message
+from qaas_engine.step_registry import STEPS, Data, Stage, learns, missing_data_message
 from qaas_engine.transforms.bn_fold import fold_batchnorms
 from qaas_engine.transforms.cle import ChannelStats
 
@@ -95,7 +95,7 @@ def build_sim(state: PipelineState, timer: Timer) -> QuantSim:
     timer.run("weight_ranges", sim.compute_weight_encodings)
     if spec.quantize_activations and placement.activations:
         if state.calibration is not None:
-            timer.run("calibration", lambda: sim.calibrate(state.calibration_feeds, state.progress))
+            timer.run("calibration", lambda: calibrate(state, sim))
         elif state.channel_stats:
             state.data_free = True
             moments = propagate(state.model, state.batchnorm_seeds())
@@ -108,6 +108,25 @@ def build_sim(state: PipelineState, timer: Timer) -> QuantSim:
             )
     state.sim = sim
     return sim
+
+
+def calibrate(state: PipelineState, sim: QuantSim) -> None:
+    """Activation ranges from the calibration data: the float graph run in ONNX Runtime, or,
+    when a later step trains the simulation, in the torch executor that step trains, so the
+    ranges it starts from are the ones its own arithmetic gives (ORT's differ in the last bit,
+    and training amplifies such differences)."""
+    data = state.calibration
+    if data is None:
+        raise RuntimeError("calibrate needs calibration data")
+    in_torch = learns(state.spec.pipeline)
+    sim.calibrate(
+        state.calibration_arrays,
+        state.progress,
+        float_model=None if in_torch else state.model,
+        batched=not data.one_at_a_time,
+    )
+    if in_torch:
+        sim.engines["calibration"] = "torch (a learning step trains the torch simulation)"
 
 
 def run_pipeline(

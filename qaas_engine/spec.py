@@ -32,6 +32,9 @@ NodeName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_CH
 StepName = Annotated[str, StringConstraints(max_length=MAX_STEP_NAME_CHARS)]
 
 
+DEFAULT_EVALUATION_SAMPLES = 1000
+
+
 class QuantSpec(BaseModel):
     """How to quantize a model. Unknown fields are refused so typos never pass silently."""
 
@@ -50,6 +53,9 @@ class QuantSpec(BaseModel):
     pipeline: tuple[StepName, ...] = Field((), max_length=MAX_PIPELINE_STEPS)
     batch_size: int = Field(32, ge=1, le=4096)
     max_calibration_samples: int | None = Field(None, ge=1)
+    # the report's accuracy and fidelity are measured on the first N evaluation samples (all of
+    # them when None): a bounded cost by default, the whole set on request
+    max_evaluation_samples: int | None = Field(DEFAULT_EVALUATION_SAMPLES, ge=1)
     adaround_iterations: int = Field(1000, ge=10, le=100_000)
     qat_epochs: int = Field(15, ge=1, le=1000)
     qat_learn_ranges: bool = True

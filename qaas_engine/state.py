@@ -20,6 +20,7 @@ from qaas_engine.data import Dataset
 from qaas_engine.graph.executor import GraphExecutor
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.spec import QuantSpec
+from qaas_engine.tensors import to_torch
 from qaas_engine.transforms.bn_fold import FoldedBatchNorm
 from qaas_engine.transforms.cle import ChannelStats
 
@@ -64,6 +65,17 @@ class PipelineState:
             )
         )
 
+    def calibration_arrays(self) -> Iterator[dict[str, np.ndarray]]:
+        """The calibration batches as numpy feeds, for passes that run in ONNX Runtime."""
+        if self.calibration is None:
+            return iter(())
+        return (
+            feeds
+            for feeds, _ in self.calibration.batches(
+                self.spec.batch_size, self.spec.max_calibration_samples
+            )
+        )
+
     def reference_weights(self) -> dict[str, torch.Tensor]:
         """The float weights every quantized step compares against (set before calibration)."""
         if self.float_weights is None:
@@ -79,11 +91,6 @@ class PipelineState:
     def batchnorm_seeds(self) -> dict[str, tuple[Any, Any]]:
         """Per-output (beta, gamma) of the folded BatchNorms: the data-free statistics."""
         return {name: (st.beta, st.gamma) for name, st in self.channel_stats.items()}
-
-
-def to_torch(feeds: dict) -> dict[str, torch.Tensor]:
-    # np.asarray: a scalar input batch arrives as a numpy scalar, which from_numpy refuses
-    return {name: torch.from_numpy(np.asarray(array)) for name, array in feeds.items()}
 
 
 @dataclass

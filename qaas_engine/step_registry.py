@@ -119,6 +119,11 @@ def missing_data(pipeline: Iterable[str], available: Iterable[Data]) -> list[tup
     ]
 
 
+def learns(pipeline: Iterable[str]) -> bool:
+    """Whether a step of ``pipeline`` trains by gradient descent (in the torch executor)."""
+    return any(STEPS[name].prefers_gpu for name in pipeline if name in STEPS)
+
+
 def missing_data_message(pipeline: Iterable[str], available: Iterable[Data]) -> str | None:
     """One line naming the first step that lacks its data and the flag that gives it."""
     missing = missing_data(pipeline, available)

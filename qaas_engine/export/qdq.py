@@ -54,7 +54,9 @@ def _container(encoding: Encoding) -> tuple[np.dtype, int, bool]:
     return np.dtype(np.int32), TensorProto.INT32, True
 
 
-class _Builder:
+class QdqBuilder:
+    """Collects the Q/DQ nodes' constants while nodes are made; the caller adds both."""
+
     def __init__(self, model: onnx.ModelProto) -> None:
         self.model = model
         self.initializers: list[onnx.TensorProto] = []
@@ -125,7 +127,7 @@ def export_qdq(model: onnx.ModelProto, sim: QuantSim, *, unsigned: bool = True) 
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    builder = _Builder(out)
+    builder = QdqBuilder(out)
     weights = sim.executor.weights
     graph_outputs = {o.name for o in graph.output}
     rename: dict[str, str] = {}  # consumer input -> dequantized tensor

@@ -101,6 +101,27 @@ class Encoding:
         """AIMET stores grids as unsigned with x_q = (x_u + offset) * scale: offset = qmin - o."""
         return [int(self.scheme.qmin - z) for z in self.zero_point]
 
+    def array_params(self, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+        """Scale (float64) and zero point shaped to broadcast against an array of ``ndim``."""
+        scale = self.scale.astype(np.float64)
+        zero_point = self.zero_point.astype(np.float64)
+        if self.scheme.per_channel and scale.size > 1:
+            shape = [1] * ndim
+            shape[self.scheme.axis] = -1
+            return scale.reshape(shape), zero_point.reshape(shape)
+        return scale.reshape(()), zero_point.reshape(())
+
+    def quantize_array(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`quantize_int` in numpy: the grid values QuantizeLinear writes (float64)."""
+        scale, zero_point = self.array_params(x.ndim)
+        values = np.round(np.asarray(x, dtype=np.float64) / scale) + zero_point
+        return np.clip(values, self.scheme.qmin, self.scheme.qmax)
+
+    def fake_quantize_array(self, x: np.ndarray) -> np.ndarray:
+        """Quantize-dequantize in numpy, in ``x``'s dtype (no gradient: analysis, export)."""
+        scale, zero_point = self.array_params(x.ndim)
+        return ((self.quantize_array(x) - zero_point) * scale).astype(x.dtype)
+
     def torch_params(
         self, like: torch.Tensor, channel_axis: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,10 +7,19 @@ activations themselves.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-import torch
 
 HISTOGRAM_BINS = 2048
+
+
+def as_array(x: Any) -> np.ndarray:
+    """A float numpy view of a numpy array or a torch tensor (torch is never imported here)."""
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    array = np.asarray(x)
+    return array if array.dtype in (np.float32, np.float64) else array.astype(np.float32)
 
 
 class MinMaxObserver:
@@ -22,21 +31,25 @@ class MinMaxObserver:
         self.non_finite = 0
         self.count = 0
 
-    def observe(self, x: torch.Tensor) -> None:
-        x = x.detach()
-        finite = torch.isfinite(x)
-        n_finite = int(finite.sum())
-        self.non_finite += x.numel() - n_finite
-        self.count += x.numel()
-        if n_finite == 0:
+    def observe(self, x: Any) -> None:
+        values = as_array(x).reshape(-1)
+        self.count += values.size
+        if values.size == 0:
             return
-        values = x[finite] if n_finite < x.numel() else x
-        self.low = min(self.low, float(values.min()))
-        self.high = max(self.high, float(values.max()))
+        low, high = values.min(), values.max()
+        if not (np.isfinite(low) and np.isfinite(high)):  # NaN or inf somewhere: mask them out
+            finite = np.isfinite(values)
+            self.non_finite += int(values.size - np.count_nonzero(finite))
+            values = values[finite]
+            if values.size == 0:
+                return
+            low, high = values.min(), values.max()
+        self.low = min(self.low, float(low))
+        self.high = max(self.high, float(high))
 
     @property
     def seen(self) -> bool:
-        return np.isfinite(self.low) and np.isfinite(self.high)
+        return bool(np.isfinite(self.low) and np.isfinite(self.high))
 
 
 class HistogramObserver:
@@ -48,14 +61,17 @@ class HistogramObserver:
         self.low, self.high, self.bins = float(low), float(high), bins
         self.counts = np.zeros(bins, dtype=np.float64)
 
-    def observe(self, x: torch.Tensor) -> None:
-        x = x.detach().float().reshape(-1)
-        x = x[torch.isfinite(x)]
-        if x.numel() == 0:
+    def observe(self, x: Any) -> None:
+        values = as_array(x).reshape(-1)
+        values = values[np.isfinite(values)]
+        if values.size == 0:
             return
-        x = x.clamp(self.low, self.high)
-        hist = torch.histc(x, bins=self.bins, min=self.low, max=self.high)
-        self.counts += hist.cpu().numpy().astype(np.float64)
+        # bin index as torch.histc computes it: values clamped into [low, high], top edge in the
+        # last bin
+        width = (self.high - self.low) / self.bins
+        index = ((np.clip(values, self.low, self.high) - self.low) / width).astype(np.int64)
+        np.minimum(index, self.bins - 1, out=index)
+        self.counts += np.bincount(index, minlength=self.bins)[: self.bins]
 
     @property
     def bin_centers(self) -> np.ndarray:

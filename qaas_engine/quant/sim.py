@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
 from qaas_engine.graph.executor import GraphExecutor
@@ -15,6 +16,8 @@ from qaas_engine.quant.estimators import ACTIVATION_METHODS, weight_encoding
 from qaas_engine.quant.observers import HistogramObserver, MinMaxObserver
 from qaas_engine.quant.placement import Placement
 from qaas_engine.spec import QuantSpec
+from qaas_engine.tapped import TappedModel
+from qaas_engine.tensors import to_numpy, to_torch
 
 Feeds = Mapping[str, torch.Tensor]
 Progress = Callable[[str, float], None]
@@ -42,6 +45,8 @@ class QuantSim:
         # weight -> output channels pruned to zero (mixed precision); trainers keep them at zero
         self.pruned_channels: dict[str, list[int]] = {}
         self._quantized_weights: dict[str, torch.Tensor] | None = None
+        # pass -> the engine that ran it, e.g. {"calibration": "onnxruntime"}
+        self.engines: dict[str, str] = {}
 
     # -- weights -------------------------------------------------------------------------
     def weight_scheme(self, name: str) -> QuantScheme:
@@ -87,33 +92,36 @@ class QuantSim:
 
     def calibrate(
         self,
-        batches: Callable[[], Iterable[Feeds]],
+        batches: Callable[[], Iterable[Mapping[str, Any]]],
         progress: Progress | None = None,
+        *,
+        float_model: onnx.ModelProto | None = None,
+        batched: bool = True,
     ) -> CalibrationSummary:
         """Set activation ranges from calibration batches run through the float model.
 
         The range a tensor should have, as ONNX Runtime and NNCF set it, not one widened by the
         upstream weights' rounding noise. ``batches`` is called once per pass, so the data is
-        streamed, never held whole.
+        streamed, never held whole. Given ``float_model`` (the graph the executor was built
+        from), the passes run in ONNX Runtime with the quantized tensors exposed; where ORT
+        cannot load or run that graph, in the torch executor (``self.engines`` says which).
         """
         if not self.weight_encodings and self.placement.weights:
             self.compute_weight_encodings()
-        summary = CalibrationSummary()
         targets = set(self.placement.activations)
         if not targets:
-            return summary
-        needs_hist, estimator = ACTIVATION_METHODS[self.spec.calibration_method]
-        minmax = {name: MinMaxObserver() for name in targets}
-        passes = 2 if needs_hist else 1
-        self._observe_pass(batches, minmax, summary, progress, 1, passes, count=True)
-        histograms: dict[str, HistogramObserver] = {}
-        if needs_hist:
-            histograms = {
-                name: HistogramObserver(obs.low, obs.high)
-                for name, obs in minmax.items()
-                if obs.seen
-            }
-            self._observe_pass(batches, histograms, summary, progress, 2, passes, count=False)
+            return CalibrationSummary()
+        summary, minmax, histograms = CalibrationSummary(), {}, {}
+        made = _runtime_runner(float_model, targets, batched)
+        runner = made if isinstance(made, TappedModel) else None
+        self.engines["calibration"] = "onnxruntime" if runner else f"torch ({made})"
+        try:
+            minmax, histograms = self._observe(batches, targets, summary, progress, runner)
+        except _RuntimeFailed as failure:
+            self.engines["calibration"] = f"torch (onnxruntime failed to run it: {failure})"
+            summary = CalibrationSummary()
+            minmax, histograms = self._observe(batches, targets, summary, progress, None)
+        _, estimator = ACTIVATION_METHODS[self.spec.calibration_method]
         self.activation_encodings = {}
         for name in self.placement.activations:
             obs = minmax[name]
@@ -133,6 +141,21 @@ class QuantSim:
         summary.skipped = {k: v for k, v in self.skipped.items()}
         return summary
 
+    def _observe(self, batches, targets, summary, progress, runner):
+        needs_hist, _ = ACTIVATION_METHODS[self.spec.calibration_method]
+        minmax = {name: MinMaxObserver() for name in targets}
+        passes = 2 if needs_hist else 1
+        self._observe_pass(batches, minmax, summary, progress, 1, passes, True, runner)
+        histograms: dict[str, HistogramObserver] = {}
+        if needs_hist:
+            histograms = {
+                name: HistogramObserver(obs.low, obs.high)
+                for name, obs in minmax.items()
+                if obs.seen
+            }
+            self._observe_pass(batches, histograms, summary, progress, 2, passes, False, runner)
+        return minmax, histograms
+
     def set_ranges_from_moments(self, moments: Mapping[str, Any]) -> int:
         """Data-free range setting: each tensor's range from its propagated BN statistics."""
         self.activation_encodings = {}
@@ -147,26 +170,37 @@ class QuantSim:
         self._derive_bias_encodings()
         return len(self.activation_encodings)
 
-    def _observe_pass(self, batches, observers, summary, progress, index, passes, count) -> None:
+    def _observe_pass(
+        self, batches, observers, summary, progress, index, passes, count, runner
+    ) -> None:
+        batch_list = batches()
+        total = len(batch_list) if hasattr(batch_list, "__len__") else None
+        observe = self._torch_observer(observers) if runner is None else None
+        for seen, feeds in enumerate(batch_list, start=1):
+            if observe is not None:
+                observe(feeds)
+            elif runner is not None:
+                _observe_in_runtime(runner, feeds, observers)
+            if count:
+                summary.batches += 1
+                summary.samples += _batch_size(feeds)
+            if progress and total:
+                progress("calibration", ((index - 1) + seen / total) / passes)
+
+    def _torch_observer(self, observers):
+        import torch
+
         def hook(name: str, value: torch.Tensor) -> torch.Tensor:
             observer = observers.get(name)
             if observer is not None and value.is_floating_point():
                 observer.observe(value)
             return value
 
-        weights = self.executor.weights
-        seen = 0
-        batch_list = batches()
-        total = len(batch_list) if hasattr(batch_list, "__len__") else None
-        with torch.no_grad():
-            for feeds in batch_list:
-                self.executor.run(feeds, hook=hook, weights=weights)
-                seen += 1
-                if count:
-                    summary.batches += 1
-                    summary.samples += _batch_size(feeds)
-                if progress and total:
-                    progress("calibration", ((index - 1) + seen / total) / passes)
+        def observe(feeds: Mapping[str, Any]) -> None:
+            with torch.no_grad():
+                self.executor.run(to_torch(feeds), hook=hook, weights=self.executor.weights)
+
+        return observe
 
     def _derive_bias_encodings(self) -> None:
         """int32 bias at scale s_input * s_weight, as the integer kernel accumulates it."""
@@ -259,7 +293,42 @@ class QuantSim:
         return self.executor.run(feeds, hook=hook, weights=weights, outputs=[output])[output]
 
 
-def _batch_size(feeds: Feeds) -> int:
+def _batch_size(feeds: Mapping[str, Any]) -> int:
     for value in feeds.values():
-        return int(value.shape[0]) if value.dim() > 0 else 1
+        shape = value.shape
+        return int(shape[0]) if len(shape) > 0 else 1
     return 0
+
+
+class _RuntimeFailed(Exception):
+    """ONNX Runtime loaded the float graph but failed to run it on a calibration batch."""
+
+
+def _runtime_runner(
+    float_model: onnx.ModelProto | None, targets: set[str], batched: bool
+) -> TappedModel | str:
+    """The float graph in ORT with every calibrated tensor exposed, or why it cannot be."""
+    if float_model is None:
+        return "no float graph given"
+    try:
+        return TappedModel(float_model, sorted(targets), batched=batched)
+    except Exception as error:  # ORT refuses graphs the torch executor runs: fall back
+        return f"onnxruntime cannot load the graph: {str(error).splitlines()[0][:200]}"
+
+
+def _observe_in_runtime(
+    runner: TappedModel, feeds: Mapping[str, Any], observers: Mapping[str, Any]
+) -> None:
+    arrays = {name: to_numpy(value) for name, value in feeds.items()}
+    chunks = runner.run(arrays)
+    while True:
+        try:
+            values = next(chunks)
+        except StopIteration:
+            return
+        except Exception as error:  # observers are rebuilt by the torch pass that follows
+            raise _RuntimeFailed(str(error).splitlines()[0][:200]) from error
+        for name, value in values.items():
+            observer = observers.get(name)
+            if observer is not None and np.issubdtype(value.dtype, np.floating):
+                observer.observe(value)

@@ -11,17 +11,24 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
+import onnx
 
 from qaas_engine.evaluation import SQNR_CEILING_DB
-from qaas_engine.graph.executor import GraphExecutor
+from qaas_engine.quant.observers import as_array
 from qaas_engine.quant.sim import QuantSim
+from qaas_engine.reporting.probe import ProbeModel, build_probe
+from qaas_engine.tapped import TappedModel
+from qaas_engine.tensors import to_torch
 
-Feeds = Mapping[str, torch.Tensor]
+if TYPE_CHECKING:
+    from qaas_engine.graph.executor import GraphExecutor
+
+Feeds = Mapping[str, Any]
 NOISE_SHARE_TO_SUGGEST = 0.25  # a layer alone causing >= this share of the output noise
 MAX_SUGGESTIONS = 3
 DEFAULT_TIME_BUDGET_S = 15.0
@@ -32,10 +39,14 @@ class _Sqnr:
     signal: float = 0.0
     noise: float = 0.0
 
-    def update(self, reference: torch.Tensor, test: torch.Tensor) -> None:
-        reference, test = reference.double(), test.double()
-        self.signal += float(torch.sum(reference**2))
-        self.noise += float(torch.sum((reference - test) ** 2))
+    def update(self, reference: Any, test: Any) -> None:
+        """Torch tensors or arrays."""
+        self.update_arrays(as_array(reference), as_array(test))
+
+    def update_arrays(self, reference: np.ndarray, test: np.ndarray) -> None:
+        reference, test = reference.astype(np.float64), test.astype(np.float64)
+        self.signal += float(np.sum(reference**2))
+        self.noise += float(np.sum((reference - test) ** 2))
 
     def db(self) -> float:
         if self.noise == 0:
@@ -51,6 +62,7 @@ class _Layer:
     op_type: str
     weight: str
     output: str  # the tensor the runtime writes: after a fused Relu/Clip
+    input: str  # the activation multiplied with the weight
 
 
 def _layers(sim: QuantSim) -> list[_Layer]:
@@ -63,7 +75,7 @@ def _layers(sim: QuantSim) -> list[_Layer]:
         produced = outputs[site.node]
         fused_into = sim.placement.fused.get(produced)
         output = outputs.get(fused_into, produced) if fused_into else produced
-        layers.append(_Layer(site.node, site.op_type, weight, output))
+        layers.append(_Layer(site.node, site.op_type, weight, output, site.input))
     return layers
 
 
@@ -76,6 +88,12 @@ class LayerMeasurement:
     weights_only_sqnr_db: float | None = None
     activations_only_sqnr_db: float | None = None
     skipped: str | None = None  # why the sensitivities were not measured
+    input_sqnr_db: float | None = None  # the layer's input in the fully quantized model
+
+    @property
+    def sqnr_drop_db(self) -> float:
+        """SQNR lost across this layer in the fully quantized model (0 when unknown)."""
+        return 0.0 if self.input_sqnr_db is None else self.input_sqnr_db - self.sqnr_db
 
     @property
     def sensitivity_db(self) -> float | None:
@@ -91,18 +109,123 @@ class Measurements:
     output_sqnr_db: float  # the fully quantized model's output against float
     samples: int
     layers: list[LayerMeasurement]
+    engine: str = "onnxruntime"  # what computed them
 
 
 def measure_layers(
     sim: QuantSim,
-    batches: Iterable[Feeds],
-    float_weights: Mapping[str, torch.Tensor] | None = None,
+    batches: list[dict[str, np.ndarray]],
+    float_model: onnx.ModelProto,
+    qdq: onnx.ModelProto,
+    float_weights: Mapping[str, Any] | None = None,
     *,
     time_budget_s: float = DEFAULT_TIME_BUDGET_S,
 ) -> Measurements:
     """Every weighted layer's output SQNR in the fully quantized model, then, while the time
     budget lasts, the model's output SQNR with only that layer's weights or only its output
-    quantized (one float run per layer and kind: the expensive part)."""
+    quantized (two runs per layer: the expensive part), most suspect layers first.
+
+    In ONNX Runtime (the exported graph for the first part, a switchable probe of the float
+    graph for the second); in the torch executor where ORT cannot load the float graph.
+    """
+    try:
+        return _measure_in_runtime(sim, batches, float_model, qdq, time_budget_s)
+    except Exception as error:  # a graph only the torch executor runs
+        reason = str(error).splitlines()[0][:200]
+        measurements = _measure_in_torch(sim, batches, float_weights, time_budget_s)
+        measurements.engine = f"torch (onnxruntime could not run the analysis: {reason})"
+        return measurements
+
+
+def _measure_in_runtime(
+    sim: QuantSim,
+    batches: list[dict[str, np.ndarray]],
+    float_model: onnx.ModelProto,
+    qdq: onnx.ModelProto,
+    time_budget_s: float,
+) -> Measurements:
+    started = time.perf_counter()
+    layers = _layers(sim)
+    quantizers = sim.activation_quantizers()
+    graph_outputs = {value.name for value in qdq.graph.output}
+    qdq_tensors = {name for node in qdq.graph.node for name in node.output}
+
+    def exported(tensor: str) -> str:
+        """The tensor's name in the exported graph, after its Q/DQ."""
+        renamed = f"{tensor}_dequantized"
+        return renamed if tensor not in graph_outputs and renamed in qdq_tensors else tensor
+
+    watched = sorted({t for layer in layers for t in (layer.output, layer.input)})
+    reference = TappedModel(float_model, watched)
+    quantized = TappedModel(qdq, [exported(t) for t in watched], optimized=False)
+    sqnr = {t: _Sqnr() for t in watched}
+    whole = _Sqnr()
+    final = float_model.graph.output[0].name
+    for feeds in batches:
+        # the same chunk through both models, so sample i meets sample i
+        for chunk in _chunks(feeds, min(reference.chunk_for(feeds), quantized.chunk_for(feeds))):
+            ref = next(reference.run(chunk))
+            test = next(quantized.run(chunk))
+            whole.update_arrays(ref[final], test[final])
+            for tensor in watched:
+                if tensor in ref and exported(tensor) in test:
+                    sqnr[tensor].update_arrays(ref[tensor], test[exported(tensor)])
+    del reference, quantized
+
+    measured = [
+        LayerMeasurement(layer, sqnr[layer.output].db(), input_sqnr_db=sqnr[layer.input].db())
+        for layer in layers
+    ]
+    probe = build_probe(
+        float_model,
+        {layer.weight: sim.weight_encodings[layer.weight] for layer in layers},
+        {layer.output: quantizers[layer.output] for layer in layers if layer.output in quantizers},
+    )
+    references = [probe.run(feeds) for feeds in batches]
+    # where the quantized model loses most SQNR across a layer, first: the budget goes there
+    for measurement in sorted(measured, key=lambda m: -m.sqnr_drop_db):
+        if time.perf_counter() - started > time_budget_s:
+            measurement.skipped = f"sensitivity not measured: {time_budget_s:.1f} s budget spent"
+            continue
+        layer = measurement.layer
+        measurement.weights_only_sqnr_db = _probe_sqnr(
+            probe, batches, references, weight=layer.weight
+        )
+        if layer.output in probe.activation_switches:
+            measurement.activations_only_sqnr_db = _probe_sqnr(
+                probe, batches, references, activation=layer.output
+            )
+    samples = sum(_batch_size(feeds) for feeds in batches)
+    return Measurements(whole.db(), samples, measured, engine="onnxruntime")
+
+
+def _probe_sqnr(
+    probe: ProbeModel,
+    batches: list[dict[str, np.ndarray]],
+    references: list[np.ndarray],
+    **switch: str,
+) -> float:
+    meter = _Sqnr()
+    for feeds, reference in zip(batches, references, strict=True):
+        meter.update_arrays(reference, probe.run(feeds, **switch))
+    return meter.db()
+
+
+def _chunks(feeds: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
+    total = _batch_size(feeds)
+    for start in range(0, total, size):
+        yield {name: array[start : start + size] for name, array in feeds.items()}
+
+
+def _measure_in_torch(
+    sim: QuantSim,
+    batches: list[dict[str, np.ndarray]],
+    float_weights: Mapping[str, Any] | None,
+    time_budget_s: float,
+) -> Measurements:
+    """The same measurements op by op in the torch executor (graphs ORT cannot load)."""
+    import torch
+
     started = time.perf_counter()
     executor: GraphExecutor = sim.executor
     reference_weights = dict(float_weights if float_weights is not None else executor.weights)
@@ -110,10 +233,10 @@ def measure_layers(
     quantizers = sim.activation_quantizers()
     layers = _layers(sim)
     final = executor.output_names[0]
-    batch_list = list(batches)
+    batch_list: list[Feeds] = [to_torch(feeds) for feeds in batches]
     watched = {layer.output for layer in layers}
 
-    references: list[dict[str, torch.Tensor]] = []
+    references: list[dict[str, Any]] = []
     per_layer = {layer.node: _Sqnr() for layer in layers}
     whole = _Sqnr()
     measured = []
@@ -144,8 +267,8 @@ def measure_layers(
                     executor, batch_list, references, reference_weights,
                     {layer.output: encoding}, final,
                 )  # fmt: skip
-    samples = sum(_batch_size(feeds) for feeds in batch_list)
-    return Measurements(whole.db(), samples, measured)
+    samples = sum(_batch_size(feeds) for feeds in batches)
+    return Measurements(whole.db(), samples, measured, engine="torch")
 
 
 def noise_share(sensitivity_db: float, output_sqnr_db: float) -> float:
@@ -216,31 +339,37 @@ def _row(measurement: LayerMeasurement, output_sqnr_db: float) -> dict[str, Any]
 
 def analyze_layers(
     sim: QuantSim,
-    batches: Iterable[Feeds],
-    float_weights: Mapping[str, torch.Tensor] | None = None,
+    batches: list[dict[str, np.ndarray]],
+    float_model: onnx.ModelProto,
+    qdq: onnx.ModelProto,
+    float_weights: Mapping[str, Any] | None = None,
     *,
     time_budget_s: float = DEFAULT_TIME_BUDGET_S,
 ) -> dict[str, Any]:
     """Rank the weighted layers by how much quantizing each alone hurts the model's output."""
     started = time.perf_counter()
-    measurements = measure_layers(sim, batches, float_weights, time_budget_s=time_budget_s)
+    measurements = measure_layers(
+        sim, batches, float_model, qdq, float_weights, time_budget_s=time_budget_s
+    )
     ranked = rank_layers(measurements)
     suggestions = suggest_keep_float(ranked, measurements.output_sqnr_db)
     section = describe(measurements, ranked, suggestions)
     section["seconds"] = round(time.perf_counter() - started, 3)
+    section["engine"] = measurements.engine
+    section["time_budget_s"] = round(time_budget_s, 3)
     return section
 
 
 def _run(
     executor: GraphExecutor,
     feeds: Feeds,
-    weights: Mapping[str, torch.Tensor],
+    weights: Mapping[str, Any],
     watched: set[str],
     quantizers: Mapping[str, Any],
-) -> dict[str, torch.Tensor]:
-    captured: dict[str, torch.Tensor] = {}
+) -> dict[str, Any]:
+    captured: dict[str, Any] = {}
 
-    def hook(name: str, value: torch.Tensor) -> torch.Tensor:
+    def hook(name: str, value: Any) -> Any:
         encoding = quantizers.get(name)
         if encoding is not None and value.is_floating_point():
             value = encoding.fake_quantize(value)
@@ -255,8 +384,8 @@ def _run(
 def _output_sqnr(
     executor: GraphExecutor,
     batches: list[Feeds],
-    references: list[dict[str, torch.Tensor]],
-    weights: Mapping[str, torch.Tensor],
+    references: list[dict[str, Any]],
+    weights: Mapping[str, Any],
     quantizers: Mapping[str, Any],
     final: str,
 ) -> float:
@@ -267,7 +396,7 @@ def _output_sqnr(
     return meter.db()
 
 
-def _batch_size(feeds: Feeds) -> int:
+def _batch_size(feeds: Mapping[str, Any]) -> int:
     for value in feeds.values():
-        return int(value.shape[0]) if value.dim() > 0 else 1
+        return int(value.shape[0]) if len(value.shape) > 0 else 1
     return 0

@@ -15,7 +15,7 @@ from qaas_engine.cost.energy import EnergyProfile
 from qaas_engine.data import Dataset
 from qaas_engine.graph.executor import GraphExecutor
 from qaas_engine.quant.sim import QuantSim
-from qaas_engine.reporting.analysis import analyze_layers
+from qaas_engine.reporting.analysis import DEFAULT_TIME_BUDGET_S, analyze_layers
 from qaas_engine.reporting.energy import energy_report
 from qaas_engine.reporting.latency import measure_latency
 
@@ -90,6 +90,7 @@ def add_report_sections(
     data: Dataset | None,
     timer: StepTimer,
     energy_profile: EnergyProfileSource = None,
+    analysis_budget_s: float = DEFAULT_TIME_BUDGET_S,
 ) -> None:
     """Fill ``energy``, ``latency_ms`` and ``analysis``; an unusable profile is the user's
     error and raises, anything else only skips its own section."""
@@ -111,10 +112,17 @@ def add_report_sections(
     if data is None:
         report["analysis"] = {"skipped": "no calibration or evaluation data: nothing to compare"}
         return
-    batch_feeds = [_tensors(feeds) for feeds, _ in data.batches(ANALYSIS_SAMPLES, ANALYSIS_SAMPLES)]
+    batch_feeds = [
+        {name: np.ascontiguousarray(array) for name, array in feeds.items()}
+        for feeds, _ in data.batches(ANALYSIS_SAMPLES, ANALYSIS_SAMPLES)
+    ]
     report["analysis"] = timer.run(
-        "analysis", lambda: _analysis(sim, batch_feeds, state.float_weights)
-    )
+        "analysis",
+        lambda: analyze_layers(
+            sim, batch_feeds, state.model, qdq, state.float_weights,
+            time_budget_s=analysis_budget_s,
+        ),
+    )  # fmt: skip
 
 
 def _latency(
@@ -127,12 +135,3 @@ def _latency(
         return measure_latency(float_model, qdq, sample, batch_sizes=batches)
     except Exception as error:  # ONNX Runtime refusing the float original must not fail a job
         return {"skipped_reason": f"ONNX Runtime could not time the models: {error}"[:500]}
-
-
-def _analysis(
-    sim: QuantSim,
-    batches: list[dict[str, torch.Tensor]],
-    float_weights: Mapping[str, torch.Tensor] | None,
-) -> dict[str, Any]:
-    with torch.no_grad():
-        return analyze_layers(sim, batches, float_weights)

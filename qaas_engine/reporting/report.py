@@ -22,10 +22,13 @@ from qaas_engine.export.encodings import aimet_encodings
 from qaas_engine.graph.executor import default_opset
 from qaas_engine.importer import ImportedModel
 from qaas_engine.quant.sim import QuantSim
+from qaas_engine.reporting.analysis import DEFAULT_TIME_BUDGET_S
 from qaas_engine.reporting.collect import add_report_sections
 from qaas_engine.reporting.size import count_params, float_bytes, quantized_bytes
 from qaas_engine.state import PipelineState, Timer, to_torch
 from qaas_engine.version import __version__
+
+ANALYSIS_MIN_BUDGET_S = 0.5
 
 
 def finish(
@@ -40,7 +43,8 @@ def finish(
     """Measure on the evaluation data (else the calibration data) and write the report."""
     encodings = aimet_encodings(sim, __version__)
     measured_on = evaluation if evaluation is not None else state.calibration
-    metrics = timer.run("evaluation", lambda: evaluate(state, sim, qdq, measured_on))
+    limit = sim.spec.max_evaluation_samples
+    metrics = timer.run("evaluation", lambda: evaluate(state, sim, qdq, measured_on, limit))
     metrics["dataset"] = (
         "evaluation"
         if evaluation is not None
@@ -52,9 +56,16 @@ def finish(
     report["warnings"] = gap_warnings(metrics)
     add_report_sections(
         report, float_model=imported.model, state=state, sim=sim, qdq=qdq, data=measured_on,
-        timer=timer, energy_profile=profile,
+        timer=timer, energy_profile=profile, analysis_budget_s=analysis_budget(timer),
     )  # fmt: skip
     return QuantizationResult(qdq, encodings, report)
+
+
+def analysis_budget(timer: Timer) -> float:
+    """The per-layer sensitivities may take about as long as the quantization itself took
+    (within [ANALYSIS_MIN_BUDGET_S, DEFAULT_TIME_BUDGET_S]): an extra, not the main cost."""
+    spent = sum(step["seconds"] for step in timer.steps if step["name"] != "evaluation")
+    return min(DEFAULT_TIME_BUDGET_S, max(ANALYSIS_MIN_BUDGET_S, spent))
 
 
 def build_report(
@@ -93,6 +104,7 @@ def build_report(
         },
         "metrics": metrics,
         "steps": timer.steps,
+        "engines": dict(sim.engines),
         "step_reports": state.step_reports,
         "quantizers": {
             "weights": len(sim.weight_encodings),

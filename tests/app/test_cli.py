@@ -193,6 +193,9 @@ def _bad_inputs(tmp_path, tiny_model):
         "repeated step": ([str(tiny_model), "--pipeline", "cle,cle"], "more than once"),
         "long node name": ([str(tiny_model), "--keep-float", "n" * 257], "at most 256 char"),
         "missing file": ([str(tmp_path / "nope.onnx")], "not found"),
+        "bad evaluation count": ([str(tiny_model), "--evaluation-samples", "many"], "count or"),
+        "zero evaluation count": ([str(tiny_model), "--evaluation-samples", "0"], "greater"),
+        "zero threads": ([str(tiny_model), "--threads", "0"], "at least 1"),
     }
 
 
@@ -208,3 +211,19 @@ def test_bad_inputs_exit_2_with_one_line(tiny_model, tmp_path):
 
         assert re.search(pattern, lines[0]), (name, lines[0])
     assert not (tmp_path / "out" / "model.quant.onnx").exists()  # nothing half-written
+
+
+def test_evaluation_samples_and_threads(tiny_model, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.delenv("QAAS_THREADS", raising=False)  # --threads sets it: undone afterwards
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # keep this process's pool
+    calibration, evaluation = tiny_data
+    common = ["quantize", str(tiny_model), "--calibration", str(calibration), "--quiet"]
+    common += ["--evaluation", str(evaluation), "--threads", "1"]
+    assert main([*common, "--evaluation-samples", "10", "-o", str(tmp_path / "a")]) == 0
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["metrics"]["samples"] == {"measured": 10, "available": 48}
+    assert report["spec"]["max_evaluation_samples"] == 10
+    assert main([*common, "--evaluation-samples", "all", "-o", str(tmp_path / "b")]) == 0
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert report["metrics"]["samples"] == {"measured": 48, "available": 48}
+    assert report["spec"]["max_evaluation_samples"] is None

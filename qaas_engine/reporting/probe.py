@@ -1,0 +1,117 @@
+"""The float graph with a switch on each weighted layer's weight and output quantizer.
+
+The per-layer analysis asks, layer by layer, "what does quantizing only this layer's weights
+(or only its output) do to the model's output?". Building a model per question costs a session
+each; instead every such quantizer sits behind ``Where(switch, quantized, float)`` with the
+switch a boolean graph input, so one ONNX Runtime session answers all of them: all switches off
+is the float model (up to the rounding of kernels ORT fuses differently), one switch on is that
+layer alone quantized, as the exported Q/DQ computes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from qaas_engine.export.qdq import QdqBuilder, unsigned_container
+from qaas_engine.quant.encoding import Encoding
+from qaas_engine.sessions import session
+
+ON, OFF = np.array(True), np.array(False)
+
+
+@dataclass
+class ProbeModel:
+    """One session; ``run(feeds, weight=..., activation=...)`` turns on at most one switch each."""
+
+    model: onnx.ModelProto
+    output: str
+    weight_switches: dict[str, str] = field(default_factory=dict)  # weight -> switch input
+    activation_switches: dict[str, str] = field(default_factory=dict)  # tensor -> switch input
+
+    def __post_init__(self) -> None:
+        self.session = session(self.model)
+
+    def run(
+        self,
+        feeds: Mapping[str, np.ndarray],
+        *,
+        weight: str | None = None,
+        activation: str | None = None,
+    ) -> np.ndarray:
+        switches = {s: OFF for s in self.weight_switches.values()}
+        switches.update({s: OFF for s in self.activation_switches.values()})
+        if weight is not None:
+            switches[self.weight_switches[weight]] = ON
+        if activation is not None:
+            switches[self.activation_switches[activation]] = ON
+        return self.session.run([self.output], {**feeds, **switches})[0]
+
+
+def build_probe(
+    float_model: onnx.ModelProto,
+    weights: Mapping[str, Encoding],
+    activations: Mapping[str, Encoding],
+) -> ProbeModel:
+    """``float_model`` with switchable quantizers on ``weights`` (initializer names) and on
+    ``activations`` (tensors a main-graph node produces, graph outputs included)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(float_model)
+    graph = model.graph
+    builder = QdqBuilder(model)
+    initializers = {init.name: init for init in graph.initializer}
+    produced = {name for node in graph.node for name in node.output}
+    rename: dict[str, str] = {}
+    added: list[onnx.NodeProto] = []
+    weight_switches: dict[str, str] = {}
+    activation_switches: dict[str, str] = {}
+
+    for index, (name, encoding) in enumerate(weights.items()):
+        init = initializers.get(name)
+        if init is None:
+            continue
+        array = onnx.numpy_helper.to_array(init)
+        quantized = builder.constant(f"{name}__probe_q", encoding.fake_quantize_array(array))
+        switch = _switch(graph, f"probe_weight_{index}")
+        rename[name] = f"{name}__probe"
+        added.append(helper.make_node("Where", [switch, quantized, name], [rename[name]]))
+        weight_switches[name] = switch
+
+    activation_nodes: dict[str, list[onnx.NodeProto]] = {}
+    for index, (name, encoding) in enumerate(activations.items()):
+        if name not in produced:
+            continue
+        # the producer writes name__probe_raw; the switch writes ``name`` for every consumer
+        switch = _switch(graph, f"probe_activation_{index}")
+        raw, fake = f"{name}__probe_raw", f"{name}__probe_fq"
+        nodes = builder.quantize_pair(raw, fake, unsigned_container(encoding))
+        nodes.append(helper.make_node("Where", [switch, fake, raw], [name]))
+        activation_nodes[name] = nodes
+        activation_switches[name] = switch
+
+    body: list[onnx.NodeProto] = []
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+        for i, name in enumerate(node.output):
+            if name in activation_nodes:
+                node.output[i] = f"{name}__probe_raw"
+        body.append(node)
+        for output in list(node.output):
+            body.extend(activation_nodes.get(output.removesuffix("__probe_raw"), ()))
+    del graph.node[:]
+    graph.node.extend(added + body)
+    graph.initializer.extend(builder.initializers)
+    if builder.uses_ms_domain and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return ProbeModel(model, graph.output[0].name, weight_switches, activation_switches)
+
+
+def _switch(graph: onnx.GraphProto, name: str) -> str:
+    graph.input.append(helper.make_tensor_value_info(name, TensorProto.BOOL, []))
+    return name

@@ -1,0 +1,143 @@
+"""The gradient-free passes in ONNX Runtime compute what the torch executor computes.
+
+Calibration, evaluation and the per-layer analysis run the float graph (and the exported QDQ
+graph) in ORT; the torch executor remains for graphs ORT cannot load and for learning steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from qaas_engine import QuantSpec, import_model, load_npz, model_inputs, quantize
+from qaas_engine.pipeline import build_sim, build_state
+from qaas_engine.reporting.probe import build_probe
+from qaas_engine.sessions import THREADS_ENV, session, set_thread_count, thread_count
+from qaas_engine.state import Timer
+from qaas_engine.tapped import TappedModel
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model, tiny_data):
+    imported = import_model(tiny_model)
+    calibration = load_npz(tiny_data[0], model_inputs(imported.model))
+    evaluation = load_npz(tiny_data[1], model_inputs(imported.model))
+    return imported, calibration, evaluation
+
+
+def _calibrated(imported, calibration, *, in_runtime: bool):
+    state = build_state(imported, QuantSpec(), calibration, None)
+    state.float_weights = dict(state.executor.weights)
+    if in_runtime:
+        return build_sim(state, Timer())
+    spec = state.spec
+    from qaas_engine.quant.placement import place_quantizers
+    from qaas_engine.quant.sim import QuantSim
+
+    sim = QuantSim(state.executor, place_quantizers(state.model), spec)
+    sim.calibrate(state.calibration_arrays)  # no float graph given: the torch executor
+    return sim
+
+
+def test_calibration_in_runtime_matches_the_torch_executor(tiny):
+    imported, calibration, _ = tiny
+    runtime = _calibrated(imported, calibration, in_runtime=True)
+    torch_sim = _calibrated(imported, calibration, in_runtime=False)
+    assert runtime.engines["calibration"] == "onnxruntime"
+    assert torch_sim.engines["calibration"].startswith("torch")
+    assert runtime.activation_encodings.keys() == torch_sim.activation_encodings.keys()
+    for name, encoding in runtime.activation_encodings.items():
+        other = torch_sim.activation_encodings[name]
+        # the same statistics up to float rounding of a different kernel order
+        np.testing.assert_allclose(encoding.scale, other.scale, rtol=1e-5)
+        assert abs(int(encoding.zero_point[0]) - int(other.zero_point[0])) <= 1
+
+
+def test_tapped_model_splits_a_batch_to_fit_its_budget(tiny):
+    imported, calibration, _ = tiny
+    taps = [node.output[0] for node in imported.model.graph.node]
+    whole = TappedModel(imported.model, taps)
+    tight = TappedModel(imported.model, taps, budget_bytes=1)  # one sample per run
+    feeds, _ = next(calibration.batches(16))
+    # the first use measures one sample's exposed bytes, and sizes every later chunk by it
+    assert tight.chunk_for(feeds) == 1 and whole.chunk_for(feeds) == 16
+    [all_at_once] = list(whole.run(feeds))
+    chunks = list(tight.run(feeds))
+    assert len(chunks) == 16
+    for tap in whole.exposed:
+        joined = np.concatenate([chunk[tap] for chunk in chunks])
+        np.testing.assert_allclose(joined, all_at_once[tap], rtol=1e-5, atol=1e-6)
+
+
+def test_tapped_model_reads_graph_inputs_from_the_feeds_and_names_unreachable_taps(tiny):
+    imported, calibration, _ = tiny
+    model = TappedModel(imported.model, ["input", "no_such_tensor"])
+    feeds, _ = next(calibration.batches(4))
+    [values] = list(model.run(feeds))
+    assert np.array_equal(values["input"], feeds["input"])
+    assert model.unreachable == ["no_such_tensor"]
+
+
+def test_probe_with_switches_off_is_the_float_model_and_one_switch_quantizes_one_layer(tiny):
+    imported, calibration, _ = tiny
+    sim = _calibrated(imported, calibration, in_runtime=True)
+    float_model = build_state(imported, QuantSpec(), calibration, None).model
+    weights = dict(sim.weight_encodings)
+    activations = dict(sim.activation_encodings)
+    probe = build_probe(float_model, weights, activations)
+    feeds, _ = next(calibration.batches(8))
+    reference = session(float_model).run(None, feeds)[0]
+    # equal up to float rounding: the switches change which kernels ORT fuses
+    np.testing.assert_allclose(probe.run(feeds), reference, rtol=1e-5, atol=1e-6)
+    name, encoding = next(iter(weights.items()))
+    quantized = onnx.ModelProto()
+    quantized.CopyFrom(float_model)
+    for init in quantized.graph.initializer:
+        if init.name == name:
+            array = onnx.numpy_helper.to_array(init)
+            init.CopyFrom(onnx.numpy_helper.from_array(encoding.fake_quantize_array(array), name))
+    expected = session(quantized).run(None, feeds)[0]
+    np.testing.assert_allclose(probe.run(feeds, weight=name), expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(probe.run(feeds, weight=name), reference)
+
+
+def test_report_says_which_engine_ran_each_pass_and_bounds_evaluation(tiny):
+    imported, calibration, evaluation = tiny
+    report = quantize(
+        imported, QuantSpec(max_evaluation_samples=20), calibration=calibration,
+        evaluation=evaluation,
+    ).report  # fmt: skip
+    assert report["engines"]["calibration"] == "onnxruntime"
+    assert report["metrics"]["engines"]["float"] == "onnxruntime"
+    assert report["metrics"]["samples"] == {"measured": 20, "available": 48}
+    assert report["metrics"]["onnxruntime"]["samples"] == 20
+    assert report["analysis"]["engine"] == "onnxruntime"
+    everything = quantize(
+        imported, QuantSpec(max_evaluation_samples=None), calibration=calibration,
+        evaluation=evaluation,
+    ).report  # fmt: skip
+    assert everything["metrics"]["samples"] == {"measured": 48, "available": 48}
+
+
+def test_thread_count_comes_from_the_environment_else_every_core(monkeypatch):
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    assert thread_count() >= 1
+    monkeypatch.setenv(THREADS_ENV, "1")
+    assert thread_count() == 1
+    monkeypatch.setenv(THREADS_ENV, "zero")
+    with pytest.raises(ValueError, match=THREADS_ENV):
+        thread_count()
+    pinned = []
+    monkeypatch.setattr(torch, "set_num_threads", pinned.append)  # keep this process's pool
+    set_thread_count(2)
+    assert thread_count() == 2 and pinned == [2]
+
+
+def test_same_threads_and_seed_give_the_same_model(tiny, monkeypatch):
+    imported, calibration, _ = tiny
+    monkeypatch.setenv(THREADS_ENV, "2")
+    first = quantize(imported, QuantSpec(), calibration=calibration)
+    second = quantize(imported, QuantSpec(), calibration=calibration)
+    assert first.quantized_model.SerializeToString() == second.quantized_model.SerializeToString()
