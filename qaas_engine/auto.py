@@ -30,7 +30,7 @@ from qaas_engine.quant.sim import QuantSim
 from qaas_engine.reporting.energy import energy_report
 from qaas_engine.reporting.report import finish
 from qaas_engine.spec import QuantSpec
-from qaas_engine.state import PipelineState, Progress, Timer, to_torch
+from qaas_engine.state import PipelineState, Progress, Timer
 from qaas_engine.step_registry import DATA_FLAGS, missing_data
 
 DEFAULT_MAX_DROP = 1.0  # top-1 points, when auto is asked for without a target
@@ -207,7 +207,7 @@ def _attempt(
         accuracy = runtime["top1_agreement"]
         drop = 100.0 * (1.0 - accuracy)
     feeds, _ = next(validation.data.batches(1))
-    energy = energy_report(state.model, sim.executor, sim, to_torch(feeds), profile)
+    energy = energy_report(state.model, sim.executor, sim, feeds, profile)
     row = {
         "name": rung.name,
         "pipeline": list(rung.pipeline),

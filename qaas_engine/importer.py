@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper, numpy_helper
@@ -21,7 +22,8 @@ from qaas_engine.control_flow import (
     used_names,
 )
 from qaas_engine.errors import ModelImportError, UnsupportedOpError
-from qaas_engine.graph.executor import default_opset, unsupported_nodes
+from qaas_engine.graph.kernels import TORCH_KERNEL_OPS, default_opset, unsupported_nodes
+from qaas_engine.sessions import session
 
 MIN_OPSET = 13  # per-channel DequantizeLinear (its axis attribute) needs 13
 ALREADY_QUANTIZED_OPS = {
@@ -266,18 +268,11 @@ _SIZE_GENERATING = {"ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Ups
 
 def _fold_constant_nodes(model: onnx.ModelProto) -> int:
     """Evaluate nodes whose inputs are all constants (an exporter's Unsqueeze of a PReLU slope,
-    an Identity of a shared weight), so weights and slopes are initializers as algorithms expect."""
-    import numpy as np
-    import torch
+    an Identity of a shared weight), so weights and slopes are initializers as algorithms expect.
 
-    from qaas_engine.graph.executor import default_opset
-    from qaas_engine.graph.registry import (
-        OP_REGISTRY,
-        NodeContext,
-        parse_attributes,
-        tensor_outputs,
-    )
-
+    ONNX Runtime computes the folded values (the torch kernel where it refuses a node); from
+    then on every engine reads the same initializers.
+    """
     graph = model.graph
     values = {init.name: init for init in graph.initializer}
     kept, folded = [], 0
@@ -289,28 +284,16 @@ def _fold_constant_nodes(model: onnx.ModelProto) -> int:
             inputs
             and all(name in values for name in inputs)
             and node.domain in ("", "ai.onnx")
-            and node.op_type in OP_REGISTRY
+            and node.op_type in TORCH_KERNEL_OPS
             and node.op_type not in _SIZE_GENERATING
             and not any(o in outputs for o in node.output)
             and not _touches_wide_unsigned(node, values)
         )
         if foldable:
-            args = [
-                torch.from_numpy(np.array(numpy_helper.to_array(values[n]))) if n else None
-                for n in node.input
-            ]
-            context = NodeContext(
-                node.op_type, node.name, parse_attributes(node), opset, len(node.output)
-            )
-            try:
-                results = tensor_outputs(context, args)
-            except Exception:  # leave anything surprising to the runtime checks that follow
-                results = None
-            # sequences and optionals (lists, None) are no initializers: the executor runs them
-            if results is not None and all(isinstance(v, torch.Tensor) for v in results):
+            results = _evaluate_constant_node(node, values, opset)
+            if results is not None:
                 for name, value in zip(node.output, results, strict=False):
-                    tensor = numpy_helper.from_array(value.detach().cpu().numpy(), name)
-                    graph.initializer.append(tensor)
+                    graph.initializer.append(numpy_helper.from_array(value, name))
                     values[name] = graph.initializer[-1]
                 folded += 1
                 continue
@@ -320,6 +303,53 @@ def _fold_constant_nodes(model: onnx.ModelProto) -> int:
         graph.node.extend(kept)
         _drop_unused_initializers(model)
     return folded
+
+
+def _evaluate_constant_node(
+    node: onnx.NodeProto, values: dict[str, onnx.TensorProto], opset: int
+) -> list[np.ndarray] | None:
+    """The node's outputs from its constant inputs: ONNX Runtime's (no torch to import), else
+    the torch kernel's; None where both refuse (left to the runtime checks that follow) or an
+    output is no tensor (sequences, optionals)."""
+    names = list(dict.fromkeys(name for name in node.input if name))
+    graph = onnx.helper.make_graph(
+        [node],
+        "fold",
+        [],
+        [onnx.ValueInfoProto(name=name) for name in node.output if name],
+        [values[name] for name in names],
+    )
+    single = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    single.ir_version = min(single.ir_version, 10)  # what this ONNX Runtime reads
+    try:
+        results = session(single, optimized=False, threads=1).run(None, {})
+    except Exception:
+        return _evaluate_in_torch(node, values, opset)
+    if not all(isinstance(value, np.ndarray) for value in results):
+        return None
+    return [np.asarray(value, order="C") for value in results]  # 0-d stays 0-d
+
+
+def _evaluate_in_torch(
+    node: onnx.NodeProto, values: dict[str, onnx.TensorProto], opset: int
+) -> list[np.ndarray] | None:
+    import torch
+
+    import qaas_engine.graph.ops  # noqa: F401  (registers the torch kernels)
+    from qaas_engine.graph.registry import NodeContext, parse_attributes, tensor_outputs
+
+    args = [
+        torch.from_numpy(np.array(numpy_helper.to_array(values[n]))) if n else None
+        for n in node.input
+    ]
+    context = NodeContext(node.op_type, node.name, parse_attributes(node), opset, len(node.output))
+    try:
+        results = tensor_outputs(context, args)
+    except Exception:
+        return None
+    if not all(isinstance(v, torch.Tensor) for v in results):
+        return None
+    return [value.detach().cpu().numpy() for value in results]
 
 
 _WIDE_UNSIGNED = {

@@ -17,16 +17,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import torch
 from onnx import helper
+
+if TYPE_CHECKING:
+    import torch
 
 
 @cache
-def _schema_versions() -> dict[tuple[str, str], int]:
+def onnxruntime_schema_versions() -> dict[tuple[str, str], int]:
     """(domain, op type) -> the newest version this ONNX Runtime build defines."""
     from onnxruntime.capi import onnxruntime_pybind11_state as state
 
@@ -39,7 +42,7 @@ def _schema_versions() -> dict[tuple[str, str], int]:
 
 def onnxruntime_knows(node: onnx.NodeProto) -> bool:
     """Whether this ONNX Runtime build has a schema for the node's (domain, op type)."""
-    return (node.domain, node.op_type) in _schema_versions()
+    return (node.domain, node.op_type) in onnxruntime_schema_versions()
 
 
 class OnnxRuntimeKernel:
@@ -53,7 +56,9 @@ class OnnxRuntimeKernel:
     def __init__(self, node: onnx.NodeProto, opset: int, domain_version: int | None = None):
         self.node = onnx.NodeProto()
         self.node.CopyFrom(node)
-        version = domain_version or _schema_versions().get((node.domain, node.op_type), 1)
+        version = domain_version or onnxruntime_schema_versions().get(
+            (node.domain, node.op_type), 1
+        )
         self.opsets = [helper.make_opsetid("", opset)]
         if node.domain not in ("", "ai.onnx"):
             self.opsets.append(helper.make_opsetid(node.domain, version))
@@ -71,6 +76,8 @@ class OnnxRuntimeKernel:
             self.sessions[signature] = self._session(feeds)
         requested = [name for name in self.node.output if name]
         results = dict(zip(requested, self.sessions[signature].run(requested, feeds), strict=True))
+        import torch
+
         device = next((a.device for a in args if a is not None), torch.device("cpu"))
         return [
             torch.from_numpy(np.asarray(results[name])).to(device) if name else None

@@ -17,7 +17,7 @@ from qaas_engine.cost.energy import EnergyProfile
 from qaas_engine.data import Dataset
 from qaas_engine.errors import SpecError
 from qaas_engine.export.qdq import export_qdq
-from qaas_engine.graph.executor import GraphExecutor
+from qaas_engine.graph.lazy import LazyExecutor, materialized
 from qaas_engine.importer import ImportedModel
 from qaas_engine.quant.moments import propagate
 from qaas_engine.quant.placement import place_quantizers
@@ -65,7 +65,7 @@ def build_state(
     model = onnx.ModelProto()
     model.CopyFrom(imported.model)
     folded = fold_batchnorms(model)
-    executor = GraphExecutor(model)
+    executor = LazyExecutor(model)  # torch only when a step runs the graph in it
     state = PipelineState(model, executor, spec, calibration, folded, progress or no_progress)
     state.channel_stats = {f.output: ChannelStats(f.beta, f.gamma) for f in folded}
     return state
@@ -146,9 +146,11 @@ def run_pipeline(
     state.training, state.validation = data.training, data.validation
     state.energy_profile = profile
     run_steps(state, "float", timer)
-    # Quantized steps (bias correction, AdaRound) rewrite weights in place; the float reference
-    # every metric compares against is the model as it stands here.
-    state.float_weights = dict(state.executor.weights)
+    if any(STEPS[name].stage == "quantized" for name in spec.pipeline):
+        # Quantized steps (bias correction, AdaRound...) run the graph in torch and rewrite
+        # weights in place; the float reference is the model as it stands here.
+        materialized(state.executor)
+        state.float_weights = dict(state.executor.weights)
     sim = build_sim(state, timer)
     run_steps(state, "quantized", timer)
     qdq = timer.run("export", lambda: export_qdq(state.model, sim))

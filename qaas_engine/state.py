@@ -9,20 +9,24 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-import torch
 
 from qaas_engine.cost.energy import EnergyProfile
 from qaas_engine.data import Dataset
-from qaas_engine.graph.executor import GraphExecutor
+from qaas_engine.graph.lazy import LazyExecutor
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.spec import QuantSpec
 from qaas_engine.tensors import to_torch
 from qaas_engine.transforms.bn_fold import FoldedBatchNorm
 from qaas_engine.transforms.cle import ChannelStats
+
+if TYPE_CHECKING:
+    import torch
+
+    from qaas_engine.graph.lazy import Executor
 
 Progress = Callable[[str, float], None]
 
@@ -36,7 +40,7 @@ class PipelineState:
     """What steps read and change. Steps never open files: data arrives as ``Dataset``."""
 
     model: onnx.ModelProto
-    executor: GraphExecutor
+    executor: Executor
     spec: QuantSpec
     calibration: Dataset | None
     folded_batchnorms: list[FoldedBatchNorm]
@@ -53,7 +57,7 @@ class PipelineState:
 
     def rebuild_executor(self) -> None:
         """After a float step rewrote the graph or its initializers."""
-        self.executor = GraphExecutor(self.model)
+        self.executor = LazyExecutor(self.model)
 
     def calibration_feeds(self) -> Iterator[dict[str, torch.Tensor]]:
         if self.calibration is None:

@@ -15,13 +15,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from qaas_engine.cost.shapes import LayerShape
 from qaas_engine.errors import SpecError
+
+if TYPE_CHECKING:
+    import torch
 
 FLOAT_BITS = 32
 ACCESS_BITS = 64  # the table prices one 64-bit access
@@ -203,6 +205,8 @@ def expected_energy_pj(
     The integer rule holds at every width here, 32 included, so the cost is smooth where a
     learner moves; ``macs_share`` is the share of output channels kept (it scales the MACs and
     the weights, not the inputs, which are read whatever is pruned)."""
+    import torch
+
     ref = profile.int_reference_bits
     compute = (
         macs

@@ -1,19 +1,25 @@
 """Work and traffic per layer for one sample, counted from a real run's tensor shapes.
 
-Independent of bit-widths: the same counts price the float model and every quantized one.
+Independent of bit-widths: the same counts price the float model and every quantized one. The
+run is ONNX Runtime's with every tensor exposed (the torch executor where ORT cannot load the
+graph): shapes, unlike a static inference, are known for every op and every exporter.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-import torch
+from onnx import helper
 
-from qaas_engine.graph.executor import GraphExecutor
-from qaas_engine.graph.registry import parse_attributes
+from qaas_engine.tapped import TappedModel
+from qaas_engine.tensors import to_numpy, to_torch
+
+if TYPE_CHECKING:
+    from qaas_engine.graph.lazy import Executor
 
 # Elementwise ops whose arithmetic is countable from the output shape: one op per element.
 ELEMENTWISE_ADDS = {"Add", "Sub"}
@@ -51,24 +57,44 @@ class LayerShape:
         )
 
 
-def _run_shapes(executor: GraphExecutor, feeds: Mapping[str, torch.Tensor]) -> dict[str, Shape]:
+def _run_shapes(
+    model: onnx.ModelProto, executor: Executor, feeds: Mapping[str, Any]
+) -> dict[str, Shape]:
     """The shape of every tensor one run computes, the feeds included."""
     shapes: dict[str, Shape] = {n: tuple(v.shape) for n, v in feeds.items()}
+    arrays = {name: to_numpy(value) for name, value in feeds.items()}
+    try:
+        every = [name for node in model.graph.node for name in node.output if name]
+        run = TappedModel(model, every, optimized=False)
+        for values in run.run(arrays):
+            shapes.update({name: tuple(value.shape) for name, value in values.items()})
+        return shapes
+    except Exception:  # a graph only the torch executor runs
+        return _run_shapes_in_torch(executor, arrays, shapes)
+
+
+def _run_shapes_in_torch(
+    executor: Executor, feeds: Mapping[str, np.ndarray], shapes: dict[str, Shape]
+) -> dict[str, Shape]:
+    import torch
 
     def hook(name: str, value: torch.Tensor) -> torch.Tensor:
         shapes[name] = tuple(value.shape)
         return value
 
     with torch.no_grad():
-        executor.run(feeds, hook=hook)
+        executor.run(to_torch(feeds), hook=hook)
     return shapes
 
 
 def macs_per_sample(
-    model: onnx.ModelProto, executor: GraphExecutor, feeds: Mapping[str, torch.Tensor]
+    model: onnx.ModelProto,
+    executor: Executor,
+    feeds: Mapping[str, Any],
+    shapes: dict[str, Shape] | None = None,
 ) -> dict[str, int]:
     """MACs of each Conv/ConvTranspose/Gemm/MatMul for one sample, from a real run's shapes."""
-    shapes = _run_shapes(executor, feeds)
+    shapes = shapes if shapes is not None else _run_shapes(model, executor, feeds)
     batch = next(iter(shapes.values()))[0] if shapes else 1
     weights = {n: tuple(t.shape) for n, t in executor.weights.items()}
     per_node: dict[str, int] = {}
@@ -104,7 +130,10 @@ def _node_macs(
         a = _shape(node.input[0], shapes, weights)
         if not a:
             return 0
-        k = a[0] if int(parse_attributes(node).get("transA", 0)) else a[-1]
+        trans_a = next(
+            (helper.get_attribute_value(x) for x in node.attribute if x.name == "transA"), 0
+        )
+        k = a[0] if int(trans_a) else a[-1]
         return int(np.prod(out)) * int(k)
     if op == "MatMul":
         a = _shape(node.input[0], shapes, weights)
@@ -113,13 +142,13 @@ def _node_macs(
 
 
 def layer_shapes(
-    model: onnx.ModelProto, executor: GraphExecutor, sample: Mapping[str, torch.Tensor]
+    model: onnx.ModelProto, executor: Executor, sample: Mapping[str, Any]
 ) -> list[LayerShape]:
     """Every layer with countable arithmetic: weighted layers (MACs), two-input elementwise
     ops and reductions; ops without arithmetic (reshapes, max pooling, a fused Relu) are not."""
-    shapes = _run_shapes(executor, sample)
+    shapes = _run_shapes(model, executor, sample)
     batch = max(next(iter(shapes.values()))[0] if shapes else 1, 1)
-    macs = macs_per_sample(model, executor, sample)
+    macs = macs_per_sample(model, executor, sample, shapes)
     weights = executor.weights
     layers = []
     for index, node in enumerate(model.graph.node):
@@ -135,8 +164,8 @@ def layer_shapes(
             layers.append(
                 LayerShape(
                     name, node.op_type, macs[name], "mac",
-                    weights[weight].numel() if weight else 0,
-                    weights[bias].numel() if bias else 0,
+                    _size(weights[weight]) if weight else 0,
+                    _size(weights[bias]) if bias else 0,
                     in_elems, out_elems, weight, dynamic, node.output[0],
                 )
             )  # fmt: skip
@@ -152,3 +181,7 @@ def layer_shapes(
                            None, dynamic, node.output[0])
             )  # fmt: skip
     return layers
+
+
+def _size(value: Any) -> int:
+    return int(np.prod(value.shape))

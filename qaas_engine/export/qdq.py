@@ -12,11 +12,11 @@ from dataclasses import replace
 
 import numpy as np
 import onnx
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from qaas_engine.quant.encoding import Encoding
 from qaas_engine.quant.sim import QuantSim
+from qaas_engine.tensors import to_numpy
 
 MS_DOMAIN = "com.microsoft"  # ONNX Runtime's Q/DQ with 16-bit integers at any opset
 
@@ -136,19 +136,21 @@ def export_qdq(model: onnx.ModelProto, sim: QuantSim, *, unsigned: bool = True) 
     param_encodings = {**sim.weight_encodings, **sim.bias_encodings}
     kept_initializers = []
     for init in graph.initializer:
-        tensor = weights.get(init.name)
+        value = weights.get(init.name)
+        tensor = None if value is None else to_numpy(value)
         if init.name in param_encodings and tensor is not None:
             encoding = param_encodings[init.name]
             if init.name in sim.weight_encodings and unsigned:
                 encoding = unsigned_container(encoding)
             dtype, _, _ = _container(encoding)
-            integers = encoding.quantize_int(tensor.detach().float()).cpu().numpy().astype(dtype)
+            integers = encoding.quantize_array(tensor.astype(np.float32)).astype(dtype)
             builder.constant(init.name, integers)
             dequantized = f"{init.name}_dequantized"
             prefix_nodes.append(builder.dequantize(init.name, dequantized, encoding))
             rename[init.name] = dequantized
-        elif tensor is not None and tensor.is_floating_point():
-            kept_initializers.append(numpy_helper.from_array(_to_numpy(tensor, init), init.name))
+        elif tensor is not None and np.issubdtype(tensor.dtype, np.floating):
+            dtype = helper.tensor_dtype_to_np_dtype(init.data_type)
+            kept_initializers.append(numpy_helper.from_array(tensor.astype(dtype), init.name))
         else:
             kept_initializers.append(init)
 
@@ -196,8 +198,3 @@ def export_qdq(model: onnx.ModelProto, sim: QuantSim, *, unsigned: bool = True) 
         out.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     out.producer_name = "qaas"
     return out
-
-
-def _to_numpy(tensor: torch.Tensor, init: onnx.TensorProto) -> np.ndarray:
-    dtype = helper.tensor_dtype_to_np_dtype(init.data_type)
-    return tensor.detach().cpu().numpy().astype(dtype)

@@ -23,39 +23,13 @@ import torch
 from qaas_engine.errors import UnsupportedOpError
 from qaas_engine.graph.control_flow import CONTROL_FLOW, Scope
 from qaas_engine.graph.dtypes import wrap_unsigned
-from qaas_engine.graph.program import (
-    DEFAULT_DOMAINS,
-    CompiledNode,
-    FallbackKernel,
-    Program,
-    default_opset,
-    has_torch_kernel,
-)
-from qaas_engine.graph.reference import has_reference
+from qaas_engine.graph.kernels import default_opset, has_reference
+from qaas_engine.graph.program import CompiledNode, FallbackKernel, Program
 from qaas_engine.graph.registry import ANY_VALUE_OPS, OP_REGISTRY
-from qaas_engine.onnxruntime_ops import onnxruntime_knows
 
 # Called for each activation as it is produced (graph inputs included); returns the tensor the
 # consumers will see.
 TensorHook = Callable[[str, torch.Tensor], torch.Tensor]
-
-
-def reference_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """Top-level nodes that will run through ONNX's reference implementation: they have no
-    gradient and no integer kernel worth quantizing for, so they stay float."""
-    return [n for n in model.graph.node if not has_torch_kernel(n)]
-
-
-def unsupported_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """Nodes neither a torch kernel nor the reference implementation can compute."""
-    opset = default_opset(model)
-    return [
-        node
-        for node in model.graph.node
-        if not has_torch_kernel(node)
-        and not (node.domain in DEFAULT_DOMAINS and has_reference(node.op_type, opset))
-        and not (node.domain not in DEFAULT_DOMAINS and onnxruntime_knows(node))
-    ]
 
 
 class GraphExecutor:

@@ -16,16 +16,21 @@ import onnx
 import qaas_engine.graph.ops  # noqa: F401  (registers the op implementations)
 from qaas_engine.errors import UnsupportedOpError
 from qaas_engine.graph.dtypes import UNSIGNED_BITS, to_torch
-from qaas_engine.graph.reference import ReferenceKernel, has_reference
-from qaas_engine.graph.registry import OP_REGISTRY, NodeContext, parse_attributes
-from qaas_engine.onnxruntime_ops import OnnxRuntimeKernel, onnxruntime_knows
+from qaas_engine.graph.kernels import (
+    CONTROL_FLOW_OPS,
+    DEFAULT_DOMAINS,
+    has_reference,
+    has_torch_kernel,
+    onnxruntime_knows,
+)
+from qaas_engine.graph.reference import ReferenceKernel
+from qaas_engine.graph.registry import NodeContext, parse_attributes
+from qaas_engine.onnxruntime_ops import OnnxRuntimeKernel
 
 # A node computed outside torch: no gradient, kept float by placement.
 FallbackKernel = ReferenceKernel | OnnxRuntimeKernel
 
-DEFAULT_DOMAINS = ("", "ai.onnx")
 # Ops whose graph attributes are compiled to programs and run by :mod:`.control_flow`.
-CONTROL_FLOW_OPS = ("If", "Loop", "Scan")
 
 
 @dataclass(frozen=True)
@@ -44,13 +49,6 @@ class CompiledNode:
     wrapped: tuple[int, ...] = ()
 
 
-def default_opset(model: onnx.ModelProto) -> int:
-    for opset in model.opset_import:
-        if opset.domain in DEFAULT_DOMAINS:
-            return int(opset.version)
-    return 1
-
-
 def initializer_tensors(graph: onnx.ModelProto | onnx.GraphProto) -> dict[str, Any]:
     graph = graph.graph if isinstance(graph, onnx.ModelProto) else graph
     return {init.name: to_torch(onnx.numpy_helper.to_array(init)) for init in graph.initializer}
@@ -60,13 +58,6 @@ def _named_output_count(node: onnx.NodeProto) -> int:
     """Outputs up to the last named one: an empty trailing name means "not requested"."""
     named = [i for i, name in enumerate(node.output) if name]
     return named[-1] + 1 if named else 0
-
-
-def has_torch_kernel(node: onnx.NodeProto) -> bool:
-    """Computed by a torch op (differentiable), as opposed to the reference fallback."""
-    return node.domain in DEFAULT_DOMAINS and (
-        node.op_type in OP_REGISTRY or node.op_type in CONTROL_FLOW_OPS
-    )
 
 
 def _value_types(graph: onnx.GraphProto, into: dict[str, onnx.TypeProto]) -> None:

@@ -13,33 +13,13 @@ post-processing (``NonMaxSuppression``, ``RoiAlign``) and ops that are already q
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
 
 import onnx
 from onnx.reference import ReferenceEvaluator
-from onnx.reference.ops import load_op
 
 from qaas_engine.errors import UnsupportedOpError
 from qaas_engine.graph.dtypes import to_declared, to_torch
-
-
-@cache
-def has_reference(op_type: str, opset: int) -> bool:
-    """Whether ``onnx.reference`` computes this default-domain op at this opset: an op class of
-    its own, or the function body the op's schema defines (which the evaluator expands)."""
-    try:
-        schema = onnx.defs.get_schema(op_type, opset, "")
-    except onnx.defs.SchemaError:
-        return False
-    # onnx's defs.pyi stub omits these two OpSchema properties (they exist at runtime)
-    if schema.has_function or schema.has_context_dependent_function:  # type: ignore[attr-defined]
-        return True
-    try:
-        load_op("", op_type, opset)
-    except Exception:  # onnx raises several unrelated types for an unknown op
-        return False
-    return True
 
 
 def _declared_elem_type(value_type: onnx.TypeProto | None) -> int:

@@ -12,10 +12,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
-import onnx
 from torch import Tensor
 
 from qaas_engine.errors import UnsupportedOpError
+from qaas_engine.graph.attributes import parse_attributes
+
+__all__ = ["OP_REGISTRY", "NodeContext", "parse_attributes", "register", "tensor_outputs"]
 
 
 @dataclass(frozen=True)
@@ -127,18 +129,3 @@ def tensor_outputs(ctx: NodeContext, values: Sequence[Value]) -> list[Tensor]:
     if len(tensors) != len(outputs):
         raise ctx.unsupported("an output that is not a tensor")
     return tensors
-
-
-def parse_attributes(node: onnx.NodeProto) -> dict[str, Any]:
-    """Attribute values as Python objects; strings decoded, tensors as numpy arrays."""
-    attrs: dict[str, Any] = {}
-    for attr in node.attribute:
-        value = onnx.helper.get_attribute_value(attr)
-        if isinstance(value, bytes):
-            value = value.decode("utf-8")
-        elif isinstance(value, onnx.TensorProto):
-            value = onnx.numpy_helper.to_array(value)
-        elif isinstance(value, list) and value and isinstance(value[0], bytes):
-            value = [v.decode("utf-8") for v in value]
-        attrs[attr.name] = value
-    return attrs

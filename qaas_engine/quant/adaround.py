@@ -76,6 +76,7 @@ class _Layer:
     """One weighted node with its fused activation, able to recompute its output."""
 
     def __init__(self, sim: QuantSim, index: int) -> None:
+        sim.torch_executor()
         node = sim.executor.nodes[index]
         self.node = node
         self.weight = (
@@ -310,6 +311,7 @@ def adaround(
     ``float_weights`` is the float reference (defaults to the weights as they are now).
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sim.torch_executor()
     float_weights = dict(float_weights or sim.executor.weights)
     indices = [
         i

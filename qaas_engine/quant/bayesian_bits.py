@@ -164,6 +164,7 @@ class BayesianBitsModel(nn.Module):
 
     def __init__(self, sim: QuantSim, terms: list[CostTerm], config: BayesianBitsConfig) -> None:
         super().__init__()
+        sim.torch_executor()
         self.sim = sim
         levels = tuple(b for b in BIT_LADDER if b <= config.max_bits)
         trainable = set(sim.weight_encodings) | {

@@ -51,7 +51,7 @@ class _MeanMeter:
 def correctable_layers(sim: QuantSim) -> list[tuple[str, str, str]]:
     """(weight, bias, output tensor) of quantized layers with a constant bias, in graph order."""
     layers = []
-    for node in sim.executor.nodes:
+    for node in sim.torch_executor().nodes:
         if node.op_type not in ("Conv", "Gemm") or len(node.inputs) < 3:
             continue
         weight, bias = node.inputs[1], node.inputs[2]
@@ -111,7 +111,7 @@ def empirical_bias_correction(
 def analytical_bias_correction(sim: QuantSim, input_moments: dict[str, Moments]) -> dict[str, Any]:
     """``b -= eps E[x]`` with ``E[x]`` from BN statistics propagated to each layer's input."""
     rows, skipped = [], []
-    quantized = sim.quantized_weights()
+    quantized = sim.quantized_weights()  # builds the torch executor
     inputs_of = {node.outputs[0]: node.inputs[0] for node in sim.executor.nodes if node.outputs}
     for weight, bias, output in correctable_layers(sim):
         source = inputs_of[output]

@@ -9,10 +9,13 @@ wherever the runtime computes in float between Q and DQ.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 # Smallest scale we emit: keeps x / s finite for an all-zero tensor.
 MIN_SCALE = 1e-8
@@ -126,6 +129,8 @@ class Encoding:
         self, like: torch.Tensor, channel_axis: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Scale and zero point shaped to broadcast against ``like``."""
+        import torch
+
         scale = torch.as_tensor(self.scale, dtype=like.dtype, device=like.device)
         zero_point = torch.as_tensor(self.zero_point, dtype=like.dtype, device=like.device)
         if self.scheme.per_channel and scale.numel() > 1:
@@ -139,12 +144,16 @@ class Encoding:
 
     def quantize_int(self, x: torch.Tensor) -> torch.Tensor:
         """Integer grid values the runtime's QuantizeLinear would produce (float64 tensor)."""
+        import torch
+
         x = x.double()
         scale, zero_point = self.torch_params(x)
         return torch.clamp(torch.round(x / scale) + zero_point, self.scheme.qmin, self.scheme.qmax)
 
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         """Quantize-dequantize with a straight-through gradient."""
+        import torch
+
         scale, zero_point = self.torch_params(x)
         x_int = torch.clamp(torch.round(x / scale) + zero_point, self.scheme.qmin, self.scheme.qmax)
         x_q = (x_int - zero_point) * scale

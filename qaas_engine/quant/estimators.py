@@ -7,12 +7,13 @@ values, per channel when the scheme says so.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
-import torch
 
 from qaas_engine.quant.encoding import Encoding, QuantScheme
 from qaas_engine.quant.observers import HistogramObserver, MinMaxObserver
+from qaas_engine.tensors import to_numpy
 
 DEFAULT_PERCENTILE = 99.99
 # Candidate clipping ratios for the MSE search: dense near 1, where the optimum usually is.
@@ -110,14 +111,14 @@ def mse_range(hist: HistogramObserver, scheme: QuantScheme) -> tuple[float, floa
     return low, high
 
 
-def _per_channel_view(weight: torch.Tensor, scheme: QuantScheme) -> np.ndarray:
-    w = weight.detach().cpu().double().numpy()
+def _per_channel_view(weight: Any, scheme: QuantScheme) -> np.ndarray:
+    w = to_numpy(weight).astype(np.float64)
     if not scheme.per_channel:
         return w.reshape(1, -1)
     return np.moveaxis(w, scheme.axis, 0).reshape(w.shape[scheme.axis], -1)
 
 
-def weight_encoding(weight: torch.Tensor, scheme: QuantScheme, method: str) -> Encoding:
+def weight_encoding(weight: Any, scheme: QuantScheme, method: str) -> Encoding:
     """Encoding for a weight tensor: min-max, or the MSE-optimal clipping per channel."""
     rows = _per_channel_view(weight, scheme)
     lows, highs = rows.min(axis=1), rows.max(axis=1)

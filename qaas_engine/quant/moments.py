@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from qaas_engine.graph.registry import parse_attributes
+from qaas_engine.graph.attributes import parse_attributes
 from qaas_engine.transforms.graph_edit import GraphEditor
 
 SIGMAS = 3.0

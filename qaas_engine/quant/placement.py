@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from qaas_engine.graph.executor import has_torch_kernel
-from qaas_engine.graph.registry import parse_attributes
+from qaas_engine.graph.attributes import parse_attributes
+from qaas_engine.graph.kernels import has_torch_kernel
 
 FLOAT_TYPES = {
     onnx.TensorProto.FLOAT,

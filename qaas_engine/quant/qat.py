@@ -123,6 +123,7 @@ class QATModel(nn.Module):
 
     def __init__(self, sim: QuantSim, learn_ranges: bool) -> None:
         super().__init__()
+        sim.torch_executor()
         self.sim = sim
         trainable = set(sim.weight_encodings) | {
             site.bias for site in sim.placement.weights.values() if site.bias
@@ -251,7 +252,7 @@ def train_qat(
     runs on the GPU when there is one; the sim gets its weights back on the CPU.
     """
     device = _device(config)
-    cpu_weights = sim.executor.weights
+    cpu_weights = sim.torch_executor().weights
     sim.executor.weights = {name: value.to(device) for name, value in cpu_weights.items()}
     try:
         report = _train(

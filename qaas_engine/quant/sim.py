@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-import torch
 
-from qaas_engine.graph.executor import GraphExecutor
+from qaas_engine.graph.lazy import materialized
 from qaas_engine.quant.encoding import Encoding, QuantScheme
 from qaas_engine.quant.estimators import ACTIVATION_METHODS, weight_encoding
 from qaas_engine.quant.observers import HistogramObserver, MinMaxObserver
@@ -19,7 +18,13 @@ from qaas_engine.spec import QuantSpec
 from qaas_engine.tapped import TappedModel
 from qaas_engine.tensors import to_numpy, to_torch
 
-Feeds = Mapping[str, torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+
+    from qaas_engine.graph.executor import GraphExecutor
+    from qaas_engine.graph.lazy import Executor
+
+Feeds = Mapping[str, Any]
 Progress = Callable[[str, float], None]
 BIAS_BITS = 32
 
@@ -34,7 +39,7 @@ class CalibrationSummary:
 class QuantSim:
     """Holds the encodings; runs the graph with quantized weights and activations."""
 
-    def __init__(self, executor: GraphExecutor, placement: Placement, spec: QuantSpec) -> None:
+    def __init__(self, executor: Executor, placement: Placement, spec: QuantSpec) -> None:
         self.executor = executor
         self.placement = placement
         self.spec = spec
@@ -47,6 +52,11 @@ class QuantSim:
         self._quantized_weights: dict[str, torch.Tensor] | None = None
         # pass -> the engine that ran it, e.g. {"calibration": "onnxruntime"}
         self.engines: dict[str, str] = {}
+
+    def torch_executor(self) -> GraphExecutor:
+        """The graph in torch, built on first need: learning steps and the torch simulation
+        call this first, so ``executor.weights`` are tensors from then on."""
+        return materialized(self.executor)
 
     # -- weights -------------------------------------------------------------------------
     def weight_scheme(self, name: str) -> QuantScheme:
@@ -74,6 +84,7 @@ class QuantSim:
         self._quantized_weights = None
 
     def quantized_weights(self) -> dict[str, torch.Tensor]:
+        self.torch_executor()
         if self._quantized_weights is None:
             out = {}
             for name, encoding in self.weight_encodings.items():
@@ -215,7 +226,7 @@ class QuantSim:
             scale = (w_enc.scale.astype(np.float64) * float(input_encoding.scale[0])).astype(
                 np.float32
             )
-            bias = self.executor.weights[site.bias].detach().double().abs().cpu().numpy()
+            bias = np.abs(to_numpy(self.executor.weights[site.bias]).astype(np.float64))
             if np.any(bias / scale.astype(np.float64) >= 2 ** (BIAS_BITS - 1) - 1):
                 # s_input * s_weight is so fine (e.g. 16-bit grids) that the bias overflows int32.
                 self.skipped[site.bias] = (
@@ -262,6 +273,7 @@ class QuantSim:
     # -- running -------------------------------------------------------------------------
     def run(self, feeds: Feeds, outputs: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
         quantizers = self.activation_quantizers()
+        executor = self.torch_executor()
 
         def hook(name: str, value: torch.Tensor) -> torch.Tensor:
             encoding = quantizers.get(name)
@@ -269,9 +281,7 @@ class QuantSim:
                 return value
             return encoding.fake_quantize(value)
 
-        return self.executor.run(
-            feeds, hook=hook, weights=self.quantized_weights(), outputs=outputs
-        )
+        return executor.run(feeds, hook=hook, weights=self.quantized_weights(), outputs=outputs)
 
     def run_trainable(
         self,
@@ -289,8 +299,9 @@ class QuantSim:
                 return value
             return quantizers[source](value)
 
-        output = self.executor.output_names[0]
-        return self.executor.run(feeds, hook=hook, weights=weights, outputs=[output])[output]
+        executor = self.torch_executor()
+        output = executor.output_names[0]
+        return executor.run(feeds, hook=hook, weights=weights, outputs=[output])[output]
 
 
 def _batch_size(feeds: Mapping[str, Any]) -> int:

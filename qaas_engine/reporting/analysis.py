@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 
 from qaas_engine.evaluation import SQNR_CEILING_DB
+from qaas_engine.graph.lazy import materialized
 from qaas_engine.quant.observers import as_array
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.reporting.probe import ProbeModel, build_probe
@@ -227,7 +228,7 @@ def _measure_in_torch(
     import torch
 
     started = time.perf_counter()
-    executor: GraphExecutor = sim.executor
+    executor = materialized(sim.executor)
     reference_weights = dict(float_weights if float_weights is not None else executor.weights)
     quantized = sim.quantized_weights()
     quantizers = sim.activation_quantizers()

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 import onnx
-import torch
 
 from qaas_engine.cost.energy import EnergyProfile
 from qaas_engine.data import Dataset
-from qaas_engine.graph.executor import GraphExecutor
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.reporting.analysis import DEFAULT_TIME_BUDGET_S, analyze_layers
 from qaas_engine.reporting.energy import energy_report
 from qaas_engine.reporting.latency import measure_latency
+
+if TYPE_CHECKING:
+    from qaas_engine.graph.lazy import Executor
 
 ANALYSIS_SAMPLES = 16  # one small batch: enough to rank layers, 2 passes per layer
 EnergyProfileSource = EnergyProfile | Mapping[str, Any] | str | os.PathLike[str] | None
@@ -33,20 +34,16 @@ class QuantizedRun(Protocol):
     def model(self) -> onnx.ModelProto: ...
 
     @property
-    def executor(self) -> GraphExecutor: ...
+    def executor(self) -> Executor: ...
 
     @property
-    def float_weights(self) -> Mapping[str, torch.Tensor] | None: ...
+    def float_weights(self) -> Mapping[str, Any] | None: ...
 
 
 class StepTimer(Protocol):
     """Times each section as a report step (a pipeline ``Timer`` is one)."""
 
     def run(self, name: str, fn: Callable[[], T]) -> T: ...
-
-
-def _tensors(feeds: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {name: torch.from_numpy(array) for name, array in feeds.items()}
 
 
 _NP_TYPES = {
@@ -76,7 +73,7 @@ def synthetic_sample(model: onnx.ModelProto, executor_inputs: list[str]) -> dict
 def _one_sample(state: QuantizedRun, data: Dataset | None) -> dict[str, np.ndarray]:
     if data is not None:
         feeds, _ = next(data.batches(1))
-        return {name: np.ascontiguousarray(array) for name, array in feeds.items()}
+        return {name: np.asarray(array, order="C") for name, array in feeds.items()}
     return synthetic_sample(state.model, state.executor.input_names)
 
 
@@ -101,9 +98,8 @@ def add_report_sections(
         report["energy"] = {"skipped": reason}
         report["latency_ms"] = {"skipped_reason": reason}
     else:
-        tensors = _tensors(sample)
         report["energy"] = timer.run(
-            "energy", lambda: energy_report(state.model, sim.executor, sim, tensors, profile)
+            "energy", lambda: energy_report(state.model, sim.executor, sim, sample, profile)
         )
         batches = (1,) if data is not None and data.one_at_a_time else (1, 32)
         report["latency_ms"] = timer.run(
@@ -113,7 +109,7 @@ def add_report_sections(
         report["analysis"] = {"skipped": "no calibration or evaluation data: nothing to compare"}
         return
     batch_feeds = [
-        {name: np.ascontiguousarray(array) for name, array in feeds.items()}
+        {name: np.asarray(array, order="C") for name, array in feeds.items()}
         for feeds, _ in data.batches(ANALYSIS_SAMPLES, ANALYSIS_SAMPLES)
     ]
     report["analysis"] = timer.run(

@@ -8,22 +8,23 @@ the bit-widths off a sim and assembles the report's section.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
-import torch
 
 from qaas_engine.cost.energy import FLOAT_BITS, EnergyProfile, layer_energy
 from qaas_engine.cost.shapes import LayerShape, layer_shapes
-from qaas_engine.graph.executor import GraphExecutor
 from qaas_engine.quant.sim import QuantSim
+
+if TYPE_CHECKING:
+    from qaas_engine.graph.lazy import Executor
 
 
 def energy_report(
     model: onnx.ModelProto,
-    executor: GraphExecutor,
+    executor: Executor,
     sim: QuantSim,
-    sample: Mapping[str, torch.Tensor],
+    sample: Mapping[str, Any],
     profile: EnergyProfile | None = None,
 ) -> dict[str, Any]:
     """Energy of one inference (per sample), per layer and in total, FP32 against quantized."""

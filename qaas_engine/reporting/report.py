@@ -6,12 +6,12 @@ Shared by a plain pipeline run (``flow``) and by ``auto`` for the configuration 
 from __future__ import annotations
 
 import platform
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import torch
 
 from qaas_engine.artifacts.result import QuantizationResult
 from qaas_engine.cost.energy import EnergyProfile
@@ -19,13 +19,13 @@ from qaas_engine.cost.shapes import macs_per_sample
 from qaas_engine.data import Dataset
 from qaas_engine.evaluation import evaluate, gap_warnings
 from qaas_engine.export.encodings import aimet_encodings
-from qaas_engine.graph.executor import default_opset
+from qaas_engine.graph.kernels import default_opset
 from qaas_engine.importer import ImportedModel
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.reporting.analysis import DEFAULT_TIME_BUDGET_S
 from qaas_engine.reporting.collect import add_report_sections
 from qaas_engine.reporting.size import count_params, float_bytes, quantized_bytes
-from qaas_engine.state import PipelineState, Timer, to_torch
+from qaas_engine.state import PipelineState, Timer
 from qaas_engine.version import __version__
 
 ANALYSIS_MIN_BUDGET_S = 0.5
@@ -116,7 +116,7 @@ def build_report(
         },
         "versions": {
             "engine": __version__,
-            "torch": torch.__version__,
+            "torch": _torch_version(),
             "onnx": onnx.__version__,
             "onnxruntime": ort.__version__,
             "numpy": np.__version__,
@@ -125,11 +125,19 @@ def build_report(
     }
 
 
-def _first_sample(state: PipelineState) -> dict[str, torch.Tensor] | None:
+def _torch_version() -> str | None:
+    """torch's version without importing it (a post-training job never loads it)."""
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return None
+
+
+def _first_sample(state: PipelineState) -> dict[str, np.ndarray] | None:
     if state.calibration is None:
         return None
     feeds, _ = next(state.calibration.batches(1))
-    return to_torch(feeds)
+    return {name: np.asarray(array, order="C") for name, array in feeds.items()}
 
 
 def accuracy_target(metrics: dict[str, Any], max_drop: float | None) -> dict[str, Any] | None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 from qaas_engine.state import PipelineState
+from qaas_engine.tapped import TappedModel
 from qaas_engine.transforms.bias_absorption import absorb_high_biases
 from qaas_engine.transforms.cle import equalize
 
@@ -43,14 +43,37 @@ def bias_absorption(state: PipelineState) -> dict[str, Any]:
 
 
 def _observed_minimum(state: PipelineState, tensors: set[str]) -> dict[str, np.ndarray]:
-    """Per-channel minimum of the given tensors over the calibration data."""
+    """Per-channel minimum of the given tensors over the calibration data: the float graph run
+    in ONNX Runtime, or in the torch executor where ORT cannot load or run it."""
+    data = state.calibration
+    try:
+        runner = TappedModel(
+            state.model, sorted(tensors), batched=not data or not data.one_at_a_time
+        )
+        minimum: dict[str, np.ndarray] = {}
+        for feeds in state.calibration_arrays():
+            for values in runner.run(feeds):
+                for name in tensors & values.keys():
+                    _lower(minimum, name, values[name])
+        return minimum
+    except Exception:  # a graph only the torch executor runs
+        return _observed_minimum_in_torch(state, tensors)
+
+
+def _lower(minimum: dict[str, np.ndarray], name: str, value: np.ndarray) -> None:
+    axes = (0, *range(2, value.ndim)) if value.ndim >= 3 else (0,)
+    low = value.astype(np.float64).min(axis=axes)
+    minimum[name] = low if name not in minimum else np.minimum(minimum[name], low)
+
+
+def _observed_minimum_in_torch(state: PipelineState, tensors: set[str]) -> dict[str, np.ndarray]:
+    import torch
+
     minimum: dict[str, np.ndarray] = {}
 
     def hook(name: str, value: torch.Tensor) -> torch.Tensor:
         if name in tensors:
-            dims = [0] + list(range(2, value.dim())) if value.dim() >= 3 else [0]
-            low = value.detach().double().amin(dim=dims).cpu().numpy()
-            minimum[name] = low if name not in minimum else np.minimum(minimum[name], low)
+            _lower(minimum, name, value.detach().cpu().numpy())
         return value
 
     with torch.no_grad():

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from qaas_engine.graph.registry import parse_attributes
+from qaas_engine.graph.attributes import parse_attributes
 from qaas_engine.transforms.cle import ChannelStats, Pair, find_pairs
 from qaas_engine.transforms.graph_edit import GraphEditor
 

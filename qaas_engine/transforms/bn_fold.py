@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from qaas_engine.graph.registry import parse_attributes
+from qaas_engine.graph.attributes import parse_attributes
 
 
 @dataclass(frozen=True)

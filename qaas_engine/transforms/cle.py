@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from qaas_engine.graph.registry import parse_attributes
+from qaas_engine.graph.attributes import parse_attributes
 from qaas_engine.transforms.graph_edit import GraphEditor
 
 HOMOGENEOUS = {"Relu", "PRelu", "LeakyRelu"}

@@ -11,7 +11,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qaas_engine import backend
 from qaas_engine.errors import UnsupportedOpError
-from qaas_engine.graph.executor import GraphExecutor, reference_nodes, unsupported_nodes
+from qaas_engine.graph.executor import GraphExecutor
+from qaas_engine.graph.kernels import reference_nodes, unsupported_nodes
 from qaas_engine.quant.placement import place_quantizers
 
 RNG = np.random.default_rng(0)

@@ -1,0 +1,95 @@
+"""The executor's face for passes that never run the graph in torch.
+
+A post-training pipeline reads only names, nodes and weights of the executor: its calibration,
+evaluation and analysis run in ONNX Runtime. ``LazyExecutor`` answers those from the ONNX graph
+with numpy weights, so such a job never imports torch (about a second of start-up, and a few
+hundred MiB). The first use of anything else (``run``, ``to``, the compiled program...) builds
+the torch :class:`~qaas_engine.graph.executor.GraphExecutor`; from then on every attribute,
+``weights`` included, is that executor's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import onnx
+from onnx import numpy_helper
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from qaas_engine.graph.executor import GraphExecutor
+
+    # what holds a pipeline's graph: built in torch, or not (yet)
+    Executor: TypeAlias = GraphExecutor | "LazyExecutor"
+
+
+@dataclass(frozen=True)
+class NodeName:
+    """What callers read of a compiled node: its name (as the executor names it) and outputs."""
+
+    name: str
+    op_type: str
+    inputs: list[str]
+    outputs: list[str]
+
+
+class LazyExecutor:
+    """Names, nodes and numpy weights of ``model``; a torch executor on first need."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        graph = model.graph
+        self.model = model
+        self._weights: dict[str, Any] = {
+            init.name: numpy_helper.to_array(init) for init in graph.initializer
+        }
+        self.input_names = [i.name for i in graph.input if i.name not in self._weights]
+        self.output_names = [o.name for o in graph.output]
+        self._nodes = [
+            NodeName(
+                node.name or f"{node.op_type}_{index}",
+                node.op_type,
+                list(node.input),
+                list(node.output),
+            )
+            for index, node in enumerate(graph.node)
+        ]
+        self._built: GraphExecutor | None = None
+
+    @property
+    def nodes(self) -> list[Any]:
+        """The compiled nodes once built; until then their names, op types and tensors."""
+        return self._built.nodes if self._built is not None else self._nodes
+
+    @property
+    def built(self) -> bool:
+        return self._built is not None
+
+    @property
+    def weights(self) -> dict[str, Any]:
+        """numpy arrays until the torch executor exists, its tensors after."""
+        return self._built.weights if self._built is not None else self._weights
+
+    @weights.setter
+    def weights(self, value: dict[str, Any]) -> None:
+        self.materialize().weights = value
+
+    def materialize(self) -> GraphExecutor:
+        """The torch executor (built, and torch imported, on the first call)."""
+        if self._built is None:
+            from qaas_engine.graph.executor import GraphExecutor
+
+            self._built = GraphExecutor(self.model)
+        return self._built
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached for attributes not set above: run, to, program, fallback_nodes, ...
+        if name.startswith("__") or name in ("_built", "_weights", "_nodes", "model"):
+            raise AttributeError(name)
+        return getattr(self.materialize(), name)
+
+
+def materialized(executor: Executor) -> GraphExecutor:
+    """The torch executor behind ``executor`` (built now if it was not)."""
+    return executor.materialize() if isinstance(executor, LazyExecutor) else executor
