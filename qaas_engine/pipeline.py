@@ -119,12 +119,13 @@ def calibrate(state: PipelineState, sim: QuantSim) -> None:
     if data is None:
         raise RuntimeError("calibrate needs calibration data")
     in_torch = learns(state.spec.pipeline)
-    sim.calibrate(
+    summary = sim.calibrate(
         state.calibration_arrays,
         state.progress,
         float_model=None if in_torch else state.model,
         batched=not data.one_at_a_time,
     )
+    state.calibration_outputs = summary.float_outputs
     if in_torch:
         sim.engines["calibration"] = "torch (a learning step trains the torch simulation)"
 

@@ -54,6 +54,8 @@ class PipelineState:
     training: Dataset | None = None
     validation: Dataset | None = None
     energy_profile: EnergyProfile = field(default_factory=EnergyProfile)  # prices mixed precision
+    # the float model's first output per calibration batch, as calibration computed it (or None)
+    calibration_outputs: list[np.ndarray] | None = None
 
     def rebuild_executor(self) -> None:
         """After a float step rewrote the graph or its initializers."""

@@ -16,7 +16,7 @@ import onnx
 
 from qaas_engine.sessions import session
 
-TAP_BUDGET_BYTES = 256 * 2**20  # exposed activations held at once, per chunk
+TAP_BUDGET_BYTES = 64 * 2**20  # exposed activations held at once, per chunk
 
 
 class TappedModel:
@@ -51,7 +51,7 @@ class TappedModel:
             # untyped outputs: ORT infers their types, and a mistyped guess would be refused
             tapped.graph.output.extend(onnx.ValueInfoProto(name=t) for t in exposed)
             model = tapped
-        self.session = session(model, optimized=optimized)
+        self.session = session(model, optimized=optimized, arena=False)
         self.exposed = exposed
         self.fetch = self.output_names + exposed
         self.budget_bytes = budget_bytes

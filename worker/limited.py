@@ -50,6 +50,7 @@ PRELOAD = [
     "qaas_engine.steps.bias_correction",
     "qaas_engine.steps.adaround",
     "qaas_engine.steps.training",
+    "qaas_engine.graph.executor",  # the torch executor learning steps build
     "qaas_engine.auto",
     "qaas_engine.artifacts.html",
     "qaas_engine.reporting.latency",

@@ -41,6 +41,9 @@ def quantize_static_qdq(
 ) -> float:
     """Pre-process, then ``quantize_static`` (QDQ, U8 activations, S8 weights); wall seconds.
 
+    Where ``quant_pre_process`` fails (its symbolic shape inference refuses some exporters'
+    graphs, e.g. Paddle2ONNX's), the original model is quantized as it is, as a user would.
+
     ``reduce_range`` quantizes weights to 7 bits, ONNX Runtime's documented remedy for the u8s8
     saturation of its int8 kernels on x86 CPUs without VNNI.
     """
@@ -55,7 +58,11 @@ def quantize_static_qdq(
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(model_path), str(prepared))
+        try:
+            quant_pre_process(str(model_path), str(prepared))
+        except Exception as error:  # any failure: quantize the original
+            print(f"quant_pre_process failed ({type(error).__name__}); original model used")
+            prepared = Path(model_path)
         quantize_static(
             str(prepared),
             str(output_path),

@@ -34,6 +34,12 @@ class CalibrationSummary:
     batches: int = 0
     samples: int = 0
     skipped: dict[str, str] = field(default_factory=dict)
+    # the float model's first output per calibration batch, when ORT computed it anyway and it
+    # fits KEPT_OUTPUT_BYTES: evaluation on the calibration data reuses it
+    float_outputs: list[np.ndarray] | None = None
+
+
+KEPT_OUTPUT_BYTES = 64 * 2**20
 
 
 class QuantSim:
@@ -191,7 +197,9 @@ class QuantSim:
             if observe is not None:
                 observe(feeds)
             elif runner is not None:
-                _observe_in_runtime(runner, feeds, observers)
+                output = _observe_in_runtime(runner, feeds, observers)
+                if count:
+                    _keep(summary, output)
             if count:
                 summary.batches += 1
                 summary.samples += _batch_size(feeds)
@@ -327,18 +335,32 @@ def _runtime_runner(
         return f"onnxruntime cannot load the graph: {str(error).splitlines()[0][:200]}"
 
 
+def _keep(summary: CalibrationSummary, output: np.ndarray) -> None:
+    kept = summary.float_outputs
+    if summary.batches == 0:
+        kept = summary.float_outputs = []
+    if kept is None:
+        return
+    kept.append(output)
+    if sum(part.nbytes for part in kept) > KEPT_OUTPUT_BYTES:
+        summary.float_outputs = None  # evaluation computes the float model again
+
+
 def _observe_in_runtime(
     runner: TappedModel, feeds: Mapping[str, Any], observers: Mapping[str, Any]
-) -> None:
+) -> np.ndarray:
+    """Feed the observers one batch's exposed tensors; returns the batch's first output."""
     arrays = {name: to_numpy(value) for name, value in feeds.items()}
     chunks = runner.run(arrays)
+    outputs: list[np.ndarray] = []
     while True:
         try:
             values = next(chunks)
         except StopIteration:
-            return
+            return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
         except Exception as error:  # observers are rebuilt by the torch pass that follows
             raise _RuntimeFailed(str(error).splitlines()[0][:200]) from error
+        outputs.append(values[runner.output_names[0]])
         for name, value in values.items():
             observer = observers.get(name)
             if observer is not None and np.issubdtype(value.dtype, np.floating):

@@ -13,7 +13,7 @@ import onnx
 from qaas_engine.cost.energy import EnergyProfile
 from qaas_engine.data import Dataset
 from qaas_engine.quant.sim import QuantSim
-from qaas_engine.reporting.analysis import DEFAULT_TIME_BUDGET_S, analyze_layers
+from qaas_engine.reporting.analysis import analyze_layers
 from qaas_engine.reporting.energy import energy_report
 from qaas_engine.reporting.latency import measure_latency
 
@@ -77,6 +77,22 @@ def _one_sample(state: QuantizedRun, data: Dataset | None) -> dict[str, np.ndarr
     return synthetic_sample(state.model, state.executor.input_names)
 
 
+# (floor, ceiling) of each extra's budget in seconds, whatever the quantization took
+LATENCY_BUDGET_S = (0.2, 2.0)
+ANALYSIS_BUDGET_S = (0.5, 15.0)
+
+
+def extras_budgets(quantization_seconds: float | None) -> tuple[float, float]:
+    """Seconds for latency and for the analysis's sensitivities: about what the quantization
+    itself took, within the floors and ceilings above (the ceilings without a figure)."""
+
+    def within(bounds: tuple[float, float]) -> float:
+        low, high = bounds
+        return high if quantization_seconds is None else min(high, max(low, quantization_seconds))
+
+    return within(LATENCY_BUDGET_S), within(ANALYSIS_BUDGET_S)
+
+
 def add_report_sections(
     report: dict[str, Any],
     *,
@@ -87,10 +103,15 @@ def add_report_sections(
     data: Dataset | None,
     timer: StepTimer,
     energy_profile: EnergyProfileSource = None,
-    analysis_budget_s: float = DEFAULT_TIME_BUDGET_S,
+    quantization_seconds: float | None = None,
 ) -> None:
     """Fill ``energy``, ``latency_ms`` and ``analysis``; an unusable profile is the user's
-    error and raises, anything else only skips its own section."""
+    error and raises, anything else only skips its own section.
+
+    Latency and the analysis's sensitivities are measured within budgets that scale with
+    ``quantization_seconds`` (import to export), so the extras cost about what the job did.
+    """
+    latency_budget, analysis_budget = extras_budgets(quantization_seconds)
     profile = EnergyProfile.load(energy_profile)
     sample = _one_sample(state, data)
     if not sample:
@@ -103,7 +124,7 @@ def add_report_sections(
         )
         batches = (1,) if data is not None and data.one_at_a_time else (1, 32)
         report["latency_ms"] = timer.run(
-            "latency", lambda: _latency(float_model, qdq, sample, batches)
+            "latency", lambda: _latency(float_model, qdq, sample, batches, latency_budget)
         )
     if data is None:
         report["analysis"] = {"skipped": "no calibration or evaluation data: nothing to compare"}
@@ -116,7 +137,7 @@ def add_report_sections(
         "analysis",
         lambda: analyze_layers(
             sim, batch_feeds, state.model, qdq, state.float_weights,
-            time_budget_s=analysis_budget_s,
+            time_budget_s=analysis_budget,
         ),
     )  # fmt: skip
 
@@ -126,8 +147,9 @@ def _latency(
     qdq: onnx.ModelProto,
     sample: dict[str, np.ndarray],
     batches: tuple[int, ...],
+    budget_s: float,
 ) -> dict[str, Any]:
     try:
-        return measure_latency(float_model, qdq, sample, batch_sizes=batches)
+        return measure_latency(float_model, qdq, sample, batch_sizes=batches, budget_s=budget_s)
     except Exception as error:  # ONNX Runtime refusing the float original must not fail a job
         return {"skipped_reason": f"ONNX Runtime could not time the models: {error}"[:500]}

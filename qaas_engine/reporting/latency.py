@@ -23,8 +23,9 @@ DEFAULT_BATCHES = (1, 32)
 WARMUP_RUNS = 1
 MIN_RUNS = 3
 MAX_RUNS = 200
-# The whole measurement (both models, every batch size) stops timing new runs after this;
-# each case still gets its warm-up and MIN_RUNS runs, so a huge model costs a few runs, no more.
+# The whole measurement (both models, every batch size) stops timing new runs after this; a
+# measured case still gets its warm-up and MIN_RUNS runs, and a larger batch whose runs would
+# not fit what is left (estimated from the smaller one) is skipped with the estimate.
 DEFAULT_BUDGET_S = 0.6
 
 
@@ -68,20 +69,32 @@ def measure_latency(
         "float": session(float_model, threads=threads),
         "quantized": session(quantized_model, threads=threads),
     }
-    per_case = budget_s / (len(sessions) * max(len(batch_sizes), 1))
+    deadline = time.perf_counter() + budget_s
+    previous: tuple[int, float] | None = None  # batch size, seconds per run of both models
     result: dict[str, Any] = {
         "float": {},
         "quantized": {},
         "speedup": {},
         "skipped": {},
     }
-    for batch in batch_sizes:
+    for index, batch in enumerate(batch_sizes):
+        remaining = deadline - time.perf_counter()
+        if previous is not None:
+            estimate = previous[1] * batch / previous[0] * (WARMUP_RUNS + MIN_RUNS)
+            if estimate > remaining:
+                result["skipped"][f"batch_{batch}"] = (
+                    f"not measured: about {estimate:.1f} s of runs, over what was left of the "
+                    f"{budget_s:.2f} s latency budget"
+                )
+                continue
+        per_case = max(remaining, 0.0) / (len(sessions) * (len(batch_sizes) - index))
         feeds = _batch_of(sample, batch)
         try:
             timings = {key: _time(run, feeds, per_case) for key, run in sessions.items()}
         except Exception as error:  # a model with a fixed batch axis cannot run batch 32
             result["skipped"][f"batch_{batch}"] = str(error).splitlines()[0][:300]
             continue
+        previous = (batch, sum(t["median"] for t in timings.values()) / 1000)
         for key, timing in timings.items():
             result[key][f"batch_{batch}"] = timing["median"]
         result["speedup"][f"batch_{batch}"] = round(
@@ -93,8 +106,8 @@ def measure_latency(
     result["how"] = (
         f"ONNX Runtime {ort.__version__} CPUExecutionProvider, intra-op threads {threads}, "
         f"{WARMUP_RUNS} warm-up run then the median of at least {MIN_RUNS} runs "
-        f"(up to {per_case:.2f} s per model and batch size, {budget_s} s in all); one sample "
-        "repeated per batch"
+        f"(within {budget_s:.2f} s in all; a larger batch that would not fit is skipped); one "
+        "sample repeated per batch"
     )
     result["threads"] = threads
     result["machine"] = {

@@ -34,7 +34,7 @@ class ProbeModel:
     activation_switches: dict[str, str] = field(default_factory=dict)  # tensor -> switch input
 
     def __post_init__(self) -> None:
-        self.session = session(self.model)
+        self.session = session(self.model, arena=False)
 
     def run(
         self,

@@ -22,13 +22,10 @@ from qaas_engine.export.encodings import aimet_encodings
 from qaas_engine.graph.kernels import default_opset
 from qaas_engine.importer import ImportedModel
 from qaas_engine.quant.sim import QuantSim
-from qaas_engine.reporting.analysis import DEFAULT_TIME_BUDGET_S
 from qaas_engine.reporting.collect import add_report_sections
 from qaas_engine.reporting.size import count_params, float_bytes, quantized_bytes
 from qaas_engine.state import PipelineState, Timer
 from qaas_engine.version import __version__
-
-ANALYSIS_MIN_BUDGET_S = 0.5
 
 
 def finish(
@@ -56,16 +53,14 @@ def finish(
     report["warnings"] = gap_warnings(metrics)
     add_report_sections(
         report, float_model=imported.model, state=state, sim=sim, qdq=qdq, data=measured_on,
-        timer=timer, energy_profile=profile, analysis_budget_s=analysis_budget(timer),
+        timer=timer, energy_profile=profile, quantization_seconds=quantization_seconds(timer),
     )  # fmt: skip
     return QuantizationResult(qdq, encodings, report)
 
 
-def analysis_budget(timer: Timer) -> float:
-    """The per-layer sensitivities may take about as long as the quantization itself took
-    (within [ANALYSIS_MIN_BUDGET_S, DEFAULT_TIME_BUDGET_S]): an extra, not the main cost."""
-    spent = sum(step["seconds"] for step in timer.steps if step["name"] != "evaluation")
-    return min(DEFAULT_TIME_BUDGET_S, max(ANALYSIS_MIN_BUDGET_S, spent))
+def quantization_seconds(timer: Timer) -> float:
+    """What the quantization itself took (import to export): the report's extras are sized by it."""
+    return sum(step["seconds"] for step in timer.steps if step["name"] != "evaluation")
 
 
 def build_report(
