@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 Feeds = Mapping[str, Any]
 NOISE_SHARE_TO_SUGGEST = 0.25  # a layer alone causing >= this share of the output noise
 MAX_SUGGESTIONS = 3
-DEFAULT_TIME_BUDGET_S = 15.0
+DEFAULT_TIME_BUDGET_S = 10.0
+PIECE_SAMPLES = 4  # samples per run: small steps, so a budget can stop between them
 
 
 @dataclass
@@ -167,7 +168,7 @@ def _measure_in_runtime(
     # stays bounded whatever the model; pieces stop coming once half the budget is spent.
     pieces: list[dict[str, np.ndarray]] = []
     for feeds in batches:
-        size = min(reference.chunk_for(feeds), quantized.chunk_for(feeds))
+        size = min(reference.chunk_for(feeds), quantized.chunk_for(feeds), PIECE_SAMPLES)
         for piece in _chunks(feeds, size):
             if pieces and time.perf_counter() - started > time_budget_s / 2:
                 break

@@ -77,20 +77,23 @@ def _one_sample(state: QuantizedRun, data: Dataset | None) -> dict[str, np.ndarr
     return synthetic_sample(state.model, state.executor.input_names)
 
 
-# (floor, ceiling) of each extra's budget in seconds, whatever the quantization took
-LATENCY_BUDGET_S = (0.2, 2.0)
-ANALYSIS_BUDGET_S = (0.5, 15.0)
+# Each extra's budget: (share of the quantization's own time, floor, ceiling) in seconds. Both
+# together take about three quarters of what the quantization took.
+LATENCY_BUDGET = (0.25, 0.1, 2.0)
+ANALYSIS_BUDGET = (0.5, 0.25, 10.0)
 
 
 def extras_budgets(quantization_seconds: float | None) -> tuple[float, float]:
-    """Seconds for latency and for the analysis's sensitivities: about what the quantization
-    itself took, within the floors and ceilings above (the ceilings without a figure)."""
+    """Seconds for latency and for the per-layer analysis, scaled to what the quantization
+    itself took (the ceilings when that is not known)."""
 
-    def within(bounds: tuple[float, float]) -> float:
-        low, high = bounds
-        return high if quantization_seconds is None else min(high, max(low, quantization_seconds))
+    def within(budget: tuple[float, float, float]) -> float:
+        share, low, high = budget
+        if quantization_seconds is None:
+            return high
+        return min(high, max(low, share * quantization_seconds))
 
-    return within(LATENCY_BUDGET_S), within(ANALYSIS_BUDGET_S)
+    return within(LATENCY_BUDGET), within(ANALYSIS_BUDGET)
 
 
 def add_report_sections(
