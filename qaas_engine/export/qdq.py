@@ -80,6 +80,16 @@ class QdqBuilder:
             attrs,
         )
 
+    def dequantized_weight(
+        self, name: str, weight: np.ndarray, output: str, encoding: Encoding
+    ) -> onnx.NodeProto:
+        """The weight stored as integers under ``name``, and the DequantizeLinear that gives
+        ``output``: the grid values exactly as the simulation computes them."""
+        dtype, _, _ = _container(encoding)
+        integers = encoding.quantize_array(weight.astype(np.float32)).astype(dtype)
+        self.constant(name, integers)
+        return self.dequantize(name, output, encoding)
+
     def dequantize(self, source: str, output: str, encoding: Encoding) -> onnx.NodeProto:
         scale, zero_point, attrs = self.scale_zero_point(source, encoding)
         return self._qdq_node(
@@ -142,11 +152,10 @@ def export_qdq(model: onnx.ModelProto, sim: QuantSim, *, unsigned: bool = True) 
             encoding = param_encodings[init.name]
             if init.name in sim.weight_encodings and unsigned:
                 encoding = unsigned_container(encoding)
-            dtype, _, _ = _container(encoding)
-            integers = encoding.quantize_array(tensor.astype(np.float32)).astype(dtype)
-            builder.constant(init.name, integers)
             dequantized = f"{init.name}_dequantized"
-            prefix_nodes.append(builder.dequantize(init.name, dequantized, encoding))
+            prefix_nodes.append(
+                builder.dequantized_weight(init.name, tensor, dequantized, encoding)
+            )
             rename[init.name] = dequantized
         elif tensor is not None and np.issubdtype(tensor.dtype, np.floating):
             dtype = helper.tensor_dtype_to_np_dtype(init.data_type)

@@ -10,9 +10,11 @@ the torch :class:`~qaas_engine.graph.executor.GraphExecutor`; from then on every
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import onnx
 from onnx import numpy_helper
 
@@ -23,6 +25,26 @@ if TYPE_CHECKING:
 
     # what holds a pipeline's graph: built in torch, or not (yet)
     Executor: TypeAlias = GraphExecutor | "LazyExecutor"
+
+
+class InitializerArrays(Mapping[str, np.ndarray]):
+    """The graph's initializers as numpy arrays, each made when read and not kept: a model's
+    weights are not held twice (as protobuf and as arrays) by passes that read each once."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self._tensors = {init.name: init for init in graph.initializer}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return numpy_helper.to_array(self._tensors[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tensors
 
 
 @dataclass(frozen=True)
@@ -41,9 +63,7 @@ class LazyExecutor:
     def __init__(self, model: onnx.ModelProto) -> None:
         graph = model.graph
         self.model = model
-        self._weights: dict[str, Any] = {
-            init.name: numpy_helper.to_array(init) for init in graph.initializer
-        }
+        self._weights = InitializerArrays(graph)
         self.input_names = [i.name for i in graph.input if i.name not in self._weights]
         self.output_names = [o.name for o in graph.output]
         self._nodes = [
@@ -67,8 +87,9 @@ class LazyExecutor:
         return self._built is not None
 
     @property
-    def weights(self) -> dict[str, Any]:
-        """numpy arrays until the torch executor exists, its tensors after."""
+    def weights(self) -> Any:
+        """numpy arrays (read from the graph on access) until the torch executor exists, its
+        tensors after."""
         return self._built.weights if self._built is not None else self._weights
 
     @weights.setter

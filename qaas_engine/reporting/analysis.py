@@ -158,7 +158,13 @@ def _measure_in_runtime(
         return renamed if tensor not in graph_outputs and renamed in qdq_tensors else tensor
 
     watched = sorted({t for layer in layers for t in (layer.output, layer.input)})
-    reference = TappedModel(float_model, watched)
+    # the probe with every switch off is the float model: it gives the float taps too
+    probe = build_probe(
+        float_model,
+        {layer.weight: sim.weight_encodings[layer.weight] for layer in layers},
+        {layer.output: quantizers[layer.output] for layer in layers if layer.output in quantizers},
+        taps=watched,
+    )
     quantized = TappedModel(qdq, [exported(t) for t in watched], optimized=False)
     sqnr = {t: _Sqnr() for t in watched}
     whole = _Sqnr()
@@ -167,30 +173,26 @@ def _measure_in_runtime(
     # tapped models' budget (ORT's own buffers for a piece are of the same order), so memory
     # stays bounded whatever the model; pieces stop coming once half the budget is spent.
     pieces: list[dict[str, np.ndarray]] = []
+    references: list[np.ndarray] = []
     for feeds in batches:
-        size = min(reference.chunk_for(feeds), quantized.chunk_for(feeds), PIECE_SAMPLES)
+        size = min(quantized.chunk_for(feeds), PIECE_SAMPLES)
         for piece in _chunks(feeds, size):
             if pieces and time.perf_counter() - started > time_budget_s / 2:
                 break
-            ref = next(reference.run(piece))
+            ref = probe.run_tapped(piece)
             test = next(quantized.run(piece))  # the same samples through both models
             whole.update_arrays(ref[final], test[final])
             for tensor in watched:
                 if tensor in ref and exported(tensor) in test:
                     sqnr[tensor].update_arrays(ref[tensor], test[exported(tensor)])
             pieces.append(piece)
-    del reference, quantized
+            references.append(ref[final])
+    del quantized
 
     measured = [
         LayerMeasurement(layer, sqnr[layer.output].db(), input_sqnr_db=sqnr[layer.input].db())
         for layer in layers
     ]
-    probe = build_probe(
-        float_model,
-        {layer.weight: sim.weight_encodings[layer.weight] for layer in layers},
-        {layer.output: quantizers[layer.output] for layer in layers if layer.output in quantizers},
-    )
-    references = [probe.run(piece) for piece in pieces]
     # where the quantized model loses most SQNR across a layer, first: the budget goes there
     for measurement in sorted(measured, key=lambda m: -m.sqnr_drop_db):
         if time.perf_counter() - started > time_budget_s:

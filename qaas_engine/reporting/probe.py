@@ -10,7 +10,7 @@ layer alone quantized, as the exported Q/DQ computes it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +32,7 @@ class ProbeModel:
     output: str
     weight_switches: dict[str, str] = field(default_factory=dict)  # weight -> switch input
     activation_switches: dict[str, str] = field(default_factory=dict)  # tensor -> switch input
+    taps: list[str] = field(default_factory=list)  # float tensors exposed by run_tapped
 
     def __post_init__(self) -> None:
         self.session = session(self.model, arena=False)
@@ -51,14 +52,27 @@ class ProbeModel:
             switches[self.activation_switches[activation]] = ON
         return self.session.run([self.output], {**feeds, **switches})[0]
 
+    def run_tapped(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The float model (every switch off): its output and the taps, graph inputs included."""
+        switches = {
+            s: OFF for s in [*self.weight_switches.values(), *self.activation_switches.values()]
+        }
+        fetched = [t for t in self.taps if t not in feeds]
+        values = self.session.run([self.output, *fetched], {**feeds, **switches})
+        result = dict(zip([self.output, *fetched], values, strict=True))
+        result.update({t: np.asarray(feeds[t]) for t in self.taps if t in feeds})
+        return result
+
 
 def build_probe(
     float_model: onnx.ModelProto,
     weights: Mapping[str, Encoding],
     activations: Mapping[str, Encoding],
+    taps: Iterable[str] = (),
 ) -> ProbeModel:
     """``float_model`` with switchable quantizers on ``weights`` (initializer names) and on
-    ``activations`` (tensors a main-graph node produces, graph outputs included)."""
+    ``activations`` (tensors a main-graph node produces, graph outputs included); ``taps``
+    (tensors of the float model) are exposed for :meth:`ProbeModel.run_tapped`."""
     model = onnx.ModelProto()
     model.CopyFrom(float_model)
     graph = model.graph
@@ -74,8 +88,16 @@ def build_probe(
         init = initializers.get(name)
         if init is None:
             continue
-        array = onnx.numpy_helper.to_array(init)
-        quantized = builder.constant(f"{name}__probe_q", encoding.fake_quantize_array(array))
+        # integers and a DequantizeLinear, as exported: a quarter of a float copy's memory
+        quantized = f"{name}__probe_q"
+        added.append(
+            builder.dequantized_weight(
+                f"{name}__probe_int",
+                onnx.numpy_helper.to_array(init),
+                quantized,
+                unsigned_container(encoding),
+            )
+        )
         switch = _switch(graph, f"probe_weight_{index}")
         rename[name] = f"{name}__probe"
         added.append(helper.make_node("Where", [switch, quantized, name], [rename[name]]))
@@ -109,7 +131,11 @@ def build_probe(
     graph.initializer.extend(builder.initializers)
     if builder.uses_ms_domain and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return ProbeModel(model, graph.output[0].name, weight_switches, activation_switches)
+    inputs = {value.name for value in graph.input}
+    outputs = {value.name for value in graph.output}
+    reachable = [t for t in dict.fromkeys(taps) if t in produced or t in inputs]
+    graph.output.extend(onnx.ValueInfoProto(name=t) for t in reachable if t not in outputs | inputs)
+    return ProbeModel(model, graph.output[0].name, weight_switches, activation_switches, reachable)
 
 
 def _switch(graph: onnx.GraphProto, name: str) -> str:
