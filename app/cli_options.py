@@ -46,7 +46,8 @@ def add_quantize_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--evaluation-samples",
         metavar="N|all",
-        help="the report measures on the first N evaluation samples (default 1000), or all",
+        help="the report measures on the first N samples, or all (default: 1000 evaluation "
+        "samples; 64 of the calibration data when no --evaluation is given)",
     )
     parser.add_argument(
         "--adaround-iterations",
@@ -62,7 +63,7 @@ def _evaluation_samples(text: str | None) -> dict[str, int | None]:
     if text is None:
         return {}
     if text.strip().lower() == "all":
-        return {"max_evaluation_samples": None}
+        return {"max_evaluation_samples": "all"}
     try:
         return {"max_evaluation_samples": int(text)}
     except ValueError:

@@ -32,7 +32,12 @@ NodeName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_CH
 StepName = Annotated[str, StringConstraints(max_length=MAX_STEP_NAME_CHARS)]
 
 
+# The report measures on the first DEFAULT_EVALUATION_SAMPLES evaluation samples, or, without
+# evaluation data, on CALIBRATION_CHECK_SAMPLES of the calibration data (which set the ranges: a
+# sanity figure); max_evaluation_samples (a count, or "all") overrides both.
 DEFAULT_EVALUATION_SAMPLES = 1000
+CALIBRATION_CHECK_SAMPLES = 64
+SampleCount = Annotated[int, Field(ge=1)]
 
 
 class QuantSpec(BaseModel):
@@ -53,9 +58,8 @@ class QuantSpec(BaseModel):
     pipeline: tuple[StepName, ...] = Field((), max_length=MAX_PIPELINE_STEPS)
     batch_size: int = Field(32, ge=1, le=4096)
     max_calibration_samples: int | None = Field(None, ge=1)
-    # the report's accuracy and fidelity are measured on the first N evaluation samples (all of
-    # them when None): a bounded cost by default, the whole set on request
-    max_evaluation_samples: int | None = Field(DEFAULT_EVALUATION_SAMPLES, ge=1)
+    # the report's accuracy and fidelity: a bounded sample by default (None), all on request
+    max_evaluation_samples: SampleCount | Literal["all"] | None = None
     adaround_iterations: int = Field(1000, ge=10, le=100_000)
     qat_epochs: int = Field(15, ge=1, le=1000)
     qat_learn_ranges: bool = True
@@ -89,6 +93,14 @@ class QuantSpec(BaseModel):
     @property
     def is_auto(self) -> bool:
         return self.pipeline == (AUTO,)
+
+    def evaluation_limit(self, *, on_calibration_data: bool) -> int | None:
+        """Samples the report measures on (None: all of them)."""
+        if self.max_evaluation_samples == "all":
+            return None
+        if self.max_evaluation_samples is not None:
+            return self.max_evaluation_samples
+        return CALIBRATION_CHECK_SAMPLES if on_calibration_data else DEFAULT_EVALUATION_SAMPLES
 
     @property
     def quantize_activations(self) -> bool:

@@ -24,7 +24,6 @@ from qaas_engine.importer import ImportedModel
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.reporting.collect import add_report_sections
 from qaas_engine.reporting.size import count_params, float_bytes, quantized_bytes
-from qaas_engine.spec import QuantSpec
 from qaas_engine.state import PipelineState, Timer
 from qaas_engine.version import __version__
 
@@ -41,7 +40,7 @@ def finish(
     """Measure on the evaluation data (else the calibration data) and write the report."""
     encodings = aimet_encodings(sim, __version__)
     measured_on = evaluation if evaluation is not None else state.calibration
-    limit = evaluation_limit(sim.spec, on_calibration_data=evaluation is None)
+    limit = sim.spec.evaluation_limit(on_calibration_data=evaluation is None)
     metrics = timer.run("evaluation", lambda: evaluate(state, sim, qdq, measured_on, limit))
     metrics["dataset"] = (
         "evaluation"
@@ -57,20 +56,6 @@ def finish(
         timer=timer, energy_profile=profile, quantization_seconds=quantization_seconds(timer),
     )  # fmt: skip
     return QuantizationResult(qdq, encodings, report)
-
-
-# Without evaluation data the report measures on the calibration data, which set the ranges: a
-# sanity figure, for which this many samples suffice unless --evaluation-samples asks otherwise.
-CALIBRATION_CHECK_SAMPLES = 64
-
-
-def evaluation_limit(spec: QuantSpec, *, on_calibration_data: bool) -> int | None:
-    """Samples the report measures on: the spec's bound, and a smaller default on the
-    calibration data (an explicit ``max_evaluation_samples`` is always honoured)."""
-    limit = spec.max_evaluation_samples
-    if on_calibration_data and "max_evaluation_samples" not in spec.model_fields_set:
-        return CALIBRATION_CHECK_SAMPLES if limit is None else min(limit, CALIBRATION_CHECK_SAMPLES)
-    return limit
 
 
 def quantization_seconds(timer: Timer) -> float:

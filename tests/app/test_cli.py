@@ -226,4 +226,4 @@ def test_evaluation_samples_and_threads(tiny_model, tiny_data, tmp_path, monkeyp
     assert main([*common, "--evaluation-samples", "all", "-o", str(tmp_path / "b")]) == 0
     report = json.loads((tmp_path / "b" / "report.json").read_text())
     assert report["metrics"]["samples"] == {"measured": 48, "available": 48}
-    assert report["spec"]["max_evaluation_samples"] is None
+    assert report["spec"]["max_evaluation_samples"] == "all"

@@ -115,7 +115,7 @@ def test_report_says_which_engine_ran_each_pass_and_bounds_evaluation(tiny):
     assert report["metrics"]["onnxruntime"]["samples"] == 20
     assert report["analysis"]["engine"] == "onnxruntime"
     everything = quantize(
-        imported, QuantSpec(max_evaluation_samples=None), calibration=calibration,
+        imported, QuantSpec(max_evaluation_samples="all"), calibration=calibration,
         evaluation=evaluation,
     ).report  # fmt: skip
     assert everything["metrics"]["samples"] == {"measured": 48, "available": 48}
@@ -141,3 +141,18 @@ def test_same_threads_and_seed_give_the_same_model(tiny, monkeypatch):
     first = quantize(imported, QuantSpec(), calibration=calibration)
     second = quantize(imported, QuantSpec(), calibration=calibration)
     assert first.quantized_model.SerializeToString() == second.quantized_model.SerializeToString()
+
+
+def test_without_evaluation_data_the_report_measures_a_sample_of_the_calibration_data(
+    tiny, tmp_path
+):
+    imported, _, _ = tiny
+    path = tmp_path / "calibration.npz"
+    rng = np.random.default_rng(1)
+    np.savez(path, input=rng.standard_normal((100, 1, 8, 8)).astype(np.float32))
+    calibration = load_npz(path, model_inputs(imported.model))
+    report = quantize(imported, QuantSpec(), calibration=calibration).report
+    assert report["metrics"]["dataset"] == "calibration"
+    assert report["metrics"]["samples"] == {"measured": 64, "available": 100}
+    asked = quantize(imported, QuantSpec(max_evaluation_samples="all"), calibration=calibration)
+    assert asked.report["metrics"]["samples"] == {"measured": 100, "available": 100}
