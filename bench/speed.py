@@ -199,7 +199,7 @@ def header(runs: int, ort_with_torch: bool) -> None:
         f"({len(os.sched_getaffinity(0))} usable)"
     )
     print(
-        f"threads: each tool's default (torch intra-op = cores for qaas, ORT's default pool); "
+        f"threads: each tool's default (qaas: QAAS_THREADS else every core; ORT's default pool); "
         f"env {' '.join(f'{k}={v}' for k, v in env.items())}"
     )
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
