@@ -44,6 +44,13 @@ def add_quantize_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
+        "--target",
+        default="onnxruntime-cpu",
+        metavar="TARGET",
+        help="kernels the model is laid out for: onnxruntime-cpu (this CPU decides), "
+        "onnxruntime-cpu:vnni or onnxruntime-cpu:avx2 (default %(default)s)",
+    )
+    parser.add_argument(
         "--evaluation-samples",
         metavar="N|all",
         help="the report measures on the first N samples, or all (default: 1000 evaluation "
@@ -128,6 +135,7 @@ def spec_from_args(args: argparse.Namespace) -> QuantSpec:
             keep_float_ops=tuple(k for k in keep if is_op_type(k)),
             keep_float_nodes=tuple(k for k in keep if not is_op_type(k)),
             batch_size=args.batch_size,
+            target=args.target,
             **_evaluation_samples(args.evaluation_samples),
             adaround_iterations=args.adaround_iterations,
             max_accuracy_drop=getattr(args, "max_accuracy_drop", None),

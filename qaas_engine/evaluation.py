@@ -221,7 +221,29 @@ def gap_warnings(metrics: dict[str, Any]) -> list[str]:
     if agreement is None or agreement >= SIM_RUNTIME_AGREEMENT_FLOOR:
         return []
     return [
-        f"ONNX Runtime agrees with the simulation on only {agreement:.1%} of top-1 predictions; "
-        "the runtime's optimized kernels compute something else (seen with 16-bit weights and "
-        "16-bit activations in onnxruntime's graph optimizer): check metrics.onnxruntime"
+        f"ONNX Runtime agrees with the simulation on only {agreement:.1%} of top-1 predictions: "
+        "the exported graph computed with ONNX Runtime's optimizer off (metrics.simulated) and "
+        "as deployed, its Q/DQ groups fused into integer kernels (metrics.onnxruntime), differ; "
+        "the fused kernels requantize differently (seen with QLinearAdd on residual adds, and "
+        "with 16-bit grids): check metrics.onnxruntime"
     ]
+
+
+def artifact_warnings(report: dict[str, Any]) -> list[str]:
+    """The target's own caveat, and an int8 artifact that ran slower than float here."""
+    warnings = []
+    target = report.get("target") or {}
+    if "saturate" in str(target.get("reason", "")):
+        warnings.append(f"target {target['target']}: {target['reason']}")
+    speedups = (report.get("latency_ms") or {}).get("speedup") or {}
+    slower = {batch: ratio for batch, ratio in speedups.items() if ratio < 1.0}
+    if slower:
+        figures = ", ".join(
+            f"{batch.replace('_', ' ')}: {ratio:.2f}x" for batch, ratio in slower.items()
+        )
+        warnings.append(
+            f"the quantized model ran slower than float on this machine ({figures} of float's "
+            f"speed, kernel mode {target.get('kernel_mode', '?')}); small layers and Q/DQ "
+            "overhead can outweigh int8 arithmetic"
+        )
+    return warnings

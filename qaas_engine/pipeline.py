@@ -25,6 +25,7 @@ from qaas_engine.quant.sim import QuantSim
 from qaas_engine.spec import QuantSpec
 from qaas_engine.state import PipelineState, Progress, Timer, no_progress
 from qaas_engine.step_registry import STEPS, Data, Stage, learns, missing_data_message
+from qaas_engine.targets import choose_kernels
 from qaas_engine.transforms.bn_fold import fold_batchnorms
 from qaas_engine.transforms.cle import ChannelStats
 
@@ -154,6 +155,8 @@ def run_pipeline(
         state.float_weights = dict(state.executor.weights)
     sim = build_sim(state, timer)
     run_steps(state, "quantized", timer)
-    qdq = timer.run("export", lambda: export_qdq(state.model, sim))
+    state.kernels = choose_kernels(spec.target)
+    unsigned = not state.kernels.signed_weights
+    qdq = timer.run("export", lambda: export_qdq(state.model, sim, unsigned_weights=unsigned))
     onnx.checker.check_model(qdq)
     return state, sim, qdq

@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from qaas_engine.step_registry import AUTO, check_pipeline
+from qaas_engine.targets import DEFAULT_TARGET, check_target
 
 SPEC_VERSION = 1
 
@@ -58,6 +59,8 @@ class QuantSpec(BaseModel):
     pipeline: tuple[StepName, ...] = Field((), max_length=MAX_PIPELINE_STEPS)
     batch_size: int = Field(32, ge=1, le=4096)
     max_calibration_samples: int | None = Field(None, ge=1)
+    # the integer kernels the export is laid out for (qaas_engine.targets)
+    target: str = Field(DEFAULT_TARGET, max_length=64)
     # the report's accuracy and fidelity: a bounded sample by default (None), all on request
     max_evaluation_samples: SampleCount | Literal["all"] | None = None
     adaround_iterations: int = Field(1000, ge=10, le=100_000)
@@ -83,6 +86,11 @@ class QuantSpec(BaseModel):
                 f"spec version {value} is not supported (this engine reads {SPEC_VERSION})"
             )
         return value
+
+    @field_validator("target")
+    @classmethod
+    def _target_known(cls, target: str) -> str:
+        return check_target(target)
 
     @field_validator("pipeline")
     @classmethod

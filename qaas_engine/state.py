@@ -19,6 +19,7 @@ from qaas_engine.data import Dataset
 from qaas_engine.graph.lazy import LazyExecutor
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.spec import QuantSpec
+from qaas_engine.targets import KernelChoice
 from qaas_engine.tensors import to_torch
 from qaas_engine.transforms.bn_fold import FoldedBatchNorm
 from qaas_engine.transforms.cle import ChannelStats
@@ -56,6 +57,7 @@ class PipelineState:
     energy_profile: EnergyProfile = field(default_factory=EnergyProfile)  # prices mixed precision
     # the float model's first output per calibration batch, as calibration computed it (or None)
     calibration_outputs: list[np.ndarray] | None = None
+    kernels: KernelChoice | None = None  # the target's kernel mode, chosen at export
 
     def rebuild_executor(self) -> None:
         """After a float step rewrote the graph or its initializers."""

@@ -3,9 +3,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from qaas_engine.spec import QuantSpec
+from qaas_engine.targets import check_target
 
 
 class JobCreate(BaseModel):
@@ -25,6 +26,12 @@ class JobCreate(BaseModel):
         description="model selection for the qat step (default: 10% held out of training)",
     )
     quantization: QuantSpec = Field(default_factory=QuantSpec)
+    target: str | None = Field(
+        None,
+        max_length=64,
+        description="deployment target (onnxruntime-cpu, onnxruntime-cpu:vnni, "
+        "onnxruntime-cpu:avx2); the same as quantization.target, which it sets when given",
+    )
     max_accuracy_drop: float | None = Field(
         None, ge=0, le=1, description="largest acceptable top-1 drop (0.01 = one point)"
     )
@@ -34,6 +41,11 @@ class JobCreate(BaseModel):
         description="your hardware's energy figures for the report, as the engine's "
         "EnergyProfile fields (default: the 45 nm table)",
     )
+
+    @field_validator("target")
+    @classmethod
+    def _target_known(cls, target: str | None) -> str | None:
+        return None if target is None else check_target(target)
 
 
 class JobError(BaseModel):

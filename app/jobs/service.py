@@ -230,8 +230,11 @@ class JobService:
 
 def _with_target(request: JobCreate) -> QuantSpec:
     """The job's accuracy target (a fraction) becomes the spec's (in points) when the spec has
-    none, so pipeline auto and QAT's early stop aim at what the job asked for."""
+    none, so pipeline auto and QAT's early stop aim at what the job asked for; the job's
+    deployment ``target``, when given, is the spec's."""
     spec = request.quantization
+    if request.target is not None:
+        spec = QuantSpec.model_validate({**spec.model_dump(), "target": request.target})
     if request.max_accuracy_drop is None or spec.max_accuracy_drop is not None:
         return spec
     return spec.model_copy(update={"max_accuracy_drop": 100.0 * request.max_accuracy_drop})

@@ -129,10 +129,15 @@ class QdqBuilder:
         return helper.make_node(op, inputs, [output], name=f"{output}_{op}", domain=domain, **attrs)
 
 
-def export_qdq(model: onnx.ModelProto, sim: QuantSim, *, unsigned: bool = True) -> onnx.ModelProto:
+def export_qdq(
+    model: onnx.ModelProto, sim: QuantSim, *, unsigned_weights: bool = True
+) -> onnx.ModelProto:
     """A new QDQ model from the float ``model`` (same graph) and the sim's weights/encodings.
 
-    ``unsigned`` stores signed 8-bit grids as uint8 (see :func:`unsigned_container`).
+    Activations on signed 8-bit grids are stored as uint8 (see :func:`unsigned_container`): u8
+    activations are what ONNX Runtime's integer kernels take. ``unsigned_weights`` does the same
+    for weights (u8u8 kernels, exact on any CPU); False keeps them int8 (u8s8 kernels: the fast
+    path where the CPU has an int8 dot product, see :mod:`qaas_engine.targets`).
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -150,7 +155,7 @@ def export_qdq(model: onnx.ModelProto, sim: QuantSim, *, unsigned: bool = True) 
         tensor = None if value is None else to_numpy(value)
         if init.name in param_encodings and tensor is not None:
             encoding = param_encodings[init.name]
-            if init.name in sim.weight_encodings and unsigned:
+            if init.name in sim.weight_encodings and unsigned_weights:
                 encoding = unsigned_container(encoding)
             dequantized = f"{init.name}_dequantized"
             prefix_nodes.append(
@@ -164,8 +169,7 @@ def export_qdq(model: onnx.ModelProto, sim: QuantSim, *, unsigned: bool = True) 
             kept_initializers.append(init)
 
     activations = sim.activation_quantizers()
-    if unsigned:
-        activations = {name: unsigned_container(enc) for name, enc in activations.items()}
+    activations = {name: unsigned_container(enc) for name, enc in activations.items()}
     producer_rename: dict[str, str] = {}
     for value in graph.input:
         if value.name in activations:

@@ -17,7 +17,7 @@ from qaas_engine.artifacts.result import QuantizationResult
 from qaas_engine.cost.energy import EnergyProfile
 from qaas_engine.cost.shapes import macs_per_sample
 from qaas_engine.data import Dataset
-from qaas_engine.evaluation import evaluate, gap_warnings
+from qaas_engine.evaluation import artifact_warnings, evaluate, gap_warnings
 from qaas_engine.export.encodings import aimet_encodings
 from qaas_engine.graph.kernels import default_opset
 from qaas_engine.importer import ImportedModel
@@ -55,6 +55,7 @@ def finish(
         report, float_model=imported.model, state=state, sim=sim, qdq=qdq, data=measured_on,
         timer=timer, energy_profile=profile, quantization_seconds=quantization_seconds(timer),
     )  # fmt: skip
+    report["warnings"] += artifact_warnings(report)
     return QuantizationResult(qdq, encodings, report)
 
 
@@ -101,6 +102,7 @@ def build_report(
         "steps": timer.steps,
         "engines": dict(sim.engines),
         "step_reports": state.step_reports,
+        "target": state.kernels.describe() if state.kernels is not None else None,
         "quantizers": {
             "weights": len(sim.weight_encodings),
             "biases_int32": len(sim.bias_encodings),

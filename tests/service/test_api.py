@@ -168,6 +168,8 @@ def test_idempotency_key(api, tenant, model, calibration):
         ({"weight_bits": 8, "typo_field": 1}, "typo_field"),
         ({"pipeline": ["no_such_step"]}, "no_such_step"),
         ({"calibration_method": "magic"}, "calibration_method"),
+        ({"target": "onnxruntime-gpu"}, "onnxruntime-cpu"),
+        ({"target": "qnn-htp"}, "not supported yet"),
     ],
 )
 def test_malformed_spec_is_422(api, tenant, model, calibration, quantization, needle):
@@ -175,6 +177,17 @@ def test_malformed_spec_is_422(api, tenant, model, calibration, quantization, ne
         "/v1/jobs", json=job_body(model, calibration, **quantization), headers=tenant
     )
     assert needle in assert_envelope(response, 422, "invalid_request")
+
+
+def test_job_target_sets_the_spec_target_and_a_bad_one_is_422(api, tenant, model, calibration):
+    body = {**job_body(model, calibration), "target": "onnxruntime-cpu:avx2"}
+    job = api.post("/v1/jobs", json=body, headers=tenant).json()
+    assert job["quantization"]["target"] == "onnxruntime-cpu:avx2"
+    api.post(f"/v1/jobs/{job['id']}/cancel", headers=tenant)
+    bad = {**job_body(model, calibration), "target": "tensorrt"}
+    assert "not supported yet" in assert_envelope(
+        api.post("/v1/jobs", json=bad, headers=tenant), 422
+    )
 
 
 def test_contradictory_and_malformed_requests_are_422(api, tenant, model):
