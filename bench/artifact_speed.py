@@ -1,0 +1,147 @@
+"""Is the int8 model faster than the float one? Latency and fidelity of the artifacts side by side.
+
+For each model: the float original, qaas's artifact in each kernel mode (``--target
+onnxruntime-cpu:vnni``: s8 weights for ONNX Runtime's u8s8 kernels; ``:avx2``: the u8 container,
+u8u8 kernels) and ONNX Runtime's ``quantize_static`` model (``bench/peers/onnxruntime_static.py``:
+QDQ, per-channel S8 weights, U8 activations). Latency: ONNX Runtime CPU, one intra-op thread,
+one sample repeated to batch 1 and 32, the models timed in turn round after round, medians.
+Fidelity: output SQNR and argmax agreement against float on held-out inputs neither tool
+calibrated on.
+
+Models: the bundled T1 example (digits, its calibration and evaluation files) and, with
+``--real``, PaddleOCR's networks from the rapidocr wheel (``bench/real_models.py``, synthetic
+pages). The header prints the CPU's int8 dot-product flags: on a CPU without them the ``vnni``
+artifact may saturate (that is what ``:avx2`` is for).
+
+Run: ``python bench/artifact_speed.py [--real] [--rounds 7]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # runs from a checkout: bench/ is not an installed package
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+
+from bench.real_models import document_images, fetch_rapidocr  # noqa: E402
+from qaas_engine.targets import cpu_dot_product_flags  # noqa: E402
+
+MODES = ("vnni", "avx2")
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _quantize(model: Path, calibration: Path, batch: int, out: Path) -> dict[str, Path]:
+    """qaas in each kernel mode and ORT's quantize_static, each as its own process."""
+    made = {}
+    for mode in MODES:
+        target = out / f"qaas-{mode}"
+        command = [str(Path(sys.executable).parent / "qaas"), "quantize", str(model)]
+        command += ["--calibration", str(calibration), "--batch-size", str(batch)]
+        command += ["--target", f"onnxruntime-cpu:{mode}", "-o", str(target), "--quiet"]
+        subprocess.run(command, check=True, capture_output=True)
+        made[f"qaas {mode}"] = target / "model.quant.onnx"
+    ort_model = out / "ort.onnx"
+    command = [sys.executable, str(ROOT / "bench" / "peers" / "onnxruntime_static.py")]
+    command += [str(model), str(calibration), str(ort_model), "--per-channel"]
+    command += ["--batch-size", str(batch), "--without-torch"]
+    subprocess.run(command, check=True, capture_output=True)
+    made["ORT quantize_static"] = ort_model
+    return made
+
+
+def _latency(sessions: dict[str, ort.InferenceSession], feed: dict, rounds: int) -> dict:
+    """Median ms per model; the models take turns each round so load falls on all alike."""
+    for session in sessions.values():
+        session.run(None, feed)
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            session.run(None, feed)
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _fidelity(reference: np.ndarray, test: np.ndarray) -> str:
+    ref, out = reference.astype(np.float64), test.astype(np.float64)
+    noise = float(np.sum((ref - out) ** 2))
+    sqnr = math.inf if noise == 0 else 10 * math.log10(float(np.sum(ref**2)) / noise)
+    agreement = float(np.mean(ref.argmax(-1) == out.argmax(-1)))
+    return f"{sqnr:6.2f} dB, argmax {agreement:.3f}"
+
+
+def bench(name: str, model: Path, calibration: Path, held_out: np.ndarray, batch: int,
+          input_name: str, rounds: int, tmp: Path) -> None:  # fmt: skip
+    paths = {"float": model, **_quantize(model, calibration, batch, tmp / name)}
+    sessions = {label: _session(path) for label, path in paths.items()}
+    print(f"\n{name}")
+    results = {}
+    for size in (1, 32):
+        feed = {input_name: np.repeat(held_out[:1], size, axis=0)}
+        try:
+            results[size] = _latency(sessions, feed, rounds)
+        except Exception as error:  # a model with a fixed batch axis
+            print(f"  batch {size}: not measured ({str(error).splitlines()[0][:120]})")
+    reference = np.concatenate([sessions["float"].run(None, {input_name: x[None]})[0]
+                                for x in held_out])  # fmt: skip
+    print(f"  {'model':22s} {'batch 1 ms':>10s} {'vs float':>8s} {'batch 32 ms':>11s} "
+          f"{'vs float':>8s}  fidelity vs float")  # fmt: skip
+    for label, session in sessions.items():
+        cells = []
+        for size in (1, 32):
+            if size in results:
+                ms = results[size][label]
+                cells.append(f"{ms:10.3f} {results[size]['float'] / ms:7.2f}x")
+            else:
+                cells.append(f"{'-':>10s} {'-':>8s}")
+        outputs = np.concatenate([session.run(None, {input_name: x[None]})[0] for x in held_out])
+        fidelity = "reference" if label == "float" else _fidelity(reference, outputs)
+        print(f"  {label:22s} {cells[0]} {cells[1]:>20s}  {fidelity}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--real", action="store_true", help="PaddleOCR's networks too")
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args(argv)
+    flags = cpu_dot_product_flags()
+    print(f"ONNX Runtime {ort.__version__}, one thread; CPU int8 dot product: "
+          f"{', '.join(flags) or 'none (the vnni artifact may saturate here)'}")  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
+        examples = ROOT / "examples"
+        with np.load(examples / "digits_evaluation.npz") as data:
+            (input_name,) = [key for key in data.files if key != "labels"]
+            held_out = data[input_name][:64]
+        t1 = examples / "digits_mobilenetv2.onnx"
+        calibration = examples / "digits_calibration.npz"
+        bench("T1 digits_mobilenetv2", t1, calibration, held_out, 32, input_name, args.rounds, tmp)
+        if args.real:
+            for model in fetch_rapidocr():
+                images = document_images(48, model.sample_shape, seed=0)
+                input_name = _session(model.path).get_inputs()[0].name
+                calibration = tmp / f"{model.name}.npz"
+                np.savez(calibration, **{input_name: images[:32]})
+                bench(model.name, model.path, calibration, images[32:], model.batch_size,
+                      input_name, args.rounds, tmp)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
