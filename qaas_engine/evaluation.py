@@ -35,6 +35,11 @@ class FidelityMeter:
         self.correct = 0
         self.labelled = 0
         self.max_abs_diff = 0.0
+        # per channel (axis 1 of an NCHW tensor, else the last axis): a small-range part of an
+        # output cannot hide behind a large-range one
+        self.channel_signal: np.ndarray | None = None
+        self.channel_noise: np.ndarray | None = None
+        self.channels_consistent = True
 
     def update(self, reference: np.ndarray, test: np.ndarray, labels: np.ndarray | None) -> None:
         reference = np.asarray(reference, dtype=np.float64)
@@ -45,6 +50,7 @@ class FidelityMeter:
         self.signal += float(np.sum(reference**2))
         self.noise += float(np.sum(diff**2))
         self.max_abs_diff = max(self.max_abs_diff, float(np.max(np.abs(diff), initial=0.0)))
+        self._update_channels(reference, diff)
         if reference.ndim >= 1 and reference.shape[-1] > 1:
             self.agree += int(np.sum(reference.argmax(-1) == test.argmax(-1)))
             self.positions += int(np.prod(reference.shape[:-1]))
@@ -62,6 +68,38 @@ class FidelityMeter:
             self.correct += int(np.sum(predictions == labels))
             self.labelled += len(labels)
 
+    def _update_channels(self, reference: np.ndarray, diff: np.ndarray) -> None:
+        if reference.ndim < 2 or not self.channels_consistent:
+            return
+        axis = 1 if reference.ndim == 4 else reference.ndim - 1
+        others = tuple(i for i in range(reference.ndim) if i != axis)
+        signal = np.sum(reference**2, axis=others)
+        noise = np.sum(diff**2, axis=others)
+        if self.channel_signal is None or self.channel_noise is None:
+            self.channel_signal, self.channel_noise = signal, noise
+        elif self.channel_signal.shape == signal.shape:
+            self.channel_signal = self.channel_signal + signal
+            self.channel_noise = self.channel_noise + noise
+        else:  # the channel count changed between batches: no per-channel figure
+            self.channels_consistent = False
+
+    def worst_channel(self) -> tuple[int, float] | None:
+        """(channel, SQNR dB) of the channel quantization hurts most, among those with signal."""
+        signal, noise = self.channel_signal, self.channel_noise
+        if not self.channels_consistent or signal is None or noise is None or signal.size < 2:
+            return None
+        live = signal > 0
+        if not np.any(live):
+            return None
+        with np.errstate(divide="ignore"):
+            ratios = np.where(live, signal / np.maximum(noise, 1e-300), np.inf)
+        channel = int(np.argmin(ratios))
+        ratio = float(ratios[channel])
+        db = (
+            SQNR_CEILING_DB if noise[channel] == 0 else min(SQNR_CEILING_DB, 10 * math.log10(ratio))
+        )
+        return channel, round(db, 3)
+
     def sqnr_db(self) -> float:
         if self.noise == 0:
             return SQNR_CEILING_DB
@@ -76,6 +114,9 @@ class FidelityMeter:
         metrics["sqnr_db"] = None if reference_itself else round(self.sqnr_db(), 3)
         metrics["top1_agreement"] = self.agree / self.positions if self.positions else None
         metrics["cosine"] = self.cosine_sum / self.samples if self.samples else None
+        worst = None if reference_itself else self.worst_channel()
+        if worst is not None:
+            metrics["worst_channel"], metrics["worst_channel_sqnr_db"] = worst
         metrics["samples"] = self.samples
         return metrics
 
@@ -109,48 +150,52 @@ def evaluate(
             "simulation_vs_onnxruntime": dict(empty),
             "note": "no calibration or evaluation data given: nothing to measure",
         }
-    output = state.model.graph.output[0].name
+    outputs = [value.name for value in state.model.graph.output]
+    output = outputs[0]  # labels (top-1) refer to the first output
     runtime = ort_session(qdq)
     simulation = session(qdq, optimized=False)
-    built: list[tuple[Callable[[dict[str, np.ndarray]], np.ndarray], str]] = []
+    built: list[tuple[Callable[[dict[str, np.ndarray]], list[np.ndarray]], str]] = []
 
-    def float_run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+    def float_run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         if not built:  # only when a batch was not kept from calibration
-            built.append(_float_runner(state, output))
+            built.append(_float_runner(state, outputs))
         return built[0][0](feeds)
 
     # measured on the calibration data: its float outputs were computed while calibrating
-    kept = state.calibration_outputs if data is state.calibration else None
+    kept = state.calibration_outputs if data is state.calibration and len(outputs) == 1 else None
     reused = 0
-    meters = {key: FidelityMeter() for key in ("float", "simulated", "onnxruntime", "gap")}
+    meters = {
+        name: {key: FidelityMeter() for key in ("float", "simulated", "onnxruntime", "gap")}
+        for name in outputs
+    }
     total = data.num_samples if max_samples is None else min(max_samples, data.num_samples)
     done = 0
     torch_check: dict[str, Any] | None = None
     for index, (feeds, labels) in enumerate(data.batches(state.spec.batch_size, max_samples)):
-        reference = _kept_output(kept, index, feeds, data.one_at_a_time)
-        if reference is None:
-            reference = np.asarray(float_run(feeds), dtype=np.float32)
+        kept_output = _kept_output(kept, index, feeds, data.one_at_a_time)
+        if kept_output is None:
+            references = [np.asarray(value, dtype=np.float32) for value in float_run(feeds)]
         else:
+            references = [kept_output]
             reused += 1
-        simulated = simulation.run([output], feeds)[0].astype(np.float32)
-        deployed = runtime.run([output], feeds)[0].astype(np.float32)
-        meters["float"].update(reference, reference, labels)
-        meters["simulated"].update(reference, simulated, labels)
-        meters["onnxruntime"].update(reference, deployed, labels)
-        meters["gap"].update(simulated, deployed, None)
+        simulated = [np.asarray(v, dtype=np.float32) for v in simulation.run(outputs, feeds)]
+        deployed = [np.asarray(v, dtype=np.float32) for v in runtime.run(outputs, feeds)]
+        for i, name in enumerate(outputs):
+            meter, labelled = meters[name], labels if i == 0 else None
+            meter["float"].update(references[i], references[i], labelled)
+            meter["simulated"].update(references[i], simulated[i], labelled)
+            meter["onnxruntime"].update(references[i], deployed[i], labelled)
+            meter["gap"].update(simulated[i], deployed[i], None)
         if torch_check is None and "torch" in sys.modules:
-            torch_check = _torch_simulation_check(sim, feeds, output, simulated)
+            torch_check = _torch_simulation_check(sim, feeds, output, simulated[0])
         done += len(labels) if labels is not None else 1
         state.progress("evaluation", min(1.0, done / max(total, 1)))
-    gap = meters["gap"].result()
-    gap["max_abs_diff"] = meters["gap"].max_abs_diff
+    per_output = {name: _output_metrics(meters[name]) for name in outputs}
     metrics = {
-        "float": meters["float"].result(reference_itself=True),
-        "simulated": meters["simulated"].result(),
-        "onnxruntime": meters["onnxruntime"].result(),
-        "simulation_vs_onnxruntime": gap,
+        **per_output[output],  # the first output's, as before: float, simulated, onnxruntime...
+        "outputs": per_output,
         "output": output,
-        "samples": {"measured": meters["float"].samples, "available": data.num_samples},
+        "samples": {"measured": meters[output]["float"].samples, "available": data.num_samples},
         "engines": {
             "float": (built[0][1] if built else "onnxruntime")
             + (f", {reused} batches kept from calibration" if reused else ""),
@@ -161,6 +206,17 @@ def evaluate(
     if torch_check is not None:
         metrics["torch_simulation_vs_export"] = torch_check
     return metrics
+
+
+def _output_metrics(meters: dict[str, FidelityMeter]) -> dict[str, Any]:
+    gap = meters["gap"].result()
+    gap["max_abs_diff"] = meters["gap"].max_abs_diff
+    return {
+        "float": meters["float"].result(reference_itself=True),
+        "simulated": meters["simulated"].result(),
+        "onnxruntime": meters["onnxruntime"].result(),
+        "simulation_vs_onnxruntime": gap,
+    }
 
 
 def _kept_output(
@@ -178,23 +234,23 @@ def _kept_output(
 
 
 def _float_runner(
-    state: PipelineState, output: str
-) -> tuple[Callable[[dict[str, np.ndarray]], np.ndarray], str]:
-    """The float reference's first output per batch: ONNX Runtime, else the torch executor."""
+    state: PipelineState, outputs: list[str]
+) -> tuple[Callable[[dict[str, np.ndarray]], list[np.ndarray]], str]:
+    """The float reference's outputs per batch: ONNX Runtime, else the torch executor."""
     try:
         float_session = session(state.model)
     except Exception as error:  # a graph only the torch executor runs
         reason = str(error).splitlines()[0][:200]
 
-        def run_in_torch(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        def run_in_torch(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
             import torch
 
             with torch.no_grad():
                 result = state.executor.run(to_torch(feeds), weights=state.float_weights)
-            return result[output].float().numpy()
+            return [result[name].float().numpy() for name in outputs]
 
         return run_in_torch, f"torch (onnxruntime cannot load the float graph: {reason})"
-    return (lambda feeds: float_session.run([output], feeds)[0]), "onnxruntime"
+    return (lambda feeds: list(float_session.run(outputs, feeds))), "onnxruntime"
 
 
 def _torch_simulation_check(
@@ -216,12 +272,24 @@ SIM_RUNTIME_AGREEMENT_FLOOR = 0.99
 
 
 def gap_warnings(metrics: dict[str, Any]) -> list[str]:
-    """Say so loudly when ONNX Runtime does not compute what the simulation computed."""
+    """Say so loudly when ONNX Runtime does not compute what the simulation computed, for any
+    output."""
+    per_output = metrics.get("outputs") or {metrics.get("output"): metrics}
+    return [
+        warning
+        for name, measured in per_output.items()
+        for warning in _gap_warning(name, measured, several=len(per_output) > 1)
+    ]
+
+
+def _gap_warning(name: str | None, metrics: dict[str, Any], several: bool) -> list[str]:
     agreement = metrics.get("simulation_vs_onnxruntime", {}).get("top1_agreement")
     if agreement is None or agreement >= SIM_RUNTIME_AGREEMENT_FLOOR:
         return []
+    where = f"output {name}: " if several else ""
     return [
-        f"ONNX Runtime agrees with the simulation on only {agreement:.1%} of top-1 predictions: "
+        f"{where}ONNX Runtime agrees with the simulation on only {agreement:.1%} of top-1 "
+        "predictions: "
         "the exported graph computed with ONNX Runtime's optimizer off (metrics.simulated) and "
         "as deployed, its Q/DQ groups fused into integer kernels (metrics.onnxruntime), differ; "
         "the fused kernels requantize differently (seen with QLinearAdd on residual adds, and "

@@ -93,16 +93,38 @@ def _summary(report: dict[str, Any]) -> str:
             _num(metrics.get(key, {}).get("sqnr_db"), "{:.2f}"),
             _num(metrics.get(key, {}).get("top1_agreement"), "{:.4f}"),
             _num(metrics.get(key, {}).get("cosine"), "{:.5f}"),
+            _num(metrics.get(key, {}).get("worst_channel_sqnr_db"), "{:.2f}"),
         ]
         for key in ("float", "simulated", "onnxruntime", "simulation_vs_onnxruntime")
     ]
     measured = metrics.get("dataset") or "no data"
+    header = ["model", "top-1", "SQNR dB", "top-1 agreement", "cosine", "worst channel dB"]
     return (
         f'<div class="cards">{"".join(cards)}</div>{warnings}'
-        + _table(["model", "top-1", "SQNR dB", "top-1 agreement", "cosine"], rows)
+        + _table(header, rows)
         + f'<p class="note">measured on the {escape(str(measured))} data; SQNR, agreement and '
-        "cosine are against the float model (the last row: simulation against ONNX Runtime)</p>"
+        "cosine are against the float model (the last row: simulation against ONNX Runtime); "
+        "worst channel: the SQNR of the output channel quantization hurts most</p>"
+        + _outputs_table(metrics.get("outputs") or {})
     )
+
+
+def _outputs_table(outputs: dict[str, Any]) -> str:
+    """Every output's fidelity, where the model has more than one."""
+    if len(outputs) < 2:
+        return ""
+    rows = [
+        [
+            escape(name),
+            _num(measured["onnxruntime"].get("sqnr_db"), "{:.2f}"),
+            _num(measured["onnxruntime"].get("worst_channel_sqnr_db"), "{:.2f}"),
+            _num(measured["onnxruntime"].get("cosine"), "{:.5f}"),
+            _num(measured["simulation_vs_onnxruntime"].get("sqnr_db"), "{:.2f}"),
+        ]
+        for name, measured in outputs.items()
+    ]
+    header = ["output", "SQNR dB", "worst channel dB", "cosine", "simulation vs ORT dB"]
+    return "<h3>Every output (ONNX Runtime against float)</h3>" + _table(header, rows)
 
 
 def _effect(name: str, data: dict[str, Any] | None) -> str:

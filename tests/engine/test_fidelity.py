@@ -1,0 +1,74 @@
+"""Fidelity over every output, and per channel: a small-range part of an output cannot hide
+behind a large-range part (a detector's box coordinates beside its class probabilities)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from qaas_engine import QuantSpec, import_model, load_npz, model_inputs, quantize
+from qaas_engine.evaluation import FidelityMeter
+
+
+class BoxesAndScores(torch.nn.Module):
+    """Two outputs: logits; and per location 4 box coordinates (0..320) joined to 3 scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 7, 3, padding=1)
+        self.fc = torch.nn.Linear(7, 10)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.conv(x)
+        logits = self.fc(y.mean((2, 3)))
+        per_location = y.flatten(2).transpose(1, 2)  # (batch, locations, 7)
+        boxes = 320 * torch.sigmoid(per_location[..., :4])
+        scores = torch.sigmoid(per_location[..., 4:])
+        return logits, torch.cat([boxes, scores], dim=-1)
+
+
+def _model(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "boxes.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            BoxesAndScores().eval(), (torch.randn(1, 1, 8, 8),), str(path), dynamo=False,
+            opset_version=17, input_names=["input"], output_names=["logits", "detections"],
+            dynamic_axes={name: {0: "batch"} for name in ("input", "logits", "detections")},
+        )  # fmt: skip
+    data = tmp_path / "calibration.npz"
+    np.savez(data, input=np.random.default_rng(0).standard_normal((64, 1, 8, 8), dtype=np.float32))
+    imported = import_model(path)
+    return imported, load_npz(data, model_inputs(imported.model))
+
+
+def test_every_output_is_measured_and_the_worst_channel_is_named(tmp_path):
+    imported, calibration = _model(tmp_path)
+    metrics = quantize(imported, QuantSpec(), calibration=calibration).report["metrics"]
+    assert set(metrics["outputs"]) == {"logits", "detections"}
+    assert (
+        metrics["output"] == "logits"
+        and metrics["onnxruntime"] == (metrics["outputs"]["logits"]["onnxruntime"])
+    )
+    detections = metrics["outputs"]["detections"]["onnxruntime"]
+    # the whole output looks fine: the box coordinates dominate its energy
+    assert detections["sqnr_db"] > 30
+    # per channel, the scores (channels 4..6) sit on the boxes' grid: far worse
+    assert detections["worst_channel"] >= 4
+    assert detections["worst_channel_sqnr_db"] < detections["sqnr_db"] - 15
+
+
+def test_per_channel_sqnr_finds_the_hidden_channel():
+    reference = np.zeros((2, 5, 3))
+    reference[..., 0] = 100.0
+    reference[..., 1:] = 0.5
+    test = reference.copy()
+    test[..., 2] += 0.1  # a small error on a small channel
+    meter = FidelityMeter()
+    meter.update(reference, test, None)
+    result = meter.result()
+    assert result["sqnr_db"] > 50 and result["worst_channel"] == 2
+    assert abs(result["worst_channel_sqnr_db"] - 10 * np.log10(0.25 / 0.01)) < 1e-3
