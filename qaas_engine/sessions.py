@@ -10,6 +10,7 @@ simulation computes.
 from __future__ import annotations
 
 import os
+import sys
 
 import onnx
 import onnxruntime as ort
@@ -38,8 +39,6 @@ def set_thread_count(threads: int | None) -> None:
     if threads < 1:
         raise ValueError(f"threads must be at least 1, not {threads}")
     os.environ[THREADS_ENV] = str(threads)
-    import sys
-
     torch = sys.modules.get("torch")  # only when a pass already loaded it: never import it here
     if torch is not None:
         torch.set_num_threads(threads)

@@ -80,10 +80,6 @@ class TappedModel:
             next(self.run({name: array[:1] for name, array in feeds.items()}))
         return self._chunk_size(total)
 
-    def outputs(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """The graph outputs alone, whole batch at once (nothing extra is kept)."""
-        return list(self.session.run(self.output_names, dict(feeds)))
-
     def _run_once(self, feeds: Mapping[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
         values = self.session.run(self.fetch, dict(feeds))
         result = dict(zip(self.fetch, values, strict=True))

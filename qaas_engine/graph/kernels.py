@@ -3,7 +3,7 @@
 Placement keeps nodes without a torch kernel in float (the reference fallback that runs them has
 no gradient), so it must know the kernel table; importing the table means importing torch,
 which a post-training job otherwise never does. This is that table's list of op types, checked
-equal to the registry by ``tests/engine/test_executor.py`` so the two cannot drift.
+equal to the registry by ``tests/engine/test_torch_free.py`` so the two cannot drift.
 """
 
 from __future__ import annotations
