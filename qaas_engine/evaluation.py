@@ -188,14 +188,14 @@ def evaluate(
             meter["gap"].update(simulated[i], deployed[i], None)
         if torch_check is None and "torch" in sys.modules:
             torch_check = _torch_simulation_check(sim, feeds, output, simulated[0])
-        done += len(labels) if labels is not None else 1
+        done += 1 if data.one_at_a_time else _samples_in(feeds)
         state.progress("evaluation", min(1.0, done / max(total, 1)))
     per_output = {name: _output_metrics(meters[name]) for name in outputs}
     metrics = {
         **per_output[output],  # the first output's, as before: float, simulated, onnxruntime...
         "outputs": per_output,
         "output": output,
-        "samples": {"measured": meters[output]["float"].samples, "available": data.num_samples},
+        "samples": {"measured": done, "available": data.num_samples},
         "engines": {
             "float": (built[0][1] if built else "onnxruntime")
             + (f", {reused} batches kept from calibration" if reused else ""),
@@ -206,6 +206,11 @@ def evaluate(
     if torch_check is not None:
         metrics["torch_simulation_vs_export"] = torch_check
     return metrics
+
+
+def _samples_in(feeds: dict[str, np.ndarray]) -> int:
+    first = np.asarray(next(iter(feeds.values())))
+    return int(first.shape[0]) if first.ndim else 1
 
 
 def _output_metrics(meters: dict[str, FidelityMeter]) -> dict[str, Any]:

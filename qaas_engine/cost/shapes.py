@@ -1,5 +1,8 @@
 """Work and traffic per layer for one sample, counted from a real run's tensor shapes.
 
+Every function here takes the feeds of exactly one sample (a batch of 1, or one stacked sample
+whose inputs have no batch axis first), so no axis is guessed to be the batch.
+
 Independent of bit-widths: the same counts price the float model and every quantized one. The
 run is ONNX Runtime's with every tensor exposed (the torch executor where ORT cannot load the
 graph): shapes, unlike a static inference, are known for every op and every exporter.
@@ -65,7 +68,8 @@ def _run_shapes(
     arrays = {name: to_numpy(value) for name, value in feeds.items()}
     try:
         every = [name for node in model.graph.node for name in node.output if name]
-        run = TappedModel(model, every, optimized=False)
+        # one sample, run whole: its inputs need not have the batch on axis 0
+        run = TappedModel(model, every, optimized=False, batched=False)
         for values in run.run(arrays):
             shapes.update({name: tuple(value.shape) for name, value in values.items()})
         return shapes
@@ -95,7 +99,6 @@ def macs_per_sample(
 ) -> dict[str, int]:
     """MACs of each Conv/ConvTranspose/Gemm/MatMul for one sample, from a real run's shapes."""
     shapes = shapes if shapes is not None else _run_shapes(model, executor, feeds)
-    batch = next(iter(shapes.values()))[0] if shapes else 1
     weights = {n: tuple(t.shape) for n, t in executor.weights.items()}
     per_node: dict[str, int] = {}
     for index, node in enumerate(model.graph.node):
@@ -105,7 +108,7 @@ def macs_per_sample(
             continue
         macs = _node_macs(node, out, shapes, weights)
         if macs:
-            per_node[name] = int(macs // max(batch, 1))
+            per_node[name] = int(macs)
     return per_node
 
 
@@ -147,7 +150,6 @@ def layer_shapes(
     """Every layer with countable arithmetic: weighted layers (MACs), two-input elementwise
     ops and reductions; ops without arithmetic (reshapes, max pooling, a fused Relu) are not."""
     shapes = _run_shapes(model, executor, sample)
-    batch = max(next(iter(shapes.values()))[0] if shapes else 1, 1)
     macs = macs_per_sample(model, executor, sample, shapes)
     weights = executor.weights
     layers = []
@@ -155,9 +157,9 @@ def layer_shapes(
         name = node.name or f"{node.op_type}_{index}"
         if not node.output or node.output[0] not in shapes:
             continue
-        out_elems = int(np.prod(shapes[node.output[0]])) // batch
+        out_elems = int(np.prod(shapes[node.output[0]]))
         dynamic = [n for n in node.input if n and n in shapes and n not in weights]
-        in_elems = sum(int(np.prod(shapes[n])) // batch for n in dynamic)
+        in_elems = sum(int(np.prod(shapes[n])) for n in dynamic)
         if name in macs:
             weight = node.input[1] if len(node.input) > 1 and node.input[1] in weights else None
             bias = node.input[2] if len(node.input) > 2 and node.input[2] in weights else None

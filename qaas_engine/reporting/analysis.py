@@ -122,6 +122,7 @@ def measure_layers(
     float_weights: Mapping[str, Any] | None = None,
     *,
     time_budget_s: float = DEFAULT_TIME_BUDGET_S,
+    batched: bool = True,
 ) -> Measurements:
     """Every weighted layer's output SQNR in the fully quantized model, then, while the time
     budget lasts, the model's output SQNR with only that layer's weights or only its output
@@ -131,7 +132,7 @@ def measure_layers(
     graph for the second); in the torch executor where ORT cannot load the float graph.
     """
     try:
-        return _measure_in_runtime(sim, batches, float_model, qdq, time_budget_s)
+        return _measure_in_runtime(sim, batches, float_model, qdq, time_budget_s, batched)
     except Exception as error:  # a graph only the torch executor runs
         reason = str(error).splitlines()[0][:200]
         measurements = _measure_in_torch(sim, batches, float_weights, time_budget_s)
@@ -145,7 +146,9 @@ def _measure_in_runtime(
     float_model: onnx.ModelProto,
     qdq: onnx.ModelProto,
     time_budget_s: float,
+    batched: bool,
 ) -> Measurements:
+    """``batched``: samples lie on axis 0 of every feed, so a batch may be cut into pieces."""
     started = time.perf_counter()
     layers = _layers(sim)
     quantizers = sim.activation_quantizers()
@@ -165,7 +168,7 @@ def _measure_in_runtime(
         {layer.output: quantizers[layer.output] for layer in layers if layer.output in quantizers},
         taps=watched,
     )
-    quantized = TappedModel(qdq, [exported(t) for t in watched], optimized=False)
+    quantized = TappedModel(qdq, [exported(t) for t in watched], optimized=False, batched=batched)
     sqnr = {t: _Sqnr() for t in watched}
     whole = _Sqnr()
     final = float_model.graph.output[0].name
@@ -176,7 +179,7 @@ def _measure_in_runtime(
     references: list[np.ndarray] = []
     for feeds in batches:
         size = min(quantized.chunk_for(feeds), PIECE_SAMPLES)
-        for piece in _chunks(feeds, size):
+        for piece in _chunks(feeds, size) if batched else [feeds]:
             if pieces and time.perf_counter() - started > time_budget_s / 2:
                 break
             ref = probe.run_tapped(piece)
@@ -206,7 +209,7 @@ def _measure_in_runtime(
             measurement.activations_only_sqnr_db = _probe_sqnr(
                 probe, pieces, references, activation=layer.output
             )
-    samples = sum(_batch_size(piece) for piece in pieces)
+    samples = sum(_batch_size(piece) for piece in pieces) if batched else len(pieces)
     return Measurements(whole.db(), samples, measured, engine="onnxruntime")
 
 
@@ -356,12 +359,14 @@ def analyze_layers(
     float_weights: Mapping[str, Any] | None = None,
     *,
     time_budget_s: float = DEFAULT_TIME_BUDGET_S,
+    batched: bool = True,
 ) -> dict[str, Any]:
     """Rank the weighted layers by how much quantizing each alone hurts the model's output."""
     started = time.perf_counter()
     measurements = measure_layers(
-        sim, batches, float_model, qdq, float_weights, time_budget_s=time_budget_s
-    )
+        sim, batches, float_model, qdq, float_weights, time_budget_s=time_budget_s,
+        batched=batched,
+    )  # fmt: skip
     ranked = rank_layers(measurements)
     suggestions = suggest_keep_float(ranked, measurements.output_sqnr_db)
     section = describe(measurements, ranked, suggestions)

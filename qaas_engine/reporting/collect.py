@@ -140,7 +140,7 @@ def add_report_sections(
         "analysis",
         lambda: analyze_layers(
             sim, batch_feeds, state.model, qdq, state.float_weights,
-            time_budget_s=analysis_budget,
+            time_budget_s=analysis_budget, batched=not data.one_at_a_time,
         ),
     )  # fmt: skip
 

@@ -156,3 +156,31 @@ def test_without_evaluation_data_the_report_measures_a_sample_of_the_calibration
     assert report["metrics"]["samples"] == {"measured": 64, "available": 100}
     asked = quantize(imported, QuantSpec(max_evaluation_samples="all"), calibration=calibration)
     assert asked.report["metrics"]["samples"] == {"measured": 100, "available": 100}
+
+
+def test_samples_whose_batch_is_not_on_axis_0_are_never_cut(tmp_path):
+    """A sequence-first input with a fixed batch of 1 ([steps, 1, features]), given stacked:
+    the ORT passes run each sample whole instead of slicing it along its time axis."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Relu", ["y"], ["out"])],
+        "seq_first",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 1, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [5, 1, 3])],
+        [weight],
+    )
+    path = tmp_path / "seq_first.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    data = tmp_path / "calibration.npz"
+    np.savez(data, x=rng.standard_normal((12, 5, 1, 4)).astype(np.float32))
+    imported = import_model(path)
+    calibration = load_npz(data, model_inputs(imported.model))
+    assert calibration.one_at_a_time
+    report = quantize(imported, QuantSpec(), calibration=calibration).report
+    assert report["engines"]["calibration"] == "onnxruntime"
+    assert report["metrics"]["samples"] == {"measured": 12, "available": 12}
+    assert report["analysis"]["samples"] == 12 and report["analysis"]["engine"] == "onnxruntime"
+    assert report["model"]["macs"] == 5 * 4 * 3
