@@ -7,7 +7,6 @@ Fidelity compares a model's first output with the float model's: SQNR in dB, top
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -137,9 +136,9 @@ def evaluate(
 
     All three run in ONNX Runtime: the float graph, the QDQ graph with the optimizer off (Q and
     DQ computed in float: the simulation, exactly as exported) and the QDQ graph as deployed.
-    Where ORT cannot load the float graph, the torch executor computes it. When torch is
-    already loaded (a learning step ran), the torch simulation those steps trained is checked
-    against the exported graph on the first batch (``torch_simulation_vs_export``).
+    Where ORT cannot load the float graph, the torch executor computes it. When the torch
+    executor exists anyway (a learning step or a fallback built it), the torch simulation is
+    checked against the exported graph on the first batch (``torch_simulation_vs_export``).
     """
     if data is None:
         empty = {"top1": None, "sqnr_db": None, "top1_agreement": None, "cosine": None}
@@ -186,7 +185,7 @@ def evaluate(
             meter["simulated"].update(references[i], simulated[i], labelled)
             meter["onnxruntime"].update(references[i], deployed[i], labelled)
             meter["gap"].update(simulated[i], deployed[i], None)
-        if torch_check is None and "torch" in sys.modules:
+        if torch_check is None and getattr(sim.executor, "built", True):
             torch_check = _torch_simulation_check(sim, feeds, output, simulated[0])
         done += 1 if data.one_at_a_time else _samples_in(feeds)
         state.progress("evaluation", min(1.0, done / max(total, 1)))

@@ -68,7 +68,7 @@ class TappedModel:
             part = (
                 dict(feeds)
                 if start == 0 and chunk >= total
-                else {name: array[start : start + chunk] for name, array in feeds.items()}
+                else samples(feeds, start, start + chunk)
             )
             yield self._run_once(part, count=chunk)
             start += chunk
@@ -77,7 +77,7 @@ class TappedModel:
         """Samples per run that keep the exposed tensors within budget (measures on first use)."""
         total = _batch_size(feeds) if self.batched else 1
         if self._bytes_per_sample is None and self.exposed and total > 1:
-            next(self.run({name: array[:1] for name, array in feeds.items()}))
+            next(self.run(samples(feeds, 0, 1)))
         return self._chunk_size(total)
 
     def _run_once(self, feeds: Mapping[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
@@ -99,8 +99,14 @@ class TappedModel:
         return max(1, min(remaining, fits))
 
 
+def samples(feeds: Mapping[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+    """Samples ``start:stop`` of batched feeds; a 0-d feed (a scalar input) goes whole."""
+    return {name: array[start:stop] if np.ndim(array) else array for name, array in feeds.items()}
+
+
 def _batch_size(feeds: Mapping[str, np.ndarray]) -> int:
+    """Samples in batched feeds: axis 0 of the first feed that has one."""
     for array in feeds.values():
-        array = np.asarray(array)
-        return int(array.shape[0]) if array.ndim else 1
+        if np.ndim(array):
+            return int(np.shape(array)[0])
     return 1

@@ -335,11 +335,25 @@ def _runtime_runner(
         return f"onnxruntime cannot load the graph: {str(error).splitlines()[0][:200]}"
 
 
-def _keep(summary: CalibrationSummary, output: np.ndarray) -> None:
+def _joined(parts: list[np.ndarray]) -> np.ndarray | None:
+    """A batch's first output from its chunks; None where they do not join on axis 0 (a 0-d
+    or batch-reduced output): evaluation then computes the float outputs itself."""
+    if len(parts) == 1:
+        return parts[0]
+    try:
+        return np.concatenate(parts)
+    except ValueError:
+        return None
+
+
+def _keep(summary: CalibrationSummary, output: np.ndarray | None) -> None:
     kept = summary.float_outputs
     if summary.batches == 0:
         kept = summary.float_outputs = []
     if kept is None:
+        return
+    if output is None:
+        summary.float_outputs = None
         return
     kept.append(output)
     if sum(part.nbytes for part in kept) > KEPT_OUTPUT_BYTES:
@@ -348,7 +362,7 @@ def _keep(summary: CalibrationSummary, output: np.ndarray) -> None:
 
 def _observe_in_runtime(
     runner: TappedModel, feeds: Mapping[str, Any], observers: Mapping[str, Any]
-) -> np.ndarray:
+) -> np.ndarray | None:
     """Feed the observers one batch's exposed tensors; returns the batch's first output."""
     arrays = {name: to_numpy(value) for name, value in feeds.items()}
     chunks = runner.run(arrays)
@@ -357,7 +371,7 @@ def _observe_in_runtime(
         try:
             values = next(chunks)
         except StopIteration:
-            return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+            return _joined(outputs)
         except Exception as error:  # observers are rebuilt by the torch pass that follows
             raise _RuntimeFailed(str(error).splitlines()[0][:200]) from error
         outputs.append(values[runner.output_names[0]])

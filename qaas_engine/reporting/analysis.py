@@ -23,8 +23,8 @@ from qaas_engine.graph.lazy import materialized
 from qaas_engine.quant.observers import as_array
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.reporting.probe import ProbeModel, build_probe
-from qaas_engine.tapped import TappedModel
-from qaas_engine.tensors import to_torch
+from qaas_engine.tapped import TappedModel, samples
+from qaas_engine.tensors import to_numpy, to_torch
 
 if TYPE_CHECKING:
     from qaas_engine.graph.executor import GraphExecutor
@@ -167,6 +167,10 @@ def _measure_in_runtime(
         {layer.weight: sim.weight_encodings[layer.weight] for layer in layers},
         {layer.output: quantizers[layer.output] for layer in layers if layer.output in quantizers},
         taps=watched,
+        # the weights as the export holds them (a quantized step may have moved them)
+        quantize_from={
+            layer.weight: to_numpy(sim.executor.weights[layer.weight]) for layer in layers
+        },
     )
     quantized = TappedModel(qdq, [exported(t) for t in watched], optimized=False, batched=batched)
     sqnr = {t: _Sqnr() for t in watched}
@@ -226,9 +230,9 @@ def _probe_sqnr(
 
 
 def _chunks(feeds: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
-    total = _batch_size(feeds)
+    total = max((int(np.shape(a)[0]) for a in feeds.values() if np.ndim(a)), default=1)
     for start in range(0, total, size):
-        yield {name: array[start : start + size] for name, array in feeds.items()}
+        yield samples(feeds, start, start + size)
 
 
 def _measure_in_torch(

@@ -69,10 +69,13 @@ def build_probe(
     weights: Mapping[str, Encoding],
     activations: Mapping[str, Encoding],
     taps: Iterable[str] = (),
+    quantize_from: Mapping[str, np.ndarray] | None = None,
 ) -> ProbeModel:
     """``float_model`` with switchable quantizers on ``weights`` (initializer names) and on
     ``activations`` (tensors a main-graph node produces, graph outputs included); ``taps``
-    (tensors of the float model) are exposed for :meth:`ProbeModel.run_tapped`."""
+    (tensors of the float model) are exposed for :meth:`ProbeModel.run_tapped`.
+    ``quantize_from`` gives the values a weight's switch quantizes where they are no longer the
+    float initializer's (AdaRound's learned rounding): the grid values the export holds."""
     model = onnx.ModelProto()
     model.CopyFrom(float_model)
     graph = model.graph
@@ -93,7 +96,7 @@ def build_probe(
         added.append(
             builder.dequantized_weight(
                 f"{name}__probe_int",
-                onnx.numpy_helper.to_array(init),
+                _weight_values(init, quantize_from),
                 quantized,
                 unsigned_container(encoding),
             )
@@ -136,6 +139,14 @@ def build_probe(
     reachable = [t for t in dict.fromkeys(taps) if t in produced or t in inputs]
     graph.output.extend(onnx.ValueInfoProto(name=t) for t in reachable if t not in outputs | inputs)
     return ProbeModel(model, graph.output[0].name, weight_switches, activation_switches, reachable)
+
+
+def _weight_values(
+    init: onnx.TensorProto, quantize_from: Mapping[str, np.ndarray] | None
+) -> np.ndarray:
+    if quantize_from is not None and init.name in quantize_from:
+        return np.asarray(quantize_from[init.name], dtype=np.float32)
+    return onnx.numpy_helper.to_array(init)
 
 
 def _switch(graph: onnx.GraphProto, name: str) -> str:

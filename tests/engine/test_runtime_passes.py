@@ -184,3 +184,38 @@ def test_samples_whose_batch_is_not_on_axis_0_are_never_cut(tmp_path):
     assert report["metrics"]["samples"] == {"measured": 12, "available": 12}
     assert report["analysis"]["samples"] == 12 and report["analysis"]["engine"] == "onnxruntime"
     assert report["model"]["macs"] == 5 * 4 * 3
+
+
+def test_a_scalar_input_goes_whole_into_every_piece():
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "s"], ["y"]), helper.make_node("Relu", ["y"], ["out"])],
+        "scaled",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4]),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, []),
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = {"x": np.arange(24, dtype=np.float32).reshape(6, 4), "s": np.array(-2.0, np.float32)}
+    tapped = TappedModel(model, ["y"], budget_bytes=1)
+    assert tapped.chunk_for(feeds) == 1
+    pieces = list(tapped.run(feeds))
+    assert len(pieces) == 6
+    np.testing.assert_array_equal(np.concatenate([p["y"] for p in pieces]), feeds["x"] * -2.0)
+
+
+def test_the_probe_quantizes_the_weights_it_is_given(tiny):
+    imported, calibration, _ = tiny
+    sim = _calibrated(imported, calibration, in_runtime=True)
+    float_model = build_state(imported, QuantSpec(), calibration, None).model
+    name, encoding = next(iter(sim.weight_encodings.items()))
+    current = next(i for i in float_model.graph.initializer if i.name == name)
+    moved = onnx.numpy_helper.to_array(current) * 0.5  # as a quantized step may have left it
+    probe = build_probe(float_model, {name: encoding}, {}, quantize_from={name: moved})
+    default = build_probe(float_model, {name: encoding}, {})
+    feeds, _ = next(calibration.batches(8))
+    assert not np.allclose(probe.run(feeds, weight=name), default.run(feeds, weight=name))
+    np.testing.assert_allclose(probe.run(feeds), default.run(feeds))  # switches off: float
