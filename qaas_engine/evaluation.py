@@ -17,7 +17,8 @@ import onnxruntime as ort
 from qaas_engine.data import Dataset
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.sessions import session
-from qaas_engine.state import PipelineState, to_torch
+from qaas_engine.state import PipelineState
+from qaas_engine.tensors import batch_size, to_torch
 
 # An exact match has infinite SQNR; JSON has no infinity, so it is reported at this ceiling.
 SQNR_CEILING_DB = 200.0
@@ -187,7 +188,7 @@ def evaluate(
             meter["gap"].update(simulated[i], deployed[i], None)
         if torch_check is None and getattr(sim.executor, "built", True):
             torch_check = _torch_simulation_check(sim, feeds, output, simulated[0])
-        done += 1 if data.one_at_a_time else _samples_in(feeds)
+        done += 1 if data.one_at_a_time else batch_size(feeds)
         state.progress("evaluation", min(1.0, done / max(total, 1)))
     per_output = {name: _output_metrics(meters[name]) for name in outputs}
     metrics = {
@@ -205,11 +206,6 @@ def evaluate(
     if torch_check is not None:
         metrics["torch_simulation_vs_export"] = torch_check
     return metrics
-
-
-def _samples_in(feeds: dict[str, np.ndarray]) -> int:
-    first = np.asarray(next(iter(feeds.values())))
-    return int(first.shape[0]) if first.ndim else 1
 
 
 def _output_metrics(meters: dict[str, FidelityMeter]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from qaas_engine.sessions import session
+from qaas_engine.tensors import batch_size
 
 TAP_BUDGET_BYTES = 64 * 2**20  # exposed activations held at once, per chunk
 
@@ -61,7 +62,7 @@ class TappedModel:
     def run(self, feeds: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         """Graph outputs and taps, one dict per chunk of samples (the whole batch when the
         exposed tensors fit the budget, or when samples are not on axis 0)."""
-        total = _batch_size(feeds) if self.batched else 1
+        total = batch_size(feeds) if self.batched else 1
         start = 0
         while start < total:
             chunk = self._chunk_size(total - start) if self.batched else total
@@ -75,7 +76,7 @@ class TappedModel:
 
     def chunk_for(self, feeds: Mapping[str, np.ndarray]) -> int:
         """Samples per run that keep the exposed tensors within budget (measures on first use)."""
-        total = _batch_size(feeds) if self.batched else 1
+        total = batch_size(feeds) if self.batched else 1
         if self._bytes_per_sample is None and self.exposed and total > 1:
             next(self.run(samples(feeds, 0, 1)))
         return self._chunk_size(total)
@@ -102,11 +103,3 @@ class TappedModel:
 def samples(feeds: Mapping[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
     """Samples ``start:stop`` of batched feeds; a 0-d feed (a scalar input) goes whole."""
     return {name: array[start:stop] if np.ndim(array) else array for name, array in feeds.items()}
-
-
-def _batch_size(feeds: Mapping[str, np.ndarray]) -> int:
-    """Samples in batched feeds: axis 0 of the first feed that has one."""
-    for array in feeds.values():
-        if np.ndim(array):
-            return int(np.shape(array)[0])
-    return 1

@@ -31,3 +31,14 @@ def to_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):
         return value.detach().cpu().numpy()
     return np.asarray(value)
+
+
+def batch_size(feeds: Mapping[str, Any]) -> int:
+    """Samples in batched feeds (arrays or tensors): axis 0 of the first feed that has one; a
+    scalar feed has none."""
+    if not feeds:
+        return 0
+    for value in feeds.values():
+        if np.ndim(value):
+            return int(np.shape(value)[0])
+    return 1

@@ -70,3 +70,14 @@ def tiny_data(tmp_path_factory) -> tuple[Path, Path]:
         labels=rng.integers(0, 10, 48),
     )
     return calibration, evaluation
+
+
+@pytest.fixture(scope="session")
+def tiny_imported(tiny_model, tiny_data):
+    """The tiny CNN imported, with its calibration and evaluation datasets loaded."""
+    from qaas_engine import import_model, load_npz, model_inputs
+
+    imported = import_model(tiny_model)
+    calibration = load_npz(tiny_data[0], model_inputs(imported.model))
+    evaluation = load_npz(tiny_data[1], model_inputs(imported.model))
+    return imported, calibration, evaluation

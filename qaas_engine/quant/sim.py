@@ -16,7 +16,7 @@ from qaas_engine.quant.observers import HistogramObserver, MinMaxObserver
 from qaas_engine.quant.placement import Placement
 from qaas_engine.spec import QuantSpec
 from qaas_engine.tapped import TappedModel
-from qaas_engine.tensors import to_numpy, to_torch
+from qaas_engine.tensors import batch_size, to_numpy, to_torch
 
 if TYPE_CHECKING:
     import torch
@@ -202,7 +202,7 @@ class QuantSim:
                     _keep(summary, output)
             if count:
                 summary.batches += 1
-                summary.samples += _batch_size(feeds)
+                summary.samples += batch_size(feeds)
             if progress and total:
                 progress("calibration", ((index - 1) + seen / total) / passes)
 
@@ -310,13 +310,6 @@ class QuantSim:
         executor = self.torch_executor()
         output = executor.output_names[0]
         return executor.run(feeds, hook=hook, weights=weights, outputs=[output])[output]
-
-
-def _batch_size(feeds: Mapping[str, Any]) -> int:
-    for value in feeds.values():
-        shape = value.shape
-        return int(shape[0]) if len(shape) > 0 else 1
-    return 0
 
 
 class _RuntimeFailed(Exception):

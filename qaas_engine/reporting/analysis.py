@@ -24,7 +24,7 @@ from qaas_engine.quant.observers import as_array
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.reporting.probe import ProbeModel, build_probe
 from qaas_engine.tapped import TappedModel, samples
-from qaas_engine.tensors import to_numpy, to_torch
+from qaas_engine.tensors import batch_size, to_numpy, to_torch
 
 if TYPE_CHECKING:
     from qaas_engine.graph.executor import GraphExecutor
@@ -213,7 +213,7 @@ def _measure_in_runtime(
             measurement.activations_only_sqnr_db = _probe_sqnr(
                 probe, pieces, references, activation=layer.output
             )
-    samples = sum(_batch_size(piece) for piece in pieces) if batched else len(pieces)
+    samples = sum(batch_size(piece) for piece in pieces) if batched else len(pieces)
     return Measurements(whole.db(), samples, measured, engine="onnxruntime")
 
 
@@ -230,8 +230,7 @@ def _probe_sqnr(
 
 
 def _chunks(feeds: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
-    total = max((int(np.shape(a)[0]) for a in feeds.values() if np.ndim(a)), default=1)
-    for start in range(0, total, size):
+    for start in range(0, batch_size(feeds), size):
         yield samples(feeds, start, start + size)
 
 
@@ -285,7 +284,7 @@ def _measure_in_torch(
                     executor, batch_list, references, reference_weights,
                     {layer.output: encoding}, final,
                 )  # fmt: skip
-    samples = sum(_batch_size(feeds) for feeds in batches)
+    samples = sum(batch_size(feeds) for feeds in batches)
     return Measurements(whole.db(), samples, measured, engine="torch")
 
 
@@ -414,9 +413,3 @@ def _output_sqnr(
         out = _run(executor, feeds, weights, set(), quantizers)[final]
         meter.update(reference[final], out)
     return meter.db()
-
-
-def _batch_size(feeds: Mapping[str, Any]) -> int:
-    for value in feeds.values():
-        return int(value.shape[0]) if len(value.shape) > 0 else 1
-    return 0

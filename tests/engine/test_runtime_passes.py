@@ -19,14 +19,6 @@ from qaas_engine.state import Timer
 from qaas_engine.tapped import TappedModel
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_model, tiny_data):
-    imported = import_model(tiny_model)
-    calibration = load_npz(tiny_data[0], model_inputs(imported.model))
-    evaluation = load_npz(tiny_data[1], model_inputs(imported.model))
-    return imported, calibration, evaluation
-
-
 def _calibrated(imported, calibration, *, in_runtime: bool):
     state = build_state(imported, QuantSpec(), calibration, None)
     state.float_weights = dict(state.executor.weights)
@@ -41,8 +33,8 @@ def _calibrated(imported, calibration, *, in_runtime: bool):
     return sim
 
 
-def test_calibration_in_runtime_matches_the_torch_executor(tiny):
-    imported, calibration, _ = tiny
+def test_calibration_in_runtime_matches_the_torch_executor(tiny_imported):
+    imported, calibration, _ = tiny_imported
     runtime = _calibrated(imported, calibration, in_runtime=True)
     torch_sim = _calibrated(imported, calibration, in_runtime=False)
     assert runtime.engines["calibration"] == "onnxruntime"
@@ -55,8 +47,8 @@ def test_calibration_in_runtime_matches_the_torch_executor(tiny):
         assert abs(int(encoding.zero_point[0]) - int(other.zero_point[0])) <= 1
 
 
-def test_tapped_model_splits_a_batch_to_fit_its_budget(tiny):
-    imported, calibration, _ = tiny
+def test_tapped_model_splits_a_batch_to_fit_its_budget(tiny_imported):
+    imported, calibration, _ = tiny_imported
     taps = [node.output[0] for node in imported.model.graph.node]
     whole = TappedModel(imported.model, taps)
     tight = TappedModel(imported.model, taps, budget_bytes=1)  # one sample per run
@@ -71,8 +63,8 @@ def test_tapped_model_splits_a_batch_to_fit_its_budget(tiny):
         np.testing.assert_allclose(joined, all_at_once[tap], rtol=1e-5, atol=1e-6)
 
 
-def test_tapped_model_reads_graph_inputs_from_the_feeds_and_names_unreachable_taps(tiny):
-    imported, calibration, _ = tiny
+def test_tapped_model_reads_graph_inputs_from_the_feeds_and_names_unreachable_taps(tiny_imported):
+    imported, calibration, _ = tiny_imported
     model = TappedModel(imported.model, ["input", "no_such_tensor"])
     feeds, _ = next(calibration.batches(4))
     [values] = list(model.run(feeds))
@@ -80,8 +72,10 @@ def test_tapped_model_reads_graph_inputs_from_the_feeds_and_names_unreachable_ta
     assert model.unreachable == ["no_such_tensor"]
 
 
-def test_probe_with_switches_off_is_the_float_model_and_one_switch_quantizes_one_layer(tiny):
-    imported, calibration, _ = tiny
+def test_probe_with_switches_off_is_the_float_model_and_one_switch_quantizes_one_layer(
+    tiny_imported,
+):
+    imported, calibration, _ = tiny_imported
     sim = _calibrated(imported, calibration, in_runtime=True)
     float_model = build_state(imported, QuantSpec(), calibration, None).model
     weights = dict(sim.weight_encodings)
@@ -103,8 +97,8 @@ def test_probe_with_switches_off_is_the_float_model_and_one_switch_quantizes_one
     assert not np.allclose(probe.run(feeds, weight=name), reference)
 
 
-def test_report_says_which_engine_ran_each_pass_and_bounds_evaluation(tiny):
-    imported, calibration, evaluation = tiny
+def test_report_says_which_engine_ran_each_pass_and_bounds_evaluation(tiny_imported):
+    imported, calibration, evaluation = tiny_imported
     report = quantize(
         imported, QuantSpec(max_evaluation_samples=20), calibration=calibration,
         evaluation=evaluation,
@@ -135,8 +129,8 @@ def test_thread_count_comes_from_the_environment_else_every_core(monkeypatch):
     assert thread_count() == 2 and pinned == [2]
 
 
-def test_same_threads_and_seed_give_the_same_model(tiny, monkeypatch):
-    imported, calibration, _ = tiny
+def test_same_threads_and_seed_give_the_same_model(tiny_imported, monkeypatch):
+    imported, calibration, _ = tiny_imported
     monkeypatch.setenv(THREADS_ENV, "2")
     first = quantize(imported, QuantSpec(), calibration=calibration)
     second = quantize(imported, QuantSpec(), calibration=calibration)
@@ -144,9 +138,9 @@ def test_same_threads_and_seed_give_the_same_model(tiny, monkeypatch):
 
 
 def test_without_evaluation_data_the_report_measures_a_sample_of_the_calibration_data(
-    tiny, tmp_path
+    tiny_imported, tmp_path
 ):
-    imported, _, _ = tiny
+    imported, _, _ = tiny_imported
     path = tmp_path / "calibration.npz"
     rng = np.random.default_rng(1)
     np.savez(path, input=rng.standard_normal((100, 1, 8, 8)).astype(np.float32))
@@ -207,8 +201,8 @@ def test_a_scalar_input_goes_whole_into_every_piece():
     np.testing.assert_array_equal(np.concatenate([p["y"] for p in pieces]), feeds["x"] * -2.0)
 
 
-def test_the_probe_quantizes_the_weights_it_is_given(tiny):
-    imported, calibration, _ = tiny
+def test_the_probe_quantizes_the_weights_it_is_given(tiny_imported):
+    imported, calibration, _ = tiny_imported
     sim = _calibrated(imported, calibration, in_runtime=True)
     float_model = build_state(imported, QuantSpec(), calibration, None).model
     name, encoding = next(iter(sim.weight_encodings.items()))

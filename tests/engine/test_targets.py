@@ -11,16 +11,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto
 
-from qaas_engine import QuantSpec, import_model, load_npz, model_inputs, quantize
+from qaas_engine import QuantSpec, quantize
 from qaas_engine.targets import check_target, choose_kernels, cpu_dot_product_flags
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model, tiny_data):
-    imported = import_model(tiny_model)
-    calibration = load_npz(tiny_data[0], model_inputs(imported.model))
-    evaluation = load_npz(tiny_data[1], model_inputs(imported.model))
-    return imported, calibration, evaluation
 
 
 def _weight_types(model) -> set[int]:
@@ -63,8 +55,8 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     assert cpu_dot_product_flags(tmp_path / "missing") == ()
 
 
-def test_each_mode_lays_out_the_weights_for_its_kernels(tiny):
-    imported, calibration, evaluation = tiny
+def test_each_mode_lays_out_the_weights_for_its_kernels(tiny_imported):
+    imported, calibration, evaluation = tiny_imported
     avx2 = quantize(imported, QuantSpec(target="onnxruntime-cpu:avx2"), calibration=calibration)
     vnni = quantize(imported, QuantSpec(target="onnxruntime-cpu:vnni"), calibration=calibration)
     assert _weight_types(avx2.quantized_model) == {TensorProto.UINT8}
@@ -75,8 +67,8 @@ def test_each_mode_lays_out_the_weights_for_its_kernels(tiny):
     assert avx2.encodings == vnni.encodings
 
 
-def test_the_avx2_layout_is_exact_on_any_cpu_and_the_default_on_this_one(tiny):
-    imported, calibration, evaluation = tiny
+def test_the_avx2_layout_is_exact_on_any_cpu_and_the_default_on_this_one(tiny_imported):
+    imported, calibration, evaluation = tiny_imported
     for target in ("onnxruntime-cpu:avx2", "onnxruntime-cpu"):
         report = quantize(
             imported, QuantSpec(target=target), calibration=calibration, evaluation=evaluation
