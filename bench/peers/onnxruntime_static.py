@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -55,11 +56,14 @@ def quantize_static_qdq(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    model_path = Path(model_path).resolve()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         try:
-            quant_pre_process(str(model_path), str(prepared))
+            # Its symbolic shape inference leaves sym_shape_infer_temp.onnx in the working folder.
+            with contextlib.chdir(tmp):
+                quant_pre_process(str(model_path), str(prepared))
         except Exception as error:  # any failure: quantize the original
             print(f"quant_pre_process failed ({type(error).__name__}); original model used")
             prepared = Path(model_path)
