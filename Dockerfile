@@ -23,12 +23,15 @@ RUN mkdir -p app worker qaas_engine \
     && pip uninstall -y qaas-service \
     && rm -rf app worker qaas_engine
 
+# A regular (not editable) install: the migrations travel inside the package (app/migrations),
+# so the image runs what a wheel user runs. alembic.ini stays in WORKDIR for `alembic upgrade
+# head` (it names the migrations as app:migrations, found in site-packages).
 COPY app ./app
 COPY worker ./worker
 COPY qaas_engine ./qaas_engine
-COPY migrations ./migrations
 COPY alembic.ini ./
-RUN pip install --no-deps -e . \
+RUN pip install --no-deps . \
+    && rm -rf app worker qaas_engine build \
     && useradd --create-home --uid 10001 qaas \
     && mkdir -p /data /shared \
     && chown qaas:qaas /data /shared

@@ -24,7 +24,8 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# Inside the package, so an installed wheel migrates exactly as a checkout does.
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 # A pooled engine's connections; the API lets at most this many requests hold a session at once

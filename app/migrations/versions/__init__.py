@@ -1,0 +1,1 @@
+"""Alembic revisions; Alembic loads them by path, nothing imports them."""
