@@ -90,13 +90,3 @@ def owned(repository: type[TenantRepository[Row]], path_param: str) -> Any:
         return repository(session).owned(row_id, tenant.id)
 
     return Depends(load)
-
-
-def owned_rows(repository: type[TenantRepository[Row]], limit: int = 100) -> Any:
-    """``Annotated[list[Model], owned_rows(ModelRepository)]``: the caller's tenant's rows,
-    newest first."""
-
-    def load(tenant: TenantDep, session: SessionDep) -> Any:
-        return repository(session).list_for_tenant(tenant.id, limit)
-
-    return Depends(load)

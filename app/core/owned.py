@@ -4,9 +4,11 @@ request dependency that loads one for the caller is ``app.core.deps.owned``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
-from sqlalchemy import delete, select
+from sqlalchemy import ColumnElement, and_, delete, or_, select
 from sqlalchemy.orm import Session
 
 from app.core.db import Base
@@ -51,6 +53,32 @@ class TenantRepository(Generic[Row]):
             .order_by(table.created_at.desc())
             .limit(limit)
         )
+        return list(self.session.scalars(query))
+
+    def page(
+        self,
+        tenant_id: str,
+        *,
+        limit: int,
+        created_after: datetime | None = None,
+        after: tuple[datetime, str] | None = None,
+        where: Sequence[ColumnElement[bool]] = (),
+    ) -> list[Row]:
+        """Newest first, ties broken by id, so a keyset ``after`` (the previous page's last
+        row) neither skips nor repeats rows that share a creation time."""
+        table = self.table
+        query = select(table).where(table.tenant_id == tenant_id, *where)
+        if created_after is not None:
+            query = query.where(table.created_at > created_after)
+        if after is not None:
+            created_at, row_id = after
+            query = query.where(
+                or_(
+                    table.created_at < created_at,
+                    and_(table.created_at == created_at, table.id < row_id),
+                )
+            )
+        query = query.order_by(table.created_at.desc(), table.id.desc()).limit(limit)
         return list(self.session.scalars(query))
 
     def lock(self, row_id: str) -> Row | None:

@@ -1,8 +1,9 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Query, Request, Response, status
 
-from app.core.deps import ContextDep, SessionDep, TenantDep, owned, owned_rows
+from app.core.deps import ContextDep, SessionDep, TenantDep, owned
+from app.core.listing import NEXT_PAGE_HEADERS, PageDep, cut_page
 from app.core.uploads import RAW_BODY_OPENAPI, body_stream, declared_length, display_name
 from app.datasets.repository import DatasetRepository
 from app.datasets.schemas import DatasetOut
@@ -11,7 +12,6 @@ from app.datasets.tables import Dataset
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 DatasetDep = Annotated[Dataset, owned(DatasetRepository, "dataset_id")]
-DatasetsDep = Annotated[list[Dataset], owned_rows(DatasetRepository)]
 
 
 def _service(session: SessionDep, context: ContextDep) -> DatasetService:
@@ -47,9 +47,15 @@ async def upload_dataset(
     return DatasetOut.model_validate(dataset)
 
 
-@router.get("", response_model=list[DatasetOut])
-def list_datasets(datasets: DatasetsDep) -> list[DatasetOut]:
-    return [DatasetOut.model_validate(d) for d in datasets]
+@router.get("", response_model=list[DatasetOut], responses={200: {"headers": NEXT_PAGE_HEADERS}})
+def list_datasets(
+    request: Request, response: Response, tenant: TenantDep, session: SessionDep, page: PageDep
+) -> list[DatasetOut]:
+    """The tenant's datasets, newest first, a page at a time (X-Next-Cursor names the next)."""
+    rows = DatasetRepository(session).page(
+        tenant.id, limit=page.limit + 1, created_after=page.created_after, after=page.after
+    )
+    return [DatasetOut.model_validate(row) for row in cut_page(rows, page, request, response)]
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut)

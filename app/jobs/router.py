@@ -1,17 +1,17 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from app.core.bodies import json_body_openapi, read_json
-from app.core.deps import ContextDep, SessionDep, TenantDep, owned, owned_rows
+from app.core.deps import ContextDep, SessionDep, TenantDep, owned
+from app.core.listing import NEXT_PAGE_HEADERS, PageDep, cut_page
 from app.jobs.repository import JobRepository
 from app.jobs.schemas import JobCreate, JobOut
 from app.jobs.service import JobService
-from app.jobs.tables import Job
+from app.jobs.tables import Job, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 JobDep = Annotated[Job, owned(JobRepository, "job_id")]
-JobsDep = Annotated[list[Job], owned_rows(JobRepository)]
 
 
 @router.post(
@@ -39,9 +39,24 @@ async def submit_job(
     return JobOut.from_row(job)
 
 
-@router.get("", response_model=list[JobOut])
-def list_jobs(jobs: JobsDep) -> list[JobOut]:
-    return [JobOut.from_row(job) for job in jobs]
+@router.get("", response_model=list[JobOut], responses={200: {"headers": NEXT_PAGE_HEADERS}})
+def list_jobs(
+    request: Request,
+    response: Response,
+    tenant: TenantDep,
+    session: SessionDep,
+    page: PageDep,
+    status: Annotated[list[JobStatus] | None, Query(description="repeat for several")] = None,
+) -> list[JobOut]:
+    """The tenant's jobs, newest first, a page at a time (X-Next-Cursor names the next)."""
+    rows = JobRepository(session).page(
+        tenant.id,
+        limit=page.limit + 1,
+        created_after=page.created_after,
+        after=page.after,
+        where=[Job.status.in_([s.value for s in status])] if status else [],
+    )
+    return [JobOut.from_row(job) for job in cut_page(rows, page, request, response)]
 
 
 @router.get("/{job_id}", response_model=JobOut)

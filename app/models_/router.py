@@ -1,9 +1,10 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Query, Request, Response, status
 
 from app.core.bundles import BUNDLE_CONTENT_TYPE
-from app.core.deps import ContextDep, SessionDep, TenantDep, owned, owned_rows
+from app.core.deps import ContextDep, SessionDep, TenantDep, owned
+from app.core.listing import NEXT_PAGE_HEADERS, PageDep, cut_page
 from app.core.uploads import RAW_BODY_OPENAPI, body_stream, declared_length, display_name
 from app.models_.repository import ModelRepository
 from app.models_.schemas import ModelOut
@@ -12,7 +13,6 @@ from app.models_.tables import Model
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 ModelDep = Annotated[Model, owned(ModelRepository, "model_id")]
-ModelsDep = Annotated[list[Model], owned_rows(ModelRepository)]
 MODEL_BODY_OPENAPI = {
     "requestBody": {
         "required": True,
@@ -65,9 +65,15 @@ def is_bundle(request: Request) -> bool:
     return media_type == BUNDLE_CONTENT_TYPE
 
 
-@router.get("", response_model=list[ModelOut])
-def list_models(models: ModelsDep) -> list[ModelOut]:
-    return [ModelOut.model_validate(m) for m in models]
+@router.get("", response_model=list[ModelOut], responses={200: {"headers": NEXT_PAGE_HEADERS}})
+def list_models(
+    request: Request, response: Response, tenant: TenantDep, session: SessionDep, page: PageDep
+) -> list[ModelOut]:
+    """The tenant's models, newest first, a page at a time (X-Next-Cursor names the next)."""
+    rows = ModelRepository(session).page(
+        tenant.id, limit=page.limit + 1, created_after=page.created_after, after=page.after
+    )
+    return [ModelOut.model_validate(row) for row in cut_page(rows, page, request, response)]
 
 
 @router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT)
