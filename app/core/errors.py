@@ -59,6 +59,10 @@ class QuotaExceeded(PayloadTooLarge):
     code = "quota_exceeded"
 
 
+class UnsupportedMediaType(AppError):
+    status_code, code = 415, "unsupported_media_type"
+
+
 class TooManyRequests(AppError):
     status_code, code = 429, "too_many_requests"
 

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.core.bodies import allow_large_body
 from app.core.config import Settings
-from app.core.errors import InvalidInput
+from app.core.errors import InvalidInput, UnsupportedMediaType
 from app.core.quotas import Quotas
 from app.core.storage import LocalStorage, StagedFile
 
@@ -34,11 +34,26 @@ def declared_length(request: Request) -> int | None:
         raise InvalidInput("Content-Length is not a number") from None
 
 
-def body_stream(request: Request) -> AsyncIterator[bytes]:
+def body_stream(request: Request, *, example: str) -> AsyncIterator[bytes]:
     """The upload as it arrives; its size is capped by ``receive_within_quota``, not by the
-    JSON cap every other body has."""
+    JSON cap every other body has. ``example`` names a file for the 415's curl line."""
+    refuse_form_body(request, example)
     allow_large_body(request)
     return request.stream()
+
+
+def refuse_form_body(request: Request, example: str) -> None:
+    """A multipart form (``curl -F file=@x``, what most people try first) wraps the file in
+    boundaries and part headers; checked as a model or dataset it would fail with an error
+    about its content. Say what to send instead, before a byte is read."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if not media_type.startswith("multipart/"):
+        return
+    raise UnsupportedMediaType(
+        f"{media_type} bodies (curl -F) are not accepted: send the file as the raw request "
+        f"body, e.g. curl --data-binary @{example} -H 'Authorization: Bearer $QAAS_API_KEY' "
+        f"'{request.base_url}{request.url.path.lstrip('/')}?filename={example}'"
+    )
 
 
 RAW_BODY_OPENAPI = {

@@ -41,7 +41,7 @@ async def upload_dataset(
     dataset = await _service(session, context).upload(
         tenant_id=tenant.id,
         filename=display_name(filename, "data.npz"),
-        body=body_stream(request),
+        body=body_stream(request, example="data.npz"),
         declared_length=declared_length(request),
     )
     return DatasetOut.model_validate(dataset)

@@ -53,7 +53,7 @@ async def upload_model(
     model = await _service(session, context).upload(
         tenant_id=tenant.id,
         filename=display_name(filename, "model"),
-        body=body_stream(request),
+        body=body_stream(request, example="model.onnx"),
         declared_length=declared_length(request),
         bundle=is_bundle(request),
     )
