@@ -12,6 +12,7 @@ from app.auth.router import router as auth_router
 from app.core.bodies import BodyGuard
 from app.core.config import Settings
 from app.core.context import Context
+from app.core.docs import install_docs
 from app.core.errors import install_error_handlers
 from app.core.health import router as health_router
 from app.datasets.router import router as datasets_router
@@ -41,7 +42,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Quantization as a service: upload a model and data, get a quantized model back.",
         version=__version__,
         lifespan=lifespan,
+        docs_url=None,  # install_docs serves /docs and /redoc from local files instead
+        redoc_url=None,
     )
+    install_docs(app)
     install_error_handlers(app)
     app.add_middleware(PageFrameHeaders)
     app.add_middleware(

@@ -6,8 +6,14 @@ from fastapi.responses import FileResponse
 from app.artifacts.schemas import Artifact
 from app.artifacts.service import ArtifactService
 from app.core.deps import ContextDep, SessionDep, TenantDep
+from app.core.errors import error_responses
 
-router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["artifacts"])
+router = APIRouter(
+    prefix="/v1/jobs/{job_id}",
+    tags=["artifacts"],
+    # 409: the job has not succeeded (yet); artifacts exist once it does.
+    responses=error_responses(401, 404, 409, 429, 503),
+)
 
 
 def _service(session: SessionDep, context: ContextDep) -> ArtifactService:

@@ -3,8 +3,9 @@ from fastapi import APIRouter, Response, status
 from app.auth.schemas import ApiKeyCreated, ApiKeyOut, TenantOut
 from app.auth.service import AuthService
 from app.core.deps import SessionDep, TenantDep
+from app.core.errors import error_responses
 
-router = APIRouter(prefix="/v1", tags=["auth"])
+router = APIRouter(prefix="/v1", tags=["auth"], responses=error_responses(401, 429, 503))
 
 
 @router.get("/me", response_model=TenantOut)
@@ -29,7 +30,7 @@ def create_key(tenant: TenantDep, session: SessionDep, response: Response) -> Ap
     return ApiKeyCreated(**ApiKeyOut.from_row(row).model_dump(), key=key)
 
 
-@router.delete("/keys/{key_id}", response_model=ApiKeyOut)
+@router.delete("/keys/{key_id}", response_model=ApiKeyOut, responses=error_responses(404))
 def revoke_key(key_id: str, tenant: TenantDep, session: SessionDep) -> ApiKeyOut:
     """Revoke one of the calling tenant's keys: refused from the next request on, and the /ui
     sessions made with it end. Revoking the key this request uses is allowed."""

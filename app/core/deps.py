@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import anyio
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Path, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.auth.tables import Tenant
@@ -53,14 +54,30 @@ async def _end(function: Callable[..., object], *args: object) -> None:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
+# Declared as security schemes (not header parameters) so the OpenAPI document says how to
+# authenticate and Swagger UI's "Authorize" sends the key; neither refuses on its own (the
+# tenant dependency answers 401 in the envelope, after the throttle).
+bearer_scheme = HTTPBearer(
+    scheme_name="bearer",
+    bearerFormat="API key",
+    description="`Authorization: Bearer <API key>` (`qaas serve` prints one; `qaas keys create`)",
+    auto_error=False,
+)
+api_key_scheme = APIKeyHeader(
+    name="X-API-Key",
+    scheme_name="apiKeyHeader",
+    description="the same API key in an `X-API-Key` header, for clients that cannot set "
+    "Authorization",
+    auto_error=False,
+)
+
+
 def api_key_from_headers(
-    authorization: Annotated[str | None, Header()] = None,
-    x_api_key: Annotated[str | None, Header()] = None,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    x_api_key: Annotated[str | None, Depends(api_key_scheme)],
 ) -> str | None:
-    if authorization:
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
+    if bearer is not None and bearer.credentials.strip():
+        return bearer.credentials.strip()
     return x_api_key
 
 

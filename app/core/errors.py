@@ -4,16 +4,54 @@ from __future__ import annotations
 
 import errno
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("qaas.api")
 DATABASE_RETRY_AFTER_S = 5
 STORAGE_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class ErrorBody(BaseModel):
+    """The one body every error response has (documented on each operation)."""
+
+    error: str = Field(description="a stable code to branch on, e.g. not_found, quota_exceeded")
+    detail: str = Field(description="what went wrong and what to do about it, for a person")
+
+
+# What each status means in this API, for the OpenAPI document (``error_responses``).
+ERROR_MEANINGS = {
+    400: "a malformed request, e.g. a cursor this API did not give out",
+    401: "no API key, or a wrong or revoked one",
+    404: "no such item for this tenant (another tenant's id reads the same)",
+    408: "the request body stalled or took too long; the connection is closed",
+    409: "the item's state forbids it (the detail names the state or the jobs in the way)",
+    413: "the body is over its size limit or the tenant's storage quota",
+    415: "a multipart form: send the file itself as the raw request body",
+    422: "invalid parameters, body or upload; the detail says what to fix",
+    429: "too many wrong keys, submissions or active jobs; retry after Retry-After seconds",
+    503: "the database or the broker is unavailable; retry after Retry-After seconds",
+    507: "the server's storage is full and nothing was stored; retry after Retry-After seconds",
+}
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route or router: each status with the envelope schema."""
+    return {
+        status: {
+            "model": ErrorBody,
+            "description": ERROR_MEANINGS[status],
+            **({"headers": RETRY_AFTER} if status in (429, 503, 507) else {}),
+        }
+        for status in statuses
+    }
 
 
 class AppError(Exception):

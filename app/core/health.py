@@ -7,7 +7,7 @@ from sqlalchemy import text
 
 from app.core.context import Context
 from app.core.deps import ContextDep
-from app.core.errors import ServiceUnavailable
+from app.core.errors import ServiceUnavailable, error_responses
 
 router = APIRouter(tags=["health"])
 
@@ -30,6 +30,6 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=error_responses(503))
 def readyz(context: ContextDep) -> dict[str, str]:
     return check_ready(context)

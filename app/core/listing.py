@@ -8,11 +8,11 @@ import base64
 import binascii
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Protocol, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import Depends, Query, Request, Response
 
-from app.core.errors import AppError
+from app.core.errors import AppError, error_responses
 
 DEFAULT_LIMIT, MAX_LIMIT = 50, 200
 NEXT_CURSOR_HEADER = "X-Next-Cursor"
@@ -107,4 +107,9 @@ NEXT_PAGE_HEADERS = {
         "description": 'RFC 8288 `<url>; rel="next"`, present with X-Next-Cursor',
         "schema": {"type": "string"},
     },
+}
+# ``responses=`` of a list route: the next-page headers, and 400 for a cursor it did not give.
+LIST_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"headers": NEXT_PAGE_HEADERS},
+    **error_responses(400),
 }

@@ -4,13 +4,14 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from app.core.bodies import json_body_openapi, read_json
 from app.core.deps import ContextDep, SessionDep, TenantDep, owned
-from app.core.listing import NEXT_PAGE_HEADERS, PageDep, cut_page
+from app.core.errors import error_responses
+from app.core.listing import LIST_RESPONSES, PageDep, cut_page
 from app.jobs.repository import JobRepository
 from app.jobs.schemas import JobCreate, JobOut
 from app.jobs.service import JobService
 from app.jobs.tables import Job, JobStatus
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 429, 503))
 JobDep = Annotated[Job, owned(JobRepository, "job_id")]
 
 
@@ -19,6 +20,7 @@ JobDep = Annotated[Job, owned(JobRepository, "job_id")]
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobOut,
     openapi_extra=json_body_openapi(JobCreate),
+    responses=error_responses(408, 409, 413, 422),
 )
 async def submit_job(
     request: Request,
@@ -39,7 +41,7 @@ async def submit_job(
     return JobOut.from_row(job)
 
 
-@router.get("", response_model=list[JobOut], responses={200: {"headers": NEXT_PAGE_HEADERS}})
+@router.get("", response_model=list[JobOut], responses=LIST_RESPONSES)
 def list_jobs(
     request: Request,
     response: Response,
@@ -59,18 +61,18 @@ def list_jobs(
     return [JobOut.from_row(job) for job in cut_page(rows, page, request, response)]
 
 
-@router.get("/{job_id}", response_model=JobOut)
+@router.get("/{job_id}", response_model=JobOut, responses=error_responses(404))
 def get_job(job: JobDep) -> JobOut:
     return JobOut.from_row(job)
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut)
+@router.post("/{job_id}/cancel", response_model=JobOut, responses=error_responses(404, 409))
 def cancel_job(job_id: str, tenant: TenantDep, session: SessionDep, context: ContextDep) -> JobOut:
     job = JobService(session=session, context=context).cancel(tenant_id=tenant.id, job_id=job_id)
     return JobOut.from_row(job)
 
 
-@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404))
 def delete_job(job_id: str, tenant: TenantDep, session: SessionDep, context: ContextDep) -> None:
     """Delete the job and its artifacts; a queued or running job is cancelled first."""
     JobService(session=session, context=context).delete(tenant_id=tenant.id, job_id=job_id)

@@ -168,3 +168,13 @@ def test_installed_serve_answers_authenticated_calls(served):
     assert upload.status_code == 201, upload.text
     listed = httpx.get(f"{url}/v1/datasets", params={"limit": 1}, headers=auth)
     assert [d["id"] for d in listed.json()] == [upload.json()["id"]]
+
+
+def test_installed_docs_serve_their_assets(served):
+    url, _ = served
+    for page in ("/docs", "/redoc"):
+        html = httpx.get(f"{url}{page}").text
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert assets and all(a.startswith("/docs-assets/") for a in assets), (page, assets)
+        for asset in assets:
+            assert httpx.get(url + asset).status_code == 200, asset
