@@ -3,16 +3,21 @@ again, on SQLite and on Postgres."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 
+import app
 from app.core.config import Settings
-from app.core.db import alembic_config, run_migrations
+from app.core.db import MIGRATIONS_DIR, alembic_config, run_migrations
 from app.core.tables import Base
-from tests.service.conftest import scratch_database
+from tests.service.conftest import REPO, scratch_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -47,3 +52,13 @@ def test_migrations_match_models_and_reverse(fresh_settings):
     assert tables(fresh_settings) <= {"alembic_version"}
     run_migrations(fresh_settings)
     assert schema_diff(fresh_settings) == []
+
+
+def test_the_command_line_config_finds_the_packaged_migrations():
+    """alembic.ini (``alembic upgrade head``, ``make migrate``) names ``app:migrations``, the
+    folder inside the package that ``qaas serve`` migrates from, installed or not."""
+    cli = ScriptDirectory.from_config(Config(str(REPO / "alembic.ini")))
+    packaged = ScriptDirectory.from_config(alembic_config(Settings()))
+    assert Path(cli.dir).resolve() == Path(packaged.dir).resolve() == MIGRATIONS_DIR
+    assert MIGRATIONS_DIR.parent == Path(app.__file__).resolve().parent
+    assert cli.get_heads() == packaged.get_heads() and len(cli.get_heads()) == 1
