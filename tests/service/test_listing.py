@@ -5,14 +5,19 @@ X-Next-Cursor and a Link header; bad parameters are 4xx envelopes."""
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from app.core.db import transaction
+from app.auth.service import AuthService
+from app.core.config import Settings
+from app.core.db import make_engine, make_sessionmaker, run_migrations, transaction
 from app.datasets.tables import Dataset
+from app.main import create_app
 from tests.service.conftest import upload
 from tests.service.test_api import assert_envelope, job_body
 
@@ -131,3 +136,28 @@ def test_unknown_job_status_is_422_naming_the_choices(api, tenant):
         api.get("/v1/jobs", params={"status": "done"}, headers=tenant), 422, "invalid_request"
     )
     assert "status" in detail and "cancelled" in detail
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory) -> Iterator[tuple[TestClient, dict[str, str]]]:
+    """The embedded default (SQLite), where times are stored as text: the cursor must page it
+    the same way."""
+    config = Settings(data_dir=tmp_path_factory.mktemp("listing-sqlite"))
+    run_migrations(config)
+    engine = make_engine(config, pooled=False)
+    with transaction(make_sessionmaker(engine)) as session:
+        _, key = AuthService(session=session).create_key(tenant_name="sqlite")
+    engine.dispose()
+    with TestClient(create_app(config)) as client:
+        yield client, {"Authorization": f"Bearer {key}"}
+
+
+def test_sqlite_pages_and_filters_alike(embedded):
+    api, tenant = embedded
+    made = [upload_dataset(api, tenant, rows) for rows in (2, 3, 4)]
+    newest_first = [d["id"] for d in reversed(made)]
+    assert walk(api, "/v1/datasets", tenant, limit=1) == (newest_first, 3)
+    after = api.get(
+        "/v1/datasets", params={"created_after": made[1]["created_at"]}, headers=tenant
+    ).json()
+    assert [d["id"] for d in after] == newest_first[:1]
