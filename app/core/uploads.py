@@ -51,7 +51,7 @@ def refuse_form_body(request: Request, example: str) -> None:
         return
     raise UnsupportedMediaType(
         f"{media_type} bodies (curl -F) are not accepted: send the file as the raw request "
-        f"body, e.g. curl --data-binary @{example} -H 'Authorization: Bearer $QAAS_API_KEY' "
+        f'body, e.g. curl --data-binary @{example} -H "Authorization: Bearer $QAAS_API_KEY" '
         f"'{request.base_url}{request.url.path.lstrip('/')}?filename={example}'"
     )
 

@@ -3,6 +3,7 @@ attempt) it expects; callers learn from the row count whether they won."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -44,6 +45,21 @@ class JobRepository(TenantRepository[Job]):
         # foreign key to the tenant takes KEY SHARE (uploads, keys).
         lock = select(Tenant.id).where(Tenant.id == tenant_id).with_for_update(key_share=True)
         self.session.execute(lock)
+
+    def page_with_status(
+        self,
+        tenant_id: str,
+        *,
+        statuses: Sequence[str] | None,
+        limit: int,
+        created_after: datetime | None = None,
+        after: tuple[datetime, str] | None = None,
+    ) -> list[Job]:
+        """A page of the tenant's jobs (``page``), only those in ``statuses`` when given."""
+        where = [Job.status.in_(statuses)] if statuses else []
+        return self.page(
+            tenant_id, limit=limit, created_after=created_after, after=after, where=where
+        )
 
     def count_active(self, tenant_id: str) -> int:
         query = select(func.count()).where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))

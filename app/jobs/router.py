@@ -51,12 +51,12 @@ def list_jobs(
     status: Annotated[list[JobStatus] | None, Query(description="repeat for several")] = None,
 ) -> list[JobOut]:
     """The tenant's jobs, newest first, a page at a time (X-Next-Cursor names the next)."""
-    rows = JobRepository(session).page(
+    rows = JobRepository(session).page_with_status(
         tenant.id,
+        statuses=[s.value for s in status or ()],
         limit=page.limit + 1,
         created_after=page.created_after,
         after=page.after,
-        where=[Job.status.in_([s.value for s in status])] if status else [],
     )
     return [JobOut.from_row(job) for job in cut_page(rows, page, request, response)]
 
