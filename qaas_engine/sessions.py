@@ -50,12 +50,14 @@ def session(
     optimized: bool = True,
     threads: int | None = None,
     arena: bool = True,
+    save_optimized: str | None = None,
 ) -> ort.InferenceSession:
     """A CPU session; sequential, ``threads`` intra-op threads (the job's count by default).
 
     ``arena=False`` returns each run's buffers to the system (ORT's arena keeps its high-water
     mark and grows by doubling): for passes over large activations, where peak memory matters
-    more than the allocation time saved.
+    more than the allocation time saved. ``save_optimized`` (a file path) writes the graph as
+    ORT's optimizer left it, its weights in a file beside it: what ``runtime_graph`` inspects.
     """
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = arena
@@ -65,5 +67,13 @@ def session(
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if not optimized:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if save_optimized is not None:
+        options.optimized_model_filepath = save_optimized
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", "weights.bin"
+        )
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+        )
     payload = model if isinstance(model, bytes) else model.SerializeToString()
     return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])

@@ -1,0 +1,79 @@
+"""The integer kernels ONNX Runtime's optimizer makes of our QDQ export, counted in the graph it
+saves: every convolution and residual add runs as an integer kernel, and a sim-vs-runtime gap is
+blamed on the kernels actually present, not on ones that were never used."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+
+from qaas_engine import QuantSpec, import_model, load_npz, model_inputs, quantize
+from qaas_engine.evaluation import gap_warnings
+from tests.conftest import export_legacy
+
+
+class Residual(torch.nn.Module):
+    """conv -> relu -> conv, added back to its input, relu: the block every ResNet repeats."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.first = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.second = torch.nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.stem(x))
+        z = self.second(torch.relu(self.first(y)))
+        return torch.relu(z + y)
+
+
+def _quantized_report(tmp_path, module, **spec):
+    model = export_legacy(module, tmp_path / "model.onnx", torch.randn(1, 1, 8, 8))
+    data = tmp_path / "calibration.npz"
+    np.savez(data, input=np.random.default_rng(0).standard_normal((16, 1, 8, 8), np.float32))
+    imported = import_model(model)
+    calibration = load_npz(data, model_inputs(imported.model))
+    result = quantize(imported, QuantSpec(**spec), calibration=calibration)
+    return imported.model, result
+
+
+def test_every_conv_and_residual_add_runs_as_an_integer_kernel(tmp_path):
+    torch.manual_seed(0)
+    float_model, result = _quantized_report(
+        tmp_path, Residual().eval(), target="onnxruntime-cpu:vnni"
+    )
+    graph = result.report["metrics"]["runtime_graph"]
+    convs = sum(node.op_type == "Conv" for node in float_model.graph.node)
+    assert graph["integer_kernels"].get("QLinearConv") == convs == 3
+    assert graph["integer_kernels"].get("QLinearAdd") == 1
+    # fused groups leave fewer conversions than the QDQ graph holds
+    exported = sum(node.op_type == "QuantizeLinear" for node in result.quantized_model.graph.node)
+    assert graph["quantize_linear"] < exported
+    assert graph["sixteen_bit_qdq"] == 0
+
+
+def test_the_gap_warning_names_the_kernels_present():
+    metrics = {
+        "simulation_vs_onnxruntime": {"top1_agreement": 0.9},
+        "runtime_graph": {"integer_kernels": {"QLinearConv": 9, "QLinearAdd": 4}},
+    }
+    (warning,) = gap_warnings(metrics)
+    assert "4 QLinearAdd" in warning
+    assert "16-bit" not in warning
+    plain = {
+        "simulation_vs_onnxruntime": {"top1_agreement": 0.9},
+        "runtime_graph": {"integer_kernels": {"QLinearConv": 9}},
+    }
+    (warning,) = gap_warnings(plain)
+    assert "QLinearAdd" not in warning and "no requantizing integer kernel" in warning
+    assert gap_warnings({"simulation_vs_onnxruntime": {"top1_agreement": 1.0}}) == []
+
+
+def test_sixteen_bit_activations_are_counted_and_stay_unfused(tmp_path):
+    torch.manual_seed(0)
+    _, result = _quantized_report(tmp_path, Residual().eval(), activation_bits=16)
+    graph = result.report["metrics"]["runtime_graph"]
+    assert graph["sixteen_bit_qdq"] > 0
+    assert "QLinearConv" not in graph["integer_kernels"]
+    onnx.checker.check_model(result.quantized_model)
