@@ -10,11 +10,17 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
@@ -26,7 +32,15 @@ from app.main import create_app
 from app.webhooks.addresses import RefusedAddress, vet
 from app.webhooks.delivery import deliver_due
 from app.webhooks.repository import DeliveryRepository
-from tests.service.conftest import poll_job, start_worker, stop_process, upload, wait_for
+from tests.service.conftest import (
+    REPO,
+    free_port,
+    poll_job,
+    start_worker,
+    stop_process,
+    upload,
+    wait_for,
+)
 
 
 class Receiver:
@@ -253,3 +267,55 @@ def test_refused_at_delivery_time_then_given_up(
     assert all(a["error"].startswith("refused: ") for a in shown["deliveries"])
     assert all("127.0.0.1" in a["error"] for a in shown["deliveries"])
     assert receiver.received == []
+
+
+def test_embedded_serve_delivers(receiver, tiny_model, tmp_path):
+    """The embedded default (``qaas serve``: SQLite, the filesystem broker, no Redis) runs the
+    same dispatcher in its worker."""
+    home = tmp_path / "home"
+    home.mkdir()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QAAS_")}
+    env.update(
+        QAAS_DATA_DIR=str(home / "qaas-data"),
+        QAAS_WEBHOOK_ALLOW_PRIVATE="1",
+        QAAS_WEBHOOK_POLL_INTERVAL_S="0.2",
+    )
+    log = home / "serve.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        cwd=home, env={**env, "PYTHONPATH": str(REPO)}, stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        match = wait_for(
+            lambda: re.search(r"QAAS_API_KEY=(\S+)", log.read_text()), 90, "qaas serve's key"
+        )
+        client = httpx.Client(
+            base_url=f"http://127.0.0.1:{port}",
+            headers={"Authorization": f"Bearer {match.group(1)}"},
+            timeout=30,
+        )
+
+        def ready():
+            try:
+                return client.get("/readyz").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, 60, "qaas serve")
+        model = upload(client, "/v1/models", tiny_model, {}).json()
+        body = {
+            "model_id": model["id"],
+            "quantization": {"activation_bits": None},
+            "callback_url": receiver.url,
+        }
+        job = client.post("/v1/jobs", json=body).json()
+        job = poll_job(client, job["id"], {}, timeout=180)
+        wait_for(lambda: receiver.received, 30, "the webhook", interval=0.1)
+        secret = client.get("/v1/webhook-secret").json()["secret"]
+        event = Webhook(secret).verify(receiver.received[0][1], receiver.received[0][0])
+        assert event["type"] == f"job.{job['status']}" and event["data"]["id"] == job["id"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
