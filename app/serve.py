@@ -141,7 +141,7 @@ def serve(settings: Settings, host: str, port: int) -> int:
             log_level="info",
             http=protocol_with_timeout(settings.header_read_timeout_s),
             # JSON logs: uvicorn's loggers left unconfigured, so they reach the root's handler.
-            **({"log_config": None} if settings.log_format == "json" else {}),
+            log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         )
     finally:
         worker.stop()
