@@ -32,7 +32,9 @@ class Destination:
 
 
 def parse(url: str) -> SplitResult:
-    """Syntax only (no DNS): http or https, a host, no credentials."""
+    """Syntax only (no DNS): http or https, a host, no credentials, nothing unprintable."""
+    if any(ord(char) <= 32 or ord(char) == 127 for char in url):
+        raise RefusedAddress("callback_url must not hold spaces or control characters")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise RefusedAddress(f"callback_url must be an http or https URL, not {url!r}")

@@ -86,7 +86,8 @@ def _attempt(sessions: sessionmaker[Session], settings: Settings, job_id: str) -
     record = {"attempt": attempt, "at": now.isoformat(), **outcome}
     with transaction(sessions) as session:
         DeliveryRepository(session).record(job_id, record, status, next_at)
-    log.info(
+    log.log(
+        logging.WARNING if status == FAILED else logging.INFO,
         "job %s: webhook attempt %d -> %s (%s)",
         job_id,
         attempt,
@@ -122,6 +123,9 @@ def send(settings: Settings, url: str, secret: str, msg_id: str, body: bytes) ->
         error = f"refused: {refused.detail}"
     except httpx.HTTPError as failure:
         error = f"{type(failure).__name__}: {failure}" if str(failure) else type(failure).__name__
+    except Exception as failure:  # counted as an attempt, so a bad URL cannot retry for ever
+        log.exception("webhook to %s failed unexpectedly", url)
+        error = f"could not send: {type(failure).__name__}"
     return {
         "status_code": status_code,
         "error": error,

@@ -129,7 +129,15 @@ def test_private_callback_refused_at_submission(api, make_tenant, url):
 
 
 @pytest.mark.parametrize(
-    "url", ["ftp://example.com/x", "http://user:pw@example.com/x", "not a url", "http://:80/"]
+    "url",
+    [
+        "ftp://example.com/x",
+        "http://user:pw@example.com/x",
+        "not a url",
+        "http://:80/",
+        "http://example.com/a b",
+        "http://example.com:99999/",
+    ],
 )
 def test_malformed_callback_refused(api, make_tenant, url):
     body = {"model_id": "unused", "callback_url": url}
