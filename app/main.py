@@ -18,14 +18,19 @@ from app.core.health import router as health_router
 from app.datasets.router import router as datasets_router
 from app.jobs.router import router as jobs_router
 from app.models_.router import router as models_router
+from app.observability.logs import LogContextMiddleware, configure_logging
+from app.observability.metrics import router as metrics_router
 from app.pages.headers import PageFrameHeaders
 from app.pages.router import router as pages_router
+from app.webhooks.router import router as webhooks_router
 from qaas_engine.version import __version__
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; the schema must already be migrated (``qaas serve`` does it first)."""
     settings = settings or Settings()
+    if settings.log_format == "json":
+        configure_logging(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_docs(app)
     install_error_handlers(app)
     app.add_middleware(PageFrameHeaders)
+    app.add_middleware(LogContextMiddleware)
     app.add_middleware(
         BodyGuard, max_bytes=settings.max_json_bytes, timeout_s=settings.body_read_timeout_s
     )
@@ -58,6 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         datasets_router,
         jobs_router,
         artifacts_router,
+        webhooks_router,
+        metrics_router,
         pages_router,
     ):
         app.include_router(router)

@@ -114,8 +114,9 @@ def serve(settings: Settings, host: str, port: int) -> int:
     from app.core.db import run_migrations
     from app.core.server import protocol_with_timeout
     from app.main import create_app
+    from app.observability.logs import configure_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     run_migrations(settings)
     url = f"http://{host}:{port}"
@@ -139,6 +140,8 @@ def serve(settings: Settings, host: str, port: int) -> int:
             port=port,
             log_level="info",
             http=protocol_with_timeout(settings.header_read_timeout_s),
+            # JSON logs: uvicorn's loggers left unconfigured, so they reach the root's handler.
+            log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         )
     finally:
         worker.stop()

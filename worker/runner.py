@@ -23,6 +23,7 @@ from app.datasets.tables import Dataset
 from app.jobs.repository import JobRepository
 from app.jobs.tables import TERMINAL, JobStatus
 from app.models_.tables import Model
+from app.observability.logs import bind
 from worker.limited import STORAGE_FILLED_UP, ChildJob, JobFailed, Limits, run_limited
 from worker.reaper import queue_timeout_detail, waited_too_long
 from worker.runtime import Runtime
@@ -76,6 +77,7 @@ def claim(runtime: Runtime, job_id: str, worker: str) -> JobInputs | Outcome:
         if job is None:  # deleted (or never committed): nothing to run, nothing to write
             log.warning("job %s: no such row; message dropped", job_id)
             return Outcome("missing")
+        bind(tenant_id=job.tenant_id)
         if job.status in TERMINAL:
             return Outcome(f"already {job.status}")
         now = utcnow()

@@ -6,17 +6,27 @@ import logging
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    worker_init,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+)
 
 from app.core.config import Settings
 from app.core.queue import RUN_JOB, JobQueue, ensure_broker_folders
+from app.observability.logs import configure_logging, log_context
 from worker.celery_app import celery_app
 from worker.reaper import Reaper
 from worker.runner import DATABASE_UNAVAILABLE, run_job
 from worker.runtime import Runtime, get_runtime, worker_name
+from worker.webhooks import Dispatcher
 
 log = logging.getLogger("qaas.worker")
 _reaper: Reaper | None = None
+_dispatcher: Dispatcher | None = None
 DATABASE_RETRY_S = 3.0
 
 
@@ -34,22 +44,29 @@ def _settings() -> Settings:
 )
 def run(self: Task, job_id: str) -> str:
     """Run job ``job_id``; safe to deliver twice (the job row decides)."""
-    try:
-        outcome = run_job(get_runtime(_settings()), job_id, worker_name())
-    except DATABASE_UNAVAILABLE as error:
-        # The database is restarting: try again shortly rather than drop the message (the
-        # reaper would resend it, but only after requeue_after_s).
-        log.warning("job %s: database unavailable (%s); retrying", job_id, type(error).__name__)
-        raise self.retry(countdown=DATABASE_RETRY_S) from None
-    if outcome.retry_in is not None:
-        raise self.retry(countdown=outcome.retry_in)
-    log.info("job %s: %s", job_id, outcome.status)
-    return outcome.status
+    with log_context(job_id=job_id):
+        try:
+            outcome = run_job(get_runtime(_settings()), job_id, worker_name())
+        except DATABASE_UNAVAILABLE as error:
+            # The database is restarting: try again shortly rather than drop the message (the
+            # reaper would resend it, but only after requeue_after_s).
+            log.warning("job %s: database unavailable (%s); retrying", job_id, type(error).__name__)
+            raise self.retry(countdown=DATABASE_RETRY_S) from None
+        if outcome.retry_in is not None:
+            raise self.retry(countdown=outcome.retry_in)
+        log.info("job %s: %s", job_id, outcome.status)
+        return outcome.status
 
 
 @worker_init.connect
 def _worker_init(**_: Any) -> None:
     ensure_broker_folders(_settings())
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _log_format(**_: Any) -> None:
+    configure_logging(_settings())  # QAAS_LOG_FORMAT=json: Celery's handlers write JSON too
 
 
 @worker_process_init.connect
@@ -59,14 +76,18 @@ def _process_init(**_: Any) -> None:
 
 @worker_ready.connect
 def _start_reaper(**_: Any) -> None:
-    global _reaper
+    global _reaper, _dispatcher
     # No pooled connections in the parent: pool children are forked from it later too.
     settings = _settings()
-    _reaper = Reaper(Runtime.build(settings, pooled=False), JobQueue(settings, celery_app).enqueue)
+    runtime = Runtime.build(settings, pooled=False)
+    _reaper = Reaper(runtime, JobQueue(settings, celery_app).enqueue)
     _reaper.start()
+    _dispatcher = Dispatcher(runtime)
+    _dispatcher.start()
 
 
 @worker_shutdown.connect
 def _stop_reaper(**_: Any) -> None:
-    if _reaper is not None:
-        _reaper.stopped.set()
+    for thread in (_reaper, _dispatcher):
+        if thread is not None:
+            thread.stopped.set()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -92,6 +93,22 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(3, ge=1)
     requeue_after_s: float = Field(300.0, gt=0, description="resend a queued job not started")
     reaper_interval_s: float = Field(15.0, gt=0)
+
+    # Webhooks (app/webhooks): a job's callback_url gets one signed POST when the job ends,
+    # tried up to webhook_attempts times, the wait doubling from webhook_first_retry_s (5 tries
+    # over 7.5 minutes by default), by every worker's dispatcher. Private, loopback and
+    # link-local addresses are refused unless webhook_allow_private (a receiver on the same
+    # host or closed network).
+    webhook_allow_private: bool = False
+    webhook_attempts: int = Field(5, ge=1, le=20)
+    webhook_first_retry_s: float = Field(30.0, gt=0)
+    webhook_timeout_s: float = Field(10.0, gt=0)
+    webhook_poll_interval_s: float = Field(2.0, gt=0)
+    # Operations: /metrics is open while metrics_token is unset, else it wants
+    # "Authorization: Bearer <metrics_token>"; log_format "json" writes one JSON object per
+    # log line, with the job and tenant ids it concerns.
+    metrics_token: str | None = None
+    log_format: Literal["text", "json"] = "text"
 
     @property
     def embedded(self) -> bool:

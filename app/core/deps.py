@@ -16,6 +16,7 @@ from app.auth.throttle import client_address, verify_throttled
 from app.core.context import Context
 from app.core.db import run_after_commit
 from app.core.owned import Row, TenantRepository
+from app.observability.logs import bind
 
 
 def get_context(request: Request) -> Context:
@@ -91,6 +92,7 @@ def get_tenant(
     _, tenant = verify_throttled(
         session=session, context=context, client=client_address(request), key=key
     )
+    bind(tenant_id=tenant.id)  # the request's log lines name the tenant from here on
     return tenant
 
 

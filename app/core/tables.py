@@ -5,6 +5,7 @@ from app.core.db import Base
 from app.datasets.tables import Dataset
 from app.jobs.tables import Job, JobStatus
 from app.models_.tables import Model
+from app.webhooks.tables import WebhookSecret
 
 __all__ = [
     "ApiKey",
@@ -16,4 +17,5 @@ __all__ = [
     "Model",
     "Tenant",
     "UiSession",
+    "WebhookSecret",
 ]

@@ -5,6 +5,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.webhooks.addresses import RefusedAddress
+from app.webhooks.addresses import parse as parse_callback_url
+from app.webhooks.schemas import Delivery
 from qaas_engine.spec import QuantSpec
 from qaas_engine.targets import check_target
 
@@ -41,6 +44,24 @@ class JobCreate(BaseModel):
         description="your hardware's energy figures for the report, as the engine's "
         "EnergyProfile fields (default: the 45 nm table)",
     )
+
+    callback_url: str | None = Field(
+        None,
+        max_length=2048,
+        description="http(s) URL that gets one POST when the job ends (job.succeeded, "
+        "job.failed, job.cancelled), signed per Standard Webhooks with the tenant's secret "
+        "(GET /v1/webhook-secret); private and loopback addresses are refused",
+    )
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback_url_syntax(cls, url: str | None) -> str | None:
+        if url is not None:
+            try:
+                parse_callback_url(url)
+            except RefusedAddress as refused:
+                raise ValueError(refused.detail) from None
+        return url
 
     @field_validator("target")
     @classmethod
@@ -85,6 +106,9 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    callback_url: str | None = None
+    webhook_status: str | None = Field(None, description="pending, delivered or failed")
+    deliveries: list[Delivery] = Field(default_factory=list, description="webhook attempts")
 
     @classmethod
     def from_row(cls, job: Any) -> JobOut:
@@ -113,4 +137,7 @@ class JobOut(BaseModel):
             started_at=job.started_at,
             finished_at=job.finished_at,
             updated_at=job.updated_at,
+            callback_url=job.callback_url,
+            webhook_status=job.webhook_status,
+            deliveries=[Delivery(**attempt) for attempt in job.deliveries or []],
         )

@@ -22,6 +22,9 @@ from app.jobs.repository import JobRepository
 from app.jobs.schemas import JobCreate
 from app.jobs.tables import TERMINAL, Job, JobStatus
 from app.models_.service import ModelService
+from app.observability.logs import bind
+from app.webhooks.addresses import vet
+from app.webhooks.repository import PENDING
 from qaas_engine.cost.energy import EnergyProfile
 from qaas_engine.errors import SpecError
 from qaas_engine.spec import QuantSpec
@@ -32,7 +35,7 @@ log = logging.getLogger("qaas.jobs")
 
 # Fields added after jobs were first stored: left out of the hash while unset, so a retry of a
 # request made before they existed still matches the job it created.
-LATER_FIELDS = ("training_id", "validation_id", "energy_profile")
+LATER_FIELDS = ("training_id", "validation_id", "energy_profile", "callback_url")
 
 
 def request_hash(request: JobCreate) -> str:
@@ -103,6 +106,8 @@ class JobService:
             spec=_with_target(request).model_dump(mode="json"),
             max_accuracy_drop=request.max_accuracy_drop,
             energy_profile=request.energy_profile,
+            callback_url=request.callback_url,
+            webhook_status=PENDING if request.callback_url else None,
             idempotency_key=idempotency_key,
             request_hash=digest,
             status=JobStatus.QUEUED,
@@ -121,6 +126,7 @@ class JobService:
                 ) from None
             return self._replay(winner, digest), False
         after_commit(self.session, lambda job_id=job.id: self._enqueue(job_id))
+        bind(job_id=job.id)
         return job, True
 
     def _insert_within_quota(self, tenant_id: str, job: Job) -> None:
@@ -146,6 +152,9 @@ class JobService:
         return job
 
     async def _validate(self, *, tenant_id: str, request: JobCreate) -> None:
+        if request.callback_url is not None:
+            allow_private = self.context.settings.webhook_allow_private
+            await run_in_threadpool(vet, request.callback_url, allow_private=allow_private)
         spec = request.quantization
         if spec.quantize_activations and request.calibration_id is None:
             raise InvalidInput(

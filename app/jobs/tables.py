@@ -65,6 +65,13 @@ class Job(Base):
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     report: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     artifacts: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    # Webhook (app/webhooks): where to POST the outcome, whether that is still to do
+    # ("pending"), done ("delivered") or given up ("failed"), when the next attempt may start
+    # (also a dispatcher's claim), and every attempt so far.
+    callback_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    webhook_status: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)
+    webhook_next_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    deliveries: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType, nullable=True)
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     enqueued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
