@@ -266,7 +266,8 @@ def evaluation_verdict(
     float_m, runtime = metrics.get("float") or {}, metrics.get("onnxruntime") or {}
     samples = (metrics.get("samples") or {}).get("measured")
     verdict: dict[str, Any] = {"source": source, "samples": samples}
-    if float_m.get("top1") is not None and runtime.get("top1") is not None:
+    labelled = float_m.get("top1") is not None and runtime.get("top1") is not None
+    if labelled and (validation.float_top1 is not None or runtime.get("top1_agreement") is None):
         verdict["measure"] = "top-1 points"
         drop = 100.0 * (float_m["top1"] - runtime["top1"])
     elif runtime.get("top1_agreement") is not None:
@@ -305,5 +306,9 @@ def _message(
             f"the target: the validation data decided on differs from it (too few samples, or "
             "not representative)"
         )
-    outcome = "within the target" if on_evaluation.get("meets_target") else "not comparable"
+    outcome = (
+        "within the target"
+        if on_evaluation.get("meets_target")
+        else "a different measure from the target's"
+    )
     return f"{verdict}; on {where} it loses {later:.2f} {on_evaluation['measure']} ({outcome})"

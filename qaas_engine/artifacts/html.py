@@ -134,7 +134,7 @@ def _size_card(size: dict[str, Any]) -> str:
         return _card(
             "size (weights)", f"{_num(size.get('ratio'), '{:.2f}')}× smaller", weights_note
         )
-    source = f"; float model {_num(float_file, '{:,}')} bytes" if float_file else ""
+    source = f"; float ONNX as imported {_num(float_file, '{:,}')} bytes" if float_file else ""
     return _card(
         "size of model.quant.onnx (download)",
         f"{_num(file_bytes, '{:,}')} bytes",
@@ -454,7 +454,11 @@ def _auto_verdict(auto: dict[str, Any]) -> str:
     ]
     later = auto.get("evaluation") or {}
     if later.get("drop_points") is not None:
-        outcome = {True: "within the target", False: "over the target", None: "other measure"}
+        outcome = {
+            True: "within the target",
+            False: "over the target",
+            None: "a different measure from the target's",
+        }
         lines.append(
             f"On the {escape(str(later.get('source')))} data ({later.get('samples')} samples): "
             f"loses {_num(later['drop_points'], '{:.2f}')} {escape(later['measure'])}, "

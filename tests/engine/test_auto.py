@@ -103,6 +103,9 @@ def test_auto_decides_on_held_out_calibration_without_validation(models):
     auto = result.report["auto"]
     assert auto["validation"]["source"] == "held-out 20% of the calibration data"
     assert auto["target"]["measure"] == "points of top-1 agreement"  # no labels there
+    # checked again on the evaluation data in the same measure, though it has labels
+    assert auto["evaluation"]["measure"] == "points of top-1 agreement"
+    assert auto["evaluation"]["meets_target"] is not None
     assert auto["validation"]["samples"] == round(0.2 * models["calibration"].num_samples)
     assert any("coarser than most targets" in w for w in result.report["warnings"])
 
