@@ -212,8 +212,12 @@ class Fitted:
 
 
 def standard_error(score: float, samples: int) -> float:
-    """Of a top-1 (a binomial proportion) measured on ``samples`` samples."""
-    return float(np.sqrt(score * (1.0 - score) / max(samples, 1)))
+    """Of a top-1 (a binomial proportion) measured on ``samples`` samples, Agresti-Coull style
+    (two hits and two misses added): the plain estimate is 0 at a score of 1.0, which made a
+    saturated epoch look infinitely more certain than one that missed a single sample."""
+    n = max(samples, 1)
+    adjusted = (score * n + 2.0) / (n + 4.0)
+    return float(np.sqrt(adjusted * (1.0 - adjusted) / (n + 4.0)))
 
 
 def fit(

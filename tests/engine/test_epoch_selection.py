@@ -39,8 +39,19 @@ class ScriptedLoop:
 
 
 def test_standard_error_of_a_top1():
-    assert standard_error(0.95, 150) == pytest.approx(math.sqrt(0.95 * 0.05 / 150))
-    assert standard_error(1.0, 150) == 0.0
+    assert standard_error(0.95, 150) == pytest.approx(math.sqrt(0.95 * 0.05 / 150), rel=0.15)
+    # never 0 at a saturated score: 13 of 13 is not certainly better than 12 of 13
+    assert standard_error(1.0, 13) > 1.0 - 12 / 13
+    assert 0 < standard_error(1.0, 150) < 0.01
+
+
+def test_one_miss_in_a_small_validation_set_is_noise():
+    """13 validation samples: 12/13 at the end after 13/13 earlier is one sample, within the
+    noise, so the last epoch is kept (the plain standard error, 0 at 1.0, kept the earlier)."""
+    scores = [0.9, 1.0, 12 / 13, 12 / 13]
+    loop = ScriptedLoop(scores, samples=13)
+    fitted = fit(loop, 3, keep_best=True, prefer_last=True)
+    assert loop.kept() == 3 and fitted.best_epoch == 3
 
 
 @pytest.mark.parametrize(
