@@ -24,6 +24,7 @@ font-weight:bold}.warn{color:#b00}.note{color:#555;font-size:.9em}svg.plot{displ
 margin:.8em 0}.cards{display:flex;flex-wrap:wrap;gap:10px}.card{border:1px solid #ddd;
 border-radius:6px;padding:6px 12px;min-width:150px}
 table.text-last td:last-child,table.text-last th:last-child{text-align:left}
+.verdict{font-weight:bold}
 """
 
 
@@ -203,6 +204,9 @@ def _stage_effect(name: str, report: dict[str, Any]) -> str:
         opset = model.get("opset") or {}
         source = model.get("source_format", "?")
         return escape(f"{source}, opset {opset.get('original')} → {opset.get('used')}")
+    if name == "load":
+        available = (metrics.get("samples") or {}).get("available")
+        return "data files read" + (f"; {available:,} samples to measure on" if available else "")
     if name == "prepare":
         return f"{_num(model.get('nodes'))} nodes after BatchNorm folding"
     if name == "weight_ranges":
@@ -465,7 +469,7 @@ def _auto_verdict(auto: dict[str, Any]) -> str:
             f"{outcome[later.get('meets_target')]}"
         )
     missed = not auto["met"] or later.get("meets_target") is False
-    css = "warn" if missed else "big"
+    css = "warn verdict" if missed else "verdict"
     return "".join(f'<p class="{css}">{line}</p>' for line in lines)
 
 

@@ -158,5 +158,5 @@ def test_met_on_validation_but_not_on_evaluation_is_never_shown_as_met():
     page = render_html({"metrics": metrics, "auto": auto})
     assert "Target met on the validation data" in page
     assert "On the evaluation data (400 samples): loses 3.00 top-1 points, over the target" in page
-    assert '<p class="warn">On the evaluation data' in page
+    assert '<p class="warn verdict">On the evaluation data' in page
     assert "3.00 points lost on the evaluation data (400 samples)" in page  # the summary card
