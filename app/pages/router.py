@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import secrets
-from typing import Any
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from app.artifacts.service import ArtifactService
 from app.auth.sessions import UiSessionService
 from app.auth.throttle import client_address, verify_throttled
 from app.core.deps import ContextDep, SessionDep
-from app.core.errors import Forbidden, Unauthorized
+from app.core.errors import Forbidden, InvalidInput, Unauthorized
 from app.jobs.service import JobService
 from app.pages.csrf import check_origin, check_token, form_token, new_secret, read_form
 from app.pages.deps import (
@@ -24,12 +25,18 @@ from app.pages.deps import (
     clear_page_cookie,
     set_page_cookie,
 )
-from app.pages.views import jobs_page, login_page
+from app.pages.job_views import job_page, jobs_list_page
+from app.pages.repository import STATUSES, JobPageRepository
+from app.pages.summary import JobSummary, summarize
+from app.pages.views import login_page
 
 router = APIRouter(prefix="/ui", tags=["pages"], include_in_schema=False)
 REPORT_NAME = "report.html"
 # The report is generated from user-named layers: no script may run in it, nothing may load.
 REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+# The job pages are server-rendered: no script at all, forms only to this site.
+PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'"
+LIST_LIMIT = 200
 
 
 @router.get("")
@@ -94,22 +101,60 @@ def _login_page(
 
 
 @router.get("/jobs", response_class=HTMLResponse)
-def jobs(page: OptionalPageSessionDep) -> Response:
+def jobs(
+    page: OptionalPageSessionDep,
+    session: SessionDep,
+    status: Annotated[str | None, Query()] = None,
+    model: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    """The jobs list, filtered by the query string (a plain GET form: no script needed)."""
     if page is None:
         return RedirectResponse("/ui/login", status_code=303)
-    nonce = secrets.token_urlsafe(16)
-    csp = (
-        f"default-src 'self'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; img-src data:"
-    )
-    html = jobs_page(page.tenant.name, nonce, page.csrf_token)
-    return HTMLResponse(html, headers={"Content-Security-Policy": csp})
+    filters = {"status": _status_filter(status), "model": (model or "").strip()}
+    rows = _summaries(session, page.tenant.id, filters)
+    html = jobs_list_page(page.tenant.name, page.csrf_token, rows, filters)
+    return HTMLResponse(html, headers={"Content-Security-Policy": PAGE_CSP})
 
 
 @router.get("/jobs.json")
-def jobs_json(tenant: PageTenantDep, session: SessionDep, context: ContextDep) -> list[dict]:
-    """What the jobs page shows, read from the job rows like the API's job list."""
-    rows = JobService(session=session, context=context).list(tenant_id=tenant.id)
-    return [_job_summary(job) for job in rows]
+def jobs_json(
+    tenant: PageTenantDep,
+    session: SessionDep,
+    status: Annotated[str | None, Query()] = None,
+    model: Annotated[str | None, Query(max_length=200)] = None,
+) -> list[dict]:
+    """What the jobs page shows, as data (the same filters)."""
+    filters = {"status": _status_filter(status), "model": (model or "").strip()}
+    return [_json_summary(job) for job in _summaries(session, tenant.id, filters)]
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_detail(
+    job_id: str, page: OptionalPageSessionDep, session: SessionDep, context: ContextDep
+) -> Response:
+    """One job: step timeline, warnings, artifacts with download links, error detail."""
+    if page is None:
+        return RedirectResponse("/ui/login", status_code=303)
+    job = JobService(session=session, context=context).get(tenant_id=page.tenant.id, job_id=job_id)
+    names = JobPageRepository(session).model_names(page.tenant.id, [job.model_id])
+    summary = summarize(job, names.get(job.model_id or ""), datetime.now(UTC))
+    row = {"report": job.report, "steps": job.steps, "spec": job.spec}
+    html = job_page(page.csrf_token, summary, row)
+    return HTMLResponse(html, headers={"Content-Security-Policy": PAGE_CSP})
+
+
+@router.get("/jobs/{job_id}/artifacts/{name}")
+def job_artifact(
+    job_id: str, name: str, tenant: PageTenantDep, session: SessionDep, context: ContextDep
+) -> FileResponse:
+    """A download link that works from the browser session (the API wants the key header)."""
+    service = ArtifactService(session=session, storage=context.storage)
+    artifact = service.file(tenant_id=tenant.id, job_id=job_id, name=name)
+    headers = {"Content-Security-Policy": REPORT_CSP, "ETag": artifact.etag}
+    return FileResponse(
+        artifact.path, filename=artifact.name, media_type="application/octet-stream",
+        headers=headers,
+    )  # fmt: skip
 
 
 @router.get("/jobs/{job_id}/report")
@@ -120,14 +165,27 @@ def job_report(job_id: str, tenant: PageTenantDep, session: SessionDep, context:
     return FileResponse(artifact.path, media_type="text/html", headers=headers)
 
 
-def _job_summary(job: Any) -> dict[str, Any]:
-    has_report = any(a["name"] == REPORT_NAME for a in job.artifacts or [])
-    return {
-        "id": job.id,
-        "status": job.status,
-        "phase": job.phase,
-        "progress": job.progress,
-        "created_at": job.created_at.isoformat(),
-        "error": job.error_kind and f"{job.error_kind}: {job.error_detail or ''}"[:200],
-        "report_url": f"/ui/jobs/{job.id}/report" if has_report else None,
-    }
+def _status_filter(status: str | None) -> str:
+    if status and status not in STATUSES:
+        raise InvalidInput(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
+    return status or ""
+
+
+def _summaries(session: Any, tenant_id: str, filters: dict[str, str]) -> list[JobSummary]:
+    repository = JobPageRepository(session)
+    rows = repository.jobs(
+        tenant_id, status=filters["status"] or None, model=filters["model"] or None,
+        limit=LIST_LIMIT,
+    )  # fmt: skip
+    names = repository.model_names(tenant_id, [job.model_id for job in rows])
+    now = datetime.now(UTC)
+    return [summarize(job, names.get(job.model_id or ""), now) for job in rows]
+
+
+def _json_summary(summary: JobSummary) -> dict[str, Any]:
+    data = asdict(summary)
+    data["created_at"] = summary.created_at.isoformat()
+    data["error"] = summary.error and summary.error[:200]
+    data["report_url"] = f"/ui/jobs/{summary.id}/report" if summary.has_report else None
+    data["page_url"] = f"/ui/jobs/{summary.id}"
+    return data

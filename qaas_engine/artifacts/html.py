@@ -23,6 +23,8 @@ text-align:right}td:first-child,th:first-child{text-align:left}.big{font-size:1.
 font-weight:bold}.warn{color:#b00}.note{color:#555;font-size:.9em}svg.plot{display:block;
 margin:.8em 0}.cards{display:flex;flex-wrap:wrap;gap:10px}.card{border:1px solid #ddd;
 border-radius:6px;padding:6px 12px;min-width:150px}
+table.text-last td:last-child,table.text-last th:last-child{text-align:left}
+.verdict{font-weight:bold}
 """
 
 
@@ -30,10 +32,11 @@ def _num(value: Any, pattern: str = "{:.4g}") -> str:
     return "–" if value is None else escape(pattern.format(value))
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def _table(header: list[str], rows: list[list[str]], css: str = "") -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    css_class = f' class="{css}"' if css else ""
+    return f"<table{css_class}><tr>{head}</tr>{body}</table>"
 
 
 def _card(title: str, value: str, note: str = "") -> str:
@@ -50,12 +53,17 @@ def _summary(report: dict[str, Any]) -> str:
     latency = report.get("latency_ms") or {}
     sim_ort = metrics.get("simulation_vs_onnxruntime", {})
     ort_m, float_m = metrics.get("onnxruntime", {}), metrics.get("float", {})
+    on_data = _measured_on(metrics)
     if ort_m.get("top1") is not None:
         quality = f"{_num(float_m.get('top1'), '{:.2%}')} → {_num(ort_m.get('top1'), '{:.2%}')}"
-        quality_note = "top-1 float → quantized (ONNX Runtime)"
+        drop = 100.0 * (float_m.get("top1", 0.0) - ort_m["top1"])
+        quality_note = (
+            f"top-1 float → quantized (ONNX Runtime), {_num(drop, '{:.2f}')} points lost "
+            f"on {on_data}"
+        )
     else:
         quality = f"{_num(ort_m.get('sqnr_db'), '{:.1f}')} dB"
-        quality_note = "output SQNR vs float (no labels)"
+        quality_note = f"output SQNR vs float (no labels), on {on_data}"
     cards = [
         _card("accuracy", quality, quality_note),
         _card(
@@ -63,11 +71,7 @@ def _summary(report: dict[str, Any]) -> str:
             _num(sim_ort.get("top1_agreement"), "{:.2%}"),
             f"top-1 agreement; max |diff| {_num(sim_ort.get('max_abs_diff'))}",
         ),
-        _card(
-            "size",
-            f"{_num(size.get('ratio'), '{:.2f}')}× smaller",
-            f"{_num(size.get('float'), '{:,}')} → {_num(size.get('quantized'), '{:,}')} bytes",
-        ),
+        _size_card(size),
         _card(
             "energy (model)",
             f"{_num(energy.get('ratio'), '{:.1f}')}× less",
@@ -109,6 +113,36 @@ def _summary(report: dict[str, Any]) -> str:
     )
 
 
+def _measured_on(metrics: dict[str, Any]) -> str:
+    """Which data a figure is on, with how many samples: "the evaluation data (400 samples)"."""
+    dataset = metrics.get("dataset")
+    if not dataset:
+        return "no data"
+    measured = (metrics.get("samples") or {}).get("measured")
+    count = f" ({measured:,} samples)" if isinstance(measured, int) else ""
+    return f"the {escape(str(dataset))} data{count}"
+
+
+def _size_card(size: dict[str, Any]) -> str:
+    """The file the user downloads, first; the weights' packed size is a different figure (Q/DQ
+    scales, zero points, int32 biases and the graph come on top) and says so."""
+    file_bytes, float_file = size.get("quantized_file"), size.get("float_file")
+    weights_note = (
+        f"weights at their bit-width: {_num(size.get('float'), '{:,}')} → "
+        f"{_num(size.get('quantized'), '{:,}')} bytes ({_num(size.get('ratio'), '{:.2f}')}×)"
+    )
+    if file_bytes is None:
+        return _card(
+            "size (weights)", f"{_num(size.get('ratio'), '{:.2f}')}× smaller", weights_note
+        )
+    source = f"; float ONNX as imported {_num(float_file, '{:,}')} bytes" if float_file else ""
+    return _card(
+        "size of model.quant.onnx (download)",
+        f"{_num(file_bytes, '{:,}')} bytes",
+        f"the file as downloaded{source}<br>{weights_note}",
+    )
+
+
 def _outputs_table(outputs: dict[str, Any]) -> str:
     """Every output's fidelity, where the model has more than one."""
     if len(outputs) < 2:
@@ -127,10 +161,10 @@ def _outputs_table(outputs: dict[str, Any]) -> str:
     return "<h3>Every output (ONNX Runtime against float)</h3>" + _table(header, rows)
 
 
-def _effect(name: str, data: dict[str, Any] | None) -> str:
-    """One line on what a step changed, from its step report."""
+def _effect(name: str, data: dict[str, Any] | None, report: dict[str, Any]) -> str:
+    """One line on what a step did, from its step report or the report section it made."""
     if not data:
-        return ""
+        return _stage_effect(name, report)
     if name == "bn_fold":
         return f"{len(data.get('folded', []))} BatchNorm folded"
     if name == "cle":
@@ -151,25 +185,72 @@ def _effect(name: str, data: dict[str, Any] | None) -> str:
         after = fmean(r["reconstruction_mse_adaround"] for r in rows)
         return f"{len(rows)} layers; mean reconstruction MSE {_num(before)} → {_num(after)}"
     if name == "qat":
-        return (
-            f"best epoch {data.get('best_epoch')}, validation {_num(data.get('best_validation'))}"
+        selection = data.get("selection")
+        kept = (
+            f"kept epoch {data.get('best_epoch')}, validation {_num(data.get('best_validation'))}"
         )
+        return kept + (f": {escape(selection)}" if selection else "")
     if name == "bias_absorption":
         return escape(", ".join(f"{k}: {len(v)}" for k, v in data.items() if isinstance(v, list)))
     return ""
 
 
+def _stage_effect(name: str, report: dict[str, Any]) -> str:
+    """What the fixed stages (import, calibration, export, the measurements) did."""
+    model, size = report.get("model") or {}, report.get("size_bytes") or {}
+    metrics, quantizers = report.get("metrics") or {}, report.get("quantizers") or {}
+    spec = report.get("spec") or {}
+    if name == "import":
+        opset = model.get("opset") or {}
+        source = model.get("source_format", "?")
+        return escape(f"{source}, opset {opset.get('original')} → {opset.get('used')}")
+    if name == "load":
+        available = (metrics.get("samples") or {}).get("available")
+        return "data files read" + (f"; {available:,} samples to measure on" if available else "")
+    if name == "prepare":
+        return f"{_num(model.get('nodes'))} nodes after BatchNorm folding"
+    if name == "weight_ranges":
+        return (
+            f"{_num(quantizers.get('weights'))} weight tensors, "
+            f"{escape(str(spec.get('weight_granularity', '')))}"
+        )
+    if name == "calibration":
+        return (
+            f"{_num(quantizers.get('activations'))} activation ranges, "
+            f"{escape(str(spec.get('calibration_method', '')))}"
+        )
+    if name == "export":
+        return f"model.quant.onnx, {_num(size.get('quantized_file'), '{:,}')} bytes"
+    if name == "evaluation":
+        return f"float, simulated and ONNX Runtime outputs on {_measured_on(metrics)}"
+    if name == "energy":
+        ratio = (report.get("energy") or {}).get("ratio")
+        return f"modelled energy {_num(ratio, '{:.1f}')}× less" if ratio else ""
+    if name == "latency":
+        speedup = (report.get("latency_ms") or {}).get("speedup") or {}
+        return escape(
+            ", ".join(f"{b.replace('_', ' ')}: {v:.2f}× float" for b, v in speedup.items())
+        )
+    if name == "analysis":
+        layers = (report.get("analysis") or {}).get("layers") or []
+        return f"{len(layers)} layers ranked" if layers else ""
+    return ""
+
+
 def _steps(report: dict[str, Any]) -> str:
     step_reports = report.get("step_reports", {})
+    steps = report.get("steps", [])
+    effects = [_effect(s["name"], step_reports.get(s["name"]), report) for s in steps]
+    if not any(effects):  # a column of blanks says nothing: leave it out
+        return _table(
+            ["step", "seconds"],
+            [[escape(s["name"]), _num(s["seconds"], "{:.3f}")] for s in steps],
+        )
     rows = [
-        [
-            escape(s["name"]),
-            _num(s["seconds"], "{:.3f}"),
-            _effect(s["name"], step_reports.get(s["name"])),
-        ]
-        for s in report.get("steps", [])
+        [escape(s["name"]), _num(s["seconds"], "{:.3f}"), effect]
+        for s, effect in zip(steps, effects, strict=True)
     ]
-    return _table(["step", "seconds", "effect"], rows)
+    return _table(["step", "seconds", "what it did"], rows, css="text-last")
 
 
 def _cle_plots(report: dict[str, Any]) -> str:
@@ -204,25 +285,52 @@ def _analysis(report: dict[str, Any]) -> str:
         ],
         "dB",
     )
+    shares = noise_shares(rows)
     table = _table(
-        ["layer", "SQNR dB", "weights only", "activations only", "noise share"],
+        ["layer", "SQNR dB", "weights only", "activations only", "share of layer noise"],
         [
             [
                 escape(r["layer"]),
                 _num(r["sqnr_db"], "{:.1f}"),
                 _num(r["weights_only_sqnr_db"], "{:.1f}"),
                 _num(r["activations_only_sqnr_db"], "{:.1f}"),
-                _num(r["noise_share"], "{:.0%}"),
+                _num(share, "{:.1%}"),
             ]
-            for r in rows[:MAX_ANALYSIS_ROWS]
+            for r, share in list(zip(rows, shares, strict=True))[:MAX_ANALYSIS_ROWS]
         ],
+    )
+    more = len(rows) - MAX_ANALYSIS_ROWS
+    share_note = (
+        "share of layer noise: the output noise each layer causes when quantized alone (its "
+        "weights-only plus its activations-only noise), as a share of that noise summed over "
+        "every layer measured; the column sums to 100%"
+        + (f" over all {len(rows)} layers ({more} more in report.json)" if more > 0 else "")
+        + ". Layers interact, so this ranks layers; it does not split the full model's noise."
     )
     return (
         f"<p><b>Suggestion:</b> <code>{escape(analysis['suggestion'])}</code> "
         f"(model output SQNR {_num(analysis.get('output_sqnr_db'), '{:.1f}')} dB on "
         f"{analysis.get('samples')} samples)</p>{chart}{table}"
+        f'<p class="note">{escape(share_note)}</p>'
         f'<p class="note">{escape(analysis.get("how", ""))}</p>'
     )
+
+
+def noise_shares(rows: list[dict[str, Any]]) -> list[float | None]:
+    """Each layer's alone-quantized output noise (weights-only plus activations-only, as noise
+    powers relative to the signal) over the sum of the same for every measured layer: shares
+    of one total, so they add up to 100%, unlike the per-layer ``noise_share`` (each alone
+    against the full model's noise, which overlap)."""
+    powers: list[float | None] = []
+    for row in rows:
+        measured = [
+            10.0 ** (-db / 10.0)
+            for db in (row.get("weights_only_sqnr_db"), row.get("activations_only_sqnr_db"))
+            if db is not None
+        ]
+        powers.append(sum(measured) if measured else None)
+    total = sum(p for p in powers if p is not None)
+    return [None if p is None or total <= 0 else p / total for p in powers]
 
 
 def _energy(report: dict[str, Any]) -> str:
@@ -273,10 +381,17 @@ def _bias_plot(report: dict[str, Any]) -> str:
 
 
 def _qat_plot(report: dict[str, Any]) -> str:
-    curve = (report.get("step_reports", {}).get("qat") or {}).get("curve") or []
+    qat = report.get("step_reports", {}).get("qat") or {}
+    curve = qat.get("curve") or []
     if not curve:
         return ""
-    return line_chart(
+    selection = qat.get("selection")
+    note = (
+        f'<p class="note">Kept epoch {_num(qat.get("best_epoch"))}: {escape(selection)}</p>'
+        if selection
+        else ""
+    )
+    return note + line_chart(
         "QAT: validation score per epoch",
         [c["epoch"] for c in curve],
         [
@@ -311,11 +426,12 @@ def _auto(report: dict[str, Any]) -> str:
         points.append((row["name"], row["energy_pj"], row["accuracy"], row.get("on_frontier")))
     target = auto["target"]
     note = (
-        f"Target: lose at most {target['max_accuracy_drop']:g} {escape(target['measure'])}, "
-        f"measured on {escape(auto['validation']['source'])} "
-        f"({auto['validation']['samples']} samples), never on the evaluation data. "
-        f"{escape(auto['message'])}."
+        f"Target: lose at most {target['max_accuracy_drop']:g} {escape(target['measure'])}. "
+        f"The choice and the table below are measured on "
+        f"{escape(auto['validation']['source'])} ({auto['validation']['samples']} samples), "
+        "never on the evaluation data; the summary's figures are on the evaluation data."
     )
+    verdict = _auto_verdict(auto)
     plot = scatter_chart(
         "Configurations tried: accuracy against modelled energy (frontier joined)",
         points,
@@ -323,10 +439,38 @@ def _auto(report: dict[str, Any]) -> str:
         "validation accuracy",
     )
     return (
-        f'<p class="note">{note}</p>'
-        + _table(["configuration", "accuracy", "drop", "energy pJ", "seconds", ""], rows)
+        verdict
+        + f'<p class="note">{note}</p>'
+        + _table(["configuration", "validation accuracy", "drop", "energy pJ", "seconds", ""], rows)
         + plot
     )
+
+
+def _auto_verdict(auto: dict[str, Any]) -> str:
+    """One line per data set, so the verdict never contradicts the summary card: met or not
+    on the validation data (where auto chose), and on the evaluation data (what is shown)."""
+    target = auto["target"]
+    chosen: dict[str, Any] = next((r for r in auto["tried"] if r["name"] == auto["chosen"]), {})
+    lines = [
+        f"{'Target met' if auto['met'] else 'Target missed'} on the validation data: "
+        f"'{escape(auto['chosen'])}' loses {_num(chosen.get('drop_points'), '{:.2f}')} "
+        f"{escape(target['measure'])} (target {target['max_accuracy_drop']:g})"
+    ]
+    later = auto.get("evaluation") or {}
+    if later.get("drop_points") is not None:
+        outcome = {
+            True: "within the target",
+            False: "over the target",
+            None: "a different measure from the target's",
+        }
+        lines.append(
+            f"On the {escape(str(later.get('source')))} data ({later.get('samples')} samples): "
+            f"loses {_num(later['drop_points'], '{:.2f}')} {escape(later['measure'])}, "
+            f"{outcome[later.get('meets_target')]}"
+        )
+    missed = not auto["met"] or later.get("meets_target") is False
+    css = "warn verdict" if missed else "verdict"
+    return "".join(f'<p class="{css}">{line}</p>' for line in lines)
 
 
 def _mixed_precision(report: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from html import escape
 
 WIDTH = 760
-LABEL_WIDTH = 190
+LABEL_WIDTH = 230
 PALETTE = {
     "float": "#8c8c8c",
     "quantized": "#1f77b4",
@@ -33,11 +33,93 @@ def _color(name: str, index: int) -> str:
 
 
 def _fmt(value: float) -> str:
+    """A tick or tooltip number people read at a glance: 250k, 1.5M, 0.05, 3.2e-05."""
     if value == 0:
         return "0"
-    if abs(value) >= 1000 or abs(value) < 0.01:
+    magnitude = abs(value)
+    if magnitude >= 1e6:
+        return f"{value / 1e6:.3g}M"
+    if magnitude >= 1e3:
+        return f"{value / 1e3:.3g}k"
+    if magnitude < 0.001:
         return f"{value:.2g}"
-    return f"{value:.3g}"
+    return f"{value:.4g}"
+
+
+def nice_step(span: float, count: int = 5) -> float:
+    """The 1-2-5 step (…, 0.5, 1, 2, 5, 10, …) that cuts ``span`` into at most ``count``
+    intervals: ticks land on round numbers (10, 20, 30), never on 15.9 or 31.8."""
+    if not math.isfinite(span) or span <= 0:
+        return 1.0
+    raw = span / count
+    power = 10.0 ** math.floor(math.log10(raw))
+    for multiple in (1.0, 2.0, 5.0, 10.0):
+        if multiple * power >= raw * (1 - 1e-9):
+            return multiple * power
+    return 10.0 * power
+
+
+def _round_to_step(value: float, step: float) -> float:
+    """``value`` without the float noise of k * step (0.30000000000000004 -> 0.3)."""
+    return round(value, max(0, -math.floor(math.log10(step)) + 1))
+
+
+def short_labels(labels: Sequence[str], width: int = 38) -> list[str]:
+    """Labels that fit ``width`` characters and stay tell-apart: the path segments every label
+    shares at the start (then the end) go first, then the middle of what is still too long,
+    the cut placed where the labels stay distinct; equal names get a number."""
+    shown = list(labels)
+    if any(len(label) > width for label in labels):
+        trimmed = _without_common_parts(labels, suffix=False)
+        if any(len(label) > width for label in trimmed):
+            trimmed = _without_common_parts(labels, suffix=True)
+        distinct = len(set(labels))
+        cuts = ([_middle_cut(t, width, head) for t in trimmed] for head in _head_lengths(width))
+        fallback = [_middle_cut(t, width, (width - 1) // 3) for t in trimmed]
+        shown = next((cut for cut in cuts if len(set(cut)) == distinct), fallback)
+    seen: dict[str, int] = {}
+    for i, label in enumerate(shown):
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] > 1:
+            shown[i] = f"{label} #{seen[label]}"
+    return shown
+
+
+def _head_lengths(width: int) -> list[int]:
+    """Where to cut, the most balanced first (a third kept before the "…")."""
+    preferred = (width - 1) // 3
+    return sorted(range(width), key=lambda head: abs(head - preferred))
+
+
+def _without_common_parts(labels: Sequence[str], suffix: bool) -> list[str]:
+    """``/net/a/Conv/out``, ``/net/b/Conv/out`` -> ``…/a/Conv/…``, ``…/b/Conv/…``: what every
+    label shares says nothing about which layer a bar is."""
+    if len(set(labels)) < 2:
+        return list(labels)
+    parts = [label.split("/") for label in labels]
+    start = 1 if all(p[0] == "" for p in parts) else 0  # a leading "/" is no prefix to drop
+    first = start
+    while all(len(p) > first + 1 for p in parts) and len({p[first] for p in parts}) == 1:
+        first += 1
+    last = 0  # shared trailing segments, leaving at least one distinct segment in each
+    while (
+        suffix
+        and all(len(p) - last - 1 > first for p in parts)
+        and len({p[-1 - last] for p in parts}) == 1
+    ):
+        last += 1
+    if first == start and last == 0:
+        return list(labels)
+    head = "…/" if first > start else ("/" if start else "")
+    tail = "/…" if last else ""
+    return [head + "/".join(p[first : len(p) - last]) + tail for p in parts]
+
+
+def _middle_cut(label: str, width: int, head: int) -> str:
+    """``head`` characters of the start, "…", then the end: ``width`` characters at most."""
+    if len(label) <= width:
+        return label
+    return label[:head] + "…" + label[len(label) - (width - 1 - head) :]
 
 
 class _Scale:
@@ -45,6 +127,7 @@ class _Scale:
 
     low: float
     high: float
+    step: float = 1.0
 
     def __init__(
         self, values: Sequence[float], length: float, log: bool, from_zero: bool = True
@@ -54,14 +137,18 @@ class _Scale:
         if self.log:
             self.low = math.floor(math.log10(min(finite)))
             self.high = max(math.ceil(math.log10(max(finite))), self.low + 1)
-        elif not from_zero and finite:  # the data's own span, padded: points apart, not at 0
-            span = (max(finite) - min(finite)) or abs(max(finite)) or 1.0
-            self.low, self.high = min(finite) - 0.1 * span, max(finite) + 0.1 * span
         else:
-            self.low = min([0.0, *finite])
-            self.high = max([0.0, *finite]) or 1.0
-            if self.high == self.low:
-                self.high = self.low + 1.0
+            if not from_zero and finite:  # the data's own span, padded: points apart, not at 0
+                span = (max(finite) - min(finite)) or abs(max(finite)) or 1.0
+                low, high = min(finite) - 0.1 * span, max(finite) + 0.1 * span
+            else:
+                low, high = min([0.0, *finite]), max([0.0, *finite])
+                if high == low:
+                    high = low + 1.0
+            # widened to whole 1-2-5 steps, so the first and last ticks are round numbers too
+            self.step = nice_step(high - low)
+            self.low = math.floor(low / self.step + 1e-9) * self.step
+            self.high = math.ceil(high / self.step - 1e-9) * self.step
         self.length = length
 
     def __call__(self, value: float) -> float:
@@ -72,8 +159,8 @@ class _Scale:
     def ticks(self) -> list[float]:
         if self.log:
             return [10.0**e for e in range(int(self.low), int(self.high) + 1)]
-        step = (self.high - self.low) / 4
-        return [self.low + i * step for i in range(5)]
+        count = round((self.high - self.low) / self.step)
+        return [_round_to_step(self.low + i * self.step, self.step) for i in range(count + 1)]
 
 
 def _legend(series: Sequence[Series], x: float, y: float) -> list[str]:
@@ -108,22 +195,21 @@ def hbar_chart(
     top, plot_width = 40, WIDTH - LABEL_WIDTH - 20
     values = [v for _, vs in series for v in vs if v is not None]
     scale = _Scale(values, plot_width, log)
-    height = top + row * len(labels) + 30
+    height = top + row * len(labels) + 40
     body = _legend(series, LABEL_WIDTH, 30)
     zero = LABEL_WIDTH + (scale(scale.low) if scale.log else scale(0.0))
     for tick in scale.ticks():
         x = LABEL_WIDTH + scale(tick)
         body.append(
-            f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{height - 24}" stroke="#ddd"/>'
-            f'<text x="{x:.1f}" y="{height - 12}" text-anchor="middle">{_fmt(tick)}</text>'
+            f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{height - 34}" stroke="#ddd"/>'
+            f'<text x="{x:.1f}" y="{height - 20}" text-anchor="middle">{_fmt(tick)}</text>'
         )
     body.append(
-        f'<text x="{WIDTH - 20}" y="{height - 1}" text-anchor="end">{escape(unit)}'
+        f'<text x="{WIDTH - 20}" y="{height - 3}" text-anchor="end">{escape(unit)}'
         f"{' (log scale)' if scale.log else ''}</text>"
     )
-    for i, label in enumerate(labels):
+    for i, (label, short) in enumerate(zip(labels, short_labels(labels), strict=True)):
         y = top + i * row
-        short = label if len(label) <= 30 else "…" + label[-29:]
         body.append(
             f'<text x="{LABEL_WIDTH - 4}" y="{y + row / 2 + 3:.1f}" text-anchor="end">'
             f"<title>{escape(label)}</title>{escape(short)}</text>"

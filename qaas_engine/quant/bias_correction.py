@@ -60,6 +60,12 @@ def correctable_layers(sim: QuantSim) -> list[tuple[str, str, str]]:
     return layers
 
 
+def layer_names(sim: QuantSim) -> dict[str, str]:
+    """Output tensor -> the node that writes it: a report names the layer as it exists in the
+    exported model (a folded BatchNorm leaves its output tensor's name on the Conv before it)."""
+    return {n.outputs[0]: n.name or n.outputs[0] for n in sim.executor.nodes if n.outputs}
+
+
 def _float_means(
     sim: QuantSim, batches: Callable[[], Iterable[Feeds]], tensors: set[str], float_weights
 ):
@@ -93,13 +99,21 @@ def empirical_bias_correction(
     float_weights: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     layers = correctable_layers(sim)
+    names = layer_names(sim)
     reference = _float_means(sim, batches, {out for _, _, out in layers}, float_weights)
     rows = []
     for index, (_, bias, output) in enumerate(layers):
         quantized = _quantized_means(sim, batches, [output])[output]
         delta = reference[output] - quantized
         _add_to_bias(sim, bias, delta)
-        rows.append({"layer": output, "bias": bias, "error_before": np.abs(delta).tolist()})
+        rows.append(
+            {
+                "layer": names.get(output, output),
+                "output": output,
+                "bias": bias,
+                "error_before": np.abs(delta).tolist(),
+            }
+        )
         if progress:
             progress("bias_correction", (index + 1) / max(len(layers), 1))
     after = _quantized_means(sim, batches, [out for _, _, out in layers])
@@ -113,22 +127,31 @@ def analytical_bias_correction(sim: QuantSim, input_moments: dict[str, Moments])
     rows, skipped = [], []
     quantized = sim.quantized_weights()  # builds the torch executor
     inputs_of = {node.outputs[0]: node.inputs[0] for node in sim.executor.nodes if node.outputs}
+    names = layer_names(sim)
     for weight, bias, output in correctable_layers(sim):
         source = inputs_of[output]
         moments = input_moments.get(source)
         if moments is None:
-            skipped.append({"layer": output, "reason": f"no statistics for its input {source}"})
+            skipped.append(
+                {
+                    "layer": names.get(output, output),
+                    "reason": f"no statistics for its input {source}",
+                }
+            )
             continue
         eps = (quantized[weight] - sim.executor.weights[weight]).double().cpu().numpy()
         site = sim.placement.weights[weight]
         shift = _expected_shift(eps, site.op_type, site.channel_axis, moments.mean)
         if shift is None:
-            skipped.append({"layer": output, "reason": "channel layout not supported"})
+            skipped.append(
+                {"layer": names.get(output, output), "reason": "channel layout not supported"}
+            )
             continue
         _add_to_bias(sim, bias, -shift)
         rows.append(
             {
-                "layer": output,
+                "layer": names.get(output, output),
+                "output": output,
                 "bias": bias,
                 "error_before": np.abs(shift).tolist(),
                 "error_after": None,

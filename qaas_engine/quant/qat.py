@@ -318,5 +318,6 @@ def _train(
         "learned_ranges": config.learn_ranges,
         "best_epoch": fitted.best_epoch,
         "best_validation": fitted.best_validation,
+        "selection": fitted.selection,
         "curve": fitted.curve,
     }

@@ -77,6 +77,9 @@ class Supervision:
         self.output = sim.executor.output_names[0]
         self.labelled: bool | None = None
         self.validated = 0  # samples behind the last score: how much to trust it
+        # the task loss on the same validation batches: it still ranks epochs whose top-1
+        # ties (a saturated 1.0 on an easy set)
+        self.validation_loss: float | None = None
 
     @property
     def signal(self) -> str:
@@ -101,17 +104,24 @@ class Supervision:
 
     def score(self, model: Callable[[Feeds], torch.Tensor], batches: Iterable[Batch]) -> float:
         """Validation: top-1 with labels, else top-1 agreement with the float model."""
-        hits, total = 0, 0
+        hits, total, loss_sum = 0, 0, 0.0
         with torch.no_grad():
             for feeds, labels in batches:
                 feeds = on_device(feeds, self.device)
-                predicted = model(feeds).reshape(feeds_count(feeds, labels), -1).argmax(1).cpu()
+                outputs = model(feeds)
+                count = feeds_count(feeds, labels)
+                predicted = outputs.reshape(count, -1).argmax(1).cpu()
                 if labels is None:
-                    reference = self._float_outputs(feeds)
-                    labels = reference.reshape(len(predicted), -1).argmax(1).cpu()
+                    teacher = self._float_outputs(feeds)
+                    labels = teacher.reshape(len(predicted), -1).argmax(1).cpu()
+                    loss = task_loss(outputs, teacher, None)
+                else:
+                    loss = task_loss(outputs, None, labels.to(outputs.device))
+                loss_sum += float(loss) * count
                 hits += int((predicted == labels).sum())
                 total += len(labels)
         self.validated = total
+        self.validation_loss = loss_sum / total if total else None
         return hits / max(total, 1)
 
 
@@ -183,6 +193,10 @@ class TrainingLoop:
         if self.penalty is not None:
             row[self.penalty.key] = float(np.mean(penalties)) if penalties else None
         row["validation"] = score
+        # a supervision that measures no loss on validation (a scripted one) leaves it out
+        validation_loss = getattr(self.supervision, "validation_loss", None)
+        if validation_loss is not None:
+            row["validation_loss"] = validation_loss
         row["seconds"] = seconds
         return row
 
@@ -194,11 +208,16 @@ class Fitted:
     curve: list[dict[str, Any]]
     best_epoch: int | None = None
     best_validation: float | None = None
+    selection: str | None = None  # how the kept epoch was chosen, for the step report
 
 
 def standard_error(score: float, samples: int) -> float:
-    """Of a top-1 (a binomial proportion) measured on ``samples`` samples."""
-    return float(np.sqrt(score * (1.0 - score) / max(samples, 1)))
+    """Of a top-1 (a binomial proportion) measured on ``samples`` samples, Agresti-Coull style
+    (two hits and two misses added): the plain estimate is 0 at a score of 1.0, which made a
+    saturated epoch look infinitely more certain than one that missed a single sample."""
+    n = max(samples, 1)
+    adjusted = (score * n + 2.0) / (n + 4.0)
+    return float(np.sqrt(adjusted * (1.0 - adjusted) / (n + 4.0)))
 
 
 def fit(
@@ -226,26 +245,58 @@ def fit(
         raise ValueError("prefer_last chooses between the last and the best epoch: needs keep_best")
     curve: list[dict[str, Any]] = []
     best_state: dict[str, Any] | None = None
-    best_epoch, best_score = None, None
+    best: dict[str, Any] | None = None
     if keep_best:
-        best_score, best_epoch = loop.validate(), 0
+        score = loop.validate()
         best_state = copy.deepcopy(loop.model.state_dict())
-        curve.append(loop.row(0, [], [], best_score, 0.0))
+        best = loop.row(0, [], [], score, 0.0)
+        curve.append(best)
     for epoch in range(1, epochs + 1):
         row = loop.epoch(epoch)
         curve.append(row)
-        if best_score is not None and row["validation"] > best_score:
-            best_score, best_epoch = row["validation"], epoch
+        if best is not None and _ranks_higher(row, best):
+            best = row
             best_state = copy.deepcopy(loop.model.state_dict())
         if loop.progress is not None:
             loop.progress(epoch)
-        if target is not None and best_score is not None and best_score >= target:
+        if target is not None and best is not None and best["validation"] >= target:
             break
-    if prefer_last and best_score is not None:
+    if best is None:
+        return Fitted(curve)
+    best_score = best["validation"]
+    tied = [row for row in curve if row["validation"] == best_score]
+    if len(tied) > 1 and best.get("validation_loss") is not None:
+        # validation cannot tell these epochs apart: the loss on the same samples can
+        if best_state is not None:
+            loop.model.load_state_dict(best_state)
+        return Fitted(curve, best["epoch"], best_score, _tie_note(tied, best))
+    if prefer_last:
         last = curve[-1]
         noise = standard_error(best_score, loop.supervision.validated)
         if last["validation"] >= best_score - noise:
-            return Fitted(curve, last["epoch"], last["validation"])
+            note = (
+                f"the last epoch ({last['epoch']}): within one standard error ({noise:.3g}) "
+                f"of the best validation {best_score:.4g} (epoch {best['epoch']})"
+            )
+            return Fitted(curve, last["epoch"], last["validation"], note)
     if best_state is not None:
         loop.model.load_state_dict(best_state)
-    return Fitted(curve, best_epoch, best_score)
+    return Fitted(curve, best["epoch"], best_score, f"the highest validation, {best_score:.4g}")
+
+
+def _ranks_higher(row: dict[str, Any], best: dict[str, Any]) -> bool:
+    """A higher validation score; at an equal score, a lower validation loss."""
+    if row["validation"] != best["validation"]:
+        return bool(row["validation"] > best["validation"])
+    loss, best_loss = row.get("validation_loss"), best.get("validation_loss")
+    return loss is not None and best_loss is not None and loss < best_loss
+
+
+def _tie_note(tied: list[dict[str, Any]], kept: dict[str, Any]) -> str:
+    """The step report's word that validation could not choose, and what did."""
+    epochs = ", ".join(str(row["epoch"]) for row in tied)
+    return (
+        f"validation cannot tell epochs apart ({len(tied)} epochs at {kept['validation']:.4g}: "
+        f"{epochs}); kept epoch {kept['epoch']}, the lowest validation loss among them "
+        f"({kept['validation_loss']:.4g})"
+    )

@@ -96,6 +96,8 @@ def build_report(
             "float": size_float,
             "quantized": size_quant,
             "ratio": round(size_float / size_quant, 3) if size_quant else None,
+            # the files themselves: what the user uploads and downloads (model.quant.onnx)
+            "float_file": imported.model.ByteSize(),
             "quantized_file": qdq.ByteSize(),
         },
         "metrics": metrics,

@@ -51,6 +51,14 @@ def test_auto_stops_at_the_cheap_steps_when_they_suffice(models):
     assert auto["tried"][0]["drop_points"] <= 1.0
     assert auto["validation"]["source"] == "--validation"
     assert report["metrics"]["dataset"] == "evaluation"
+    # the verdict is checked again on the figure the summary card shows
+    later = auto["evaluation"]
+    metrics = report["metrics"]
+    shown = 100 * (metrics["float"]["top1"] - metrics["onnxruntime"]["top1"])
+    assert later["source"] == "evaluation" and later["measure"] == "top-1 points"
+    assert later["drop_points"] == pytest.approx(shown, abs=1e-3)
+    assert later["meets_target"] == (shown <= 1.0 + 1e-9)
+    assert "on the validation data" in auto["message"] and "evaluation data" in auto["message"]
 
 
 def test_auto_goes_further_when_they_do_not(models, tmp_path):
@@ -95,6 +103,9 @@ def test_auto_decides_on_held_out_calibration_without_validation(models):
     auto = result.report["auto"]
     assert auto["validation"]["source"] == "held-out 20% of the calibration data"
     assert auto["target"]["measure"] == "points of top-1 agreement"  # no labels there
+    # checked again on the evaluation data in the same measure, though it has labels
+    assert auto["evaluation"]["measure"] == "points of top-1 agreement"
+    assert auto["evaluation"]["meets_target"] is not None
     assert auto["validation"]["samples"] == round(0.2 * models["calibration"].num_samples)
     assert any("coarser than most targets" in w for w in result.report["warnings"])
 
@@ -120,3 +131,32 @@ def test_cli_pipeline_auto(tmp_path, capsys):
     assert "auto: target met" in out
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["auto"]["target"]["max_accuracy_drop"] == 1.0
+
+
+def test_met_on_validation_but_not_on_evaluation_is_never_shown_as_met():
+    """The issue's page: "target met" beside a summary card with a larger drop. Validation
+    chose (1.0 point allowed, 0.5 lost), the evaluation data shows 3 points lost: the verdict
+    says both, the over-target one as a warning, and the page never reads plain "met"."""
+    from qaas_engine.artifacts.html import render_html
+    from qaas_engine.auto import Validation, evaluation_verdict
+
+    metrics = {
+        "dataset": "evaluation", "samples": {"measured": 400, "available": 400},
+        "float": {"top1": 0.98}, "onnxruntime": {"top1": 0.95, "top1_agreement": 0.96},
+    }  # fmt: skip
+    validation = Validation(data=None, source="--validation", float_top1=0.97)  # type: ignore[arg-type]
+    later = evaluation_verdict(metrics, 1.0, validation)
+    assert later["drop_points"] == pytest.approx(3.0) and later["meets_target"] is False
+    auto = {
+        "target": {"max_accuracy_drop": 1.0, "measure": "top-1 points"},
+        "validation": {"source": "--validation", "samples": 300, "float_top1": 0.97},
+        "met": True, "evaluation": later, "chosen": "ptq", "chosen_pipeline": [],
+        "tried": [{"name": "ptq", "accuracy": 0.965, "drop_points": 0.5, "meets_target": True,
+                   "energy_pj": 10.0, "seconds": 1.0, "on_frontier": True}],
+        "message": "", "search_seconds": 1.0,
+    }  # fmt: skip
+    page = render_html({"metrics": metrics, "auto": auto})
+    assert "Target met on the validation data" in page
+    assert "On the evaluation data (400 samples): loses 3.00 top-1 points, over the target" in page
+    assert '<p class="warn verdict">On the evaluation data' in page
+    assert "3.00 points lost on the evaluation data (400 samples)" in page  # the summary card
