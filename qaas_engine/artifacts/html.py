@@ -90,6 +90,11 @@ def _summary(report: dict[str, Any]) -> str:
             )
         )
     warnings = "".join(f'<p class="warn">{escape(w)}</p>' for w in report.get("warnings", []))
+    warnings += "".join(
+        f'<p class="note"><b>rule {escape(r["rule"])}</b> at {escape(r["node"])}: '
+        f"{escape(r['action'])}; {escape(r['why'])} (--strict-bits turns rules off)</p>"
+        for r in report.get("rules") or []
+    )
     rows = [
         [
             escape(key),

@@ -255,7 +255,7 @@ class BayesianBitsModel(nn.Module):
         for name, q in self.activation_quantizers().items():
             sim.activation_encodings[name] = q.decided_encoding()
         sim.pruned_channels = {k: v.tolist() for k, v in pruned.items()}
-        sim._derive_bias_encodings()
+        sim.derive_bias_encodings()
         sim.invalidate()
         return pruned
 

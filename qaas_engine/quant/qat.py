@@ -228,7 +228,7 @@ class QATModel(nn.Module):
             sim.weight_encodings[name] = self._weight_quantizer(key).encoding()
         for name, key in self.act_keys.items():
             sim.activation_encodings[name] = self._act_quantizer(key).encoding()
-        sim._derive_bias_encodings()
+        sim.derive_bias_encodings()
 
 
 def _device(config: QATConfig) -> torch.device:

@@ -154,7 +154,7 @@ class QuantSim:
             scheme = self.activation_scheme(obs.low)
             low, high = estimator(obs, histograms.get(name), scheme)
             self.activation_encodings[name] = Encoding.from_range(scheme, low, high)
-        self._derive_bias_encodings()
+        self.derive_bias_encodings()
         summary.skipped = {k: v for k, v in self.skipped.items()}
         return summary
 
@@ -184,7 +184,7 @@ class QuantSim:
             low, high = float(np.min(stats.low)), float(np.max(stats.high))
             scheme = self.activation_scheme(low)
             self.activation_encodings[name] = Encoding.from_range(scheme, low, high)
-        self._derive_bias_encodings()
+        self.derive_bias_encodings()
         return len(self.activation_encodings)
 
     def _observe_pass(
@@ -221,7 +221,7 @@ class QuantSim:
 
         return observe
 
-    def _derive_bias_encodings(self) -> None:
+    def derive_bias_encodings(self) -> None:
         """int32 bias at scale s_input * s_weight, as the integer kernel accumulates it."""
         self.bias_encodings = {}
         for name, site in self.placement.weights.items():

@@ -51,6 +51,8 @@ def finish(
     )
     report = build_report(imported, state, sim, qdq, metrics, timer)
     report["warnings"] = gap_warnings(metrics)
+    report["strict_bits"] = sim.spec.strict_bits
+    report["rules"] = list(state.rules)  # each rule that fired: where, what it did, why
     add_report_sections(
         report, float_model=imported.model, state=state, sim=sim, qdq=qdq, data=measured_on,
         timer=timer, energy_profile=profile, quantization_seconds=quantization_seconds(timer),

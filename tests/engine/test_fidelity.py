@@ -47,7 +47,10 @@ def _model(tmp_path):
 
 def test_every_output_is_measured_and_the_worst_channel_is_named(tmp_path):
     imported, calibration = _model(tmp_path)
-    metrics = quantize(imported, QuantSpec(), calibration=calibration).report["metrics"]
+    # strict bits: one grid over the joined output, as the spec asked (the wide_join rule
+    # would otherwise keep the join float; tests/engine/test_rules.py)
+    spec = QuantSpec(strict_bits=True)
+    metrics = quantize(imported, spec, calibration=calibration).report["metrics"]
     assert set(metrics["outputs"]) == {"logits", "detections"}
     assert (
         metrics["output"] == "logits"
