@@ -1,10 +1,13 @@
 from fastapi import APIRouter, Response
 
 from app.core.deps import SessionDep, TenantDep
+from app.core.errors import error_responses
 from app.webhooks.schemas import WebhookSecretOut
 from app.webhooks.service import WebhookSecretService
 
-router = APIRouter(prefix="/v1/webhook-secret", tags=["webhooks"])
+router = APIRouter(
+    prefix="/v1/webhook-secret", tags=["webhooks"], responses=error_responses(401, 429, 503)
+)
 
 
 @router.get("", response_model=WebhookSecretOut)

@@ -236,11 +236,19 @@ class QuantSim:
             )
             bias = np.abs(to_numpy(self.executor.weights[site.bias]).astype(np.float64))
             if np.any(bias / scale.astype(np.float64) >= 2 ** (BIAS_BITS - 1) - 1):
-                # s_input * s_weight is so fine (e.g. 16-bit grids) that the bias overflows int32.
-                self.skipped[site.bias] = (
-                    "bias does not fit int32 at s_input * s_weight; kept float"
-                )
-                continue
+                if max(w_enc.scheme.bits, input_encoding.scheme.bits) <= 8:
+                    # an 8-bit group fuses into an integer kernel that assumes s_input * s_weight
+                    self.skipped[site.bias] = (
+                        "bias does not fit int32 at s_input * s_weight; kept float"
+                    )
+                    continue
+                # A 16-bit grid makes s_input * s_weight so fine that the bias overflows int32.
+                # Left float, ONNX Runtime's optimizer would quantize it at that scale anyway
+                # (its BiasQuantization pass, which does not check the range) and wrap it; a
+                # coarser int32 grid keeps it exact to 2^-30 of its range, and ORT has no
+                # integer kernel for 16-bit groups that would assume the product scale.
+                widest = bias if scale.size > 1 else bias.max(keepdims=True)
+                scale = np.maximum(scale, (widest / 2**30).astype(np.float32)).astype(np.float32)
             scheme = QuantScheme(
                 bits=BIAS_BITS,
                 symmetric=True,

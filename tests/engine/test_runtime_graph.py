@@ -77,3 +77,28 @@ def test_sixteen_bit_activations_are_counted_and_stay_unfused(tmp_path):
     assert graph["sixteen_bit_qdq"] > 0
     assert "QLinearConv" not in graph["integer_kernels"]
     onnx.checker.check_model(result.quantized_model)
+
+
+class LargeBias(torch.nn.Module):
+    """A conv whose bias dwarfs its weights: at 16-bit grids s_input * s_weight is so fine that
+    the bias does not fit int32 at that scale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.mul_(0.01)
+            self.conv.bias.copy_(torch.tensor([40.0, -30.0, 25.0, -50.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x)).mean((2, 3))
+
+
+def test_sixteen_bit_groups_with_a_large_bias_run_as_simulated(tmp_path):
+    """ONNX Runtime's optimizer quantizes a float Conv bias at s_input * s_weight without a range
+    check; the export must not leave it one where that scale overflows int32."""
+    torch.manual_seed(0)
+    _, result = _quantized_report(tmp_path, LargeBias().eval(), activation_bits=16, weight_bits=16)
+    gap = result.report["metrics"]["simulation_vs_onnxruntime"]
+    assert gap["sqnr_db"] > 60
+    assert result.report["metrics"]["onnxruntime"]["sqnr_db"] > 60
