@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.jobs.progress import job_overall_progress, queue_position
+from qaas.types import Artifact, JobError, JobInfo
 from qaas_engine.spec import QuantSpec
 from qaas_engine.targets import check_target
 
@@ -48,43 +49,8 @@ class JobCreate(BaseModel):
         return None if target is None else check_target(target)
 
 
-class JobError(BaseModel):
-    kind: str
-    detail: str | None
-
-
-class Artifact(BaseModel):
-    name: str
-    size_bytes: int
-    sha256: str
-
-
-class JobOut(BaseModel):
-    model_config = ConfigDict(protected_namespaces=())
-
-    id: str
-    status: str
-    phase: str | None
-    progress: float
-    attempts: int
-    model_id: str | None  # None once the model was deleted
-    calibration_id: str | None
-    evaluation_id: str | None
-    training_id: str | None
-    validation_id: str | None
-    quantization: dict[str, Any]
-    max_accuracy_drop: float | None
-    energy_profile: dict[str, Any] | None
-    error: JobError | None
-    steps: list[dict[str, Any]]
-    step_reports: dict[str, Any]
-    metrics: dict[str, Any] | None
-    artifacts: list[Artifact]
-    created_at: datetime
-    queued_at: datetime | None = None
-    started_at: datetime | None
-    finished_at: datetime | None
-    updated_at: datetime
+class JobOut(JobInfo):
+    """The SDK's ``qaas.types.JobInfo``, made from a row."""
 
     @classmethod
     def from_row(cls, job: Any) -> JobOut:
@@ -94,6 +60,8 @@ class JobOut(BaseModel):
             status=job.status,
             phase=job.phase,
             progress=job.progress,
+            overall_progress=job_overall_progress(job),
+            queue_position=queue_position(job),
             attempts=job.attempts,
             model_id=job.model_id,
             calibration_id=job.calibration_id,
