@@ -62,7 +62,7 @@ class JobProgress:
         if self.bar is None:
             self.bar = _rich_bar()
             self.bar.start()
-            self.task = self.bar.add_task(job.id, total=1.0)
+            self.task = self.bar.add_task(job.id, total=1.0, state="")
         self.bar.update(self.task, completed=job.overall_progress, state=describe(job))
 
     def close(self) -> None:

@@ -237,8 +237,10 @@ def _ask_key() -> str:
 
 def _submit_inputs(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The model and each dataset role: a path to upload or the id of an earlier upload."""
-    if (args.model is None) == (args.model_id is None):
+    if args.model is not None and args.model_id is not None:
         raise CliError("give MODEL (a file to upload) or --model-id ID, not both")
+    if args.model is None and args.model_id is None:
+        raise CliError("give MODEL (a file to upload), or --model-id ID of an earlier upload")
     data: dict[str, Any] = {}
     for role in DATA_ROLES:
         path, given_id = getattr(args, role), getattr(args, f"{role}_id")

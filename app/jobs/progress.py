@@ -23,6 +23,7 @@ STEP_COST = {"qat": 12.0, "bayesian_bits": 12.0, "adaround": 6.0, "bias_correcti
 BEFORE = (("import", 1.0), ("load", 1.0))
 AFTER = (("evaluation", 3.0), ("energy", 1.0), ("latency", 2.0), ("analysis", 2.0), ("save", 1.0))
 SAME_SLOT = {"data_free_ranges": "calibration"}
+REPORT_ONLY = ("energy", "latency", "analysis")  # phases run once, after auto's ladder
 
 
 def pipeline_plan(pipeline: Sequence[str], quantize_activations: bool) -> list[tuple[str, float]]:
@@ -51,42 +52,49 @@ def _fraction(plan: list[tuple[str, float]], phase: str, within: float) -> float
     return (done + plan[index][1] * min(1.0, max(0.0, within))) / total
 
 
-def _auto_fraction(phase: str, within: float, quantize_activations: bool) -> float:
+def _auto_fraction(phase: str, within: float, activations: bool) -> float:
     """``auto <rung>: <phase>``: the rung's place in the ladder, then the phase's in the rung."""
     rung_name, _, rung_phase = phase.removeprefix("auto ").partition(": ")
     names = [rung.name for rung in LADDER]
     if rung_name not in names:
         return 0.0
     rung = LADDER[names.index(rung_name)]
-    inner = _fraction(pipeline_plan(rung.pipeline, quantize_activations), rung_phase, within)
+    inner = _fraction(pipeline_plan(rung.pipeline, activations), rung_phase, within)
     return (names.index(rung_name) + (inner or 0.0)) / len(LADDER)
 
 
 def overall_progress(
     *, status: str, phase: str | None, progress: float, spec: dict[str, Any], history: list[str]
 ) -> float:
-    """0..1 across the job's phases; ``history``: the phases the worker recorded so far."""
+    """0..1 across the job's phases; ``history``: the phases the worker recorded so far, the
+    current one last. Never below where an earlier phase ended, so it does not go back when a
+    name repeats (auto's validation, then its report, are both ``evaluation``)."""
     if status == JobStatus.SUCCEEDED or phase == "done":
         return 1.0
     if status == JobStatus.QUEUED or phase is None:
         return 0.0
-    pipeline = list(spec.get("pipeline") or [])
-    quantize_activations = spec.get("activation_bits") is not None
-    middle = (
-        [("auto", 30.0)] if pipeline == ["auto"] else pipeline_plan(pipeline, quantize_activations)
-    )
-    plan = [*BEFORE, *middle, *AFTER]
-    if phase == "load" and "import" not in history:
+    if "import" not in history:
         return 0.0  # the worker's own "load" (fetching the files), before the engine's import
-    if phase.startswith("auto "):
-        inner = _auto_fraction(phase, progress, quantize_activations)
-        found = _fraction(plan, "auto", inner)
-    else:
-        found = _fraction(plan, phase, progress)
-    if found is None:  # a phase this plan does not know: as far as the last one it does
-        known = [_fraction(plan, name, 1.0) for name in history]
-        found = max((value for value in known if value is not None), default=0.0)
-    return round(min(1.0, found), 4)
+    pipeline = list(spec.get("pipeline") or [])
+    activations = spec.get("activation_bits") is not None
+    middle = [("auto", 30.0)] if pipeline == ["auto"] else pipeline_plan(pipeline, activations)
+    plan = [*BEFORE, *middle, *AFTER]
+    history = history[history.index("import") :]
+    finished = history[:-1] if history[-1] == phase else history
+    figures = [_figure(plan, phase, progress, activations)]
+    figures += [_figure(plan, name, 1.0, activations) for name in finished]
+    return round(min(1.0, max((f for f in figures if f is not None), default=0.0)), 4)
+
+
+def _figure(
+    plan: list[tuple[str, float]], phase: str, within: float, activations: bool
+) -> float | None:
+    if not phase.startswith("auto "):
+        return _fraction(plan, phase, within)
+    rung_phase = phase.partition(": ")[2]
+    if rung_phase in REPORT_ONLY:  # the chosen rung's report: the ladder is done
+        return _fraction(plan, rung_phase, within)
+    return _fraction(plan, "auto", _auto_fraction(phase, within, activations))
 
 
 def job_overall_progress(job: Job) -> float:
