@@ -268,13 +268,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
             role: client.upload_dataset(value) if isinstance(value, Path) else value
             for role, value in data.items()
         }
-        quantization = spec.model_dump(mode="json")
         job = client.submit(
             model,
             **uploaded,
-            weights=quantization["weight_bits"],
-            activations=quantization["activation_bits"],
-            quantization=quantization,
+            quantization=spec.model_dump(mode="json"),
             # the job's own target is a fraction (0.01 = one point); the flag is in points
             max_accuracy_drop=(
                 None if args.max_accuracy_drop is None else args.max_accuracy_drop / 100.0

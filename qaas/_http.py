@@ -12,6 +12,7 @@ import tarfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -160,15 +161,14 @@ class Api:
         for _, file in files:
             if not file.is_file():
                 raise InvalidRequest(0, "not_found", f"file not found: {file}")
+        stream: Callable[[], Iterable[bytes]]
         if len(files) == 1:
-            headers = {
-                "Content-Type": "application/octet-stream",
-                "Content-Length": str(path.stat().st_size),
-            }
-            stream: Callable[[], Iterable[bytes]] = lambda: _chunks(path)  # noqa: E731
+            media_type, size = "application/octet-stream", path.stat().st_size
+            stream = partial(_chunks, path)
         else:
-            headers = {"Content-Type": "application/x-tar", "Content-Length": str(_tar_size(files))}
-            stream = lambda: _tar_stream(files)  # noqa: E731
+            media_type, size = "application/x-tar", _tar_size(files)
+            stream = partial(_tar_stream, files)
+        headers = {"Content-Type": media_type, "Content-Length": str(size)}
         response = self.request(
             "POST", route, params={"filename": path.name}, content=stream, headers=headers
         )

@@ -162,13 +162,16 @@ class Client:
         or a path (uploaded first). ``weights``/``activations``: ``"int8"``, ``"int4"``...
         (activations also ``"float"``); ``pipeline``: step names (``"cle,adaround"``) or
         ``"auto"``; ``**options``: any other field of the quantization spec (e.g.
-        ``calibration_method="mse"``), over ``quantization`` (a whole spec, as a dict).
+        ``calibration_method="mse"``). ``quantization``, a whole spec as a dict, comes before
+        ``weights``/``activations`` and after ``pipeline`` and ``**options``.
         ``max_accuracy_drop`` is a fraction of top-1 (0.01 = one point). The same
         ``idempotency_key`` (a fresh one by default) gives back the same job, so a retried
         submission never queues twice."""
-        spec = dict(quantization or {})
-        spec["weight_bits"] = _bits(weights, allow_float=False)
-        spec["activation_bits"] = _bits(activations, allow_float=True)
+        spec = {
+            "weight_bits": _bits(weights, allow_float=False),
+            "activation_bits": _bits(activations, allow_float=True),
+            **(quantization or {}),
+        }
         if pipeline is not None:
             steps = pipeline.split(",") if isinstance(pipeline, str) else pipeline
             spec["pipeline"] = [step.strip() for step in steps if step.strip()]

@@ -107,6 +107,14 @@ def running(job: qaas.Job) -> qaas.Job:
     return wait_for(lambda: job.refresh().status == "running" and job, 120, f"{job.id} to run")
 
 
+def test_the_sdk_imports_only_httpx_and_pydantic():
+    code = "import sys, qaas; print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    loaded = set(subprocess.check_output([sys.executable, "-c", code], text=True).split())
+    assert {"qaas", "httpx", "pydantic"} <= loaded
+    heavy = {"app", "worker", "qaas_engine", "torch", "numpy", "onnx", "fastapi", "sqlalchemy"}
+    assert not loaded & heavy  # (rich may come: httpx imports it when it is installed)
+
+
 def test_upload_submit_wait_download_list(client, worker, tiny_model, tiny_data, tmp_path):
     calibration, evaluation = tiny_data
     model = client.upload_model(tiny_model)
@@ -180,6 +188,14 @@ def test_error_classes(client, server, tiny_model):
     with pytest.raises(qaas.Conflict):
         client.submit(model, activations="float", weights="int4", idempotency_key=key)
     job.cancel()
+    # a whole spec as a dict comes before weights/activations, **options after it
+    spec = {"weight_bits": 4, "activation_bits": None, "batch_size": 8}
+    custom = client.submit(model, quantization=spec, batch_size=16, pipeline="cle")
+    assert (
+        custom.quantization["weight_bits"] == 4 and custom.quantization["activation_bits"] is None
+    )
+    assert custom.quantization["batch_size"] == 16 and custom.quantization["pipeline"] == ["cle"]
+    custom.cancel()
     with qaas.Client("http://127.0.0.1:9", "k", max_retries=1) as nowhere:
         with pytest.raises(qaas.ConnectionFailed) as unreachable:
             nowhere.whoami()
