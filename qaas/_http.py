@@ -175,7 +175,7 @@ class Api:
         return response.json()
 
     def pages(
-        self, path: str, params: dict[str, Any], limit: int | None
+        self, path: str, params: dict[str, Any], limit: int | None, page_size: int = PAGE_MAX
     ) -> Iterator[dict[str, Any]]:
         """Items of a list endpoint, newest first, following ``X-Next-Cursor`` until ``limit``
         items or the last page."""
@@ -183,7 +183,7 @@ class Api:
         cursor: str | None = None
         while limit is None or seen < limit:
             query = {k: v for k, v in params.items() if v is not None}
-            query["limit"] = PAGE_MAX if limit is None else min(PAGE_MAX, limit - seen)
+            query["limit"] = page_size if limit is None else min(page_size, limit - seen)
             if cursor is not None:
                 query["cursor"] = cursor
             response = self.request("GET", path, params=query)

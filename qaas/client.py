@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from qaas._http import Api
+from qaas._http import PAGE_MAX, Api
 from qaas.config import resolve
 from qaas.errors import InvalidRequest
 from qaas.resources import Dataset, Job, Model
@@ -114,28 +114,38 @@ class Client:
         status: str | Iterable[str] | None = None,
         limit: int | None = None,
         created_after: datetime | None = None,
+        *,
+        page_size: int = PAGE_MAX,
     ) -> Iterator[Job]:
-        """This tenant's jobs, newest first, page after page until ``limit`` (None: all).
-        ``status``: one of queued, running, succeeded, failed, cancelled, or several."""
+        """This tenant's jobs, newest first, ``page_size`` a request until ``limit`` (None:
+        all). ``status``: one of queued, running, succeeded, failed, cancelled, or several."""
         wanted = [status] if isinstance(status, str) else list(status or [])
         params = {"status": wanted or None, "created_after": _iso(created_after)}
-        for item in self.api.pages("/v1/jobs", params, limit):
+        for item in self.api.pages("/v1/jobs", params, limit, page_size):
             # the server filters; an older one ignores the parameter, so check here too
             if not wanted or item["status"] in wanted:
                 yield Job.bound(self.api, item)
 
     def models(
-        self, limit: int | None = None, created_after: datetime | None = None
+        self,
+        limit: int | None = None,
+        created_after: datetime | None = None,
+        *,
+        page_size: int = PAGE_MAX,
     ) -> Iterator[Model]:
         params = {"created_after": _iso(created_after)}
-        for item in self.api.pages("/v1/models", params, limit):
+        for item in self.api.pages("/v1/models", params, limit, page_size):
             yield Model.bound(self.api, item)
 
     def datasets(
-        self, limit: int | None = None, created_after: datetime | None = None
+        self,
+        limit: int | None = None,
+        created_after: datetime | None = None,
+        *,
+        page_size: int = PAGE_MAX,
     ) -> Iterator[Dataset]:
         params = {"created_after": _iso(created_after)}
-        for item in self.api.pages("/v1/datasets", params, limit):
+        for item in self.api.pages("/v1/datasets", params, limit, page_size):
             yield Dataset.bound(self.api, item)
 
     # jobs

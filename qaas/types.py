@@ -27,6 +27,16 @@ class Artifact(BaseModel):
     sha256: str
 
 
+class WebhookDelivery(BaseModel):
+    """One attempt at a job's webhook: the receiver's status code, or why there was none."""
+
+    attempt: int
+    at: datetime
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+
+
 class JobInfo(BaseModel):
     """A job as ``GET /v1/jobs/{id}`` answers it."""
 
@@ -61,6 +71,9 @@ class JobInfo(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    callback_url: str | None = None
+    webhook_status: str | None = Field(None, description="pending, delivered or failed")
+    deliveries: list[WebhookDelivery] = Field(default_factory=list, description="webhook attempts")
 
 
 class ModelInput(BaseModel):

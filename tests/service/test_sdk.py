@@ -143,10 +143,24 @@ def test_upload_submit_wait_download_list(client, worker, tiny_model, tiny_data,
 
     again = client.get_job(job.id)
     assert again.status == "succeeded" and again.model_id == model.id
-    listed = list(client.jobs(limit=5))
-    assert 1 <= len(listed) <= 5 and job.id in [j.id for j in listed]
-    assert all(j.status == "succeeded" for j in client.jobs(status="succeeded"))
     assert [m.id for m in client.models(limit=1)] == [model.id]  # newest first
+    assert all(j.status == "succeeded" for j in client.jobs(status="succeeded"))
+
+
+def test_listing_follows_the_cursor(client, tiny_model):
+    """Pages of two, followed through X-Next-Cursor, give what one page gives."""
+    model = client.upload_model(tiny_model)
+    submitted = [client.submit(model, activations="float") for _ in range(3)]
+    for job in submitted:
+        job.cancel()
+    newest = [job.id for job in reversed(submitted)]
+    whole = [job.id for job in client.jobs(limit=5)]
+    paged = [job.id for job in client.jobs(limit=5, page_size=2)]
+    assert paged == whole and whole[:3] == newest
+    every = [job.id for job in client.jobs(page_size=2)]
+    assert len(every) == len(set(every)) and every[:3] == newest
+    cancelled = list(client.jobs(status=["cancelled", "failed"], page_size=1, limit=3))
+    assert [job.id for job in cancelled] == newest
 
 
 def test_queue_position_cancel_delete(client, worker, tiny_model, tiny_data):
