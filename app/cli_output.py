@@ -4,6 +4,7 @@ for a job on a server, and the result table of a report."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ def job_line(job: JobInfo) -> str:
     return line
 
 
-def jobs_table(jobs: list[JobInfo]) -> str:
+def jobs_table(jobs: Sequence[JobInfo]) -> str:
     """``qaas jobs list``: one job a line, newest first."""
     rows = [f"{'ID':32}  {'STATUS':9}  {'DONE':>4}  {'CREATED (UTC)':19}  {'PIPELINE':20}  MODEL"]
     for job in jobs:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,11 @@ class QaasClient:
         timeout: float = 120.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        warnings.warn(
+            "app.client.QaasClient is deprecated: use qaas.Client (import qaas)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         self.sdk = qaas.Client(url, api_key, timeout=timeout, transport=transport)
 
     def __enter__(self) -> QaasClient:

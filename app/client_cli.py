@@ -270,7 +270,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
         }
         job = client.submit(
             model,
-            **uploaded,
+            uploaded["calibration"],
+            uploaded["evaluation"],
+            training=uploaded["training"],
+            validation=uploaded["validation"],
             quantization=spec.model_dump(mode="json"),
             # the job's own target is a fraction (0.01 = one point); the flag is in points
             max_accuracy_drop=(

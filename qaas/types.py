@@ -47,10 +47,10 @@ class JobInfo(BaseModel):
     phase: str | None
     progress: float = Field(description="the current phase's progress, 0..1")
     overall_progress: float = Field(
-        0.0, description="progress across all the job's phases and steps, 0..1"
+        default=0.0, description="progress across all the job's phases and steps, 0..1"
     )
     queue_position: int | None = Field(
-        None, description="1 = the next job to start; null when the job is not queued"
+        default=None, description="1 = the next job to start; null when the job is not queued"
     )
     attempts: int
     model_id: str | None  # None once the model was deleted
@@ -72,7 +72,7 @@ class JobInfo(BaseModel):
     finished_at: datetime | None
     updated_at: datetime
     callback_url: str | None = None
-    webhook_status: str | None = Field(None, description="pending, delivered or failed")
+    webhook_status: str | None = Field(default=None, description="pending, delivered or failed")
     deliveries: list[WebhookDelivery] = Field(default_factory=list, description="webhook attempts")
 
 
