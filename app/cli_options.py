@@ -17,9 +17,16 @@ class CliError(Exception):
     """Bad command-line input; printed as one line, exit status 2."""
 
 
-def add_quantize_options(parser: argparse.ArgumentParser) -> None:
-    """The model, data and quantization options shared by ``quantize`` and ``submit``."""
-    parser.add_argument("model", type=Path, metavar="MODEL", help=".onnx or .pt2")
+def add_quantize_options(parser: argparse.ArgumentParser, *, model_optional: bool = False) -> None:
+    """The model, data and quantization options shared by ``quantize`` and ``submit``
+    (where MODEL may be left out for ``--model-id``)."""
+    parser.add_argument(
+        "model",
+        type=Path,
+        metavar="MODEL",
+        help=".onnx or .pt2",
+        nargs="?" if model_optional else None,
+    )
     parser.add_argument("--calibration", type=Path, metavar="NPZ")
     parser.add_argument("--evaluation", type=Path, metavar="NPZ")
     parser.add_argument("--weights", default="int8", metavar="intN", help="int2..int16")

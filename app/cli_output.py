@@ -1,10 +1,16 @@
-"""What ``qaas quantize`` and ``qaas submit --wait`` print: a progress line and the result
-table of a report."""
+"""What ``qaas quantize`` and ``qaas submit --wait`` print: a progress line, one overall bar
+for a job on a server, and the result table of a report."""
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from qaas.types import JobInfo
 
 
 class ProgressLine:
@@ -30,6 +36,88 @@ class ProgressLine:
         else:
             sys.stderr.write(f"{phase} {step}%\n")
         sys.stderr.flush()
+
+
+class JobProgress:
+    """One bar for the whole job (``overall_progress``) with its state (queue position, phase)
+    beside it, drawn by rich on a terminal; where stderr is not a terminal, plain lines (a
+    change of state or a quarter of the way), which logs and CI keep readable."""
+
+    def __init__(self, enabled: bool) -> None:
+        from qaas.progress import TextProgress
+
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.lines = TextProgress(sys.stderr)
+        self.bar: Progress | None = None
+        self.task: Any = None
+
+    def __call__(self, job: JobInfo) -> None:
+        if not self.enabled:
+            return
+        if not self.tty:
+            self.lines(job)
+            return
+        from qaas.progress import describe
+
+        if self.bar is None:
+            self.bar = _rich_bar()
+            self.bar.start()
+            self.task = self.bar.add_task(job.id, total=1.0, state="")
+        self.bar.update(self.task, completed=job.overall_progress, state=describe(job))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def _rich_bar() -> Progress:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[state]}"),
+        console=Console(stderr=True),
+    )
+
+
+def job_line(job: JobInfo) -> str:
+    """``ID  STATUS`` with the queue position or overall progress and phase, and the error."""
+    from qaas.progress import describe
+
+    line = f"{job.id}  {job.status}"
+    if job.status == "queued" and job.queue_position:
+        line += f"  position {job.queue_position} in the queue"
+    elif job.status == "running":
+        line += f"  {int(100 * job.overall_progress)}%  {describe(job).removeprefix('running: ')}"
+    if job.error:
+        line += f"\n  {job.error.kind}: {job.error.detail}"
+    return line
+
+
+def jobs_table(jobs: Sequence[JobInfo]) -> str:
+    """``qaas jobs list``: one job a line, newest first."""
+    rows = [f"{'ID':32}  {'STATUS':9}  {'DONE':>4}  {'CREATED (UTC)':19}  {'PIPELINE':20}  MODEL"]
+    for job in jobs:
+        pipeline = ",".join(job.quantization.get("pipeline") or []) or "-"
+        created = job.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        done = f"{int(100 * job.overall_progress)}%"
+        rows.append(
+            f"{job.id:32}  {job.status:9}  {done:>4}  {created:19}  {pipeline:20.20}  "
+            f"{job.model_id or '-'}"
+        )
+    return "\n".join(rows)
 
 
 def _fmt(value: float | None, pattern: str) -> str:

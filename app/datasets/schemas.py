@@ -1,22 +1,13 @@
 from __future__ import annotations
 
-from datetime import datetime
+from pydantic import ConfigDict
 
-from pydantic import BaseModel, ConfigDict
+from qaas.types import ArrayInfo, DatasetInfo
 
-
-class ArrayInfo(BaseModel):
-    shape: list[int]
-    dtype: str
+__all__ = ["ArrayInfo", "DatasetOut"]
 
 
-class DatasetOut(BaseModel):
+class DatasetOut(DatasetInfo):
+    """The SDK's ``qaas.types.DatasetInfo``, read from a row."""
+
     model_config = ConfigDict(from_attributes=True)
-
-    id: str
-    filename: str
-    size_bytes: int
-    expanded_bytes: int  # what the quota counts: the arrays at their full size
-    sha256: str
-    arrays: dict[str, ArrayInfo]
-    created_at: datetime

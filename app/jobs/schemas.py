@@ -1,13 +1,13 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.jobs.progress import job_overall_progress, queue_position
 from app.webhooks.addresses import RefusedAddress
 from app.webhooks.addresses import parse as parse_callback_url
-from app.webhooks.schemas import Delivery
+from qaas.types import Artifact, JobError, JobInfo
 from qaas_engine.spec import QuantSpec
 from qaas_engine.targets import check_target
 
@@ -69,46 +69,8 @@ class JobCreate(BaseModel):
         return None if target is None else check_target(target)
 
 
-class JobError(BaseModel):
-    kind: str
-    detail: str | None
-
-
-class Artifact(BaseModel):
-    name: str
-    size_bytes: int
-    sha256: str
-
-
-class JobOut(BaseModel):
-    model_config = ConfigDict(protected_namespaces=())
-
-    id: str
-    status: str
-    phase: str | None
-    progress: float
-    attempts: int
-    model_id: str | None  # None once the model was deleted
-    calibration_id: str | None
-    evaluation_id: str | None
-    training_id: str | None
-    validation_id: str | None
-    quantization: dict[str, Any]
-    max_accuracy_drop: float | None
-    energy_profile: dict[str, Any] | None
-    error: JobError | None
-    steps: list[dict[str, Any]]
-    step_reports: dict[str, Any]
-    metrics: dict[str, Any] | None
-    artifacts: list[Artifact]
-    created_at: datetime
-    queued_at: datetime | None = None
-    started_at: datetime | None
-    finished_at: datetime | None
-    updated_at: datetime
-    callback_url: str | None = None
-    webhook_status: str | None = Field(None, description="pending, delivered or failed")
-    deliveries: list[Delivery] = Field(default_factory=list, description="webhook attempts")
+class JobOut(JobInfo):
+    """The SDK's ``qaas.types.JobInfo``, made from a row."""
 
     @classmethod
     def from_row(cls, job: Any) -> JobOut:
@@ -118,6 +80,8 @@ class JobOut(BaseModel):
             status=job.status,
             phase=job.phase,
             progress=job.progress,
+            overall_progress=job_overall_progress(job),
+            queue_position=queue_position(job),
             attempts=job.attempts,
             model_id=job.model_id,
             calibration_id=job.calibration_id,
@@ -139,5 +103,5 @@ class JobOut(BaseModel):
             updated_at=job.updated_at,
             callback_url=job.callback_url,
             webhook_status=job.webhook_status,
-            deliveries=[Delivery(**attempt) for attempt in job.deliveries or []],
+            deliveries=job.deliveries or [],
         )

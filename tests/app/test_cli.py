@@ -227,3 +227,91 @@ def test_evaluation_samples_and_threads(tiny_model, tiny_data, tmp_path, monkeyp
     report = json.loads((tmp_path / "b" / "report.json").read_text())
     assert report["metrics"]["samples"] == {"measured": 48, "available": 48}
     assert report["spec"]["max_evaluation_samples"] == "all"
+
+
+# The client commands' checks made before any request (the service tests run them against a
+# real server: tests/service/test_sdk.py).
+
+
+@pytest.fixture
+def no_server(monkeypatch, tmp_path):
+    """No QAAS_URL/QAAS_API_KEY, a configuration folder of the test's own, nothing listening."""
+    for name in ("QAAS_URL", "QAAS_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    return "http://127.0.0.1:9"  # the discard port: connection refused
+
+
+def test_configure_writes_a_private_file_that_the_sdk_reads(no_server, tmp_path, monkeypatch):
+    import io
+
+    import qaas
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("qaas_from-stdin\n"))  # not a terminal
+    assert main(["configure", "--url", no_server, "--no-verify"]) == 0
+    path = tmp_path / "config" / "qaas" / "config.toml"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert 'api_key = "qaas_from-stdin"' in path.read_text()
+    with qaas.Client() as client:
+        assert client.url == no_server
+        assert client.api.http.headers["authorization"] == "Bearer qaas_from-stdin"
+    monkeypatch.setenv("QAAS_API_KEY", "qaas_from-env")  # the environment comes first
+    with qaas.Client() as client:
+        assert client.api.http.headers["authorization"] == "Bearer qaas_from-env"
+
+
+def test_submit_options_are_checked_before_any_request(no_server, tiny_model, tmp_path, capsys):
+    cases = {
+        "MODEL and --model-id": ([str(tiny_model), "--model-id", "m1"], "not both"),
+        "neither": (["--activations", "float"], "MODEL"),
+        "a file and its id": (
+            [str(tiny_model), "--calibration", str(tiny_model), "--calibration-id", "d1"],
+            "--calibration or --calibration-id",
+        ),
+        "-o without --wait": ([str(tiny_model), "-o", str(tmp_path)], "needs --wait"),
+    }
+    for name, (argv, message) in cases.items():
+        assert main(["submit", *argv, "--url", no_server]) == 2, name
+        assert message in capsys.readouterr().err, name
+    assert main(["jobs", "list", "--limit", "0", "--url", no_server]) == 2
+
+
+def test_an_unreachable_server_is_one_line_and_exit_1(no_server, capsys):
+    assert main(["status", "0" * 32, "--url", no_server]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("qaas: error: cannot reach http://127.0.0.1:9") and "Traceback" not in err
+
+
+def job_info(**changes):
+    from qaas.types import JobInfo
+
+    fields = dict.fromkeys(
+        ("phase", "model_id", "calibration_id", "evaluation_id", "training_id", "validation_id")
+    )
+    fields |= dict.fromkeys(("max_accuracy_drop", "energy_profile", "error", "metrics"))
+    fields |= dict.fromkeys(("started_at", "finished_at"))
+    moment = "2026-01-01T00:00:00Z"
+    base = {**fields, "id": "job1", "status": "queued", "progress": 0.0, "attempts": 0}
+    base |= {"quantization": {}, "steps": [], "step_reports": {}, "artifacts": []}
+    return JobInfo(**{**base, "created_at": moment, "updated_at": moment, **changes})
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_one_overall_bar_with_phase_and_queue_position(tty, capsys):
+    from app.cli_output import JobProgress
+
+    progress = JobProgress(True)
+    progress.tty = progress.lines.tty = tty  # capsys is no terminal: rich draws once, at stop
+    progress(job_info(queue_position=2))
+    progress(job_info(status="running", phase="calibration", overall_progress=0.4))
+    progress(job_info(status="succeeded", phase="done", overall_progress=1.0))
+    progress.close()
+    err = capsys.readouterr().err
+    if tty:
+        assert "100%" in err and "succeeded" in err
+    else:
+        assert err.splitlines() == [
+            "job1 0% queued (position 2)",
+            "job1 25% running: calibration",
+            "job1 100% succeeded",
+        ]

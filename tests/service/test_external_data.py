@@ -12,9 +12,9 @@ from pathlib import Path
 import onnx
 import pytest
 
-from app import service_cli
+import qaas
+from app import client_cli
 from app.cli import main as cli_main
-from app.client import QaasClient
 from worker.runner import run_job
 from worker.runtime import Runtime
 
@@ -171,9 +171,9 @@ def test_cli_submit_sends_the_external_data_it_finds(
     tenant = make_tenant()
     key = tenant["Authorization"].split()[1]
     monkeypatch.setattr(
-        service_cli,
+        client_cli,
         "_client",
-        lambda args: QaasClient("http://testserver", key, transport=api._transport),
+        lambda args: qaas.Client("http://testserver", key, transport=api._transport),
     )
     argv = ["submit", str(model), "--activations", "float", "--json"]
     assert cli_main(argv) == 0

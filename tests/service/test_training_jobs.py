@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from app import service_cli
+import qaas
+from app import client_cli
 from app.cli import main as cli_main
-from app.client import QaasClient
 from tests.service.conftest import upload
 from worker.runner import run_job
 from worker.runtime import Runtime
@@ -225,9 +225,9 @@ def test_cli_submit_uploads_training_data_and_sends_the_profile(
     """``qaas submit --training --validation --energy-profile``, through the Python client."""
     key = tenant["Authorization"].split()[1]
     monkeypatch.setattr(
-        service_cli,
+        client_cli,
         "_client",
-        lambda args: QaasClient("http://testserver", key, transport=api._transport),
+        lambda args: qaas.Client("http://testserver", key, transport=api._transport),
     )
     profile = tmp_path / "chip.json"
     profile.write_text(json.dumps(CHIP))
