@@ -56,8 +56,11 @@ class QuantSpec(BaseModel):
     percentile: float = Field(99.99, gt=50.0, le=100.0)
     keep_float_nodes: tuple[NodeName, ...] = Field((), max_length=MAX_KEEP_FLOAT_NODES)
     keep_float_ops: tuple[NodeName, ...] = Field((), max_length=MAX_KEEP_FLOAT_OPS)
-    # True turns off the rules that change grids after calibration (qaas_engine.quant.rules)
+    # True turns off the rules that change grids after calibration (qaas_engine.rules)
     strict_bits: bool = False
+    # output SQNR (dB, against float, on calibration samples) below which the rules give the
+    # noisiest quantizers 16-bit grids
+    min_sqnr_db: float = Field(30.0, ge=0.0, le=200.0)
     pipeline: tuple[StepName, ...] = Field((), max_length=MAX_PIPELINE_STEPS)
     batch_size: int = Field(32, ge=1, le=4096)
     max_calibration_samples: int | None = Field(None, ge=1)

@@ -57,7 +57,7 @@ class PipelineState:
     energy_profile: EnergyProfile = field(default_factory=EnergyProfile)  # prices mixed precision
     # the float model's first output per calibration batch, as calibration computed it (or None)
     calibration_outputs: list[np.ndarray] | None = None
-    rules: list[dict[str, str]] = field(default_factory=list)  # what quant.rules did, and why
+    rules: list[dict[str, str]] = field(default_factory=list)  # what rules.py did, and why
     kernels: KernelChoice | None = None  # the target's kernel mode, chosen at export
 
     def rebuild_executor(self) -> None:

@@ -3,8 +3,12 @@ a join of very different ranges (boxes in pixels beside probabilities) stays flo
 
 from __future__ import annotations
 
-from qaas_engine import QuantSpec, quantize
+import numpy as np
+import torch
+
+from qaas_engine import QuantSpec, import_model, load_npz, model_inputs, quantize
 from qaas_engine.artifacts.html import render_html
+from tests.conftest import export_legacy
 from tests.engine.test_fidelity import _model
 
 
@@ -33,3 +37,41 @@ def test_joins_of_similar_ranges_are_left_alone(tiny_imported):
     imported, calibration, _ = tiny_imported
     report = quantize(imported, QuantSpec(), calibration=calibration).report
     assert report["rules"] == [] and report["strict_bits"] is False
+
+
+class OutlierChannel(torch.nn.Module):
+    """One channel of the first conv's output is 1000x the others (as an exporter's folded
+    scales leave it), and a depthwise conv scales it back: one 8-bit grid over that tensor
+    leaves the small channels a level or two, so the output is destroyed unless the tensor gets
+    16 bits (the weights, per channel, lose nothing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.second = torch.nn.Conv2d(4, 4, 1, groups=4)
+        with torch.no_grad():
+            self.first.weight[0] *= 1000.0
+            self.first.bias[0] *= 1000.0
+            self.second.weight[0] /= 1000.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(x)).mean((2, 3))
+
+
+def test_a_tensor_that_8_bits_destroy_gets_16_bits_and_says_why(tmp_path):
+    torch.manual_seed(0)
+    model = export_legacy(OutlierChannel().eval(), tmp_path / "m.onnx", torch.randn(1, 1, 8, 8))
+    data = tmp_path / "c.npz"
+    np.savez(data, input=np.random.default_rng(0).standard_normal((32, 1, 8, 8), np.float32))
+    imported = import_model(model)
+    calibration = load_npz(data, model_inputs(imported.model))
+    strict = quantize(imported, QuantSpec(strict_bits=True), calibration=calibration).report
+    ruled = quantize(imported, QuantSpec(), calibration=calibration).report
+
+    assert strict["metrics"]["onnxruntime"]["sqnr_db"] < 20
+    lines = [line for line in ruled["rules"] if line["rule"] == "sensitive_tensor"]
+    assert lines and all("16-bit" in line["action"] for line in lines)
+    assert len(lines) <= 4 and "dB" in lines[0]["why"]
+    assert ruled["metrics"]["onnxruntime"]["sqnr_db"] > 30
+    assert ruled["metrics"]["simulation_vs_onnxruntime"]["sqnr_db"] > 40
+    assert ruled["metrics"]["runtime_graph"]["sixteen_bit_qdq"] >= 1

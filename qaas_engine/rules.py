@@ -1,0 +1,277 @@
+"""Rules for the ways real models break under one 8-bit grid per tensor, applied after
+calibration from what it measured, each reported with what it did and why.
+
+``wide_join``: a Concat whose inputs span very different ranges (a detector's box coordinates in
+pixels joined to class probabilities in 0..1). One grid over the joined tensor is sized by the
+widest part and leaves the narrow part a handful of levels, so its information is lost while the
+output SQNR, dominated by the wide part, still looks fine. The inputs keep their own grids; the
+join itself stays float (ONNX Runtime concatenates the dequantized parts, exactly what the
+simulation computes).
+
+``sensitive_tensor``: where the exported graph's output SQNR on calibration samples falls
+below ``QuantSpec.min_sqnr_db``, the activations that contribute most of the output noise (priced
+to first order by ``quant.sensitivity``) get 16-bit grids, which ONNX Runtime runs (W8A16
+groups, computed in float between 16-bit Q/DQ), until the predicted SQNR reaches the target or
+``MAX_PROMOTED_SHARE`` of them are promoted. Weights keep the bits the spec asked for; where they
+carry the noise, nothing is promoted. The SQNR is measured again
+after; a promotion that does not raise it is undone. Post-training pipelines only: a learning
+step (AdaRound, QAT, Bayesian Bits) trains the 8-bit grids the spec asked for.
+
+``--strict-bits`` (``QuantSpec.strict_bits``) turns every rule off: the grids are then exactly
+the ones the spec asked for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+
+from qaas_engine.export.qdq import export_qdq
+from qaas_engine.quant.encoding import Encoding
+from qaas_engine.quant.placement import place_quantizers
+from qaas_engine.quant.sensitivity import NoiseEstimate, estimate_noise
+from qaas_engine.quant.sim import QuantSim
+from qaas_engine.sessions import session
+from qaas_engine.step_registry import learns
+from qaas_engine.tensors import batch_size
+
+if TYPE_CHECKING:
+    from qaas_engine.state import PipelineState
+
+# Joined ranges wider apart than this leave the narrow part under 256 / 16 = 16 levels at 8 bits.
+WIDE_JOIN_RATIO = 16.0
+JOIN_OPS = frozenset({"Concat"})
+# sensitive_tensor: calibration samples the SQNR is measured on (in ORT), and the first of them
+# the noise is priced on (a backward pass in torch holds every activation of them)
+MEASURED_SAMPLES = 32
+SENSITIVITY_SAMPLES = 8
+PROMOTED_BITS = 16
+MAX_PROMOTED_SHARE = 0.1  # of the quantizers, at least MIN_PROMOTED
+MIN_PROMOTED = 4
+# the backward pass runs in torch, whose executor is far slower than ORT on large models: one
+# sample is priced first, more only where that one took less than this budget allows
+PRICING_BUDGET_S = 5.0
+MIN_GAIN_DB = 3.0  # predicted, with every activation at 16 bits: less, and nothing is promoted
+
+
+@dataclass(frozen=True)
+class RuleAction:
+    """One line of the report's ``rules``: which rule, where, what it did and why."""
+
+    rule: str
+    node: str
+    action: str
+    why: str
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def encoding_width(encoding: Encoding) -> float:
+    """The range the grid covers (the widest channel's, for a per-channel grid)."""
+    scheme = encoding.scheme
+    span = (scheme.qmax - scheme.qmin) * np.asarray(encoding.scale, dtype=np.float64)
+    return float(np.max(span))
+
+
+def wide_joins(model: onnx.ModelProto, sim: QuantSim) -> list[RuleAction]:
+    """Concats whose quantized inputs' ranges differ more than ``WIDE_JOIN_RATIO`` times."""
+    actions = []
+    for node in model.graph.node:
+        if node.op_type not in JOIN_OPS or not node.output:
+            continue
+        if sim.encoding_of(node.output[0]) is None:
+            continue
+        widths = []
+        for name in node.input:
+            encoding = sim.encoding_of(name) if name else None
+            if encoding is not None:
+                widths.append((encoding_width(encoding), name))
+        if len(widths) < 2:
+            continue
+        (narrow, narrow_name), (wide, wide_name) = min(widths), max(widths)
+        if narrow <= 0 or wide / narrow <= WIDE_JOIN_RATIO:
+            continue
+        levels = max(1, int((2**8) * narrow / wide))
+        actions.append(
+            RuleAction(
+                rule="wide_join",
+                node=node.name or node.output[0],
+                action="kept the join in float; each input keeps its own grid",
+                why=(
+                    f"its inputs' ranges differ {wide / narrow:.0f}x ({wide_name}: {wide:.4g} "
+                    f"wide, {narrow_name}: {narrow:.4g}): one 8-bit grid over the join would "
+                    f"give the narrow part about {levels} levels"
+                ),
+            )
+        )
+    return actions
+
+
+def measured_sqnr_db(model: onnx.ModelProto, sim: QuantSim, feeds: dict[str, Any]) -> float:
+    """The exported graph's output SQNR against float on ``feeds`` (the worst output), run in
+    ONNX Runtime with its optimizer off: exactly what the simulation computes."""
+    qdq = export_qdq(model, sim, unsigned_weights=False)
+    names = [value.name for value in model.graph.output]
+    reference = session(model).run(names, feeds)
+    quantized = session(qdq, optimized=False).run(names, feeds)
+    worst = float("inf")
+    for ref, test in zip(reference, quantized, strict=True):
+        ref, test = np.asarray(ref), np.asarray(test)
+        if not np.issubdtype(ref.dtype, np.floating):
+            continue
+        ref64, diff = ref.astype(np.float64), ref.astype(np.float64) - test.astype(np.float64)
+        noise = float(np.sum(diff**2))
+        if noise > 0:
+            worst = min(worst, 10.0 * float(np.log10(max(float(np.sum(ref64**2)), 1e-30) / noise)))
+    return worst
+
+
+def sensitive_tensors(
+    state: PipelineState, sim: QuantSim, budget_s: float = PRICING_BUDGET_S
+) -> list[RuleAction]:
+    """Promote the quantizers that carry most of the output noise to 16-bit grids (in place),
+    when the measured output SQNR misses the spec's target."""
+    spec = sim.spec
+    if state.calibration is None or learns(spec.pipeline) or spec.activation_bits != 8:
+        return []
+    batch, _ = next(iter(state.calibration.batches(MEASURED_SAMPLES, MEASURED_SAMPLES)))
+    feeds = {name: np.asarray(value) for name, value in batch.items()}
+    measured = 1 if state.calibration.one_at_a_time else batch_size(feeds)
+    before = measured_sqnr_db(state.model, sim, feeds)
+    if before >= spec.min_sqnr_db:
+        return []
+    estimate = _priced(sim, feeds, state.calibration.one_at_a_time, spec.seed, budget_s)
+    chosen = _most_noise(estimate, spec.min_sqnr_db)
+    if not chosen:
+        return []
+    saved = dict(sim.activation_encodings)
+    for name in chosen:
+        _promote(sim, name)
+    sim.derive_bias_encodings()
+    after = measured_sqnr_db(state.model, sim, feeds)
+    if after <= before:
+        sim.activation_encodings = saved
+        sim.invalidate()
+        sim.derive_bias_encodings()
+        return [
+            RuleAction(
+                rule="sensitive_tensor",
+                node=", ".join(chosen[:3]) + (" ..." if len(chosen) > 3 else ""),
+                action="none kept: 16-bit grids on the noisiest quantizers did not help",
+                why=f"output SQNR {before:.1f} dB < {spec.min_sqnr_db:g} dB target; with "
+                f"{len(chosen)} promoted it measured {after:.1f} dB, so they stay 8-bit",
+            )
+        ]
+    share = {name: _share(estimate, name) for name in chosen}
+    return [
+        RuleAction(
+            rule="sensitive_tensor",
+            node=name,
+            action=f"{PROMOTED_BITS}-bit activations",
+            why=(
+                f"{share[name]:.0%} of the predicted output noise; output SQNR on "
+                f"{measured} calibration samples {before:.1f} dB at 8 bits "
+                f"(target {spec.min_sqnr_db:g} dB), {after:.1f} dB with these {len(chosen)} "
+                f"quantizers at {PROMOTED_BITS} bits"
+            ),
+        )
+        for name in chosen
+    ]
+
+
+def _priced(
+    sim: QuantSim, feeds: dict[str, Any], one_at_a_time: bool, seed: int, budget_s: float
+) -> NoiseEstimate:
+    """The noise estimate on one sample, then on ``SENSITIVITY_SAMPLES`` if the budget allows."""
+
+    def first(count: int) -> dict[str, Any]:
+        if one_at_a_time:
+            return feeds
+        return {name: value[:count] if np.ndim(value) else value for name, value in feeds.items()}
+
+    start = time.perf_counter()
+    estimate = estimate_noise(sim, first(1), seed=seed)
+    spent = time.perf_counter() - start
+    if one_at_a_time or spent * (SENSITIVITY_SAMPLES + 1) > budget_s:
+        return estimate
+    return estimate_noise(sim, first(SENSITIVITY_SAMPLES), seed=seed)
+
+
+def _most_noise(estimate: NoiseEstimate, target_db: float) -> list[str]:
+    """The largest contributors, largest first, until the rest predicts ``target_db``."""
+    everything = frozenset(estimate.activations)
+    if estimate.sqnr_db(everything) - estimate.sqnr_db() < MIN_GAIN_DB:
+        return []  # the weights carry the noise: wider activation grids would not help
+    ranked = sorted(estimate.activations.items(), key=lambda item: -item[1])
+    cap = max(MIN_PROMOTED, int(MAX_PROMOTED_SHARE * len(ranked)))
+    chosen: list[str] = []
+    for name, power in ranked:
+        if estimate.sqnr_db(frozenset(chosen)) >= target_db or len(chosen) >= cap or power <= 0:
+            break
+        chosen.append(name)
+    return chosen
+
+
+def _share(estimate: NoiseEstimate, name: str) -> float:
+    total = sum(estimate.activations.values()) + sum(estimate.weights.values())
+    power = estimate.activations.get(name, estimate.weights.get(name, 0.0))
+    return power / total if total > 0 else 0.0
+
+
+def _promote(sim: QuantSim, name: str) -> None:
+    """The activation's calibrated range on a 16-bit grid."""
+    encoding = sim.activation_encodings[name]
+    scheme = encoding.scheme
+    zero = np.asarray(encoding.zero_point, dtype=np.float64)
+    scale = np.asarray(encoding.scale, dtype=np.float64)
+    low, high = (scheme.qmin - zero) * scale, (scheme.qmax - zero) * scale
+    wide = dataclasses.replace(scheme, bits=PROMOTED_BITS)
+    sim.activation_encodings[name] = Encoding.from_range(wide, low, high)
+    sim.invalidate()
+
+
+def apply_rules(state: PipelineState, sim: QuantSim) -> tuple[QuantSim, list[RuleAction]]:
+    """The simulation with every rule's decision applied, and the report's lines for them.
+
+    Nodes a rule keeps float are placed again as a user's ``--keep-float`` would place them;
+    the ranges already measured carry over, so nothing is calibrated twice.
+    """
+    if sim.spec.strict_bits or not sim.activation_encodings:
+        return sim, []
+    model = state.model
+    actions = wide_joins(model, sim)
+    if actions:
+        sim = _keep_float(model, sim, actions)
+    return sim, actions + sensitive_tensors(state, sim)
+
+
+def _keep_float(model: onnx.ModelProto, sim: QuantSim, actions: list[RuleAction]) -> QuantSim:
+    """The simulation placed again with the rules' nodes kept float, ranges carried over."""
+    keep = frozenset(sim.spec.keep_float_nodes) | {action.node for action in actions}
+    placement = place_quantizers(
+        model,
+        quantize_activations=sim.spec.quantize_activations,
+        keep_float_nodes=keep,
+        keep_float_ops=frozenset(sim.spec.keep_float_ops),
+    )
+    placed = QuantSim(sim.executor, placement, sim.spec)
+    placed.weight_encodings = dict(sim.weight_encodings)
+    placed.activation_encodings = {
+        name: encoding
+        for name, encoding in sim.activation_encodings.items()
+        if name in placement.activations
+    }
+    placed.skipped.update(
+        {name: why for name, why in sim.skipped.items() if name not in placement.activations}
+    )
+    for action in actions:
+        placed.skipped[action.node] = f"rule {action.rule}: {action.why}"
+    placed.engines = dict(sim.engines)
+    placed.derive_bias_encodings()
+    return placed
