@@ -58,6 +58,20 @@ def add_quantize_options(parser: argparse.ArgumentParser, *, model_optional: boo
         "onnxruntime-cpu:vnni or onnxruntime-cpu:avx2 (default %(default)s)",
     )
     parser.add_argument(
+        "--strict-bits",
+        action="store_true",
+        help="exactly the grids asked for: no rule may keep a join float or widen a tensor's "
+        "grid to 16 bits (report.json rules lists what the rules did)",
+    )
+    parser.add_argument(
+        "--min-sqnr",
+        type=float,
+        default=30.0,
+        metavar="DB",
+        help="output SQNR against float below which the rules give the noisiest activations "
+        "16-bit grids (default %(default)s)",
+    )
+    parser.add_argument(
         "--evaluation-samples",
         metavar="N|all",
         help="the report measures on the first N samples, or all (default: 1000 evaluation "
@@ -143,6 +157,8 @@ def spec_from_args(args: argparse.Namespace) -> QuantSpec:
             keep_float_nodes=tuple(k for k in keep if not is_op_type(k)),
             batch_size=args.batch_size,
             target=args.target,
+            strict_bits=args.strict_bits,
+            min_sqnr_db=args.min_sqnr,
             **_evaluation_samples(args.evaluation_samples),
             adaround_iterations=args.adaround_iterations,
             max_accuracy_drop=getattr(args, "max_accuracy_drop", None),

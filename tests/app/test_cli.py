@@ -229,6 +229,17 @@ def test_evaluation_samples_and_threads(tiny_model, tiny_data, tmp_path, monkeyp
     assert report["spec"]["max_evaluation_samples"] == "all"
 
 
+def test_strict_bits_and_min_sqnr_reach_the_spec(tiny_model, tiny_data, tmp_path):
+    common = ["quantize", str(tiny_model), "--calibration", str(tiny_data[0]), "--quiet"]
+    assert main([*common, "--strict-bits", "--min-sqnr", "45", "-o", str(tmp_path / "s")]) == 0
+    report = json.loads((tmp_path / "s" / "report.json").read_text())
+    assert report["spec"]["strict_bits"] is True and report["spec"]["min_sqnr_db"] == 45
+    assert report["strict_bits"] is True and report["rules"] == []
+    assert main([*common, "-o", str(tmp_path / "d")]) == 0
+    report = json.loads((tmp_path / "d" / "report.json").read_text())
+    assert report["spec"]["strict_bits"] is False and report["spec"]["min_sqnr_db"] == 30
+
+
 # The client commands' checks made before any request (the service tests run them against a
 # real server: tests/service/test_sdk.py).
 
