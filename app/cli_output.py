@@ -134,15 +134,24 @@ def result_table(report: dict[str, Any]) -> str:
             f"{_fmt(m.get('top1_agreement'), '{:.4f}'):>8}{_fmt(m.get('cosine'), '{:.5f}'):>9}"
         )
     gap = metrics.get("simulation_vs_onnxruntime", {})
-    size = report["size_bytes"]
     seconds = sum(step["seconds"] for step in report["steps"])
     rows.append(
         f"sim vs ORT agreement {_fmt(gap.get('top1_agreement'), '{:.4f}')}; "
-        f"size {size['float']:,} -> {size['quantized']:,} bytes; {seconds:.1f} s"
+        f"size {size_line(report['size_bytes'])}; {seconds:.1f} s"
     )
     rows.extend(auto_lines(report.get("auto")))
     rows.extend(f"warning: {w}" for w in report.get("warnings", []))
     return "\n".join(rows)
+
+
+def size_line(size: dict[str, Any]) -> str:
+    """The files' sizes (the model uploaded, the ``model.quant.onnx`` downloaded): what a user
+    sees on disk. The weights' packed figures, which leave out scales, zero points and the
+    graph, only for a report written before the files' sizes were recorded."""
+    if size.get("quantized_file") is not None:
+        before = size.get("float_file", size["float"])
+        return f"{before:,} -> {size['quantized_file']:,} bytes"
+    return f"{size['float']:,} -> {size['quantized']:,} bytes (weights)"
 
 
 def auto_lines(auto: dict[str, Any] | None) -> list[str]:

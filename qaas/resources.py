@@ -4,6 +4,7 @@ plus the client they came from."""
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -96,6 +97,20 @@ class Job(_Bound, JobInfo):
         """Every artifact (or those ``names``) into ``directory``, each checked against its
         sha256 before it gets its name; returns name -> path."""
         return self.api.download(self.id, directory, names)
+
+    def log_to_mlflow(self, dir: str | os.PathLike[str] | None = None, **kw: Any) -> str:
+        """This finished job as an MLflow run (``qaas.mlflow.log_job``; ``kw``: its
+        ``tracking_uri``, ``experiment``, ``run_name``); returns the run id. ``dir``: where its
+        files were downloaded; None downloads them to a temporary folder first. Needs the
+        ``mlflow`` extra."""
+        from qaas.mlflow import log_job
+
+        job_json = self.model_dump(mode="json")
+        if dir is not None:
+            return log_job(job_json, Path(dir), **kw)
+        with tempfile.TemporaryDirectory(prefix="qaas-") as scratch:
+            self.download(scratch)
+            return log_job(job_json, Path(scratch), **kw)
 
     def cancel(self) -> Job:
         """A queued job never starts; a running one stops at its next progress report."""

@@ -103,3 +103,18 @@ def test_unfinished_job_refused(finished, tmp_path):
     with pytest.raises(ValueError, match="running"):
         log_job(job_json, None, tracking_uri=f"sqlite:///{store}")
     assert not store.exists()  # refused before anything was made
+
+
+def test_sdk_job_logs_itself(finished, tmp_path, monkeypatch):
+    """``qaas.Job.log_to_mlflow`` with the folder its files were downloaded to: the same run."""
+    from qaas import Job as SdkJob
+
+    monkeypatch.chdir(tmp_path)
+    job_json, files, _ = finished
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = SdkJob.model_validate(job_json).log_to_mlflow(files, tracking_uri=uri, run_name="r")
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    assert run.info.run_name == "r" and run.data.tags["qaas.job_id"] == job_json["id"]
+    assert run.data.params["pipeline"] == "cle,bias_correction"
+    assert {item.path for item in client.list_artifacts(run_id)} == ARTIFACTS

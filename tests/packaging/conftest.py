@@ -23,8 +23,10 @@ import pytest
 from tests.service.conftest import free_port
 
 CHECKOUT = Path(__file__).resolve().parents[2]
-SOURCES = ("app", "worker", "qaas_engine", "pyproject.toml", "README.md")
+SOURCES = ("app", "worker", "qaas_engine", "qaas", "pyproject.toml", "README.md")
 START_TIMEOUT_S = 90
+# The end-to-end test's webhook receiver listens on loopback, and waits for its delivery.
+SERVE_ENV = {"QAAS_WEBHOOK_ALLOW_PRIVATE": "1", "QAAS_WEBHOOK_POLL_INTERVAL_S": "0.2"}
 
 
 def build_wheel(into: Path) -> Path:
@@ -92,7 +94,7 @@ def served(installed, tmp_path_factory) -> Iterator[tuple[str, str]]:
         process = subprocess.Popen(
             [str(installed.parent / "qaas"), "serve", "--port", str(port)],
             cwd=folder,
-            env=clean_env(),
+            env={**clean_env(), **SERVE_ENV},
             stdout=sink,
             stderr=subprocess.STDOUT,
             start_new_session=True,
