@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from app.core.config import MiB
@@ -45,8 +47,11 @@ def submit_job(api, make_tenant, tiny_model, tiny_data):
         "quantization": {"weight_bits": 8, "activation_bits": 8},
     }
 
-    def submit() -> str:
-        response = api.post("/v1/jobs", json=body, headers=tenant)
+    def submit(calibration: Path | None = None) -> str:
+        data = dict(body)
+        if calibration is not None:
+            data["calibration_id"] = put("/v1/datasets", calibration)
+        response = api.post("/v1/jobs", json=data, headers=tenant)
         assert response.status_code == 202, response.text
         return response.json()["id"]
 
@@ -70,8 +75,12 @@ def assert_resource_limit(settings, job: dict, limit_words: str) -> None:
     assert staging_of(settings, job["id"]) == []
 
 
-def test_memory_limit_fails_the_job_and_the_next_one_runs(settings, submit_job):
-    job_id = submit_job()
+def test_memory_limit_fails_the_job_and_the_next_one_runs(settings, submit_job, tmp_path):
+    # Calibration data that expands to 77 MB (a 60 KB upload): the job needs more than its
+    # 64 MiB limit whatever free heap the forked child inherits from this long-lived process.
+    large = tmp_path / "large.npz"
+    np.savez_compressed(large, input=np.zeros((300_000, 1, 8, 8), np.float32))
+    job_id = submit_job(large)
     with runtime_with(settings, job_memory_bytes=64 * MiB) as runtime:
         assert run_job(runtime, job_id, "limited-test").status == "failed"
     assert_resource_limit(settings, submit_job.state(job_id), "memory limit of 67108864 bytes")

@@ -313,7 +313,8 @@ def test_ctrl_c_leaves_the_job_running(env, client, worker, tiny_model, tiny_dat
         printed = wait_for(
             lambda: next((line for line in lines if "qaas wait " in line), None), 120, "job id"
         )
-        job = running(client.get_job(printed.split("qaas wait ")[1].strip()))
+        # at once: the job (about 2 s of 0.2 s phases) is then still queued or running
+        job = client.get_job(printed.split("qaas wait ")[1].strip())
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 130
     finally:
@@ -322,7 +323,7 @@ def test_ctrl_c_leaves_the_job_running(env, client, worker, tiny_model, tiny_dat
     reader.join(timeout=10)
     assert f"qaas wait {job.id}" in lines[-1], lines
     assert "Traceback" not in "".join(lines)
-    assert job.refresh().status in ("queued", "running")  # not cancelled by the Ctrl-C
+    assert job.refresh().status != "cancelled"  # the Ctrl-C left it alone
     follow = subprocess.run(
         [sys.executable, "-m", "app.cli", "wait", job.id, "--json", "--timeout", "240"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
