@@ -108,7 +108,7 @@ def build_sim(state: PipelineState, timer: Timer) -> QuantSim:
                 "carries no BatchNorm statistics to set ranges without data; or keep "
                 "activations in float (--activations float)"
             )
-        sim, actions = apply_rules(state, sim)
+        sim, actions = timer.run("rules", lambda: apply_rules(state, sim))
         state.rules = [action.as_dict() for action in actions]
     state.sim = sim
     return sim

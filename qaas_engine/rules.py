@@ -14,7 +14,8 @@ to first order by ``quant.sensitivity``) get 16-bit grids, which ONNX Runtime ru
 groups, computed in float between 16-bit Q/DQ), until the predicted SQNR reaches the target or
 ``MAX_PROMOTED_SHARE`` of them are promoted. Weights keep the bits the spec asked for; where they
 carry the noise, nothing is promoted. The SQNR is measured again
-after; a promotion that does not raise it is undone. Post-training pipelines only: a learning
+after; a promotion that does not raise it by ``MIN_MEASURED_GAIN_DB`` is undone (16-bit groups
+run unfused, so a small gain is not worth their speed). Post-training pipelines only: a learning
 step (AdaRound, QAT, Bayesian Bits) trains the 8-bit grids the spec asked for.
 
 ``--strict-bits`` (``QuantSpec.strict_bits``) turns every rule off: the grids are then exactly
@@ -57,6 +58,8 @@ MIN_PROMOTED = 4
 # sample is priced first, more only where that one took less than this budget allows
 PRICING_BUDGET_S = 5.0
 MIN_GAIN_DB = 3.0  # predicted, with every activation at 16 bits: less, and nothing is promoted
+# measured: 16-bit groups run unfused (in float between Q/DQ), so a smaller gain is not worth them
+MIN_MEASURED_GAIN_DB = 3.0
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,7 @@ def sensitive_tensors(
         _promote(sim, name)
     sim.derive_bias_encodings()
     after = measured_sqnr_db(state.model, sim, feeds)
-    if after <= before:
+    if after < before + MIN_MEASURED_GAIN_DB:
         sim.activation_encodings = saved
         sim.invalidate()
         sim.derive_bias_encodings()
@@ -163,9 +166,11 @@ def sensitive_tensors(
             RuleAction(
                 rule="sensitive_tensor",
                 node=", ".join(chosen[:3]) + (" ..." if len(chosen) > 3 else ""),
-                action="none kept: 16-bit grids on the noisiest quantizers did not help",
+                action="none kept: 16-bit grids on the noisiest activations gained too little",
                 why=f"output SQNR {before:.1f} dB < {spec.min_sqnr_db:g} dB target; with "
-                f"{len(chosen)} promoted it measured {after:.1f} dB, so they stay 8-bit",
+                f"{len(chosen)} at 16 bits it measured {after:.1f} dB, less than "
+                f"{MIN_MEASURED_GAIN_DB:g} dB better, and 16-bit groups run unfused: "
+                "all stay 8-bit",
             )
         ]
     share = {name: _share(estimate, name) for name in chosen}
