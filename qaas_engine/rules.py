@@ -57,6 +57,7 @@ MIN_PROMOTED = 4
 # the backward pass runs in torch, whose executor is far slower than ORT on large models: one
 # sample is priced first, more only where that one took less than this budget allows
 PRICING_BUDGET_S = 5.0
+TORCH_COST_FACTOR = 40.0  # torch executor forward + backward per sample, in ORT forwards
 MIN_GAIN_DB = 3.0  # predicted, with every activation at 16 bits: less, and nothing is promoted
 # measured: 16-bit groups run unfused (in float between Q/DQ), so a smaller gain is not worth them
 MIN_MEASURED_GAIN_DB = 3.0
@@ -146,9 +147,25 @@ def sensitive_tensors(
     batch, _ = next(iter(state.calibration.batches(MEASURED_SAMPLES, MEASURED_SAMPLES)))
     feeds = {name: np.asarray(value) for name, value in batch.items()}
     measured = 1 if state.calibration.one_at_a_time else batch_size(feeds)
+    start = time.perf_counter()
     before = measured_sqnr_db(state.model, sim, feeds)
     if before >= spec.min_sqnr_db:
         return []
+    # a backward pass in the torch executor costs about TORCH_COST_FACTOR ORT forwards
+    per_sample = (time.perf_counter() - start) / (2 * measured)
+    predicted = per_sample * TORCH_COST_FACTOR
+    if predicted > budget_s:
+        return [
+            RuleAction(
+                rule="sensitive_tensor",
+                node="(model)",
+                action="not applied: pricing the noise would cost too long",
+                why=f"output SQNR {before:.1f} dB < {spec.min_sqnr_db:g} dB target, but one "
+                f"sample's backward pass would take about {predicted:.0f} s, over the "
+                f"{budget_s:.0f} s budget (the calibration's time, at least "
+                f"{PRICING_BUDGET_S:g} s); --keep-float or a wider --activations grid can help",
+            )
+        ]
     estimate = _priced(sim, feeds, state.calibration.one_at_a_time, spec.seed, budget_s)
     chosen = _most_noise(estimate, spec.min_sqnr_db)
     if not chosen:
@@ -241,7 +258,9 @@ def _promote(sim: QuantSim, name: str) -> None:
     sim.invalidate()
 
 
-def apply_rules(state: PipelineState, sim: QuantSim) -> tuple[QuantSim, list[RuleAction]]:
+def apply_rules(
+    state: PipelineState, sim: QuantSim, budget_s: float = PRICING_BUDGET_S
+) -> tuple[QuantSim, list[RuleAction]]:
     """The simulation with every rule's decision applied, and the report's lines for them.
 
     Nodes a rule keeps float are placed again as a user's ``--keep-float`` would place them;
@@ -253,7 +272,7 @@ def apply_rules(state: PipelineState, sim: QuantSim) -> tuple[QuantSim, list[Rul
     actions = wide_joins(model, sim)
     if actions:
         sim = _keep_float(model, sim, actions)
-    return sim, actions + sensitive_tensors(state, sim)
+    return sim, actions + sensitive_tensors(state, sim, budget_s)
 
 
 def _keep_float(model: onnx.ModelProto, sim: QuantSim, actions: list[RuleAction]) -> QuantSim:
