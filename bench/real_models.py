@@ -8,6 +8,9 @@ its model files extracted beside it:
   11/12): the PP-OCRv4 text detector (DB head, 4.7 MB), the PP-OCRv4 CTC text recognizer
   (10.9 MB) and the mobile text-direction classifier (0.6 MB).
 
+``python -m bench.real_models`` prints each model's output SQNR as qaas (default and
+``--strict-bits``) and ORT's ``quantize_static`` quantize it, measured on held-out documents.
+
 Inputs are synthetic documents (dark strokes in text lines on a light page, normalized as
 PaddleOCR normalizes, ``(x - 0.5) / 0.5``): realistic enough ranges and statistics for timing and
 for fidelity against the float model, not for task accuracy.
@@ -82,3 +85,91 @@ def document_images(count: int, shape: tuple[int, ...], seed: int = 0) -> np.nda
                 left += glyph + int(rng.integers(1, max(2, line_height // 2)))
     images = np.repeat(pages, channels, axis=1)
     return ((images - 0.5) / 0.5).astype(np.float32)
+
+
+def _sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
+    noise = float(np.sum((reference.astype(np.float64) - test.astype(np.float64)) ** 2))
+    signal = float(np.sum(reference.astype(np.float64) ** 2))
+    return float("inf") if noise == 0 else 10.0 * np.log10(max(signal, 1e-30) / noise)
+
+
+def _outputs(path_or_model, images: np.ndarray, batch: int, *, optimized: bool = True):
+    """The first output on ``images`` in ONNX Runtime (optimizer on: as deployed)."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if not optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    payload = (
+        path_or_model.SerializeToString()
+        if isinstance(path_or_model, onnx.ModelProto)
+        else str(path_or_model)
+    )
+    session = ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    parts = [
+        session.run(None, {name: images[i : i + batch]})[0] for i in range(0, len(images), batch)
+    ]
+    return np.concatenate(parts)
+
+
+def fidelity(samples: int = 64) -> list[dict[str, object]]:
+    """Each model quantized W8A8 per-channel by qaas (default, and --strict-bits) and by ORT's
+    ``quantize_static``, all calibrated on the same synthetic documents and measured on others:
+    output SQNR against float as deployed in ORT, and qaas's simulation against ORT."""
+    import tempfile
+    import time
+
+    from bench.peers.onnxruntime_static import quantize_static_qdq
+    from qaas_engine import QuantSpec, import_model, quantize
+    from qaas_engine.data import model_inputs as inputs_of
+    from qaas_engine.data import validate_arrays
+
+    rows = []
+    for model in fetch_rapidocr():
+        calibration = document_images(samples, model.sample_shape, seed=0)
+        held_out = document_images(samples, model.sample_shape, seed=1)
+        reference = _outputs(model.path, held_out, model.batch_size)
+        imported = import_model(model.path)
+        name = inputs_of(imported.model)[0].name
+        data = validate_arrays({name: calibration}, inputs_of(imported.model), role="c", source="b")
+        row: dict[str, object] = {"model": model.name}
+        for label, spec in (("qaas", QuantSpec()), ("strict", QuantSpec(strict_bits=True))):
+            start = time.perf_counter()
+            result = quantize(imported, spec, calibration=data)
+            row[f"{label}_s"] = time.perf_counter() - start
+            deployed = _outputs(result.quantized_model, held_out, model.batch_size)
+            simulated = _outputs(
+                result.quantized_model, held_out, model.batch_size, optimized=False
+            )
+            row[f"{label}_db"] = _sqnr_db(reference, deployed)
+            row[f"{label}_sim_vs_ort_db"] = _sqnr_db(simulated, deployed)
+            row[f"{label}_rules"] = len(result.report["rules"])
+        with tempfile.TemporaryDirectory() as folder:
+            out = f"{folder}/ort.onnx"
+            row["ort_s"] = quantize_static_qdq(
+                model.path, out, name, calibration, per_channel=True, batch_size=model.batch_size
+            )
+            row["ort_db"] = _sqnr_db(reference, _outputs(out, held_out, model.batch_size))
+        rows.append(row)
+    return rows
+
+
+def main() -> int:
+    """Print the fidelity table (``python -m bench.real_models``)."""
+    from bench._common import cpu_summary, print_table
+
+    print(cpu_summary())
+    keys = ("qaas_db", "strict_db", "ort_db", "qaas_sim_vs_ort_db", "qaas_rules")
+    keys += ("qaas_s", "strict_s", "ort_s")
+    rows = [[r["model"], *(r[k] for k in keys)] for r in fidelity()]
+    headers = ["model", "qaas dB", "strict dB", "ORT dB", "qaas sim-vs-ORT dB", "rules"]
+    headers += ["qaas s", "strict s", "ORT s"]
+    print_table("W8A8 per-channel, output SQNR vs float on held-out documents", headers, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

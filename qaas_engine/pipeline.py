@@ -22,7 +22,7 @@ from qaas_engine.importer import ImportedModel
 from qaas_engine.quant.moments import propagate
 from qaas_engine.quant.placement import place_quantizers
 from qaas_engine.quant.sim import QuantSim
-from qaas_engine.rules import apply_rules
+from qaas_engine.rules import PRICING_BUDGET_S, apply_rules
 from qaas_engine.spec import QuantSpec
 from qaas_engine.state import PipelineState, Progress, Timer, no_progress
 from qaas_engine.step_registry import STEPS, Data, Stage, learns, missing_data_message
@@ -108,7 +108,8 @@ def build_sim(state: PipelineState, timer: Timer) -> QuantSim:
                 "carries no BatchNorm statistics to set ranges without data; or keep "
                 "activations in float (--activations float)"
             )
-        sim, actions = apply_rules(state, sim)
+        budget = max(PRICING_BUDGET_S, timer.seconds("calibration"))
+        sim, actions = timer.run("rules", lambda: apply_rules(state, sim, budget))
         state.rules = [action.as_dict() for action in actions]
     state.sim = sim
     return sim

@@ -14,7 +14,8 @@ to first order by ``quant.sensitivity``) get 16-bit grids, which ONNX Runtime ru
 groups, computed in float between 16-bit Q/DQ), until the predicted SQNR reaches the target or
 ``MAX_PROMOTED_SHARE`` of them are promoted. Weights keep the bits the spec asked for; where they
 carry the noise, nothing is promoted. The SQNR is measured again
-after; a promotion that does not raise it is undone. Post-training pipelines only: a learning
+after; a promotion that does not raise it by ``MIN_MEASURED_GAIN_DB`` is undone (16-bit groups
+run unfused, so a small gain is not worth their speed). Post-training pipelines only: a learning
 step (AdaRound, QAT, Bayesian Bits) trains the 8-bit grids the spec asked for.
 
 ``--strict-bits`` (``QuantSpec.strict_bits``) turns every rule off: the grids are then exactly
@@ -56,7 +57,10 @@ MIN_PROMOTED = 4
 # the backward pass runs in torch, whose executor is far slower than ORT on large models: one
 # sample is priced first, more only where that one took less than this budget allows
 PRICING_BUDGET_S = 5.0
+TORCH_COST_FACTOR = 40.0  # torch executor forward + backward per sample, in ORT forwards
 MIN_GAIN_DB = 3.0  # predicted, with every activation at 16 bits: less, and nothing is promoted
+# measured: 16-bit groups run unfused (in float between Q/DQ), so a smaller gain is not worth them
+MIN_MEASURED_GAIN_DB = 3.0
 
 
 @dataclass(frozen=True)
@@ -143,9 +147,25 @@ def sensitive_tensors(
     batch, _ = next(iter(state.calibration.batches(MEASURED_SAMPLES, MEASURED_SAMPLES)))
     feeds = {name: np.asarray(value) for name, value in batch.items()}
     measured = 1 if state.calibration.one_at_a_time else batch_size(feeds)
+    start = time.perf_counter()
     before = measured_sqnr_db(state.model, sim, feeds)
     if before >= spec.min_sqnr_db:
         return []
+    # a backward pass in the torch executor costs about TORCH_COST_FACTOR ORT forwards
+    per_sample = (time.perf_counter() - start) / (2 * measured)
+    predicted = per_sample * TORCH_COST_FACTOR
+    if predicted > budget_s:
+        return [
+            RuleAction(
+                rule="sensitive_tensor",
+                node="(model)",
+                action="not applied: pricing the noise would cost too long",
+                why=f"output SQNR {before:.1f} dB < {spec.min_sqnr_db:g} dB target, but one "
+                f"sample's backward pass would take about {predicted:.0f} s, over the "
+                f"{budget_s:.0f} s budget (the calibration's time, at least "
+                f"{PRICING_BUDGET_S:g} s); --keep-float or a wider --activations grid can help",
+            )
+        ]
     estimate = _priced(sim, feeds, state.calibration.one_at_a_time, spec.seed, budget_s)
     chosen = _most_noise(estimate, spec.min_sqnr_db)
     if not chosen:
@@ -155,7 +175,7 @@ def sensitive_tensors(
         _promote(sim, name)
     sim.derive_bias_encodings()
     after = measured_sqnr_db(state.model, sim, feeds)
-    if after <= before:
+    if after < before + MIN_MEASURED_GAIN_DB:
         sim.activation_encodings = saved
         sim.invalidate()
         sim.derive_bias_encodings()
@@ -163,9 +183,11 @@ def sensitive_tensors(
             RuleAction(
                 rule="sensitive_tensor",
                 node=", ".join(chosen[:3]) + (" ..." if len(chosen) > 3 else ""),
-                action="none kept: 16-bit grids on the noisiest quantizers did not help",
+                action="none kept: 16-bit grids on the noisiest activations gained too little",
                 why=f"output SQNR {before:.1f} dB < {spec.min_sqnr_db:g} dB target; with "
-                f"{len(chosen)} promoted it measured {after:.1f} dB, so they stay 8-bit",
+                f"{len(chosen)} at 16 bits it measured {after:.1f} dB, less than "
+                f"{MIN_MEASURED_GAIN_DB:g} dB better, and 16-bit groups run unfused: "
+                "all stay 8-bit",
             )
         ]
     share = {name: _share(estimate, name) for name in chosen}
@@ -236,7 +258,9 @@ def _promote(sim: QuantSim, name: str) -> None:
     sim.invalidate()
 
 
-def apply_rules(state: PipelineState, sim: QuantSim) -> tuple[QuantSim, list[RuleAction]]:
+def apply_rules(
+    state: PipelineState, sim: QuantSim, budget_s: float = PRICING_BUDGET_S
+) -> tuple[QuantSim, list[RuleAction]]:
     """The simulation with every rule's decision applied, and the report's lines for them.
 
     Nodes a rule keeps float are placed again as a user's ``--keep-float`` would place them;
@@ -248,7 +272,7 @@ def apply_rules(state: PipelineState, sim: QuantSim) -> tuple[QuantSim, list[Rul
     actions = wide_joins(model, sim)
     if actions:
         sim = _keep_float(model, sim, actions)
-    return sim, actions + sensitive_tensors(state, sim)
+    return sim, actions + sensitive_tensors(state, sim, budget_s)
 
 
 def _keep_float(model: onnx.ModelProto, sim: QuantSim, actions: list[RuleAction]) -> QuantSim:

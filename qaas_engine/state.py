@@ -119,5 +119,9 @@ class Timer:
             self.progress(name, 1.0)
         return result
 
+    def seconds(self, name: str) -> float:
+        """Time spent so far in the steps called ``name``."""
+        return sum(step["seconds"] for step in self.steps if step["name"] == name)
+
     def record(self, name: str, seconds: float) -> None:
         self.steps.append({"name": name, "seconds": round(seconds, 4)})

@@ -33,7 +33,7 @@ def pipeline_plan(pipeline: Sequence[str], quantize_activations: bool) -> list[t
     plan += [(n, STEP_COST.get(n, 1.0)) for n in steps if STEPS[n].stage == "float"]
     plan.append(("weight_ranges", 1.0))
     if quantize_activations:
-        plan.append(("calibration", 3.0))
+        plan += [("calibration", 3.0), ("rules", 1.0)]
     plan += [(n, STEP_COST.get(n, 1.0)) for n in steps if STEPS[n].stage == "quantized"]
     plan.append(("export", 1.0))
     return plan

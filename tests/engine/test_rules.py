@@ -75,3 +75,22 @@ def test_a_tensor_that_8_bits_destroy_gets_16_bits_and_says_why(tmp_path):
     assert ruled["metrics"]["onnxruntime"]["sqnr_db"] > 30
     assert ruled["metrics"]["simulation_vs_onnxruntime"]["sqnr_db"] > 40
     assert ruled["metrics"]["runtime_graph"]["sixteen_bit_qdq"] >= 1
+
+
+def test_pricing_that_would_overrun_its_budget_is_skipped_and_says_so(tmp_path):
+    from qaas_engine.pipeline import build_sim, build_state
+    from qaas_engine.rules import sensitive_tensors
+    from qaas_engine.state import Timer
+
+    torch.manual_seed(0)
+    model = export_legacy(OutlierChannel().eval(), tmp_path / "m.onnx", torch.randn(1, 1, 8, 8))
+    data = tmp_path / "c.npz"
+    np.savez(data, input=np.random.default_rng(0).standard_normal((32, 1, 8, 8), np.float32))
+    imported = import_model(model)
+    calibration = load_npz(data, model_inputs(imported.model))
+    state = build_state(imported, QuantSpec(strict_bits=True), calibration, None)
+    sim = build_sim(state, Timer())
+    before = dict(sim.activation_encodings)
+    (line,) = sensitive_tensors(state, sim, budget_s=0.0)
+    assert line.action.startswith("not applied") and "budget" in line.why
+    assert sim.activation_encodings == before
