@@ -71,8 +71,11 @@ class WorkerBeat(threading.Thread):
 
     @property
     def consumes_gpu(self) -> bool:
+        """Whether this is a gpu worker: it consumes the gpu queue and has a CUDA device (one
+        without a device still takes what is in that queue, but routing does not count it)."""
         settings: Settings = self.runtime.settings
-        return any(pool_of_queue(settings, queue) == "gpu" for queue in self.queues)
+        gpu_queue = any(pool_of_queue(settings, queue) == "gpu" for queue in self.queues)
+        return gpu_queue and self.device != CPU_DEVICE
 
     def beat(self) -> None:
         with transaction(self.runtime.sessions) as session:
@@ -97,6 +100,13 @@ class WorkerBeat(threading.Thread):
                 session.delete(row)
 
     def run(self) -> None:
+        if not self.consumes_gpu and any(
+            pool_of_queue(self.runtime.settings, queue) == "gpu" for queue in self.queues
+        ):
+            log.warning(
+                "this worker consumes the gpu queue but has no CUDA device: it takes the jobs "
+                "already there, and routing sends no new ones for it"
+            )
         while True:
             try:
                 self.beat()

@@ -10,7 +10,8 @@ unchanged) and ``gpu`` (``<queue>.gpu``). A job goes to ``gpu`` only when all ho
 - its model has at least ``QAAS_GPU_MIN_PARAMETERS`` parameters, estimated as the model's bytes
   (with its external data) / 4, float32 weights: on a small model a CPU trains as fast as a GPU
   once the transfer and start-up are counted;
-- a worker consuming the gpu queue heartbeat within ``QAAS_GPU_WORKER_FRESH_S``.
+- a gpu worker (one that consumes the gpu queue and has a CUDA device, ``worker.pools``)
+  heartbeat within ``QAAS_GPU_WORKER_FRESH_S``.
 
 Otherwise it goes to ``cpu``, and the reason is recorded on the job (``routing``), so a QAT job
 that ran on a CPU says why. The reaper routes again what it requeues or resends: a job waiting
