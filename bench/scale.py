@@ -3,7 +3,7 @@ fixed mix of small jobs, started by this script on loopback (a scratch database 
 its own per round), and a paper estimate of what 100 workers need from Postgres, Redis and the
 store, made from the measured figures.
 
-    python bench/scale.py [--workers 1,2,4] [--jobs 40] [--pollers 50] [--quick]
+    python -m bench.scale [--workers 1,2,4] [--jobs 40] [--pollers 50] [--quick]
                           [--storage-url URL]   # else the folder storage (QAAS_STORAGE_DIR)
 
 Each round measures, with its workers idle and then while it runs ``--jobs`` jobs (the mix:
@@ -12,8 +12,9 @@ iterations, one qat of one epoch) submitted at once: jobs per minute, submit-to-
 p50/p99 (the job rows' created_at to started_at), API p50/p99 of GET /v1/jobs/{id} under
 ``--pollers`` concurrent pollers, Postgres connections and commits per second (pg_stat_*),
 Redis clients and commands per second (INFO; Redis-wide, so other users of the same Redis
-count too), and bytes and files written to the store per job. Do not run it at full size on a
-machine that is busy with something else: its figures are that machine's.
+count too), and bytes and files written to the store per job (counted in the folder store;
+0 with --storage-url). Do not run it at full size on a machine that is busy with something
+else: its figures are that machine's.
 """
 
 from __future__ import annotations
