@@ -346,19 +346,20 @@ def estimate(rounds: list[dict[str, Any]], target: int = 100) -> list[tuple[str,
         + 1 / IDLE_SETTINGS["QAAS_WORKER_HEARTBEAT_S"]  # the workers row
     )
     files, size = biggest["store_files_per_job"], biggest["store_bytes_per_job"]
+    fitted = "fit over the rounds" if len(rounds) > 1 else "one round: all of it per worker"
     return [
         ("jobs per minute (this mix, linear in workers)", f"{target * per_worker_jpm:.0f}",
          f"{per_worker_jpm:.1f} per worker at {biggest['workers']} workers"),
         ("Postgres connections, idle", f"{pg_a + target * pg_b:.0f}",
-         f"{pg_a:.1f} + {pg_b:.2f} per worker (fit over the rounds)"),
+         f"{pg_a:.1f} + {pg_b:.2f} per worker ({fitted})"),
         ("Postgres connections, peak", f"{peak_a + target * peak_b:.0f}",
-         f"{peak_a:.1f} + {peak_b:.2f} per worker; API pool at most 30 per API process"),
+         f"{peak_a:.1f} + {peak_b:.2f} per worker ({fitted}); API pool <= 30 per process"),
         ("Postgres commits/s, idle", f"{idle_a + target * idle_b:.0f}",
          f"{idle_b:.2f} per worker measured; {reckoned_idle:.0f} reckoned from the intervals"),
         ("Postgres commits/s, busy", f"{idle_a + target * idle_b + busy_commits:.0f}",
          f"idle + {busy_commits_per_job:.0f} commits per job x {jobs_per_s:.1f} jobs/s"),
         ("Redis clients", f"{redis_a + target * redis_b:.0f}",
-         f"{redis_a:.1f} + {redis_b:.2f} per worker (Redis-wide peak)"),
+         f"{redis_a:.1f} + {redis_b:.2f} per worker (Redis-wide peak; {fitted})"),
         ("Redis commands/s, idle", f"{r_idle_a + target * r_idle_b:.0f}",
          f"{r_idle_b:.1f} per worker (Redis-wide, includes other users)"),
         ("store writes/s", f"{jobs_per_s * files:.1f} files, {jobs_per_s * size / 1e6:.2f} MB",
@@ -367,15 +368,14 @@ def estimate(rounds: list[dict[str, Any]], target: int = 100) -> list[tuple[str,
 
 
 SETTINGS_AT_100 = [
-    ("Postgres max_connections", "30 per API process + up to 5 per busy worker (job and "
-     "lease threads pooled, 3 main-process threads unpooled; ~1 at a time measured): e.g. 4 "
-     "API processes + 100 workers: 620, or PgBouncer (transaction pooling) with a pool of ~100"),
+    ("Postgres max_connections", "30 per API process + up to 5 per busy worker: 4 API "
+     "processes + 100 workers = 620; or PgBouncer (transaction mode), pool ~100"),
     ("QAAS_REAPER_INTERVAL_S", "15 -> 60: 100 reapers still pass every 0.6 s fleet-wide"),
     ("QAAS_WEBHOOK_POLL_INTERVAL_S", "2 -> 10: the largest idle load (one query/poll/worker)"),
     ("QAAS_WORKER_HEARTBEAT_S", "10 -> 15, with QAAS_GPU_WORKER_FRESH_S >= 4 x it (60)"),
     ("QAAS_JOB_LEASE_S", "60 (a lease beat every 20 s per running job: 5 writes/s at 100)"),
-    ("progress writes", "worker/runner.py PROGRESS_WRITE_INTERVAL_S 0.5 -> 2 s: most of a "
-     "job's commits are progress rows; 4x fewer at the cost of a coarser progress bar"),
+    ("PROGRESS_WRITE_INTERVAL_S", "(worker/runner.py) 0.5 -> 2 s: most of a job's commits "
+     "are progress rows"),
     ("Redis maxclients", "default 10000 is ample; the broker's memory is the queued job ids"),
 ]  # fmt: skip
 
