@@ -13,6 +13,7 @@ import threading
 import time
 
 from app.core.config import Settings
+from app.core.queue import queue_name
 
 log = logging.getLogger("qaas.serve")
 
@@ -77,7 +78,9 @@ class WorkerSupervisor:
         self.thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
 
     def command(self) -> list[str]:
-        return worker_argv(self.settings.queue, f"qaas-serve-{os.getpid()}@%h")
+        # Both pools: on a CUDA machine this one worker is the gpu pool too (app.jobs.routing).
+        queues = f"{queue_name(self.settings, 'gpu')},{queue_name(self.settings, 'cpu')}"
+        return worker_argv(queues, f"qaas-serve-{os.getpid()}@%h")
 
     def start(self) -> None:
         self.process = subprocess.Popen(self.command())

@@ -74,6 +74,15 @@ class JobInfo(BaseModel):
     callback_url: str | None = None
     webhook_status: str | None = Field(default=None, description="pending, delivered or failed")
     deliveries: list[WebhookDelivery] = Field(default_factory=list, description="webhook attempts")
+    routing: dict[str, Any] | None = Field(
+        default=None,
+        description='the worker pool the job was sent to and why: {"queue": "cpu" or "gpu", '
+        '"reason": ...}',
+    )
+    worker: str | None = Field(default=None, description="the worker of its last attempt")
+    device: str | None = Field(
+        default=None, description='where its last attempt computed: "cpu" or "cuda:0 (<GPU>)"'
+    )
 
 
 class ModelInput(BaseModel):

@@ -18,6 +18,7 @@ from app.core.deletion import Deletion
 from app.core.errors import Conflict
 from app.datasets.repository import DatasetRepository
 from app.jobs.repository import JobRepository
+from app.jobs.routing import CPU, GPU, Route, gpu_workers_seen
 from app.jobs.tables import Job
 from app.models_.repository import ModelRepository
 from worker.runtime import Runtime
@@ -29,12 +30,34 @@ RETENTION_BATCH = 100
 RETENTION_INTERVAL_S = 60.0
 
 
-def reap(runtime: Runtime, enqueue: Callable[[str], None]) -> dict[str, int]:
+Enqueue = Callable[[str, str], None]  # (job id, pool)
+
+
+def reap(runtime: Runtime, enqueue: Enqueue) -> dict[str, int]:
     settings = runtime.settings
     now = utcnow()
-    counts = {"requeued": 0, "failed": 0, "resent": 0, "queue_timeout": 0}
+    counts = {"requeued": 0, "failed": 0, "resent": 0, "queue_timeout": 0, "rerouted": 0}
     with transaction(runtime.sessions) as session:
         jobs = JobRepository(session)
+        gpu_alive: list[int] = []  # asked at most once a pass, when a gpu job comes up
+
+        def pool_for(job: Job) -> str:
+            """The job's pool; a gpu job goes to cpu once no gpu worker is left to take it."""
+            if job.pool != GPU:
+                return CPU
+            if not gpu_alive:
+                gpu_alive.append(gpu_workers_seen(session, settings))
+            if gpu_alive[0]:
+                return GPU
+            route = Route(
+                CPU,
+                f"moved from the gpu queue: no gpu worker seen in the last "
+                f"{settings.gpu_worker_fresh_s:g} s",
+            )
+            jobs.set_route(job.id, route.pool, route.as_json())
+            counts["rerouted"] += 1
+            return CPU
+
         # One extra lease of grace: a redelivered task gets the first chance to take over.
         for job in jobs.stale_running(now - timedelta(seconds=settings.job_lease_s)):
             ran_for = (now - job.started_at).total_seconds() if job.started_at else 0.0
@@ -56,7 +79,8 @@ def reap(runtime: Runtime, enqueue: Callable[[str], None]) -> dict[str, int]:
                 ):
                     counts["failed"] += 1
             elif jobs.requeue(job.id, job.attempts):
-                after_commit(session, lambda job_id=job.id: enqueue(job_id))
+                pool = pool_for(job)
+                after_commit(session, lambda job_id=job.id, pool=pool: enqueue(job_id, pool))
                 counts["requeued"] += 1
         for job in jobs.queued_since(now - timedelta(seconds=settings.queue_time_limit_s)):
             if jobs.fail_active(
@@ -66,7 +90,8 @@ def reap(runtime: Runtime, enqueue: Callable[[str], None]) -> dict[str, int]:
         cutoff = now - timedelta(seconds=settings.requeue_after_s)
         for job in jobs.unstarted_queued(cutoff):
             if jobs.mark_resent(job.id, job.enqueued_at):
-                after_commit(session, lambda job_id=job.id: enqueue(job_id))
+                pool = pool_for(job)
+                after_commit(session, lambda job_id=job.id, pool=pool: enqueue(job_id, pool))
                 counts["resent"] += 1
     if any(counts.values()):
         log.warning("reaper: %s", counts)
@@ -121,7 +146,7 @@ def waited_too_long(job: Job, settings: Settings, now: datetime) -> bool:
 
 
 class Reaper(threading.Thread):
-    def __init__(self, runtime: Runtime, enqueue: Callable[[str], None]) -> None:
+    def __init__(self, runtime: Runtime, enqueue: Enqueue) -> None:
         super().__init__(name="qaas-reaper", daemon=True)
         self.runtime = runtime
         self.enqueue = enqueue

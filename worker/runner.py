@@ -21,6 +21,7 @@ from app.core.errors import InsufficientStorage, is_storage_full
 from app.core.storage import file_sha256, job_folder
 from app.datasets.tables import Dataset
 from app.jobs.repository import JobRepository
+from app.jobs.routing import job_device
 from app.jobs.tables import TERMINAL, JobStatus
 from app.models_.tables import Model
 from app.observability.logs import bind
@@ -62,14 +63,15 @@ class JobInputs:
     energy_profile: dict[str, Any] | None
 
 
-def run_job(runtime: Runtime, job_id: str, worker: str) -> Outcome:
-    inputs_or_outcome = claim(runtime, job_id, worker)
+def run_job(runtime: Runtime, job_id: str, worker: str, device: str = "cpu") -> Outcome:
+    """``device``: the worker's torch device ("cpu" or "cuda:0 (<name>)", ``worker.pools``)."""
+    inputs_or_outcome = claim(runtime, job_id, worker, device)
     if isinstance(inputs_or_outcome, Outcome):
         return inputs_or_outcome
     return Attempt(runtime, inputs_or_outcome).execute()
 
 
-def claim(runtime: Runtime, job_id: str, worker: str) -> JobInputs | Outcome:
+def claim(runtime: Runtime, job_id: str, worker: str, device: str = "cpu") -> JobInputs | Outcome:
     settings = runtime.settings
     with transaction(runtime.sessions) as session:
         jobs = JobRepository(session)
@@ -107,7 +109,11 @@ def claim(runtime: Runtime, job_id: str, worker: str) -> JobInputs | Outcome:
             )
             return Outcome("model deleted")
         if not jobs.claim(
-            job.id, attempts=job.attempts, worker=worker, lease_s=settings.job_lease_s
+            job.id,
+            attempts=job.attempts,
+            worker=worker,
+            lease_s=settings.job_lease_s,
+            device=job_device(job.spec, job.training_id is not None, device),
         ):
             return Outcome("claimed by another worker")
 

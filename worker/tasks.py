@@ -19,6 +19,7 @@ from app.core.config import Settings
 from app.core.queue import RUN_JOB, JobQueue, ensure_broker_folders
 from app.observability.logs import configure_logging, log_context
 from worker.celery_app import celery_app
+from worker.pools import WorkerBeat, detect_device
 from worker.reaper import Reaper
 from worker.runner import DATABASE_UNAVAILABLE, run_job
 from worker.runtime import Runtime, get_runtime, worker_name
@@ -27,6 +28,9 @@ from worker.webhooks import Dispatcher
 log = logging.getLogger("qaas.worker")
 _reaper: Reaper | None = None
 _dispatcher: Dispatcher | None = None
+_beat: WorkerBeat | None = None
+# Found once in the main process before the pool forks (``_worker_init``); children inherit it.
+_device = "cpu"
 DATABASE_RETRY_S = 3.0
 
 
@@ -46,7 +50,7 @@ def run(self: Task, job_id: str) -> str:
     """Run job ``job_id``; safe to deliver twice (the job row decides)."""
     with log_context(job_id=job_id):
         try:
-            outcome = run_job(get_runtime(_settings()), job_id, worker_name())
+            outcome = run_job(get_runtime(_settings()), job_id, worker_name(), _device)
         except DATABASE_UNAVAILABLE as error:
             # The database is restarting: try again shortly rather than drop the message (the
             # reaper would resend it, but only after requeue_after_s).
@@ -60,7 +64,10 @@ def run(self: Task, job_id: str) -> str:
 
 @worker_init.connect
 def _worker_init(**_: Any) -> None:
+    global _device
     ensure_broker_folders(_settings())
+    _device = detect_device()
+    log.info("worker computes on %s", _device)
 
 
 @after_setup_logger.connect
@@ -75,8 +82,8 @@ def _process_init(**_: Any) -> None:
 
 
 @worker_ready.connect
-def _start_reaper(**_: Any) -> None:
-    global _reaper, _dispatcher
+def _start_reaper(sender: Any = None, **_: Any) -> None:
+    global _reaper, _dispatcher, _beat
     # No pooled connections in the parent: pool children are forked from it later too.
     settings = _settings()
     runtime = Runtime.build(settings, pooled=False)
@@ -84,10 +91,16 @@ def _start_reaper(**_: Any) -> None:
     _reaper.start()
     _dispatcher = Dispatcher(runtime)
     _dispatcher.start()
+    queues = list(celery_app.amqp.queues.consume_from or [settings.queue])
+    node = getattr(sender, "hostname", None) or worker_name()
+    _beat = WorkerBeat(runtime, node, queues, _device)
+    _beat.start()
 
 
 @worker_shutdown.connect
 def _stop_reaper(**_: Any) -> None:
-    for thread in (_reaper, _dispatcher):
+    for thread in (_reaper, _dispatcher, _beat):
         if thread is not None:
             thread.stopped.set()
+    if _beat is not None:
+        _beat.join(timeout=5.0)  # removes this worker's row, so routing stops counting it

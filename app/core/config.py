@@ -94,6 +94,16 @@ class Settings(BaseSettings):
     requeue_after_s: float = Field(300.0, gt=0, description="resend a queued job not started")
     reaper_interval_s: float = Field(15.0, gt=0)
 
+    # Worker pools (app/jobs/routing.py): jobs whose pipeline learns (qat, adaround,
+    # bayesian_bits) on a model of at least gpu_min_parameters (estimated as the model's bytes / 4)
+    # go to the "<queue>.gpu" Celery queue while a worker consuming it was seen within
+    # gpu_worker_fresh_s; everything else goes to "<queue>" (the cpu pool, the one queue of a
+    # single-queue deployment). Each worker records itself (queues, device) every
+    # worker_heartbeat_s in the workers table.
+    gpu_min_parameters: int = Field(1_000_000, ge=0)
+    gpu_worker_fresh_s: float = Field(60.0, gt=0)
+    worker_heartbeat_s: float = Field(10.0, gt=0)
+
     # Webhooks (app/webhooks): a job's callback_url gets one signed POST when the job ends,
     # tried up to webhook_attempts times, the wait doubling from webhook_first_retry_s (5 tries
     # over 7.5 minutes by default), by every worker's dispatcher. Private, loopback and

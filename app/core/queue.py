@@ -2,6 +2,11 @@
 job id to it. The API enqueues through this module and the worker registers its task under
 ``RUN_JOB`` from here, so the API never imports the worker.
 
+Two queues, one per worker pool (``app.jobs.routing``): ``QAAS_QUEUE`` itself is the cpu
+pool's, so a single-queue deployment keeps working unchanged, and ``<QAAS_QUEUE>.gpu`` the gpu
+pool's. A CPU worker consumes the first (``-Q qaas``, or no ``-Q``: the default queue), a worker
+on a CUDA machine the second and usually the first too (``-Q qaas.gpu,qaas``).
+
 Delivery is at-least-once: late acks, a lost worker's message requeued, one message
 prefetched; the job row (not the broker) decides whether work is done.
 """
@@ -15,6 +20,24 @@ from celery import Celery
 from app.core.config import Settings
 
 RUN_JOB = "jobs.run"
+GPU_SUFFIX = ".gpu"
+
+
+def queue_name(settings: Settings, pool: str = "cpu") -> str:
+    """The Celery queue of worker pool ``pool`` ("cpu" or "gpu")."""
+    if pool == "gpu":
+        return settings.queue + GPU_SUFFIX
+    if pool == "cpu":
+        return settings.queue
+    raise ValueError(f"unknown worker pool {pool!r}: cpu or gpu")
+
+
+def pool_of_queue(settings: Settings, queue: str) -> str | None:
+    """The pool a Celery queue serves, or None for a queue that is neither."""
+    for pool in ("cpu", "gpu"):
+        if queue == queue_name(settings, pool):
+            return pool
+    return None
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
@@ -72,8 +95,8 @@ class JobQueue:
         self.settings = settings
         self.celery = celery or make_celery(settings)
 
-    def enqueue(self, job_id: str) -> None:
-        self.celery.send_task(RUN_JOB, args=[job_id], queue=self.settings.queue)
+    def enqueue(self, job_id: str, pool: str = "cpu") -> None:
+        self.celery.send_task(RUN_JOB, args=[job_id], queue=queue_name(self.settings, pool))
 
     def ping(self) -> None:
         """Raise unless the broker answers (for /readyz)."""

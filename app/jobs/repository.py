@@ -131,7 +131,15 @@ class JobRepository(TenantRepository[Job]):
             },
         )
 
-    def claim(self, job_id: str, *, attempts: int, worker: str, lease_s: float) -> bool:
+    def claim(
+        self,
+        job_id: str,
+        *,
+        attempts: int,
+        worker: str,
+        lease_s: float,
+        device: str | None = None,
+    ) -> bool:
         """queued -> running, or take over a running job whose lease ran out."""
         now = utcnow()
         return self._cas(
@@ -147,6 +155,7 @@ class JobRepository(TenantRepository[Job]):
                 "status": JobStatus.RUNNING,
                 "attempts": attempts + 1,
                 "worker": worker,
+                "device": device,
                 "lease_expires_at": now + timedelta(seconds=lease_s),
                 "started_at": now,
                 "phase": "starting",
@@ -196,6 +205,12 @@ class JobRepository(TenantRepository[Job]):
                 "enqueued_at": now,
                 "queued_at": now,
             },
+        )
+
+    def set_route(self, job_id: str, pool: str, routing: dict[str, Any]) -> bool:
+        """Send a queued job to another pool (the reaper, when its gpu pool has gone)."""
+        return self._cas(
+            job_id, [Job.status == JobStatus.QUEUED], {"pool": pool, "routing": routing}
         )
 
     def mark_resent(self, job_id: str, enqueued_at: datetime) -> bool:

@@ -104,4 +104,7 @@ class JobOut(JobInfo):
             callback_url=job.callback_url,
             webhook_status=job.webhook_status,
             deliveries=job.deliveries or [],
+            routing=job.routing,
+            worker=job.worker,
+            device=job.device,
         )

@@ -19,9 +19,11 @@ from app.core.errors import Conflict, InvalidInput, NotFound
 from app.core.quotas import Quotas
 from app.datasets.service import DatasetService
 from app.jobs.repository import JobRepository
+from app.jobs.routing import Route, route_job
 from app.jobs.schemas import JobCreate
 from app.jobs.tables import TERMINAL, Job, JobStatus
 from app.models_.service import ModelService
+from app.models_.tables import Model
 from app.observability.logs import bind
 from app.webhooks.addresses import vet
 from app.webhooks.repository import PENDING
@@ -95,7 +97,9 @@ class JobService:
                 return self._replay(existing, digest), False
         # A cheap early refusal; the count that decides is made again in _insert_within_quota.
         await run_in_threadpool(self.quotas.check_submission, tenant_id=tenant_id, lock=False)
-        await self._validate(tenant_id=tenant_id, request=request)
+        model = await self._validate(tenant_id=tenant_id, request=request)
+        spec = _with_target(request).model_dump(mode="json")
+        route = await run_in_threadpool(self._route, request, spec, model)
         job = Job(
             tenant_id=tenant_id,
             model_id=request.model_id,
@@ -103,7 +107,7 @@ class JobService:
             evaluation_id=request.evaluation_id,
             training_id=request.training_id,
             validation_id=request.validation_id,
-            spec=_with_target(request).model_dump(mode="json"),
+            spec=spec,
             max_accuracy_drop=request.max_accuracy_drop,
             energy_profile=request.energy_profile,
             callback_url=request.callback_url,
@@ -111,6 +115,8 @@ class JobService:
             idempotency_key=idempotency_key,
             request_hash=digest,
             status=JobStatus.QUEUED,
+            pool=route.pool,
+            routing=route.as_json(),
         )
         try:
             await run_in_threadpool(self._insert_within_quota, tenant_id, job)
@@ -125,7 +131,7 @@ class JobService:
                     "a model or dataset this job names was deleted while it was submitted"
                 ) from None
             return self._replay(winner, digest), False
-        after_commit(self.session, lambda job_id=job.id: self._enqueue(job_id))
+        after_commit(self.session, lambda job_id=job.id: self._enqueue(job_id, route.pool))
         bind(job_id=job.id)
         return job, True
 
@@ -151,7 +157,18 @@ class JobService:
             )
         return job
 
-    async def _validate(self, *, tenant_id: str, request: JobCreate) -> None:
+    def _route(self, request: JobCreate, spec: dict[str, object], model: Model) -> Route:
+        model_bytes = model.size_bytes + sum(f["size_bytes"] for f in model.external_data or [])
+        return route_job(
+            self.session,
+            self.context.settings,
+            spec=spec,
+            has_training=request.training_id is not None,
+            model_bytes=model_bytes,
+        )
+
+    async def _validate(self, *, tenant_id: str, request: JobCreate) -> Model:
+        """Everything checkable now; returns the job's model."""
         if request.callback_url is not None:
             allow_private = self.context.settings.webhook_allow_private
             await run_in_threadpool(vet, request.callback_url, allow_private=allow_private)
@@ -198,10 +215,11 @@ class JobService:
                 lambda d=dataset_id: self.datasets.get(tenant_id=tenant_id, dataset_id=d)
             )
             await self.datasets.check_fits(dataset=dataset, model=model, role=role)
+        return model
 
-    def _enqueue(self, job_id: str) -> None:
+    def _enqueue(self, job_id: str, pool: str) -> None:
         try:
-            self.context.queue.enqueue(job_id)
+            self.context.queue.enqueue(job_id, pool)
         except Exception:
             # The row is committed: the reaper resends queued jobs that never started.
             log.exception("job %s committed but not enqueued; it will be resent", job_id)

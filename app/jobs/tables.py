@@ -4,7 +4,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db import Base, JSONType, UTCDateTime, utcnow
@@ -57,6 +57,12 @@ class Job(Base):
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # Worker pools (app/jobs/routing.py): the pool the job was sent to ("cpu" or "gpu"; NULL on
+    # rows from before pools, which went to the one queue, the cpu pool's), why, and the device
+    # its last attempt computed on ("cpu", "cuda:0 (NVIDIA H100 ...)").
+    pool: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    routing: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    device: Mapped[str | None] = mapped_column(String(200), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     error_kind: Mapped[str | None] = mapped_column(String(32), nullable=True)
     error_detail: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -81,3 +87,21 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Worker(Base):
+    """A live worker (one Celery node), written by its own heartbeat every
+    ``QAAS_WORKER_HEARTBEAT_S`` and removed when it stops: which queues it consumes and what
+    device it computes on. Routing asks whether a gpu worker was seen recently; a row whose
+    ``last_seen_at`` is old is a worker that died without saying so."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # the Celery node name
+    hostname: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    consumes_gpu: Mapped[bool] = mapped_column(Boolean, default=False)
+    device: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hmac
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
@@ -33,7 +33,8 @@ from app.core.db import utcnow
 from app.core.deps import ContextDep, SessionDep
 from app.core.errors import Unauthorized
 from app.datasets.tables import Dataset
-from app.jobs.tables import TERMINAL, Job, JobStatus
+from app.jobs.routing import CPU, POOLS
+from app.jobs.tables import TERMINAL, Job, JobStatus, Worker
 from app.models_.tables import Model
 
 router = APIRouter(tags=["operations"])
@@ -72,11 +73,18 @@ class DatabaseCollector(Collector):
         for kind, count in self.session.execute(query).all():
             errors.add_metric([str(kind)], count)
         yield errors
-        yield GaugeMetricFamily(
-            "qaas_queue_depth",
-            "Jobs waiting for a worker",
-            value=by_status.get(JobStatus.QUEUED.value, 0),
+        # One series per worker pool; sum(qaas_queue_depth) is the unlabelled figure of old.
+        depth = GaugeMetricFamily(
+            "qaas_queue_depth", "Jobs waiting for a worker, by pool", labels=["queue"]
         )
+        waiting = dict.fromkeys(POOLS, 0)
+        query = select(Job.pool, func.count()).where(Job.status == JobStatus.QUEUED)
+        for pool, count in self.session.execute(query.group_by(Job.pool)).all():
+            key = pool if pool in waiting else CPU  # rows from before pools: the one queue
+            waiting[key] += count
+        for pool in POOLS:
+            depth.add_metric([pool], waiting[pool])
+        yield depth
         oldest = self.session.scalar(
             select(func.min(Job.queued_at)).where(Job.status == JobStatus.QUEUED)
         )
@@ -154,6 +162,19 @@ class DatabaseCollector(Collector):
                 Job.status == JobStatus.RUNNING, Job.lease_expires_at < utcnow()
             )
         )
+        workers = GaugeMetricFamily(
+            "qaas_workers",
+            "Workers that heartbeat within QAAS_GPU_WORKER_FRESH_S, by pool consumed and device",
+            labels=["queue", "device"],
+        )
+        since = utcnow() - timedelta(seconds=self.settings.gpu_worker_fresh_s)
+        seen: Counter[tuple[str, str]] = Counter()
+        rows = select(Worker.consumes_gpu, Worker.device).where(Worker.last_seen_at >= since)
+        for consumes_gpu, device in self.session.execute(rows).all():
+            seen["gpu" if consumes_gpu else CPU, str(device)] += 1
+        for (pool, device), count in sorted(seen.items()):
+            workers.add_metric([pool, device], count)
+        yield workers
         yield GaugeMetricFamily(
             "qaas_jobs_lease_expired",
             "Running jobs whose worker missed its heartbeat (the reaper will requeue them)",

@@ -61,7 +61,8 @@ def test_metrics_parse_and_show_a_finished_job(api, finished_job):
     jobs = {dict(labels)["status"]: value for labels, value in samples["qaas_jobs"].items()}
     assert set(jobs) == {"queued", "running", "succeeded", "failed", "cancelled"}
     assert jobs["succeeded"] >= 1
-    assert samples["qaas_queue_depth"][()] == jobs["queued"]
+    depth = {dict(labels)["queue"]: value for labels, value in samples["qaas_queue_depth"].items()}
+    assert set(depth) == {"cpu", "gpu"} and sum(depth.values()) == jobs["queued"]
     assert samples["qaas_job_run_seconds_count"][(("status", "succeeded"),)] >= 1
 
     job_steps = {step["name"]: step["seconds"] for step in finished_job["job"]["steps"]}

@@ -58,7 +58,7 @@ def test_reaper_requeues_fails_and_resends(own_db):
     forgotten = make_job(sessions, status="queued", enqueued_at=utcnow() - timedelta(hours=1))
     sent: list[str] = []
     runtime = Runtime.build(settings, pooled=False)
-    reap(runtime, sent.append)
+    reap(runtime, lambda job_id, pool: sent.append(job_id))
     assert lost in sent and forgotten in sent
     assert exhausted not in sent and alive not in sent
     with sessions() as session:
@@ -66,7 +66,8 @@ def test_reaper_requeues_fails_and_resends(own_db):
         failed = session.get(Job, exhausted)
         assert failed.status == "failed" and failed.error_kind == "worker_lost"
         assert session.get(Job, alive).status == "running"
-    reap(runtime, sent.append)  # nothing is sent twice for the same state
+    # nothing is sent twice for the same state
+    reap(runtime, lambda job_id, pool: sent.append(job_id))
     assert sent.count(lost) == 1 and sent.count(forgotten) == 1
     runtime.engine.dispose()
 
@@ -84,7 +85,7 @@ def test_queue_wait_and_run_time_have_separate_limits(own_db):
                        started_at=hour_ago, lease_expires_at=alive)  # fmt: skip
     runtime = Runtime.build(settings, pooled=False)
     sent: list[str] = []
-    counts = reap(runtime, sent.append)
+    counts = reap(runtime, lambda job_id, pool: sent.append(job_id))
     assert counts["queue_timeout"] == 1 and stale not in sent
     with sessions() as session:
         failed = session.get(Job, stale)

@@ -1,0 +1,435 @@
+"""Scale: the Postgres + Redis deployment (one API process, 1, 2 and 4 worker processes) on a
+fixed mix of small jobs, started by this script on loopback (a scratch database and a queue of
+its own per round), and a paper estimate of what 100 workers need from Postgres, Redis and the
+store, made from the measured figures.
+
+    python -m bench.scale [--workers 1,2,4] [--jobs 40] [--pollers 50] [--quick]
+                          [--storage-url URL]   # else the folder storage (QAAS_STORAGE_DIR)
+
+Each round measures, with its workers idle and then while it runs ``--jobs`` jobs (the mix:
+per ten, five default post-training jobs, two cle+bias_correction, two adaround of 50
+iterations, one qat of one epoch) submitted at once: jobs per minute, submit-to-start latency
+p50/p99 (the job rows' created_at to started_at), API p50/p99 of GET /v1/jobs/{id} under
+``--pollers`` concurrent pollers, Postgres connections and commits per second (pg_stat_*),
+Redis clients and commands per second (INFO; Redis-wide, so other users of the same Redis
+count too), and bytes and files written to the store per job (counted in the folder store;
+0 with --storage-url). Do not run it at full size on a machine that is busy with something
+else: its figures are that machine's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psycopg
+import redis
+
+from bench.service_load import (
+    PG_ADMIN,
+    REDIS_URL,
+    REPO,
+    free_port,
+    percentile,
+    tiny_model,
+    wait_ready,
+)
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+MIX: list[dict[str, Any]] = [
+    *[{}] * 5,
+    *[{"pipeline": ["cle", "bias_correction"]}] * 2,
+    *[{"pipeline": ["adaround"], "adaround_iterations": 50}] * 2,
+    {"pipeline": ["qat"], "qat_epochs": 1},
+]
+# What a worker and the API do on their own, from the settings (defaults in app/core/config.py)
+IDLE_SETTINGS = {
+    "QAAS_REAPER_INTERVAL_S": 15.0,
+    "QAAS_WEBHOOK_POLL_INTERVAL_S": 2.0,
+    "QAAS_WORKER_HEARTBEAT_S": 10.0,
+    "QAAS_JOB_LEASE_S": 60.0,
+}
+
+
+class Stats:
+    """Postgres (this round's database) and Redis counters, sampled for peaks."""
+
+    def __init__(self, database: str) -> None:
+        self.database = database
+        self.redis = redis.Redis.from_url(REDIS_URL)
+        self.peak_pg = 0
+        self.peak_redis = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def counters(self) -> dict[str, float]:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            commits, rows = admin.execute(
+                "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted "
+                "FROM pg_stat_database WHERE datname = %s",
+                (self.database,),
+            ).fetchone()
+        info = self.redis.info("stats")
+        return {
+            "time": time.monotonic(),
+            "pg_commits": float(commits),
+            "pg_rows_written": float(rows),
+            "redis_commands": float(info["total_commands_processed"]),
+        }
+
+    def connections(self) -> tuple[int, int]:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            (pg,) = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (self.database,)
+            ).fetchone()
+        return int(pg), int(self.redis.info("clients")["connected_clients"])
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.5):
+            try:
+                pg, clients = self.connections()
+            except Exception:  # noqa: BLE001 - a missed sample is not a failed run
+                continue
+            self.peak_pg, self.peak_redis = max(self.peak_pg, pg), max(self.peak_redis, clients)
+
+
+def rates(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    seconds = after["time"] - before["time"]
+    return {key: (after[key] - before[key]) / seconds for key in before if key != "time"}
+
+
+def stored(folder: Path) -> tuple[int, int]:
+    files = [path for path in folder.rglob("*") if path.is_file()]
+    return len(files), sum(path.stat().st_size for path in files)
+
+
+def pollers(url: str, key: str, ids: list[str], count: int, pause: float, done: threading.Event):
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def loop() -> None:
+        with httpx.Client(
+            base_url=url, timeout=60, headers={"Authorization": f"Bearer {key}"}
+        ) as http:
+            while not done.is_set():
+                started = time.perf_counter()
+                try:
+                    response = http.get(f"/v1/jobs/{random.choice(ids)}")
+                    ok = response.status_code == 200
+                except httpx.HTTPError as error:
+                    ok, response = False, None
+                    with lock:
+                        errors.append(type(error).__name__)
+                elapsed = time.perf_counter() - started
+                with lock:
+                    latencies.append(elapsed)
+                    if not ok and response is not None:
+                        errors.append(f"HTTP {response.status_code}")
+                time.sleep(pause)
+
+    threads = [threading.Thread(target=loop, daemon=True) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    return threads, latencies, errors
+
+
+def upload(http: httpx.Client, route: str, path: Path) -> str:
+    response = http.post(route, content=path.read_bytes(), params={"filename": path.name},
+                         headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+    response.raise_for_status()
+    return str(response.json()["id"])
+
+
+def round_of(workers: int, args: argparse.Namespace, inputs: dict[str, Path]) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix=f"qaas-scale-{workers}-"))
+    database = f"qaas_scale_{uuid.uuid4().hex[:10]}"
+    queue = f"qaas-scale-{uuid.uuid4().hex[:8]}"
+    storage = work / "storage"
+    with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f'CREATE DATABASE "{database}"')
+    env = {
+        **os.environ,
+        "PYTHONWARNINGS": "ignore",
+        "QAAS_DATA_DIR": str(work / "data"),
+        "QAAS_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{database}",
+        "QAAS_BROKER_URL": REDIS_URL,
+        "QAAS_QUEUE": queue,
+        "QAAS_QUOTA_ACTIVE_JOBS": "100000",
+        "QAAS_SUBMISSIONS_PER_MINUTE": "100000",
+        **{name: str(value) for name, value in IDLE_SETTINGS.items()},
+    }
+    if args.storage_url:
+        env["QAAS_STORAGE_URL"] = args.storage_url
+    else:
+        env["QAAS_STORAGE_DIR"] = str(storage)
+    processes: list[subprocess.Popen[bytes]] = []
+    logs = (work / "service.log").open("wb")
+    stats = Stats(database)
+    try:
+        qaas = [sys.executable, "-m", "app.cli"]
+        subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=REPO, env=env,
+                       check=True, capture_output=True)  # fmt: skip
+        keys = subprocess.run([*qaas, "keys", "create", "--tenant", "scale"], cwd=REPO, env=env,
+                              check=True, capture_output=True, text=True)  # fmt: skip
+        key = keys.stdout.strip().splitlines()[-1]
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--port",
+             str(port), "--log-level", "warning"],
+            cwd=REPO, env=env, stdout=logs, stderr=subprocess.STDOUT,
+        ))  # fmt: skip
+        for index in range(workers):
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+                 "--concurrency=1", "--loglevel=WARNING", "--without-gossip", "--without-mingle",
+                 "-Q", queue, "--hostname", f"scale{index}-{uuid.uuid4().hex[:4]}@%h"],
+                cwd=REPO, env=env, stdout=logs, stderr=subprocess.STDOUT,
+            ))  # fmt: skip
+        wait_ready(url, 120)
+        deadline = time.monotonic() + 120
+        while True:  # every worker has heartbeat (its workers row)
+            with psycopg.connect(env["QAAS_DATABASE_URL"]) as conn:
+                (seen,) = conn.execute("SELECT count(*) FROM workers").fetchone()
+            if seen >= workers:
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"only {seen} of {workers} workers started; see {logs.name}")
+            time.sleep(0.5)
+        stats.thread.start()
+        headers = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(base_url=url, timeout=60, headers=headers) as http:
+            model = upload(http, "/v1/models", inputs["model"])
+            calibration = upload(http, "/v1/datasets", inputs["calibration"])
+            training = upload(http, "/v1/datasets", inputs["training"])
+            files_before = stored(storage) if not args.storage_url else (0, 0)
+            idle_before = stats.counters()
+            time.sleep(args.idle_seconds)
+            idle = rates(idle_before, stats.counters())
+            idle_pg, _ = stats.connections()
+
+            def body(index: int) -> dict[str, Any]:
+                spec = MIX[index % len(MIX)]
+                extra = {"training_id": training} if "qat" in spec.get("pipeline", []) else {}
+                return {"model_id": model, "calibration_id": calibration, "quantization": spec,
+                        **extra}  # fmt: skip
+
+            busy_before = stats.counters()
+            submitted = time.monotonic()
+            with ThreadPoolExecutor(8) as pool:
+                responses = list(pool.map(lambda i: http.post("/v1/jobs", json=body(i)),
+                                          range(args.jobs)))  # fmt: skip
+            bad = [r.text for r in responses if r.status_code != 202]
+            if bad:
+                raise SystemExit(f"submission refused: {bad[0]}")
+            ids = [r.json()["id"] for r in responses]
+            done = threading.Event()
+            threads, latencies, errors = pollers(url, key, ids, args.pollers, args.poll_pause, done)
+            try:
+                jobs: list[dict[str, Any]] = []
+                while time.monotonic() - submitted < args.timeout:
+                    jobs = [http.get(f"/v1/jobs/{job_id}").json() for job_id in ids]
+                    if all(job["status"] in TERMINAL for job in jobs):
+                        break
+                    time.sleep(1.0)
+            finally:
+                done.set()
+                for thread in threads:
+                    thread.join()
+            busy = rates(busy_before, stats.counters())
+        stats.stop.set()
+        files_after = stored(storage) if not args.storage_url else (0, 0)
+    finally:
+        stats.stop.set()
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        logs.close()
+        redis.Redis.from_url(REDIS_URL).delete(queue, f"{queue}.gpu")
+        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    written = (files_after[0] - files_before[0], files_after[1] - files_before[1])
+    return summarize(workers, jobs, latencies, errors, idle, busy, idle_pg, stats, *written)
+
+
+def summarize(workers, jobs, latencies, errors, idle, busy, idle_pg, stats, files, size):
+    from datetime import datetime
+
+    def moment(value: str) -> float:
+        return datetime.fromisoformat(value).timestamp()
+
+    succeeded = [job for job in jobs if job["status"] == "succeeded"]
+    waits = [moment(j["started_at"]) - moment(j["created_at"]) for j in jobs if j["started_at"]]
+    first = min(moment(job["created_at"]) for job in jobs)
+    last = (
+        max(moment(job["finished_at"]) for job in jobs if job["finished_at"])
+        if succeeded
+        else first
+    )
+    span = max(last - first, 1e-9)
+    return {
+        "workers": workers,
+        "jobs": len(jobs),
+        "succeeded": len(succeeded),
+        "unfinished_or_failed": [job["status"] for job in jobs if job["status"] != "succeeded"],
+        "jobs_per_min": round(60 * len(succeeded) / span, 1),
+        "start_p50_s": round(statistics.median(waits), 2) if waits else None,
+        "start_p99_s": round(percentile(waits, 0.99), 2) if waits else None,
+        "api_requests": len(latencies),
+        "api_p50_ms": round(1000 * percentile(latencies, 0.5), 1) if latencies else None,
+        "api_p99_ms": round(1000 * percentile(latencies, 0.99), 1) if latencies else None,
+        "api_errors": len(errors),
+        "pg_connections_idle": idle_pg,
+        "pg_connections_peak": stats.peak_pg,
+        "pg_commits_per_s_idle": round(idle["pg_commits"], 2),
+        "pg_commits_per_s_busy": round(busy["pg_commits"], 2),
+        "pg_rows_written_per_s_busy": round(busy["pg_rows_written"], 2),
+        "redis_clients_peak": stats.peak_redis,
+        "redis_commands_per_s_idle": round(idle["redis_commands"], 1),
+        "redis_commands_per_s_busy": round(busy["redis_commands"], 1),
+        "store_files_per_job": round(files / max(len(succeeded), 1), 1),
+        "store_bytes_per_job": round(size / max(len(succeeded), 1)),
+    }
+
+
+def fit(rounds: list[dict[str, Any]], key: str) -> tuple[float, float]:
+    """Least squares ``key = a + b * workers`` over the rounds (b = per worker)."""
+    xs = [float(r["workers"]) for r in rounds]
+    ys = [float(r[key]) for r in rounds]
+    if len(set(xs)) < 2:
+        return 0.0, ys[0] / xs[0]
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    b = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mean_x) ** 2 for x in xs
+    )
+    return mean_y - b * mean_x, b
+
+
+def estimate(rounds: list[dict[str, Any]], target: int = 100) -> list[tuple[str, str, str]]:
+    """(what, at ``target`` workers, how it is reckoned) from the measured rounds."""
+    biggest = max(rounds, key=lambda r: r["workers"])
+    per_worker_jpm = biggest["jobs_per_min"] / biggest["workers"]
+    jobs_per_s = target * per_worker_jpm / 60
+    pg_a, pg_b = fit(rounds, "pg_connections_idle")
+    peak_a, peak_b = fit(rounds, "pg_connections_peak")
+    idle_a, idle_b = fit(rounds, "pg_commits_per_s_idle")
+    busy_commits_per_job = (
+        (biggest["pg_commits_per_s_busy"] - biggest["pg_commits_per_s_idle"])
+        * 60 / max(biggest["jobs_per_min"], 1e-9)
+    )  # fmt: skip
+    busy_commits = jobs_per_s * busy_commits_per_job
+    redis_a, redis_b = fit(rounds, "redis_clients_peak")
+    r_idle_a, r_idle_b = fit(rounds, "redis_commands_per_s_idle")
+    reckoned_idle = target * (
+        1 / IDLE_SETTINGS["QAAS_REAPER_INTERVAL_S"]  # a reaper pass: one transaction
+        + 3 / 60  # a retention sweep a minute: three transactions
+        + 1 / IDLE_SETTINGS["QAAS_WEBHOOK_POLL_INTERVAL_S"]  # the webhook dispatcher's poll
+        + 1 / IDLE_SETTINGS["QAAS_WORKER_HEARTBEAT_S"]  # the workers row
+    )
+    files, size = biggest["store_files_per_job"], biggest["store_bytes_per_job"]
+    fitted = "fit over the rounds" if len(rounds) > 1 else "one round: all of it per worker"
+    return [
+        ("jobs per minute (this mix, linear in workers)", f"{target * per_worker_jpm:.0f}",
+         f"{per_worker_jpm:.1f} per worker at {biggest['workers']} workers"),
+        ("Postgres connections, idle", f"{pg_a + target * pg_b:.0f}",
+         f"{pg_a:.1f} + {pg_b:.2f} per worker ({fitted})"),
+        ("Postgres connections, peak", f"{peak_a + target * peak_b:.0f}",
+         f"{peak_a:.1f} + {peak_b:.2f} per worker ({fitted}); API pool <= 30 per process"),
+        ("Postgres commits/s, idle", f"{idle_a + target * idle_b:.0f}",
+         f"{idle_b:.2f} per worker measured; {reckoned_idle:.0f} reckoned from the intervals"),
+        ("Postgres commits/s, busy", f"{idle_a + target * idle_b + busy_commits:.0f}",
+         f"idle + {busy_commits_per_job:.0f} commits per job x {jobs_per_s:.1f} jobs/s"),
+        ("Redis clients", f"{redis_a + target * redis_b:.0f}",
+         f"{redis_a:.1f} + {redis_b:.2f} per worker (Redis-wide peak; {fitted})"),
+        ("Redis commands/s, idle", f"{r_idle_a + target * r_idle_b:.0f}",
+         f"{r_idle_b:.1f} per worker (Redis-wide, includes other users)"),
+        ("store writes/s", f"{jobs_per_s * files:.1f} files, {jobs_per_s * size / 1e6:.2f} MB",
+         f"{files:.1f} files, {size / 1e3:.0f} kB per job (artifacts, staging included)"),
+    ]  # fmt: skip
+
+
+SETTINGS_AT_100 = [
+    ("Postgres max_connections", "30 per API process + up to 5 per busy worker: 4 API "
+     "processes + 100 workers = 620; or PgBouncer (transaction mode), pool ~100"),
+    ("QAAS_REAPER_INTERVAL_S", "15 -> 60: 100 reapers still pass every 0.6 s fleet-wide"),
+    ("QAAS_WEBHOOK_POLL_INTERVAL_S", "2 -> 10: the largest idle load (one query/poll/worker)"),
+    ("QAAS_WORKER_HEARTBEAT_S", "10 -> 15, with QAAS_GPU_WORKER_FRESH_S >= 4 x it (60)"),
+    ("QAAS_JOB_LEASE_S", "60 (a lease beat every 20 s per running job: 5 writes/s at 100)"),
+    ("PROGRESS_WRITE_INTERVAL_S", "(worker/runner.py) 0.5 -> 2 s: most of a job's commits "
+     "are progress rows"),
+    ("Redis maxclients", "default 10000 is ample; the broker's memory is the queued job ids"),
+]  # fmt: skip
+
+
+def table(rows: list[list[Any]], headers: list[str]) -> str:
+    cells = [headers, *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", default="1,2,4", help="worker counts, one round each")
+    parser.add_argument("--jobs", type=int, default=40, help="jobs per round (the mix repeats)")
+    parser.add_argument("--pollers", type=int, default=50)
+    parser.add_argument(
+        "--poll-pause", type=float, default=0.2, help="seconds between a poller's GETs"
+    )
+    parser.add_argument("--idle-seconds", type=float, default=20.0)
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds a round may take")
+    parser.add_argument("--storage-url", default=None, help="QAAS_STORAGE_URL; default: folder")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1,2 workers, 10 jobs")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    if args.quick:
+        args.workers, args.jobs, args.idle_seconds = "1,2", 10, 10.0
+    work = Path(tempfile.mkdtemp(prefix="qaas-scale-inputs-"))
+    rng = np.random.default_rng(0)
+    inputs = {"model": work / "tiny.onnx", "calibration": work / "calib.npz",
+              "training": work / "train.npz"}  # fmt: skip
+    tiny_model(inputs["model"])
+    np.savez(inputs["calibration"], input=rng.standard_normal((16, 1, 8, 8)).astype(np.float32))
+    np.savez(inputs["training"], input=rng.standard_normal((64, 1, 8, 8)).astype(np.float32),
+             labels=rng.integers(0, 10, 64))  # fmt: skip
+    rounds = [round_of(int(n), args, inputs) for n in args.workers.split(",")]
+    columns = ["workers", "succeeded", "jobs_per_min", "start_p50_s", "start_p99_s", "api_p50_ms",
+               "api_p99_ms", "api_requests", "pg_connections_peak", "pg_commits_per_s_busy",
+               "redis_clients_peak", "store_files_per_job"]  # fmt: skip
+    print(f"{args.jobs} jobs per round, {args.pollers} pollers every {args.poll_pause} s, "
+          f"{os.cpu_count()} CPUs; storage: {args.storage_url or 'folder'}")  # fmt: skip
+    print(table([[r[c] for c in columns] for r in rounds], columns))
+    print()
+    print("Paper estimate for 100 workers (from the rounds above; settings as in IDLE_SETTINGS):")
+    print(table([list(row) for row in estimate(rounds)], ["what", "100 workers", "reckoned"]))
+    print()
+    print("Settings that change at 100 workers:")
+    print(table([list(row) for row in SETTINGS_AT_100], ["setting", "change"]))
+    if args.json:
+        args.json.write_text(json.dumps({"rounds": rounds, "estimate": estimate(rounds)}, indent=2))
+    failed = [r for r in rounds if r["unfinished_or_failed"] or r["api_errors"]]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
