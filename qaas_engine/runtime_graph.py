@@ -16,30 +16,6 @@ from typing import Any
 
 import onnx
 
-# ORT's CPU integer kernels that QDQ groups become (onnxruntime's QDQ selector/action rules)
-INTEGER_KERNELS = frozenset(
-    {
-        "QLinearConv",
-        "QLinearMatMul",
-        "MatMulInteger",
-        "MatMulIntegerToFloat",
-        "ConvInteger",
-        "QGemm",
-        "QLinearAdd",
-        "QLinearMul",
-        "QLinearConcat",
-        "QLinearSigmoid",
-        "QLinearLeakyRelu",
-        "QLinearSoftmax",
-        "QLinearAveragePool",
-        "QLinearGlobalAveragePool",
-        "QLinearWhere",
-        "QLinearReduceMean",
-        "QAttention",
-        "QEmbedLayerNormalization",
-        "DynamicQuantizeMatMul",
-    }
-)
 # integer kernels that compute their output scale's rounding themselves, unlike DQ -> op -> Q
 REQUANTIZING = frozenset(
     {
@@ -53,6 +29,20 @@ REQUANTIZING = frozenset(
         "QLinearGlobalAveragePool",
     }
 )
+# ORT's CPU integer kernels that QDQ groups become (onnxruntime's QDQ selector/action rules)
+INTEGER_KERNELS = REQUANTIZING | {
+    "QLinearConv",
+    "QLinearMatMul",
+    "MatMulInteger",
+    "MatMulIntegerToFloat",
+    "ConvInteger",
+    "QGemm",
+    "QLinearWhere",
+    "QLinearReduceMean",
+    "QAttention",
+    "QEmbedLayerNormalization",
+    "DynamicQuantizeMatMul",
+}
 QUANTIZE = frozenset({"QuantizeLinear", "DynamicQuantizeLinear"})
 DEQUANTIZE = frozenset({"DequantizeLinear"})
 SIXTEEN_BIT = frozenset({onnx.TensorProto.INT16, onnx.TensorProto.UINT16})

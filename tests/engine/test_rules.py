@@ -58,13 +58,17 @@ class OutlierChannel(torch.nn.Module):
         return self.second(self.first(x)).mean((2, 3))
 
 
-def test_a_tensor_that_8_bits_destroy_gets_16_bits_and_says_why(tmp_path):
+def _outlier_channel(tmp_path):
     torch.manual_seed(0)
     model = export_legacy(OutlierChannel().eval(), tmp_path / "m.onnx", torch.randn(1, 1, 8, 8))
     data = tmp_path / "c.npz"
     np.savez(data, input=np.random.default_rng(0).standard_normal((32, 1, 8, 8), np.float32))
     imported = import_model(model)
-    calibration = load_npz(data, model_inputs(imported.model))
+    return imported, load_npz(data, model_inputs(imported.model))
+
+
+def test_a_tensor_that_8_bits_destroy_gets_16_bits_and_says_why(tmp_path):
+    imported, calibration = _outlier_channel(tmp_path)
     strict = quantize(imported, QuantSpec(strict_bits=True), calibration=calibration).report
     ruled = quantize(imported, QuantSpec(), calibration=calibration).report
 
@@ -82,12 +86,7 @@ def test_pricing_that_would_overrun_its_budget_is_skipped_and_says_so(tmp_path):
     from qaas_engine.rules import sensitive_tensors
     from qaas_engine.state import Timer
 
-    torch.manual_seed(0)
-    model = export_legacy(OutlierChannel().eval(), tmp_path / "m.onnx", torch.randn(1, 1, 8, 8))
-    data = tmp_path / "c.npz"
-    np.savez(data, input=np.random.default_rng(0).standard_normal((32, 1, 8, 8), np.float32))
-    imported = import_model(model)
-    calibration = load_npz(data, model_inputs(imported.model))
+    imported, calibration = _outlier_channel(tmp_path)
     state = build_state(imported, QuantSpec(strict_bits=True), calibration, None)
     sim = build_sim(state, Timer())
     before = dict(sim.activation_encodings)
