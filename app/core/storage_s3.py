@@ -98,6 +98,7 @@ class S3Storage(Storage):
                 connect_timeout=5,
                 read_timeout=60,
                 retries={"max_attempts": 3, "mode": "standard"},
+                signature_version="s3v4",  # presigned URLs too: R2 and MinIO want SigV4
                 # MinIO, Ceph and friends are addressed by path; AWS by virtual host.
                 s3={"addressing_style": "path" if custom else "auto"},
             )

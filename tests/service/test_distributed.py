@@ -184,9 +184,7 @@ def submit_slow_job(api, headers, finished):
     return wait_for(running, 120, "the job to run")
 
 
-def test_worker_killed_mid_job_is_redelivered(
-    api, owner, finished, sessions, settings, storage
-):
+def test_worker_killed_mid_job_is_redelivered(api, owner, finished, sessions, settings, storage):
     job = submit_slow_job(api, owner, finished)
     with sessions() as session:
         row = session.get(Job, job["id"])
