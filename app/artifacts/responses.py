@@ -39,7 +39,8 @@ def artifact_response(
         object_key = storage.published_key(artifact.key, artifact.name)
     except FileNotFoundError:
         raise NotFound(f"artifact {artifact.name} is missing from storage") from None
-    if settings.presigned_downloads:
+    # Only downloads: a page shown inline (report.html in /ui) keeps the API's CSP header.
+    if settings.presigned_downloads and attachment:
         url = storage.presigned_url(
             object_key,
             filename=artifact.name,
