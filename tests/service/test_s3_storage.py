@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 
@@ -19,13 +21,23 @@ import pytest
 from botocore.exceptions import EndpointConnectionError
 from fastapi.testclient import TestClient
 
+import qaas
 from app.core.db import transaction
 from app.core.errors import PayloadTooLarge
 from app.core.storage import StorageUnavailable
 from app.core.storage_s3 import PART_BYTES, S3Storage
 from app.jobs.tables import Job
 from app.main import create_app
-from tests.service.conftest import free_port, published_names, stored_under, upload
+from tests.service.conftest import (
+    REPO,
+    free_port,
+    published_names,
+    service_env,
+    stop_process,
+    stored_under,
+    upload,
+    wait_for,
+)
 from tests.support.s3_server import CREDENTIALS, make_bucket, s3_server
 from worker.runner import run_job
 from worker.runtime import Runtime
@@ -257,6 +269,40 @@ def test_downloads_stream_with_range_or_redirect_to_a_presigned_url(
         assert fetched.status_code == 200 and fetched.content == data
         tampered = httpx.get(location.replace("model.quant.onnx", "report.json"))
         assert tampered.status_code == 403
+
+
+def test_the_sdk_downloads_through_a_presigned_redirect(
+    s3_settings, sessions, make_tenant, tiny_model, tmp_path
+):
+    """A real API process (uvicorn) that redirects; the SDK follows and checks the sha256."""
+    tenant = make_tenant()
+    presigning = s3_settings.model_copy(update={"presigned_downloads": True})
+    files = {"model.quant.onnx": b"q" * 5000, "report.json": b'{"ok": true}'}
+    with TestClient(create_app(presigning)) as api:
+        job = submitted(api, tenant, tiny_model)
+        finish_with_artifacts(sessions, api.app.state.context.storage, job["id"], files)
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--port", str(port)],
+        cwd=REPO, env=service_env(presigning),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: ready(url), 60, "the API server")
+        key = tenant["Authorization"].split()[1]
+        with qaas.Client(url, key) as client:
+            written = client.api.download(job["id"], tmp_path / "out")
+        assert {name: path.read_bytes() for name, path in written.items()} == files
+    finally:
+        stop_process(process)
+
+
+def ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def test_an_unreachable_store_is_a_503_upload_and_a_storage_unavailable_job(
