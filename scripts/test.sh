@@ -14,5 +14,6 @@ if [ "$#" -eq 0 ]; then
     QAAS_STORAGE_URL=s3://qaas-test/run .venv/bin/python -m pytest -q \
         tests/service/test_api.py tests/service/test_deletion.py \
         tests/service/test_external_data.py tests/service/test_storage_floor.py \
-        tests/service/test_distributed.py tests/service/test_pages.py tests/service/test_reaper.py
+        tests/service/test_distributed.py tests/service/test_pages.py tests/service/test_reaper.py \
+        tests/service/test_limited_runs.py
 fi
