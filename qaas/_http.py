@@ -226,7 +226,10 @@ class Api:
         target, partial = outdir / name, outdir / f".{name}.part"
         digest = hashlib.sha256()
         try:
-            with self.http.stream("GET", f"/v1/jobs/{job_id}/artifacts/{name}") as response:
+            # A server with QAAS_PRESIGNED_DOWNLOADS=1 answers 307 to the object store; httpx
+            # drops the Authorization header on a redirect to another origin.
+            url = f"/v1/jobs/{job_id}/artifacts/{name}"
+            with self.http.stream("GET", url, follow_redirects=True) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise_for_answer(response)

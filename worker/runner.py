@@ -18,7 +18,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from app.artifacts.service import artifacts_key
 from app.core.db import transaction, utcnow
 from app.core.errors import InsufficientStorage, is_storage_full
-from app.core.storage import file_sha256, job_folder
+from app.core.storage import StorageUnavailable, file_sha256, job_folder
 from app.datasets.tables import Dataset
 from app.jobs.repository import JobRepository
 from app.jobs.routing import job_device
@@ -53,11 +53,11 @@ class JobInputs:
 
     job_id: str
     attempt: int
-    model_path: Path
-    calibration_path: Path | None
-    evaluation_path: Path | None
-    training_path: Path | None
-    validation_path: Path | None
+    # Storage keys: fetched (from an object store, into the worker's cache) when the attempt
+    # runs, so an unreachable store fails the job as 'storage_unavailable'.
+    model_key: str
+    model_companions: tuple[str, ...]  # external-data files beside the model
+    data_keys: dict[str, str | None]
     spec: dict[str, Any]
     max_accuracy_drop: float | None
     energy_profile: dict[str, Any] | None
@@ -117,20 +117,23 @@ def claim(runtime: Runtime, job_id: str, worker: str, device: str = "cpu") -> Jo
         ):
             return Outcome("claimed by another worker")
 
-        def path_of(dataset_id: str | None) -> Path | None:
+        def key_of(dataset_id: str | None) -> str | None:
             if dataset_id is None:
                 return None
             dataset = session.get(Dataset, dataset_id)
-            return runtime.storage.path(dataset.storage_key) if dataset else None
+            return dataset.storage_key if dataset else None
 
         return JobInputs(
             job_id=job.id,
             attempt=job.attempts + 1,
-            model_path=runtime.storage.path(model.storage_key),
-            calibration_path=path_of(job.calibration_id),
-            evaluation_path=path_of(job.evaluation_id),
-            training_path=path_of(job.training_id),
-            validation_path=path_of(job.validation_id),
+            model_key=model.storage_key,
+            model_companions=tuple(entry["name"] for entry in model.external_data or []),
+            data_keys={
+                "calibration": key_of(job.calibration_id),
+                "evaluation": key_of(job.evaluation_id),
+                "training": key_of(job.training_id),
+                "validation": key_of(job.validation_id),
+            },
             spec=job.spec,
             max_accuracy_drop=job.max_accuracy_drop,
             energy_profile=job.energy_profile,
@@ -249,7 +252,8 @@ class Attempt:
         staged = self.runtime.storage.new_staging_dir(f"job-{job_id}-{self.inputs.attempt}-")
         published = False
         try:
-            saved = run_limited(self._child_job(staged), self._limits(), self.progress, self.check)
+            child = self._child_job(staged)
+            saved = run_limited(child, self._limits(), self.progress, self.check)
             manifest = [
                 {
                     "name": name,
@@ -264,7 +268,7 @@ class Attempt:
             published = True
         finally:
             if not published:
-                self.runtime.storage.delete_tree(str(staged.relative_to(self.runtime.storage.root)))
+                self.runtime.storage.remove_staging(staged)
         recorded = self.finish(
             JobStatus.SUCCEEDED,
             phase="done",
@@ -285,6 +289,8 @@ class Attempt:
             return "timeout", f"the job ran past the server's time limit of {limit} s"
         if isinstance(error, InsufficientStorage):
             return "storage_full", error.detail
+        if isinstance(error, StorageUnavailable):
+            return "storage_unavailable", error.detail
         if isinstance(error, JobFailed):
             if error.kind != "internal":
                 return error.kind, error.detail
@@ -319,14 +325,12 @@ class Attempt:
         return Limits(settings.job_memory_bytes, settings.job_compute_timeout_s)
 
     def _child_job(self, staged: Path) -> ChildJob:
-        inputs, settings = self.inputs, self.runtime.settings
+        inputs, settings, storage = self.inputs, self.runtime.settings, self.runtime.storage
         return ChildJob(
-            model_path=inputs.model_path,
+            model_path=storage.local_file(inputs.model_key, inputs.model_companions),
             data_paths={
-                "calibration": inputs.calibration_path,
-                "evaluation": inputs.evaluation_path,
-                "training": inputs.training_path,
-                "validation": inputs.validation_path,
+                role: storage.local_file(key) if key else None
+                for role, key in inputs.data_keys.items()
             },
             spec=inputs.spec,
             energy_profile=inputs.energy_profile,

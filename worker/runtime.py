@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Settings
 from app.core.db import make_engine, make_sessionmaker
-from app.core.storage import LocalStorage
+from app.core.storage import Storage
+from app.core.storage_s3 import open_storage
 
 
 @dataclass
@@ -20,16 +21,13 @@ class Runtime:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
-    storage: LocalStorage
+    storage: Storage
     pid: int
 
     @classmethod
     def build(cls, settings: Settings, *, pooled: bool = True) -> Runtime:
         engine = make_engine(settings, pooled=pooled)
-        storage = LocalStorage(
-            settings.artifact_root, min_free_bytes=settings.storage_min_free_bytes
-        )
-        storage.ensure()
+        storage = open_storage(settings)
         return cls(settings, engine, make_sessionmaker(engine), storage, os.getpid())
 
 

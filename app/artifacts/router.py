@@ -3,6 +3,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Response
 from fastapi.responses import FileResponse
 
+from app.artifacts.responses import artifact_response
 from app.artifacts.schemas import Artifact
 from app.artifacts.service import ArtifactService
 from app.core.deps import ContextDep, SessionDep, TenantDep
@@ -31,7 +32,7 @@ def list_artifacts(
 @router.get(
     "/artifacts/{name}",
     response_class=FileResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}, 206: {}, 304: {}},
+    responses={200: {"content": {"application/octet-stream": {}}}, 206: {}, 304: {}, 307: {}},
 )
 def download_artifact(
     job_id: str,
@@ -40,13 +41,22 @@ def download_artifact(
     session: SessionDep,
     context: ContextDep,
     if_none_match: Annotated[str | None, Header()] = None,
+    range: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
-    """Streamed; ETag is the file's sha256; Range requests are honoured."""
+    """Streamed; ETag is the file's sha256; Range requests are honoured. With an object store
+    and ``QAAS_PRESIGNED_DOWNLOADS=1``: a 307 to a short-lived presigned URL instead."""
     artifact = _service(session, context).file(tenant_id=tenant.id, job_id=job_id, name=name)
     headers = {"ETag": artifact.etag, "X-Content-SHA256": artifact.sha256}
     if if_none_match and artifact.etag in {t.strip() for t in if_none_match.split(",")}:
         return Response(status_code=304, headers=headers)
-    return FileResponse(artifact.path, filename=name, media_type=_media_type(name), headers=headers)
+    return artifact_response(
+        context.storage,
+        context.settings,
+        artifact,
+        media_type=_media_type(name),
+        headers=headers,
+        range_header=range,
+    )
 
 
 MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".json": "application/json"}

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, NotFound
-from app.core.storage import LocalStorage, job_folder
+from app.core.storage import Storage, job_folder
 from app.jobs.repository import JobRepository
 from app.jobs.tables import Job, JobStatus
 
@@ -22,7 +21,7 @@ def artifacts_key(job_id: str) -> str:
 
 @dataclass(frozen=True)
 class ArtifactFile:
-    path: Path
+    key: str  # the published set's key (artifacts_key); the file is ``name`` in it
     name: str
     sha256: str
     size_bytes: int
@@ -33,7 +32,7 @@ class ArtifactFile:
 
 
 class ArtifactService:
-    def __init__(self, *, session: Session, storage: LocalStorage) -> None:
+    def __init__(self, *, session: Session, storage: Storage) -> None:
         self.jobs = JobRepository(session)
         self.storage = storage
 
@@ -52,8 +51,9 @@ class ArtifactService:
         job = self._finished_job(tenant_id, job_id)
         for entry in job.artifacts:
             if entry["name"] == name:
-                path = self.storage.path(f"{artifacts_key(job.id)}/{name}")
-                return ArtifactFile(path, name, entry["sha256"], entry["size_bytes"])
+                return ArtifactFile(
+                    artifacts_key(job.id), name, entry["sha256"], entry["size_bytes"]
+                )
         raise NotFound(f"job {job_id} has no artifact named {name!r}")
 
     def report(self, *, tenant_id: str, job_id: str) -> dict[str, Any]:

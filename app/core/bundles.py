@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from app.core.errors import InvalidInput
-from app.core.storage import CHUNK, LocalStorage
+from app.core.storage import CHUNK, Storage
 
 BUNDLE_CONTENT_TYPE = "application/x-tar"
 MODEL_SUFFIX = ".onnx"
@@ -43,7 +42,7 @@ class Bundle:
         return self.model.size_bytes + sum(f.size_bytes for f in self.external_data)
 
 
-def unpack_bundle(archive: Path, *, max_entries: int, storage: LocalStorage) -> Bundle:
+def unpack_bundle(archive: Path, *, max_entries: int, storage: Storage) -> Bundle:
     """Check the archive's headers, then extract its files next to it (``bundle/``)."""
     try:
         with tarfile.open(archive, "r:") as tar:
@@ -136,12 +135,10 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, folder: Path) -> Bun
     return BundleFile(member.name, target, size, digest.hexdigest())
 
 
-def store_bundle(storage: LocalStorage, bundle: Bundle, folder_key: str) -> list[dict]:
+def store_bundle(storage: Storage, bundle: Bundle, folder_key: str) -> list[dict]:
     """Move the external-data files beside the stored model; their row entries."""
     entries = []
     for item in bundle.external_data:
-        target = storage.path(f"{folder_key}/{item.name}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(item.path, target)
+        storage.put_file(item.path, f"{folder_key}/{item.name}")
         entries.append({"name": item.name, "size_bytes": item.size_bytes, "sha256": item.sha256})
     return entries

@@ -24,6 +24,17 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="default: SQLite file in data_dir")
     broker_url: str | None = Field(None, description="default: filesystem broker in data_dir")
     storage_dir: Path | None = Field(None, description="default: data_dir/storage; shared")
+    # Where models, datasets and artifacts are kept (app.core.storage): file:///path (a folder,
+    # the default: storage_dir) or s3://bucket/prefix (any S3-compatible store: the endpoint
+    # from AWS_ENDPOINT_URL(_S3), region and credentials from the standard AWS variables). With
+    # S3, storage_dir is each process's local work folder: upload and job staging, and the
+    # cache of inputs a worker reads (at most storage_cache_bytes, least recently used first out).
+    storage_url: str | None = Field(None, pattern=r"^(file://|s3://)")
+    storage_cache_bytes: int = Field(4096 * MiB, ge=0)
+    # Artifact downloads from an object store: a 307 to a presigned URL valid this long,
+    # instead of bytes streamed through the API.
+    presigned_downloads: bool = False
+    presigned_ttl_s: int = Field(300, ge=10, le=7 * 24 * 3600)
     queue: str = "qaas"
     # Uploads are refused (507) and jobs fail as 'storage_full' rather than fill the storage
     # folder's disk past this floor: the database and logs may share that disk.
@@ -148,7 +159,14 @@ class Settings(BaseSettings):
 
     @property
     def artifact_root(self) -> Path:
+        """The folder backend's folder; with an object store, the local work folder."""
+        if self.storage_url and self.storage_url.startswith("file://"):
+            return Path(self.storage_url.removeprefix("file://")).expanduser().resolve()
         return (self.storage_dir or self.resolved_data_dir / "storage").expanduser().resolve()
+
+    @property
+    def storage_is_s3(self) -> bool:
+        return bool(self.storage_url and self.storage_url.startswith("s3://"))
 
     @property
     def job_hard_time_limit_s(self) -> int:

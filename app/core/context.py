@@ -13,7 +13,8 @@ from app.core.config import Settings
 from app.core.db import POOL_CONNECTIONS, make_engine, make_sessionmaker
 from app.core.inspector import Inspector
 from app.core.queue import JobQueue
-from app.core.storage import LocalStorage
+from app.core.storage import Storage
+from app.core.storage_s3 import open_storage
 
 
 @dataclass
@@ -21,7 +22,7 @@ class Context:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
-    storage: LocalStorage
+    storage: Storage
     inspector: Inspector
     queue: JobQueue
     # Requests wait here, not in a worker thread, for one of the pool's connections: a thread
@@ -34,10 +35,7 @@ class Context:
     @classmethod
     def build(cls, settings: Settings) -> Context:
         engine = make_engine(settings)
-        storage = LocalStorage(
-            settings.artifact_root, min_free_bytes=settings.storage_min_free_bytes
-        )
-        storage.ensure()
+        storage = open_storage(settings)
         inspector = Inspector(
             processes=settings.inspect_processes,
             per_tenant=settings.inspect_per_tenant,

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.core.db import after_commit
 from app.core.errors import Conflict
-from app.core.storage import LocalStorage, dataset_folder, job_folder, model_folder
+from app.core.storage import Storage, dataset_folder, job_folder, model_folder
 from app.datasets.repository import DatasetRepository
 from app.jobs.repository import JobRepository
 from app.models_.repository import ModelRepository
@@ -28,7 +28,7 @@ log = logging.getLogger("qaas.deletion")
 
 
 class Deletion:
-    def __init__(self, *, session: Session, storage: LocalStorage) -> None:
+    def __init__(self, *, session: Session, storage: Storage) -> None:
         self.session = session
         self.storage = storage
         self.jobs = JobRepository(session)

@@ -1,5 +1,11 @@
-"""Local (or shared-folder) storage: uploads streamed in under a byte cap, artifacts published
-by rename, so a reader sees a whole file or none and a task that runs twice leaves one copy."""
+"""Where models, datasets and artifacts are kept: ``Storage``, the interface, and
+``LocalStorage``, a local (or shared) folder. ``open_storage`` picks the backend that
+``QAAS_STORAGE_URL`` names: ``file:///path`` (the default: the folder) or ``s3://bucket/prefix``
+(``app.core.storage_s3``). Both stream uploads in under a byte cap, publish artifacts so a reader
+sees a whole set or none, and a task that runs twice leaves one copy.
+
+Every backend has a local work folder (``root``): upload staging, job staging and, for object
+stores, the cache of inputs a worker reads; the free-space floor guards that folder's disk."""
 
 from __future__ import annotations
 
@@ -9,31 +15,89 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.core.errors import InsufficientStorage, PayloadTooLarge, is_storage_full
+from app.core.errors import AppError, InsufficientStorage, PayloadTooLarge, is_storage_full
 
 CHUNK = 1024 * 1024
 # While an upload streams in, free space is looked at again after every this many bytes.
 SPACE_CHECK_BYTES = 8 * CHUNK
 
 
+class StorageUnavailable(AppError):
+    """The object store did not answer (or refused us): nothing was stored or read; retry."""
+
+    status_code, code = 503, "storage_unavailable"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": "30"})
+
+
 @dataclass(frozen=True)
 class StagedFile:
-    path: Path
+    path: Path  # always a local copy: the checkers read it
     size: int
     sha256: str
+    # Object stores: the staging object the upload streamed to as it arrived (else None).
+    object_key: str | None = None
 
 
-class LocalStorage:
-    """Keys are relative POSIX paths under ``root``; staging lives beside them (same device)."""
+class UploadSink:
+    """Where an upload's bytes go besides the local staging file; the folder backend has none."""
+
+    async def write(self, chunk: bytes) -> None:
+        return None
+
+    async def finish(self) -> str | None:
+        return None
+
+    async def abort(self) -> None:
+        return None
+
+
+class Storage:
+    """The interface. Keys are relative POSIX paths (``models/ID/original``). The local work
+    folder's staging (``new_staging_dir``, ``receive``, ``discard``) is shared; what is kept
+    (``commit``, ``put_file``, ``publish_dir``, ``delete_tree``, ``local_file``) is per backend."""
 
     def __init__(self, root: Path, *, min_free_bytes: int = 0) -> None:
         self.root = root
         self.staging = root / ".staging"
         self.min_free_bytes = min_free_bytes
+
+    # what each backend implements
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def commit(self, staged: StagedFile, key: str) -> None:
+        """Keep a staged upload (or a file staged beside it) under ``key``."""
+        raise NotImplementedError
+
+    def put_file(self, local: Path, key: str) -> None:
+        """Keep a local file (a converted model, a bundle's external data) under ``key``;
+        the local file is consumed."""
+        raise NotImplementedError
+
+    def publish_dir(self, staged_dir: Path, key: str) -> None:
+        """Publish a finished folder's files under ``key`` as one set, replacing what a
+        previous attempt published there; the staged folder is consumed."""
+        raise NotImplementedError
+
+    def delete_tree(self, key: str) -> None:
+        raise NotImplementedError
+
+    def local_file(self, key: str, companions: Sequence[str] = ()) -> Path:
+        """A local path to read ``key`` from, with ``companions`` (names in the same folder,
+        e.g. a model's external-data files) beside it."""
+        raise NotImplementedError
+
+    def _sink(self) -> UploadSink:
+        return UploadSink()
+
+    def _discard_staged_object(self, staged: StagedFile) -> None:
+        return None
 
     def ensure(self) -> None:
         self.staging.mkdir(parents=True, exist_ok=True)
@@ -47,7 +111,8 @@ class LocalStorage:
         if free - needed < self.min_free_bytes:
             raise storage_full(what, needed=needed, free=free, floor=self.min_free_bytes)
 
-    def path(self, key: str) -> Path:
+    def work_path(self, key: str) -> Path:
+        """A path under the local work folder (``root``), refused if it escapes it."""
         path = (self.root / key).resolve()
         if self.root.resolve() not in path.parents:
             raise ValueError(f"storage key escapes the storage root: {key!r}")
@@ -72,6 +137,7 @@ class LocalStorage:
         # so it must see nothing there but what this upload brought (not other tenants' uploads).
         folder = Path(tempfile.mkdtemp(prefix="upload-", dir=self.staging))
         path = folder / "upload.part"
+        sink = self._sink()
         try:
             with path.open("wb") as handle:
                 async for chunk in chunks:
@@ -83,36 +149,66 @@ class LocalStorage:
                         self.ensure_space(0, what)
                     digest.update(chunk)
                     handle.write(chunk)
+                    await sink.write(chunk)
+            object_key = await sink.finish()
         except OSError as error:
             shutil.rmtree(folder, ignore_errors=True)
+            await sink.abort()
             if is_storage_full(error):
                 raise storage_full(what, needed=size, free=0, floor=self.min_free_bytes) from None
             raise
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
+            await sink.abort()
             raise
-        return StagedFile(path, size, digest.hexdigest())
-
-    def commit(self, staged: StagedFile, key: str) -> Path:
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged.path, target)
-        with contextlib.suppress(OSError):
-            staged.path.parent.rmdir()  # empty now, unless the caller still has files there
-        return target
+        return StagedFile(path, size, digest.hexdigest(), object_key)
 
     def discard(self, staged: StagedFile) -> None:
-        """Remove the upload's staging folder and whatever is left in it."""
+        """Remove the upload's staging folder and whatever is left in it (and its staging
+        object, for an object store)."""
         shutil.rmtree(staged.path.parent, ignore_errors=True)
-
-    def delete_tree(self, key: str) -> None:
-        shutil.rmtree(self.path(key), ignore_errors=True)
+        self._discard_staged_object(staged)
 
     def new_staging_dir(self, prefix: str) -> Path:
         self.ensure()
         return Path(tempfile.mkdtemp(prefix=prefix, dir=self.staging))
 
-    def publish_dir(self, staged_dir: Path, key: str) -> Path:
+    def remove_staging(self, folder: Path) -> None:
+        """Remove a folder ``new_staging_dir`` made (refused outside the staging folder)."""
+        if self.staging.resolve() not in folder.resolve().parents:
+            raise ValueError(f"not a staging folder: {folder}")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class LocalStorage(Storage):
+    """Keys are paths under ``root``; staging lives beside them (same device), so committing
+    and publishing are renames."""
+
+    def describe(self) -> str:
+        return f"file://{self.root}"
+
+    def path(self, key: str) -> Path:
+        return self.work_path(key)
+
+    def local_file(self, key: str, companions: Sequence[str] = ()) -> Path:
+        return self.path(key)  # the companions are beside it already
+
+    def commit(self, staged: StagedFile, key: str) -> None:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged.path, target)
+        with contextlib.suppress(OSError):
+            staged.path.parent.rmdir()  # empty now, unless the caller still has files there
+
+    def put_file(self, local: Path, key: str) -> None:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(local, target)
+
+    def delete_tree(self, key: str) -> None:
+        shutil.rmtree(self.path(key), ignore_errors=True)
+
+    def publish_dir(self, staged_dir: Path, key: str) -> None:
         """Move a finished folder to ``key``, replacing what a previous attempt left there."""
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +219,6 @@ class LocalStorage:
         os.replace(staged_dir, target)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-        return target
 
 
 # Where each row's files live: one folder per model (the upload, its external-data files, the

@@ -13,7 +13,7 @@ from app.core.bodies import allow_large_body
 from app.core.config import Settings
 from app.core.errors import InvalidInput, UnsupportedMediaType
 from app.core.quotas import Quotas
-from app.core.storage import LocalStorage, StagedFile
+from app.core.storage import StagedFile, Storage
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -68,7 +68,7 @@ async def receive_within_quota(
     *,
     session: Session,
     settings: Settings,
-    storage: LocalStorage,
+    storage: Storage,
     tenant_id: str,
     body: AsyncIterator[bytes],
     declared_length: int | None,

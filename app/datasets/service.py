@@ -16,7 +16,7 @@ from app.core.ids import new_id
 from app.core.inspection import check_dataset_fits, inspect_dataset
 from app.core.inspector import Inspector
 from app.core.quotas import Quotas
-from app.core.storage import LocalStorage, dataset_folder
+from app.core.storage import Storage, dataset_folder
 from app.core.uploads import receive_within_quota
 from app.datasets.repository import DatasetRepository
 from app.datasets.tables import Dataset
@@ -29,7 +29,7 @@ class DatasetService:
         *,
         session: Session,
         settings: Settings,
-        storage: LocalStorage,
+        storage: Storage,
         inspector: Inspector,
     ) -> None:
         self.repository = DatasetRepository(session)
@@ -76,7 +76,7 @@ class DatasetService:
             raise
         dataset_id = new_id()
         storage_key = f"{dataset_folder(dataset_id)}/data.npz"
-        self.storage.commit(staged, storage_key)
+        await run_in_threadpool(self.storage.commit, staged, storage_key)
         dataset = Dataset(
             id=dataset_id,
             tenant_id=tenant_id,
@@ -102,7 +102,7 @@ class DatasetService:
 
     async def check_fits(self, *, dataset: Dataset, model: Model, role: str) -> None:
         """The engine's own data checks, run now so a misfit is a 422, not a failed job."""
-        path = str(self.storage.path(dataset.storage_key))
+        path = str(await run_in_threadpool(self.storage.local_file, dataset.storage_key))
         facts = await self.inspector.run(
             f"{role} dataset",
             check_dataset_fits,

@@ -17,7 +17,7 @@ from app.core.errors import InvalidInput, NotFound
 from app.core.ids import new_id
 from app.core.inspection import inspect_model
 from app.core.inspector import Inspector
-from app.core.storage import LocalStorage, StagedFile, model_folder
+from app.core.storage import StagedFile, Storage, model_folder
 from app.core.uploads import receive_within_quota
 from app.models_.repository import ModelRepository
 from app.models_.tables import Model
@@ -34,7 +34,7 @@ class ModelService:
         *,
         session: Session,
         settings: Settings,
-        storage: LocalStorage,
+        storage: Storage,
         inspector: Inspector,
     ) -> None:
         self.repository = ModelRepository(session)
@@ -87,13 +87,16 @@ class ModelService:
             if unpacked is not None:
                 self._refuse_unreferenced(unpacked, facts["external_data"])
             original_key = f"{folder}/original"
-            self.storage.path(folder).mkdir(parents=True, exist_ok=True)
             storage_key = original_key
             if facts["converted_path"]:  # torch.export archives become ONNX once, here
                 storage_key = f"{folder}/model.onnx"
-                converted.replace(self.storage.path(storage_key))
-            external = store_bundle(self.storage, unpacked, folder) if unpacked else []
-            self.storage.commit(model_file, original_key)
+                await run_in_threadpool(self.storage.put_file, converted, storage_key)
+            external = (
+                await run_in_threadpool(store_bundle, self.storage, unpacked, folder)
+                if unpacked
+                else []
+            )
+            await run_in_threadpool(self.storage.commit, model_file, original_key)
             stored = True
         finally:
             self.storage.discard(staged)

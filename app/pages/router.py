@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from app.artifacts.responses import artifact_response
 from app.artifacts.service import ArtifactService
 from app.auth.sessions import UiSessionService
 from app.auth.throttle import client_address, verify_throttled
@@ -146,14 +147,14 @@ def job_detail(
 @router.get("/jobs/{job_id}/artifacts/{name}")
 def job_artifact(
     job_id: str, name: str, tenant: PageTenantDep, session: SessionDep, context: ContextDep
-) -> FileResponse:
+) -> Response:
     """A download link that works from the browser session (the API wants the key header)."""
     service = ArtifactService(session=session, storage=context.storage)
     artifact = service.file(tenant_id=tenant.id, job_id=job_id, name=name)
     headers = {"Content-Security-Policy": REPORT_CSP, "ETag": artifact.etag}
-    return FileResponse(
-        artifact.path, filename=artifact.name, media_type="application/octet-stream",
-        headers=headers,
+    return artifact_response(
+        context.storage, context.settings, artifact,
+        media_type="application/octet-stream", headers=headers,
     )  # fmt: skip
 
 
@@ -162,7 +163,10 @@ def job_report(job_id: str, tenant: PageTenantDep, session: SessionDep, context:
     service = ArtifactService(session=session, storage=context.storage)
     artifact = service.file(tenant_id=tenant.id, job_id=job_id, name=REPORT_NAME)
     headers = {"Content-Security-Policy": REPORT_CSP, "ETag": artifact.etag}
-    return FileResponse(artifact.path, media_type="text/html", headers=headers)
+    return artifact_response(
+        context.storage, context.settings, artifact,
+        media_type="text/html", headers=headers, attachment=False,
+    )  # fmt: skip
 
 
 def _status_filter(status: str | None) -> str:

@@ -40,8 +40,15 @@ from tests.service.conftest import (
     wait_for,
     worker_command,
 )
+from tests.support.s3_server import use_s3_if_asked
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def pytest_configure(config) -> None:
+    use_s3_if_asked()
+
+
 PHASE_DELAY_S = 0.1
 REDIS_START = [
     "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",

@@ -3,6 +3,10 @@ app, tenants with keys, and helpers to start real worker and server processes.
 
 Postgres (127.0.0.1:5432) and Redis (127.0.0.1:6379) must be running: tests that need them
 fail, loudly, when they are not.
+
+Storage: the folder backend, or with ``QAAS_STORAGE_URL=s3://bucket/prefix`` an object store;
+with no ``AWS_ENDPOINT_URL`` set, a local S3 server (moto) started for the run
+(``tests.support.s3_server``). ``scripts/test.sh`` runs this suite both ways.
 """
 
 from __future__ import annotations
@@ -28,10 +32,15 @@ from app.core.config import Settings
 from app.core.db import make_engine, make_sessionmaker, run_migrations, transaction
 from app.main import create_app
 from app.serve import worker_argv
+from tests.support.s3_server import use_s3_if_asked
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 REPO = Path(__file__).resolve().parents[2]
+
+
+def pytest_configure(config) -> None:
+    use_s3_if_asked()
 
 
 @contextmanager
@@ -90,6 +99,14 @@ def settings(pg_url, redis_client, tmp_path_factory) -> Iterator[Settings]:
 
 
 @pytest.fixture(scope="session")
+def storage(settings):
+    """The run's storage backend, as the API and workers open it (folder or object store)."""
+    from app.core.storage_s3 import open_storage
+
+    return open_storage(settings)
+
+
+@pytest.fixture(scope="session")
 def api(settings) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as client:
         yield client
@@ -139,6 +156,23 @@ def upload(client, route: str, path: Path, headers: dict[str, str]):
         content=path.read_bytes(),
         headers={**headers, "Content-Type": "application/octet-stream"},
     )
+
+
+def stored_under(storage, key: str) -> list[str]:
+    """The files the storage backend keeps under ``key`` (folder or object store), as paths
+    relative to it. An object store's published set reads ``VERSION/NAME`` and ``MANIFEST.json``."""
+    from app.core.storage_s3 import S3Storage
+
+    if isinstance(storage, S3Storage):
+        prefix = storage.full(key) + "/"
+        return sorted(k.removeprefix(prefix) for k in storage._list(prefix))
+    root = storage.path(key)
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def published_names(storage, key: str) -> set[str]:
+    """The file names of the set published under ``key`` (a job's artifacts)."""
+    return {path.rpartition("/")[2] for path in stored_under(storage, key)} - {"MANIFEST.json"}
 
 
 def free_port() -> int:

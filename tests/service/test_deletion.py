@@ -17,7 +17,7 @@ from app.core.db import transaction
 from app.jobs.tables import Job
 from app.main import create_app
 from app.models_.tables import Model
-from tests.service.conftest import upload
+from tests.service.conftest import stored_under, upload
 from worker.runner import Attempt, JobInputs, run_job
 from worker.runtime import Runtime
 
@@ -62,16 +62,16 @@ def submit(api, headers, model, calibration=None) -> dict:
     return response.json()
 
 
-def finish_with_artifacts(sessions, settings, job_id: str) -> dict[str, bytes]:
+def finish_with_artifacts(sessions, storage, job_id: str) -> dict[str, bytes]:
     """What a worker leaves: published files and a succeeded row that lists them."""
     files = {"model.quant.onnx": b"quantized", "report.json": b"{}"}
-    folder = settings.artifact_root / "jobs" / job_id / "artifacts"
-    folder.mkdir(parents=True)
+    folder = storage.new_staging_dir("finished-")
     manifest = []
     for name, content in files.items():
         (folder / name).write_bytes(content)
         digest = hashlib.sha256(content).hexdigest()
         manifest.append({"name": name, "size_bytes": len(content), "sha256": digest})
+    storage.publish_dir(folder, f"jobs/{job_id}/artifacts")
     with transaction(sessions) as session:
         job = session.get(Job, job_id)
         job.status, job.artifacts, job.report = "succeeded", manifest, {"metrics": {}}
@@ -79,29 +79,30 @@ def finish_with_artifacts(sessions, settings, job_id: str) -> dict[str, bytes]:
 
 
 def test_delete_each_kind_is_204_then_404_and_its_files_go(
-    quiet_api, owner, tiny_model, tiny_data, settings, sessions
+    quiet_api, owner, tiny_model, tiny_data, storage, sessions
 ):
-    api, root = quiet_api, settings.artifact_root
+    api = quiet_api
     model = uploaded(api, "/v1/models", tiny_model, owner)
     data = uploaded(api, "/v1/datasets", tiny_data[0], owner)
     job = submit(api, owner, model, data)
     done = submit(api, owner, model)
-    finish_with_artifacts(sessions, settings, done["id"])
-    assert (root / "models" / model["id"]).is_dir() and (root / "datasets" / data["id"]).is_dir()
+    finish_with_artifacts(sessions, storage, done["id"])
+    assert stored_under(storage, f"models/{model['id']}")
+    assert stored_under(storage, f"datasets/{data['id']}")
 
     for route in (f"/v1/jobs/{done['id']}", f"/v1/jobs/{job['id']}"):  # succeeded, queued
         assert api.delete(route, headers=owner).status_code == 204
         assert api.get(route, headers=owner).status_code == 404
         assert api.delete(route, headers=owner).status_code == 404
-    assert not (root / "jobs" / done["id"]).exists()
+    assert not stored_under(storage, f"jobs/{done['id']}")
     for route, folder in (
-        (f"/v1/datasets/{data['id']}", root / "datasets" / data["id"]),
-        (f"/v1/models/{model['id']}", root / "models" / model["id"]),
+        (f"/v1/datasets/{data['id']}", f"datasets/{data['id']}"),
+        (f"/v1/models/{model['id']}", f"models/{model['id']}"),
     ):
         response = api.delete(route, headers=owner)
         assert response.status_code == 204 and response.content == b""
         assert api.get(route, headers=owner).status_code == 404
-        assert not folder.exists()
+        assert not stored_under(storage, folder)
     assert api.get("/v1/models", headers=owner).json() == []
     assert api.get("/v1/datasets", headers=owner).json() == []
     assert api.get("/v1/jobs", headers=owner).json() == []
@@ -117,7 +118,7 @@ def test_deleting_frees_quota_at_once(tight_api, owner, tiny_model):
 
 
 def test_another_tenants_ids_are_404_and_nothing_is_deleted(
-    quiet_api, owner, make_tenant, tiny_model, tiny_data, settings
+    quiet_api, owner, make_tenant, tiny_model, tiny_data, storage
 ):
     intruder = make_tenant()
     model = uploaded(quiet_api, "/v1/models", tiny_model, owner)
@@ -130,8 +131,8 @@ def test_another_tenants_ids_are_404_and_nothing_is_deleted(
     for route in routes:
         assert quiet_api.get(route, headers=owner).status_code == 200, route
     assert quiet_api.get(f"/v1/jobs/{job['id']}", headers=owner).json()["status"] == "queued"
-    assert (settings.artifact_root / "models" / model["id"]).is_dir()
-    assert (settings.artifact_root / "datasets" / data["id"]).is_dir()
+    assert stored_under(storage, f"models/{model['id']}")
+    assert stored_under(storage, f"datasets/{data['id']}")
 
 
 def test_what_a_queued_job_needs_is_409_naming_it(quiet_api, owner, tiny_model, tiny_data):
@@ -149,12 +150,12 @@ def test_what_a_queued_job_needs_is_409_naming_it(quiet_api, owner, tiny_model, 
 
 
 def test_a_finished_job_outlives_its_model_and_data(
-    quiet_api, owner, tiny_model, tiny_data, settings, sessions
+    quiet_api, owner, tiny_model, tiny_data, storage, sessions
 ):
     model = uploaded(quiet_api, "/v1/models", tiny_model, owner)
     data = uploaded(quiet_api, "/v1/datasets", tiny_data[0], owner)
     job = submit(quiet_api, owner, model, data)
-    files = finish_with_artifacts(sessions, settings, job["id"])
+    files = finish_with_artifacts(sessions, storage, job["id"])
     assert quiet_api.delete(f"/v1/models/{model['id']}", headers=owner).status_code == 204
     assert quiet_api.delete(f"/v1/datasets/{data['id']}", headers=owner).status_code == 204
     kept = quiet_api.get(f"/v1/jobs/{job['id']}", headers=owner).json()
@@ -183,14 +184,14 @@ def test_a_worker_skips_a_deleted_job_and_cleans_up_after_one(
 
     # An attempt that published after its job was deleted removes what it wrote.
     ghost = uuid.uuid4().hex
-    published = settings.artifact_root / "jobs" / ghost / "artifacts"
-    published.mkdir(parents=True)
-    (published / "model.quant.onnx").write_bytes(b"late")
+    staged = runtime.storage.new_staging_dir("late-")
+    (staged / "model.quant.onnx").write_bytes(b"late")
+    runtime.storage.publish_dir(staged, f"jobs/{ghost}/artifacts")
+    assert stored_under(runtime.storage, f"jobs/{ghost}")
     inputs = JobInputs(
-        job_id=ghost, attempt=1, model_path=published, calibration_path=None,
-        evaluation_path=None, training_path=None, validation_path=None, spec={},
-        max_accuracy_drop=None, energy_profile=None,
+        job_id=ghost, attempt=1, model_key="models/none/original", model_companions=(),
+        data_keys={}, spec={}, max_accuracy_drop=None, energy_profile=None,
     )  # fmt: skip
     assert Attempt(runtime, inputs)._lost_at_finish().status == "lost to deletion"
-    assert not (settings.artifact_root / "jobs" / ghost).exists()
+    assert not stored_under(runtime.storage, f"jobs/{ghost}")
     runtime.engine.dispose()

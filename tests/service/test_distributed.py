@@ -23,9 +23,11 @@ from tests.service.conftest import (
     REPO,
     free_port,
     poll_job,
+    published_names,
     service_env,
     start_worker,
     stop_process,
+    stored_under,
     upload,
     wait_for,
 )
@@ -102,7 +104,7 @@ def run_onnx(path, x):
     return session.run(None, {"input": x})[0]
 
 
-def test_end_to_end_http(api, owner, finished, settings, tmp_path):
+def test_end_to_end_http(api, owner, finished, storage, tmp_path):
     job = finished["job"]
     assert job["status"] == "succeeded", job
     assert job["error"] is None and job["progress"] == 1.0 and job["phase"] == "done"
@@ -124,8 +126,7 @@ def test_end_to_end_http(api, owner, finished, settings, tmp_path):
     path.write_bytes(response.content)
     x = np.random.default_rng(1).standard_normal((4, 1, 8, 8)).astype(np.float32)
     assert run_onnx(path, x).shape == (4, 10)
-    published = settings.artifact_root / "jobs" / job["id"]
-    assert [p.name for p in published.iterdir()] == ["artifacts"]
+    assert {p.split("/")[0] for p in stored_under(storage, f"jobs/{job['id']}")} == {"artifacts"}
 
 
 def test_python_client_and_cli(server, owner, worker, tiny_model, tiny_data, tmp_path):
@@ -183,7 +184,7 @@ def submit_slow_job(api, headers, finished):
     return wait_for(running, 120, "the job to run")
 
 
-def test_worker_killed_mid_job_is_redelivered(api, owner, finished, sessions, settings):
+def test_worker_killed_mid_job_is_redelivered(api, owner, finished, sessions, settings, storage):
     job = submit_slow_job(api, owner, finished)
     with sessions() as session:
         row = session.get(Job, job["id"])
@@ -196,13 +197,12 @@ def test_worker_killed_mid_job_is_redelivered(api, owner, finished, sessions, se
         row = session.get(Job, job["id"])
         assert row.lease_expires_at is None and row.finished_at is not None
         assert int(row.worker.rsplit(":", 1)[1]) != pid
-    published = settings.artifact_root / "jobs" / job["id"]
-    assert [p.name for p in published.iterdir()] == ["artifacts"]
-    assert {p.name for p in (published / "artifacts").iterdir()} == ARTIFACTS
+    assert {p.split("/")[0] for p in stored_under(storage, f"jobs/{job['id']}")} == {"artifacts"}
+    assert published_names(storage, f"jobs/{job['id']}/artifacts") == ARTIFACTS
     assert not list((settings.artifact_root / ".staging").glob(f"job-{job['id']}-*"))
 
 
-def test_cancel_a_running_job(api, owner, finished, settings, sessions):
+def test_cancel_a_running_job(api, owner, finished, storage, sessions):
     job = submit_slow_job(api, owner, finished)
     cancelled = api.post(f"/v1/jobs/{job['id']}/cancel", headers=owner).json()
     assert cancelled["status"] == "cancelled"
@@ -214,10 +214,10 @@ def test_cancel_a_running_job(api, owner, finished, settings, sessions):
 
     wait_for(worker_let_go, 30, "the cancelled row to settle")
     assert api.get(f"/v1/jobs/{job['id']}", headers=owner).json()["status"] == "cancelled"
-    assert not (settings.artifact_root / "jobs" / job["id"] / "artifacts").exists()
+    assert not stored_under(storage, f"jobs/{job['id']}/artifacts")
 
 
-def test_delete_a_running_job(api, owner, finished, settings, worker):
+def test_delete_a_running_job(api, owner, finished, settings, storage, worker):
     """Cancelled, then gone: the worker stops at its next report and leaves no artifacts."""
     job = submit_slow_job(api, owner, finished)
     staging = settings.artifact_root / ".staging"
@@ -227,7 +227,7 @@ def test_delete_a_running_job(api, owner, finished, settings, worker):
     wait_for(
         lambda: not list(staging.glob(f"job-{job['id']}-*")), 30, "the worker to let the job go"
     )
-    assert not (settings.artifact_root / "jobs" / job["id"]).exists()
+    assert not stored_under(storage, f"jobs/{job['id']}")
     assert worker.poll() is None  # the vanished row did not take the worker down
     # The model and data it used were not deleted with it, and the next job runs.
     assert api.get(f"/v1/models/{finished['model']['id']}", headers=owner).status_code == 200
@@ -236,7 +236,7 @@ def test_delete_a_running_job(api, owner, finished, settings, worker):
     assert poll_job(api, after["id"], owner, timeout=180)["status"] == "succeeded"
 
 
-def test_client_and_cli_delete(server, owner, worker, tiny_model, tiny_data, settings):
+def test_client_and_cli_delete(server, owner, worker, tiny_model, tiny_data, storage):
     key = owner["Authorization"].split()[1]
     with QaasClient(server, key) as client:
         model = client.upload_model(tiny_model)
@@ -249,8 +249,8 @@ def test_client_and_cli_delete(server, owner, worker, tiny_model, tiny_data, set
         with pytest.raises(QaasError) as missing:
             client.job(job["id"])
         assert missing.value.status == 404
-    assert not (settings.artifact_root / "jobs" / job["id"]).exists()
-    assert not (settings.artifact_root / "datasets" / data["id"]).exists()
+    assert not stored_under(storage, f"jobs/{job['id']}")
+    assert not stored_under(storage, f"datasets/{data['id']}")
 
     env = {**os.environ, "QAAS_URL": server, "QAAS_API_KEY": key, "PYTHONWARNINGS": "ignore"}
 
@@ -263,7 +263,7 @@ def test_client_and_cli_delete(server, owner, worker, tiny_model, tiny_data, set
     deleted = cli("model", model["id"], "--json")
     assert deleted.returncode == 0, deleted.stderr
     assert json.loads(deleted.stdout) == {"kind": "model", "id": model["id"], "deleted": True}
-    assert not (settings.artifact_root / "models" / model["id"]).exists()
+    assert not stored_under(storage, f"models/{model['id']}")
     again = cli("model", model["id"])
     assert again.returncode == 2 and "not found" in again.stderr
 

@@ -15,6 +15,7 @@ import pytest
 import qaas
 from app import client_cli
 from app.cli import main as cli_main
+from tests.service.conftest import stored_under
 from worker.runner import run_job
 from worker.runtime import Runtime
 
@@ -72,7 +73,7 @@ def staging_is_empty(settings) -> bool:
 
 
 def test_model_with_external_data_is_stored_and_quantizes(
-    api, settings, make_tenant, bundle_files, tiny_data
+    api, settings, storage, make_tenant, bundle_files, tiny_data
 ):
     tenant = make_tenant()
     response = post_bundle(api, tenant, tar_of(bundle_files))
@@ -83,8 +84,7 @@ def test_model_with_external_data_is_stored_and_quantizes(
         ("tiny.onnx.data", data_size)
     ]
     assert model["size_bytes"] == data_size + len(bundle_files["tiny.onnx"])  # quota counts all
-    stored = settings.artifact_root / "models" / model["id"]
-    assert sorted(p.name for p in stored.iterdir()) == ["original", "tiny.onnx.data"]
+    assert stored_under(storage, f"models/{model['id']}") == ["original", "tiny.onnx.data"]
     assert staging_is_empty(settings)
     calibration = api.post(
         "/v1/datasets",

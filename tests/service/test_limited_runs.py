@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from app.core.config import MiB
+from app.core.storage_s3 import open_storage
+from tests.service.conftest import stored_under
 from tests.support.hooks import slow_child_main
 from worker import limited
 from worker.runner import run_job
@@ -71,7 +73,7 @@ def assert_resource_limit(settings, job: dict, limit_words: str) -> None:
     assert job["error"]["kind"] == "resource_limit", job
     assert limit_words in job["error"]["detail"], job["error"]
     assert job["artifacts"] == []
-    assert not (settings.artifact_root / "jobs" / job["id"] / "artifacts").exists()
+    assert not stored_under(open_storage(settings), f"jobs/{job['id']}/artifacts")
     assert staging_of(settings, job["id"]) == []
 
 

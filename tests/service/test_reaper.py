@@ -11,10 +11,11 @@ import pytest
 from app.auth.service import AuthService
 from app.core.config import Settings
 from app.core.db import make_engine, make_sessionmaker, run_migrations, transaction, utcnow
+from app.core.storage_s3 import open_storage
 from app.datasets.tables import Dataset
 from app.jobs.tables import Job
 from app.models_.tables import Model
-from tests.service.conftest import scratch_database
+from tests.service.conftest import scratch_database, stored_under
 from worker.reaper import expire, reap
 from worker.runner import run_job
 from worker.runtime import Runtime
@@ -112,16 +113,17 @@ def test_a_late_message_does_not_start_a_job_that_waited_too_long(own_db):
 class Stored:
     """Rows with files on storage, created ``days_ago``, for the retention sweep."""
 
-    def __init__(self, sessions, storage_root):
-        self.sessions, self.root = sessions, storage_root
+    def __init__(self, sessions, storage):
+        self.sessions, self.storage = sessions, storage
         with transaction(sessions) as session:
             tenant, _ = AuthService(session=session).create_key(tenant_name=f"ret-{utcnow()}")
             self.tenant_id = tenant.id
 
     def _file(self, key: str) -> str:
-        path = self.root / key
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = self.storage.new_staging_dir("stored-") / "file"
         path.write_bytes(b"x")
+        self.storage.put_file(path, key)  # whichever backend the run uses
+        self.storage.remove_staging(path.parent)
         return key
 
     def model(self, days_ago: float) -> str:
@@ -162,7 +164,8 @@ class Stored:
 
 def test_retention_deletes_what_is_old_and_keeps_what_active_jobs_need(own_db):
     settings, sessions = own_db
-    stored = Stored(sessions, settings.artifact_root)
+    storage = open_storage(settings)
+    stored = Stored(sessions, storage)
     old_model, busy_model, new_model = stored.model(40), stored.model(40), stored.model(1)
     old_data, busy_data = stored.dataset(40), stored.dataset(40)
     old_done = stored.job(40, old_model, "succeeded", calibration_id=old_data)
@@ -176,17 +179,16 @@ def test_retention_deletes_what_is_old_and_keeps_what_active_jobs_need(own_db):
     runtime = Runtime.build(settings.model_copy(update={"retention_days": 30}), pooled=False)
     assert expire(runtime) == {"jobs": 2, "models": 1, "datasets": 1}
 
-    root = settings.artifact_root
     gone = [(Job, old_done), (Job, old_failed), (Model, old_model), (Dataset, old_data)]
     kept = [(Job, old_queued), (Job, running), (Job, new_done), (Model, busy_model),
             (Model, new_model), (Dataset, busy_data)]  # fmt: skip
     with sessions() as session:
         assert all(session.get(table, row_id) is None for table, row_id in gone)
         assert all(session.get(table, row_id) is not None for table, row_id in kept)
-    assert not (root / "jobs" / old_done).exists() and not (root / "models" / old_model).exists()
-    assert not (root / "datasets" / old_data).exists()
-    assert (root / "jobs" / new_done).is_dir() and (root / "models" / busy_model).is_dir()
-    assert (root / "datasets" / busy_data).is_dir()
+    for key in (f"jobs/{old_done}", f"models/{old_model}", f"datasets/{old_data}"):
+        assert not stored_under(storage, key), key
+    for key in (f"jobs/{new_done}", f"models/{busy_model}", f"datasets/{busy_data}"):
+        assert stored_under(storage, key), key
     assert not any(expire(runtime).values())  # nothing more to do
     kept_forever.engine.dispose()
     runtime.engine.dispose()
@@ -194,7 +196,7 @@ def test_retention_deletes_what_is_old_and_keeps_what_active_jobs_need(own_db):
 
 def test_retention_work_per_sweep_is_bounded(own_db, monkeypatch):
     settings, sessions = own_db
-    stored = Stored(sessions, settings.artifact_root)
+    stored = Stored(sessions, open_storage(settings))
     models = [stored.model(40) for _ in range(3)]
     monkeypatch.setattr("worker.reaper.RETENTION_BATCH", 2)
     runtime = Runtime.build(settings.model_copy(update={"retention_days": 30}), pooled=False)

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.service.conftest import upload
+from tests.service.conftest import stored_under, upload
 from worker.runner import run_job
 from worker.runtime import Runtime
 
@@ -39,7 +39,7 @@ def test_uploads_are_507_and_store_nothing(full, settings, make_tenant, tiny_mod
 
 
 def test_job_fails_as_storage_full_then_runs_once_there_is_space(
-    api, full, settings, make_tenant, tiny_model
+    api, full, settings, storage, make_tenant, tiny_model
 ):
     tenant = make_tenant()
     model = upload(api, "/v1/models", tiny_model, tenant).json()
@@ -52,7 +52,7 @@ def test_job_fails_as_storage_full_then_runs_once_there_is_space(
         runtime.engine.dispose()
     job = api.get(f"/v1/jobs/{first['id']}", headers=tenant).json()
     assert job["error"]["kind"] == "storage_full" and "storage is full" in job["error"]["detail"]
-    assert not (settings.artifact_root / "jobs" / first["id"]).exists()
+    assert not stored_under(storage, f"jobs/{first['id']}")
     assert not list((settings.artifact_root / ".staging").glob(f"job-{first['id']}-*"))
     second = api.post("/v1/jobs", json=body, headers=tenant).json()
     runtime = Runtime.build(settings, pooled=False)
