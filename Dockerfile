@@ -17,11 +17,11 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 
 # Dependencies before the source, so a code change does not reinstall them.
 COPY pyproject.toml README.md ./
-RUN mkdir -p app worker qaas_engine \
-    && touch app/__init__.py worker/__init__.py qaas_engine/__init__.py \
+RUN mkdir -p app worker qaas_engine qaas \
+    && touch app/__init__.py worker/__init__.py qaas_engine/__init__.py qaas/__init__.py \
     && pip install . \
     && pip uninstall -y qaas-service \
-    && rm -rf app worker qaas_engine
+    && rm -rf app worker qaas_engine qaas
 
 # A regular (not editable) install: the migrations travel inside the package (app/migrations),
 # so the image runs what a wheel user runs. alembic.ini stays in WORKDIR for `alembic upgrade
@@ -29,9 +29,10 @@ RUN mkdir -p app worker qaas_engine \
 COPY app ./app
 COPY worker ./worker
 COPY qaas_engine ./qaas_engine
+COPY qaas ./qaas
 COPY alembic.ini ./
 RUN pip install --no-deps . \
-    && rm -rf app worker qaas_engine build \
+    && rm -rf app worker qaas_engine qaas build \
     && useradd --create-home --uid 10001 qaas \
     && mkdir -p /data /shared \
     && chown qaas:qaas /data /shared
