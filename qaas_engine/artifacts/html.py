@@ -224,6 +224,11 @@ def _stage_effect(name: str, report: dict[str, Any]) -> str:
             f"{_num(quantizers.get('activations'))} activation ranges, "
             f"{escape(str(spec.get('calibration_method', '')))}"
         )
+    if name == "rules":
+        if report.get("strict_bits"):
+            return "off (--strict-bits)"
+        fired = sorted({rule["rule"] for rule in report.get("rules") or []})
+        return escape(f"applied: {', '.join(fired)}") if fired else "checked; none applied"
     if name == "export":
         return f"model.quant.onnx, {_num(size.get('quantized_file'), '{:,}')} bytes"
     if name == "evaluation":
