@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +58,7 @@ class UploadSink:
         return None
 
 
-class Storage:
+class Storage(ABC):
     """The interface. Keys are relative POSIX paths (``models/ID/original``). The local work
     folder's staging (``new_staging_dir``, ``receive``, ``discard``) is shared; what is kept
     (``commit``, ``put_file``, ``publish_dir``, ``delete_tree``, ``local_file``) is per backend."""
@@ -68,30 +69,32 @@ class Storage:
         self.min_free_bytes = min_free_bytes
 
     # what each backend implements
+    @abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        """The store in words, for errors and logs."""
 
+    @abstractmethod
     def commit(self, staged: StagedFile, key: str) -> None:
         """Keep a staged upload (or a file staged beside it) under ``key``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def put_file(self, local: Path, key: str) -> None:
         """Keep a local file (a converted model, a bundle's external data) under ``key``;
         the local file is consumed."""
-        raise NotImplementedError
 
+    @abstractmethod
     def publish_dir(self, staged_dir: Path, key: str) -> None:
         """Publish a finished folder's files under ``key`` as one set, replacing what a
         previous attempt published there; the staged folder is consumed."""
-        raise NotImplementedError
 
+    @abstractmethod
     def delete_tree(self, key: str) -> None:
-        raise NotImplementedError
+        """Remove everything kept under ``key``."""
 
+    @abstractmethod
     def local_file(self, key: str, companions: Sequence[str] = ()) -> Path:
         """A local path to read ``key`` from, with ``companions`` (names in the same folder,
         e.g. a model's external-data files) beside it."""
-        raise NotImplementedError
 
     def _sink(self) -> UploadSink:
         return UploadSink()

@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -189,6 +190,35 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def is_ready(url: str) -> bool:
+    """The API at ``url`` answers ``/readyz`` with 200."""
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def start_api(settings: Settings, log_path: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """The API as its own process (uvicorn), as a deployment runs it, once it is ready; the
+    caller stops it (``stop_process``)."""
+    port = free_port()
+    sink = log_path.open("wb") if log_path is not None else subprocess.DEVNULL
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--port", str(port)],
+        cwd=REPO,
+        env=service_env(settings),
+        stdout=sink,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: is_ready(url), 60, "the API server")
+    except AssertionError:
+        stop_process(process)
+        raise
+    return process, url
 
 
 def worker_command(

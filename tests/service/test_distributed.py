@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 
-import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -21,10 +20,9 @@ from app.client import QaasClient, QaasError
 from app.jobs.tables import Job
 from tests.service.conftest import (
     REPO,
-    free_port,
     poll_job,
     published_names,
-    service_env,
+    start_api,
     start_worker,
     stop_process,
     stored_under,
@@ -48,24 +46,7 @@ def worker(settings, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(settings, tmp_path_factory):
     """The API as its own process (uvicorn), as a deployment runs it."""
-    port = free_port()
-    log = (tmp_path_factory.mktemp("api") / "api.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--port", str(port)],
-        cwd=REPO,
-        env=service_env(settings),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def ready():
-        try:
-            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(ready, 60, "the API server")
+    process, url = start_api(settings, tmp_path_factory.mktemp("api") / "api.log")
     yield url
     stop_process(process)
 

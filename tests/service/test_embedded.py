@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.service.conftest import REPO, free_port, poll_job, wait_for
+from tests.service.conftest import REPO, free_port, is_ready, poll_job, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +38,7 @@ def embedded(tmp_path_factory):
     )
     url = f"http://127.0.0.1:{port}"
 
-    def ready():
-        try:
-            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(ready, 90, "qaas serve")
+    wait_for(lambda: is_ready(url), 90, "qaas serve")
     match = wait_for(
         lambda: re.search(r"QAAS_API_KEY=(\S+)", log_path.read_text()), 10, "the printed key"
     )

@@ -22,7 +22,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from app.client import QaasClient
 from app.pages.job_views import human_bytes, human_seconds
-from tests.service.conftest import free_port, wait_for
+from tests.service.conftest import free_port, is_ready, wait_for
 
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -45,7 +45,7 @@ def served(tmp_path_factory, tiny_model, tiny_data):
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _ready(url), 90, "qaas serve")
+        wait_for(lambda: is_ready(url), 90, "qaas serve")
         key = (home / "qaas-data" / "local-api-key").read_text().strip()
         with QaasClient(url, key) as client:
             model = client.upload_model(tiny_model)
@@ -60,13 +60,6 @@ def served(tmp_path_factory, tiny_model, tiny_data):
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _login_form(client: httpx.Client) -> str:

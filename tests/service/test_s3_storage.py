@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 
@@ -29,14 +27,12 @@ from app.core.storage_s3 import PART_BYTES, S3Storage
 from app.jobs.tables import Job
 from app.main import create_app
 from tests.service.conftest import (
-    REPO,
     free_port,
     published_names,
-    service_env,
+    start_api,
     stop_process,
     stored_under,
     upload,
-    wait_for,
 )
 from tests.support.s3_server import CREDENTIALS, make_bucket, s3_server
 from worker.runner import run_job
@@ -281,28 +277,14 @@ def test_the_sdk_downloads_through_a_presigned_redirect(
     with TestClient(create_app(presigning)) as api:
         job = submitted(api, tenant, tiny_model)
         finish_with_artifacts(sessions, api.app.state.context.storage, job["id"], files)
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--port", str(port)],
-        cwd=REPO, env=service_env(presigning),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    process, url = start_api(presigning)
     try:
-        wait_for(lambda: ready(url), 60, "the API server")
         key = tenant["Authorization"].split()[1]
         with qaas.Client(url, key) as client:
             written = client.api.download(job["id"], tmp_path / "out")
         assert {name: path.read_bytes() for name, path in written.items()} == files
     finally:
         stop_process(process)
-
-
-def ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_an_unreachable_store_is_a_503_upload_and_a_storage_unavailable_job(

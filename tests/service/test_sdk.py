@@ -16,7 +16,6 @@ import threading
 import time
 import uuid
 
-import httpx
 import pytest
 
 import qaas
@@ -24,36 +23,14 @@ from app.cli import main as cli_main
 from app.core.db import run_migrations
 from tests.service.conftest import (
     REPO,
-    free_port,
     scratch_database,
-    service_env,
+    start_api,
     start_worker,
     stop_process,
     wait_for,
 )
 
 ARTIFACTS = {"model.quant.onnx", "encodings.json", "report.json", "report.html"}
-
-
-def start_server(settings, log_path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--port", str(port)],
-        cwd=REPO,
-        env=service_env(settings),
-        stdout=log_path.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def ready():
-        try:
-            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(ready, 60, "the API server")
-    return process, url
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +41,7 @@ def sdk_settings(settings):
 
 @pytest.fixture(scope="module")
 def server(sdk_settings, tmp_path_factory):
-    process, url = start_server(sdk_settings, tmp_path_factory.mktemp("api") / "api.log")
+    process, url = start_api(sdk_settings, tmp_path_factory.mktemp("api") / "api.log")
     yield url
     stop_process(process)
 
@@ -231,7 +208,7 @@ def test_retry_after_is_honoured(settings, key, tmp_path):
         with transaction(make_sessionmaker(engine)) as session:
             _, own_key = AuthService(session=session).create_key(tenant_name="throttled")
         engine.dispose()
-        process, server = start_server(throttled, tmp_path / "api.log")
+        process, server = start_api(throttled, tmp_path / "api.log")
         try:
             with qaas.Client(server, "qaas_wrong") as wrong, pytest.raises(qaas.AuthError):
                 wrong.whoami()
