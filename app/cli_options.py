@@ -35,7 +35,11 @@ def add_quantize_options(parser: argparse.ArgumentParser, *, model_optional: boo
     )
     parser.add_argument("--activations", default="int8", metavar="intN|float")
     parser.add_argument(
-        "--calibration-method", default="minmax", choices=["minmax", "percentile", "mse"]
+        "--calibration-method",
+        default="auto",
+        choices=["auto", "minmax", "percentile", "mse"],
+        help="activation range estimator; auto starts at min/max and keeps mse or percentile "
+        "ranges where they measure better (rule range_method; --strict-bits keeps min/max)",
     )
     parser.add_argument(
         "--pipeline",

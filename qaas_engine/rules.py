@@ -8,6 +8,13 @@ output SQNR, dominated by the wide part, still looks fine. The inputs keep their
 join itself stays float (ONNX Runtime concatenates the dequantized parts, exactly what the
 simulation computes).
 
+``range_method``: where the exported graph's output SQNR on calibration samples falls below
+``QuantSpec.min_sqnr_db`` and the user named no ``--calibration-method``, the activation ranges
+are set again from histograms by the MSE and percentile estimators, and the one whose measured
+output SQNR is highest is kept (min/max ranges let one outlier stretch a grid over values that
+never occur again; clipping helps some models and hurts others, so it is measured, not assumed).
+Free at inference: only the grids move.
+
 ``sensitive_tensor``: where the exported graph's output SQNR on calibration samples falls
 below ``QuantSpec.min_sqnr_db``, the activations that contribute most of the output noise (priced
 to first order by ``quant.sensitivity``) get 16-bit grids, which ONNX Runtime runs (W8A16
@@ -34,11 +41,14 @@ import onnx
 
 from qaas_engine.export.qdq import export_qdq
 from qaas_engine.quant.encoding import Encoding
+from qaas_engine.quant.estimators import ACTIVATION_METHODS
+from qaas_engine.quant.observers import HistogramObserver
 from qaas_engine.quant.placement import place_quantizers
 from qaas_engine.quant.sensitivity import NoiseEstimate, estimate_noise
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.sessions import session
 from qaas_engine.step_registry import learns
+from qaas_engine.tapped import TappedModel
 from qaas_engine.tensors import batch_size
 
 if TYPE_CHECKING:
@@ -49,7 +59,7 @@ WIDE_JOIN_RATIO = 16.0
 JOIN_OPS = frozenset({"Concat"})
 # sensitive_tensor: calibration samples the SQNR is measured on (in ORT), and the first of them
 # the noise is priced on (a backward pass in torch holds every activation of them)
-MEASURED_SAMPLES = 16
+MEASURED_SAMPLES = 8
 SENSITIVITY_SAMPLES = 8
 PROMOTED_BITS = 16
 MAX_PROMOTED_SHARE = 0.1  # of the quantizers, at least MIN_PROMOTED
@@ -61,6 +71,12 @@ TORCH_COST_FACTOR = 40.0  # torch executor forward + backward per sample, in ORT
 MIN_GAIN_DB = 3.0  # predicted, with every activation at 16 bits: less, and nothing is promoted
 # measured: 16-bit groups run unfused (in float between Q/DQ), so a smaller gain is not worth them
 MIN_MEASURED_GAIN_DB = 3.0
+# range_method: the estimators tried after min/max, and the gain that justifies moving the grids
+RANGE_METHODS = ("mse", "percentile")
+MIN_RANGE_GAIN_DB = 0.5
+# values binned per tensor and batch: an even sample of a large activation gives its histogram
+# (a 99.99th percentile still rests on about a hundred values over the measured samples)
+HISTOGRAM_VALUES = 2**15
 
 
 @dataclass(frozen=True)
@@ -142,27 +158,139 @@ def measured_sqnr_db(
     return worst
 
 
+@dataclass
+class Probe:
+    """The calibration samples the rules measure on, the float outputs there, and (when a rule
+    may set ranges again) each quantized activation's histogram over the same samples."""
+
+    feeds: dict[str, Any]
+    reference: list[np.ndarray]
+    samples: int  # how many the SQNR is measured on
+    forward_s: float  # one float pass over them, in ORT
+    histograms: dict[str, HistogramObserver]
+
+    def sqnr_db(self, model: onnx.ModelProto, sim: QuantSim) -> float:
+        return measured_sqnr_db(model, sim, self.feeds, self.reference)
+
+
+def probe(state: PipelineState, sim: QuantSim, *, histograms: bool) -> Probe | None:
+    """One float pass over the first ``MEASURED_SAMPLES`` calibration samples; with
+    ``histograms``, the quantized activations are exposed and binned on the way."""
+    if state.calibration is None:
+        return None
+    batch, _ = next(iter(state.calibration.batches(MEASURED_SAMPLES, MEASURED_SAMPLES)))
+    feeds = {name: np.asarray(value) for name, value in batch.items()}
+    measured = 1 if state.calibration.one_at_a_time else batch_size(feeds)
+    start = time.perf_counter()
+    if not histograms:
+        reference = float_outputs(state.model, feeds)
+        return Probe(feeds, reference, measured, time.perf_counter() - start, {})
+    observers = {
+        name: HistogramObserver(float(np.min(enc.low)), float(np.max(enc.high)))
+        for name, enc in sim.activation_encodings.items()
+    }
+    runner = TappedModel(
+        state.model, sorted(observers), batched=not state.calibration.one_at_a_time
+    )
+    chunks: list[list[np.ndarray]] = []
+    for values in runner.run(feeds):
+        chunks.append([np.asarray(values[name]) for name in runner.output_names])
+        for name, observer in observers.items():
+            value = values.get(name)
+            if value is not None and np.issubdtype(np.asarray(value).dtype, np.floating):
+                observer.observe(value)
+    reference = (
+        chunks[0]
+        if len(chunks) == 1
+        else [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+    )
+    return Probe(feeds, reference, measured, time.perf_counter() - start, observers)
+
+
+def _even_sample(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """At most ``HISTOGRAM_VALUES`` of ``values``, drawn uniformly (a stride could alias with
+    the channel layout)."""
+    if values.size <= HISTOGRAM_VALUES:
+        return values
+    return values[rng.integers(0, values.size, HISTOGRAM_VALUES)]
+
+
+def range_method(
+    model: onnx.ModelProto, sim: QuantSim, measured: Probe, before: float
+) -> tuple[list[RuleAction], float]:
+    """Activation ranges set again by the estimator that measures best (in place), when that
+    gains at least ``MIN_RANGE_GAIN_DB``; the actions and the SQNR the grids now give."""
+    if not measured.histograms:
+        return [], before
+    saved = dict(sim.activation_encodings)
+    start = sim.spec.range_estimator
+    scores: dict[str, float] = {start: before}
+    candidates: dict[str, dict[str, Encoding]] = {}
+    for method in RANGE_METHODS:
+        if method == start:
+            continue
+        _, estimator = ACTIVATION_METHODS[method]
+        encodings = dict(saved)
+        for name, hist in measured.histograms.items():
+            if hist.counts.sum() > 0 and name in encodings:
+                scheme = encodings[name].scheme
+                low, high = estimator(None, hist, scheme)  # type: ignore[arg-type]
+                encodings[name] = Encoding.from_range(scheme, low, high)
+        _set_activations(sim, encodings)
+        candidates[method] = encodings
+        scores[method] = measured.sqnr_db(model, sim)
+    best = max(scores, key=lambda method: scores[method])
+    if best == start or scores[best] < before + MIN_RANGE_GAIN_DB:
+        _set_activations(sim, saved)
+        return [], before
+    _set_activations(sim, candidates[best])
+    sim.range_estimator = best
+    tried = ", ".join(f"{method} {score:.1f} dB" for method, score in scores.items())
+    return [
+        RuleAction(
+            rule="range_method",
+            node="(all activations)",
+            action=f"activation ranges set by the {best} estimator",
+            why=(
+                f"output SQNR on {measured.samples} calibration samples {before:.1f} dB with "
+                f"{start} ranges (target {sim.spec.min_sqnr_db:g} dB); "
+                f"measured: {tried}; --calibration-method fixes the estimator"
+            ),
+        )
+    ], scores[best]
+
+
+def _set_activations(sim: QuantSim, encodings: dict[str, Encoding]) -> None:
+    sim.activation_encodings = dict(encodings)
+    sim.invalidate()
+    sim.derive_bias_encodings()
+
+
 def sensitive_tensors(
-    state: PipelineState, sim: QuantSim, budget_s: float = PRICING_BUDGET_S
+    state: PipelineState,
+    sim: QuantSim,
+    budget_s: float = PRICING_BUDGET_S,
+    measured: Probe | None = None,
+    before: float | None = None,
 ) -> list[RuleAction]:
     """Promote the quantizers that carry most of the output noise to 16-bit grids (in place),
     when the measured output SQNR misses the spec's target."""
     spec = sim.spec
     if state.calibration is None or learns(spec.pipeline) or spec.activation_bits != 8:
         return []
-    batch, _ = next(iter(state.calibration.batches(MEASURED_SAMPLES, MEASURED_SAMPLES)))
-    feeds = {name: np.asarray(value) for name, value in batch.items()}
-    measured = 1 if state.calibration.one_at_a_time else batch_size(feeds)
     start = time.perf_counter()
-    reference = float_outputs(state.model, feeds)
-    forward = time.perf_counter() - start
-    before = measured_sqnr_db(state.model, sim, feeds, reference)
+    measured = measured or probe(state, sim, histograms=False)
+    if measured is None:
+        return []
+    feeds, reference = measured.feeds, measured.reference
+    if before is None:
+        before = measured.sqnr_db(state.model, sim)
     if before >= spec.min_sqnr_db:
         return []
     # what is left to do: one sample's backward pass in the torch executor (about
     # TORCH_COST_FACTOR ORT forwards) and a second measurement like the first
-    measuring = time.perf_counter() - start - forward
-    predicted = forward / measured * TORCH_COST_FACTOR + measuring
+    measuring = max(time.perf_counter() - start - measured.forward_s, measured.forward_s)
+    predicted = measured.forward_s / measured.samples * TORCH_COST_FACTOR + measuring
     if predicted > budget_s:
         return [
             RuleAction(
@@ -171,8 +299,9 @@ def sensitive_tensors(
                 action="not applied: pricing the noise would cost too long",
                 why=f"output SQNR {before:.1f} dB < {spec.min_sqnr_db:g} dB target, but pricing "
                 f"and measuring 16-bit grids would take about {predicted:.0f} s, over the "
-                f"{budget_s:.0f} s budget (the calibration's time, at least "
-                f"{PRICING_BUDGET_S:g} s); --keep-float or a wider --activations grid can help",
+                f"{max(budget_s, 0):.0f} s left of the rules' budget (the calibration's time, at "
+                f"least {PRICING_BUDGET_S:g} s); --keep-float or a wider --activations grid "
+                "can help",
             )
         ]
     estimate = _priced(sim, feeds, state.calibration.one_at_a_time, spec.seed, budget_s)
@@ -185,9 +314,7 @@ def sensitive_tensors(
     sim.derive_bias_encodings()
     after = measured_sqnr_db(state.model, sim, feeds, reference)
     if after < before + MIN_MEASURED_GAIN_DB:
-        sim.activation_encodings = saved
-        sim.invalidate()
-        sim.derive_bias_encodings()
+        _set_activations(sim, saved)
         return [
             RuleAction(
                 rule="sensitive_tensor",
@@ -207,7 +334,7 @@ def sensitive_tensors(
             action=f"{PROMOTED_BITS}-bit activations",
             why=(
                 f"{share[name]:.0%} of the predicted output noise; output SQNR on "
-                f"{measured} calibration samples {before:.1f} dB at 8 bits "
+                f"{measured.samples} calibration samples {before:.1f} dB at 8 bits "
                 f"(target {spec.min_sqnr_db:g} dB), {after:.1f} dB with these {len(chosen)} "
                 f"quantizers at {PROMOTED_BITS} bits"
             ),
@@ -273,7 +400,8 @@ def apply_rules(
     """The simulation with every rule's decision applied, and the report's lines for them.
 
     Nodes a rule keeps float are placed again as a user's ``--keep-float`` would place them;
-    the ranges already measured carry over, so nothing is calibrated twice.
+    the ranges already measured carry over, so nothing is calibrated twice. The output SQNR is
+    measured once and handed from rule to rule.
     """
     if sim.spec.strict_bits or not sim.activation_encodings:
         return sim, []
@@ -281,7 +409,39 @@ def apply_rules(
     actions = wide_joins(model, sim)
     if actions:
         sim = _keep_float(model, sim, actions)
-    return sim, actions + sensitive_tensors(state, sim, budget_s)
+    spec = sim.spec
+    if state.calibration is None or learns(spec.pipeline):
+        return sim, actions
+    # a --calibration-method the user named is kept as given
+    start = time.perf_counter()
+    measured = probe(state, sim, histograms=spec.calibration_method == "auto")
+    if measured is None:
+        return sim, actions
+    before = measured.sqnr_db(model, sim)
+    if before >= spec.min_sqnr_db:
+        return sim, actions
+    # each estimator tried costs about what the first measurement did
+    measuring = time.perf_counter() - start - measured.forward_s
+    predicted = time.perf_counter() - start + len(RANGE_METHODS) * measuring
+    if not measured.histograms:
+        pass
+    elif predicted <= budget_s:
+        ranged, before = range_method(model, sim, measured, before)
+        actions += ranged
+    else:
+        actions.append(
+            RuleAction(
+                rule="range_method",
+                node="(all activations)",
+                action="not tried: measuring other estimators would cost too long",
+                why=f"output SQNR {before:.1f} dB < {spec.min_sqnr_db:g} dB target; trying "
+                f"{' and '.join(RANGE_METHODS)} ranges would take about {predicted:.0f} s, over "
+                f"the rules' {budget_s:.0f} s budget; --calibration-method mse or percentile "
+                "tries one",
+            )
+        )
+    budget_left = budget_s - (time.perf_counter() - start)
+    return sim, actions + sensitive_tensors(state, sim, budget_left, measured, before)
 
 
 def _keep_float(model: onnx.ModelProto, sim: QuantSim, actions: list[RuleAction]) -> QuantSim:
@@ -306,5 +466,6 @@ def _keep_float(model: onnx.ModelProto, sim: QuantSim, actions: list[RuleAction]
     for action in actions:
         placed.skipped[action.node] = f"rule {action.rule}: {action.why}"
     placed.engines = dict(sim.engines)
+    placed.range_estimator = sim.range_estimator
     placed.derive_bias_encodings()
     return placed

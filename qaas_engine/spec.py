@@ -52,7 +52,9 @@ class QuantSpec(BaseModel):
     weight_symmetric: bool = True
     activation_bits: int | None = Field(8, ge=2, le=16)  # None keeps activations in float
     activation_symmetric: bool = False
-    calibration_method: Literal["minmax", "percentile", "mse"] = "minmax"
+    # auto: min/max ranges, which the range_method rule (qaas_engine.rules) replaces by a
+    # histogram estimator's where that measures better on calibration data
+    calibration_method: Literal["auto", "minmax", "percentile", "mse"] = "auto"
     percentile: float = Field(99.99, gt=50.0, le=100.0)
     keep_float_nodes: tuple[NodeName, ...] = Field((), max_length=MAX_KEEP_FLOAT_NODES)
     keep_float_ops: tuple[NodeName, ...] = Field((), max_length=MAX_KEEP_FLOAT_OPS)
@@ -106,6 +108,11 @@ class QuantSpec(BaseModel):
     @property
     def is_auto(self) -> bool:
         return self.pipeline == (AUTO,)
+
+    @property
+    def range_estimator(self) -> Literal["minmax", "percentile", "mse"]:
+        """The estimator calibration sets activation ranges with (``auto`` starts at min/max)."""
+        return "minmax" if self.calibration_method == "auto" else self.calibration_method
 
     def evaluation_limit(self, *, on_calibration_data: bool) -> int | None:
         """Samples the report measures on (None: all of them)."""

@@ -45,7 +45,7 @@ def aimet_encodings(sim: QuantSim, producer_version: str) -> dict[str, Any]:
             "per_channel_quantization": spec.weight_granularity == "per-channel",
             "is_symmetric": spec.weight_symmetric,
             "activation_is_symmetric": spec.activation_symmetric,
-            "quant_scheme": spec.calibration_method,
+            "quant_scheme": sim.range_estimator,
         },
         "producer": {"name": "qaas", "version": producer_version},
     }

@@ -58,6 +58,8 @@ class QuantSim:
         self._quantized_weights: dict[str, torch.Tensor] | None = None
         # pass -> the engine that ran it, e.g. {"calibration": "onnxruntime"}
         self.engines: dict[str, str] = {}
+        # the estimator the activation ranges came from (a rule may choose another than the spec)
+        self.range_estimator: str = spec.range_estimator
 
     def torch_executor(self) -> GraphExecutor:
         """The graph in torch, built on first need: learning steps and the torch simulation
@@ -138,7 +140,7 @@ class QuantSim:
             self.engines["calibration"] = f"torch (onnxruntime failed to run it: {failure})"
             summary = CalibrationSummary()
             minmax, histograms = self._observe(batches, targets, summary, progress, None)
-        _, estimator = ACTIVATION_METHODS[self.spec.calibration_method]
+        _, estimator = ACTIVATION_METHODS[self.spec.range_estimator]
         self.activation_encodings = {}
         for name in self.placement.activations:
             obs = minmax[name]
@@ -159,7 +161,7 @@ class QuantSim:
         return summary
 
     def _observe(self, batches, targets, summary, progress, runner):
-        needs_hist, _ = ACTIVATION_METHODS[self.spec.calibration_method]
+        needs_hist, _ = ACTIVATION_METHODS[self.spec.range_estimator]
         minmax = {name: MinMaxObserver() for name in targets}
         passes = 2 if needs_hist else 1
         self._observe_pass(batches, minmax, summary, progress, 1, passes, True, runner)

@@ -93,3 +93,53 @@ def test_pricing_that_would_overrun_its_budget_is_skipped_and_says_so(tmp_path):
     (line,) = sensitive_tensors(state, sim, budget_s=0.0)
     assert line.action.startswith("not applied") and "budget" in line.why
     assert sim.activation_encodings == before
+
+
+class SpikedInput(torch.nn.Module):
+    """Two convs; a calibration set with one spiked pixel stretches the first conv's min/max
+    range about 60x past what every other sample reaches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.second = torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(torch.relu(self.first(x)))
+
+
+def _spiked(tmp_path):
+    torch.manual_seed(0)
+    model = export_legacy(SpikedInput().eval(), tmp_path / "m.onnx", torch.randn(1, 1, 8, 8))
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((32, 1, 8, 8), np.float32)
+    images[20, 0, 4, 4] = 200.0  # one sensor glitch among 2,048 pixels
+    data = tmp_path / "c.npz"
+    np.savez(data, input=images)
+    held_out = tmp_path / "e.npz"
+    np.savez(held_out, input=rng.standard_normal((64, 1, 8, 8), np.float32))
+    imported = import_model(model)
+    inputs = model_inputs(imported.model)
+    return imported, load_npz(data, inputs), load_npz(held_out, inputs)
+
+
+def test_ranges_a_glitch_stretched_are_set_again_by_the_estimator_that_measures_best(tmp_path):
+    imported, calibration, evaluation = _spiked(tmp_path)
+
+    def run(spec: QuantSpec):
+        return quantize(imported, spec, calibration=calibration, evaluation=evaluation)
+
+    strict, ruled = run(QuantSpec(strict_bits=True)).report, run(QuantSpec())
+    named = run(QuantSpec(calibration_method="minmax"))
+
+    (line,) = [line for line in ruled.report["rules"] if line["rule"] == "range_method"]
+    chosen = line["action"].split(" by the ")[1].split()[0]
+    assert chosen in ("mse", "percentile") and "minmax" in line["why"]
+    # measured on held-out data the rules never saw
+    before = strict["metrics"]["onnxruntime"]["sqnr_db"]
+    assert ruled.report["metrics"]["onnxruntime"]["sqnr_db"] > before + 6
+    assert ruled.report["metrics"]["simulation_vs_onnxruntime"]["sqnr_db"] > 35
+    # the encodings say which estimator set the ranges; a named estimator is kept as given
+    assert ruled.encodings["quantizer_args"]["quant_scheme"] == chosen
+    assert not [line for line in named.report["rules"] if line["rule"] == "range_method"]
+    assert named.encodings["quantizer_args"]["quant_scheme"] == "minmax"
