@@ -167,6 +167,11 @@ def run_pipeline(
     run_steps(state, "quantized", timer)
     kernels = choose_kernels(spec.target)
     rules = target_rules(spec.target)
+    if not rules.executed_here and sim.activation_encodings:
+        # learning steps train each quantizer's range on its own: the target's tied and fixed
+        # grids are set again over what they learned, and the biases follow their inputs
+        sim.apply_target_grids()
+        sim.derive_bias_encodings()
     qdq = timer.run(
         "export",
         lambda: export_qdq(

@@ -107,6 +107,7 @@ class QuantSpec(BaseModel):
             weight_bits=self.weight_bits,
             activation_bits=self.activation_bits,
             weight_symmetric=self.weight_symmetric,
+            pipeline=self.pipeline,
         )
         return self
 

@@ -189,9 +189,15 @@ def check_target_grids(
     weight_bits: int,
     activation_bits: int | None,
     weight_symmetric: bool,
+    pipeline: tuple[str, ...] = (),
 ) -> None:
     """ValueError naming the target's rule when the spec's grids are ones it cannot run."""
     rules = target_rules(target)
+    if not rules.executed_here and "bayesian_bits" in pipeline:
+        raise ValueError(
+            f"target {target} runs the bit-widths asked for: bayesian_bits, which picks 2 to 16 "
+            "bits per tensor and prunes, cannot be used with it"
+        )
     if rules.weight_bits is not None and weight_bits not in rules.weight_bits:
         allowed = ", ".join(f"int{b}" for b in rules.weight_bits)
         raise ValueError(f"target {target} takes weights {allowed}, not int{weight_bits}")

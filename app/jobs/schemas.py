@@ -79,6 +79,7 @@ class JobCreate(BaseModel):
                 weight_bits=spec.weight_bits,
                 activation_bits=spec.activation_bits,
                 weight_symmetric=spec.weight_symmetric,
+                pipeline=spec.pipeline,
             )
         return self
 

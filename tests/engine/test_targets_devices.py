@@ -208,6 +208,30 @@ def test_htp_sixteen_bit_activations_with_int4_weights(net):
     assert gap["sqnr_db"] >= 35, gap  # ORT computes 16-bit groups in float: measured 52 dB
 
 
+def test_htp_ties_are_set_again_over_ranges_a_learning_step_moved(net):
+    """QAT learns each quantizer's range on its own; before export the pipeline sets the
+    Concat's one grid again, over every member's learned range."""
+    from qaas_engine.quant.encoding import Encoding
+
+    imported, calibration, _ = net
+    sim = _sim_for(imported, calibration, "qnn-htp")
+    (group,) = sim.placement.tied
+    members = sorted({sim.quantizer_of(name) for name in group})
+    moved = sim.activation_encodings[members[0]]
+    wider = float(moved.high[0]) * 3
+    sim.activation_encodings[members[0]] = Encoding.from_range(moved.scheme, 0.0, wider)
+    sim.apply_target_grids()
+    grids = {
+        (
+            float(sim.activation_encodings[m].scale[0]),
+            int(sim.activation_encodings[m].zero_point[0]),
+        )
+        for m in members
+    }
+    # the shared grid covers the moved range (up to the zero point's rounding)
+    assert len(grids) == 1 and float(sim.activation_encodings[members[1]].high[0]) >= 0.99 * wider
+
+
 # -- what the targets refuse, and what the checker catches -----------------------------------
 @pytest.mark.parametrize(
     ("spec", "message"),
@@ -217,6 +241,7 @@ def test_htp_sixteen_bit_activations_with_int4_weights(net):
         ({"target": "qnn-htp", "activation_bits": 12}, "int8, int16"),
         ({"target": "qnn-htp", "weight_bits": 16}, "no kernel for int16 weights"),
         ({"target": "qnn-htp", "weight_symmetric": False}, "symmetric weights only"),
+        ({"target": "tensorrt", "pipeline": ("cle", "bayesian_bits")}, "bayesian_bits"),
     ],
 )
 def test_targets_refuse_grids_they_cannot_run(spec, message):
