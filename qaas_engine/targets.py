@@ -82,14 +82,14 @@ QNN_HTP = TargetRules(
     bias="int32-saturating",
     constraints=(
         "htp.weight_grid: weights symmetric signed (zero point 0), int4, int8 or int16",
-        "htp.weight_per_channel: Conv weights per output channel (axis 0), ConvTranspose axis 1;"
-        " Gemm and MatMul weights per tensor",
+        "htp.weight_per_channel: per-channel weights only on the output channel of Conv (axis 0)"
+        " and ConvTranspose (axis 1); Gemm and MatMul weights per tensor",
         "htp.activation_grid: activations asymmetric unsigned, uint8 or uint16",
         "htp.kernel: each weighted op an HTP kernel: A8W8, A8W4, A16W8, A16W4 or A16W16",
         "htp.bias_int32: bias int32, symmetric, at scale s_input * s_weight",
         "htp.no_output_quantizer: data-movement ops (Reshape, Transpose, MaxPool, Pad, Slice, "
-        "Split, Squeeze, Tile, Gather, Expand, DepthToSpace, SpaceToDepth, ReduceMax/Min...) "
-        "keep their input's encoding",
+        "Split, Squeeze, Tile, Gather, Expand, ReduceMax/Min, Dropout, Upsample) keep their "
+        "input's encoding",
         "htp.concat_shared: a Concat's inputs and output on one encoding",
         "htp.supergroup: no quantizer inside Conv+Relu/Clip/PRelu/HardSwish, ConvTranspose+Relu,"
         " Gemm+Relu, Add+Relu",
@@ -155,7 +155,7 @@ class KernelChoice:
             return {
                 "target": self.target,
                 "kernel_mode": self.mode,
-                "weights": "int8 symmetric (signed, zero point 0)",
+                "weights": "signed symmetric (zero point 0), the spec's bit-width",
                 "executed": False,
                 "validation": "validated against the target's documented constraints; NOT "
                 "executed (the target's runtime is not available here)",

@@ -25,11 +25,12 @@ ACTIVATIONS = (
     "Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Elu",
     "Selu", "Softplus", "Gelu", "Mish",
 )  # fmt: skip
-# AIMET's HTP configs: ops whose output takes no quantizer of its own (is_output_quantized False)
+# AIMET's HTP configs: ops whose output takes no quantizer of its own (is_output_quantized
+# False), those of them the placement passes through (quant.placement.PASS_THROUGH_OPS); the
+# rest (DepthToSpace, TopK, GatherND...) get a grid of their own, which HTP requantizes to
 HTP_DATA_MOVEMENT = (
     "Reshape", "Transpose", "MaxPool", "Pad", "Slice", "Split", "Squeeze", "Tile", "Gather",
-    "GatherND", "Expand", "DepthToSpace", "SpaceToDepth", "ReduceMax", "ReduceMin", "TopK",
-    "Dropout", "Upsample", "Cast", "ScatterElements",
+    "Expand", "ReduceMax", "ReduceMin", "Dropout", "Upsample",
 )  # fmt: skip
 HTP_KERNELS = {(8, 8), (8, 4), (16, 8), (16, 4), (16, 16)}  # (activation bits, weight bits)
 RELATIVE_TOLERANCE = 1e-5
@@ -309,7 +310,7 @@ def check_qnn_htp(model: onnx.ModelProto, encodings: dict[str, Any]) -> list[Vio
                 )
             if node.op_type in fixed:
                 found.extend(_htp_fixed(grid, node, fixed[node.op_type]))
-        if node.op_type in HTP_DATA_MOVEMENT and node.input and quantized is not None:
+        if _moves_data(node) and quantized is not None:
             source = graph.dequantized(node.input[0])
             if source is not None and not source[0].same_as(quantized[0]):
                 found.append(
@@ -329,6 +330,19 @@ def check_qnn_htp(model: onnx.ModelProto, encodings: dict[str, Any]) -> list[Vio
                         Violation(value.name, "htp.model_input", "graph input not quantized")
                     )
     return found
+
+
+def _moves_data(node: onnx.NodeProto) -> bool:
+    """Data movement that keeps its input's values: not a Pad with a fill value, not an
+    interpolating Upsample."""
+    if node.op_type not in HTP_DATA_MOVEMENT or not node.input:
+        return False
+    if node.op_type == "Pad":
+        return not (len(node.input) > 2 and node.input[2])
+    if node.op_type == "Upsample":
+        mode = next((a.s for a in node.attribute if a.name == "mode"), b"nearest")
+        return mode == b"nearest"
+    return True
 
 
 def _htp_encodings(graph: QdqGraph, encodings: dict[str, Any]) -> list[Violation]:
