@@ -275,11 +275,13 @@ def _trt_residual(graph: QdqGraph, node: onnx.NodeProto, name: str) -> list[Viol
     ]
     if not from_weighted:
         return []
-    others = [t for t in inputs if t != from_weighted[0]]
+    # one input may stay float: the weighted op's output TensorRT fuses the Add into
+    unquantized = [t for t in inputs if graph.dequantized(t) is None]
+    fused = next((t for t in unquantized if t in from_weighted), None)
     return [
         Violation(name, "trt.residual_add", f"residual input '{t}' is not quantized")
-        for t in others
-        if graph.dequantized(t) is None
+        for t in unquantized
+        if t != fused
     ]
 
 

@@ -305,6 +305,18 @@ def test_a_hand_made_violation_is_named_by_node_and_rule():
     assert any(str(v).startswith("htp.supergroup at 'the_conv': quantizer between") for v in htp)
 
 
+def test_an_unquantized_residual_input_is_caught(tensorrt):
+    model = onnx.ModelProto()
+    model.CopyFrom(tensorrt.quantized_model)
+    graph = QdqGraph(model)
+    (add,) = _nodes(model, "Add")
+    residual = add.input[1]
+    quantize_node = graph.producer[graph.producer[residual].input[0]]
+    add.input[1] = quantize_node.input[0]  # the float tensor, Q/DQ bypassed
+    found = [(v.rule, v.where) for v in check_export("tensorrt", model, tensorrt.encodings)]
+    assert found == [("trt.residual_add", add.name)]
+
+
 def test_the_pipeline_refuses_an_export_that_breaks_the_target(net, onnxruntime_cpu):
     from qaas_engine.pipeline import check_against_target
 
