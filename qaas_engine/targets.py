@@ -86,7 +86,8 @@ QNN_HTP = TargetRules(
         " and ConvTranspose (axis 1); Gemm and MatMul weights per tensor",
         "htp.activation_grid: activations asymmetric unsigned, uint8 or uint16",
         "htp.kernel: each weighted op an HTP kernel: A8W8, A8W4, A16W8, A16W4 or A16W16",
-        "htp.bias_int32: bias int32, symmetric, at scale s_input * s_weight",
+        "htp.bias_int32: a quantized bias int32, symmetric, at scale s_input * s_weight (a "
+        "float one is the converter's to quantize so)",
         "htp.no_output_quantizer: data-movement ops (Reshape, Transpose, MaxPool, Pad, Slice, "
         "Split, Squeeze, Tile, Gather, Expand, ReduceMax/Min, Dropout, Upsample) keep their "
         "input's encoding",

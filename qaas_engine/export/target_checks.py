@@ -210,7 +210,7 @@ def check_tensorrt(model: onnx.ModelProto) -> list[Violation]:
             quantized = graph.quantized(node.output[0])
             if quantized is not None:
                 after = [u.op_type for u in graph.after_qdq(quantized[1])]
-                if any(op in ACTIVATIONS for op in after):
+                if len(after) == 1 and after[0] in ACTIVATIONS:
                     found.append(
                         Violation(
                             name,
@@ -301,7 +301,9 @@ def check_qnn_htp(model: onnx.ModelProto, encodings: dict[str, Any]) -> list[Vio
             grid, q_node = quantized
             readers = graph.after_qdq(q_node)
             pair = (node.op_type, readers[0].op_type) if len(readers) == 1 else None
-            if pair in fused and node.output[0] not in graph.outputs:
+            # a supergroup runs quantized: an activation left float (kept) cannot join it
+            joins = pair is not None and graph.quantized(readers[0].output[0]) is not None
+            if pair in fused and joins and node.output[0] not in graph.outputs:
                 found.append(
                     Violation(
                         name,
@@ -433,10 +435,10 @@ def _htp_weighted(
     combo = (activation[0].bits, weight_bits)
     if combo not in HTP_KERNELS:
         found.append(Violation(name, "htp.kernel", f"A{combo[0]}W{combo[1]} is not an HTP kernel"))
-    if len(node.input) > 2 and node.input[2]:
-        bias = graph.dequantized(node.input[2])
+    bias = graph.dequantized(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if bias is not None:  # a float bias is the converter's to quantize (AIMET leaves it float)
         expected = activation[0].scale * weight.scale
-        if bias is None or bias[0].elem_type != TensorProto.INT32:
+        if bias[0].elem_type != TensorProto.INT32:
             found.append(Violation(name, "htp.bias_int32", "bias not dequantized from int32"))
         elif not np.allclose(bias[0].scale, expected, rtol=RELATIVE_TOLERANCE, atol=0) or np.any(
             bias[0].zero_point != 0

@@ -269,8 +269,8 @@ def _qdq(name, source, scale, zero_point, out):
 
 
 def _conv_relu_with_qdq_between(zero_point_type: int) -> onnx.ModelProto:
-    """x -> Q/DQ -> Conv (int8 per-channel weight) -> Q/DQ -> Relu: a quantizer inside the
-    Conv+Relu fusion both targets make."""
+    """x -> Q/DQ -> Conv (int8 per-channel weight) -> Q/DQ -> Relu -> Q/DQ: a quantizer inside
+    the Conv+Relu fusion both targets make."""
     zero = np.zeros((), np.int8 if zero_point_type == TensorProto.INT8 else np.uint8)
     weight = np.ones((2, 1, 1, 1), np.int8)
     inits = [
@@ -285,7 +285,8 @@ def _conv_relu_with_qdq_between(zero_point_type: int) -> onnx.ModelProto:
         helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["w_dq"], axis=0),
         helper.make_node("Conv", ["x_dq", "w_dq"], ["c"], name="the_conv"),
         *_qdq("mid", "c", "s", "z", "c_dq"),
-        helper.make_node("Relu", ["c_dq"], ["y"], name="the_relu"),
+        helper.make_node("Relu", ["c_dq"], ["r"], name="the_relu"),
+        *_qdq("out", "r", "s", "z", "y"),
     ]
     graph = helper.make_graph(
         nodes,
