@@ -202,6 +202,11 @@ def check_target_grids(
     if rules.weight_bits is not None and weight_bits not in rules.weight_bits:
         allowed = ", ".join(f"int{b}" for b in rules.weight_bits)
         raise ValueError(f"target {target} takes weights {allowed}, not int{weight_bits}")
+    if rules.activation_bits is not None and activation_bits is None:
+        raise ValueError(
+            f"target {target} runs integer kernels on quantized activations: --activations "
+            "float (weights only) is not one of them"
+        )
     if (
         rules.activation_bits is not None
         and activation_bits is not None

@@ -238,6 +238,7 @@ def test_htp_ties_are_set_again_over_ranges_a_learning_step_moved(net):
     [
         ({"target": "tensorrt", "activation_bits": 16}, "tensorrt takes activations int8"),
         ({"target": "tensorrt", "weight_bits": 4}, "tensorrt takes weights int8"),
+        ({"target": "tensorrt", "activation_bits": None}, "weights only"),
         ({"target": "qnn-htp", "activation_bits": 12}, "int8, int16"),
         ({"target": "qnn-htp", "weight_bits": 16}, "no kernel for int16 weights"),
         ({"target": "qnn-htp", "weight_symmetric": False}, "symmetric weights only"),
