@@ -59,7 +59,8 @@ def add_quantize_options(parser: argparse.ArgumentParser, *, model_optional: boo
         default="onnxruntime-cpu",
         metavar="TARGET",
         help="kernels the model is laid out for: onnxruntime-cpu (this CPU decides), "
-        "onnxruntime-cpu:vnni or onnxruntime-cpu:avx2 (default %(default)s)",
+        "onnxruntime-cpu:vnni or onnxruntime-cpu:avx2; qnn-htp (Qualcomm HTP) or tensorrt "
+        "(NVIDIA), checked against their documented rules, not run (default %(default)s)",
     )
     parser.add_argument(
         "--strict-bits",

@@ -7,7 +7,7 @@ Which steps exist, their stage and their data needs come from ``step_registry``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -16,7 +16,9 @@ import onnx
 from qaas_engine.cost.energy import EnergyProfile
 from qaas_engine.data import Dataset
 from qaas_engine.errors import SpecError
+from qaas_engine.export.encodings import aimet_encodings
 from qaas_engine.export.qdq import export_qdq
+from qaas_engine.export.target_checks import check_export
 from qaas_engine.graph.lazy import LazyExecutor, materialized
 from qaas_engine.importer import ImportedModel
 from qaas_engine.quant.moments import propagate
@@ -26,9 +28,10 @@ from qaas_engine.rules import PRICING_BUDGET_S, apply_rules
 from qaas_engine.spec import QuantSpec
 from qaas_engine.state import PipelineState, Progress, Timer, no_progress
 from qaas_engine.step_registry import STEPS, Data, Stage, learns, missing_data_message
-from qaas_engine.targets import choose_kernels
+from qaas_engine.targets import KernelChoice, choose_kernels, target_rules
 from qaas_engine.transforms.bn_fold import fold_batchnorms
 from qaas_engine.transforms.cle import ChannelStats
+from qaas_engine.version import __version__
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ def build_sim(state: PipelineState, timer: Timer) -> QuantSim:
         quantize_activations=spec.quantize_activations,
         keep_float_nodes=frozenset(spec.keep_float_nodes),
         keep_float_ops=frozenset(spec.keep_float_ops),
+        target=spec.target,
     )
     sim = QuantSim(state.executor, placement, spec)
     timer.run("weight_ranges", sim.compute_weight_encodings)
@@ -108,9 +112,11 @@ def build_sim(state: PipelineState, timer: Timer) -> QuantSim:
                 "carries no BatchNorm statistics to set ranges without data; or keep "
                 "activations in float (--activations float)"
             )
-        budget = max(PRICING_BUDGET_S, timer.seconds("calibration"))
-        sim, actions = timer.run("rules", lambda: apply_rules(state, sim, budget))
-        state.rules = [action.as_dict() for action in actions]
+        if target_rules(spec.target).executed_here:
+            # a target run elsewhere keeps its documented grids: no rule widens or drops one
+            budget = max(PRICING_BUDGET_S, timer.seconds("calibration"))
+            sim, actions = timer.run("rules", lambda: apply_rules(state, sim, budget))
+            state.rules = [action.as_dict() for action in actions]
     state.sim = sim
     return sim
 
@@ -159,8 +165,37 @@ def run_pipeline(
         state.float_weights = dict(state.executor.weights)
     sim = build_sim(state, timer)
     run_steps(state, "quantized", timer)
-    state.kernels = choose_kernels(spec.target)
-    unsigned = not state.kernels.signed_weights
-    qdq = timer.run("export", lambda: export_qdq(state.model, sim, unsigned_weights=unsigned))
+    kernels = choose_kernels(spec.target)
+    rules = target_rules(spec.target)
+    if not rules.executed_here and sim.activation_encodings:
+        # learning steps train each quantizer's range on its own: the target's tied and fixed
+        # grids are set again over what they learned, and the biases follow their inputs
+        sim.apply_target_grids()
+        sim.derive_bias_encodings()
+    qdq = timer.run(
+        "export",
+        lambda: export_qdq(
+            state.model,
+            sim,
+            unsigned_weights=not kernels.signed_weights,
+            unsigned_activations=rules.unsigned_activation_container,
+        ),
+    )
     onnx.checker.check_model(qdq)
+    if not rules.executed_here:
+        timer.run("target_check", lambda: check_against_target(kernels, sim, qdq))
+        kernels = replace(kernels, constraints_checked=rules.constraints)
+    state.kernels = kernels
     return state, sim, qdq
+
+
+def check_against_target(kernels: KernelChoice, sim: QuantSim, qdq: onnx.ModelProto) -> None:
+    """Refuse an export that breaks a documented constraint of a target we cannot run here."""
+    violations = check_export(kernels.target, qdq, aimet_encodings(sim, __version__))
+    if violations:
+        shown = "; ".join(str(v) for v in violations[:5])
+        more = f" (and {len(violations) - 5} more)" if len(violations) > 5 else ""
+        raise SpecError(
+            f"the export breaks {len(violations)} documented constraint(s) of target "
+            f"{kernels.target}: {shown}{more}; --keep-float the named nodes or pick another target"
+        )

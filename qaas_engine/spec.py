@@ -13,10 +13,11 @@ from pydantic import (
     Field,
     StringConstraints,
     field_validator,
+    model_validator,
 )
 
 from qaas_engine.step_registry import AUTO, check_pipeline
-from qaas_engine.targets import DEFAULT_TARGET, check_target
+from qaas_engine.targets import DEFAULT_TARGET, check_target, check_target_grids
 
 SPEC_VERSION = 1
 
@@ -66,7 +67,8 @@ class QuantSpec(BaseModel):
     pipeline: tuple[StepName, ...] = Field((), max_length=MAX_PIPELINE_STEPS)
     batch_size: int = Field(32, ge=1, le=4096)
     max_calibration_samples: int | None = Field(None, ge=1)
-    # the integer kernels the export is laid out for (qaas_engine.targets)
+    # the integer kernels the export is laid out for (qaas_engine.targets); qnn-htp and
+    # tensorrt also fix the activations' symmetry (asymmetric and symmetric) and the bits they take
     target: str = Field(DEFAULT_TARGET, max_length=64)
     # the report's accuracy and fidelity: a bounded sample by default (None), all on request
     max_evaluation_samples: SampleCount | Literal["all"] | None = None
@@ -98,6 +100,18 @@ class QuantSpec(BaseModel):
     @classmethod
     def _target_known(cls, target: str) -> str:
         return check_target(target)
+
+    @model_validator(mode="after")
+    def _grids_the_target_runs(self) -> QuantSpec:
+        # qnn-htp and tensorrt run only some grids; their activation symmetry is the target's
+        check_target_grids(
+            self.target,
+            weight_bits=self.weight_bits,
+            activation_bits=self.activation_bits,
+            weight_symmetric=self.weight_symmetric,
+            pipeline=self.pipeline,
+        )
+        return self
 
     @field_validator("pipeline")
     @classmethod

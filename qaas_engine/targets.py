@@ -7,23 +7,131 @@ u8s8 sums pairs of u8*s8 products in int16 and saturates: wrong results, so ther
 signed grid is stored as uint8 (zero point + 128), which changes no value and runs the exact
 u8u8 kernels. ``onnxruntime-cpu`` picks by the CPU that runs the job; ``:vnni`` or ``:avx2``
 forces a mode for a fleet whose CPUs differ from the worker's.
+
+``qnn-htp`` (Qualcomm's Hexagon NPU through QNN) and ``tensorrt`` (NVIDIA) cannot run here: their
+grids and quantizer layout follow the targets' documented rules (:class:`TargetRules`), the
+export is checked against them (``export.target_checks``) and the report says it was not run.
 """
 
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-TARGETS = ("onnxruntime-cpu", "onnxruntime-cpu:vnni", "onnxruntime-cpu:avx2")
+TARGETS = ("onnxruntime-cpu", "onnxruntime-cpu:vnni", "onnxruntime-cpu:avx2", "qnn-htp", "tensorrt")
 DEFAULT_TARGET = "onnxruntime-cpu"
-PLANNED = ("qnn-htp", "tensorrt")  # named by issue #18, not built yet: refused with that reason
+PLANNED: tuple[str, ...] = ()  # named targets not built yet: refused with that reason
 
 # CPU flags (Linux /proc/cpuinfo) of an int8 dot product ONNX Runtime's u8s8 kernels use
 DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
 
-KernelMode = Literal["vnni", "avx2"]
+KernelMode = Literal["vnni", "avx2", "qnn-htp", "tensorrt"]
+Layout = Literal["producer-outputs", "consumer-inputs"]
+
+
+@dataclass(frozen=True)
+class TargetRules:
+    """What a target's kernels take: the grids, where quantizers stand, which ops fuse.
+
+    ``onnxruntime-cpu`` leaves the grids to the spec and places a quantizer on every computed
+    output (ONNX Runtime fuses DQ -> op -> Q groups); the other two state their vendor's rules.
+    """
+
+    name: str
+    executed_here: bool = True
+    # None: the spec's activation_symmetric decides; True/False: the target fixes it
+    activation_symmetric: bool | None = None
+    activation_signed: bool = False  # symmetric grids signed even for non-negative tensors
+    activation_bits: tuple[int, ...] | None = None  # None: any the spec allows
+    weight_bits: tuple[int, ...] | None = None
+    # ops whose weights the target quantizes per tensor whatever the spec's granularity
+    per_tensor_weight_ops: frozenset[str] = frozenset()
+    layout: Layout = "producer-outputs"
+    # (producer, consumer) pairs run as one kernel: no quantizer between; None: the generic rule
+    fused_pairs: frozenset[tuple[str, str]] | None = None
+    tied_ops: frozenset[str] = frozenset()  # inputs and output on one grid
+    fixed_ranges: tuple[tuple[str, float, float], ...] = ()  # op, low, high of its output grid
+    bias: Literal["int32", "int32-saturating", "float"] = "int32"
+    unsigned_activation_container: bool = True  # signed 8-bit activation grids stored as uint8
+    constraints: tuple[str, ...] = ()  # what target_checks verifies, in words, for the report
+
+
+# Qualcomm HTP: AIMET's htp_quantsim_config_v73/v75.json and QNN's HTP quantization rules.
+QNN_HTP = TargetRules(
+    name="qnn-htp",
+    executed_here=False,
+    activation_symmetric=False,
+    activation_bits=(8, 16),
+    weight_bits=(4, 8, 16),
+    per_tensor_weight_ops=frozenset({"Gemm", "MatMul"}),
+    fused_pairs=frozenset(
+        {
+            ("Conv", "Relu"),
+            ("Conv", "Clip"),
+            ("Conv", "PRelu"),
+            ("Conv", "HardSwish"),
+            ("ConvTranspose", "Relu"),
+            ("Gemm", "Relu"),
+            ("Add", "Relu"),
+        }
+    ),
+    tied_ops=frozenset({"Concat"}),
+    fixed_ranges=(("Sigmoid", 0.0, 1.0), ("Softmax", 0.0, 1.0)),
+    bias="int32-saturating",
+    constraints=(
+        "htp.weight_grid: weights symmetric signed (zero point 0), int4, int8 or int16",
+        "htp.weight_per_channel: per-channel weights only on the output channel of Conv (axis 0)"
+        " and ConvTranspose (axis 1); Gemm and MatMul weights per tensor",
+        "htp.activation_grid: activations asymmetric unsigned, uint8 or uint16",
+        "htp.kernel: each weighted op an HTP kernel: A8W8, A8W4, A16W8, A16W4 or A16W16",
+        "htp.bias_int32: a quantized bias int32, symmetric, at scale s_input * s_weight (a "
+        "float one is the converter's to quantize so)",
+        "htp.no_output_quantizer: data-movement ops (Reshape, Transpose, MaxPool, Pad, Slice, "
+        "Split, Squeeze, Tile, Gather, Expand, ReduceMax/Min, Dropout, Upsample) keep their "
+        "input's encoding",
+        "htp.concat_shared: a Concat's inputs and output on one encoding",
+        "htp.supergroup: no quantizer inside Conv+Relu/Clip/PRelu/HardSwish, ConvTranspose+Relu,"
+        " Gemm+Relu, Add+Relu",
+        "htp.fixed_range: Sigmoid and Softmax outputs on the grid of [0, 1]",
+        "htp.model_input: float graph inputs quantized",
+    ),
+)
+
+# NVIDIA TensorRT explicit quantization (Q/DQ): symmetric INT8 only, zero points 0.
+TENSORRT = TargetRules(
+    name="tensorrt",
+    executed_here=False,
+    activation_symmetric=True,
+    activation_signed=True,
+    activation_bits=(8,),
+    weight_bits=(8,),
+    layout="consumer-inputs",
+    bias="float",
+    unsigned_activation_container=False,
+    constraints=(
+        "trt.int8: every QuantizeLinear/DequantizeLinear INT8, in the default ONNX domain",
+        "trt.zero_point: every zero point 0 (symmetric quantization)",
+        "trt.activation_per_tensor: activations quantized per tensor",
+        "trt.weight_axis: per-channel weights along the output channel (Conv 0, ConvTranspose 1,"
+        " Gemm by transB, MatMul the last axis)",
+        "trt.bias_float: biases float (TensorRT quantizes them itself)",
+        "trt.weighted_inputs: a Conv/ConvTranspose/Gemm/MatMul with INT8 weights has its "
+        "activation input quantized",
+        "trt.residual_add: an Add fed by a Conv/Gemm has its other (residual) input quantized",
+        "trt.no_qdq_before_activation: no Q/DQ between a Conv/Gemm/MatMul and its activation",
+        "trt.opset: opset 13 or later (per-channel Q/DQ)",
+    ),
+)
+
+ONNXRUNTIME_CPU = TargetRules(name="onnxruntime-cpu")
+_RULES = {"qnn-htp": QNN_HTP, "tensorrt": TENSORRT}
+
+
+def target_rules(target: str) -> TargetRules:
+    """The rules of ``target`` (every ``onnxruntime-cpu`` mode shares one set)."""
+    return _RULES.get(target, ONNXRUNTIME_CPU)
 
 
 @dataclass(frozen=True)
@@ -34,13 +142,28 @@ class KernelChoice:
     mode: KernelMode
     cpu_features: tuple[str, ...]  # the dot-product flags this machine has
     reason: str
+    # the documented constraints the export was checked against (targets not run here)
+    constraints_checked: tuple[str, ...] = field(default=())
 
     @property
     def signed_weights(self) -> bool:
-        """s8 weights (u8s8 kernels) rather than the u8 container (u8u8 kernels)."""
-        return self.mode == "vnni"
+        """s8 weights (u8s8 kernels, and every target that is not ONNX Runtime's CPU) rather
+        than the u8 container (u8u8 kernels)."""
+        return self.mode != "avx2"
 
     def describe(self) -> dict[str, object]:
+        if self.mode in ("qnn-htp", "tensorrt"):
+            return {
+                "target": self.target,
+                "kernel_mode": self.mode,
+                "weights": "signed symmetric (zero point 0), the spec's bit-width",
+                "executed": False,
+                "validation": "validated against the target's documented constraints; NOT "
+                "executed (the target's runtime is not available here)",
+                "constraints_checked": list(self.constraints_checked),
+                "figures_from": "ONNX Runtime (CPU) running the exported QDQ model, not the target",
+                "reason": self.reason,
+            }
         return {
             "target": self.target,
             "kernel_mode": self.mode,
@@ -61,6 +184,44 @@ def check_target(name: str) -> str:
     raise ValueError(f"unknown target {name!r}; use one of {', '.join(TARGETS)}")
 
 
+def check_target_grids(
+    target: str,
+    *,
+    weight_bits: int,
+    activation_bits: int | None,
+    weight_symmetric: bool,
+    pipeline: tuple[str, ...] = (),
+) -> None:
+    """ValueError naming the target's rule when the spec's grids are ones it cannot run."""
+    rules = target_rules(target)
+    if not rules.executed_here and "bayesian_bits" in pipeline:
+        raise ValueError(
+            f"target {target} runs the bit-widths asked for: bayesian_bits, which picks 2 to 16 "
+            "bits per tensor and prunes, cannot be used with it"
+        )
+    if rules.weight_bits is not None and weight_bits not in rules.weight_bits:
+        allowed = ", ".join(f"int{b}" for b in rules.weight_bits)
+        raise ValueError(f"target {target} takes weights {allowed}, not int{weight_bits}")
+    if rules.activation_bits is not None and activation_bits is None:
+        raise ValueError(
+            f"target {target} runs integer kernels on quantized activations: --activations "
+            "float (weights only) is not one of them"
+        )
+    if (
+        rules.activation_bits is not None
+        and activation_bits is not None
+        and activation_bits not in rules.activation_bits
+    ):
+        allowed = ", ".join(f"int{b}" for b in rules.activation_bits)
+        raise ValueError(
+            f"target {target} takes activations {allowed} (or float), not int{activation_bits}"
+        )
+    if rules.name == "qnn-htp" and weight_bits == 16 and activation_bits == 8:
+        raise ValueError("target qnn-htp has no kernel for int16 weights with int8 activations")
+    if not rules.executed_here and not weight_symmetric:
+        raise ValueError(f"target {target} takes symmetric weights only")
+
+
 def cpu_dot_product_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, ...]:
     """The int8 dot-product flags of this CPU (empty where they cannot be read)."""
     try:
@@ -78,6 +239,22 @@ def cpu_dot_product_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, .
 def choose_kernels(target: str, features: tuple[str, ...] | None = None) -> KernelChoice:
     """The kernel mode for ``target`` on this CPU (or on ``features``, for tests)."""
     check_target(target)
+    if target == "qnn-htp":
+        return KernelChoice(
+            target,
+            "qnn-htp",
+            (),
+            "Qualcomm HTP (QNN): symmetric per-channel weights, asymmetric uint8/uint16 "
+            "activations, int32 bias, AIMET's HTP supergroups and shared encodings",
+        )
+    if target == "tensorrt":
+        return KernelChoice(
+            target,
+            "tensorrt",
+            (),
+            "NVIDIA TensorRT explicit quantization: symmetric INT8 weights and activations, "
+            "Q/DQ on the inputs of weighted ops and residual Adds",
+        )
     seen = cpu_dot_product_flags() if features is None else features
     if target.endswith(":vnni"):
         reason = "forced by the target"

@@ -2,14 +2,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.jobs.progress import job_overall_progress, queue_position
 from app.webhooks.addresses import RefusedAddress
 from app.webhooks.addresses import parse as parse_callback_url
 from qaas.types import Artifact, JobError, JobInfo
 from qaas_engine.spec import QuantSpec
-from qaas_engine.targets import check_target
+from qaas_engine.targets import check_target, check_target_grids
 
 
 class JobCreate(BaseModel):
@@ -33,7 +33,8 @@ class JobCreate(BaseModel):
         None,
         max_length=64,
         description="deployment target (onnxruntime-cpu, onnxruntime-cpu:vnni, "
-        "onnxruntime-cpu:avx2); the same as quantization.target, which it sets when given",
+        "onnxruntime-cpu:avx2, qnn-htp, tensorrt); the same as quantization.target, which it "
+        "sets when given",
     )
     max_accuracy_drop: float | None = Field(
         None, ge=0, le=1, description="largest acceptable top-1 drop (0.01 = one point)"
@@ -67,6 +68,20 @@ class JobCreate(BaseModel):
     @classmethod
     def _target_known(cls, target: str | None) -> str | None:
         return None if target is None else check_target(target)
+
+    @model_validator(mode="after")
+    def _grids_the_target_runs(self) -> JobCreate:
+        # the job's target replaces the spec's: its grids must be ones that target runs
+        if self.target is not None:
+            spec = self.quantization
+            check_target_grids(
+                self.target,
+                weight_bits=spec.weight_bits,
+                activation_bits=spec.activation_bits,
+                weight_symmetric=spec.weight_symmetric,
+                pipeline=spec.pipeline,
+            )
+        return self
 
 
 class JobOut(JobInfo):

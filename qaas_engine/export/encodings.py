@@ -30,6 +30,10 @@ def _entry(name: str, encoding: Encoding) -> dict[str, Any]:
 def aimet_encodings(sim: QuantSim, producer_version: str) -> dict[str, Any]:
     params = {**sim.weight_encodings, **sim.bias_encodings}
     spec = sim.spec
+    # qnn-htp and tensorrt fix the activations' symmetry whatever the spec says
+    activation_symmetric = sim.rules.activation_symmetric
+    if activation_symmetric is None:
+        activation_symmetric = spec.activation_symmetric
     return {
         "version": AIMET_ENCODING_VERSION,
         "activation_encodings": [
@@ -44,7 +48,7 @@ def aimet_encodings(sim: QuantSim, producer_version: str) -> dict[str, Any]:
             "dtype": "int",
             "per_channel_quantization": spec.weight_granularity == "per-channel",
             "is_symmetric": spec.weight_symmetric,
-            "activation_is_symmetric": spec.activation_symmetric,
+            "activation_is_symmetric": activation_symmetric,
             "quant_scheme": sim.range_estimator,
         },
         "producer": {"name": "qaas", "version": producer_version},

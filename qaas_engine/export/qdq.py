@@ -130,7 +130,11 @@ class QdqBuilder:
 
 
 def export_qdq(
-    model: onnx.ModelProto, sim: QuantSim, *, unsigned_weights: bool = True
+    model: onnx.ModelProto,
+    sim: QuantSim,
+    *,
+    unsigned_weights: bool = True,
+    unsigned_activations: bool = True,
 ) -> onnx.ModelProto:
     """A new QDQ model from the float ``model`` (same graph) and the sim's weights/encodings.
 
@@ -138,6 +142,7 @@ def export_qdq(
     activations are what ONNX Runtime's integer kernels take. ``unsigned_weights`` does the same
     for weights (u8u8 kernels, exact on any CPU); False keeps them int8 (u8s8 kernels: the fast
     path where the CPU has an int8 dot product, see :mod:`qaas_engine.targets`).
+    ``unsigned_activations`` False keeps signed activation grids int8 (TensorRT takes INT8 only).
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -169,7 +174,8 @@ def export_qdq(
             kept_initializers.append(init)
 
     activations = sim.activation_quantizers()
-    activations = {name: unsigned_container(enc) for name, enc in activations.items()}
+    if unsigned_activations:
+        activations = {name: unsigned_container(enc) for name, enc in activations.items()}
     producer_rename: dict[str, str] = {}
     for value in graph.input:
         if value.name in activations:

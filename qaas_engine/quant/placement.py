@@ -15,6 +15,10 @@ ops unchanged. The simulation must quantize exactly there, or its accuracy is a 
   runtime's custom ops) compute in float like the nodes a user keeps float: ONNX Runtime has no
   QDQ kernel for them, so a quantizer on their outputs would only add rounding error.
 * nodes the executor computes by ONNX's reference implementation (no torch kernel) stay float.
+
+A deployment target may say otherwise (``qaas_engine.targets.TargetRules``): Qualcomm HTP fuses
+only its supergroups, puts a Concat's inputs and output on one grid and fixes Sigmoid/Softmax
+output ranges; TensorRT wants Q/DQ on the inputs of weighted ops and residual Adds only.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import onnx
 
 from qaas_engine.graph.attributes import parse_attributes
 from qaas_engine.graph.kernels import has_torch_kernel
+from qaas_engine.targets import DEFAULT_TARGET, TargetRules, target_rules
 
 FLOAT_TYPES = {
     onnx.TensorProto.FLOAT,
@@ -81,6 +86,9 @@ class Placement:
     fused: dict[str, str] = field(default_factory=dict)  # producer output -> fused consumer node
     skipped: dict[str, str] = field(default_factory=dict)  # tensor -> why it stays float
     float_nodes: list[str] = field(default_factory=list)  # nodes computing in float, any reason
+    # groups of tensors the target runs on one grid (a Concat's inputs and output)
+    tied: list[list[str]] = field(default_factory=list)
+    fixed_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # tensor -> range
 
 
 def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -136,7 +144,9 @@ def place_quantizers(
     quantize_activations: bool = True,
     keep_float_nodes: frozenset[str] = frozenset(),
     keep_float_ops: frozenset[str] = frozenset(),
+    target: str = DEFAULT_TARGET,
 ) -> Placement:
+    rules = target_rules(target)
     graph = model.graph
     initializers = {init.name: init for init in graph.initializer}
     types = _tensor_types(model)
@@ -174,6 +184,10 @@ def place_quantizers(
             and types.get(name, onnx.TensorProto.FLOAT) in FLOAT_TYPES
         )
 
+    if rules.layout == "consumer-inputs":
+        _place_on_consumer_inputs(model, placement, consumers, kept_float, is_float_dynamic)
+        return placement
+
     quantized: set[str] = set()
     for value in graph.input:
         if value.name in initializers:
@@ -203,11 +217,12 @@ def place_quantizers(
             users = consumers.get(output, [])
             if output not in graph_outputs and len(users) == 1:
                 user = users[0]
-                if user.op_type in FUSED_ACTIVATIONS and not kept_float(user):
+                if _fuses(rules, node, user) and not kept_float(user):
                     placement.fused[output] = user.name or user.output[0]
                     continue
                 if (
-                    node.op_type == "Relu"
+                    rules.fused_pairs is None
+                    and node.op_type == "Relu"
                     and user.op_type == "Min"
                     and all(i in initializers for i in user.input if i != output)
                 ):
@@ -224,7 +239,77 @@ def place_quantizers(
                     continue
             placement.activations.append(output)
             quantized.add(output)
+    _target_groups(model, placement, rules, kept_float)
     return placement
+
+
+def _fuses(rules: TargetRules, producer: onnx.NodeProto, user: onnx.NodeProto) -> bool:
+    """Whether ``producer`` and its only consumer ``user`` run as one kernel on the target."""
+    if rules.fused_pairs is None:
+        return user.op_type in FUSED_ACTIVATIONS
+    return (producer.op_type, user.op_type) in rules.fused_pairs
+
+
+def _target_groups(model: onnx.ModelProto, placement: Placement, rules: TargetRules, kept_float):
+    """The target's tied grids (a Concat's inputs and output) and fixed output ranges."""
+    fixed = {op: (low, high) for op, low, high in rules.fixed_ranges}
+    for node in model.graph.node:
+        if kept_float(node) or not node.output:
+            continue
+        if node.op_type in rules.tied_ops:
+            placement.tied.append([name for name in [*node.input, node.output[0]] if name])
+        if node.op_type in fixed:
+            placement.fixed_ranges[node.output[0]] = fixed[node.op_type]
+
+
+def _place_on_consumer_inputs(
+    model: onnx.ModelProto,
+    placement: Placement,
+    consumers: dict[str, list[onnx.NodeProto]],
+    kept_float,
+    is_float_dynamic,
+) -> None:
+    """TensorRT's layout: a quantizer on each activation input of a weighted op (both inputs of
+    a MatMul) and on the residual input(s) of an Add; none on a weighted op's output, which the
+    runtime fuses with its activation or with the Add it feeds."""
+    graph = model.graph
+    graph_outputs = {o.name for o in graph.output}
+    producers = {out: node for node in graph.node for out in node.output if out}
+
+    def fuses_into_add(name: str) -> bool:
+        producer = producers.get(name)
+        return (
+            producer is not None
+            and producer.op_type in WEIGHTED_OPS
+            and not kept_float(producer)
+            and len(consumers.get(name, [])) == 1
+            and name not in graph_outputs
+        )
+
+    wanted: set[str] = set()
+    for node in graph.node:
+        if kept_float(node):
+            continue
+        if node.op_type in WEIGHTED_OPS:
+            inputs = node.input[:2] if node.op_type == "MatMul" else node.input[:1]
+            wanted.update(name for name in inputs if is_float_dynamic(name))
+        elif node.op_type == "Add":
+            dynamic = [name for name in node.input if is_float_dynamic(name)]
+            if len(dynamic) < 2:
+                continue
+            fused = next((name for name in dynamic if fuses_into_add(name)), None)
+            wanted.update(name for name in dynamic if name != fused)
+        for output in node.output:
+            users = consumers.get(output, [])
+            if node.op_type in WEIGHTED_OPS and len(users) == 1 and output not in graph_outputs:
+                placement.fused[output] = users[0].name or users[0].output[0]
+
+    order = [value.name for value in graph.input] + [
+        out for node in graph.node for out in node.output if out
+    ]
+    placement.activations = [name for name in order if name in wanted]
+    for name in placement.activations:
+        placement.fused.pop(name, None)
 
 
 def float_reason(

@@ -16,6 +16,7 @@ from qaas_engine.quant.observers import HistogramObserver, MinMaxObserver
 from qaas_engine.quant.placement import Placement
 from qaas_engine.spec import QuantSpec
 from qaas_engine.tapped import TappedModel
+from qaas_engine.targets import target_rules
 from qaas_engine.tensors import batch_size, to_numpy, to_torch
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class QuantSim:
         self.executor = executor
         self.placement = placement
         self.spec = spec
+        self.rules = target_rules(spec.target)  # the deployment target's grids
         self.weight_encodings: dict[str, Encoding] = {}
         self.activation_encodings: dict[str, Encoding] = {}
         self.bias_encodings: dict[str, Encoding] = {}
@@ -70,7 +72,9 @@ class QuantSim:
     def weight_scheme(self, name: str) -> QuantScheme:
         site = self.placement.weights[name]
         per_channel = (
-            self.spec.weight_granularity == "per-channel" and site.channel_axis is not None
+            self.spec.weight_granularity == "per-channel"
+            and site.channel_axis is not None
+            and site.op_type not in self.rules.per_tensor_weight_ops
         )
         return QuantScheme(
             bits=self.spec.weight_bits,
@@ -105,8 +109,13 @@ class QuantSim:
     # -- activations ---------------------------------------------------------------------
     def activation_scheme(self, low: float) -> QuantScheme:
         bits = self.spec.activation_bits or 8
-        if self.spec.activation_symmetric:
-            return QuantScheme(bits=bits, symmetric=True, signed=low < 0)
+        symmetric = self.rules.activation_symmetric
+        if symmetric is None:
+            symmetric = self.spec.activation_symmetric
+        if symmetric:
+            return QuantScheme(
+                bits=bits, symmetric=True, signed=self.rules.activation_signed or low < 0
+            )
         return QuantScheme(bits=bits, symmetric=False, signed=False)
 
     def calibrate(
@@ -156,6 +165,7 @@ class QuantSim:
             scheme = self.activation_scheme(obs.low)
             low, high = estimator(obs, histograms.get(name), scheme)
             self.activation_encodings[name] = Encoding.from_range(scheme, low, high)
+        self.apply_target_grids()
         self.derive_bias_encodings()
         summary.skipped = {k: v for k, v in self.skipped.items()}
         return summary
@@ -186,6 +196,7 @@ class QuantSim:
             low, high = float(np.min(stats.low)), float(np.max(stats.high))
             scheme = self.activation_scheme(low)
             self.activation_encodings[name] = Encoding.from_range(scheme, low, high)
+        self.apply_target_grids()
         self.derive_bias_encodings()
         return len(self.activation_encodings)
 
@@ -223,9 +234,29 @@ class QuantSim:
 
         return observe
 
+    def apply_target_grids(self) -> None:
+        """The target's fixed output ranges, then one grid per tied group (the union of its
+        members' ranges), so the runtime needs no requantization there."""
+        for name, (low, high) in self.placement.fixed_ranges.items():
+            if name in self.activation_encodings:
+                scheme = self.activation_encodings[name].scheme
+                self.activation_encodings[name] = Encoding.from_range(scheme, low, high)
+        fixed = set(self.placement.fixed_ranges)  # a fixed grid is requantized where it joins
+        for group in _merged(self.placement.tied, self.quantizer_of, fixed):
+            members = [self.activation_encodings[name] for name in group]
+            low = min(float(np.min(enc.low)) for enc in members)
+            high = max(float(np.max(enc.high)) for enc in members)
+            shared = Encoding.from_range(members[0].scheme, low, high)
+            for name in group:
+                self.activation_encodings[name] = shared
+        self.invalidate()
+
     def derive_bias_encodings(self) -> None:
         """int32 bias at scale s_input * s_weight, as the integer kernel accumulates it."""
         self.bias_encodings = {}
+        if self.rules.bias == "float":
+            self.invalidate()
+            return
         for name, site in self.placement.weights.items():
             if not site.bias or name not in self.weight_encodings:
                 continue
@@ -237,7 +268,10 @@ class QuantSim:
                 np.float32
             )
             bias = np.abs(to_numpy(self.executor.weights[site.bias]).astype(np.float64))
-            if np.any(bias / scale.astype(np.float64) >= 2 ** (BIAS_BITS - 1) - 1):
+            saturates = self.rules.bias == "int32-saturating"  # the target clips, as simulated
+            if not saturates and np.any(
+                bias / scale.astype(np.float64) >= 2 ** (BIAS_BITS - 1) - 1
+            ):
                 if max(w_enc.scheme.bits, input_encoding.scheme.bits) <= 8:
                     # an 8-bit group fuses into an integer kernel that assumes s_input * s_weight
                     self.skipped[site.bias] = (
@@ -320,6 +354,22 @@ class QuantSim:
         executor = self.torch_executor()
         output = executor.output_names[0]
         return executor.run(feeds, hook=hook, weights=weights, outputs=[output])[output]
+
+
+def _merged(
+    groups: list[list[str]], quantizer_of: Callable[[str], str | None], fixed: set[str]
+) -> list[list[str]]:
+    """Tied groups as the quantizers that set their grids (fixed ones left out), overlapping
+    groups joined."""
+    merged: list[set[str]] = []
+    for group in groups:
+        members = {q for q in (quantizer_of(name) for name in group) if q is not None} - fixed
+        for other in [m for m in merged if m & members]:
+            members |= other
+            merged.remove(other)
+        if members:
+            merged.append(members)
+    return [sorted(group) for group in merged if len(group) > 1]
 
 
 class _RuntimeFailed(Exception):

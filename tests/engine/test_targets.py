@@ -39,11 +39,11 @@ def test_a_forced_mode_wins_and_says_when_this_cpu_cannot_check_it():
     assert forced.mode == "vnni" and "understates" in forced.reason
 
 
-def test_unknown_and_planned_targets_are_refused_by_name():
+def test_unknown_targets_are_refused_by_name():
     with pytest.raises(ValueError, match="unknown target"):
         check_target("onnxruntime-gpu")
-    with pytest.raises(ValueError, match="not supported yet"):
-        QuantSpec(target="qnn-htp")
+    with pytest.raises(ValueError, match="unknown target 'qnn-dsp'"):
+        QuantSpec(target="qnn-dsp")
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):

@@ -184,9 +184,11 @@ def test_job_target_sets_the_spec_target_and_a_bad_one_is_422(api, tenant, model
     job = api.post("/v1/jobs", json=body, headers=tenant).json()
     assert job["quantization"]["target"] == "onnxruntime-cpu:avx2"
     api.post(f"/v1/jobs/{job['id']}/cancel", headers=tenant)
-    bad = {**job_body(model, calibration), "target": "tensorrt"}
-    assert "not supported yet" in assert_envelope(
-        api.post("/v1/jobs", json=bad, headers=tenant), 422
+    bad = {**job_body(model, calibration), "target": "tensorrt-fp4"}
+    assert "unknown target" in assert_envelope(api.post("/v1/jobs", json=bad, headers=tenant), 422)
+    wide = {**job_body(model, calibration, activation_bits=16), "target": "tensorrt"}
+    assert "tensorrt takes activations int8" in assert_envelope(
+        api.post("/v1/jobs", json=wide, headers=tenant), 422
     )
 
 
