@@ -24,7 +24,7 @@ from qaas_engine.importer import ImportedModel
 from qaas_engine.quant.moments import propagate
 from qaas_engine.quant.placement import place_quantizers
 from qaas_engine.quant.sim import QuantSim
-from qaas_engine.rules import PRICING_BUDGET_S, apply_rules
+from qaas_engine.rules import apply_rules
 from qaas_engine.spec import QuantSpec
 from qaas_engine.state import PipelineState, Progress, Timer, no_progress
 from qaas_engine.step_registry import STEPS, Data, Stage, learns, missing_data_message
@@ -114,8 +114,7 @@ def build_sim(state: PipelineState, timer: Timer) -> QuantSim:
             )
         if target_rules(spec.target).executed_here:
             # a target run elsewhere keeps its documented grids: no rule widens or drops one
-            budget = max(PRICING_BUDGET_S, timer.seconds("calibration"))
-            sim, actions = timer.run("rules", lambda: apply_rules(state, sim, budget))
+            sim, actions = timer.run("rules", lambda: apply_rules(state, sim))
             state.rules = [action.as_dict() for action in actions]
     state.sim = sim
     return sim

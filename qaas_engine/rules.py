@@ -32,13 +32,13 @@ the ones the spec asked for.
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
+from qaas_engine.cost.shapes import macs_per_sample
 from qaas_engine.export.qdq import export_qdq
 from qaas_engine.quant.encoding import Encoding
 from qaas_engine.quant.estimators import ACTIVATION_METHODS
@@ -57,16 +57,21 @@ if TYPE_CHECKING:
 # Joined ranges wider apart than this leave the narrow part under 256 / 16 = 16 levels at 8 bits.
 WIDE_JOIN_RATIO = 16.0
 JOIN_OPS = frozenset({"Concat"})
-# sensitive_tensor: calibration samples the SQNR is measured on (in ORT), and the first of them
+# the calibration samples the rules measure the output SQNR on (in ORT), and the first of them
 # the noise is priced on (a backward pass in torch holds every activation of them)
 MEASURED_SAMPLES = 8
 SENSITIVITY_SAMPLES = 8
 PROMOTED_BITS = 16
 MAX_PROMOTED_SHARE = 0.1  # of the quantizers, at least MIN_PROMOTED
 MIN_PROMOTED = 4
-# the backward pass runs in torch, whose executor is far slower than ORT on large models: one
-# sample is priced first, more only where that one took less than this budget allows
-PRICING_BUDGET_S = 5.0
+# The rules' budget is counted in float forwards of one sample in ORT, not in seconds, so the
+# same model, data and seed get the same grids on any machine under any load: up to
+# BUDGET_PER_CALIBRATION_SAMPLE forwards per calibration sample, and at least as many as
+# MIN_BUDGET_MACS of the model's multiply-accumulates take (a small model's rules cost little).
+BUDGET_PER_CALIBRATION_SAMPLE = 3.0
+MIN_BUDGET_FORWARDS = 64.0
+MIN_BUDGET_MACS = 2e10
+QDQ_COST = 2.0  # the exported graph with ORT's optimizer off, per sample, in float forwards
 TORCH_COST_FACTOR = 40.0  # torch executor forward + backward per sample, in ORT forwards
 MIN_GAIN_DB = 3.0  # predicted, with every activation at 16 bits: less, and nothing is promoted
 # measured: 16-bit groups run unfused (in float between Q/DQ), so a smaller gain is not worth them
@@ -133,28 +138,34 @@ def wide_joins(model: onnx.ModelProto, sim: QuantSim) -> list[RuleAction]:
     return actions
 
 
-def float_outputs(model: onnx.ModelProto, feeds: dict[str, Any]) -> list[np.ndarray]:
-    """Every output of the float graph on ``feeds``, in ONNX Runtime."""
-    return list(session(model).run([value.name for value in model.graph.output], feeds))
-
-
 def measured_sqnr_db(
-    model: onnx.ModelProto, sim: QuantSim, feeds: dict[str, Any], reference: list[np.ndarray]
+    model: onnx.ModelProto,
+    sim: QuantSim,
+    batches: list[dict[str, Any]],
+    references: list[list[np.ndarray]],
 ) -> float:
-    """The exported graph's output SQNR against the float ``reference`` on ``feeds`` (the worst
-    output), run in ONNX Runtime with its optimizer off: exactly what the simulation computes."""
+    """The exported graph's output SQNR against the float ``references`` over ``batches`` (the
+    worst output), run in ONNX Runtime with its optimizer off: exactly what the simulation
+    computes."""
     qdq = export_qdq(model, sim, unsigned_weights=False)
     names = [value.name for value in model.graph.output]
-    quantized = session(qdq, optimized=False).run(names, feeds)
+    runtime = session(qdq, optimized=False)
+    signal = np.zeros(len(names))
+    noise = np.zeros(len(names))
+    floating = np.zeros(len(names), dtype=bool)
+    for feeds, reference in zip(batches, references, strict=True):
+        for i, (ref, test) in enumerate(zip(reference, runtime.run(names, feeds), strict=True)):
+            ref, test = np.asarray(ref), np.asarray(test)
+            if not np.issubdtype(ref.dtype, np.floating):
+                continue
+            floating[i] = True
+            ref64 = ref.astype(np.float64)
+            signal[i] += float(np.sum(ref64**2))
+            noise[i] += float(np.sum((ref64 - test.astype(np.float64)) ** 2))
     worst = float("inf")
-    for ref, test in zip(reference, quantized, strict=True):
-        ref, test = np.asarray(ref), np.asarray(test)
-        if not np.issubdtype(ref.dtype, np.floating):
-            continue
-        ref64, diff = ref.astype(np.float64), ref.astype(np.float64) - test.astype(np.float64)
-        noise = float(np.sum(diff**2))
-        if noise > 0:
-            worst = min(worst, 10.0 * float(np.log10(max(float(np.sum(ref64**2)), 1e-30) / noise)))
+    for index in np.flatnonzero(floating & (noise > 0)):
+        ratio = max(float(signal[index]), 1e-30) / float(noise[index])
+        worst = min(worst, 10.0 * float(np.log10(ratio)))
     return worst
 
 
@@ -163,48 +174,51 @@ class Probe:
     """The calibration samples the rules measure on, the float outputs there, and (when a rule
     may set ranges again) each quantized activation's histogram over the same samples."""
 
-    feeds: dict[str, Any]
-    reference: list[np.ndarray]
+    batches: list[dict[str, Any]]
+    references: list[list[np.ndarray]]
     samples: int  # how many the SQNR is measured on
-    forward_s: float  # one float pass over them, in ORT
     histograms: dict[str, HistogramObserver]
 
     def sqnr_db(self, model: onnx.ModelProto, sim: QuantSim) -> float:
-        return measured_sqnr_db(model, sim, self.feeds, self.reference)
+        return measured_sqnr_db(model, sim, self.batches, self.references)
 
 
 def probe(state: PipelineState, sim: QuantSim, *, histograms: bool) -> Probe | None:
     """One float pass over the first ``MEASURED_SAMPLES`` calibration samples; with
     ``histograms``, the quantized activations are exposed and binned on the way."""
-    if state.calibration is None:
+    data = state.calibration
+    if data is None:
         return None
-    batch, _ = next(iter(state.calibration.batches(MEASURED_SAMPLES, MEASURED_SAMPLES)))
-    feeds = {name: np.asarray(value) for name, value in batch.items()}
-    measured = 1 if state.calibration.one_at_a_time else batch_size(feeds)
-    start = time.perf_counter()
-    if not histograms:
-        reference = float_outputs(state.model, feeds)
-        return Probe(feeds, reference, measured, time.perf_counter() - start, {})
-    observers = {
-        name: HistogramObserver(float(np.min(enc.low)), float(np.max(enc.high)))
-        for name, enc in sim.activation_encodings.items()
-    }
-    runner = TappedModel(
-        state.model, sorted(observers), batched=not state.calibration.one_at_a_time
+    batches = [
+        {name: np.asarray(value) for name, value in feeds.items()}
+        for feeds, _ in data.batches(MEASURED_SAMPLES, MEASURED_SAMPLES)
+    ]
+    samples = len(batches) if data.one_at_a_time else sum(batch_size(b) for b in batches)
+    observers = (
+        {
+            name: HistogramObserver(float(np.min(enc.low)), float(np.max(enc.high)))
+            for name, enc in sim.activation_encodings.items()
+        }
+        if histograms
+        else {}
     )
-    chunks: list[list[np.ndarray]] = []
-    for values in runner.run(feeds):
-        chunks.append([np.asarray(values[name]) for name in runner.output_names])
-        for name, observer in observers.items():
-            value = values.get(name)
-            if value is not None and np.issubdtype(np.asarray(value).dtype, np.floating):
-                observer.observe(value)
-    reference = (
-        chunks[0]
-        if len(chunks) == 1
-        else [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
-    )
-    return Probe(feeds, reference, measured, time.perf_counter() - start, observers)
+    runner = TappedModel(state.model, sorted(observers), batched=not data.one_at_a_time)
+    rng = np.random.default_rng(sim.spec.seed)
+    references = []
+    for feeds in batches:
+        chunks = []
+        for values in runner.run(feeds):
+            chunks.append([np.asarray(values[name]) for name in runner.output_names])
+            for name, observer in observers.items():
+                value = values.get(name)
+                if value is not None and np.issubdtype(np.asarray(value).dtype, np.floating):
+                    observer.observe(_even_sample(np.asarray(value).reshape(-1), rng))
+        references.append(
+            chunks[0]
+            if len(chunks) == 1
+            else [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+        )
+    return Probe(batches, references, samples, observers)
 
 
 def _even_sample(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -269,50 +283,57 @@ def _set_activations(sim: QuantSim, encodings: dict[str, Encoding]) -> None:
 def sensitive_tensors(
     state: PipelineState,
     sim: QuantSim,
-    budget_s: float = PRICING_BUDGET_S,
+    budget: float | None = None,
     measured: Probe | None = None,
     before: float | None = None,
 ) -> list[RuleAction]:
     """Promote the quantizers that carry most of the output noise to 16-bit grids (in place),
-    when the measured output SQNR misses the spec's target."""
+    when the measured output SQNR misses the spec's target. ``budget``: float forwards left
+    (see ``BUDGET_PER_CALIBRATION_SAMPLE``; the whole rules' budget when None)."""
     spec = sim.spec
     if state.calibration is None or learns(spec.pipeline) or spec.activation_bits != 8:
         return []
-    start = time.perf_counter()
+    budget = rules_budget(state) if budget is None else budget
     measured = measured or probe(state, sim, histograms=False)
     if measured is None:
         return []
-    feeds, reference = measured.feeds, measured.reference
     if before is None:
         before = measured.sqnr_db(state.model, sim)
     if before >= spec.min_sqnr_db:
         return []
-    # what is left to do: one sample's backward pass in the torch executor (about
-    # TORCH_COST_FACTOR ORT forwards) and a second measurement like the first
-    measuring = max(time.perf_counter() - start - measured.forward_s, measured.forward_s)
-    predicted = measured.forward_s / measured.samples * TORCH_COST_FACTOR + measuring
-    if predicted > budget_s:
+    # one sample's backward pass in the torch executor, then a measurement like the first
+    cost = TORCH_COST_FACTOR + QDQ_COST * measured.samples
+    if cost > budget:
         return [
             RuleAction(
                 rule="sensitive_tensor",
                 node="(model)",
-                action="not applied: pricing the noise would cost too long",
+                action="not applied: pricing the noise would cost too much",
                 why=f"output SQNR {before:.1f} dB < {spec.min_sqnr_db:g} dB target, but pricing "
-                f"and measuring 16-bit grids would take about {predicted:.0f} s, over the "
-                f"{max(budget_s, 0):.0f} s left of the rules' budget (the calibration's time, at "
-                f"least {PRICING_BUDGET_S:g} s); --keep-float or a wider --activations grid "
-                "can help",
+                f"and measuring 16-bit grids costs about {cost:.0f} float forwards, over the "
+                f"{max(budget, 0):.0f} left of the rules' budget ({budget_words()}); more "
+                "calibration samples, --keep-float or a wider --activations grid can help",
             )
         ]
-    estimate = _priced(sim, feeds, state.calibration.one_at_a_time, spec.seed, budget_s)
+    first = measured.batches[0]
+    estimate = _priced(sim, first, state.calibration.one_at_a_time, spec.seed, budget - cost)
     chosen = _most_noise(estimate, spec.min_sqnr_db)
     if not chosen:
-        return []
+        return [
+            RuleAction(
+                rule="sensitive_tensor",
+                node="(model)",
+                action="none promoted: the weights carry the noise",
+                why=f"output SQNR {before:.1f} dB < {spec.min_sqnr_db:g} dB target, but with "
+                f"every activation at {PROMOTED_BITS} bits the priced noise would fall less "
+                f"than {MIN_GAIN_DB:g} dB; more weight bits (--weights) or --keep-float can help",
+            )
+        ]
     saved = dict(sim.activation_encodings)
     for name in chosen:
         _promote(sim, name)
     sim.derive_bias_encodings()
-    after = measured_sqnr_db(state.model, sim, feeds, reference)
+    after = measured.sqnr_db(state.model, sim)
     if after < before + MIN_MEASURED_GAIN_DB:
         _set_activations(sim, saved)
         return [
@@ -344,21 +365,43 @@ def sensitive_tensors(
 
 
 def _priced(
-    sim: QuantSim, feeds: dict[str, Any], one_at_a_time: bool, seed: int, budget_s: float
+    sim: QuantSim, feeds: dict[str, Any], one_at_a_time: bool, seed: int, budget: float
 ) -> NoiseEstimate:
-    """The noise estimate on one sample, then on ``SENSITIVITY_SAMPLES`` if the budget allows."""
+    """The noise estimate on one sample; on ``SENSITIVITY_SAMPLES`` where the budget allows."""
+    more = TORCH_COST_FACTOR * (SENSITIVITY_SAMPLES - 1)
+    count = 1 if one_at_a_time or more > budget else SENSITIVITY_SAMPLES
+    if not one_at_a_time:
+        feeds = {name: value[:count] if np.ndim(value) else value for name, value in feeds.items()}
+    return estimate_noise(sim, feeds, seed=seed)
 
-    def first(count: int) -> dict[str, Any]:
-        if one_at_a_time:
-            return feeds
-        return {name: value[:count] if np.ndim(value) else value for name, value in feeds.items()}
 
-    start = time.perf_counter()
-    estimate = estimate_noise(sim, first(1), seed=seed)
-    spent = time.perf_counter() - start
-    if one_at_a_time or spent * (SENSITIVITY_SAMPLES + 1) > budget_s:
-        return estimate
-    return estimate_noise(sim, first(SENSITIVITY_SAMPLES), seed=seed)
+def rules_budget(state: PipelineState, macs_per_sample: int = 0) -> float:
+    """Float forwards of one sample the rules may spend: a multiple of the calibration's own,
+    or what ``MIN_BUDGET_MACS`` buys of a model of ``macs_per_sample``, whichever is more."""
+    data = state.calibration
+    samples = 0 if data is None else data.num_samples
+    if data is not None and state.spec.max_calibration_samples is not None:
+        samples = min(samples, state.spec.max_calibration_samples)
+    floor = MIN_BUDGET_MACS / macs_per_sample if macs_per_sample > 0 else MIN_BUDGET_FORWARDS
+    return max(MIN_BUDGET_FORWARDS, floor, BUDGET_PER_CALIBRATION_SAMPLE * samples)
+
+
+def budget_words() -> str:
+    return (
+        f"{BUDGET_PER_CALIBRATION_SAMPLE:g} per calibration sample, at least "
+        f"{MIN_BUDGET_FORWARDS:g} and at least {MIN_BUDGET_MACS:.0e} multiply-accumulates' worth"
+    )
+
+
+def model_macs(state: PipelineState, measured: Probe) -> int:
+    """Multiply-accumulates of one sample, from the shapes of one run (0 where none count)."""
+    feeds = measured.batches[0]
+    if not state.calibration or not state.calibration.one_at_a_time:
+        feeds = {name: value[:1] if np.ndim(value) else value for name, value in feeds.items()}
+    try:
+        return sum(macs_per_sample(state.model, state.executor, feeds).values())
+    except Exception:  # shapes unknown: the budget falls back to its count of forwards
+        return 0
 
 
 def _most_noise(estimate: NoiseEstimate, target_db: float) -> list[str]:
@@ -395,13 +438,15 @@ def _promote(sim: QuantSim, name: str) -> None:
 
 
 def apply_rules(
-    state: PipelineState, sim: QuantSim, budget_s: float = PRICING_BUDGET_S
+    state: PipelineState, sim: QuantSim, budget: float | None = None
 ) -> tuple[QuantSim, list[RuleAction]]:
     """The simulation with every rule's decision applied, and the report's lines for them.
 
     Nodes a rule keeps float are placed again as a user's ``--keep-float`` would place them;
     the ranges already measured carry over, so nothing is calibrated twice. The output SQNR is
-    measured once and handed from rule to rule.
+    measured once and handed from rule to rule, within one budget of float forwards
+    (``rules_budget``): what a rule does depends on the model, data and seed, never on how busy
+    the machine is.
     """
     if sim.spec.strict_bits or not sim.activation_encodings:
         return sim, []
@@ -413,35 +458,35 @@ def apply_rules(
     if state.calibration is None or learns(spec.pipeline):
         return sim, actions
     # a --calibration-method the user named is kept as given
-    start = time.perf_counter()
     measured = probe(state, sim, histograms=spec.calibration_method == "auto")
     if measured is None:
         return sim, actions
     before = measured.sqnr_db(model, sim)
     if before >= spec.min_sqnr_db:
         return sim, actions
-    # each estimator tried costs about what the first measurement did
-    measuring = time.perf_counter() - start - measured.forward_s
-    predicted = time.perf_counter() - start + len(RANGE_METHODS) * measuring
+    if budget is None:
+        budget = rules_budget(state, model_macs(state, measured))
+    budget -= (1 + QDQ_COST) * measured.samples
+    cost = len(RANGE_METHODS) * QDQ_COST * measured.samples
     if not measured.histograms:
         pass
-    elif predicted <= budget_s:
+    elif cost <= budget:
         ranged, before = range_method(model, sim, measured, before)
         actions += ranged
+        budget -= cost
     else:
         actions.append(
             RuleAction(
                 rule="range_method",
                 node="(all activations)",
-                action="not tried: measuring other estimators would cost too long",
+                action="not tried: measuring other estimators would cost too much",
                 why=f"output SQNR {before:.1f} dB < {spec.min_sqnr_db:g} dB target; trying "
-                f"{' and '.join(RANGE_METHODS)} ranges would take about {predicted:.0f} s, over "
-                f"the rules' {budget_s:.0f} s budget; --calibration-method mse or percentile "
-                "tries one",
+                f"{' and '.join(RANGE_METHODS)} ranges costs about {cost:.0f} float forwards, "
+                f"over the {max(budget, 0):.0f} left of the rules' budget ({budget_words()}); "
+                "--calibration-method mse or percentile tries one",
             )
         )
-    budget_left = budget_s - (time.perf_counter() - start)
-    return sim, actions + sensitive_tensors(state, sim, budget_left, measured, before)
+    return sim, actions + sensitive_tensors(state, sim, budget, measured, before)
 
 
 def _keep_float(model: onnx.ModelProto, sim: QuantSim, actions: list[RuleAction]) -> QuantSim:

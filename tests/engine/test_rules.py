@@ -90,7 +90,7 @@ def test_pricing_that_would_overrun_its_budget_is_skipped_and_says_so(tmp_path):
     state = build_state(imported, QuantSpec(strict_bits=True), calibration, None)
     sim = build_sim(state, Timer())
     before = dict(sim.activation_encodings)
-    (line,) = sensitive_tensors(state, sim, budget_s=0.0)
+    (line,) = sensitive_tensors(state, sim, budget=0.0)
     assert line.action.startswith("not applied") and "budget" in line.why
     assert sim.activation_encodings == before
 
