@@ -81,7 +81,7 @@ RANGE_METHODS = ("mse", "percentile")
 MIN_RANGE_GAIN_DB = 0.5
 # values binned per tensor and batch: an even sample of a large activation gives its histogram
 # (a 99.99th percentile still rests on about a hundred values over the measured samples)
-HISTOGRAM_VALUES = 2**15
+HISTOGRAM_VALUES = 2**15  # per sample
 
 
 @dataclass(frozen=True)
@@ -171,21 +171,18 @@ def measured_sqnr_db(
 
 @dataclass
 class Probe:
-    """The calibration samples the rules measure on, the float outputs there, and (when a rule
-    may set ranges again) each quantized activation's histogram over the same samples."""
+    """The calibration samples the rules measure on, and the float outputs there."""
 
     batches: list[dict[str, Any]]
     references: list[list[np.ndarray]]
     samples: int  # how many the SQNR is measured on
-    histograms: dict[str, HistogramObserver]
 
     def sqnr_db(self, model: onnx.ModelProto, sim: QuantSim) -> float:
         return measured_sqnr_db(model, sim, self.batches, self.references)
 
 
-def probe(state: PipelineState, sim: QuantSim, *, histograms: bool) -> Probe | None:
-    """One float pass over the first ``MEASURED_SAMPLES`` calibration samples; with
-    ``histograms``, the quantized activations are exposed and binned on the way."""
+def probe(state: PipelineState) -> Probe | None:
+    """One float pass over the first ``MEASURED_SAMPLES`` calibration samples."""
     data = state.calibration
     if data is None:
         return None
@@ -194,47 +191,64 @@ def probe(state: PipelineState, sim: QuantSim, *, histograms: bool) -> Probe | N
         for feeds, _ in data.batches(MEASURED_SAMPLES, MEASURED_SAMPLES)
     ]
     samples = len(batches) if data.one_at_a_time else sum(batch_size(b) for b in batches)
-    observers = (
-        {
-            name: HistogramObserver(float(np.min(enc.low)), float(np.max(enc.high)))
-            for name, enc in sim.activation_encodings.items()
-        }
-        if histograms
-        else {}
-    )
-    runner = TappedModel(state.model, sorted(observers), batched=not data.one_at_a_time)
-    rng = np.random.default_rng(sim.spec.seed)
+    runner = TappedModel(state.model, (), batched=not data.one_at_a_time)
     references = []
     for feeds in batches:
-        chunks = []
-        for values in runner.run(feeds):
-            chunks.append([np.asarray(values[name]) for name in runner.output_names])
-            for name, observer in observers.items():
-                value = values.get(name)
-                if value is not None and np.issubdtype(np.asarray(value).dtype, np.floating):
-                    observer.observe(_even_sample(np.asarray(value).reshape(-1), rng))
+        chunks = [
+            [np.asarray(values[n]) for n in runner.output_names] for values in runner.run(feeds)
+        ]
         references.append(
             chunks[0]
             if len(chunks) == 1
             else [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
         )
-    return Probe(batches, references, samples, observers)
+    return Probe(batches, references, samples)
 
 
-def _even_sample(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """At most ``HISTOGRAM_VALUES`` of ``values``, drawn uniformly (a stride could alias with
-    the channel layout)."""
-    if values.size <= HISTOGRAM_VALUES:
+def calibration_histograms(state: PipelineState, sim: QuantSim) -> dict[str, HistogramObserver]:
+    """Each quantized activation's histogram over the calibration data, on the grid's range:
+    the pass ``--calibration-method mse|percentile`` makes, so a range the rule keeps is the one
+    that option would give."""
+    data = state.calibration
+    observers = {
+        name: HistogramObserver(float(np.min(enc.low)), float(np.max(enc.high)))
+        for name, enc in sim.activation_encodings.items()
+    }
+    if data is None or not observers:
+        return {}
+    runner = TappedModel(state.model, sorted(observers), batched=not data.one_at_a_time)
+    rng = np.random.default_rng(sim.spec.seed)
+    for feeds in state.calibration_arrays():
+        count = 1 if data.one_at_a_time else batch_size(feeds)
+        for values in runner.run(feeds):
+            for name, observer in observers.items():
+                value = values.get(name)
+                if value is not None and np.issubdtype(np.asarray(value).dtype, np.floating):
+                    flat = np.asarray(value).reshape(-1)
+                    observer.observe(_even_sample(flat, HISTOGRAM_VALUES * count, rng))
+    return observers
+
+
+def _even_sample(values: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """About ``count`` of ``values``, every k-th from a random start; k is made odd so it
+    cannot step in time with an even channel or row size."""
+    if values.size <= count:
         return values
-    return values[rng.integers(0, values.size, HISTOGRAM_VALUES)]
+    stride = values.size // count
+    stride += 1 - stride % 2
+    return values[int(rng.integers(0, stride)) :: stride]
 
 
 def range_method(
-    model: onnx.ModelProto, sim: QuantSim, measured: Probe, before: float
+    model: onnx.ModelProto,
+    sim: QuantSim,
+    measured: Probe,
+    before: float,
+    histograms: dict[str, HistogramObserver],
 ) -> tuple[list[RuleAction], float]:
     """Activation ranges set again by the estimator that measures best (in place), when that
     gains at least ``MIN_RANGE_GAIN_DB``; the actions and the SQNR the grids now give."""
-    if not measured.histograms:
+    if not histograms:
         return [], before
     saved = dict(sim.activation_encodings)
     start = sim.spec.range_estimator
@@ -245,7 +259,7 @@ def range_method(
             continue
         _, estimator = ACTIVATION_METHODS[method]
         encodings = dict(saved)
-        for name, hist in measured.histograms.items():
+        for name, hist in histograms.items():
             if hist.counts.sum() > 0 and name in encodings:
                 scheme = encodings[name].scheme
                 low, high = estimator(None, hist, scheme)  # type: ignore[arg-type]
@@ -294,7 +308,7 @@ def sensitive_tensors(
     if state.calibration is None or learns(spec.pipeline) or spec.activation_bits != 8:
         return []
     budget = rules_budget(state) if budget is None else budget
-    measured = measured or probe(state, sim, histograms=False)
+    measured = measured or probe(state)
     if measured is None:
         return []
     if before is None:
@@ -375,15 +389,21 @@ def _priced(
     return estimate_noise(sim, feeds, seed=seed)
 
 
-def rules_budget(state: PipelineState, macs_per_sample: int = 0) -> float:
-    """Float forwards of one sample the rules may spend: a multiple of the calibration's own,
-    or what ``MIN_BUDGET_MACS`` buys of a model of ``macs_per_sample``, whichever is more."""
+def calibration_samples(state: PipelineState) -> int:
     data = state.calibration
     samples = 0 if data is None else data.num_samples
     if data is not None and state.spec.max_calibration_samples is not None:
         samples = min(samples, state.spec.max_calibration_samples)
+    return samples
+
+
+def rules_budget(state: PipelineState, macs_per_sample: int = 0) -> float:
+    """Float forwards of one sample the rules may spend: a multiple of the calibration's own,
+    or what ``MIN_BUDGET_MACS`` buys of a model of ``macs_per_sample``, whichever is more."""
     floor = MIN_BUDGET_MACS / macs_per_sample if macs_per_sample > 0 else MIN_BUDGET_FORWARDS
-    return max(MIN_BUDGET_FORWARDS, floor, BUDGET_PER_CALIBRATION_SAMPLE * samples)
+    return max(
+        MIN_BUDGET_FORWARDS, floor, BUDGET_PER_CALIBRATION_SAMPLE * calibration_samples(state)
+    )
 
 
 def budget_words() -> str:
@@ -457,8 +477,7 @@ def apply_rules(
     spec = sim.spec
     if state.calibration is None or learns(spec.pipeline):
         return sim, actions
-    # a --calibration-method the user named is kept as given
-    measured = probe(state, sim, histograms=spec.calibration_method == "auto")
+    measured = probe(state)
     if measured is None:
         return sim, actions
     before = measured.sqnr_db(model, sim)
@@ -467,11 +486,14 @@ def apply_rules(
     if budget is None:
         budget = rules_budget(state, model_macs(state, measured))
     budget -= (1 + QDQ_COST) * measured.samples
-    cost = len(RANGE_METHODS) * QDQ_COST * measured.samples
-    if not measured.histograms:
-        pass
+    # a histogram pass over the calibration data, then each estimator measured
+    cost = calibration_samples(state) + len(RANGE_METHODS) * QDQ_COST * measured.samples
+    if spec.calibration_method != "auto":
+        pass  # a --calibration-method the user named is kept as given
     elif cost <= budget:
-        ranged, before = range_method(model, sim, measured, before)
+        ranged, before = range_method(
+            model, sim, measured, before, calibration_histograms(state, sim)
+        )
         actions += ranged
         budget -= cost
     else:

@@ -110,14 +110,14 @@ class SpikedInput(torch.nn.Module):
 
 def _spiked(tmp_path):
     torch.manual_seed(0)
-    model = export_legacy(SpikedInput().eval(), tmp_path / "m.onnx", torch.randn(1, 1, 8, 8))
+    model = export_legacy(SpikedInput().eval(), tmp_path / "m.onnx", torch.randn(1, 1, 32, 32))
     rng = np.random.default_rng(0)
-    images = rng.standard_normal((32, 1, 8, 8), np.float32)
-    images[20, 0, 4, 4] = 200.0  # one sensor glitch among 2,048 pixels
+    images = rng.standard_normal((32, 1, 32, 32), np.float32)
+    images[20, 0, 4, 4] = 200.0  # one sensor glitch among 32,768 pixels
     data = tmp_path / "c.npz"
     np.savez(data, input=images)
     held_out = tmp_path / "e.npz"
-    np.savez(held_out, input=rng.standard_normal((64, 1, 8, 8), np.float32))
+    np.savez(held_out, input=rng.standard_normal((64, 1, 32, 32), np.float32))
     imported = import_model(model)
     inputs = model_inputs(imported.model)
     return imported, load_npz(data, inputs), load_npz(held_out, inputs)
