@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.real_models import data, metrics
-from bench.real_models.fetch import fetch, onet_onnx
+from bench.real_models.fetch import fetch, minilm_onnx, onet_onnx
 
 Feeds = list[dict[str, np.ndarray]]
 Outputs = list[list[np.ndarray]]  # per sample, per model output
@@ -202,6 +202,24 @@ def _oriented_page(rng: np.random.Generator) -> np.ndarray:
     return data.imagenet(image)
 
 
+def _sentence_feeds(count: int, seed: int) -> Feeds:
+    from bench.real_models.minilm import tokenizer
+
+    words = tokenizer(minilm_onnx().with_name("tokenizer.json"))
+    feeds = []
+    for text in data.sentences(count, np.random.default_rng(seed)):
+        ids, mask = words.encode(text)
+        feeds.append({"input_ids": ids[None], "attention_mask": mask[None]})
+    return feeds
+
+
+def _cosine(reference: Outputs, test: Outputs) -> float:
+    """Mean cosine between float and quantized sentence embeddings."""
+    ref, out = np.concatenate(_first(reference)), np.concatenate(_first(test))
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
+    return float(np.mean(np.sum(ref * out, axis=1) / np.maximum(norms, 1e-12)))
+
+
 def _face_feeds(count: int, seed: int) -> Feeds:
     crops = data.face_crops(count, np.random.default_rng(seed))
     return [{"crops": crop[None]} for crop in crops]
@@ -284,5 +302,14 @@ CASES: list[Case] = [
         onet_onnx,
         _face_feeds,
         _landmarks,
+    ),
+    Case(
+        "minilm_sentence",
+        "sentence-embedding transformer (all-MiniLM-L6-v2)",
+        "cosine vs float embedding",
+        minilm_onnx,
+        _sentence_feeds,
+        _cosine,
+        notes="Python standard-library docstring sentences, 48 tokens with padding masked",
     ),
 ]

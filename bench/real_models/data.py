@@ -135,6 +135,39 @@ def captcha(size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
 
 
 @cache
+def _prose() -> tuple[str, ...]:
+    """Sentences of English prose: the docstrings of Python's own standard library."""
+    import argparse
+    import collections
+    import csv
+    import email
+    import json
+    import logging
+    import pathlib
+    import subprocess
+    import threading
+    import unittest
+
+    modules = [argparse, collections, csv, email, json, logging, pathlib, subprocess]
+    modules += [threading, unittest]
+    found = []
+    for module in modules:
+        texts: list[object] = [module.__doc__]
+        texts += [getattr(v, "__doc__", None) for v in vars(module).values() if callable(v)]
+        for text in (t for t in texts if isinstance(t, str)):
+            for sentence in " ".join(text.split()).split(". "):
+                if 6 <= len(sentence.split()) <= 30 and sentence[:1].isupper():
+                    found.append(sentence.rstrip(".") + ".")
+    return tuple(sorted(set(found)))
+
+
+def sentences(count: int, rng: np.random.Generator) -> list[str]:
+    """``count`` distinct sentences drawn from the standard library's documentation."""
+    prose = _prose()
+    return [prose[int(i)] for i in rng.choice(len(prose), size=count, replace=False)]
+
+
+@cache
 def _faces() -> np.ndarray:
     import skimage.data
 

