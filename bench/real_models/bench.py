@@ -29,6 +29,22 @@ def _session(model: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 
+def _quantizes(model: Path) -> bool:
+    """Whether any QuantizeLinear is left in the graph or its subgraphs."""
+    import onnx
+
+    def walk(graph: onnx.GraphProto) -> bool:
+        for node in graph.node:
+            if node.op_type == "QuantizeLinear":
+                return True
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.GRAPH and walk(attribute.g):
+                    return True
+        return False
+
+    return walk(onnx.load(str(model), load_external_data=False).graph)
+
+
 def _fidelity(case: Case, reference: Outputs, test: Outputs) -> dict[str, float]:
     """Lowest output SQNR and lowest channel SQNR over the model's outputs."""
     whole, channels = [], []
@@ -74,7 +90,9 @@ def bench_case(case: Case, samples: int, folder: Path) -> dict[str, Any]:
     }
     for run in runs:
         row: dict[str, Any] = {"wall_s": round(run.wall_s, 2), "error": run.error}
-        if run.model is not None:
+        if run.model is not None and not _quantizes(run.model):
+            row["error"] = "returned a model with no QuantizeLinear node: nothing was quantized"
+        elif run.model is not None:
             try:
                 test = runner(_session(run.model), held_out)
                 row["task"] = case.score(reference, test)

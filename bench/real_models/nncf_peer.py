@@ -38,7 +38,7 @@ def main() -> int:
         with np.load(args.calibration) as data:
             arrays = {name: data[name] for name in data.files}
         count = len(next(iter(arrays.values())))
-        items = [{name: a[i] for name, a in arrays.items()} for i in range(count)]
+        items = [{name: np.asarray(a[i]) for name, a in arrays.items()} for i in range(count)]
         model = onnx.load(str(args.model))
         quantized = nncf.quantize(model, nncf.Dataset(items), subset_size=count)
         onnx.save(quantized, str(args.output))

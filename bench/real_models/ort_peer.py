@@ -24,7 +24,7 @@ class StackedReader:
 
     def __init__(self, arrays: dict[str, np.ndarray]) -> None:
         count = len(next(iter(arrays.values())))
-        self.feeds = [{name: a[i] for name, a in arrays.items()} for i in range(count)]
+        self.feeds = [{name: np.asarray(a[i]) for name, a in arrays.items()} for i in range(count)]
         self.index = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
