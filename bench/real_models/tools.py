@@ -110,10 +110,13 @@ def run_nncf(model: Path, calibration: Path, folder: Path) -> ToolRun:
 
 
 def rules_fired(report: dict[str, Any]) -> str:
-    """The rules of report.json, as ``name x count``, or '-' when none fired."""
+    """The rules of report.json, as ``name x count``, or '-' when none has a line; a line whose
+    action says it was not applied (e.g. over the time budget) is counted as such."""
     counts: dict[str, int] = {}
     for rule in report.get("rules") or []:
         name = str(rule.get("rule", "?")) if isinstance(rule, dict) else str(rule)
+        action = str(rule.get("action", "")) if isinstance(rule, dict) else ""
+        name += " (not applied)" if action.startswith("not applied") else ""
         counts[name] = counts.get(name, 0) + 1
     return ", ".join(f"{n} x{c}" for n, c in sorted(counts.items())) or "-"
 

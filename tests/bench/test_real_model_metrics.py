@@ -126,3 +126,20 @@ def test_onet_shapes() -> None:
     box, landmarks, probability = ONet().eval()(torch.zeros(2, 3, 48, 48))
     assert box.shape == (2, 4) and landmarks.shape == (2, 10)
     assert torch.allclose(probability.sum(1), torch.ones(2))
+
+
+def test_rules_fired_tells_applied_from_skipped() -> None:
+    from bench.real_models.tools import rules_fired
+
+    report = {
+        "rules": [
+            {"rule": "sensitive_tensor", "action": "16-bit activations"},
+            {"rule": "sensitive_tensor", "action": "16-bit activations"},
+            {"rule": "sensitive_tensor", "action": "not applied: pricing would cost too long"},
+            {"rule": "wide_join", "action": "kept the join in float"},
+        ]
+    }
+    assert rules_fired(report) == (
+        "sensitive_tensor x2, sensitive_tensor (not applied) x1, wide_join x1"
+    )
+    assert rules_fired({"rules": []}) == "-"
