@@ -28,7 +28,17 @@ the float torch model to computed encodings (prepare, BN fold, AdaRound, quantsi
 AIMET's interpreter start and ``import aimet_torch`` are shown apart. The AdaRound steps alone
 are compared too. torch runs on the same number of threads in both processes.
 
-Run: ``python bench/adaround_vs_peers.py [--quick] [--iterations N] [--threads N] [--no-aimet]``.
+Run: ``python bench/adaround_vs_peers.py [--quick] [--iterations N] [--threads N] [--no-aimet]
+[--model depthwise|mobilenetv2] [--pipeline cle,adaround] [--aimet-cle]``.
+
+Budget comparison (issue 16), per-tensor W4A8, several seeds in one run: ``--seeds 0,1,2 --model
+mobilenetv2 --pipeline cle,adaround --iterations N``. Per seed it trains the net, runs qaas nearest
+and qaas AdaRound, AIMET CLE + AdaRound at ``--aimet-time-iterations`` (100: the time reference,
+always run in this run) and AIMET AdaRound at ``--aimet-reference-iterations`` (2,000: the accuracy
+reference, ~400 s a seed on an idle machine, so kept in ``bench/.cache/adaround_aimet_reference/``
+under a hash of the trained weights, the data and the settings, reused by later runs and marked
+"(cached)" in the table; ``--no-cache`` reruns it). It prints per-seed rows, medians, ratios and
+the targets: median top-1 >= AIMET-2000's, median time <= AIMET-100's.
 If AIMET cannot be installed or run, the bench says why and compares qaas AdaRound with qaas
 nearest rounding and the gaps published in the AdaRound paper.
 """
