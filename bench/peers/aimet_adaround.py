@@ -1,9 +1,11 @@
-"""AIMET's AdaRound (and its nearest rounding) on the bench's depthwise net; runs in AIMET's venv.
+"""AIMET's AdaRound (and its nearest rounding) on the bench's nets; runs in AIMET's venv.
 
 Started by ``bench/adaround_vs_peers.py`` with ``bench/.venvs/aimet/bin/python`` and
 ``PYTHONPATH=<repo>/../shared/peers/tv_stub:<repo>``. The AIMET venv has torch and aimet-torch but
-none of the project's dependencies, so ``DepthwiseReLUNet`` is loaded from
-``qaas_engine/zoo/imbalance.py`` alone (see ``aimet_dfq.load_net_class``).
+none of the project's dependencies, so the net is loaded from its zoo file alone:
+``DepthwiseReLUNet`` from ``qaas_engine/zoo/imbalance.py`` (``--model depthwise``, see
+``aimet_dfq.load_net_class``) or ``MobileNetV2Like`` from ``qaas_engine/zoo/models.py``
+(``--model mobilenetv2``, the bundled example's architecture).
 
 Inputs: a ``state_dict`` saved with ``torch.save`` (loaded with ``weights_only=True``) and an
 ``.npz`` with ``x_calib``, ``x_eval`` and ``y_eval``. Each variant is ``<rounding>-<granularity>``
@@ -13,6 +15,8 @@ explicitly: aimet-torch 2.42's ``config_file=None`` is per-channel) or ``pc``
 
 1. ``prepare_model`` (functional add/mean become modules, so they are quantized too), then
    ``fold_all_batch_norms`` (qaas folds BN while preparing, so both quantize folded weights);
+   with ``--cle``, ``equalize_model`` instead (it folds BN itself, then scales across layers and
+   absorbs high biases), AIMET's recommended step before AdaRound;
 2. ``adaround`` only: ``Adaround.apply_adaround(model, dummy, AdaroundParameters(loader,
    num_batches, default_num_iterations=N), path, prefix, default_param_bw=bits,
    default_quant_scheme=scheme, default_config_file=config)``: the calibration images in
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.metadata
+import importlib.util
 import json
 import logging
 import math
@@ -49,6 +54,19 @@ import torch
 from bench.peers.aimet_dfq import load_net_class, top1, weight_granularity
 
 CONFIGS = {"pt": "default_config.json", "pc": "default_config_per_channel.json"}
+ZOO_MODELS = Path(__file__).resolve().parents[2] / "qaas_engine" / "zoo" / "models.py"
+
+
+def load_model_class(name: str) -> type[torch.nn.Module]:
+    """The bench's net class from its zoo file alone (the rest of qaas_engine is not importable)."""
+    if name == "depthwise":
+        return load_net_class()
+    spec = importlib.util.spec_from_file_location("_bench_zoo_models", ZOO_MODELS)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {ZOO_MODELS}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.MobileNetV2Like
 
 
 def _first_sentence(text: str) -> str:
@@ -112,6 +130,7 @@ def run_variant(
     )
     from aimet_torch.batch_norm_fold import fold_all_batch_norms
     from aimet_torch.common.defs import QuantScheme
+    from aimet_torch.cross_layer_equalization import equalize_model
     from aimet_torch.model_preparer import prepare_model
     from aimet_torch.quantsim import QuantizationSimModel
 
@@ -131,8 +150,13 @@ def run_variant(
     model = prepare_model(model)
     steps["prepare_model"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    folded = fold_all_batch_norms(model, tuple(dummy.shape), dummy_input=dummy)
-    steps["fold_all_batch_norms"] = time.perf_counter() - mark
+    if args.cle:
+        equalize_model(model, dummy_input=dummy)
+        steps["equalize_model"] = time.perf_counter() - mark
+        folded: list[Any] = []
+    else:
+        folded = fold_all_batch_norms(model, tuple(dummy.shape), dummy_input=dummy)
+        steps["fold_all_batch_norms"] = time.perf_counter() - mark
     float_weights = {
         name: module.weight.detach().clone()
         for name, module in model.named_modules()
@@ -199,6 +223,7 @@ def run_variant(
         "steps": steps,
         "weight_granularity": weight_granularity(sim),
         "config_file": CONFIGS[granularity],
+        "cle": args.cle,
         "batchnorms_folded": len(folded),
         "num_batches": num_batches if rounding == "adaround" else None,
         "iterations_per_layer": args.iterations if rounding == "adaround" else None,
@@ -220,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scheme", choices=("tf", "tf_enhanced"), default="tf")
     parser.add_argument("--variants", default="nearest-pt,adaround-pt,nearest-pc,adaround-pc")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", choices=("depthwise", "mobilenetv2"), default="depthwise")
+    parser.add_argument("--cle", action="store_true", help="equalize_model before AdaRound")
     parser.add_argument(
         "--launched-at", type=float, default=None, help="parent's time.time() at launch"
     )
@@ -245,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (config_dir / name).is_file():
             raise FileNotFoundError(f"aimet-torch ships no {config_dir / name}")
 
-    net_class = load_net_class()
+    net_class = load_model_class(args.model)
     model = net_class()
     model.load_state_dict(torch.load(args.weights, weights_only=True))
     model.eval()

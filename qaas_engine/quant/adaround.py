@@ -198,13 +198,45 @@ class _ConvForm(_Form):
             conv_grad.conv2d_weight,
             conv_grad.conv3d_weight,
         )[spatial - 1]
+        # A depthwise kernel larger than its input (3x3 over the 2x2 maps at the end of a small
+        # CNN) sends torch's weight gradient down a slow path: 2.6x the time of the same sum
+        # written as one grouped convolution of the inputs by the output gradients (measured on
+        # 32 x 128 x 2 x 2, one thread). Elsewhere torch's own kernel is the faster one.
+        self.small_depthwise = (
+            self.geometry["groups"] == shape[0] == self.x.shape[1]
+            and shape[1] == 1
+            and all(d == 1 for d in self.geometry["dilation"])
+            and any(k > n for k, n in zip(shape[2:], self.x.shape[2:], strict=True))
+        )
 
     def forward(self, x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.conv(x, m, self.bias, **self.geometry)
         return z, self.layer.activate(z, self.params)
 
     def weight_gradient(self, x: torch.Tensor, grad: torch.Tensor, m: torch.Tensor):
+        if self.small_depthwise:
+            return self._depthwise_weight_gradient(x, grad)
         return self.conv_weight(x, self.shape, grad, **self.geometry)
+
+    def _depthwise_weight_gradient(self, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """dW[c] = sum over samples of x[:, c] correlated with grad[:, c]: channels become groups,
+        samples the summed input channels; the forward stride becomes the dilation."""
+        n, c = x.shape[:2]
+        inputs = x.transpose(0, 1).reshape(1, c * n, *x.shape[2:])
+        kernels = grad.transpose(0, 1).contiguous()  # (c, n, *output): group c, n inputs each
+        out = self.conv(
+            inputs,
+            kernels,
+            None,
+            stride=1,
+            padding=self.geometry["padding"],
+            dilation=self.geometry["stride"],
+            groups=c,
+        )
+        out = out[0]
+        for dim, k in enumerate(self.shape[2:], start=1):
+            out = out.narrow(dim, 0, k)  # the output can run past the kernel when strided
+        return out.unsqueeze(1).contiguous()
 
 
 class _DenseForm(_Form):

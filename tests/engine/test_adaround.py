@@ -112,11 +112,10 @@ class _EveryWeightedOp(torch.nn.Module):
         return self.classifier(x.flatten(1))
 
 
-def test_hand_written_gradients_match_autograd(tmp_path):
-    """Parity: each layer's hand-written form computes the executor op's output and gradient."""
+def _check_forms(module: torch.nn.Module, x: torch.Tensor, path) -> dict:
+    """Each layer's hand-written form computes the executor op's output and weight gradient."""
     torch.manual_seed(0)
-    imported = import_model(export_onnx(_EveryWeightedOp().eval(), tmp_path / "ops.onnx"))
-    x = torch.randn(24, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    imported = import_model(export_onnx(module.eval(), path))
     calibration = validate_arrays(
         {"input": x.numpy()}, model_inputs(imported.model), role="c", source="test"
     )
@@ -136,17 +135,49 @@ def test_hand_written_gradients_match_autograd(tmp_path):
         weight = sim.executor.weights[layer.weight]
         form = ada._form(layer, inputs, targets, params, weight)
         reference = ada._GenericForm(layer, inputs, targets, params, tuple(weight.shape))
-        forms[layer.node.op_type, type(form).__name__] = layer.node.name
+        forms[layer.node.name] = form
         matrix = form.to_matrix(weight)
         assert torch.equal(form.from_matrix(matrix), weight)
         ours, theirs = form.gradient(matrix, pick), reference.gradient(weight, pick)
         scale = float(theirs.abs().max())
         assert torch.allclose(form.from_matrix(ours), theirs, atol=1e-4 * scale), layer.node.name
         assert form.error(matrix) == pytest.approx(reference.error(weight), rel=1e-4)
-    assert set(forms) == {
+    return forms
+
+
+def test_hand_written_gradients_match_autograd(tmp_path):
+    """Parity: each layer's hand-written form computes the executor op's output and gradient."""
+    torch.manual_seed(0)
+    x = torch.randn(24, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    forms = _check_forms(_EveryWeightedOp(), x, tmp_path / "ops.onnx")
+    assert {(f.layer.node.op_type, type(f).__name__) for f in forms.values()} == {
         ("Conv", "_ConvForm"),  # full, grouped, depthwise
         ("Conv", "_DenseForm"),  # pointwise
         ("ConvTranspose", "_GenericForm"),
         ("MatMul", "_DenseForm"),
         ("Gemm", "_DenseForm"),
     }
+    assert not any(getattr(f, "small_depthwise", False) for f in forms.values())
+
+
+class _TinyMaps(torch.nn.Module):
+    """Depthwise kernels larger than their 2x2 and 1x1 inputs, as at the end of a small CNN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 6, 3, stride=4, padding=1)
+        self.depthwise = torch.nn.Conv2d(6, 6, 3, padding=1, groups=6)
+        self.strided = torch.nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=6)
+        self.classifier = torch.nn.Linear(6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.depthwise(torch.relu(self.stem(x))))
+        return self.classifier(self.strided(x).flatten(1))
+
+
+def test_small_depthwise_gradient_matches_autograd(tmp_path):
+    """The grouped-convolution weight gradient for depthwise kernels larger than their maps."""
+    x = torch.randn(24, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    forms = _check_forms(_TinyMaps(), x, tmp_path / "tiny.onnx")
+    small = {name for name, f in forms.items() if getattr(f, "small_depthwise", False)}
+    assert len(small) == 2 and all("depthwise" in n or "strided" in n for n in small), small
