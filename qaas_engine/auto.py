@@ -30,6 +30,7 @@ from qaas_engine.fidelity import (
     DEFAULT_MAX_DROP,
     SQNR_MEASURE,
     all_met,
+    fidelity_report,
     judge_outputs,
     metric_per_output,
     resolution,
@@ -128,7 +129,8 @@ def auto_quantize(
     result.report["spec"]["pipeline"] = ["auto"]
     metrics = result.report["metrics"]
     on_evaluation = evaluation_verdict(metrics, target, validation)
-    on_evaluation["outputs"] = judge_outputs(metrics, judged, spec)
+    result.report["fidelity"] = fidelity_report(metrics, spec, judged)
+    on_evaluation["outputs"] = result.report["fidelity"]["outputs"]
     if climb.fidelity:  # judged by SQNR or cosine somewhere: every judged output must hold
         on_evaluation["meets_target"] = all_met(on_evaluation["outputs"])
     result.report["auto"] = {
@@ -156,7 +158,7 @@ def auto_quantize(
     if not met or on_evaluation.get("meets_target") is False:
         result.report["warnings"].append(result.report["auto"]["message"])
     samples = validation.data.num_samples
-    if samples < SMALL_VALIDATION:
+    if samples < SMALL_VALIDATION and check is not None:  # top-1 judged: counts
         result.report["warnings"].append(
             f"pipeline auto decided on {samples} validation samples ({validation.source}): one "
             f"sample is {100 / samples:.1f} points, coarser than most targets; give "

@@ -40,6 +40,17 @@ def metric_per_output(
     (as auto always did) and others only where the user named a metric; otherwise every output
     is judged by its worst per-channel SQNR unless named.
     """
+    named = named_metrics(spec, outputs)
+    chosen: dict[str, str | None] = {}
+    for index, name in enumerate(outputs):
+        default = ("top1" if index == 0 else None) if top1_first else "sqnr"
+        chosen[name] = named.get(name, default)
+    return chosen
+
+
+def named_metrics(spec: QuantSpec, outputs: list[str]) -> dict[str, str]:
+    """The user's ``output_metrics`` keyed by output name (an index resolved); a key naming no
+    output is refused with the outputs listed."""
     named: dict[str, str] = {}
     for key, metric in spec.output_metrics.items():
         if key in outputs:
@@ -52,11 +63,7 @@ def metric_per_output(
                 f"--metric {key}={metric}: the model has no output '{key}' (by name or index); "
                 f"its outputs are {listed}"
             )
-    chosen: dict[str, str | None] = {}
-    for index, name in enumerate(outputs):
-        default = ("top1" if index == 0 else None) if top1_first else "sqnr"
-        chosen[name] = named.get(name, default)
-    return chosen
+    return named
 
 
 def judge(metric: str, measured: dict[str, Any], spec: QuantSpec, *, first: bool) -> dict[str, Any]:
@@ -98,6 +105,26 @@ def judge_outputs(
         name: judge(metric, per_output[name], spec, first=name == names[0])
         for name, metric in chosen.items()
         if metric is not None and name in per_output
+    }
+
+
+def fidelity_report(
+    metrics: dict[str, Any], spec: QuantSpec, judged: dict[str, str | None]
+) -> dict[str, Any]:
+    """The report's ``fidelity`` section: each judged output's verdict on the report's data."""
+    verdicts = judge_outputs(metrics, judged, spec)
+    named = named_metrics(spec, list(metrics.get("outputs") or {}))
+    for name, verdict in verdicts.items():
+        verdict["named"] = name in named
+    return {
+        "outputs": verdicts,
+        "met": all_met(verdicts) if verdicts else None,
+        "note": (
+            f"measured in ONNX Runtime against the float model on the {metrics.get('dataset')} "
+            f"data; sqnr is the {SQNR_MEASURE} (axis 1 of a 4-D output, else the last axis), so "
+            "a small-range part of an output cannot hide behind a large-range one; name a "
+            "metric per output with --metric OUTPUT=top1|sqnr|cosine"
+        ),
     }
 
 
