@@ -125,7 +125,7 @@ def _verdict(auto: dict[str, Any]) -> str:
     }[verdict]
     if chosen.get("fidelity") and _judged_by_fidelity(auto):
         figures = "; ".join(
-            f"'{escape(name)}' {escape(v['measure'])} {_verdict_figure(v)}"
+            f"'{escape(name)}' {escape(v['measure'].replace(' (dB)', ''))} {_verdict_figure(v)}"
             for name, v in chosen["fidelity"].items()
         )
         first = f"{opening} on the validation data: '{escape(auto['chosen'])}': {figures}"
