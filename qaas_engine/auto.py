@@ -51,6 +51,7 @@ SMALL_VALIDATION = 100  # fewer samples than this and the report warns that deci
 # where fidelity decides, the mixed 16-bit / float rungs (auto_mixed) come before this rung:
 # they calibrate nothing again, so they cost less to run than AdaRound and what follows
 MIXED_BEFORE = "adaround"
+MIXED_SUMMARY = "the noisiest activations on 16-bit grids, then kept float (auto_mixed)"
 
 
 @dataclass(frozen=True)
@@ -256,8 +257,15 @@ class Climb:
 
     def run(self) -> None:
         for rung in LADDER:
-            if self.fidelity and rung.name == MIXED_BEFORE and self._mixed():
-                return
+            if self.fidelity and rung.name == MIXED_BEFORE:
+                if self.spec.strict_bits:
+                    skipped = "--strict-bits: no grid may be widened or kept float"
+                    self.tried.append(Tried(Rung("a16_float", (), MIXED_SUMMARY), {
+                        "name": "a16_float", "pipeline": [], "summary": MIXED_SUMMARY,
+                        "skipped": skipped,
+                    }))  # fmt: skip
+                elif self._mixed():
+                    return
             row = {"name": rung.name, "pipeline": list(rung.pipeline), "summary": rung.summary}
             missing = _missing_data(rung, self.data)
             if missing:

@@ -103,6 +103,15 @@ def test_auto_without_labels_reaches_the_sqnr_target_through_mixed_precision(wid
     assert "frontier" in html and "worst per-channel SQNR" in html and chosen["name"] in html
 
 
+def test_strict_bits_keeps_the_grids_and_says_the_target_is_missed(wide):
+    auto = _auto(wide, min_sqnr_db=30, strict_bits=True).report["auto"]
+    rows = {row["name"]: row for row in auto["tried"]}
+    assert "--strict-bits" in rows["a16_float"]["skipped"]
+    assert not any(name.startswith(("a16_top", "float_")) for name in rows)
+    assert not auto["met"] and auto["verdict"] == "not met"
+    assert "not met" in auto["message"] and "worst per-channel SQNR" in auto["message"]
+
+
 def test_a_named_metric_decides_for_its_output(wide):
     # cosine is dominated by the boxes, as the whole-output SQNR is: plain W8A8 meets it
     result = _auto(wide, output_metrics={"0": "cosine"}, min_cosine=0.99)
