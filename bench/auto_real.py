@@ -104,6 +104,8 @@ def run(name: str, min_sqnr: float, calibration_samples: int, evaluation_samples
 
 def _bits(bits: dict[str, Any]) -> str:
     weights = "+".join(f"{n}x{b}" for b, n in bits["weights"].items())
+    if bits.get("weights_float"):
+        weights += f"+{bits['weights_float']}xfloat"
     activations = "+".join(f"{n}x{b}" for b, n in bits["activations"].items())
     if bits.get("activations_float"):
         activations += f"+{bits['activations_float']}xfloat"

@@ -323,17 +323,19 @@ class Climb:
         for kind, label in (("16-bit", "a16"), ("float", "float")):
             if kind == "16-bit" and not narrow:
                 continue
-            for k in counts(len(names)):
+            pool = names if kind == "16-bit" else ranking.everything
+            for k in counts(len(pool)):
                 if self.should_stop is not None and self.should_stop():
                     raise Cancelled("cancelled during pipeline auto")
-                name = f"{label}_{'all' if k == len(names) else f'top{k}'}"
+                name = f"{label}_{'all' if k == len(pool) else f'top{k}'}"
                 summary = (
-                    f"the {k} activations with the most output noise "
-                    f"{'on 16-bit grids' if kind == '16-bit' else 'kept float'}, the rest as in "
-                    f"'{base.rung.name}'"
-                )
+                    f"the {k} activations with the most output noise on 16-bit grids"
+                    if kind == "16-bit"
+                    else f"the {k} quantizers (activations or weights) with the most output "
+                    "noise kept float"
+                ) + f", the rest as in '{base.rung.name}'"
                 start = time.perf_counter()
-                config = build(state, sim, kind, names[:k])
+                config = build(state, sim, kind, pool[:k])
                 rung = Rung(name, base.rung.pipeline, summary)
                 seconds = time.perf_counter() - start
                 attempt = self._measure(rung, state, config.sim, config.qdq, seconds, base.timer)
@@ -402,6 +404,7 @@ def _bits_summary(sim: QuantSim) -> dict[str, Any]:
         "weights": {str(b): weights.count(b) for b in sorted(set(weights))},
         "activations": {str(b): activations.count(b) for b in sorted(set(activations))},
         "activations_float": len(placed - set(sim.activation_encodings)),
+        "weights_float": len(set(sim.placement.weights) - set(sim.weight_encodings)),
         "pruned_channels": sum(len(v) for v in sim.pruned_channels.values()),
     }
 

@@ -1,5 +1,6 @@
 """auto's mixed-precision rungs: the activations that carry most of the output noise on 16-bit
-grids (W8A16 groups, which ONNX Runtime runs), and, where 16 bits are not enough, kept float.
+grids (W8A16 groups, which ONNX Runtime runs), and, where 16 bits are not enough, the noisiest
+quantizers (activations or weights) kept float.
 
 A rung here does not calibrate again: it starts from the most faithful post-training
 configuration auto built, ranks its activation quantizers by first-order output noise on
@@ -34,10 +35,12 @@ PRICING_SECONDS = 5.0  # one sample's pricing took longer: the ranking stays on 
 
 @dataclass(frozen=True)
 class Ranking:
-    """Activation quantizers, the noisiest first, and how that order was found."""
+    """Activation quantizers, the noisiest first; every quantizer (activations and weights)
+    the same way, for the float fallback; and how that order was found."""
 
     names: list[str]
     how: str
+    everything: list[str]
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,9 @@ class MixedConfig:
 
 
 def rank_activations(state: PipelineState, sim: QuantSim) -> Ranking:
-    """The activation quantizers, largest first-order output noise first, priced on calibration
-    samples; by grid step where the pricing cannot run (an op without a torch gradient)."""
+    """The quantizers, largest first-order output noise first, priced on calibration samples;
+    the activations alone by grid step where the pricing cannot run (an op without a torch
+    gradient)."""
     names = list(sim.activation_encodings)
     data = state.calibration
     if data is None or not names:
@@ -83,14 +87,16 @@ def rank_activations(state: PipelineState, sim: QuantSim) -> Ranking:
             estimate = estimate_noise(sim, _first(data, samples), seed=state.spec.seed)
     except Exception as error:  # the torch executor cannot differentiate some graph
         return _by_step(sim, names, f"pricing failed: {str(error).splitlines()[0][:120]}")
-    power = estimate.activations
+    power = {**estimate.weights, **estimate.activations}
     ranked = sorted(names, key=lambda name: -power.get(name, 0.0))
-    return Ranking(ranked, f"first-order noise on {samples} calibration samples")
+    everything = sorted([*names, *sim.weight_encodings], key=lambda name: -power.get(name, 0.0))
+    return Ranking(ranked, f"first-order noise on {samples} calibration samples", everything)
 
 
 def _by_step(sim: QuantSim, names: list[str], why: str) -> Ranking:
     step = {name: float(np.max(sim.activation_encodings[name].scale)) for name in names}
-    return Ranking(sorted(names, key=lambda name: -step[name]), f"by grid step ({why})")
+    ranked = sorted(names, key=lambda name: -step[name])
+    return Ranking(ranked, f"by grid step ({why})", ranked)
 
 
 def _first(data: Dataset, count: int) -> dict[str, Any]:
@@ -124,11 +130,12 @@ def widened(sim: QuantSim, names: list[str]) -> QuantSim:
 
 
 def floated(sim: QuantSim, names: list[str]) -> QuantSim:
-    """A copy of ``sim`` with ``names`` left float (their Q/DQ removed)."""
+    """A copy of ``sim`` with ``names`` (activations or weights) left float (no Q/DQ)."""
     new = _copy(sim)
     for name in names:
         new.activation_encodings.pop(name, None)
-        new.skipped[name] = "pipeline auto: among the noisiest activations, kept float"
+        new.weight_encodings.pop(name, None)
+        new.skipped[name] = "pipeline auto: among the noisiest quantizers, kept float"
     new.derive_bias_encodings()
     return new
 

@@ -86,7 +86,10 @@ def _note(auto: dict[str, Any], fidelity: bool) -> str:
 def _bits(bits: dict[str, Any] | None) -> str:
     if not bits:
         return "–"
-    weights = "+".join(f"{n}×{b}" for b, n in bits.get("weights", {}).items()) or "float"
+    weights = "+".join(f"{n}×{b}" for b, n in bits.get("weights", {}).items())
+    if bits.get("weights_float"):
+        weights += f"+{bits['weights_float']}×float"
+    weights = weights.lstrip("+") or "float"
     activations = "+".join(f"{n}×{b}" for b, n in bits.get("activations", {}).items())
     if bits.get("activations_float"):
         activations += f"+{bits['activations_float']}×float"
