@@ -54,20 +54,25 @@ class MixedConfig:
 
     def changes(self, base: str, ranking: Ranking) -> list[dict[str, str]]:
         """The report's lines for it, in the rules' shape (rule, node, action, why)."""
-        action = f"{WIDE_BITS}-bit activations" if self.kind == "16-bit" else "kept float (no Q/DQ)"
-        return [
-            {
-                "rule": "auto_mixed_precision",
-                "node": name,
-                "action": action,
-                "why": (
-                    f"pipeline auto: #{rank + 1} of {len(ranking.names)} activations by output "
-                    f"noise ({ranking.how}); the {len(self.tensors)} noisiest {action} on top "
-                    f"of '{base}' met the fidelity target where fewer did not"
-                ),
-            }
-            for rank, name in enumerate(self.tensors)
-        ]
+        pool = ranking.names if self.kind == "16-bit" else ranking.everything
+        what = "activations" if self.kind == "16-bit" else "quantizers"
+        lines = []
+        for rank, name in enumerate(self.tensors):
+            if self.kind == "16-bit":
+                action = f"{WIDE_BITS}-bit activations"
+            elif name in self.sim.placement.weights:
+                action = "weights kept float"
+            else:
+                action = "activation kept float (no Q/DQ)"
+            why = (
+                f"pipeline auto: #{rank + 1} of {len(pool)} {what} by output noise "
+                f"({ranking.how}); with the {len(self.tensors)} noisiest changed on top of "
+                f"'{base}' the fidelity target was met where fewer did not"
+            )
+            lines.append(
+                {"rule": "auto_mixed_precision", "node": name, "action": action, "why": why}
+            )
+        return lines
 
 
 def rank_activations(state: PipelineState, sim: QuantSim) -> Ranking:

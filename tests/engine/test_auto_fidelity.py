@@ -169,3 +169,35 @@ def test_auto_refuses_met_on_a_validation_set_too_small_to_resolve(tiny_imported
     assert "224 samples" in auto["message"] and "cannot resolve" in auto["message"]
     assert any("cannot resolve" in warning for warning in report["warnings"])
     assert "not confirmed" in render_html(report)
+
+
+def test_the_float_fallback_keeps_weights_float_too(wide):
+    """Where 8-bit weights carry the noise, their layer's weights stay float: no DQ on them,
+    and the energy model prices the layer in float."""
+    from qaas_engine.auto import _bits_summary
+    from qaas_engine.auto_mixed import build, rank_activations
+    from qaas_engine.cost.energy import EnergyProfile
+    from qaas_engine.pipeline import PipelineData, run_pipeline
+    from qaas_engine.reporting.energy import energy_report
+    from qaas_engine.state import Timer
+
+    imported, calibration = wide
+    state, sim, _ = run_pipeline(
+        imported, QuantSpec(), PipelineData(calibration), Timer(), EnergyProfile()
+    )
+    ranking = rank_activations(state, sim)
+    assert set(ranking.everything) == set(sim.activation_encodings) | set(sim.weight_encodings)
+    weight = next(name for name in ranking.everything if name in sim.weight_encodings)
+    config = build(state, sim, "float", [weight])
+    assert weight not in config.sim.weight_encodings and weight in sim.weight_encodings
+    assert _bits_summary(config.sim)["weights_float"] == 1
+    dequantized = {
+        node.input[0] for node in config.qdq.graph.node if node.op_type == "DequantizeLinear"
+    }
+    assert weight not in dequantized and weight in {i.name for i in config.qdq.graph.initializer}
+    feeds, _ = next(calibration.batches(1))
+    before = energy_report(state.model, sim.executor, sim, feeds)["quantized_pj"]
+    after = energy_report(state.model, sim.executor, config.sim, feeds)["quantized_pj"]
+    assert after > before
+    (line,) = config.changes("ptq", ranking)
+    assert line["node"] == weight and line["action"] == "weights kept float"
