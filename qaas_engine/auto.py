@@ -15,13 +15,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import onnx
 
 from qaas_engine.artifacts.result import QuantizationResult
 from qaas_engine.auto_mixed import WIDE_BITS, build, counts, rank_activations
+from qaas_engine.auto_types import Rung, Tried, Validation
+from qaas_engine.auto_verdict import evaluation_verdict, message
 from qaas_engine.cost.energy import EnergyProfile
 from qaas_engine.data import Dataset
 from qaas_engine.errors import Cancelled, SpecError
@@ -34,7 +35,6 @@ from qaas_engine.fidelity import (
     judge_outputs,
     metric_per_output,
     resolution,
-    resolution_message,
     worst_margin,
 )
 from qaas_engine.importer import ImportedModel
@@ -54,13 +54,6 @@ MIXED_BEFORE = "adaround"
 MIXED_SUMMARY = "the noisiest activations on 16-bit grids, then kept float (auto_mixed)"
 
 
-@dataclass(frozen=True)
-class Rung:
-    name: str
-    pipeline: tuple[str, ...]
-    summary: str
-
-
 LADDER: tuple[Rung, ...] = (
     Rung("ptq", (), "BatchNorm folding and calibrated ranges only"),
     Rung("dfq", ("cle", "bias_correction"), "cross-layer equalization and bias correction"),
@@ -69,30 +62,6 @@ LADDER: tuple[Rung, ...] = (
          "Bayesian Bits: bit-width per layer and pruning, trained"),
     Rung("qat", ("cle", "adaround", "qat"), "AdaRound, then quantization-aware training"),
 )  # fmt: skip
-
-
-@dataclass
-class Validation:
-    """The data decisions are made on, and how a drop is counted there."""
-
-    data: Dataset
-    source: str
-    float_top1: float | None  # None: no labels, the drop is in top-1 agreement with float
-
-    @property
-    def measure(self) -> str:
-        return "top-1 points" if self.float_top1 is not None else "points of top-1 agreement"
-
-
-@dataclass
-class Tried:
-    rung: Rung
-    row: dict[str, Any]
-    state: PipelineState | None = None
-    sim: QuantSim | None = None
-    qdq: onnx.ModelProto | None = None
-    timer: Timer | None = None
-    changes: list[dict[str, str]] = field(default_factory=list)  # auto_mixed's, for the report
 
 
 def auto_quantize(
@@ -154,7 +123,7 @@ def auto_quantize(
         "tried": [t.row for t in climb.tried],
         # every configuration built and measured on validation: the time to the chosen model
         "search_seconds": round(search_seconds, 3),
-        "message": _message(met, chosen, target, validation, on_evaluation, check, climb),
+        "message": message(met, chosen, target, validation, on_evaluation, check, climb.fidelity),
     }
     if not met or on_evaluation.get("meets_target") is False:
         result.report["warnings"].append(result.report["auto"]["message"])
@@ -437,118 +406,3 @@ def _mark_frontier(rows: list[dict[str, Any]]) -> None:
             and (_score(other) > _score(row) or other["energy_pj"] < row["energy_pj"])
             for other in rows
         )
-
-
-def evaluation_verdict(
-    metrics: dict[str, Any], target: float, validation: Validation
-) -> dict[str, Any]:
-    """The target checked again on the report's own measurement (the evaluation data, else the
-    calibration data), in the validation's measure where the data allows: the summary card
-    shows that figure, so a verdict that ignored it could read "met" beside a larger drop."""
-    source = metrics.get("dataset")
-    float_m, runtime = metrics.get("float") or {}, metrics.get("onnxruntime") or {}
-    samples = (metrics.get("samples") or {}).get("measured")
-    verdict: dict[str, Any] = {"source": source, "samples": samples}
-    labelled = float_m.get("top1") is not None and runtime.get("top1") is not None
-    if labelled and (validation.float_top1 is not None or runtime.get("top1_agreement") is None):
-        verdict["measure"] = "top-1 points"
-        drop = 100.0 * (float_m["top1"] - runtime["top1"])
-    elif runtime.get("top1_agreement") is not None:
-        verdict["measure"] = "points of top-1 agreement"
-        drop = 100.0 * (1.0 - runtime["top1_agreement"])
-    else:
-        return {**verdict, "drop_points": None, "meets_target": None}
-    comparable = verdict["measure"] == validation.measure
-    verdict["drop_points"] = round(drop, 4)
-    verdict["meets_target"] = drop <= target + 1e-9 if comparable else None
-    return verdict
-
-
-def _message(
-    met: bool,
-    chosen: Tried,
-    target: float,
-    validation: Validation,
-    on_evaluation: dict[str, Any],
-    check: dict[str, Any] | None,
-    climb: Climb,
-) -> str:
-    name = chosen.rung.name
-    if climb.fidelity:
-        verdict = _fidelity_message(chosen, validation, climb)
-    elif chosen.row["meets_target"]:
-        verdict = (
-            f"target met on the validation data by '{name}': {chosen.row['drop_points']:.2f} "
-            f"{validation.measure} lost on {validation.source} (target {target:g})"
-        )
-    else:
-        verdict = (
-            f"target of {target:g} {validation.measure} not met on the validation data by any "
-            f"configuration tried; returning the most accurate, '{name}', which "
-            f"loses {chosen.row['drop_points']:.2f} on {validation.source}"
-        )
-    if check is not None and not check["resolvable"] and chosen.row["meets_target"]:
-        verdict = (
-            f"target not confirmed: {verdict.replace('target met', 'within the target')}; but "
-            f"{resolution_message(check, validation.source)}"
-        )
-    return verdict + _evaluation_clause(on_evaluation, climb.fidelity)
-
-
-def _fidelity_message(chosen: Tried, validation: Validation, climb: Climb) -> str:
-    verdicts = chosen.row["fidelity"]
-    described = "; ".join(
-        f"'{output}' {v['measure']} {_figure(v['value'])} (target {_bound(v)})"
-        for output, v in verdicts.items()
-    )
-    where = f"on {validation.source} ({validation.data.num_samples} samples)"
-    if chosen.row["meets_target"]:
-        return (
-            f"target met on the validation data by '{chosen.rung.name}', the cheapest of the "
-            f"configurations that meet it by modelled energy: {described}, {where}"
-        )
-    return (
-        "fidelity target not met on the validation data by any configuration tried; returning "
-        f"the most faithful, '{chosen.rung.name}': {described}, {where}"
-    )
-
-
-def _figure(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
-
-
-def _bound(verdict: dict[str, Any]) -> str:
-    return (
-        f"<= {verdict['target']:g}" if verdict["metric"] == "top1" else f">= {verdict['target']:g}"
-    )
-
-
-def _evaluation_clause(on_evaluation: dict[str, Any], fidelity: bool) -> str:
-    """What the report's own data (evaluation, else calibration) says about the same target."""
-    source = on_evaluation.get("source")
-    if not source:
-        return ""
-    where = f"the {source} data ({on_evaluation.get('samples')} samples)"
-    if fidelity:
-        outputs = on_evaluation.get("outputs") or {}
-        missed = [name for name, v in outputs.items() if v["met"] is not True]
-        if not outputs:
-            return ""
-        if missed:
-            return f"; but on {where} it misses the target on {', '.join(repr(m) for m in missed)}"
-        return f"; on {where} every judged output is within the target"
-    later = on_evaluation.get("drop_points")
-    if later is None:
-        return ""
-    if on_evaluation.get("meets_target") is False:
-        return (
-            f"; but on {where} it loses {later:.2f} {on_evaluation['measure']}, over "
-            f"the target: the validation data decided on differs from it (too few samples, or "
-            "not representative)"
-        )
-    outcome = (
-        "within the target"
-        if on_evaluation.get("meets_target")
-        else "a different measure from the target's"
-    )
-    return f"; on {where} it loses {later:.2f} {on_evaluation['measure']} ({outcome})"
