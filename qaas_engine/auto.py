@@ -103,6 +103,7 @@ def auto_quantize(
     on_evaluation["outputs"] = result.report["fidelity"]["outputs"]
     if climb.fidelity:  # judged by SQNR or cosine somewhere: every judged output must hold
         on_evaluation["meets_target"] = all_met(on_evaluation["outputs"])
+    message_text = message(met, chosen, target, validation, on_evaluation, check, climb.fidelity)
     result.report["auto"] = {
         "target": _target(spec, target, validation, judged, climb.fidelity),
         "validation": {
@@ -123,9 +124,9 @@ def auto_quantize(
         "tried": [t.row for t in climb.tried],
         # every configuration built and measured on validation: the time to the chosen model
         "search_seconds": round(search_seconds, 3),
-        "message": message(met, chosen, target, validation, on_evaluation, check, climb.fidelity),
+        "message": message_text,
     }
-    if not met or on_evaluation.get("meets_target") is False:
+    if not met or on_evaluation.get("meets_target") is False or "float model" in message_text:
         result.report["warnings"].append(result.report["auto"]["message"])
     samples = validation.data.num_samples
     if samples < SMALL_VALIDATION and check is not None:  # top-1 judged: counts

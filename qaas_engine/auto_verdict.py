@@ -74,9 +74,17 @@ def _fidelity_message(chosen: Tried, validation: Validation) -> str:
     )
     where = f"on {validation.source} ({validation.data.num_samples} samples)"
     if chosen.row["meets_target"]:
+        bits = chosen.row.get("bits") or {}
+        nothing = not bits.get("weights") and not bits.get("activations")
+        caveat = (
+            "; every quantizer is kept float, so this is the float model: no quantized "
+            "configuration met the target"
+            if nothing
+            else ""
+        )
         return (
             f"target met on the validation data by '{chosen.rung.name}', the cheapest of the "
-            f"configurations that meet it by modelled energy: {described}, {where}"
+            f"configurations that meet it by modelled energy: {described}, {where}{caveat}"
         )
     return (
         "fidelity target not met on the validation data by any configuration tried; returning "
