@@ -74,7 +74,24 @@ def add_quantize_options(parser: argparse.ArgumentParser, *, model_optional: boo
         default=30.0,
         metavar="DB",
         help="output SQNR against float below which the rules give the noisiest activations "
-        "16-bit grids (default %(default)s)",
+        "16-bit grids, and the fidelity target of --pipeline auto without labels: the worst "
+        "per-channel SQNR of every output (default %(default)s)",
+    )
+    parser.add_argument(
+        "--metric",
+        action="append",
+        default=[],
+        metavar="OUTPUT=top1|sqnr|cosine",
+        help="the metric that judges an output (name or index) in --pipeline auto's verdict and "
+        "the report; repeatable (default: top1 for the first output with labels or "
+        "--max-accuracy-drop, sqnr otherwise)",
+    )
+    parser.add_argument(
+        "--min-cosine",
+        type=float,
+        default=0.99,
+        metavar="COS",
+        help="the cosine similarity an output judged by cosine must reach (default %(default)s)",
     )
     parser.add_argument(
         "--evaluation-samples",
@@ -101,6 +118,22 @@ def _evaluation_samples(text: str | None) -> dict[str, int | None]:
         return {"max_evaluation_samples": int(text)}
     except ValueError:
         raise CliError(f"--evaluation-samples takes a count or 'all', not {text!r}") from None
+
+
+def _output_metrics(given: list[str]) -> dict[str, str]:
+    """``--metric OUTPUT=METRIC`` flags as the spec's ``output_metrics``."""
+    from qaas_engine.spec import parse_metric
+
+    metrics: dict[str, str] = {}
+    for text in given:
+        try:
+            output, metric = parse_metric(text)
+        except ValueError as error:
+            raise CliError(f"--metric: {error}") from None
+        if metrics.get(output, metric) != metric:
+            raise CliError(f"--metric names output '{output}' twice, with different metrics")
+        metrics[output] = metric
+    return metrics
 
 
 def add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -164,6 +197,8 @@ def spec_from_args(args: argparse.Namespace) -> QuantSpec:
             target=args.target,
             strict_bits=args.strict_bits,
             min_sqnr_db=args.min_sqnr,
+            min_cosine=args.min_cosine,
+            output_metrics=_output_metrics(args.metric),
             **_evaluation_samples(args.evaluation_samples),
             adaround_iterations=args.adaround_iterations,
             max_accuracy_drop=getattr(args, "max_accuracy_drop", None),

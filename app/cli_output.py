@@ -164,8 +164,22 @@ def auto_lines(auto: dict[str, Any] | None) -> list[str]:
             lines.append(f"  {row['name']:<16} skipped: {row['skipped']}")
             continue
         lines.append(
-            f"  {row['name']:<16} drop {row['drop_points']:6.2f}  energy "
+            f"  {row['name']:<16} {_judged(row)}  energy "
             f"{row['energy_pj']:>14,.0f} pJ  {row['seconds']:7.1f} s"
             f"{'  <- chosen' if row['name'] == auto['chosen'] else ''}"
         )
     return lines
+
+
+def _judged(row: dict[str, Any]) -> str:
+    """A configuration's figure: its top-1 drop, or each judged output's fidelity."""
+    verdicts = row.get("fidelity") or {}
+    if not verdicts or all(v["metric"] == "top1" for v in verdicts.values()):
+        drop = row.get("drop_points")
+        return "drop    n/a" if drop is None else f"drop {drop:6.2f}"
+    units = {"sqnr": "dB", "cosine": "cos", "top1": "pts lost"}
+    return ", ".join(
+        f"{name} {'n/a' if v['value'] is None else format(v['value'], '.4g')} "
+        f"{units[v['metric']]}{'' if v['met'] else ' (missed)'}"
+        for name, v in verdicts.items()
+    )

@@ -18,7 +18,8 @@ target to meet) and, where it installs (``bench/.venvs/nncf``), NNCF's
 (``qaas_engine.reporting.energy``, 45 nm table) for every row; a peer's uniform W8A8 model costs
 what our uniform W8A8 costs. Top-1 is always the exported model run in ONNX Runtime.
 
-Run: ``python bench/auto.py [--quick] [--no-nncf]``.
+Run: ``python bench/auto.py [--quick] [--no-nncf]``; ``--real MODEL --min-sqnr DB`` runs auto
+with a fidelity target on a real OCR network instead (``bench/auto_real.py``).
 """
 
 from __future__ import annotations
@@ -58,7 +59,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip the W4A4 scenario")
     parser.add_argument("--no-nncf", action="store_true", help="ONNX Runtime as the only peer")
+    parser.add_argument(
+        "--real",
+        metavar="MODEL",
+        help="instead: auto with a fidelity target on a real network (ocr_direction, "
+        "ocr_detector, ocr_recognizer; bench/auto_real.py)",
+    )
+    parser.add_argument("--min-sqnr", type=float, default=30.0, metavar="DB")
+    parser.add_argument("--calibration-samples", type=int, default=64, metavar="N")
+    parser.add_argument("--evaluation-samples", type=int, default=32, metavar="N")
     args = parser.parse_args(argv)
+    if args.real:
+        from bench.auto_real import run
+
+        return run(args.real, args.min_sqnr, args.calibration_samples, args.evaluation_samples)
     torch.set_num_threads(1)
     wall = time.perf_counter()
     print(f"pipeline auto, target {TARGET} top-1 point; {cpu_summary()}")

@@ -12,18 +12,31 @@ there once, after the choice is made.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import onnx
 
 from qaas_engine.artifacts.result import QuantizationResult
+from qaas_engine.auto_mixed import WIDE_BITS, build, counts, rank_activations
+from qaas_engine.auto_types import Rung, Tried, Validation
+from qaas_engine.auto_verdict import evaluation_verdict, message
 from qaas_engine.cost.energy import EnergyProfile
 from qaas_engine.data import Dataset
-from qaas_engine.errors import SpecError
+from qaas_engine.errors import Cancelled, SpecError
 from qaas_engine.evaluation import evaluate
+from qaas_engine.fidelity import (
+    DEFAULT_MAX_DROP,
+    SQNR_MEASURE,
+    all_met,
+    fidelity_report,
+    judge_outputs,
+    metric_per_output,
+    resolution,
+    worst_margin,
+)
 from qaas_engine.importer import ImportedModel
 from qaas_engine.pipeline import PipelineData, run_pipeline
 from qaas_engine.quant.sim import QuantSim
@@ -33,16 +46,12 @@ from qaas_engine.spec import QuantSpec
 from qaas_engine.state import PipelineState, Progress, Timer
 from qaas_engine.step_registry import DATA_FLAGS, missing_data
 
-DEFAULT_MAX_DROP = 1.0  # top-1 points, when auto is asked for without a target
 HELD_OUT_FRACTION = 0.2  # of the training (else calibration) data, when no validation set
 SMALL_VALIDATION = 100  # fewer samples than this and the report warns that decisions are coarse
-
-
-@dataclass(frozen=True)
-class Rung:
-    name: str
-    pipeline: tuple[str, ...]
-    summary: str
+# where fidelity decides, the mixed 16-bit / float rungs (auto_mixed) come before this rung:
+# they calibrate nothing again, so they cost less to run than AdaRound and what follows
+MIXED_BEFORE = "adaround"
+MIXED_SUMMARY = "the noisiest activations on 16-bit grids, then kept float (auto_mixed)"
 
 
 LADDER: tuple[Rung, ...] = (
@@ -53,29 +62,6 @@ LADDER: tuple[Rung, ...] = (
          "Bayesian Bits: bit-width per layer and pruning, trained"),
     Rung("qat", ("cle", "adaround", "qat"), "AdaRound, then quantization-aware training"),
 )  # fmt: skip
-
-
-@dataclass
-class Validation:
-    """The data decisions are made on, and how a drop is counted there."""
-
-    data: Dataset
-    source: str
-    float_top1: float | None  # None: no labels, the drop is in top-1 agreement with float
-
-    @property
-    def measure(self) -> str:
-        return "top-1 points" if self.float_top1 is not None else "points of top-1 agreement"
-
-
-@dataclass
-class Tried:
-    rung: Rung
-    row: dict[str, Any]
-    state: PipelineState | None = None
-    sim: QuantSim | None = None
-    qdq: onnx.ModelProto | None = None
-    timer: Timer | None = None
 
 
 def auto_quantize(
@@ -91,68 +77,98 @@ def auto_quantize(
     """Climb the ladder until the target holds on validation; report the whole climb."""
     target = spec.max_accuracy_drop if spec.max_accuracy_drop is not None else DEFAULT_MAX_DROP
     data, validation = _split_validation(data, spec.seed)
-    tried: list[Tried] = []
-    chosen: Tried | None = None
+    outputs = [value.name for value in imported.model.graph.output]
+    top1_first = validation.data.labels is not None or spec.max_accuracy_drop is not None
+    judged = metric_per_output(spec, outputs, top1_first=top1_first)  # a bad name fails here
+    climb = Climb(imported, spec, data, validation, judged, profile, progress, should_stop)
     search_start = time.perf_counter()
-    for rung in LADDER:
-        row = {"name": rung.name, "pipeline": list(rung.pipeline), "summary": rung.summary}
-        missing = _missing_data(rung, data)
-        if missing:
-            tried.append(Tried(rung, {**row, "skipped": missing}))
-            continue
-        attempt = _attempt(
-            imported, spec, rung, data, validation, target, profile, progress, should_stop
-        )
-        tried.append(attempt)
-        if chosen is None or _better(attempt.row, chosen.row):
-            if chosen is not None:
-                chosen.state = chosen.sim = chosen.qdq = None  # hold one model at a time
-            chosen = attempt
-        else:
-            attempt.state = attempt.sim = attempt.qdq = None
-        if attempt.row["meets_target"]:
-            chosen = attempt
-            break
+    climb.run()
     search_seconds = time.perf_counter() - search_start
-    # the first rung always runs, and the chosen attempt keeps its model
-    assert chosen is not None and chosen.state is not None
-    assert chosen.sim is not None and chosen.qdq is not None
-    _mark_frontier([t.row for t in tried if "skipped" not in t.row])
-    met = bool(chosen.row["meets_target"])
+    chosen = climb.choice()
+    assert chosen.state is not None and chosen.sim is not None and chosen.qdq is not None
+    _mark_frontier([t.row for t in climb.tried if "skipped" not in t.row])
+    met_on_validation = bool(chosen.row["meets_target"])
+    check = _resolution(chosen.row, validation)
+    met = met_on_validation and (check is None or check["resolvable"])
     final_timer = chosen.timer or timer
     final_timer.steps = timer.steps + final_timer.steps
+    chosen.state.rules = list(chosen.state.rules) + chosen.changes
     result = finish(
         imported, chosen.state, chosen.sim, chosen.qdq, final_timer, evaluation, profile
     )
     result.report["spec"]["pipeline"] = ["auto"]
-    on_evaluation = evaluation_verdict(result.report["metrics"], target, validation)
+    metrics = result.report["metrics"]
+    on_evaluation = evaluation_verdict(metrics, target, validation)
+    result.report["fidelity"] = fidelity_report(metrics, spec, judged)
+    on_evaluation["outputs"] = result.report["fidelity"]["outputs"]
+    if climb.fidelity:  # judged by SQNR or cosine somewhere: every judged output must hold
+        on_evaluation["meets_target"] = all_met(on_evaluation["outputs"])
+    message_text = message(met, chosen, target, validation, on_evaluation, check, climb.fidelity)
     result.report["auto"] = {
-        "target": {"max_accuracy_drop": target, "measure": validation.measure},
+        "target": _target(spec, target, validation, judged, climb.fidelity),
         "validation": {
             "source": validation.source,
             "samples": validation.data.num_samples,
             "float_top1": validation.float_top1,
         },
-        "met": met,  # on the validation data, where the choice was made
+        "met": met,  # on the validation data, where the choice was made, and resolvable there
+        "verdict": "met" if met else "unresolved" if met_on_validation else "not met",
+        "resolution": check,
         # the same target checked on the data the report's summary shows, after the choice
         "evaluation": on_evaluation,
         "chosen": chosen.rung.name,
         "chosen_pipeline": list(chosen.rung.pipeline),
-        "tried": [t.row for t in tried],
+        "chosen_changes": chosen.changes,
+        "choice": "the cheapest configuration by the energy model that meets the target; "
+        "when none does, the most faithful",
+        "tried": [t.row for t in climb.tried],
         # every configuration built and measured on validation: the time to the chosen model
         "search_seconds": round(search_seconds, 3),
-        "message": _message(met, chosen, target, validation, on_evaluation),
+        "message": message_text,
     }
-    if not met or on_evaluation.get("meets_target") is False:
+    if not met or on_evaluation.get("meets_target") is False or "float model" in message_text:
         result.report["warnings"].append(result.report["auto"]["message"])
     samples = validation.data.num_samples
-    if samples < SMALL_VALIDATION:
+    if samples < SMALL_VALIDATION and check is not None:  # top-1 judged: counts
         result.report["warnings"].append(
             f"pipeline auto decided on {samples} validation samples ({validation.source}): one "
             f"sample is {100 / samples:.1f} points, coarser than most targets; give "
             "--validation NPZ with a few hundred labelled samples"
         )
     return result
+
+
+def _target(
+    spec: QuantSpec,
+    target: float,
+    validation: Validation,
+    judged: dict[str, str | None],
+    fidelity: bool,
+) -> dict[str, Any]:
+    """What auto aimed at: the top-1 budget (as before) and, per output, the metric deciding."""
+    described: dict[str, Any] = {
+        "max_accuracy_drop": target,
+        "measure": validation.measure,
+        "outputs": {name: metric for name, metric in judged.items() if metric is not None},
+    }
+    if fidelity:
+        described["min_sqnr_db"] = spec.min_sqnr_db
+        described["sqnr_measure"] = (
+            f"{SQNR_MEASURE}: the worst channel (axis 1 of a 4-D output, else the last axis) of "
+            "each output, so a small-range part cannot hide behind a large-range one; the whole "
+            "output's SQNR where it has no channel axis"
+        )
+        if "cosine" in described["outputs"].values():
+            described["min_cosine"] = spec.min_cosine
+    return described
+
+
+def _resolution(row: dict[str, Any], validation: Validation) -> dict[str, Any] | None:
+    """The small-validation check, for the verdicts that count samples (top-1 ones)."""
+    budgets = [v["target"] for v in (row.get("fidelity") or {}).values() if v["metric"] == "top1"]
+    if not budgets:
+        return None
+    return resolution(validation.data.num_samples, min(budgets))
 
 
 def _split_validation(data: PipelineData, seed: int) -> tuple[PipelineData, Validation]:
@@ -184,131 +200,210 @@ def _missing_data(rung: Rung, data: PipelineData) -> str | None:
     return f"needs {need} data ({DATA_FLAGS[need]})"
 
 
-def _attempt(
-    imported, spec, rung, data, validation, target, profile, progress, should_stop
-) -> Tried:
-    rung_spec = spec.model_copy(update={"pipeline": rung.pipeline})
+class Climb:
+    """The ladder's configurations in the order they cost to run, each measured on validation;
+    models are held only for the most faithful one and the cheapest that meets the target."""
 
-    def rung_progress(phase: str, fraction: float) -> None:
-        if progress is not None:
-            progress(f"auto {rung.name}: {phase}", fraction)
+    def __init__(
+        self,
+        imported: ImportedModel,
+        spec: QuantSpec,
+        data: PipelineData,
+        validation: Validation,
+        judged: dict[str, str | None],
+        profile: EnergyProfile,
+        progress: Progress | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> None:
+        self.imported, self.spec, self.data, self.validation = imported, spec, data, validation
+        self.judged, self.profile = judged, profile
+        self.progress, self.should_stop = progress, should_stop
+        # judged by SQNR or cosine somewhere: the mixed 16-bit / float rungs join the ladder
+        self.fidelity = any(metric in ("sqnr", "cosine") for metric in judged.values())
+        self.tried: list[Tried] = []
+        self.best: Tried | None = None
+        self.cheapest_met: Tried | None = None
+        self.ranking: str | None = None
 
-    timer = Timer(progress=rung_progress)
-    start = time.perf_counter()
-    state, sim, qdq = run_pipeline(
-        imported, rung_spec, data, timer, profile, rung_progress, should_stop
-    )
-    seconds = time.perf_counter() - start
-    metrics = evaluate(state, sim, qdq, validation.data)
-    if validation.float_top1 is None and metrics["float"].get("top1") is not None:
-        validation.float_top1 = metrics["float"]["top1"]
-    runtime = metrics["onnxruntime"]
-    if validation.float_top1 is not None:
-        accuracy = runtime["top1"]
-        drop = 100.0 * (validation.float_top1 - accuracy)
-    else:
-        accuracy = runtime["top1_agreement"]
-        drop = 100.0 * (1.0 - accuracy)
-    feeds, _ = next(validation.data.batches(1))
-    energy = energy_report(state.model, sim.executor, sim, feeds, profile)
-    row = {
-        "name": rung.name,
-        "pipeline": list(rung.pipeline),
-        "summary": rung.summary,
-        "accuracy": accuracy,
-        "drop_points": round(drop, 4),
-        "meets_target": drop <= target + 1e-9,
-        "energy_pj": energy["quantized_pj"],
-        "energy_ratio_vs_float": energy["ratio"],
-        "seconds": round(seconds, 3),
-        "bits": _bits_summary(sim),
-    }
-    return Tried(rung, row, state, sim, qdq, timer)
+    def run(self) -> None:
+        for rung in LADDER:
+            if self.fidelity and rung.name == MIXED_BEFORE:
+                if self.spec.strict_bits:
+                    skipped = "--strict-bits: no grid may be widened or kept float"
+                    self.tried.append(Tried(Rung("a16_float", (), MIXED_SUMMARY), {
+                        "name": "a16_float", "pipeline": [], "summary": MIXED_SUMMARY,
+                        "skipped": skipped,
+                    }))  # fmt: skip
+                elif self._mixed():
+                    return
+            row = {"name": rung.name, "pipeline": list(rung.pipeline), "summary": rung.summary}
+            missing = _missing_data(rung, self.data)
+            if missing:
+                self.tried.append(Tried(rung, {**row, "skipped": missing}))
+                continue
+            if self._keep(self._attempt(rung)):
+                return
+
+    def choice(self) -> Tried:
+        chosen = self.cheapest_met or self.best
+        assert chosen is not None  # the first rung always runs
+        return chosen
+
+    def _keep(self, attempt: Tried) -> bool:
+        """Record ``attempt``; hold its model if it is the best or cheapest so far. True when it
+        meets the target."""
+        self.tried.append(attempt)
+        if self.best is None or _better(attempt.row, self.best.row):
+            self.best = attempt
+        met = bool(attempt.row["meets_target"])
+        if met and (self.cheapest_met is None or _cheaper(attempt.row, self.cheapest_met.row)):
+            self.cheapest_met = attempt
+        for other in self.tried:
+            if other is not self.best and other is not self.cheapest_met:
+                other.state = other.sim = other.qdq = None  # hold few models at a time
+        return met
+
+    def _attempt(self, rung: Rung) -> Tried:
+        rung_spec = self.spec.model_copy(update={"pipeline": rung.pipeline})
+        progress = self.progress
+
+        def rung_progress(phase: str, fraction: float) -> None:
+            if progress is not None:
+                progress(f"auto {rung.name}: {phase}", fraction)
+
+        timer = Timer(progress=rung_progress)
+        start = time.perf_counter()
+        state, sim, qdq = run_pipeline(
+            self.imported, rung_spec, self.data, timer, self.profile, rung_progress,
+            self.should_stop,
+        )  # fmt: skip
+        return self._measure(rung, state, sim, qdq, time.perf_counter() - start, timer)
+
+    def _mixed(self) -> bool:
+        """16-bit grids, then float, for the k noisiest activations of the most faithful
+        configuration so far, k = 1, 2, 4, ...; True when one meets the target."""
+        base = self.best
+        if base is None or base.state is None or base.sim is None:
+            return False
+        state, sim = base.state, base.sim
+        ranking = rank_activations(state, sim)
+        self.ranking = ranking.how
+        names = ranking.names
+        narrow = any(sim.activation_encodings[n].scheme.bits < WIDE_BITS for n in names)
+        for kind, label in (("16-bit", "a16"), ("float", "float")):
+            if kind == "16-bit" and not narrow:
+                continue
+            pool = names if kind == "16-bit" else ranking.everything
+            for k in counts(len(pool)):
+                if self.should_stop is not None and self.should_stop():
+                    raise Cancelled("cancelled during pipeline auto")
+                name = f"{label}_{'all' if k == len(pool) else f'top{k}'}"
+                summary = (
+                    f"the {k} activations with the most output noise on 16-bit grids"
+                    if kind == "16-bit"
+                    else f"the {k} quantizers (activations or weights) with the most output "
+                    "noise kept float"
+                ) + f", the rest as in '{base.rung.name}'"
+                start = time.perf_counter()
+                config = build(state, sim, kind, pool[:k])
+                rung = Rung(name, base.rung.pipeline, summary)
+                seconds = time.perf_counter() - start
+                attempt = self._measure(rung, state, config.sim, config.qdq, seconds, base.timer)
+                attempt.changes = config.changes(base.rung.name, ranking)
+                attempt.row["base"] = base.rung.name
+                if self._keep(attempt):
+                    return True
+        return False
+
+    def _measure(
+        self,
+        rung: Rung,
+        state: PipelineState,
+        sim: QuantSim,
+        qdq: onnx.ModelProto,
+        seconds: float,
+        timer: Timer | None,
+    ) -> Tried:
+        validation = self.validation
+        start = time.perf_counter()
+        metrics = evaluate(state, sim, qdq, validation.data)
+        if validation.float_top1 is None and metrics["float"].get("top1") is not None:
+            validation.float_top1 = metrics["float"]["top1"]
+        runtime = metrics["onnxruntime"]
+        accuracy, drop = runtime.get("top1_agreement"), None
+        if validation.float_top1 is not None:
+            accuracy = runtime["top1"]
+            drop = 100.0 * (validation.float_top1 - accuracy)
+        elif accuracy is not None:
+            drop = 100.0 * (1.0 - accuracy)
+        verdicts = judge_outputs(metrics, self.judged, self.spec)
+        met = all_met(verdicts)
+        if self.fidelity:
+            score = worst_margin(verdicts)
+        else:
+            score = accuracy if accuracy is not None else -math.inf
+        feeds, _ = next(validation.data.batches(1))
+        energy = energy_report(state.model, sim.executor, sim, feeds, self.profile)
+        row = {
+            "name": rung.name,
+            "pipeline": list(rung.pipeline),
+            "summary": rung.summary,
+            "accuracy": accuracy,
+            "drop_points": None if drop is None else round(drop, 4),
+            "meets_target": met,
+            "met": met,
+            "fidelity": verdicts,
+            # what the frontier and "most faithful" compare, higher is better: top-1 (or
+            # agreement) when only top-1 decides, else the worst output's margin past its target
+            "score": None if not math.isfinite(score) else round(score, 4),
+            "energy_pj": energy["quantized_pj"],
+            "energy_ratio_vs_float": energy["ratio"],
+            "seconds": round(seconds + time.perf_counter() - start, 3),
+            "bits": _bits_summary(sim),
+        }
+        return Tried(rung, row, state, sim, qdq, timer)
 
 
 def _bits_summary(sim: QuantSim) -> dict[str, Any]:
-    """Which widths the configuration uses: uniform, or mixed with a count per width."""
+    """Which widths the configuration uses: uniform, or mixed with a count per width, and how
+    many activations that would have a quantizer stay float."""
     weights = [e.scheme.bits for e in sim.weight_encodings.values()]
     activations = [e.scheme.bits for e in sim.activation_encodings.values()]
+    placed = set(sim.placement.activations)
     return {
         "weights": {str(b): weights.count(b) for b in sorted(set(weights))},
         "activations": {str(b): activations.count(b) for b in sorted(set(activations))},
+        "activations_float": len(placed - set(sim.activation_encodings)),
+        "weights_float": len(set(sim.placement.weights) - set(sim.weight_encodings)),
         "pruned_channels": sum(len(v) for v in sim.pruned_channels.values()),
     }
 
 
+def _score(row: dict[str, Any]) -> float:
+    return -math.inf if row.get("score") is None else float(row["score"])
+
+
 def _better(row: dict[str, Any], best: dict[str, Any]) -> bool:
-    """More accurate wins; at equal accuracy the cheaper one."""
-    if row["accuracy"] != best["accuracy"]:
-        return row["accuracy"] > best["accuracy"]
-    return row["energy_pj"] < best["energy_pj"]
+    """More faithful wins; at equal fidelity the cheaper one."""
+    if _score(row) != _score(best):
+        return _score(row) > _score(best)
+    return bool(row["energy_pj"] < best["energy_pj"])
+
+
+def _cheaper(row: dict[str, Any], best: dict[str, Any]) -> bool:
+    """Between two that meet the target: less energy wins; at equal energy the more faithful."""
+    if row["energy_pj"] != best["energy_pj"]:
+        return bool(row["energy_pj"] < best["energy_pj"])
+    return _score(row) > _score(best)
 
 
 def _mark_frontier(rows: list[dict[str, Any]]) -> None:
-    """A configuration is on the frontier when none is both at least as accurate and cheaper."""
+    """A configuration is on the frontier when none is both at least as faithful and cheaper."""
     for row in rows:
         row["on_frontier"] = not any(
             other is not row
-            and other["accuracy"] >= row["accuracy"]
+            and _score(other) >= _score(row)
             and other["energy_pj"] <= row["energy_pj"]
-            and (other["accuracy"] > row["accuracy"] or other["energy_pj"] < row["energy_pj"])
+            and (_score(other) > _score(row) or other["energy_pj"] < row["energy_pj"])
             for other in rows
         )
-
-
-def evaluation_verdict(
-    metrics: dict[str, Any], target: float, validation: Validation
-) -> dict[str, Any]:
-    """The target checked again on the report's own measurement (the evaluation data, else the
-    calibration data), in the validation's measure where the data allows: the summary card
-    shows that figure, so a verdict that ignored it could read "met" beside a larger drop."""
-    source = metrics.get("dataset")
-    float_m, runtime = metrics.get("float") or {}, metrics.get("onnxruntime") or {}
-    samples = (metrics.get("samples") or {}).get("measured")
-    verdict: dict[str, Any] = {"source": source, "samples": samples}
-    labelled = float_m.get("top1") is not None and runtime.get("top1") is not None
-    if labelled and (validation.float_top1 is not None or runtime.get("top1_agreement") is None):
-        verdict["measure"] = "top-1 points"
-        drop = 100.0 * (float_m["top1"] - runtime["top1"])
-    elif runtime.get("top1_agreement") is not None:
-        verdict["measure"] = "points of top-1 agreement"
-        drop = 100.0 * (1.0 - runtime["top1_agreement"])
-    else:
-        return {**verdict, "drop_points": None, "meets_target": None}
-    comparable = verdict["measure"] == validation.measure
-    verdict["drop_points"] = round(drop, 4)
-    verdict["meets_target"] = drop <= target + 1e-9 if comparable else None
-    return verdict
-
-
-def _message(
-    met: bool, chosen: Tried, target: float, validation: Validation, on_evaluation: dict[str, Any]
-) -> str:
-    drop = chosen.row["drop_points"]
-    if met:
-        verdict = (
-            f"target met on the validation data by '{chosen.rung.name}': {drop:.2f} "
-            f"{validation.measure} lost on {validation.source} (target {target:g})"
-        )
-    else:
-        verdict = (
-            f"target of {target:g} {validation.measure} not met on the validation data by any "
-            f"configuration tried; returning the most accurate, '{chosen.rung.name}', which "
-            f"loses {drop:.2f} on {validation.source}"
-        )
-    later = on_evaluation.get("drop_points")
-    if later is None or not on_evaluation.get("source"):
-        return verdict
-    where = f"the {on_evaluation['source']} data ({on_evaluation.get('samples')} samples)"
-    if on_evaluation.get("meets_target") is False:
-        return (
-            f"{verdict}; but on {where} it loses {later:.2f} {on_evaluation['measure']}, over "
-            f"the target: the validation data decided on differs from it (too few samples, or "
-            "not representative)"
-        )
-    outcome = (
-        "within the target"
-        if on_evaluation.get("meets_target")
-        else "a different measure from the target's"
-    )
-    return f"{verdict}; on {where} it loses {later:.2f} {on_evaluation['measure']} ({outcome})"

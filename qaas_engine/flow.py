@@ -11,6 +11,7 @@ from qaas_engine.artifacts.result import QuantizationResult
 from qaas_engine.auto import auto_quantize
 from qaas_engine.cost.energy import EnergyProfile
 from qaas_engine.data import Dataset
+from qaas_engine.fidelity import named_metrics
 from qaas_engine.importer import ImportedModel, import_model
 from qaas_engine.pipeline import PipelineData, run_pipeline
 from qaas_engine.reporting.collect import EnergyProfileSource
@@ -47,6 +48,8 @@ def quantize(
         else timer.run("import", lambda: import_model(model))
     )
     data = PipelineData(calibration, training, validation)
+    # a --metric naming no output fails before any work
+    named_metrics(spec, [value.name for value in imported.model.graph.output])
     if spec.is_auto:
         return auto_quantize(
             imported, spec, data, evaluation, timer, profile, progress, should_stop

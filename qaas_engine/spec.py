@@ -29,6 +29,13 @@ MAX_KEEP_FLOAT_NODES = 1000
 MAX_KEEP_FLOAT_OPS = 256
 MAX_NAME_CHARS = 256  # one node or op name
 MAX_STEP_NAME_CHARS = 64
+MAX_OUTPUT_METRICS = 256
+
+# How auto judges one output (``--metric OUTPUT=top1|sqnr|cosine``): top-1 (against the labels
+# for the first output, else agreement with the float model), the worst per-channel SQNR, or
+# the mean cosine similarity with the float output.
+OutputMetric = Literal["top1", "sqnr", "cosine"]
+OUTPUT_METRICS: tuple[str, ...] = ("top1", "sqnr", "cosine")
 
 NodeName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_CHARS)]
 StepName = Annotated[str, StringConstraints(max_length=MAX_STEP_NAME_CHARS)]
@@ -64,6 +71,14 @@ class QuantSpec(BaseModel):
     # output SQNR (dB, against float, on calibration samples) below which the rules give the
     # noisiest quantizers 16-bit grids
     min_sqnr_db: float = Field(30.0, ge=0.0, le=200.0)
+    # the cosine an output judged by cosine (output_metrics) must reach
+    min_cosine: float = Field(0.99, gt=0.0, le=1.0)
+    # output name, or its index as a string ("0") -> the metric that decides auto's verdict for
+    # it; outputs not named get the default (top1 for the first when labels or a top-1 target
+    # are given, sqnr otherwise)
+    output_metrics: dict[NodeName, OutputMetric] = Field(
+        default_factory=dict, max_length=MAX_OUTPUT_METRICS
+    )
     pipeline: tuple[StepName, ...] = Field((), max_length=MAX_PIPELINE_STEPS)
     batch_size: int = Field(32, ge=1, le=4096)
     max_calibration_samples: int | None = Field(None, ge=1)
@@ -150,6 +165,18 @@ def is_op_type(name: str) -> bool:
     import onnx.defs
 
     return onnx.defs.has(name)
+
+
+def parse_metric(text: str) -> tuple[str, str]:
+    """``OUTPUT=top1|sqnr|cosine`` -> (output, metric). Raises ValueError naming the forms."""
+    output, sep, metric = text.rpartition("=")
+    output, metric = output.strip(), metric.strip().lower()
+    if not sep or not output or metric not in OUTPUT_METRICS:
+        raise ValueError(
+            f"'{text}' is not OUTPUT=METRIC; OUTPUT is an output name or index, METRIC one of "
+            + ", ".join(OUTPUT_METRICS)
+        )
+    return output, metric
 
 
 def parse_bits(text: str, *, allow_float: bool) -> int | None:

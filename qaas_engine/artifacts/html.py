@@ -10,7 +10,9 @@ from html import escape
 from statistics import fmean
 from typing import Any
 
-from qaas_engine.artifacts.svg import column_chart, hbar_chart, line_chart, scatter_chart
+from qaas_engine.artifacts.html_auto import auto_section, fidelity_table
+from qaas_engine.artifacts.html_parts import _num, _table
+from qaas_engine.artifacts.svg import column_chart, hbar_chart, line_chart
 
 MAX_CLE_LAYERS = 6
 MAX_ANALYSIS_ROWS = 12
@@ -26,17 +28,6 @@ border-radius:6px;padding:6px 12px;min-width:150px}
 table.text-last td:last-child,table.text-last th:last-child{text-align:left}
 .verdict{font-weight:bold}
 """
-
-
-def _num(value: Any, pattern: str = "{:.4g}") -> str:
-    return "–" if value is None else escape(pattern.format(value))
-
-
-def _table(header: list[str], rows: list[list[str]], css: str = "") -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    css_class = f' class="{css}"' if css else ""
-    return f"<table{css_class}><tr>{head}</tr>{body}</table>"
 
 
 def _card(title: str, value: str, note: str = "") -> str:
@@ -115,6 +106,7 @@ def _summary(report: dict[str, Any]) -> str:
         "cosine are against the float model (the last row: simulation against ONNX Runtime); "
         "worst channel: the SQNR of the output channel quantization hurts most</p>"
         + _outputs_table(metrics.get("outputs") or {})
+        + fidelity_table(report)
     )
 
 
@@ -413,76 +405,6 @@ def _qat_plot(report: dict[str, Any]) -> str:
     )
 
 
-def _auto(report: dict[str, Any]) -> str:
-    auto = report.get("auto")
-    if not auto:
-        return ""
-    rows, points = [], []
-    for row in auto["tried"]:
-        if "skipped" in row:
-            rows.append([escape(row["name"]), "-", "-", "-", "-", escape(row["skipped"])])
-            continue
-        chosen = " (chosen)" if row["name"] == auto["chosen"] else ""
-        rows.append(
-            [
-                escape(row["name"] + chosen),
-                _num(row["accuracy"], "{:.4f}"),
-                _num(row["drop_points"], "{:.2f}"),
-                _num(row["energy_pj"], "{:,.0f}"),
-                _num(row["seconds"], "{:.1f}"),
-                "meets the target" if row["meets_target"] else "misses the target",
-            ]
-        )
-        points.append((row["name"], row["energy_pj"], row["accuracy"], row.get("on_frontier")))
-    target = auto["target"]
-    note = (
-        f"Target: lose at most {target['max_accuracy_drop']:g} {escape(target['measure'])}. "
-        f"The choice and the table below are measured on "
-        f"{escape(auto['validation']['source'])} ({auto['validation']['samples']} samples), "
-        "never on the evaluation data; the summary's figures are on the evaluation data."
-    )
-    verdict = _auto_verdict(auto)
-    plot = scatter_chart(
-        "Configurations tried: accuracy against modelled energy (frontier joined)",
-        points,
-        "energy per inference, pJ",
-        "validation accuracy",
-    )
-    return (
-        verdict
-        + f'<p class="note">{note}</p>'
-        + _table(["configuration", "validation accuracy", "drop", "energy pJ", "seconds", ""], rows)
-        + plot
-    )
-
-
-def _auto_verdict(auto: dict[str, Any]) -> str:
-    """One line per data set, so the verdict never contradicts the summary card: met or not
-    on the validation data (where auto chose), and on the evaluation data (what is shown)."""
-    target = auto["target"]
-    chosen: dict[str, Any] = next((r for r in auto["tried"] if r["name"] == auto["chosen"]), {})
-    lines = [
-        f"{'Target met' if auto['met'] else 'Target missed'} on the validation data: "
-        f"'{escape(auto['chosen'])}' loses {_num(chosen.get('drop_points'), '{:.2f}')} "
-        f"{escape(target['measure'])} (target {target['max_accuracy_drop']:g})"
-    ]
-    later = auto.get("evaluation") or {}
-    if later.get("drop_points") is not None:
-        outcome = {
-            True: "within the target",
-            False: "over the target",
-            None: "a different measure from the target's",
-        }
-        lines.append(
-            f"On the {escape(str(later.get('source')))} data ({later.get('samples')} samples): "
-            f"loses {_num(later['drop_points'], '{:.2f}')} {escape(later['measure'])}, "
-            f"{outcome[later.get('meets_target')]}"
-        )
-    missed = not auto["met"] or later.get("meets_target") is False
-    css = "warn verdict" if missed else "verdict"
-    return "".join(f'<p class="{css}">{line}</p>' for line in lines)
-
-
 def _mixed_precision(report: dict[str, Any]) -> str:
     data = (report.get("step_reports") or {}).get("bayesian_bits")
     if not data:
@@ -545,7 +467,7 @@ def render_html(report: dict[str, Any]) -> str:
         ("Measured latency", _latency(report)),
         ("Per-layer analysis", _analysis(report)),
     ]
-    auto, mixed = _auto(report), _mixed_precision(report)
+    auto, mixed = auto_section(report), _mixed_precision(report)
     if auto:
         sections.insert(1, ("Automatic pipeline", auto))
     if mixed:

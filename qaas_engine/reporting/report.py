@@ -19,6 +19,7 @@ from qaas_engine.cost.shapes import macs_per_sample
 from qaas_engine.data import Dataset
 from qaas_engine.evaluation import artifact_warnings, evaluate, gap_warnings
 from qaas_engine.export.encodings import aimet_encodings
+from qaas_engine.fidelity import fidelity_report, metric_per_output
 from qaas_engine.graph.kernels import default_opset
 from qaas_engine.importer import ImportedModel
 from qaas_engine.quant.sim import QuantSim
@@ -58,6 +59,11 @@ def finish(
         timer=timer, energy_profile=profile, quantization_seconds=quantization_seconds(timer),
     )  # fmt: skip
     report["warnings"] += artifact_warnings(report)
+    if metrics.get("outputs"):
+        labelled = measured_on is not None and measured_on.labels is not None
+        top1_first = labelled or sim.spec.max_accuracy_drop is not None
+        judged = metric_per_output(sim.spec, list(metrics["outputs"]), top1_first=top1_first)
+        report["fidelity"] = fidelity_report(metrics, sim.spec, judged)
     return QuantizationResult(qdq, encodings, report)
 
 

@@ -196,6 +196,8 @@ def _bad_inputs(tmp_path, tiny_model):
         "bad evaluation count": ([str(tiny_model), "--evaluation-samples", "many"], "count or"),
         "zero evaluation count": ([str(tiny_model), "--evaluation-samples", "0"], "greater"),
         "zero threads": ([str(tiny_model), "--threads", "0"], "at least 1"),
+        "bad metric": ([str(tiny_model), "--metric", "logits=iou"], "OUTPUT=METRIC"),
+        "metric for no output": ([str(tiny_model), "--metric", "boxes=sqnr"], "no output 'boxes'"),
     }
 
 
@@ -240,6 +242,24 @@ def test_strict_bits_and_min_sqnr_reach_the_spec(tiny_model, tiny_data, tmp_path
     assert report["spec"]["strict_bits"] is False and report["spec"]["min_sqnr_db"] == 30
 
 
+def test_metric_and_min_cosine_reach_the_spec(tiny_model, tiny_data, tmp_path):
+    common = ["quantize", str(tiny_model), "--calibration", str(tiny_data[0]), "--quiet"]
+    named = ["--metric", "0=cosine", "--min-cosine", "0.5", "-o", str(tmp_path / "m")]
+    assert main([*common, *named]) == 0
+    report = json.loads((tmp_path / "m" / "report.json").read_text())
+    assert report["spec"]["output_metrics"] == {"0": "cosine"}
+    assert report["spec"]["min_cosine"] == 0.5
+    verdict = report["fidelity"]["outputs"]["logits"]
+    assert verdict["metric"] == "cosine" and verdict["named"] and verdict["target"] == 0.5
+    assert verdict["met"] == (verdict["value"] >= 0.5)
+    assert main([*common, "-o", str(tmp_path / "d")]) == 0
+    report = json.loads((tmp_path / "d" / "report.json").read_text())
+    assert report["spec"]["output_metrics"] == {} and report["spec"]["min_cosine"] == 0.99
+    # unlabelled calibration data and no top-1 target: the worst per-channel SQNR judges
+    assert report["fidelity"]["outputs"]["logits"]["metric"] == "sqnr"
+    assert main([*common, "--metric", "logits=top1", "--metric", "logits=sqnr"]) == 2
+
+
 # The client commands' checks made before any request (the service tests run them against a
 # real server: tests/service/test_sdk.py).
 
@@ -280,6 +300,7 @@ def test_submit_options_are_checked_before_any_request(no_server, tiny_model, tm
             "--calibration or --calibration-id",
         ),
         "-o without --wait": ([str(tiny_model), "-o", str(tmp_path)], "needs --wait"),
+        "bad metric": ([str(tiny_model), "--metric", "sqnr"], "OUTPUT=METRIC"),
     }
     for name, (argv, message) in cases.items():
         assert main(["submit", *argv, "--url", no_server]) == 2, name

@@ -5,6 +5,7 @@ import copy
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,7 +31,22 @@ def models(tmp_path_factory):
         name: import_model(export_onnx(net, folder / f"{name}.onnx"))
         for name, net in (("plain", plain), ("imbalanced", imbalanced))
     }
-    return {**imported, **digits_datasets(imported["plain"].model, digits)}
+    datasets = digits_datasets(imported["plain"].model, digits)
+    # A 1-point target needs at least 268 labelled samples to be resolved (qaas_engine.fidelity):
+    # the 150 validation digits and 150 of the training ones.
+    datasets["validation"] = _joined(datasets["validation"], datasets["training"], 150)
+    return {**imported, **datasets}
+
+
+def _joined(first, second, count):
+    from qaas_engine.data import Dataset
+
+    arrays = {
+        name: np.concatenate([first.arrays[name], second.arrays[name][:count]])
+        for name in first.arrays
+    }
+    labels = np.concatenate([first.labels, second.labels[:count]])
+    return Dataset(arrays, dict(first.stacked), labels, len(labels), first.one_at_a_time)
 
 
 def _auto(models, name, **spec):
@@ -128,9 +144,13 @@ def test_cli_pipeline_auto(tmp_path, capsys):
     )  # fmt: skip
     assert code == 0
     out = capsys.readouterr().out
-    assert "auto: target met" in out
+    # no --validation: auto decided on 26 held-out calibration samples, too few to resolve a
+    # 1-point budget, and says so instead of "target met"
+    assert "auto: target not confirmed" in out and "cannot resolve a 1-point budget" in out
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["auto"]["target"]["max_accuracy_drop"] == 1.0
+    assert report["auto"]["verdict"] == "unresolved" and report["auto"]["met"] is False
+    assert report["auto"]["resolution"]["samples"] == 26
 
 
 def test_met_on_validation_but_not_on_evaluation_is_never_shown_as_met():

@@ -170,6 +170,8 @@ def test_idempotency_key(api, tenant, model, calibration):
         ({"calibration_method": "magic"}, "calibration_method"),
         ({"target": "onnxruntime-gpu"}, "onnxruntime-cpu"),
         ({"target": "qnn-htp"}, "not supported yet"),
+        ({"output_metrics": {"0": "iou"}}, "output_metrics"),
+        ({"min_cosine": 1.5}, "min_cosine"),
     ],
 )
 def test_malformed_spec_is_422(api, tenant, model, calibration, quantization, needle):
@@ -177,6 +179,20 @@ def test_malformed_spec_is_422(api, tenant, model, calibration, quantization, ne
         "/v1/jobs", json=job_body(model, calibration, **quantization), headers=tenant
     )
     assert needle in assert_envelope(response, 422, "invalid_request")
+
+
+def test_output_metrics_reach_the_job_spec(api, tenant, model, calibration):
+    body = job_body(
+        model, calibration, pipeline=["auto"], output_metrics={"0": "sqnr"}, min_sqnr_db=35.0
+    )
+    response = api.post("/v1/jobs", json=body, headers=tenant)
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["quantization"]["output_metrics"] == {"0": "sqnr"}
+    assert job["quantization"]["min_sqnr_db"] == 35.0
+    stored = api.get(f"/v1/jobs/{job['id']}", headers=tenant).json()
+    assert stored["quantization"]["output_metrics"] == {"0": "sqnr"}
+    api.post(f"/v1/jobs/{job['id']}/cancel", headers=tenant)
 
 
 def test_job_target_sets_the_spec_target_and_a_bad_one_is_422(api, tenant, model, calibration):

@@ -1,0 +1,165 @@
+"""auto's mixed-precision rungs: the activations that carry most of the output noise on 16-bit
+grids (W8A16 groups, which ONNX Runtime runs), and, where 16 bits are not enough, the noisiest
+quantizers (activations or weights) kept float.
+
+A rung here does not calibrate again: it starts from the most faithful post-training
+configuration auto built, ranks its activation quantizers by first-order output noise on
+calibration samples (``quant.sensitivity``, the pricing the ``sensitive_tensor`` rule uses), and
+widens the top k for k = 1, 2, 4, ... until the exported model meets the target. Each
+configuration is priced by the energy model, so the report's frontier shows what each step of
+fidelity costs.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+from qaas_engine.data import Dataset
+from qaas_engine.export.qdq import export_qdq
+from qaas_engine.quant.encoding import Encoding
+from qaas_engine.quant.sensitivity import estimate_noise
+from qaas_engine.quant.sim import QuantSim
+from qaas_engine.state import PipelineState
+
+WIDE_BITS = 16
+PRICED_SAMPLES = 8  # calibration samples the noise is priced on, where one took little time
+PRICING_SECONDS = 5.0  # one sample's pricing took longer: the ranking stays on one sample
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Activation quantizers, the noisiest first; every quantizer (activations and weights)
+    the same way, for the float fallback; and how that order was found."""
+
+    names: list[str]
+    how: str
+    everything: list[str]
+
+
+@dataclass(frozen=True)
+class MixedConfig:
+    """One mixed configuration: which tensors changed, and the simulation and export."""
+
+    kind: str  # "16-bit" or "float"
+    tensors: list[str]
+    sim: QuantSim
+    qdq: onnx.ModelProto
+
+    def changes(self, base: str, ranking: Ranking) -> list[dict[str, str]]:
+        """The report's lines for it, in the rules' shape (rule, node, action, why)."""
+        pool = ranking.names if self.kind == "16-bit" else ranking.everything
+        what = "activations" if self.kind == "16-bit" else "quantizers"
+        lines = []
+        for rank, name in enumerate(self.tensors):
+            if self.kind == "16-bit":
+                action = f"{WIDE_BITS}-bit activations"
+            elif name in self.sim.placement.weights:
+                action = "weights kept float"
+            else:
+                action = "activation kept float (no Q/DQ)"
+            why = (
+                f"pipeline auto: #{rank + 1} of {len(pool)} {what} by output noise "
+                f"({ranking.how}); with the {len(self.tensors)} noisiest changed on top of "
+                f"'{base}' the fidelity target was met where fewer did not"
+            )
+            lines.append(
+                {"rule": "auto_mixed_precision", "node": name, "action": action, "why": why}
+            )
+        return lines
+
+
+def rank_activations(state: PipelineState, sim: QuantSim) -> Ranking:
+    """The quantizers, largest first-order output noise first, priced on calibration samples;
+    the activations alone by grid step where the pricing cannot run (an op without a torch
+    gradient)."""
+    names = list(sim.activation_encodings)
+    data = state.calibration
+    if data is None or not names:
+        return _by_step(sim, names, "no calibration data to price on")
+    try:
+        start = time.perf_counter()
+        estimate = estimate_noise(sim, _first(data, 1), seed=state.spec.seed)
+        samples = 1
+        if not data.one_at_a_time and time.perf_counter() - start < PRICING_SECONDS / 8:
+            samples = min(PRICED_SAMPLES, data.num_samples)
+            estimate = estimate_noise(sim, _first(data, samples), seed=state.spec.seed)
+    except Exception as error:  # the torch executor cannot differentiate some graph
+        return _by_step(sim, names, f"pricing failed: {str(error).splitlines()[0][:120]}")
+    power = {**estimate.weights, **estimate.activations}
+    ranked = sorted(names, key=lambda name: -power.get(name, 0.0))
+    everything = sorted([*names, *sim.weight_encodings], key=lambda name: -power.get(name, 0.0))
+    return Ranking(ranked, f"first-order noise on {samples} calibration samples", everything)
+
+
+def _by_step(sim: QuantSim, names: list[str], why: str) -> Ranking:
+    step = {name: float(np.max(sim.activation_encodings[name].scale)) for name in names}
+    ranked = sorted(names, key=lambda name: -step[name])
+    return Ranking(ranked, f"by grid step ({why})", ranked)
+
+
+def _first(data: Dataset, count: int) -> dict[str, Any]:
+    feeds, _ = next(iter(data.batches(count, count)))
+    return {name: np.asarray(value) for name, value in feeds.items()}
+
+
+def counts(total: int) -> list[int]:
+    """1, 2, 4, ... and ``total`` last: log2(total) configurations reach every tensor."""
+    steps, k = [], 1
+    while k < total:
+        steps.append(k)
+        k *= 2
+    return [*steps, total] if total else []
+
+
+def widened(sim: QuantSim, names: list[str]) -> QuantSim:
+    """A copy of ``sim`` with ``names`` on 16-bit grids over their calibrated ranges."""
+    new = _copy(sim)
+    for name in names:
+        encoding = new.activation_encodings[name]
+        if encoding.scheme.bits >= WIDE_BITS:
+            continue
+        zero = np.asarray(encoding.zero_point, dtype=np.float64)
+        scale = np.asarray(encoding.scale, dtype=np.float64)
+        low, high = (encoding.scheme.qmin - zero) * scale, (encoding.scheme.qmax - zero) * scale
+        wide = dataclasses.replace(encoding.scheme, bits=WIDE_BITS)
+        new.activation_encodings[name] = Encoding.from_range(wide, low, high)
+    new.derive_bias_encodings()
+    return new
+
+
+def floated(sim: QuantSim, names: list[str]) -> QuantSim:
+    """A copy of ``sim`` with ``names`` (activations or weights) left float (no Q/DQ)."""
+    new = _copy(sim)
+    for name in names:
+        new.activation_encodings.pop(name, None)
+        new.weight_encodings.pop(name, None)
+        new.skipped[name] = "pipeline auto: among the noisiest quantizers, kept float"
+    new.derive_bias_encodings()
+    return new
+
+
+def _copy(sim: QuantSim) -> QuantSim:
+    new = copy.copy(sim)
+    new.activation_encodings = dict(sim.activation_encodings)
+    new.weight_encodings = dict(sim.weight_encodings)
+    new.skipped = dict(sim.skipped)
+    new.engines = dict(sim.engines)
+    new.bias_encodings = {}
+    new.invalidate()
+    return new
+
+
+def build(state: PipelineState, sim: QuantSim, kind: str, tensors: list[str]) -> MixedConfig:
+    """The configuration and its export, laid out for the same kernels as the base."""
+    changed = widened(sim, tensors) if kind == "16-bit" else floated(sim, tensors)
+    unsigned = state.kernels is not None and not state.kernels.signed_weights
+    qdq = export_qdq(state.model, changed, unsigned_weights=unsigned)
+    onnx.checker.check_model(qdq)
+    return MixedConfig(kind, list(tensors), changed, qdq)

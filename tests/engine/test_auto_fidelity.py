@@ -1,0 +1,203 @@
+"""pipeline auto without labels: every output judged by its worst per-channel SQNR (or the
+metric the user names), mixed 16-bit / float rungs where plain W8A8 misses, the cheapest
+configuration that meets the target by the energy model, the frontier in report.json and
+report.html; and no "target met" on a validation set too small to resolve the budget."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from qaas_engine import QuantSpec, import_model, load_npz, model_inputs, quantize
+from qaas_engine.artifacts.html import render_html
+from qaas_engine.data import Dataset
+from qaas_engine.errors import SpecError
+from qaas_engine.fidelity import resolution
+from qaas_engine.sessions import session
+from tests.conftest import export_legacy
+
+PIXELS = 320.0
+
+
+class WideOutput(torch.nn.Module):
+    """One output tensor whose first four channels are box coordinates in pixels and last two
+    scores near 0..1, made by one scale-and-shift after the head (no Concat, so the wide_join
+    rule has nothing to keep float): one 8-bit grid over it gives the scores a level or two."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.head = torch.nn.Linear(8, 6)
+        self.register_buffer("scale", torch.tensor([PIXELS] * 4 + [1.0, 1.0]))
+        self.register_buffer("shift", torch.tensor([PIXELS] * 4 + [0.5, 0.5]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = torch.relu(self.conv(x)).mean((2, 3))
+        return self.head(features) * self.scale + self.shift
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("wide")
+    torch.manual_seed(0)
+    path = export_legacy(WideOutput(), folder / "wide.onnx", torch.randn(1, 1, 8, 8))
+    data = folder / "calibration.npz"
+    np.savez(data, input=np.random.default_rng(0).standard_normal((80, 1, 8, 8), np.float32))
+    imported = import_model(path)
+    return imported, load_npz(data, model_inputs(imported.model))
+
+
+def _auto(wide, **spec):
+    imported, calibration = wide
+    return quantize(imported, QuantSpec(pipeline=("auto",), **spec), calibration=calibration)
+
+
+def test_auto_without_labels_reaches_the_sqnr_target_through_mixed_precision(wide, tmp_path):
+    result = _auto(wide, min_sqnr_db=30)
+    auto = result.report["auto"]
+    assert auto["target"]["outputs"] == {"logits": "sqnr"}
+    assert "worst per-channel SQNR" in auto["target"]["sqnr_measure"]
+    rows = {row["name"]: row for row in auto["tried"]}
+    ptq = rows["ptq"]["fidelity"]["logits"]
+    # plain W8A8: the scores sit on the boxes' grid; the whole output would have looked fine
+    assert ptq["metric"] == "sqnr" and ptq["value"] < 20 and ptq["met"] is False
+    assert result.report["rules"] == [] or all(
+        line["rule"] != "sensitive_tensor" or "16-bit" not in line["action"]
+        for line in result.report["rules"]
+    )
+    assert auto["met"] and auto["verdict"] == "met"
+    chosen = rows[auto["chosen"]]
+    assert chosen["name"].startswith(("a16_", "float_"))
+    assert chosen["fidelity"]["logits"]["value"] >= 30
+    assert chosen["bits"]["activations"].get("16") or chosen["bits"]["activations_float"]
+    # the cheapest that meets it, and every configuration on the record
+    met = [row for row in auto["tried"] if row.get("met")]
+    assert chosen["energy_pj"] == min(row["energy_pj"] for row in met)
+    assert chosen["energy_pj"] > rows["ptq"]["energy_pj"]
+    assert chosen["on_frontier"]
+    # 16 bits first, float only where 16 bits are not enough (each priced by the energy model)
+    names = list(rows)
+    assert names[:3] == ["ptq", "dfq", "a16_top1"]
+    if chosen["name"].startswith("float_"):
+        assert not any(rows[n]["met"] for n in names if n.startswith("a16_"))
+        assert "a16_all" in rows
+    for row in auto["tried"]:
+        if "skipped" not in row:
+            assert {"bits", "fidelity", "energy_pj", "on_frontier", "met"} <= row.keys()
+    # the decision holds on the report's own data, and auto says what it changed
+    assert (
+        result.report["metrics"]["outputs"]["logits"]["onnxruntime"]["worst_channel_sqnr_db"]
+        >= 30 - 3
+    )
+    assert auto["chosen_changes"] and any(
+        line["rule"] == "auto_mixed_precision" for line in result.report["rules"]
+    )
+    written = result.save(tmp_path)
+    saved = json.loads(written["report.json"].read_text())
+    assert [row["name"] for row in saved["auto"]["tried"]] == list(rows)
+    assert saved["fidelity"]["outputs"]["logits"]["metric"] == "sqnr"
+    html = written["report.html"].read_text()
+    assert "frontier" in html and "worst per-channel SQNR" in html and chosen["name"] in html
+
+
+def test_strict_bits_keeps_the_grids_and_says_the_target_is_missed(wide):
+    auto = _auto(wide, min_sqnr_db=30, strict_bits=True).report["auto"]
+    rows = {row["name"]: row for row in auto["tried"]}
+    assert "--strict-bits" in rows["a16_float"]["skipped"]
+    assert not any(name.startswith(("a16_top", "float_")) for name in rows)
+    assert not auto["met"] and auto["verdict"] == "not met"
+    assert "not met" in auto["message"] and "worst per-channel SQNR" in auto["message"]
+
+
+def test_a_named_metric_decides_for_its_output(wide):
+    # cosine is dominated by the boxes, as the whole-output SQNR is: plain W8A8 meets it
+    result = _auto(wide, output_metrics={"0": "cosine"}, min_cosine=0.99)
+    auto = result.report["auto"]
+    assert auto["target"]["outputs"] == {"logits": "cosine"}
+    assert auto["chosen"] == "ptq" and auto["met"]
+    assert auto["tried"][0]["fidelity"]["logits"]["metric"] == "cosine"
+    assert result.report["spec"]["output_metrics"] == {"0": "cosine"}
+    assert result.report["fidelity"]["outputs"]["logits"]["metric"] == "cosine"
+    assert "cosine" in render_html(result.report)
+
+
+def test_a_metric_for_an_output_the_model_lacks_is_refused(wide):
+    with pytest.raises(SpecError, match="no output 'boxes'.*0: logits"):
+        _auto(wide, output_metrics={"boxes": "sqnr"})
+    with pytest.raises(ValueError, match="top1"):
+        QuantSpec(output_metrics={"0": "iou"})
+
+
+def test_the_issue_case_is_too_small_to_resolve():
+    # 224 held-out samples against a 0.5-point budget: one sample (0.45 points) fits in it,
+    # but a model that loses 0.75 points would measure within it too often
+    check = resolution(224, 0.5)
+    assert check["one_sample_points"] < 0.5 and not check["resolvable"]
+    assert check["samples_needed"] > 224
+    assert resolution(check["samples_needed"], 0.5)["resolvable"]
+    assert not resolution(80, 1.0)["resolvable"]  # one sample is 1.25 points
+
+
+def test_auto_refuses_met_on_a_validation_set_too_small_to_resolve(tiny_imported):
+    """The issue's trap: 224 labelled validation samples on which the float model is right
+    every time, a 0.5-point target. The quantized model loses nothing there, so auto used to
+    say "target met"; now it says the set cannot tell."""
+    imported, calibration, _ = tiny_imported
+    rng = np.random.default_rng(1)
+    candidates = rng.standard_normal((2000, 1, 8, 8)).astype(np.float32)
+    (logits,) = session(imported.model).run(None, {"input": candidates})
+    ordered = np.sort(logits, axis=1)
+    margin = ordered[:, -1] - ordered[:, -2]
+    keep = np.argsort(-margin)[:224]  # clear decisions: W8A8 noise does not flip them
+    labels = logits[keep].argmax(1)  # the float model is right on every one: accuracy 1.0
+    validation = Dataset({"input": candidates[keep]}, {"input": False}, labels, 224)
+    report = quantize(
+        imported,
+        QuantSpec(pipeline=("auto",), max_accuracy_drop=0.5),
+        calibration=calibration,
+        validation=validation,
+    ).report
+    auto = report["auto"]
+    assert auto["validation"]["float_top1"] == 1.0
+    assert auto["tried"][0]["meets_target"]  # within budget, as measured
+    assert auto["met"] is False and auto["verdict"] == "unresolved"
+    assert auto["resolution"]["samples"] == 224 and not auto["resolution"]["resolvable"]
+    assert "target not confirmed" in auto["message"]
+    assert "224 samples" in auto["message"] and "cannot resolve" in auto["message"]
+    assert any("cannot resolve" in warning for warning in report["warnings"])
+    assert "not confirmed" in render_html(report)
+
+
+def test_the_float_fallback_keeps_weights_float_too(wide):
+    """Where 8-bit weights carry the noise, their layer's weights stay float: no DQ on them,
+    and the energy model prices the layer in float."""
+    from qaas_engine.auto import _bits_summary
+    from qaas_engine.auto_mixed import build, rank_activations
+    from qaas_engine.cost.energy import EnergyProfile
+    from qaas_engine.pipeline import PipelineData, run_pipeline
+    from qaas_engine.reporting.energy import energy_report
+    from qaas_engine.state import Timer
+
+    imported, calibration = wide
+    state, sim, _ = run_pipeline(
+        imported, QuantSpec(), PipelineData(calibration), Timer(), EnergyProfile()
+    )
+    ranking = rank_activations(state, sim)
+    assert set(ranking.everything) == set(sim.activation_encodings) | set(sim.weight_encodings)
+    weight = next(name for name in ranking.everything if name in sim.weight_encodings)
+    config = build(state, sim, "float", [weight])
+    assert weight not in config.sim.weight_encodings and weight in sim.weight_encodings
+    assert _bits_summary(config.sim)["weights_float"] == 1
+    dequantized = {
+        node.input[0] for node in config.qdq.graph.node if node.op_type == "DequantizeLinear"
+    }
+    assert weight not in dequantized and weight in {i.name for i in config.qdq.graph.initializer}
+    feeds, _ = next(calibration.batches(1))
+    before = energy_report(state.model, sim.executor, sim, feeds)["quantized_pj"]
+    after = energy_report(state.model, sim.executor, config.sim, feeds)["quantized_pj"]
+    assert after > before
+    (line,) = config.changes("ptq", ranking)
+    assert line["node"] == weight and line["action"] == "weights kept float"
