@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The test command (README, CI): set up .venv if needed, lint, then run the suite; with no
-# arguments, the service tests that store, serve or delete files run once more with the
-# object-store backend against a local S3 server that the suite starts (README "Object storage").
+# The test command (README, CI): set up .venv if needed, lint, then run the suite. With
+# arguments: pytest with them. With none: the whole suite with the folder backend and, at the
+# same time, the whole of tests/service again with the object-store backend against a local S3
+# server that it starts (README "Object storage"); the service tests mostly wait on processes
+# and the network, so the two passes share the cores well. tests/faults stop and restart
+# Postgres and Redis, so they run last, alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -9,11 +12,20 @@ bash scripts/setup.sh
 .venv/bin/ruff format --check .
 .venv/bin/lint-imports --no-cache
 .venv/bin/python -m mypy
-.venv/bin/python -m pytest -q "$@"
-if [ "$#" -eq 0 ]; then
-    QAAS_STORAGE_URL=s3://qaas-test/run .venv/bin/python -m pytest -q \
-        tests/service/test_api.py tests/service/test_deletion.py \
-        tests/service/test_external_data.py tests/service/test_storage_floor.py \
-        tests/service/test_distributed.py tests/service/test_pages.py tests/service/test_reaper.py \
-        tests/service/test_limited_runs.py
+if [ "$#" -gt 0 ]; then
+    exec .venv/bin/python -m pytest -q "$@"
 fi
+s3_log=$(mktemp)
+QAAS_STORAGE_URL=s3://qaas-test/run .venv/bin/python -m pytest -q -p no:cacheprovider \
+    tests/service >"$s3_log" 2>&1 &
+s3_pid=$!
+trap 'kill "$s3_pid" 2>/dev/null || true; rm -f "$s3_log"' EXIT
+status=0
+.venv/bin/python -m pytest -q --ignore=tests/faults || status=1
+s3_status=0
+wait "$s3_pid" || s3_status=1
+echo "--- tests/service with QAAS_STORAGE_URL=s3://qaas-test/run (run beside the above) ---"
+cat "$s3_log"
+.venv/bin/python -m pytest -q tests/faults || status=1
+[ "$s3_status" -eq 0 ] && exit "$status"
+exit 1
