@@ -45,6 +45,7 @@ from qaas_engine.reporting.report import finish
 from qaas_engine.spec import QuantSpec
 from qaas_engine.state import PipelineState, Progress, Timer
 from qaas_engine.step_registry import DATA_FLAGS, missing_data
+from qaas_engine.targets import target_rules
 
 HELD_OUT_FRACTION = 0.2  # of the training (else calibration) data, when no validation set
 SMALL_VALIDATION = 100  # fewer samples than this and the report warns that decisions are coarse
@@ -190,6 +191,14 @@ def _split_validation(data: PipelineData, seed: int) -> tuple[PipelineData, Vali
     return data, Validation(held_out, source, None)
 
 
+def _fixed_grids(spec: QuantSpec) -> str | None:
+    """Why no rung may change the grids the spec asked for: a target validated, not run, here
+    (its checks pass for those grids only)."""
+    if target_rules(spec.target).executed_here:
+        return None
+    return f"target {spec.target} takes only the grids asked for (mixed bit-widths are not checked)"
+
+
 def _missing_data(rung: Rung, data: PipelineData) -> str | None:
     """Why a rung cannot run with the data given (its steps' needs, from the registry)."""
     missing = sorted({need for _, need in missing_data(rung.pipeline, data.available())})
@@ -227,9 +236,10 @@ class Climb:
 
     def run(self) -> None:
         for rung in LADDER:
+            fixed_grids = _fixed_grids(self.spec)
             if self.fidelity and rung.name == MIXED_BEFORE:
-                if self.spec.strict_bits:
-                    skipped = "--strict-bits: no grid may be widened or kept float"
+                if self.spec.strict_bits or fixed_grids:
+                    skipped = fixed_grids or "--strict-bits: no grid may be widened or kept float"
                     self.tried.append(Tried(Rung("a16_float", (), MIXED_SUMMARY), {
                         "name": "a16_float", "pipeline": [], "summary": MIXED_SUMMARY,
                         "skipped": skipped,
@@ -238,6 +248,8 @@ class Climb:
                     return
             row = {"name": rung.name, "pipeline": list(rung.pipeline), "summary": rung.summary}
             missing = _missing_data(rung, self.data)
+            if fixed_grids and "bayesian_bits" in rung.pipeline:
+                missing = fixed_grids
             if missing:
                 self.tried.append(Tried(rung, {**row, "skipped": missing}))
                 continue

@@ -352,3 +352,15 @@ def test_the_cli_takes_both_targets(net, tmp_path):
     assert main([*args, "--target", "tensorrt"]) == 0
     assert (out / "report.json").read_text().count('"executed": false') == 1
     assert main([*args, "--target", "tensorrt", "--activations", "int16"]) == 2
+
+
+def test_targets_validated_not_run_here_keep_their_grids_and_their_speed_unjudged():
+    from qaas_engine.auto import _fixed_grids
+    from qaas_engine.evaluation import artifact_warnings
+
+    assert _fixed_grids(QuantSpec()) is None
+    for target in ("tensorrt", "qnn-htp"):
+        assert "takes only the grids asked for" in (_fixed_grids(QuantSpec(target=target)) or "")
+    slower = {"latency_ms": {"speedup": {"batch_1": 0.4}}}
+    assert artifact_warnings({**slower, "target": {"target": "onnxruntime-cpu", "executed": True}})
+    assert not artifact_warnings({**slower, "target": {"target": "tensorrt", "executed": False}})
