@@ -29,6 +29,7 @@ from qaas_engine.step_registry import STEPS, Data, Stage, learns, missing_data_m
 from qaas_engine.targets import choose_kernels
 from qaas_engine.transforms.bn_fold import fold_batchnorms
 from qaas_engine.transforms.cle import ChannelStats
+from qaas_engine.weights_apart import check_model_apart
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,16 @@ def build_state(
     calibration: Dataset | None,
     progress: Progress | None,
 ) -> PipelineState:
-    """A copy of the model with BatchNorms folded (their statistics kept for data-free steps)."""
-    model = onnx.ModelProto()
-    model.CopyFrom(imported.model)
+    """The model with BatchNorms folded (their statistics kept for data-free steps).
+
+    A copy when anything will rewrite the graph (a BatchNorm to fold, a pipeline step); else the
+    imported model itself, which the report reads as the float model: nothing after this point
+    changes a model in place (export and the report's probes build their own), and a second
+    copy of a large model would hold its whole size for the rest of the job."""
+    model = imported.model
+    if spec.pipeline or any(node.op_type == "BatchNormalization" for node in model.graph.node):
+        model = onnx.ModelProto()
+        model.CopyFrom(imported.model)
     folded = fold_batchnorms(model)
     executor = LazyExecutor(model)  # torch only when a step runs the graph in it
     state = PipelineState(model, executor, spec, calibration, folded, progress or no_progress)
@@ -109,7 +117,14 @@ def build_sim(state: PipelineState, timer: Timer) -> QuantSim:
                 "activations in float (--activations float)"
             )
         budget = max(PRICING_BUDGET_S, timer.seconds("calibration"))
+        executor = state.executor
+        lazy = isinstance(executor, LazyExecutor) and not executor.built
         sim, actions = timer.run("rules", lambda: apply_rules(state, sim, budget))
+        if lazy and isinstance(executor, LazyExecutor) and not learns(spec.pipeline):
+            # the rules only read gradients from the torch executor; nothing later runs it,
+            # and a large model's torch weights would stay for the whole report
+            executor.release()
+            sim.invalidate()
         state.rules = [action.as_dict() for action in actions]
     state.sim = sim
     return sim
@@ -162,5 +177,5 @@ def run_pipeline(
     state.kernels = choose_kernels(spec.target)
     unsigned = not state.kernels.signed_weights
     qdq = timer.run("export", lambda: export_qdq(state.model, sim, unsigned_weights=unsigned))
-    onnx.checker.check_model(qdq)
+    check_model_apart(qdq)  # the checker without a serialized copy of the weights
     return state, sim, qdq
