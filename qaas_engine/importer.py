@@ -24,6 +24,7 @@ from qaas_engine.control_flow import (
 from qaas_engine.errors import ModelImportError, UnsupportedOpError
 from qaas_engine.graph.kernels import TORCH_KERNEL_OPS, default_opset, unsupported_nodes
 from qaas_engine.sessions import session
+from qaas_engine.weights_apart import check_model_apart, infer_shapes_apart, inferred_skeleton
 
 MIN_OPSET = 13  # per-channel DequantizeLinear (its axis attribute) needs 13
 ALREADY_QUANTIZED_OPS = {
@@ -126,13 +127,13 @@ def prepare_onnx(
         notes.append(f"{inlined} If nodes on a constant condition replaced by their taken branch")
     refuse_work_in_subgraphs(model)
     try:
-        onnx.checker.check_model(model)
+        check_model_apart(model)  # the weights are not serialized with the graph
     except onnx.checker.ValidationError as error:
         raise ModelImportError(
             f"the ONNX checker rejects the model: {_first_line(error)}"
         ) from None
     try:
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        model = infer_shapes_apart(model, strict_mode=True, data_prop=True)
     except Exception as error:  # onnx raises several unrelated types here
         raise ModelImportError(f"shape inference failed: {_first_line(error)}") from None
     bad = unsupported_nodes(model)
@@ -398,7 +399,7 @@ def _cast_like_to_cast(model: onnx.ModelProto) -> int:
     if not cast_likes:
         return 0
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = inferred_skeleton(model)
     except Exception:  # the checks after this report a broken model with their own words
         return 0
     types = {

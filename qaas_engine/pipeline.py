@@ -32,6 +32,7 @@ from qaas_engine.targets import KernelChoice, choose_kernels, target_rules
 from qaas_engine.transforms.bn_fold import fold_batchnorms
 from qaas_engine.transforms.cle import ChannelStats
 from qaas_engine.version import __version__
+from qaas_engine.weights_apart import check_model_apart
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,16 @@ def build_state(
     calibration: Dataset | None,
     progress: Progress | None,
 ) -> PipelineState:
-    """A copy of the model with BatchNorms folded (their statistics kept for data-free steps)."""
-    model = onnx.ModelProto()
-    model.CopyFrom(imported.model)
+    """The model with BatchNorms folded (their statistics kept for data-free steps).
+
+    A copy when anything will rewrite the graph (a BatchNorm to fold, a pipeline step); else the
+    imported model itself, which the report reads as the float model: nothing after this point
+    changes a model in place (export and the report's probes build their own), and a second
+    copy of a large model would hold its whole size for the rest of the job."""
+    model = imported.model
+    if spec.pipeline or any(node.op_type == "BatchNormalization" for node in model.graph.node):
+        model = onnx.ModelProto()
+        model.CopyFrom(imported.model)
     folded = fold_batchnorms(model)
     executor = LazyExecutor(model)  # torch only when a step runs the graph in it
     state = PipelineState(model, executor, spec, calibration, folded, progress or no_progress)
@@ -114,7 +122,14 @@ def build_sim(state: PipelineState, timer: Timer) -> QuantSim:
             )
         if target_rules(spec.target).executed_here:
             # a target run elsewhere keeps its documented grids: no rule widens or drops one
+            executor = state.executor
+            lazy = isinstance(executor, LazyExecutor) and not executor.built
             sim, actions = timer.run("rules", lambda: apply_rules(state, sim))
+            if lazy and isinstance(executor, LazyExecutor) and not learns(spec.pipeline):
+                # the rules only read gradients from the torch executor; nothing later runs
+                # it, and a large model's torch weights would stay for the whole report
+                executor.release()
+                sim.invalidate()
             state.rules = [action.as_dict() for action in actions]
     state.sim = sim
     return sim
@@ -180,7 +195,7 @@ def run_pipeline(
             unsigned_activations=rules.unsigned_activation_container,
         ),
     )
-    onnx.checker.check_model(qdq)
+    check_model_apart(qdq)  # the checker without a serialized copy of the weights
     if not rules.executed_here:
         timer.run("target_check", lambda: check_against_target(kernels, sim, qdq))
         kernels = replace(kernels, constraints_checked=rules.constraints)

@@ -11,11 +11,22 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
 
 import onnx
 import onnxruntime as ort
 
+from qaas_engine.weights_apart import apart_bytes, write_apart
+
 THREADS_ENV = "QAAS_THREADS"
+# Models whose large initializers add up to this reach ONNX Runtime as a file with the weights
+# beside it, not as bytes: bytes cost a serialized copy of the model plus ONNX Runtime's parsed
+# copy while the session is made (~3x the weights at once for BERT-base); from a file ONNX
+# Runtime reads each weight straight into the buffer it keeps. Below it, bytes are cheaper
+# than a round trip through the disk.
+WEIGHTS_FILE_MIN_BYTES = 16 * 2**20
 
 
 def thread_count() -> int:
@@ -51,6 +62,7 @@ def session(
     threads: int | None = None,
     arena: bool = True,
     save_optimized: str | None = None,
+    extra_outputs: Sequence[str] = (),
 ) -> ort.InferenceSession:
     """A CPU session; sequential, ``threads`` intra-op threads (the job's count by default).
 
@@ -58,6 +70,8 @@ def session(
     mark and grows by doubling): for passes over large activations, where peak memory matters
     more than the allocation time saved. ``save_optimized`` (a file path) writes the graph as
     ORT's optimizer left it, its weights in a file beside it: what ``runtime_graph`` inspects.
+    ``extra_outputs`` (untyped: ORT infers their types) are exposed beside the graph's outputs,
+    without a copy of ``model`` being made for them.
     """
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = arena
@@ -75,5 +89,24 @@ def session(
         options.add_session_config_entry(
             "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
         )
+    providers = ["CPUExecutionProvider"]
+    if isinstance(model, onnx.ModelProto) and apart_bytes(model) >= WEIGHTS_FILE_MIN_BYTES:
+        # the same graph and weights, so the same optimized graph and numbers; the folder goes
+        # as soon as the session holds the weights
+        with tempfile.TemporaryDirectory(prefix="qaas-session-") as folder:
+            path = write_apart(model, Path(folder), extra_outputs=extra_outputs)
+            return ort.InferenceSession(str(path), options, providers=providers)
+    if extra_outputs:
+        model = _with_outputs(model, extra_outputs)
     payload = model if isinstance(model, bytes) else model.SerializeToString()
-    return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(payload, options, providers=providers)
+
+
+def _with_outputs(model: onnx.ModelProto | bytes, names: Sequence[str]) -> onnx.ModelProto:
+    exposed = onnx.ModelProto()
+    if isinstance(model, bytes):
+        exposed.ParseFromString(model)
+    else:
+        exposed.CopyFrom(model)
+    exposed.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names)
+    return exposed

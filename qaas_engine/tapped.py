@@ -46,13 +46,8 @@ class TappedModel:
         self.from_feeds = [t for t in wanted if t in self.graph_inputs]
         exposed = [t for t in wanted if t in produced and t not in self.output_names]
         self.unreachable = [t for t in wanted if t not in produced and t not in self.graph_inputs]
-        if exposed:
-            tapped = onnx.ModelProto()
-            tapped.CopyFrom(model)
-            # untyped outputs: ORT infers their types, and a mistyped guess would be refused
-            tapped.graph.output.extend(onnx.ValueInfoProto(name=t) for t in exposed)
-            model = tapped
-        self.session = session(model, optimized=optimized, arena=False)
+        # untyped outputs: ORT infers their types, and a mistyped guess would be refused
+        self.session = session(model, optimized=optimized, arena=False, extra_outputs=exposed)
         self.exposed = exposed
         self.fetch = self.output_names + exposed
         self.budget_bytes = budget_bytes

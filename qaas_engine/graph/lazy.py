@@ -104,6 +104,13 @@ class LazyExecutor:
             self._built = GraphExecutor(self.model)
         return self._built
 
+    def release(self) -> None:
+        """Drop the torch executor (its weight tensors, its compiled graph), back to numpy
+        weights read from the graph. For a pass that built it only to read from it (the
+        sensitivity rule's gradients): weights it changed would be lost, so callers release
+        only what no step trains."""
+        self._built = None
+
     def __getattr__(self, name: str) -> Any:
         # only reached for attributes not set above: run, to, program, fallback_nodes, ...
         if name.startswith("__") or name in ("_built", "_weights", "_nodes", "model"):

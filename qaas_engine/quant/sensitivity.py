@@ -50,9 +50,10 @@ def estimate_noise(sim: QuantSim, feeds: Mapping[str, Any], seed: int = 0) -> No
 
     executor = sim.torch_executor()
     inputs = to_torch(dict(feeds))
+    # leaves sharing the executor's storage (nothing here writes to a weight): a clone would
+    # hold a second copy of every weight while the gradients are taken
     weights = {
-        name: executor.weights[name].detach().clone().requires_grad_(True)
-        for name in sim.weight_encodings
+        name: executor.weights[name].detach().requires_grad_(True) for name in sim.weight_encodings
     }
     probes: dict[str, torch.Tensor] = {}
 
