@@ -177,15 +177,22 @@ def _measure(
             raise SystemExit(f"submission refused: {bad[0]}")
         ids = [r.json()["id"] for r in responses]
         own_gets = 0
-        jobs: list[dict[str, Any]] = []
+        seen: dict[str, dict[str, Any]] = {}
         with Pollers(running.url, running.key, ids, args.pollers, args.poll_pause) as polled:
             while time.monotonic() - submitted < args.timeout:
                 # the jobs not yet seen finished (one GET each, counted: each is a commit)
-                jobs = [http.get(f"/v1/jobs/{job_id}").json() for job_id in ids]
-                own_gets += len(ids)
-                if all(job["status"] in TERMINAL for job in jobs):
+                for job_id in ids:
+                    if seen.get(job_id, {}).get("status") in TERMINAL:
+                        continue
+                    own_gets += 1
+                    try:
+                        seen[job_id] = http.get(f"/v1/jobs/{job_id}").raise_for_status().json()
+                    except httpx.HTTPError as error:  # counted; the next pass asks again
+                        polled.errors.append(f"status check: {type(error).__name__}")
+                if all(seen.get(i, {}).get("status") in TERMINAL for i in ids):
                     break
                 time.sleep(1.0)
+        jobs = [seen[job_id] for job_id in ids if job_id in seen]
         busy = rates(busy_before, stats.counters())
         busy["seconds"] = time.monotonic() - submitted
         cpu_seconds = cpu.stop()
