@@ -22,15 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +37,19 @@ import numpy as np
 import psycopg
 import redis
 
-from bench.service_load import (
+from bench._service import (
     PG_ADMIN,
     REDIS_URL,
-    REPO,
-    free_port,
+    CpuMeter,
+    Pollers,
+    deployment,
+    load_average,
     percentile,
     tiny_model,
-    wait_ready,
 )
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+LIST_LIMIT = 100  # the API's largest page: --jobs must not exceed it
 MIX: list[dict[str, Any]] = [
     *[{}] * 5,
     *[{"pipeline": ["cle", "bias_correction"]}] * 2,
@@ -78,25 +78,27 @@ class Stats:
 
     def counters(self) -> dict[str, float]:
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            commits, rows = admin.execute(
+            row = admin.execute(
                 "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted "
                 "FROM pg_stat_database WHERE datname = %s",
                 (self.database,),
             ).fetchone()
+        assert row is not None
         info = self.redis.info("stats")
         return {
             "time": time.monotonic(),
-            "pg_commits": float(commits),
-            "pg_rows_written": float(rows),
+            "pg_commits": float(row[0]),
+            "pg_rows_written": float(row[1]),
             "redis_commands": float(info["total_commands_processed"]),
         }
 
     def connections(self) -> tuple[int, int]:
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            (pg,) = admin.execute(
+            row = admin.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (self.database,)
             ).fetchone()
-        return int(pg), int(self.redis.info("clients")["connected_clients"])
+        assert row is not None
+        return int(row[0]), int(self.redis.info("clients")["connected_clients"])
 
     def _sample(self) -> None:
         while not self.stop.wait(0.5):
@@ -117,37 +119,6 @@ def stored(folder: Path) -> tuple[int, int]:
     return len(files), sum(path.stat().st_size for path in files)
 
 
-def pollers(url: str, key: str, ids: list[str], count: int, pause: float, done: threading.Event):
-    latencies: list[float] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-
-    def loop() -> None:
-        with httpx.Client(
-            base_url=url, timeout=60, headers={"Authorization": f"Bearer {key}"}
-        ) as http:
-            while not done.is_set():
-                started = time.perf_counter()
-                try:
-                    response = http.get(f"/v1/jobs/{random.choice(ids)}")
-                    ok = response.status_code == 200
-                except httpx.HTTPError as error:
-                    ok, response = False, None
-                    with lock:
-                        errors.append(type(error).__name__)
-                elapsed = time.perf_counter() - started
-                with lock:
-                    latencies.append(elapsed)
-                    if not ok and response is not None:
-                        errors.append(f"HTTP {response.status_code}")
-                time.sleep(pause)
-
-    threads = [threading.Thread(target=loop, daemon=True) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    return threads, latencies, errors
-
-
 def upload(http: httpx.Client, route: str, path: Path) -> str:
     response = http.post(route, content=path.read_bytes(), params={"filename": path.name},
                          headers={"Content-Type": "application/octet-stream"})  # fmt: skip
@@ -156,122 +127,109 @@ def upload(http: httpx.Client, route: str, path: Path) -> str:
 
 
 def round_of(workers: int, args: argparse.Namespace, inputs: dict[str, Path]) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix=f"qaas-scale-{workers}-"))
-    database = f"qaas_scale_{uuid.uuid4().hex[:10]}"
-    queue = f"qaas-scale-{uuid.uuid4().hex[:8]}"
-    storage = work / "storage"
-    with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as admin:
-        admin.execute(f'CREATE DATABASE "{database}"')
     env = {
-        **os.environ,
-        "PYTHONWARNINGS": "ignore",
-        "QAAS_DATA_DIR": str(work / "data"),
-        "QAAS_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{database}",
-        "QAAS_BROKER_URL": REDIS_URL,
-        "QAAS_QUEUE": queue,
         "QAAS_QUOTA_ACTIVE_JOBS": "100000",
         "QAAS_SUBMISSIONS_PER_MINUTE": "100000",
         **{name: str(value) for name, value in IDLE_SETTINGS.items()},
     }
     if args.storage_url:
         env["QAAS_STORAGE_URL"] = args.storage_url
-    else:
-        env["QAAS_STORAGE_DIR"] = str(storage)
-    processes: list[subprocess.Popen[bytes]] = []
-    logs = (work / "service.log").open("wb")
-    stats = Stats(database)
-    try:
-        qaas = [sys.executable, "-m", "app.cli"]
-        subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=REPO, env=env,
-                       check=True, capture_output=True)  # fmt: skip
-        keys = subprocess.run([*qaas, "keys", "create", "--tenant", "scale"], cwd=REPO, env=env,
-                              check=True, capture_output=True, text=True)  # fmt: skip
-        key = keys.stdout.strip().splitlines()[-1]
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--port",
-             str(port), "--log-level", "warning"],
-            cwd=REPO, env=env, stdout=logs, stderr=subprocess.STDOUT,
-        ))  # fmt: skip
-        for index in range(workers):
-            processes.append(subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-                 "--concurrency=1", "--loglevel=WARNING", "--without-gossip", "--without-mingle",
-                 "-Q", queue, "--hostname", f"scale{index}-{uuid.uuid4().hex[:4]}@%h"],
-                cwd=REPO, env=env, stdout=logs, stderr=subprocess.STDOUT,
-            ))  # fmt: skip
-        wait_ready(url, 120)
-        deadline = time.monotonic() + 120
-        while True:  # every worker has heartbeat (its workers row)
-            with psycopg.connect(env["QAAS_DATABASE_URL"]) as conn:
-                (seen,) = conn.execute("SELECT count(*) FROM workers").fetchone()
-            if seen >= workers:
-                break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"only {seen} of {workers} workers started; see {logs.name}")
-            time.sleep(0.5)
+    load_before = load_average()
+    with deployment(workers, prefix="scale", env=env) as running:
+        storage = running.work / "data" / "storage"  # the default under QAAS_DATA_DIR
+        stats = Stats(running.database)
         stats.thread.start()
-        headers = {"Authorization": f"Bearer {key}"}
-        with httpx.Client(base_url=url, timeout=60, headers=headers) as http:
-            model = upload(http, "/v1/models", inputs["model"])
-            calibration = upload(http, "/v1/datasets", inputs["calibration"])
-            training = upload(http, "/v1/datasets", inputs["training"])
-            files_before = stored(storage) if not args.storage_url else (0, 0)
-            idle_before = stats.counters()
-            time.sleep(args.idle_seconds)
-            idle = rates(idle_before, stats.counters())
-            idle_pg, _ = stats.connections()
-
-            def body(index: int) -> dict[str, Any]:
-                spec = MIX[index % len(MIX)]
-                extra = {"training_id": training} if "qat" in spec.get("pipeline", []) else {}
-                return {"model_id": model, "calibration_id": calibration, "quantization": spec,
-                        **extra}  # fmt: skip
-
-            busy_before = stats.counters()
-            submitted = time.monotonic()
-            with ThreadPoolExecutor(8) as pool:
-                responses = list(pool.map(lambda i: http.post("/v1/jobs", json=body(i)),
-                                          range(args.jobs)))  # fmt: skip
-            bad = [r.text for r in responses if r.status_code != 202]
-            if bad:
-                raise SystemExit(f"submission refused: {bad[0]}")
-            ids = [r.json()["id"] for r in responses]
-            done = threading.Event()
-            threads, latencies, errors = pollers(url, key, ids, args.pollers, args.poll_pause, done)
-            try:
-                jobs: list[dict[str, Any]] = []
-                while time.monotonic() - submitted < args.timeout:
-                    jobs = [http.get(f"/v1/jobs/{job_id}").json() for job_id in ids]
-                    if all(job["status"] in TERMINAL for job in jobs):
-                        break
-                    time.sleep(1.0)
-            finally:
-                done.set()
-                for thread in threads:
-                    thread.join()
-            busy = rates(busy_before, stats.counters())
-        stats.stop.set()
-        files_after = stored(storage) if not args.storage_url else (0, 0)
-    finally:
-        stats.stop.set()
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        logs.close()
-        redis.Redis.from_url(REDIS_URL).delete(queue, f"{queue}.gpu")
-        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    written = (files_after[0] - files_before[0], files_after[1] - files_before[1])
-    return summarize(workers, jobs, latencies, errors, idle, busy, idle_pg, stats, *written)
+        try:
+            measured = _measure(running, stats, args, inputs, storage)
+        finally:
+            stats.stop.set()
+    return summarize(workers, stats=stats, load=f"{load_before} -> {load_average()}", **measured)
 
 
-def summarize(workers, jobs, latencies, errors, idle, busy, idle_pg, stats, files, size):
+def _measure(
+    running: Any, stats: Stats, args: argparse.Namespace, inputs: dict[str, Path], storage: Path
+) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {running.key}"}
+    with httpx.Client(base_url=running.url, timeout=60, headers=headers) as http:
+        model = upload(http, "/v1/models", inputs["model"])
+        calibration = upload(http, "/v1/datasets", inputs["calibration"])
+        training = upload(http, "/v1/datasets", inputs["training"])
+        files_before = stored(storage) if not args.storage_url else (0, 0)
+        idle_before = stats.counters()
+        time.sleep(args.idle_seconds)
+        idle = rates(idle_before, stats.counters())
+        idle_pg, _ = stats.connections()
+
+        def body(index: int) -> dict[str, Any]:
+            spec = MIX[index % len(MIX)]
+            extra = {"training_id": training} if "qat" in spec.get("pipeline", []) else {}
+            return {"model_id": model, "calibration_id": calibration, "quantization": spec,
+                    **extra}  # fmt: skip
+
+        cpu = CpuMeter(running)
+        busy_before = stats.counters()
+        cpu.start()
+        submitted = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(lambda i: http.post("/v1/jobs", json=body(i)),
+                                      range(args.jobs)))  # fmt: skip
+        bad = [r.text for r in responses if r.status_code != 202]
+        if bad:
+            raise SystemExit(f"submission refused: {bad[0]}")
+        ids = [r.json()["id"] for r in responses]
+        own_gets = 0
+        seen: dict[str, dict[str, Any]] = {}
+        wanted = set(ids)
+        with Pollers(running.url, running.key, ids, args.pollers, args.poll_pause) as polled:
+            while time.monotonic() - submitted < args.timeout:
+                # One list request a second for every job of the round (the tenant has no
+                # others), not one GET per job: the bench's own load stays small.
+                own_gets += 1
+                try:
+                    listed = http.get("/v1/jobs", params={"limit": LIST_LIMIT}).raise_for_status()
+                    seen.update({job["id"]: job for job in listed.json() if job["id"] in wanted})
+                except httpx.HTTPError as error:  # counted; the next pass asks again
+                    polled.errors.append(f"status check: {type(error).__name__}")
+                if all(seen.get(i, {}).get("status") in TERMINAL for i in ids):
+                    break
+                time.sleep(1.0)
+        jobs = [seen[job_id] for job_id in ids if job_id in seen]
+        busy = rates(busy_before, stats.counters())
+        busy["seconds"] = time.monotonic() - submitted
+        cpu_seconds = cpu.stop()
+    files_after = stored(storage) if not args.storage_url else (0, 0)
+    return {
+        "jobs": jobs,
+        "latencies": polled.latencies,
+        "errors": polled.errors,
+        "idle": idle,
+        "busy": busy,
+        "idle_pg": idle_pg,
+        "gets": own_gets + len(polled.latencies),
+        "cpu": cpu_seconds,
+        "job_threads": cpu.job_threads,
+        "files": files_after[0] - files_before[0],
+        "size": files_after[1] - files_before[1],
+    }
+
+
+def summarize(
+    workers: int,
+    *,
+    jobs: list[dict[str, Any]],
+    latencies: list[float],
+    errors: list[str],
+    idle: dict[str, float],
+    busy: dict[str, float],
+    idle_pg: int,
+    stats: Stats,
+    gets: int,
+    cpu: dict[str, float],
+    job_threads: int,
+    files: int,
+    size: int,
+    load: str,
+) -> dict[str, Any]:
     from datetime import datetime
 
     def moment(value: str) -> float:
@@ -279,6 +237,7 @@ def summarize(workers, jobs, latencies, errors, idle, busy, idle_pg, stats, file
 
     succeeded = [job for job in jobs if job["status"] == "succeeded"]
     waits = [moment(j["started_at"]) - moment(j["created_at"]) for j in jobs if j["started_at"]]
+    runs = [moment(j["finished_at"]) - moment(j["started_at"]) for j in succeeded]
     first = min(moment(job["created_at"]) for job in jobs)
     last = (
         max(moment(job["finished_at"]) for job in jobs if job["finished_at"])
@@ -286,12 +245,19 @@ def summarize(workers, jobs, latencies, errors, idle, busy, idle_pg, stats, file
         else first
     )
     span = max(last - first, 1e-9)
+    done = max(len(succeeded), 1)
+    ours = sum(v for k, v in cpu.items() if k not in ("other", "idle")) / done
+    service = ours - cpu["bench"] / done  # the pollers and submitter are clients, not service
+    # every GET is a (read-only) transaction too: the bench's own are not the jobs' cost
+    job_commits = (busy["pg_commits"] - idle["pg_commits"]) * busy["seconds"] - gets
     return {
         "workers": workers,
+        "load": load,
         "jobs": len(jobs),
         "succeeded": len(succeeded),
         "unfinished_or_failed": [job["status"] for job in jobs if job["status"] != "succeeded"],
         "jobs_per_min": round(60 * len(succeeded) / span, 1),
+        "job_run_p50_s": round(statistics.median(runs), 2) if runs else None,
         "start_p50_s": round(statistics.median(waits), 2) if waits else None,
         "start_p99_s": round(percentile(waits, 0.99), 2) if waits else None,
         "api_requests": len(latencies),
@@ -302,12 +268,20 @@ def summarize(workers, jobs, latencies, errors, idle, busy, idle_pg, stats, file
         "pg_connections_peak": stats.peak_pg,
         "pg_commits_per_s_idle": round(idle["pg_commits"], 2),
         "pg_commits_per_s_busy": round(busy["pg_commits"], 2),
+        "pg_commits_per_job": round(job_commits / done, 1),
         "pg_rows_written_per_s_busy": round(busy["pg_rows_written"], 2),
         "redis_clients_peak": stats.peak_redis,
         "redis_commands_per_s_idle": round(idle["redis_commands"], 1),
         "redis_commands_per_s_busy": round(busy["redis_commands"], 1),
-        "store_files_per_job": round(files / max(len(succeeded), 1), 1),
-        "store_bytes_per_job": round(size / max(len(succeeded), 1)),
+        "store_files_per_job": round(files / done, 1),
+        "store_bytes_per_job": round(size / done),
+        "cpu_s": cpu,
+        "cpu_s_per_job": {key: round(value / done, 3) for key, value in cpu.items()},
+        "job_threads_max": job_threads,
+        # Jobs per minute if this deployment had every core to itself and spent the CPU per
+        # job measured here: the most any number of workers can give on this machine.
+        "cpu_ceiling_jobs_per_min": round(60 * (os.cpu_count() or 1) / max(ours, 1e-9), 1),
+        "cpu_ceiling_without_clients": round(60 * (os.cpu_count() or 1) / max(service, 1e-9), 1),
     }
 
 
@@ -327,16 +301,23 @@ def fit(rounds: list[dict[str, Any]], key: str) -> tuple[float, float]:
 def estimate(rounds: list[dict[str, Any]], target: int = 100) -> list[tuple[str, str, str]]:
     """(what, at ``target`` workers, how it is reckoned) from the measured rounds."""
     biggest = max(rounds, key=lambda r: r["workers"])
-    per_worker_jpm = biggest["jobs_per_min"] / biggest["workers"]
+    # Per worker from the largest round whose workers each had a core (more workers than
+    # cores share them, which a fleet of 100 machines' worth of workers does not).
+    cores = os.cpu_count() or 1
+    basis = max(
+        (r for r in rounds if r["workers"] <= cores), key=lambda r: r["workers"], default=biggest
+    )
+    same = [r for r in rounds if r["workers"] == basis["workers"]]
+    per_worker_jpm = statistics.fmean(r["jobs_per_min"] for r in same) / basis["workers"]
     jobs_per_s = target * per_worker_jpm / 60
     pg_a, pg_b = fit(rounds, "pg_connections_idle")
     peak_a, peak_b = fit(rounds, "pg_connections_peak")
     idle_a, idle_b = fit(rounds, "pg_commits_per_s_idle")
-    busy_commits_per_job = (
-        (biggest["pg_commits_per_s_busy"] - biggest["pg_commits_per_s_idle"])
-        * 60 / max(biggest["jobs_per_min"], 1e-9)
-    )  # fmt: skip
+    busy_commits_per_job = biggest["pg_commits_per_job"]  # the bench's own GETs taken out
     busy_commits = jobs_per_s * busy_commits_per_job
+    # A client waiting on each running job, polling at the SDK's settled 2 s: a GET is one
+    # (read-only) transaction.
+    poll_commits = target / 2.0
     redis_a, redis_b = fit(rounds, "redis_clients_peak")
     r_idle_a, r_idle_b = fit(rounds, "redis_commands_per_s_idle")
     reckoned_idle = target * (
@@ -349,15 +330,17 @@ def estimate(rounds: list[dict[str, Any]], target: int = 100) -> list[tuple[str,
     fitted = "fit over the rounds" if len(rounds) > 1 else "one round: all of it per worker"
     return [
         ("jobs per minute (this mix, linear in workers)", f"{target * per_worker_jpm:.0f}",
-         f"{per_worker_jpm:.1f} per worker at {biggest['workers']} workers"),
+         f"{per_worker_jpm:.1f} per worker at {basis['workers']} workers on {cores} cores"),
         ("Postgres connections, idle", f"{pg_a + target * pg_b:.0f}",
          f"{pg_a:.1f} + {pg_b:.2f} per worker ({fitted})"),
         ("Postgres connections, peak", f"{peak_a + target * peak_b:.0f}",
          f"{peak_a:.1f} + {peak_b:.2f} per worker ({fitted}); API pool <= 30 per process"),
         ("Postgres commits/s, idle", f"{idle_a + target * idle_b:.0f}",
          f"{idle_b:.2f} per worker measured; {reckoned_idle:.0f} reckoned from the intervals"),
-        ("Postgres commits/s, busy", f"{idle_a + target * idle_b + busy_commits:.0f}",
-         f"idle + {busy_commits_per_job:.0f} commits per job x {jobs_per_s:.1f} jobs/s"),
+        ("Postgres commits/s, busy",
+         f"{idle_a + target * idle_b + busy_commits + poll_commits:.0f}",
+         f"idle + {busy_commits_per_job:.1f} commits per job x {jobs_per_s:.1f} jobs/s + "
+         f"{poll_commits:.0f} GETs/s (a client per running job, every 2 s)"),
         ("Redis clients", f"{redis_a + target * redis_b:.0f}",
          f"{redis_a:.1f} + {redis_b:.2f} per worker (Redis-wide peak; {fitted})"),
         ("Redis commands/s, idle", f"{r_idle_a + target * r_idle_b:.0f}",
@@ -374,8 +357,8 @@ SETTINGS_AT_100 = [
     ("QAAS_WEBHOOK_POLL_INTERVAL_S", "2 -> 10: the largest idle load (one query/poll/worker)"),
     ("QAAS_WORKER_HEARTBEAT_S", "10 -> 15, with QAAS_GPU_WORKER_FRESH_S >= 4 x it (60)"),
     ("QAAS_JOB_LEASE_S", "60 (a lease beat every 20 s per running job: 5 writes/s at 100)"),
-    ("PROGRESS_WRITE_INTERVAL_S", "(worker/runner.py) 0.5 -> 2 s: most of a job's commits "
-     "are progress rows"),
+    ("PROGRESS_WRITE_INTERVAL_S", "(worker/runner.py) 1 s (was 0.5, and every phase change "
+     "written): a small job now commits ~4 times, a long one once a second"),
     ("Redis maxclients", "default 10000 is ample; the broker's memory is the queued job ids"),
 ]  # fmt: skip
 
@@ -388,20 +371,46 @@ def table(rows: list[list[Any]], headers: list[str]) -> str:
     return "\n".join(lines)
 
 
+def cpu_flags() -> str:
+    text = Path("/proc/cpuinfo").read_text()
+    flags = sorted({f for f in ("avx512_vnni", "avx_vnni", "avx2") if f" {f}" in text})
+    return " ".join(flags) or "none of avx2/avx_vnni/avx512_vnni"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workers", default="1,2,4", help="worker counts, one round each")
+    parser.add_argument(
+        "--workers",
+        default="1,2,4",
+        help="worker counts, one round each, in this order (1,2,1,2 alternates)",
+    )
     parser.add_argument("--jobs", type=int, default=40, help="jobs per round (the mix repeats)")
     parser.add_argument("--pollers", type=int, default=50)
     parser.add_argument(
-        "--poll-pause", type=float, default=0.2, help="seconds between a poller's GETs"
+        "--poll-pause",
+        type=float,
+        default=0.2,
+        help="seconds between a poller's GETs (the SDK's Job.wait settles at "
+        "2.0; 0.2 is ten times harsher)",
     )
     parser.add_argument("--idle-seconds", type=float, default=20.0)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds a round may take")
-    parser.add_argument("--storage-url", default=None, help="QAAS_STORAGE_URL; default: folder")
+    parser.add_argument(
+        "--storage",
+        choices=["folder", "s3"],
+        default="folder",
+        help="s3: a local moto S3 server (tests/support/s3_server.py) started for the run",
+    )
+    parser.add_argument(
+        "--storage-url",
+        default=None,
+        help="QAAS_STORAGE_URL of a store of your own (AWS_* variables set)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 1,2 workers, 10 jobs")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
+    args = parser.parse_args()  # fmt: skip
+    if args.jobs > LIST_LIMIT:
+        parser.error(f"--jobs is at most {LIST_LIMIT} (one page of GET /v1/jobs)")
     if args.quick:
         args.workers, args.jobs, args.idle_seconds = "1,2", 10, 10.0
     work = Path(tempfile.mkdtemp(prefix="qaas-scale-inputs-"))
@@ -412,13 +421,36 @@ def main() -> int:
     np.savez(inputs["calibration"], input=rng.standard_normal((16, 1, 8, 8)).astype(np.float32))
     np.savez(inputs["training"], input=rng.standard_normal((64, 1, 8, 8)).astype(np.float32),
              labels=rng.integers(0, 10, 64))  # fmt: skip
-    rounds = [round_of(int(n), args, inputs) for n in args.workers.split(",")]
-    columns = ["workers", "succeeded", "jobs_per_min", "start_p50_s", "start_p99_s", "api_p50_ms",
-               "api_p99_ms", "api_requests", "pg_connections_peak", "pg_commits_per_s_busy",
-               "redis_clients_peak", "store_files_per_job"]  # fmt: skip
-    print(f"{args.jobs} jobs per round, {args.pollers} pollers every {args.poll_pause} s, "
-          f"{os.cpu_count()} CPUs; storage: {args.storage_url or 'folder'}")  # fmt: skip
+    with ExitStack() as stack:
+        if args.storage == "s3" and not args.storage_url:
+            args.storage_url = start_s3(stack)
+        rounds = [round_of(int(n), args, inputs) for n in args.workers.split(",")]
+    columns = ["workers", "load", "succeeded", "jobs_per_min", "job_run_p50_s", "start_p50_s",
+               "start_p99_s", "api_p50_ms", "api_p99_ms", "api_requests", "pg_connections_peak",
+               "pg_commits_per_s_busy", "pg_commits_per_job", "redis_clients_peak",
+               "store_files_per_job", "job_threads_max"]  # fmt: skip
+    print(
+        f"{args.jobs} jobs per round, {args.pollers} pollers every {args.poll_pause} s, "
+        f"{os.cpu_count()} CPUs ({cpu_flags()}); storage: {args.storage_url or 'folder'}"
+    )
     print(table([[r[c] for c in columns] for r in rounds], columns))
+    baseline = next((r for r in rounds if r["workers"] == 1), None)
+    if baseline:
+        print("jobs/min vs the first 1-worker round: " + ", ".join(
+            f"{r['workers']}w {r['jobs_per_min'] / max(baseline['jobs_per_min'], 1e-9):.2f}x"
+            for r in rounds))  # fmt: skip
+    print()
+    groups = list(rounds[0]["cpu_s"])
+    print(
+        "CPU seconds per job while the jobs ran (/proc; 'other': the rest of the machine; "
+        "ceiling: jobs/min if the deployment had every core, with and without the clients)"
+    )
+    cpu_rows = [
+        [r["workers"], *[r["cpu_s_per_job"][g] for g in groups], r["cpu_ceiling_jobs_per_min"],
+         r["cpu_ceiling_without_clients"]]
+        for r in rounds
+    ]  # fmt: skip
+    print(table(cpu_rows, ["workers", *groups, "ceiling", "ceiling_no_clients"]))
     print()
     print("Paper estimate for 100 workers (from the rounds above; settings as in IDLE_SETTINGS):")
     print(table([list(row) for row in estimate(rounds)], ["what", "100 workers", "reckoned"]))
@@ -429,6 +461,17 @@ def main() -> int:
         args.json.write_text(json.dumps({"rounds": rounds, "estimate": estimate(rounds)}, indent=2))
     failed = [r for r in rounds if r["unfinished_or_failed"] or r["api_errors"]]
     return 1 if failed else 0
+
+
+def start_s3(stack: ExitStack) -> str:
+    """A moto server and a bucket; the AWS variables point this process (and so the API and
+    workers it starts) at it."""
+    from tests.support.s3_server import CREDENTIALS, make_bucket, s3_server
+
+    endpoint = stack.enter_context(s3_server())
+    os.environ.update(CREDENTIALS, AWS_ENDPOINT_URL=endpoint)
+    make_bucket(endpoint, "qaas-scale")
+    return "s3://qaas-scale/bench"
 
 
 if __name__ == "__main__":

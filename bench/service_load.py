@@ -2,7 +2,7 @@
 against a Postgres + Redis deployment this script starts itself on loopback (a scratch
 database, a queue of its own, one API process, N worker processes), for a bounded time.
 
-    python bench/service_load.py [--clients 8] [--duration 60] [--workers 2]
+    python -m bench.service_load [--clients 8] [--duration 60] [--workers 2]
 
 Prints jobs per second, API latency p50/p99 per route and in all, and errors (must be 0).
 """
@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -25,48 +23,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import onnx
-import psycopg
-import redis
-from onnx import TensorProto, helper, numpy_helper
 
-REPO = Path(__file__).resolve().parents[1]
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-def tiny_model(path: Path) -> None:
-    """Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm: a job that takes well under 1 s."""
-    rng = np.random.default_rng(0)
-    weights = [
-        numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "w"),
-        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b"),
-        numpy_helper.from_array(rng.standard_normal((10, 4)).astype(np.float32), "fc_w"),
-        numpy_helper.from_array(rng.standard_normal(10).astype(np.float32), "fc_b"),
-    ]
-    nodes = [
-        helper.make_node("Conv", ["input", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c"], ["r"], name="relu"),
-        helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
-        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
-        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["logits"], name="fc", transB=1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
-        weights,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+if __package__ in (None, ""):  # run as a script (python bench/service_load.py)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._service import deployment, percentile, tiny_model  # noqa: E402
 
 
 class Recorder:
@@ -140,23 +100,6 @@ def client_loop(url, key, model_path, data_path, deadline, recorder: Recorder) -
                     break
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-def wait_ready(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"the API at {url} did not become ready in {timeout} s")
-
-
 def run(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="qaas-load-"))
     model_path, data_path = work / "tiny.onnx", work / "calib.npz"
@@ -164,42 +107,8 @@ def run(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(0)
     np.savez(data_path, input=rng.standard_normal((16, 1, 8, 8)).astype(np.float32))
 
-    database = f"qaas_load_{uuid.uuid4().hex[:10]}"
-    queue = f"qaas-load-{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as admin:
-        admin.execute(f'CREATE DATABASE "{database}"')
-    env = {
-        **os.environ,
-        "PYTHONWARNINGS": "ignore",
-        "QAAS_DATA_DIR": str(work / "data"),
-        "QAAS_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{database}",
-        "QAAS_BROKER_URL": REDIS_URL,
-        "QAAS_QUEUE": queue,
-    }
-    processes: list[subprocess.Popen] = []
-    logs = (work / "service.log").open("wb")
-    try:
-        qaas = [sys.executable, "-m", "app.cli"]
-        subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=REPO, env=env,
-                       check=True, capture_output=True)  # fmt: skip
-        keys = subprocess.run([*qaas, "keys", "create", "--tenant", "load"], cwd=REPO, env=env,
-                              check=True, capture_output=True, text=True)  # fmt: skip
-        key = keys.stdout.strip().splitlines()[-1]
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--port",
-             str(port), "--log-level", "warning"],
-            cwd=REPO, env=env, stdout=logs, stderr=subprocess.STDOUT,
-        ))  # fmt: skip
-        for index in range(args.workers):
-            processes.append(subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-                 "--concurrency=1", "--loglevel=WARNING", "--without-gossip", "--without-mingle",
-                 "-Q", queue, "--hostname", f"load{index}-{uuid.uuid4().hex[:4]}@%h"],
-                cwd=REPO, env=env, stdout=logs, stderr=subprocess.STDOUT,
-            ))  # fmt: skip
-        wait_ready(url, 90)
+    with deployment(args.workers, prefix="load") as running:
+        url, key = running.url, running.key
         # One job first, so process start-up (torch import) is not counted as throughput.
         warm = Recorder()
         client_loop(url, key, model_path, data_path, time.monotonic() + 0.1, warm)
@@ -217,17 +126,6 @@ def run(args: argparse.Namespace) -> dict:
         for thread in threads:
             thread.join()
         elapsed = time.monotonic() - started
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        redis.Redis.from_url(REDIS_URL).delete(queue)
-        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     everything = [value for values in recorder.latency.values() for value in values]
     return {
         "setup": {

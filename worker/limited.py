@@ -81,6 +81,7 @@ class ChildJob:
     keep_out: tuple[Path, ...] = ()  # the data folders: never readable as part of the runtime
     max_dataset_expanded_bytes: int | None = None
     max_accuracy_drop: float | None = None  # the job's target, a fraction of top-1
+    threads: int | None = None  # intra-op threads (ORT and torch); None: QAAS_THREADS or all
 
     def confinement(self) -> Confinement:
         """The model's folder (its external data sits beside it) and the data files to read;
@@ -176,6 +177,8 @@ def _child_main(sender: Connection, job: ChildJob, memory_bytes: int) -> None:
         ("failed", "resource_limit", memory_limit_detail(WHAT, memory_bytes))
     )
     limit_process(memory_bytes)
+    if job.threads is not None:
+        use_threads(job.threads)
     try:
         if job.sandbox:
             refused = confine(job.confinement())
@@ -186,6 +189,16 @@ def _child_main(sender: Connection, job: ChildJob, memory_bytes: int) -> None:
         _report_failure(sender, error, out_of_memory)
     finally:
         sender.close()
+
+
+def use_threads(threads: int) -> None:
+    """This process's ORT sessions and torch run ``threads`` intra-op threads: torch's pool
+    if the forkserver already loaded it, else the variables torch and OpenMP read at import."""
+    from qaas_engine.sessions import set_thread_count
+
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = str(threads)
+    set_thread_count(threads)
 
 
 def _report_failure(sender: Connection, error: BaseException, out_of_memory: bytes) -> None:

@@ -28,9 +28,10 @@ from app.observability.logs import bind
 from worker.limited import STORAGE_FILLED_UP, ChildJob, JobFailed, Limits, run_limited
 from worker.reaper import queue_timeout_detail, waited_too_long
 from worker.runtime import Runtime
+from worker.threads import job_threads
 
 log = logging.getLogger("qaas.worker")
-PROGRESS_WRITE_INTERVAL_S = 0.5
+PROGRESS_WRITE_INTERVAL_S = 1.0
 # How long an attempt keeps trying to record its outcome while the database is away (a restart
 # or failover); past this it gives up and the reaper takes the job over once its lease is out.
 FINISH_RETRY_S = 120.0
@@ -61,17 +62,23 @@ class JobInputs:
     spec: dict[str, Any]
     max_accuracy_drop: float | None
     energy_profile: dict[str, Any] | None
+    threads: int | None = None  # the job's share of this host's cores (``worker.threads``)
 
 
-def run_job(runtime: Runtime, job_id: str, worker: str, device: str = "cpu") -> Outcome:
-    """``device``: the worker's torch device ("cpu" or "cuda:0 (<name>)", ``worker.pools``)."""
-    inputs_or_outcome = claim(runtime, job_id, worker, device)
+def run_job(
+    runtime: Runtime, job_id: str, worker: str, device: str = "cpu", concurrency: int = 1
+) -> Outcome:
+    """``device``: the worker's torch device ("cpu" or "cuda:0 (<name>)", ``worker.pools``);
+    ``concurrency``: the jobs this worker runs at once (its pool size)."""
+    inputs_or_outcome = claim(runtime, job_id, worker, device, concurrency)
     if isinstance(inputs_or_outcome, Outcome):
         return inputs_or_outcome
     return Attempt(runtime, inputs_or_outcome).execute()
 
 
-def claim(runtime: Runtime, job_id: str, worker: str, device: str = "cpu") -> JobInputs | Outcome:
+def claim(
+    runtime: Runtime, job_id: str, worker: str, device: str = "cpu", concurrency: int = 1
+) -> JobInputs | Outcome:
     settings = runtime.settings
     with transaction(runtime.sessions) as session:
         jobs = JobRepository(session)
@@ -137,6 +144,7 @@ def claim(runtime: Runtime, job_id: str, worker: str, device: str = "cpu") -> Jo
             spec=job.spec,
             max_accuracy_drop=job.max_accuracy_drop,
             energy_profile=job.energy_profile,
+            threads=job_threads(session, settings.worker_heartbeat_s, concurrency),
         )
 
 
@@ -167,7 +175,9 @@ class Attempt:
         self.phase = "starting"
         self.fraction = 0.0
         self.steps: list[dict[str, Any]] = []
-        self.last_write = 0.0
+        self.last_write = -PROGRESS_WRITE_INTERVAL_S  # the first report is written at once
+        self.unwritten = False  # progress reported since the last write
+        self.steps_written = 0
         self.lock = threading.Lock()
 
     # row updates
@@ -198,29 +208,38 @@ class Attempt:
                 time.sleep(1.0)
 
     def progress(self, phase: str, fraction: float) -> None:
-        """The engine's progress callback: throttled row writes; raises once we are aborted."""
+        """The engine's progress callback: raises once we are aborted. The row is written at
+        most every ``PROGRESS_WRITE_INTERVAL_S``, a phase change included (a small job passes
+        a dozen phases in a fraction of a second: a commit for each was most of its database
+        load); what is held back ``check`` writes while the child is quiet, so a long phase
+        shows within the interval of its start."""
         if self.aborted.is_set():
             raise JobAborted()
         changed = phase != self.phase
         self.phase, self.fraction = phase, max(0.0, min(1.0, fraction))
         if changed:
             self.steps.append({"name": phase, "started_at": utcnow().isoformat()})
+        self.unwritten = True
+        self._write_if_due()
+
+    def _write_if_due(self) -> None:
         now = time.monotonic()
-        if changed or fraction >= 1.0 or now - self.last_write >= PROGRESS_WRITE_INTERVAL_S:
-            self.last_write = now
-            values = {"steps": list(self.steps)} if changed else {}
-            try:
-                recorded = self.record(**values)
-            except DATABASE_UNAVAILABLE:
-                # A database restart must not fail the job: keep computing; the heartbeat
-                # retries, and if the lease runs out meanwhile a later write notices the takeover.
-                log.warning(
-                    "job %s: progress not recorded (database unavailable)", self.inputs.job_id
-                )
-                return
-            if not recorded:
-                self.aborted.set()
-                raise JobAborted()
+        if not self.unwritten or now - self.last_write < PROGRESS_WRITE_INTERVAL_S:
+            return
+        self.last_write = now
+        values = {"steps": list(self.steps)} if len(self.steps) != self.steps_written else {}
+        try:
+            recorded = self.record(**values)
+        except DATABASE_UNAVAILABLE:
+            # A database restart must not fail the job: keep computing; the heartbeat
+            # retries, and if the lease runs out meanwhile a later write notices the takeover.
+            log.warning("job %s: progress not recorded (database unavailable)", self.inputs.job_id)
+            return
+        self.unwritten = False
+        self.steps_written = len(values.get("steps", self.steps))
+        if not recorded:
+            self.aborted.set()
+            raise JobAborted()
 
     # the attempt
     def execute(self) -> Outcome:
@@ -316,9 +335,11 @@ class Attempt:
         return self.inputs.attempt
 
     def check(self) -> None:
-        """Called while the child computes quietly: stop once the row is no longer ours."""
+        """Called while the child computes quietly: stop once the row is no longer ours, and
+        write the progress the throttle held back."""
         if self.aborted.is_set():
             raise JobAborted()
+        self._write_if_due()
 
     def _limits(self) -> Limits:
         settings = self.runtime.settings
@@ -341,6 +362,7 @@ class Attempt:
             keep_out=(settings.resolved_data_dir, self.runtime.storage.root),
             max_dataset_expanded_bytes=settings.max_dataset_expanded_bytes,
             max_accuracy_drop=inputs.max_accuracy_drop,
+            threads=inputs.threads,
         )
 
     def _lost_at_finish(self) -> Outcome:

@@ -31,6 +31,7 @@ _dispatcher: Dispatcher | None = None
 _beat: WorkerBeat | None = None
 # Found once in the main process before the pool forks (``_worker_init``); children inherit it.
 _device = "cpu"
+_concurrency = 1  # the pool's size, also found in ``_worker_init``
 DATABASE_RETRY_S = 3.0
 
 
@@ -50,7 +51,9 @@ def run(self: Task, job_id: str) -> str:
     """Run job ``job_id``; safe to deliver twice (the job row decides)."""
     with log_context(job_id=job_id):
         try:
-            outcome = run_job(get_runtime(_settings()), job_id, worker_name(), _device)
+            outcome = run_job(
+                get_runtime(_settings()), job_id, worker_name(), _device, _concurrency
+            )
         except DATABASE_UNAVAILABLE as error:
             # The database is restarting: try again shortly rather than drop the message (the
             # reaper would resend it, but only after requeue_after_s).
@@ -63,11 +66,12 @@ def run(self: Task, job_id: str) -> str:
 
 
 @worker_init.connect
-def _worker_init(**_: Any) -> None:
-    global _device
+def _worker_init(sender: Any = None, **_: Any) -> None:
+    global _device, _concurrency
     ensure_broker_folders(_settings())
     _device = detect_device()
-    log.info("worker computes on %s", _device)
+    _concurrency = int(getattr(sender, "concurrency", None) or 1)
+    log.info("worker computes on %s, %d job(s) at a time", _device, _concurrency)
 
 
 @after_setup_logger.connect

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
+from collections import OrderedDict
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -18,6 +20,7 @@ from app.core.deletion import Deletion
 from app.core.errors import Conflict, InvalidInput, NotFound
 from app.core.quotas import Quotas
 from app.datasets.service import DatasetService
+from app.datasets.tables import Dataset
 from app.jobs.repository import JobRepository
 from app.jobs.routing import Route, route_job
 from app.jobs.schemas import JobCreate
@@ -38,6 +41,36 @@ log = logging.getLogger("qaas.jobs")
 # Fields added after jobs were first stored: left out of the hash while unset, so a retry of a
 # request made before they existed still matches the job it created.
 LATER_FIELDS = ("training_id", "validation_id", "energy_profile", "callback_url")
+
+
+class CheckedFits:
+    """The (dataset, model, role) pairs this process found to fit. Uploads never change once
+    stored (no route edits a model or dataset), so a pair that fitted still fits: a sweep that
+    submits many jobs on one model and dataset pays the check (a sandboxed child that loads
+    the data: most of a small job's cost in the API) once, not per job. Only passes are kept;
+    a misfit is checked, and refused, every time. Bounded: the oldest pair is forgotten."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self.pairs: OrderedDict[tuple[object, ...], None] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def __contains__(self, key: tuple[object, ...]) -> bool:
+        with self.lock:
+            if key in self.pairs:
+                self.pairs.move_to_end(key)
+                return True
+            return False
+
+    def add(self, key: tuple[object, ...]) -> None:
+        with self.lock:
+            self.pairs[key] = None
+            self.pairs.move_to_end(key)
+            while len(self.pairs) > self.size:
+                self.pairs.popitem(last=False)
+
+
+checked_fits = CheckedFits()
 
 
 def request_hash(request: JobCreate) -> str:
@@ -214,8 +247,22 @@ class JobService:
             dataset = await run_in_threadpool(
                 lambda d=dataset_id: self.datasets.get(tenant_id=tenant_id, dataset_id=d)
             )
-            await self.datasets.check_fits(dataset=dataset, model=model, role=role)
+            await self._check_fits(dataset, model, role)
         return model
+
+    async def _check_fits(self, dataset: Dataset, model: Model, role: str) -> None:
+        key = (
+            dataset.id,
+            dataset.sha256,
+            model.id,
+            model.sha256,
+            role,
+            self.context.settings.max_dataset_expanded_bytes,
+        )
+        if key in checked_fits:
+            return
+        await self.datasets.check_fits(dataset=dataset, model=model, role=role)
+        checked_fits.add(key)
 
     def _enqueue(self, job_id: str, pool: str) -> None:
         try:
