@@ -169,7 +169,6 @@ def test_idempotency_key(api, tenant, model, calibration):
         ({"pipeline": ["no_such_step"]}, "no_such_step"),
         ({"calibration_method": "magic"}, "calibration_method"),
         ({"target": "onnxruntime-gpu"}, "onnxruntime-cpu"),
-        ({"target": "qnn-htp"}, "not supported yet"),
         ({"output_metrics": {"0": "iou"}}, "output_metrics"),
         ({"min_cosine": 1.5}, "min_cosine"),
     ],

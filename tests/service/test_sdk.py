@@ -5,6 +5,7 @@ download, listing, cancel and delete, the error classes, Retry-After, the config
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -273,9 +274,12 @@ def test_cli_reuses_uploads_and_exits_by_job_state(
 
 
 def test_ctrl_c_leaves_the_job_running(env, client, worker, tiny_model, tiny_data):
-    # One worker, one job at a time: a slow job ahead (calibration in batches of one, each
-    # progress report 0.2 s late) keeps the CLI's job queued while it is interrupted.
-    blocker = running(client.submit(tiny_model, calibration=tiny_data[0], batch_size=1))
+    # One worker, one job at a time: slow jobs ahead (calibration in batches of one, each
+    # progress report 0.2 s late) keep the CLI's job queued while it is interrupted; three of
+    # them, so a slow CLI start or upload (a loaded machine, the object store) cannot outlast
+    # them
+    blockers = [client.submit(tiny_model, calibration=tiny_data[0], batch_size=1) for _ in "abc"]
+    running(blockers[0])
     process = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "submit", str(tiny_model), "--calibration",
          str(tiny_data[0]), "--evaluation", str(tiny_data[1]), "--wait"],
@@ -303,7 +307,9 @@ def test_ctrl_c_leaves_the_job_running(env, client, worker, tiny_model, tiny_dat
     assert f"qaas wait {job.id}" in lines[-1], lines
     assert "Traceback" not in "".join(lines)
     assert job.refresh().status == "queued"  # the Ctrl-C left it alone
-    blocker.cancel()
+    for blocker in blockers:
+        with contextlib.suppress(qaas.errors.Conflict):  # one that already finished
+            blocker.cancel()
     follow = subprocess.run(
         [sys.executable, "-m", "app.cli", "wait", job.id, "--json", "--timeout", "240"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
