@@ -87,6 +87,15 @@ def add_quantize_options(parser: argparse.ArgumentParser, *, model_optional: boo
         "--max-accuracy-drop, sqnr otherwise)",
     )
     parser.add_argument(
+        "--fix-input",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an input that always has this value where the model is deployed (e.g. a sample "
+        "rate, sr=16000): branches on it are resolved and the quantized model keeps the input "
+        "but does not read it; repeatable",
+    )
+    parser.add_argument(
         "--min-cosine",
         type=float,
         default=0.99,
@@ -134,6 +143,22 @@ def _output_metrics(given: list[str]) -> dict[str, str]:
             raise CliError(f"--metric names output '{output}' twice, with different metrics")
         metrics[output] = metric
     return metrics
+
+
+def _fixed_inputs(given: list[str]) -> dict[str, int | float]:
+    """``--fix-input NAME=VALUE`` flags as the spec's ``fixed_inputs``."""
+    from qaas_engine.spec import parse_fixed_input
+
+    fixed: dict[str, int | float] = {}
+    for text in given:
+        try:
+            name, value = parse_fixed_input(text)
+        except ValueError as error:
+            raise CliError(f"--fix-input: {error}") from None
+        if fixed.get(name, value) != value:
+            raise CliError(f"--fix-input names input '{name}' twice, with different values")
+        fixed[name] = value
+    return fixed
 
 
 def add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -199,6 +224,7 @@ def spec_from_args(args: argparse.Namespace) -> QuantSpec:
             min_sqnr_db=args.min_sqnr,
             min_cosine=args.min_cosine,
             output_metrics=_output_metrics(args.metric),
+            fixed_inputs=_fixed_inputs(args.fix_input),
             **_evaluation_samples(args.evaluation_samples),
             adaround_iterations=args.adaround_iterations,
             max_accuracy_drop=getattr(args, "max_accuracy_drop", None),

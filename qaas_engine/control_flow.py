@@ -10,10 +10,12 @@ quantizer makes exactly that mistake).
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from qaas_engine.errors import UnsupportedOpError
+from qaas_engine.weights_apart import inferred_skeleton
 
 CONTROL_FLOW_OPS = {"If", "Loop", "Scan"}
 # Ops whose weights the quantizer would quantize: work that must not hide inside a subgraph.
@@ -70,6 +72,8 @@ def _branch_nodes(
             copy.input[i] = rename.get(name, name)
         for i, name in enumerate(copy.output):
             copy.output[i] = rename.get(name, name)
+        for sub in _subgraphs(copy):  # a nested body may read the renamed names
+            _rename_outer_reads(sub, rename)
         if copy.name:
             copy.name = prefix + copy.name
         nodes.append(copy)
@@ -79,6 +83,22 @@ def _branch_nodes(
             onnx.helper.make_node("Identity", [source], [output], name=f"{prefix}{output}")
         )
     return nodes
+
+
+def _rename_outer_reads(graph: onnx.GraphProto, rename: dict[str, str]) -> None:
+    """Rename the enclosing-scope names a subgraph reads, where it does not define its own."""
+    local = {i.name for i in graph.input} | {init.name for init in graph.initializer}
+    local.update(out for node in graph.node for out in node.output)
+    outer = {old: new for old, new in rename.items() if old not in local and old != new}
+    if not outer:
+        return
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            node.input[i] = outer.get(name, name)
+        for sub in _subgraphs(node):
+            _rename_outer_reads(sub, outer)
+    for value in graph.output:
+        value.name = outer.get(value.name, value.name)
 
 
 def _all_names(graph: onnx.GraphProto) -> set[str]:
@@ -114,13 +134,40 @@ def refuse_work_in_subgraphs(model: onnx.ModelProto) -> None:
             continue
         work = sorted(_subgraph_ops(node) & QUANTIZABLE_WORK_OPS)
         if work:
+            read = _inputs_read(model.graph, node) if node.op_type != "Scan" else []
+            fix = (
+                f"; it is decided by input {', '.join(read)}: where that is constant in "
+                f"deployment, --fix-input {read[0]}=VALUE (job field fixed_inputs) takes the "
+                "branch"
+                if read
+                else ""
+            )
             raise UnsupportedOpError(
                 node.op_type,
                 node.name or "<unnamed>",
                 f"its subgraphs hold {', '.join(work)} on a condition or trip count known only "
                 "at run time; qaas does not quantize inside control flow: export the model with "
-                "the branch resolved (e.g. torch.onnx.export of the traced path)",
+                f"the branch resolved (e.g. torch.onnx.export of the traced path){fix}",
             )
+
+
+def _inputs_read(graph: onnx.GraphProto, node: onnx.NodeProto) -> list[str]:
+    """The graph inputs a control-flow node's condition (or trip count) is computed from."""
+    producers = {out: n for n in graph.node for out in n.output if out}
+    inputs = {value.name for value in graph.input}
+    found: list[str] = []
+    seen: set[str] = set()
+    stack = [name for name in node.input[:2] if name]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in inputs:
+            found.append(name)
+        elif (producer := producers.get(name)) is not None:
+            stack.extend(i for i in producer.input if i)
+    return sorted(found)
 
 
 def _subgraph_ops(node: onnx.NodeProto) -> set[str]:
@@ -130,3 +177,86 @@ def _subgraph_ops(node: onnx.NodeProto) -> set[str]:
             ops.add(inner.op_type)
             ops |= _subgraph_ops(inner)
     return ops
+
+
+def fold_static_shape_conditions(model: onnx.ModelProto) -> int:
+    """Turn into constants the ``Shape`` reads that decide an ``If`` and whose dims are static.
+
+    Exporters branch on a tensor's shape (``if state.size(0)``, ``if x.dim(1) == 1``); where
+    the dims read are fixed by the model's declared shapes, the condition is a constant in
+    disguise, and :func:`inline_constant_ifs` can then take the branch. Only the cones of
+    ``If`` conditions are touched, and only dims shape inference proves static, so the
+    model computes exactly what it did. Returns how many Shape reads became constants.
+    """
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output if out}
+    cone = _condition_cone(graph, producers)
+    shape_nodes = [node for node in cone if node.op_type == "Shape" and node.input]
+    if not shape_nodes:
+        return 0
+    dims = _inferred_dims(model)
+    outputs = {o.name for o in graph.output}
+    constants: dict[str, np.ndarray] = {}
+    for node in shape_nodes:
+        known = dims.get(node.input[0])
+        if known is None:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        start, end = attrs.get("start", 0), attrs.get("end", len(known))
+        picked = known[slice(start, end)]
+        if all(d is not None for d in picked) and node.output[0] not in outputs:
+            constants[node.output[0]] = np.array(picked, dtype=np.int64)
+            continue
+        for gather in cone:  # a static dim read out of a partly dynamic shape
+            if gather.op_type != "Gather" or gather.input[0] != node.output[0]:
+                continue
+            index = _constant_int(graph, gather.input[1])
+            if index is None or gather.output[0] in outputs:
+                continue
+            values = [known[slice(start, end)][i] for i in np.ravel(index)]
+            if all(v is not None for v in values):
+                constants[gather.output[0]] = np.array(values, np.int64).reshape(index.shape)
+    if not constants:
+        return 0
+    kept = [node for node in graph.node if not any(o in constants for o in node.output)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    graph.initializer.extend(numpy_helper.from_array(v, name) for name, v in constants.items())
+    return len(constants)
+
+
+def _condition_cone(
+    graph: onnx.GraphProto, producers: dict[str, onnx.NodeProto]
+) -> list[onnx.NodeProto]:
+    """The nodes an ``If`` condition of the top-level graph is computed from."""
+    seen: dict[int, onnx.NodeProto] = {}
+    stack = [node.input[0] for node in graph.node if node.op_type == "If" and node.input]
+    while stack:
+        producer = producers.get(stack.pop())
+        if producer is None or id(producer) in seen:
+            continue
+        seen[id(producer)] = producer
+        stack.extend(name for name in producer.input if name)
+    return list(seen.values())
+
+
+def _inferred_dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Each annotated tensor's dims, None where shape inference leaves one symbolic."""
+    inferred = inferred_skeleton(model, strict_mode=False, data_prop=True).graph
+    dims: dict[str, list[int | None]] = {}
+    for value in [*inferred.input, *inferred.value_info, *inferred.output]:
+        tensor = value.type.tensor_type
+        if tensor.HasField("shape"):
+            dims[value.name] = [
+                d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim
+            ]
+    for init in model.graph.initializer:
+        dims[init.name] = list(init.dims)
+    return dims
+
+
+def _constant_int(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    for init in graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init).astype(np.int64)
+    return None

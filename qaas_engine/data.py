@@ -9,7 +9,7 @@ batch axis is not first, that have a fixed batch of 1, or that are scalars. An o
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import onnx
 from onnx import helper
 
 from qaas_engine.errors import DataError
+from qaas_engine.fixed_inputs import drop_fixed_arrays
 from qaas_engine.npz import scan_npz
 
 LABELS_KEY = "labels"
@@ -64,8 +65,8 @@ class Dataset:
         step = 1 if self.one_at_a_time else batch_size
         for start in range(0, total, step):
             stop = min(start + step, total)
-            feeds = {
-                name: (array[start] if self.stacked[name] else array[start:stop])
+            feeds = {  # asarray: a stacked scalar input's sample is a 0-d array, not a scalar
+                name: (np.asarray(array[start]) if self.stacked[name] else array[start:stop])
                 for name, array in self.arrays.items()
             }
             labels = self.labels[start:stop] if self.labels is not None else None
@@ -90,6 +91,7 @@ def load_npz(
     *,
     role: str = "data",
     max_expanded_bytes: int | None = None,
+    fixed: Mapping[str, float] | None = None,
 ) -> Dataset:
     """Read and validate an ``.npz`` against the model's inputs; errors name the fix. Headers
     are checked first (``scan_npz``), so a bomb is refused before it is expanded."""
@@ -109,14 +111,22 @@ def load_npz(
         raise DataError(f"{role} file {path.name} is not a valid .npz: {error}") from None
     except (OSError, zipfile.BadZipFile, EOFError) as error:
         raise DataError(f"{role} file {path.name} is damaged: {error}") from None
-    return validate_arrays(raw, inputs, role=role, source=path.name)
+    return validate_arrays(raw, inputs, role=role, source=path.name, fixed=fixed)
 
 
 def validate_arrays(
-    raw: dict[str, np.ndarray], inputs: list[InputSpec], *, role: str, source: str
+    raw: dict[str, np.ndarray],
+    inputs: list[InputSpec],
+    *,
+    role: str,
+    source: str,
+    fixed: Mapping[str, float] | None = None,
 ) -> Dataset:
+    """The dataset of ``raw``'s arrays, checked against the model's inputs; the arrays of
+    ``fixed`` inputs are dropped (they must hold the fixed value)."""
     expected = [spec.name for spec in inputs]
     labels = raw.pop(LABELS_KEY, None)
+    drop_fixed_arrays(raw, fixed or {}, role=role, source=source)
     missing = [name for name in expected if name not in raw]
     unknown = sorted(set(raw) - set(expected))
     if missing or unknown:

@@ -45,7 +45,7 @@ def quantize(
     imported = (
         model
         if isinstance(model, ImportedModel)
-        else timer.run("import", lambda: import_model(model))
+        else timer.run("import", lambda: import_model(model, spec.fixed_inputs))
     )
     data = PipelineData(calibration, training, validation)
     # a --metric naming no output fails before any work

@@ -7,6 +7,7 @@ trusts a declared structure without checking it; every refusal says what is wron
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,11 +18,13 @@ from onnx import external_data_helper, numpy_helper
 
 from qaas_engine.control_flow import (
     CONTROL_FLOW_OPS,
+    fold_static_shape_conditions,
     inline_constant_ifs,
     refuse_work_in_subgraphs,
     used_names,
 )
 from qaas_engine.errors import ModelImportError, UnsupportedOpError
+from qaas_engine.fixed_inputs import fix_inputs
 from qaas_engine.graph.kernels import TORCH_KERNEL_OPS, default_opset, unsupported_nodes
 from qaas_engine.sessions import session
 from qaas_engine.weights_apart import check_model_apart, infer_shapes_apart, inferred_skeleton
@@ -50,10 +53,18 @@ class ImportedModel:
     source_format: str  # "onnx" or "pt2"
     original_opset: int
     notes: list[str] = field(default_factory=list)
+    # inputs fixed by the spec (``fixed_inputs``): their declarations, and the constants that
+    # replaced them, for the exported model to declare again as optional inputs
+    fixed_inputs: dict[str, tuple[onnx.ValueInfoProto, onnx.TensorProto]] = field(
+        default_factory=dict
+    )
 
 
-def import_model(path: str | os.PathLike[str]) -> ImportedModel:
-    """Read an ONNX file or a torch.export archive and return a checked ONNX graph."""
+def import_model(
+    path: str | os.PathLike[str], fixed_inputs: Mapping[str, float] | None = None
+) -> ImportedModel:
+    """Read an ONNX file or a torch.export archive and return a checked ONNX graph;
+    ``fixed_inputs`` (name -> value) become constants before anything is folded."""
     path = Path(path)
     if not path.is_file():
         raise ModelImportError(f"model file not found: {path}")
@@ -68,9 +79,11 @@ def import_model(path: str | os.PathLike[str]) -> ImportedModel:
         from qaas_engine.pt2 import convert_pt2
 
         model = convert_pt2(path)
-        return prepare_onnx(model, base_dir=None, source_format="pt2")
+        return prepare_onnx(model, base_dir=None, source_format="pt2", fixed_inputs=fixed_inputs)
     model = parse_onnx_bytes(path.read_bytes(), name=path.name)
-    return prepare_onnx(model, base_dir=path.parent, source_format="onnx")
+    return prepare_onnx(
+        model, base_dir=path.parent, source_format="onnx", fixed_inputs=fixed_inputs
+    )
 
 
 def parse_onnx_bytes(data: bytes, name: str = "model") -> onnx.ModelProto:
@@ -92,12 +105,23 @@ def parse_onnx_bytes(data: bytes, name: str = "model") -> onnx.ModelProto:
 
 
 def prepare_onnx(
-    model: onnx.ModelProto, *, base_dir: Path | None, source_format: str = "onnx"
+    model: onnx.ModelProto,
+    *,
+    base_dir: Path | None,
+    source_format: str = "onnx",
+    fixed_inputs: Mapping[str, float] | None = None,
 ) -> ImportedModel:
     """Check, load external data safely, upgrade the opset and normalise constants."""
     notes: list[str] = []
     _refuse_quantized(model)
     _load_external_data(model, base_dir)
+    fixed = fix_inputs(model, fixed_inputs or {})
+    notes += [
+        f"input {name} fixed at {numpy_helper.to_array(value).item()} (fixed_inputs): "
+        "computed as a constant; the quantized model keeps it as an optional input it does "
+        "not read"
+        for name, (_, value) in fixed.items()
+    ]
     original_opset = default_opset(model)
     if original_opset < MIN_OPSET:
         model = _upgrade_opset(model, original_opset)
@@ -114,8 +138,14 @@ def prepare_onnx(
     if cast_like:
         notes.append(f"{cast_like} CastLike nodes turned into Cast (their target type is known)")
     folded = _fold_constant_nodes(model)
-    inlined = 0
-    while branches := inline_constant_ifs(model):  # a taken branch may hold another constant If
+    inlined = shape_reads = 0
+    while True:  # a taken branch may hold another If, on a constant or on a static shape
+        if read := fold_static_shape_conditions(model):
+            shape_reads += read
+            folded += _fold_constant_nodes(model)
+        branches = inline_constant_ifs(model)
+        if not branches:
+            break
         inlined += branches
         _constants_to_initializers(model)
         folded += _fold_constant_nodes(model)
@@ -123,6 +153,8 @@ def prepare_onnx(
         _drop_unused_initializers(model)
     if folded:
         notes.append(f"{folded} nodes computed from constants only were folded into initializers")
+    if shape_reads:
+        notes.append(f"{shape_reads} Shape reads of static dims that decide an If made constants")
     if inlined:
         notes.append(f"{inlined} If nodes on a constant condition replaced by their taken branch")
     refuse_work_in_subgraphs(model)
@@ -149,7 +181,7 @@ def prepare_onnx(
         raise UnsupportedOpError(node.op_type + domain, node.name or "<unnamed>", reason)
     _check_inputs(model)
     _check_declared_sizes(model)
-    return ImportedModel(model, source_format, original_opset, notes)
+    return ImportedModel(model, source_format, original_opset, notes, fixed)
 
 
 MAX_TENSOR_ELEMENTS = 2**30

@@ -54,7 +54,7 @@ def run(
     if unknown:
         raise ValueError(f"unknown data role(s) {sorted(unknown)}; known: {DATA_ROLES}")
     timer = Timer(progress=progress)
-    imported = timer.run("import", lambda: import_model(model_path))
+    imported = timer.run("import", lambda: import_model(model_path, spec.fixed_inputs))
 
     def load() -> dict[str, Dataset | None]:
         inputs = model_inputs(imported.model)
@@ -66,6 +66,7 @@ def run(
                 inputs,
                 role=role,
                 max_expanded_bytes=max_dataset_expanded_bytes,
+                fixed=spec.fixed_inputs,
             )
             for role in DATA_ROLES
         }

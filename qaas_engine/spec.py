@@ -11,6 +11,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    FiniteFloat,
+    StrictInt,
     StringConstraints,
     field_validator,
     model_validator,
@@ -30,6 +32,7 @@ MAX_KEEP_FLOAT_OPS = 256
 MAX_NAME_CHARS = 256  # one node or op name
 MAX_STEP_NAME_CHARS = 64
 MAX_OUTPUT_METRICS = 256
+MAX_FIXED_INPUTS = 64
 
 # How auto judges one output (``--metric OUTPUT=top1|sqnr|cosine``): top-1 (against the labels
 # for the first output, else agreement with the float model), the worst per-channel SQNR, or
@@ -78,6 +81,12 @@ class QuantSpec(BaseModel):
     # are given, sqnr otherwise)
     output_metrics: dict[NodeName, OutputMetric] = Field(
         default_factory=dict, max_length=MAX_OUTPUT_METRICS
+    )
+    # input name -> the value it always has where the model is deployed (``--fix-input
+    # sr=16000``): import computes with it as a constant, so an If on it takes its branch; the
+    # exported model keeps the input, optional, and does not read it
+    fixed_inputs: dict[NodeName, StrictInt | FiniteFloat] = Field(
+        default_factory=dict, max_length=MAX_FIXED_INPUTS
     )
     pipeline: tuple[StepName, ...] = Field((), max_length=MAX_PIPELINE_STEPS)
     batch_size: int = Field(32, ge=1, le=4096)
@@ -177,6 +186,19 @@ def parse_metric(text: str) -> tuple[str, str]:
             + ", ".join(OUTPUT_METRICS)
         )
     return output, metric
+
+
+def parse_fixed_input(text: str) -> tuple[str, int | float]:
+    """``NAME=VALUE`` -> (name, number). Raises ValueError naming the form."""
+    name, sep, value = text.rpartition("=")
+    name, value = name.strip(), value.strip()
+    try:
+        number: int | float = int(value) if value.lstrip("+-").isdigit() else float(value)
+    except ValueError:
+        number = float("nan")
+    if not sep or not name or number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(f"'{text}' is not NAME=VALUE with VALUE a finite number (sr=16000)")
+    return name, number
 
 
 def parse_bits(text: str, *, allow_float: bool) -> int | None:

@@ -20,6 +20,7 @@ from qaas_engine.data import Dataset
 from qaas_engine.evaluation import artifact_warnings, evaluate, gap_warnings
 from qaas_engine.export.encodings import aimet_encodings
 from qaas_engine.fidelity import fidelity_report, metric_per_output
+from qaas_engine.fixed_inputs import redeclare_fixed_inputs
 from qaas_engine.graph.kernels import default_opset
 from qaas_engine.importer import ImportedModel
 from qaas_engine.quant.sim import QuantSim
@@ -39,6 +40,7 @@ def finish(
     profile: EnergyProfile,
 ) -> QuantizationResult:
     """Measure on the evaluation data (else the calibration data) and write the report."""
+    redeclare_fixed_inputs(qdq, imported.fixed_inputs)
     encodings = aimet_encodings(sim, __version__)
     measured_on = evaluation if evaluation is not None else state.calibration
     limit = sim.spec.evaluation_limit(on_calibration_data=evaluation is None)

@@ -161,3 +161,117 @@ def test_glue_behind_a_runtime_condition_runs_float_between_quantized_layers(tmp
         (actual,) = session.run(None, feeds)
         (expected,) = reference.run(None, feeds)
         assert np.linalg.norm(actual - expected) / np.linalg.norm(expected) < 0.05
+
+
+def _shape_condition_model(index: int) -> onnx.ModelProto:
+    """``if state.shape[index]:`` (as silero-vad exports it) picks one of two MatMul branches;
+    ``state`` is [2, batch, 4], so index 0 reads a static dim and index 1 the batch."""
+    out = helper.make_tensor_value_info
+    nodes = [
+        helper.make_node("Shape", ["state"], ["shape"]),
+        helper.make_node("Gather", ["shape", "index"], ["dim"], axis=0),
+        helper.make_node("Cast", ["dim"], ["cond"], to=TensorProto.BOOL),
+        helper.make_node(
+            "If",
+            ["cond"],
+            ["y"],
+            name="outer_if",
+            then_branch=_branch("then", 1.0),
+            else_branch=_branch("else", 2.0),
+        ),
+        helper.make_node("Relu", ["y"], ["out"], name="relu"),
+    ]
+    inputs = [
+        out("x", TensorProto.FLOAT, ["batch", 4]),
+        out("state", TensorProto.FLOAT, [2, "batch", 4]),
+    ]
+    index_value = numpy_helper.from_array(np.array(index, np.int64), "index")
+    graph = helper.make_graph(
+        nodes, "shape_if", inputs, [out("out", TensorProto.FLOAT, ["batch", 3])], [index_value]
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_if_on_a_static_dim_takes_its_branch_and_is_quantized(tmp_path):
+    path = tmp_path / "shape_if.onnx"
+    source = _shape_condition_model(index=0)
+    onnx.save(source, path)
+    imported = import_model(path)
+    assert "If" not in [node.op_type for node in imported.model.graph.node]
+    assert any("Shape reads of static dims" in note for note in imported.notes)
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((16, 4)).astype(np.float32)
+    state = rng.standard_normal((16, 2, 1, 4)).astype(np.float32)  # one [2, 1, 4] per sample
+    calibration = validate_arrays(
+        {"x": x, "state": state}, model_inputs(imported.model), role="c", source="x"
+    )
+    qdq = quantize(imported, QuantSpec(), calibration=calibration).quantized_model
+    producers = {o: n.op_type for n in qdq.graph.node for o in n.output}
+    (matmul,) = [n for n in qdq.graph.node if n.op_type == "MatMul"]
+    assert producers[matmul.input[1]] == "DequantizeLinear"
+    session = ort.InferenceSession(qdq.SerializeToString(), providers=["CPUExecutionProvider"])
+    reference = ort.InferenceSession(source.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {"x": x[:8], "state": np.zeros((2, 8, 4), np.float32)}  # another batch size
+    (actual,) = session.run(None, feeds)
+    (expected,) = reference.run(None, feeds)
+    assert np.linalg.norm(actual - expected) / np.linalg.norm(expected) < 0.05
+
+
+def test_if_on_the_batch_dim_stays_refused(tmp_path):
+    path = tmp_path / "batch_if.onnx"
+    onnx.save(_shape_condition_model(index=1), path)
+    with pytest.raises(UnsupportedOpError, match="If at node 'outer_if'.*MatMul"):
+        import_model(path)
+
+
+def test_a_nested_body_reading_a_renamed_branch_value_still_runs(tmp_path):
+    """Both branches define ``h``, so the inlined one is renamed; the If nested in it reads
+    ``h`` from its enclosing scope and must follow the rename."""
+    out = helper.make_tensor_value_info
+
+    def nested_reader(name: str) -> onnx.GraphProto:
+        node = helper.make_node("Neg", ["h"], [f"{name}_out"])
+        return helper.make_graph([node], name, [], [out(f"{name}_out", TensorProto.FLOAT, None)])
+
+    def branch(name: str, scale: float) -> onnx.GraphProto:
+        weight = numpy_helper.from_array(WEIGHT * scale, "w")
+        nodes = [
+            helper.make_node("MatMul", ["x", "w"], ["h"], name=f"{name}_matmul"),
+            helper.make_node(
+                "If",
+                ["flag"],
+                [f"{name}_out"],
+                then_branch=nested_reader(f"{name}_neg"),
+                else_branch=helper.make_graph(
+                    [helper.make_node("Identity", ["h"], [f"{name}_id"])],
+                    f"{name}_id",
+                    [],
+                    [out(f"{name}_id", TensorProto.FLOAT, None)],
+                ),
+            ),
+        ]
+        return helper.make_graph(
+            nodes, name, [], [out(f"{name}_out", TensorProto.FLOAT, ["batch", 3])], [weight]
+        )
+
+    nodes = [
+        helper.make_node("Constant", [], ["cond"], value=numpy_helper.from_array(np.array(True))),
+        helper.make_node(
+            "If", ["cond"], ["h"], then_branch=branch("a", 1.0), else_branch=branch("b", 2.0)
+        ),
+    ]
+    inputs = [out("x", TensorProto.FLOAT, ["batch", 4]), out("flag", TensorProto.BOOL, [])]
+    graph = helper.make_graph(nodes, "g", inputs, [out("h", TensorProto.FLOAT, ["batch", 3])])
+    source = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "nested.onnx"
+    onnx.save(source, path)
+    imported = import_model(path)
+    session = ort.InferenceSession(
+        imported.model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    reference = ort.InferenceSession(source.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(5).standard_normal((3, 4)).astype(np.float32)
+    for flag in (True, False):
+        feeds = {"x": x, "flag": np.array(flag)}
+        np.testing.assert_allclose(session.run(None, feeds)[0], reference.run(None, feeds)[0])
