@@ -72,12 +72,17 @@ def bench_case(case: Case, samples: int, folder: Path) -> dict[str, Any]:
     qaas_calibration = write_npz(folder / "calibration.npz", calibration, batched=case.batchable)
     qaas_evaluation = write_npz(folder / "evaluation.npz", held_out, batched=case.batchable)
     runner = case.run or run_each
+    options = case.qaas_options
     reference = runner(_session(model), held_out)
     runs = [
         tools.run_ort(model, stacked, folder),
         tools.run_nncf(model, stacked, folder),
-        tools.run_qaas(model, qaas_calibration, qaas_evaluation, folder, strict=False),
-        tools.run_qaas(model, qaas_calibration, qaas_evaluation, folder, strict=True),
+        *(
+            tools.run_qaas(
+                model, qaas_calibration, qaas_evaluation, folder, strict=strict, options=options
+            )
+            for strict in (False, True)
+        ),
     ]
     results: dict[str, Any] = {
         "model": case.name,

@@ -62,7 +62,13 @@ def _json_result(stdout: str) -> dict[str, Any] | None:
 
 
 def run_qaas(
-    model: Path, calibration: Path, evaluation: Path, folder: Path, *, strict: bool
+    model: Path,
+    calibration: Path,
+    evaluation: Path,
+    folder: Path,
+    *,
+    strict: bool,
+    options: tuple[str, ...] = (),
 ) -> ToolRun:
     """``qaas quantize`` (default W8A8 per-channel, or ``--strict-bits``) with held-out data
     as ``--evaluation``, so report.json's sim-vs-ORT figures are measured on it."""
@@ -70,7 +76,7 @@ def run_qaas(
     out = folder / ("qaas-strict" if strict else "qaas")
     command = [str(QAAS), "quantize", str(model), "--calibration", str(calibration)]
     command += ["--evaluation", str(evaluation), "--evaluation-samples", "all", "-o", str(out)]
-    command += ["--quiet", *(["--strict-bits"] if strict else [])]
+    command += ["--quiet", *(["--strict-bits"] if strict else []), *options]
     code, stdout, stderr, wall = _run(command)
     quantized = out / "model.quant.onnx"
     if code != 0 or not quantized.exists():
