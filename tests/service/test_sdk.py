@@ -280,10 +280,13 @@ def test_ctrl_c_leaves_the_job_running(env, client, worker, tiny_model, tiny_dat
     # them
     blockers = [client.submit(tiny_model, calibration=tiny_data[0], batch_size=1) for _ in "abc"]
     running(blockers[0])
+    # As from a terminal: a pass run in the background of a non-interactive shell (scripts/
+    # test.sh's S3 pass) inherits SIGINT ignored, and Python then installs no Ctrl-C handler
     process = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "submit", str(tiny_model), "--calibration",
          str(tiny_data[0]), "--evaluation", str(tiny_data[1]), "--wait"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     lines: list[str] = []
 
