@@ -66,7 +66,7 @@ def bench_case(case: Case, samples: int, folder: Path) -> dict[str, Any]:
     """Every tool on ``case``: the row of the JSON results."""
     folder.mkdir(parents=True, exist_ok=True)
     model = case.model()
-    calibration = case.feeds(samples, 0)
+    calibration = (case.calibration_feeds or case.feeds)(samples, 0)
     held_out = case.feeds(samples, 1)
     stacked = write_npz(folder / "calibration-stacked.npz", calibration, batched=False)
     qaas_calibration = write_npz(folder / "calibration.npz", calibration, batched=case.batchable)

@@ -37,6 +37,8 @@ class Case:
     notes: str = ""
     extra: dict[str, object] = field(default_factory=dict)
     qaas_options: tuple[str, ...] = ()  # what a user of this model would pass (--fix-input)
+    # where the calibration set is drawn differently from the held-out one (None: ``feeds``)
+    calibration_feeds: Callable[[int, int], Feeds] | None = None
 
 
 def run_each(session: ort.InferenceSession, feeds: Feeds) -> Outputs:
@@ -97,12 +99,14 @@ def _vad_cases() -> list[Case]:
     chunk, context, streams_seconds, rate = 512, 64, 3.0, 16000
     per_stream = int(streams_seconds * rate) // chunk
 
-    def stream_feeds(path: Path, count: int, seed: int) -> Feeds:
-        """Chunks of speech-like streams, each with the state the float model carried into it."""
+    def stream_feeds(path: Path, count: int, seed: int, stride: int = 1) -> Feeds:
+        """Chunks of speech-like streams, each with the state the float model carried into it;
+        every ``stride``-th chunk (a calibration set spread over several streams, as a user
+        would draw it, not the first second of one, which may hold no word the model hears)."""
         rng = np.random.default_rng(seed)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         feeds: Feeds = []
-        while len(feeds) < count:
+        while len(feeds) < count * stride:
             # silero-vad 5+ reads each chunk after the previous chunk's last 64 samples
             audio = np.concatenate(
                 [np.zeros(context, np.float32), data.speech_like(streams_seconds, rng)]
@@ -116,7 +120,7 @@ def _vad_cases() -> list[Case]:
                 }
                 feeds.append(feed)
                 state = session.run(None, feed)[1]
-        return feeds[:count]
+        return feeds[: count * stride : stride]
 
     def run_streams(session: ort.InferenceSession, feeds: Feeds) -> Outputs:
         """As deployed: each model carries its own state along the stream."""
@@ -147,6 +151,9 @@ def _vad_cases() -> list[Case]:
         def feeds(count: int, seed: int, model: Callable[[], Path] = model) -> Feeds:
             return stream_feeds(model(), count, seed)
 
+        def spread(count: int, seed: int, model: Callable[[], Path] = model) -> Feeds:
+            return stream_feeds(model(), count, seed, stride=7)
+
         cases.append(
             Case(
                 name,
@@ -157,8 +164,10 @@ def _vad_cases() -> list[Case]:
                 speech,
                 batchable=False,
                 run=run_streams,
-                notes="3 s streams in 512-sample chunks (+64 of context), a state per model",
+                notes="3 s streams in 512-sample chunks (+64 of context), a state per model; "
+                "calibration: every 7th chunk of several streams",
                 qaas_options=options,
+                calibration_feeds=spread,
             )
         )
     return cases

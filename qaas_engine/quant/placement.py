@@ -13,7 +13,10 @@ ops unchanged. The simulation must quantize exactly there, or its accuracy is a 
 * tensors computed from constants only (shape arithmetic) and integer tensors are never touched;
 * recurrent ops (LSTM, GRU, RNN), control flow and nodes of other domains (an exporter's or a
   runtime's custom ops) compute in float like the nodes a user keeps float: ONNX Runtime has no
-  QDQ kernel for them, so a quantizer on their outputs would only add rounding error.
+  QDQ kernel for them, so a quantizer on their outputs would only add rounding error;
+* likewise a region of quantized tensors that borders such float computation and holds no
+  weighted op (a recurrent state from the graph input through an LSTM to the output) keeps
+  no grid: it would buy no integer kernel, only rounding fed back chunk after chunk.
 * nodes the executor computes by ONNX's reference implementation (no torch kernel) stay float.
 
 A deployment target may say otherwise (``qaas_engine.targets.TargetRules``): Qualcomm HTP fuses
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from qaas_engine.control_flow import used_names
 from qaas_engine.graph.attributes import parse_attributes
 from qaas_engine.graph.kernels import has_torch_kernel
 from qaas_engine.targets import DEFAULT_TARGET, TargetRules, target_rules
@@ -239,8 +243,77 @@ def place_quantizers(
                     continue
             placement.activations.append(output)
             quantized.add(output)
+    float_dynamic = {
+        name
+        for name in [*(v.name for v in graph.input), *(o for n in graph.node for o in n.output)]
+        if is_float_dynamic(name)
+    }
+    _drop_grids_between_float(model, placement, float_dynamic, kept_float)
     _target_groups(model, placement, rules, kept_float)
     return placement
+
+
+def _drop_grids_between_float(
+    model: onnx.ModelProto,
+    placement: Placement,
+    float_dynamic: set[str],
+    kept_float,
+) -> None:
+    """No quantizers on a region of tensors that borders float computation and holds no
+    weighted op.
+
+    A recurrent state passed from the graph's input through an LSTM to its output is computed
+    in float at both ends: grids there give the runtime no integer kernel, only rounding, which
+    a stream feeds back chunk after chunk. Regions are the quantized tensors joined by the
+    quantized nodes between them; one with a quantized Conv/Gemm/MatMul keeps its grids, as
+    does one bordering no float tensor (a model of element-wise ops only). A float node's
+    subgraphs count as reading the outer names they use.
+    """
+    graph = model.graph
+    universe = [*placement.activations, *placement.shared, *placement.fused]
+    parent = {name: name for name in universe}
+
+    def root(name: str) -> str:
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    for output, source in placement.shared.items():
+        if source in parent:
+            parent[root(output)] = root(source)
+    stays_float = float_dynamic - set(universe)
+    weighted: set[str] = set()
+    touches_float: set[str] = set()
+    for node in graph.node:
+        names = [*node.input, *node.output]
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else attr.graphs:
+                names.extend(used_names(sub))
+        members = [name for name in names if name in parent]
+        if not members:
+            continue
+        if kept_float(node) or any(name in stays_float for name in names):
+            touches_float.update(members)
+        if kept_float(node):
+            continue
+        for name in members[1:]:
+            parent[root(name)] = root(members[0])
+        if node.op_type in WEIGHTED_OPS and any(i in placement.weights for i in node.input):
+            weighted.add(members[0])
+    weighted_roots = {root(name) for name in weighted}
+    float_roots = {root(name) for name in touches_float}
+    idle = {name for name in universe if root(name) in float_roots - weighted_roots}
+    if not idle:
+        return
+    for name in idle:
+        placement.shared.pop(name, None)
+        placement.fused.pop(name, None)
+        if name in placement.activations:
+            placement.skipped[name] = (
+                "between float nodes, with no weighted op: a grid would only add rounding"
+            )
+    placement.activations = [name for name in placement.activations if name not in idle]
 
 
 def _fuses(rules: TargetRules, producer: onnx.NodeProto, user: onnx.NodeProto) -> bool:

@@ -101,3 +101,70 @@ def test_kept_float_op_is_exported_float_and_listed_as_excluded():
     assert consumers == ["MatMul"]  # the Sigmoid's output reaches the MatMul unquantized
     assert "gate" in result.encodings["excluded_layers"]
     assert "b" in result.report["quantizers"]["kept_float"]
+
+
+def _stateful_model() -> onnx.ModelProto:
+    """A streaming net's shape: ``x`` -> MatMul -> LSTM (its initial state the ``state``
+    input) -> Relu -> MatMul -> ``logits``; the LSTM's last state, plus a constant, is the
+    ``state_out`` output fed back by the caller."""
+    rng = np.random.default_rng(4)
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+
+    hidden = 8
+    nodes = [
+        helper.make_node("MatMul", ["x", "w_in"], ["features"], name="embed"),
+        helper.make_node(
+            "LSTM",
+            ["features", "lstm_w", "lstm_r", "", "", "state"],
+            ["sequence", "last"],
+            hidden_size=hidden,
+            name="lstm",
+        ),
+        helper.make_node("Add", ["last", "zero"], ["state_out"], name="keep_state"),
+        helper.make_node("Squeeze", ["sequence", "axes"], ["squeezed"]),
+        helper.make_node("Relu", ["squeezed"], ["relu"], name="relu"),
+        helper.make_node("MatMul", ["relu", "w_out"], ["logits"], name="head"),
+    ]
+    inits = [
+        init("w_in", 4, 6),
+        init("lstm_w", 1, 4 * hidden, 6),
+        init("lstm_r", 1, 4 * hidden, hidden),
+        init("w_out", hidden, 3),
+        numpy_helper.from_array(np.zeros(1, np.float32), "zero"),
+        numpy_helper.from_array(np.array([1], np.int64), "axes"),
+    ]
+    info = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        nodes,
+        "stateful",
+        [info("x", TensorProto.FLOAT, [2, 1, 4]), info("state", TensorProto.FLOAT, [1, 1, hidden])],
+        [info("logits", TensorProto.FLOAT, [2, 1, 3]), info("state_out", TensorProto.FLOAT, None)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def test_a_recurrent_state_made_and_read_in_float_gets_no_grid():
+    placement = place_quantizers(_stateful_model())
+    for name in ("state", "state_out"):  # an input only the LSTM reads; an Add of its output
+        assert name not in placement.activations
+        assert "between float nodes" in placement.skipped[name]
+    # the weighted ops keep theirs: the embedding's input and output, the head's input
+    assert {"x", "features", "relu"} <= set(placement.activations)
+    assert set(placement.weights) == {"w_in", "w_out"}
+
+
+def test_a_region_of_element_wise_ops_only_keeps_its_grids():
+    """No float node beside it: the Add is quantized as ONNX Runtime's QDQ Add would be."""
+    info = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["c"])],
+        "add",
+        [info("a", TensorProto.FLOAT, [2, 3]), info("b", TensorProto.FLOAT, [2, 3])],
+        [info("c", TensorProto.FLOAT, [2, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert place_quantizers(model).activations == ["a", "b", "c"]
