@@ -48,7 +48,7 @@ from qaas_engine.quant.sensitivity import NoiseEstimate, estimate_noise
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.sessions import session
 from qaas_engine.step_registry import learns
-from qaas_engine.tapped import TappedModel
+from qaas_engine.tapped import TappedModel, samples
 from qaas_engine.tensors import batch_size
 
 if TYPE_CHECKING:
@@ -205,28 +205,56 @@ def probe(state: PipelineState) -> Probe | None:
     return Probe(batches, references, samples)
 
 
-def calibration_histograms(state: PipelineState, sim: QuantSim) -> dict[str, HistogramObserver]:
-    """Each quantized activation's histogram over the calibration data, on the grid's range:
-    the pass ``--calibration-method mse|percentile`` makes, so a range the rule keeps is the one
-    that option would give."""
+@dataclass
+class RangeEvidence:
+    """What the estimators set ranges from: each activation's histogram over the calibration
+    samples the probe does not measure on (all of them when there are no others), and the
+    exact extremes seen there."""
+
+    histograms: dict[str, HistogramObserver]
+    low: dict[str, float]
+    high: dict[str, float]
+    samples: int
+    apart: bool  # True: none of the probe's samples set these ranges
+
+
+def calibration_histograms(state: PipelineState, sim: QuantSim, skip: int = 0) -> RangeEvidence:
+    """Each quantized activation's histogram over the calibration data after its first
+    ``skip`` samples, on the grid's range: the pass ``--calibration-method mse|percentile``
+    makes. Scored on the skipped samples, an estimator cannot win by fitting the very samples
+    it is measured on (the ranges it keeps come from the rest)."""
     data = state.calibration
     observers = {
         name: HistogramObserver(float(np.min(enc.low)), float(np.max(enc.high)))
         for name, enc in sim.activation_encodings.items()
     }
+    total = calibration_samples(state)
     if data is None or not observers:
-        return {}
+        return RangeEvidence({}, {}, {}, 0, False)
+    skip = skip if total > skip else 0
+    low = dict.fromkeys(observers, np.inf)
+    high = dict.fromkeys(observers, -np.inf)
     runner = TappedModel(state.model, sorted(observers), batched=not data.one_at_a_time)
     rng = np.random.default_rng(sim.spec.seed)
+    seen = 0
     for feeds in state.calibration_arrays():
         count = 1 if data.one_at_a_time else batch_size(feeds)
+        first, seen = seen, seen + count
+        if seen <= skip:
+            continue
+        if first < skip:  # the batch straddles the probe's last sample
+            feeds, count = samples(feeds, skip - first, count), seen - skip
         for values in runner.run(feeds):
             for name, observer in observers.items():
                 value = values.get(name)
                 if value is not None and np.issubdtype(np.asarray(value).dtype, np.floating):
                     flat = np.asarray(value).reshape(-1)
+                    finite = flat[np.isfinite(flat)]
+                    if finite.size:
+                        low[name] = min(low[name], float(finite.min()))
+                        high[name] = max(high[name], float(finite.max()))
                     observer.observe(_even_sample(flat, HISTOGRAM_VALUES * count, rng))
-    return observers
+    return RangeEvidence(observers, low, high, total - skip, skip > 0)
 
 
 def _even_sample(values: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -244,36 +272,45 @@ def range_method(
     sim: QuantSim,
     measured: Probe,
     before: float,
-    histograms: dict[str, HistogramObserver],
+    evidence: RangeEvidence,
 ) -> tuple[list[RuleAction], float]:
     """Activation ranges set again by the estimator that measures best (in place), when that
-    gains at least ``MIN_RANGE_GAIN_DB``; the actions and the SQNR the grids now give."""
-    if not histograms:
+    gains at least ``MIN_RANGE_GAIN_DB`` over min/max ranges set on the same samples; the
+    actions and the SQNR the grids now give."""
+    if not evidence.histograms:
         return [], before
     saved = dict(sim.activation_encodings)
     start = sim.spec.range_estimator
     scores: dict[str, float] = {start: before}
-    candidates: dict[str, dict[str, Encoding]] = {}
-    for method in RANGE_METHODS:
-        if method == start:
-            continue
-        _, estimator = ACTIVATION_METHODS[method]
+    candidates: dict[str, dict[str, Encoding]] = {start: saved}
+    for method in (start, *RANGE_METHODS):
+        if method == start and not evidence.apart:
+            continue  # the ranges already set are min/max over these very samples
         encodings = dict(saved)
-        for name, hist in histograms.items():
-            if hist.counts.sum() > 0 and name in encodings:
-                scheme = encodings[name].scheme
-                low, high = estimator(None, hist, scheme)  # type: ignore[arg-type]
-                encodings[name] = Encoding.from_range(scheme, low, high)
+        for name, hist in evidence.histograms.items():
+            if hist.counts.sum() == 0 or name not in encodings:
+                continue
+            scheme = encodings[name].scheme
+            if method == start:
+                low, high = evidence.low[name], evidence.high[name]
+            else:
+                low, high = ACTIVATION_METHODS[method][1](None, hist, scheme)  # type: ignore[arg-type]
+            encodings[name] = Encoding.from_range(scheme, low, high)
         _set_activations(sim, encodings)
         candidates[method] = encodings
         scores[method] = measured.sqnr_db(model, sim)
     best = max(scores, key=lambda method: scores[method])
-    if best == start or scores[best] < before + MIN_RANGE_GAIN_DB:
+    if best == start or scores[best] < scores[start] + MIN_RANGE_GAIN_DB:
         _set_activations(sim, saved)
         return [], before
     _set_activations(sim, candidates[best])
     sim.range_estimator = best
     tried = ", ".join(f"{method} {score:.1f} dB" for method, score in scores.items())
+    where = (
+        f"ranges set on the other {evidence.samples} calibration samples"
+        if evidence.apart
+        else "ranges set on all of them"
+    )
     return [
         RuleAction(
             rule="range_method",
@@ -281,8 +318,8 @@ def range_method(
             action=f"activation ranges set by the {best} estimator",
             why=(
                 f"output SQNR on {measured.samples} calibration samples {before:.1f} dB with "
-                f"{start} ranges (target {sim.spec.min_sqnr_db:g} dB); "
-                f"measured: {tried}; --calibration-method fixes the estimator"
+                f"{start} ranges (target {sim.spec.min_sqnr_db:g} dB); measured there with "
+                f"{where}: {tried}; --calibration-method fixes the estimator"
             ),
         )
     ], scores[best]
@@ -486,14 +523,13 @@ def apply_rules(
     if budget is None:
         budget = rules_budget(state, model_macs(state, measured))
     budget -= (1 + QDQ_COST) * measured.samples
-    # a histogram pass over the calibration data, then each estimator measured
-    cost = calibration_samples(state) + len(RANGE_METHODS) * QDQ_COST * measured.samples
+    # a histogram pass over the calibration data, then min/max and each estimator measured
+    cost = calibration_samples(state) + (1 + len(RANGE_METHODS)) * QDQ_COST * measured.samples
     if spec.calibration_method != "auto":
         pass  # a --calibration-method the user named is kept as given
     elif cost <= budget:
-        ranged, before = range_method(
-            model, sim, measured, before, calibration_histograms(state, sim)
-        )
+        evidence = calibration_histograms(state, sim, skip=measured.samples)
+        ranged, before = range_method(model, sim, measured, before, evidence)
         actions += ranged
         budget -= cost
     else:
