@@ -1,6 +1,8 @@
-"""``python -m bench.real_models [--models a,b] [--samples N] [--json PATH]``: the table per
-model (task metric, output and worst-channel SQNR vs float, qaas's sim-vs-ORT SQNR and rules,
-whole-process wall time per tool), then a summary across models."""
+"""``python -m bench.real_models [--models a,b] [--samples N] [--json PATH] [--auto DB]``: the
+table per model (task metric, output and worst-channel SQNR vs float, qaas's sim-vs-ORT SQNR and
+rules, whole-process wall time per tool), then a summary across models. ``--auto DB`` adds
+``qaas --pipeline auto --min-sqnr DB``: what it chose, whether it met the target on its
+validation data, and (in the JSON) every configuration it measured."""
 
 from __future__ import annotations
 
@@ -25,10 +27,14 @@ def _cell(row: dict[str, Any], key: str) -> Any:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+def _tools(result: dict[str, Any]) -> tuple[str, ...]:
+    return TOOLS + (("qaas auto",) if "qaas auto" in result["tools"] else ())
+
+
 def print_model(result: dict[str, Any]) -> None:
     """One model's table: a row per tool, errors in full below it."""
     rows = []
-    for tool in TOOLS:
+    for tool in _tools(result):
         row = result["tools"].get(tool, {})
         rows.append(
             [
@@ -45,7 +51,7 @@ def print_model(result: dict[str, Any]) -> None:
     title = f"{result['model']}: {result['kind']}; task metric: {result['metric']}"
     headers = ["tool", "task", "SQNR dB", "worst ch dB", "sim-vs-ORT dB", "rules", "wall s", ""]
     print_table(title, headers, rows)
-    for tool in TOOLS:
+    for tool in _tools(result):
         error = result["tools"].get(tool, {}).get("error")
         if error:
             print(f"  {tool} error: {error}")
@@ -54,14 +60,15 @@ def print_model(result: dict[str, Any]) -> None:
 def print_summary(results: list[dict[str, Any]]) -> None:
     """Task metric per model and tool, side by side."""
     rows = []
+    tools = TOOLS[1:] + (("qaas auto",) if any("qaas auto" in r["tools"] for r in results) else ())
     for result in results:
         cells = []
-        for tool in TOOLS[1:]:
+        for tool in tools:
             row = result["tools"].get(tool, {})
             cells.append("error" if row.get("error") else _cell(row, "task"))
         qaas = result["tools"].get("qaas", {})
         rows.append([result["model"], *cells, _cell(qaas, "sim_vs_ort_db")])
-    headers = ["model", "ORT", "NNCF", "qaas", "qaas strict", "qaas sim-vs-ORT dB"]
+    headers = ["model", *tools, "qaas sim-vs-ORT dB"]
     print_table("Summary: task metric vs float (1.0 = decides as float does)", headers, rows)
 
 
@@ -71,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="", help=f"comma-separated, from: {','.join(names)}")
     parser.add_argument("--samples", type=int, default=32, help="calibration = held-out count")
     parser.add_argument("--json", type=Path, default=None, help="write every result here")
+    parser.add_argument(
+        "--auto",
+        type=float,
+        default=None,
+        metavar="DB",
+        help="also run qaas --pipeline auto --min-sqnr DB (its choice, verdict and frontier)",
+    )
     args = parser.parse_args(argv)
     wanted = [n.strip() for n in args.models.split(",") if n.strip()] or names
     unknown = sorted(set(wanted) - set(names))
@@ -84,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         for case in (c for c in CASES if c.name in wanted):
             print(f"\n[{case.name}] {args.samples} samples ...", flush=True)
             try:
-                result = bench_case(case, args.samples, Path(folder) / case.name)
+                result = bench_case(case, args.samples, Path(folder) / case.name, args.auto)
             except Exception as error:  # the bench's own setup for this model: say so, go on
                 print(f"  bench setup failed: {type(error).__name__}: {error}")
                 continue

@@ -62,8 +62,11 @@ def _fidelity(case: Case, reference: Outputs, test: Outputs) -> dict[str, float]
     }
 
 
-def bench_case(case: Case, samples: int, folder: Path) -> dict[str, Any]:
-    """Every tool on ``case``: the row of the JSON results."""
+def bench_case(
+    case: Case, samples: int, folder: Path, auto_min_sqnr: float | None = None
+) -> dict[str, Any]:
+    """Every tool on ``case``: the row of the JSON results; with ``auto_min_sqnr``, also
+    ``qaas --pipeline auto --min-sqnr`` (the ``qaas auto`` row, its choice and frontier)."""
     folder.mkdir(parents=True, exist_ok=True)
     model = case.model()
     calibration = (case.calibration_feeds or case.feeds)(samples, 0)
@@ -84,6 +87,14 @@ def bench_case(case: Case, samples: int, folder: Path) -> dict[str, Any]:
             for strict in (False, True)
         ),
     ]
+    if auto_min_sqnr is not None:
+        auto = ("--pipeline", "auto", "--min-sqnr", f"{auto_min_sqnr:g}", *options)
+        runs.append(
+            tools.run_qaas(
+                model, qaas_calibration, qaas_evaluation, folder, strict=False, options=auto,
+                tool="qaas auto",
+            )
+        )  # fmt: skip
     results: dict[str, Any] = {
         "model": case.name,
         "kind": case.kind,
@@ -108,5 +119,8 @@ def bench_case(case: Case, samples: int, folder: Path) -> dict[str, Any]:
             row["sim_vs_ort_db"] = tools.sim_vs_ort_db(run.report)
             row["rules"] = tools.rules_fired(run.report)
             row["rule_lines"] = run.report.get("rules") or []
+            if run.tool == "qaas auto":
+                row["auto"] = tools.auto_summary(run.report)
+                row["rules"] = f"chose {row['auto']['chosen']} ({row['auto']['verdict']})"
         results["tools"][run.tool] = row
     return results

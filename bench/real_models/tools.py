@@ -69,11 +69,13 @@ def run_qaas(
     *,
     strict: bool,
     options: tuple[str, ...] = (),
+    tool: str | None = None,
 ) -> ToolRun:
     """``qaas quantize`` (default W8A8 per-channel, or ``--strict-bits``) with held-out data
-    as ``--evaluation``, so report.json's sim-vs-ORT figures are measured on it."""
-    tool = "qaas strict" if strict else "qaas"
-    out = folder / ("qaas-strict" if strict else "qaas")
+    as ``--evaluation``, so report.json's sim-vs-ORT figures are measured on it; ``tool``
+    names a run with other ``options`` (``qaas auto``)."""
+    tool = tool or ("qaas strict" if strict else "qaas")
+    out = folder / tool.replace(" ", "-")
     command = [str(QAAS), "quantize", str(model), "--calibration", str(calibration)]
     command += ["--evaluation", str(evaluation), "--evaluation-samples", "all", "-o", str(out)]
     command += ["--quiet", *(["--strict-bits"] if strict else []), *options]
@@ -113,6 +115,24 @@ def run_nncf(model: Path, calibration: Path, folder: Path) -> ToolRun:
     if code != 0 or not output.exists():
         return ToolRun("NNCF", None, wall, result.get("error") or _tail(stderr))
     return ToolRun("NNCF", output, wall)
+
+
+def auto_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """What ``--pipeline auto`` chose and the frontier it measured (report.json ``auto``)."""
+    auto = report.get("auto") or {}
+    return {
+        "chosen": auto.get("chosen"),
+        "verdict": auto.get("verdict"),
+        "message": auto.get("message"),
+        "search_s": auto.get("search_seconds"),
+        "tried": [
+            {
+                key: entry.get(key)
+                for key in ("name", "met", "on_frontier", "energy_ratio_vs_float", "fidelity")
+            }
+            for entry in auto.get("tried") or []
+        ],
+    }
 
 
 def rules_fired(report: dict[str, Any]) -> str:
