@@ -89,6 +89,8 @@ class ModelInput(BaseModel):
     name: str
     dtype: str
     shape: list[int | None]
+    # it decides a branch holding quantizable work: jobs must fix it (quantization.fixed_inputs)
+    decides_control_flow: bool = False
 
 
 class ExternalDataFile(BaseModel):

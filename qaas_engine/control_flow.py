@@ -127,14 +127,22 @@ def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
     return graphs
 
 
-def refuse_work_in_subgraphs(model: onnx.ModelProto) -> None:
-    """A control-flow node left in the graph may hold only float glue, never quantizable work."""
+def refuse_work_in_subgraphs(model: onnx.ModelProto, *, allow_fixable: bool = False) -> list[str]:
+    """A control-flow node left in the graph may hold only float glue, never quantizable work.
+
+    With ``allow_fixable``, a node decided only by single-value inputs (a sample rate) passes,
+    since ``--fix-input`` can resolve it; the names of those inputs are returned (an upload is
+    checked so, and a job on it must fix them)."""
+    fixable: list[str] = []
     for node in model.graph.node:
         if node.op_type not in CONTROL_FLOW_OPS:
             continue
         work = sorted(_subgraph_ops(node) & QUANTIZABLE_WORK_OPS)
         if work:
             read = _inputs_read(model.graph, node) if node.op_type != "Scan" else []
+            if allow_fixable and read and all(_single_value(model.graph, n) for n in read):
+                fixable += [name for name in read if name not in fixable]
+                continue
             fix = (
                 f"; it is decided by input {', '.join(read)}: where that is constant in "
                 f"deployment, --fix-input {read[0]}=VALUE (job field fixed_inputs) takes the "
@@ -149,6 +157,14 @@ def refuse_work_in_subgraphs(model: onnx.ModelProto) -> None:
                 "at run time; qaas does not quantize inside control flow: export the model with "
                 f"the branch resolved (e.g. torch.onnx.export of the traced path){fix}",
             )
+    return fixable
+
+
+def _single_value(graph: onnx.GraphProto, name: str) -> bool:
+    """Whether input ``name`` holds one value (a scalar or a shape of ones), as fixable ones do."""
+    value = next(v for v in graph.input if v.name == name)
+    dims = value.type.tensor_type.shape.dim
+    return all(d.HasField("dim_value") and d.dim_value == 1 for d in dims)
 
 
 def _inputs_read(graph: onnx.GraphProto, node: onnx.NodeProto) -> list[str]:

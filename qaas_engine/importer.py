@@ -58,13 +58,21 @@ class ImportedModel:
     fixed_inputs: dict[str, tuple[onnx.ValueInfoProto, onnx.TensorProto]] = field(
         default_factory=dict
     )
+    # inputs that decide a branch holding quantizable work: a job must fix them (imported with
+    # ``refuse_control_flow=False`` only, as an upload is checked)
+    deciding_inputs: list[str] = field(default_factory=list)
 
 
 def import_model(
-    path: str | os.PathLike[str], fixed_inputs: Mapping[str, float] | None = None
+    path: str | os.PathLike[str],
+    fixed_inputs: Mapping[str, float] | None = None,
+    *,
+    refuse_control_flow: bool = True,
 ) -> ImportedModel:
     """Read an ONNX file or a torch.export archive and return a checked ONNX graph;
-    ``fixed_inputs`` (name -> value) become constants before anything is folded."""
+    ``fixed_inputs`` (name -> value) become constants before anything is folded. Without
+    ``refuse_control_flow``, a branch on single-value inputs holding work is accepted and those
+    inputs listed (``deciding_inputs``): what an upload check needs before any job fixes them."""
     path = Path(path)
     if not path.is_file():
         raise ModelImportError(f"model file not found: {path}")
@@ -78,11 +86,19 @@ def import_model(
     if head.startswith(b"PK"):
         from qaas_engine.pt2 import convert_pt2
 
-        model = convert_pt2(path)
-        return prepare_onnx(model, base_dir=None, source_format="pt2", fixed_inputs=fixed_inputs)
-    model = parse_onnx_bytes(path.read_bytes(), name=path.name)
+        model, base_dir, source_format = convert_pt2(path), None, "pt2"
+    else:
+        model, base_dir, source_format = (
+            parse_onnx_bytes(path.read_bytes(), path.name),
+            path.parent,
+            "onnx",
+        )
     return prepare_onnx(
-        model, base_dir=path.parent, source_format="onnx", fixed_inputs=fixed_inputs
+        model,
+        base_dir=base_dir,
+        source_format=source_format,
+        fixed_inputs=fixed_inputs,
+        refuse_control_flow=refuse_control_flow,
     )
 
 
@@ -110,6 +126,7 @@ def prepare_onnx(
     base_dir: Path | None,
     source_format: str = "onnx",
     fixed_inputs: Mapping[str, float] | None = None,
+    refuse_control_flow: bool = True,
 ) -> ImportedModel:
     """Check, load external data safely, upgrade the opset and normalise constants."""
     notes: list[str] = []
@@ -157,7 +174,12 @@ def prepare_onnx(
         notes.append(f"{shape_reads} Shape reads of static dims that decide an If made constants")
     if inlined:
         notes.append(f"{inlined} If nodes on a constant condition replaced by their taken branch")
-    refuse_work_in_subgraphs(model)
+    deciding = refuse_work_in_subgraphs(model, allow_fixable=not refuse_control_flow)
+    if deciding:
+        notes.append(
+            f"input(s) {', '.join(deciding)} decide a branch that holds quantizable work: a job "
+            f"must fix them (fixed_inputs, --fix-input {deciding[0]}=VALUE)"
+        )
     try:
         check_model_apart(model)  # the weights are not serialized with the graph
     except onnx.checker.ValidationError as error:
@@ -181,7 +203,7 @@ def prepare_onnx(
         raise UnsupportedOpError(node.op_type + domain, node.name or "<unnamed>", reason)
     _check_inputs(model)
     _check_declared_sizes(model)
-    return ImportedModel(model, source_format, original_opset, notes, fixed)
+    return ImportedModel(model, source_format, original_opset, notes, fixed, deciding)
 
 
 MAX_TENSOR_ELEMENTS = 2**30

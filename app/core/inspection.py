@@ -7,12 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 
-def _inputs_meta(model: Any) -> list[dict[str, Any]]:
+def _inputs_meta(imported: Any) -> list[dict[str, Any]]:
     from qaas_engine import model_inputs
 
+    deciding = set(imported.deciding_inputs)
     return [
         {"name": spec.name, "dtype": spec.dtype.name, "shape": list(spec.shape)}
-        for spec in model_inputs(model)
+        | ({"decides_control_flow": True} if spec.name in deciding else {})
+        for spec in model_inputs(imported.model)
     ]
 
 
@@ -26,7 +28,8 @@ def inspect_model(
     from qaas_engine import QaasInputError, import_model
 
     try:
-        imported = import_model(path)
+        # a branch on a sample rate is accepted here; the job must fix that input
+        imported = import_model(path, refuse_control_flow=False)
     except QaasInputError as error:
         return {"error": str(error)}
     onnx_upload = imported.source_format == "onnx"
@@ -41,7 +44,7 @@ def inspect_model(
     return {
         "source_format": imported.source_format,
         "opset": imported.original_opset,
-        "inputs": _inputs_meta(imported.model),
+        "inputs": _inputs_meta(imported),
         "notes": list(imported.notes),
         "converted_path": converted,
         "external_data": locations,
@@ -100,19 +103,29 @@ def inspect_dataset(path: str, max_expanded_bytes: int) -> dict[str, Any]:
 
 
 def check_dataset_fits(
-    path: str, inputs: list[dict[str, Any]], role: str, max_expanded_bytes: int | None = None
+    path: str,
+    inputs: list[dict[str, Any]],
+    role: str,
+    max_expanded_bytes: int | None = None,
+    fixed: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """The engine's own data checks against a model's recorded inputs."""
+    """The engine's own data checks against a model's recorded inputs; a ``fixed`` input
+    may be absent, or present with its fixed value only."""
     import numpy as np
 
     from qaas_engine import QaasInputError, load_npz
     from qaas_engine.data import InputSpec
 
+    fixed = fixed or {}
     specs = [
-        InputSpec(item["name"], np.dtype(item["dtype"]), tuple(item["shape"])) for item in inputs
+        InputSpec(item["name"], np.dtype(item["dtype"]), tuple(item["shape"]))
+        for item in inputs
+        if item["name"] not in fixed
     ]
     try:
-        dataset = load_npz(path, specs, role=role, max_expanded_bytes=max_expanded_bytes)
+        dataset = load_npz(
+            path, specs, role=role, max_expanded_bytes=max_expanded_bytes, fixed=fixed
+        )
     except QaasInputError as error:
         return {"error": str(error)}
     return {"num_samples": dataset.num_samples, "labels": dataset.labels is not None}

@@ -100,8 +100,11 @@ class DatasetService:
         if not deletion.dataset(dataset.id):
             raise NotFound(f"dataset {dataset.id} not found")
 
-    async def check_fits(self, *, dataset: Dataset, model: Model, role: str) -> None:
-        """The engine's own data checks, run now so a misfit is a 422, not a failed job."""
+    async def check_fits(
+        self, *, dataset: Dataset, model: Model, role: str, fixed: dict[str, float] | None = None
+    ) -> None:
+        """The engine's own data checks, run now so a misfit is a 422, not a failed job;
+        ``fixed`` inputs (``quantization.fixed_inputs``) may be left out of the data."""
         path = str(await run_in_threadpool(self.storage.local_file, dataset.storage_key))
         facts = await self.inspector.run(
             f"{role} dataset",
@@ -110,6 +113,7 @@ class DatasetService:
             model.inputs,
             role,
             self.settings.max_dataset_expanded_bytes,
+            fixed or {},
             tenant_id=dataset.tenant_id,
             read=(Path(path),),
         )

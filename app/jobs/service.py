@@ -236,6 +236,18 @@ class JobService:
         model = await run_in_threadpool(
             lambda: self.models.get(tenant_id=tenant_id, model_id=request.model_id)
         )
+        unfixed = [
+            item["name"]
+            for item in model.inputs
+            if item.get("decides_control_flow") and item["name"] not in spec.fixed_inputs
+        ]
+        if unfixed:
+            raise InvalidInput(
+                f"model {model.id}: input(s) {', '.join(unfixed)} decide a branch that holds "
+                "quantizable work, which qaas quantizes only once it is taken: give the value "
+                f"they have where the model is deployed, quantization.fixed_inputs "
+                f'{{"{unfixed[0]}": VALUE}} (qaas submit --fix-input {unfixed[0]}=VALUE)'
+            )
         for role, dataset_id in (
             ("calibration", request.calibration_id),
             ("evaluation", request.evaluation_id),
@@ -247,10 +259,12 @@ class JobService:
             dataset = await run_in_threadpool(
                 lambda d=dataset_id: self.datasets.get(tenant_id=tenant_id, dataset_id=d)
             )
-            await self._check_fits(dataset, model, role)
+            await self._check_fits(dataset, model, role, spec.fixed_inputs)
         return model
 
-    async def _check_fits(self, dataset: Dataset, model: Model, role: str) -> None:
+    async def _check_fits(
+        self, dataset: Dataset, model: Model, role: str, fixed: dict[str, float]
+    ) -> None:
         key = (
             dataset.id,
             dataset.sha256,
@@ -258,10 +272,11 @@ class JobService:
             model.sha256,
             role,
             self.context.settings.max_dataset_expanded_bytes,
+            tuple(sorted(fixed.items())),
         )
         if key in checked_fits:
             return
-        await self.datasets.check_fits(dataset=dataset, model=model, role=role)
+        await self.datasets.check_fits(dataset=dataset, model=model, role=role, fixed=fixed)
         checked_fits.add(key)
 
     def _enqueue(self, job_id: str, pool: str) -> None:

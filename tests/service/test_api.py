@@ -56,7 +56,14 @@ def test_model_upload_records_sha256_and_inputs(api, model, tiny_model, tenant):
     import hashlib
 
     assert model["sha256"] == hashlib.sha256(tiny_model.read_bytes()).hexdigest()
-    assert model["inputs"] == [{"name": "input", "dtype": "float32", "shape": [None, 1, 8, 8]}]
+    assert model["inputs"] == [
+        {
+            "name": "input",
+            "dtype": "float32",
+            "shape": [None, 1, 8, 8],
+            "decides_control_flow": False,
+        }
+    ]
     assert api.get(f"/v1/models/{model['id']}", headers=tenant).json()["id"] == model["id"]
     assert model["id"] in [m["id"] for m in api.get("/v1/models", headers=tenant).json()]
 

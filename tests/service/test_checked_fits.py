@@ -18,9 +18,9 @@ def checks(monkeypatch) -> list[str]:
     ran: list[str] = []
     original = DatasetService.check_fits
 
-    async def counted(self, *, dataset, model, role):
+    async def counted(self, *, dataset, model, role, **options):
         ran.append(role)
-        await original(self, dataset=dataset, model=model, role=role)
+        await original(self, dataset=dataset, model=model, role=role, **options)
 
     monkeypatch.setattr(DatasetService, "check_fits", counted)
     return ran
