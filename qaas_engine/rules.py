@@ -25,6 +25,10 @@ after; a promotion that does not raise it by ``MIN_MEASURED_GAIN_DB`` is undone 
 run unfused, so a small gain is not worth their speed). Post-training pipelines only: a learning
 step (AdaRound, QAT, Bayesian Bits) trains the 8-bit grids the spec asked for.
 
+``mask_range`` and ``outlier_channels`` (``qaas_engine.attention``), where the output SQNR
+misses the target, before the two above: an additive attention mask's constants kept out of
+any grid, and 16-bit grids on activations whose channels span very different ranges.
+
 ``--strict-bits`` (``QuantSpec.strict_bits``) turns every rule off: the grids are then exactly
 the ones the spec asked for.
 """
@@ -32,12 +36,13 @@ the ones the spec asked for.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
+from qaas_engine import attention
 from qaas_engine.cost.shapes import macs_per_sample
 from qaas_engine.export.qdq import export_qdq
 from qaas_engine.quant.encoding import Encoding
@@ -46,6 +51,7 @@ from qaas_engine.quant.observers import HistogramObserver
 from qaas_engine.quant.placement import place_quantizers
 from qaas_engine.quant.sensitivity import NoiseEstimate, estimate_noise
 from qaas_engine.quant.sim import QuantSim
+from qaas_engine.rule_action import RuleAction
 from qaas_engine.sessions import session
 from qaas_engine.step_registry import learns
 from qaas_engine.tapped import TappedModel
@@ -82,19 +88,6 @@ MIN_RANGE_GAIN_DB = 0.5
 # values binned per tensor and batch: an even sample of a large activation gives its histogram
 # (a 99.99th percentile still rests on about a hundred values over the measured samples)
 HISTOGRAM_VALUES = 2**15  # per sample
-
-
-@dataclass(frozen=True)
-class RuleAction:
-    """One line of the report's ``rules``: which rule, where, what it did and why."""
-
-    rule: str
-    node: str
-    action: str
-    why: str
-
-    def as_dict(self) -> dict[str, str]:
-        return asdict(self)
 
 
 def encoding_width(encoding: Encoding) -> float:
@@ -486,6 +479,10 @@ def apply_rules(
     if budget is None:
         budget = rules_budget(state, model_macs(state, measured))
     budget -= (1 + QDQ_COST) * measured.samples
+    sim, found, before, budget = attention_rules(state, sim, measured, before, budget)
+    actions += found
+    if before >= spec.min_sqnr_db:
+        return sim, actions
     # a histogram pass over the calibration data, then each estimator measured
     cost = calibration_samples(state) + len(RANGE_METHODS) * QDQ_COST * measured.samples
     if spec.calibration_method != "auto":
@@ -509,6 +506,49 @@ def apply_rules(
             )
         )
     return sim, actions + sensitive_tensors(state, sim, budget, measured, before)
+
+
+def attention_rules(
+    state: PipelineState, sim: QuantSim, measured: Probe, before: float, budget: float
+) -> tuple[QuantSim, list[RuleAction], float, float]:
+    """``mask_range`` then ``outlier_channels`` (``qaas_engine.attention``), from one tapped
+    float pass over the measured samples: the simulation, the actions, the output SQNR now and
+    the budget left. Each re-measurement is one run of the exported graph."""
+    model, spec = state.model, sim.spec
+    cost = measured.samples * (1 + 2 * QDQ_COST)
+    if cost > budget:
+        skipped = RuleAction(
+            rule="mask_range",
+            node="(model)",
+            action="not applied: tapping every activation would cost too much",
+            why=f"output SQNR {before:.1f} dB < {spec.min_sqnr_db:g} dB target, but the "
+            f"mask_range and outlier_channels rules cost about {cost:.0f} float forwards, over "
+            f"the {max(budget, 0):.0f} left of the rules' budget ({budget_words()})",
+        )
+        return sim, [skipped], before, budget
+    stats = attention.tensor_stats(
+        model,
+        sim.activation_encodings,
+        measured.batches,
+        batched=not (state.calibration and state.calibration.one_at_a_time),
+        seed=spec.seed,
+    )
+    budget -= measured.samples
+    actions = attention.masked_ranges(model, sim, stats)
+    if actions:
+        sim = _keep_float(model, sim, actions)
+        before = measured.sqnr_db(model, sim)
+        budget -= QDQ_COST * measured.samples
+        if before >= spec.min_sqnr_db:
+            return sim, actions, before, budget
+    if spec.activation_bits != 8:
+        return sim, actions, before, budget
+    promoted, before = attention.outlier_channels(
+        sim, stats, lambda placed: measured.sqnr_db(model, placed), before, measured.samples
+    )
+    if promoted:
+        budget -= QDQ_COST * measured.samples
+    return sim, actions + promoted, before, budget
 
 
 def _keep_float(model: onnx.ModelProto, sim: QuantSim, actions: list[RuleAction]) -> QuantSim:

@@ -1,0 +1,224 @@
+"""Rules for the two ways a transformer breaks under one 8-bit grid per tensor, decided from the
+values the float model computes on calibration samples (not from op names).
+
+``mask_range``: an additive attention mask, ``(1 - mask) * large_negative`` added to the scores
+before Softmax, leaves the sum's values in two clusters far apart: the scores (tens) and the
+masked positions (at -1e4, or float32's lowest value, -3.4e38). One grid over both sizes its
+step by the gap, so every score lands on the same level or two and the attention goes uniform:
+the whole network breaks (all-MiniLM-L6-v2: embedding cosine 0.35 against float, for ONNX
+Runtime's quantizer, NNCF and qaas alike). A tensor whose populated values take fewer than
+``1 / WIDE_GAP_RATIO`` of its range, split in two clusters that each hold a real share of the
+values and do not sit on one value each (a 0/1 mask loses nothing on a grid), is kept float: the
+node computing it runs in float, so its consumer (the Softmax) sees exact scores and exact
+masking, and nothing else changes.
+
+``outlier_channels``: where the output SQNR still misses ``QuantSpec.min_sqnr_db``, activations
+whose last-axis channels span very different ranges (the few outlier features of a transformer's
+residual stream, layer-norm inputs and outputs, feed-forward outputs: 50-250x the typical
+channel) get 16-bit grids. One 8-bit grid sized by the outlier leaves the typical channel
+``256 / ratio`` levels, and a LayerNorm divides the outlier back out, so that noise is what the
+next layer sees. The output SQNR is measured again after; promotions that gain less than
+``MIN_GAIN_DB`` are undone (16-bit groups run unfused in ONNX Runtime). Per-channel (last axis)
+ranges of NCHW tensors are ranges along the width, which do not carry channel outliers: those go
+to the ``sensitive_tensor`` rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from qaas_engine.quant.encoding import Encoding
+from qaas_engine.quant.sim import QuantSim
+from qaas_engine.rule_action import RuleAction
+from qaas_engine.tapped import TappedModel
+
+# populated values covering less than 1/16 of the range get under 16 of 256 levels at 8 bits
+WIDE_GAP_RATIO = 16.0
+MASKED_MIN_SHARE = 0.005  # of the values, in each cluster: one stray outlier is no mask
+OUTLIER_RATIO = 16.0  # widest channel / median channel: the typical channel under 16 levels
+MIN_CHANNELS = 8
+PROMOTED_BITS = 16
+MIN_GAIN_DB = 3.0
+SAMPLE_VALUES = 2**15  # per tensor and batch, for the clusters
+
+
+@dataclass
+class TensorStats:
+    """What the rules read of one activation over the measured samples."""
+
+    values: list[np.ndarray] = field(default_factory=list)  # an even sample of its values
+    channel_max: np.ndarray | None = None  # |x| max per last-axis channel
+
+    def observe(self, value: np.ndarray, rng: np.random.Generator) -> None:
+        flat = value.reshape(-1)
+        if flat.size > SAMPLE_VALUES:
+            stride = flat.size // SAMPLE_VALUES
+            stride += 1 - stride % 2  # odd: cannot step in time with an even row size
+            flat = flat[int(rng.integers(0, stride)) :: stride]
+        self.values.append(flat.astype(np.float64))
+        if value.ndim >= 2 and value.shape[-1] >= MIN_CHANNELS:
+            finite = np.where(np.isfinite(value), np.abs(value), 0.0)
+            peak = finite.reshape(-1, value.shape[-1]).max(axis=0).astype(np.float64)
+            same = self.channel_max is not None and self.channel_max.shape == peak.shape
+            self.channel_max = np.maximum(self.channel_max, peak) if same else peak
+
+
+def tensor_stats(
+    model: onnx.ModelProto,
+    names: Iterable[str],
+    batches: list[dict[str, Any]],
+    *,
+    batched: bool,
+    seed: int,
+) -> dict[str, TensorStats]:
+    """One float pass over ``batches`` with every named activation tapped."""
+    wanted = sorted(set(names))
+    stats = {name: TensorStats() for name in wanted}
+    if not wanted:
+        return stats
+    runner = TappedModel(model, wanted, batched=batched)
+    rng = np.random.default_rng(seed)
+    for feeds in batches:
+        for values in runner.run(feeds):
+            for name, entry in stats.items():
+                value = values.get(name)
+                if value is not None and np.issubdtype(np.asarray(value).dtype, np.floating):
+                    entry.observe(np.asarray(value), rng)
+    return stats
+
+
+@dataclass(frozen=True)
+class Clusters:
+    """A tensor's values split at their widest empty gap."""
+
+    low: tuple[float, float]
+    high: tuple[float, float]
+    smaller_share: float  # of the values, in the less populated cluster
+    populated_share: float  # of the whole range, covered by the two clusters
+
+
+def clusters(values: np.ndarray) -> Clusters | None:
+    """The two clusters of ``values`` either side of the widest gap (None: one value only).
+    Infinite values count as a cluster at the end of the float range."""
+    values = np.clip(values, -np.finfo(np.float64).max / 4, np.finfo(np.float64).max / 4)
+    ordered = np.unique(values)
+    if ordered.size < 2:
+        return None
+    gaps = np.diff(ordered)
+    cut = int(np.argmax(gaps))
+    low, high = ordered[: cut + 1], ordered[cut + 1 :]
+    span = float(ordered[-1] - ordered[0])
+    below = float(np.count_nonzero(values <= low[-1])) / values.size
+    populated = float((low[-1] - low[0]) + (high[-1] - high[0])) / span
+    return Clusters(
+        (float(low[0]), float(low[-1])),
+        (float(high[0]), float(high[-1])),
+        min(below, 1.0 - below),
+        populated,
+    )
+
+
+def masked_ranges(
+    model: onnx.ModelProto, sim: QuantSim, stats: dict[str, TensorStats]
+) -> list[RuleAction]:
+    """Nodes whose quantized outputs hold masking constants far from their other values."""
+    producers = {out: node for node in model.graph.node for out in node.output if out}
+    actions = []
+    for name in sim.activation_encodings:
+        entry, node = stats.get(name), producers.get(name)
+        if entry is None or node is None or not entry.values:
+            continue
+        found = clusters(np.concatenate(entry.values))
+        if found is None or found.smaller_share < MASKED_MIN_SHARE:
+            continue
+        if found.populated_share <= 0 or found.populated_share >= 1 / WIDE_GAP_RATIO:
+            continue  # two exact values (a 0/1 mask) lose nothing; a wide spread is no gap
+        levels = max(found.populated_share * 255, 0.0)
+        actions.append(
+            RuleAction(
+                rule="mask_range",
+                node=node.name or node.output[0],
+                action=f"kept {node.op_type} in float (its output has no quantizer)",
+                why=(
+                    f"{name}'s values lie in two clusters, [{found.low[0]:.3g}, "
+                    f"{found.low[1]:.3g}] and [{found.high[0]:.3g}, {found.high[1]:.3g}] "
+                    f"({found.smaller_share:.0%} of them in the smaller): a masking constant. "
+                    f"One 8-bit grid over both would give the populated values about "
+                    f"{levels:.2g} of 255 steps"
+                ),
+            )
+        )
+    return actions
+
+
+def outlier_channels(
+    sim: QuantSim,
+    stats: dict[str, TensorStats],
+    measure: Callable[[QuantSim], float],
+    before: float,
+    samples: int,
+) -> tuple[list[RuleAction], float]:
+    """16-bit grids (in place) on activations with outlier channels, kept where the measured
+    output SQNR gains ``MIN_GAIN_DB``; the actions and the SQNR the grids now give."""
+    chosen: list[tuple[str, float, float, float]] = []
+    for name, encoding in sim.activation_encodings.items():
+        entry = stats.get(name)
+        if entry is None or entry.channel_max is None or encoding.scheme.bits >= PROMOTED_BITS:
+            continue
+        peaks = entry.channel_max[entry.channel_max > 0]
+        if peaks.size < MIN_CHANNELS or not np.isfinite(peaks).all():
+            continue
+        median = float(np.median(peaks))
+        ratio = float(peaks.max()) / median
+        if ratio >= OUTLIER_RATIO:
+            chosen.append((name, ratio, float(peaks.max()), median))
+    if not chosen:
+        return [], before
+    saved = dict(sim.activation_encodings)
+    for name, *_ in chosen:
+        sim.activation_encodings[name] = widened(sim.activation_encodings[name])
+    sim.invalidate()
+    sim.derive_bias_encodings()
+    after = measure(sim)
+    if after < before + MIN_GAIN_DB:
+        sim.activation_encodings = saved
+        sim.invalidate()
+        sim.derive_bias_encodings()
+        names = ", ".join(name for name, *_ in chosen[:3]) + (" ..." if len(chosen) > 3 else "")
+        return [
+            RuleAction(
+                rule="outlier_channels",
+                node=names,
+                action="none kept: 16-bit grids on the activations with outlier channels "
+                "gained too little",
+                why=f"output SQNR {before:.1f} dB; with these {len(chosen)} at "
+                f"{PROMOTED_BITS} bits it measured {after:.1f} dB, less than {MIN_GAIN_DB:g} dB "
+                "better, and 16-bit groups run unfused: all stay 8-bit",
+            )
+        ], before
+    return [
+        RuleAction(
+            rule="outlier_channels",
+            node=name,
+            action=f"{PROMOTED_BITS}-bit activations",
+            why=(
+                f"its widest channel reaches {peak:.3g}, {ratio:.0f}x the median channel's "
+                f"{median:.3g}: one 8-bit grid leaves the typical channel about "
+                f"{256 / ratio:.0f} levels; output SQNR on {samples} calibration samples "
+                f"{before:.1f} dB, {after:.1f} dB with these {len(chosen)} at {PROMOTED_BITS} bits"
+            ),
+        )
+        for name, ratio, peak, median in chosen
+    ], after
+
+
+def widened(encoding: Encoding) -> Encoding:
+    """The same range on a ``PROMOTED_BITS`` grid."""
+    wide = dataclasses.replace(encoding.scheme, bits=PROMOTED_BITS)
+    return Encoding.from_range(wide, encoding.low, encoding.high)
