@@ -38,8 +38,8 @@ from qaas_engine.quant.sim import QuantSim
 from qaas_engine.rule_action import RuleAction
 from qaas_engine.tapped import TappedModel
 
-# populated values covering less than 1/16 of the range get under 16 of 256 levels at 8 bits
-WIDE_GAP_RATIO = 16.0
+# populated values covering less than 1/64 of the range get under 4 of 256 levels at 8 bits
+WIDE_GAP_RATIO = 64.0
 MASKED_MIN_SHARE = 0.005  # of the values, in each cluster: one stray outlier is no mask
 OUTLIER_RATIO = 16.0  # widest channel / median channel: the typical channel under 16 levels
 MIN_CHANNELS = 8
