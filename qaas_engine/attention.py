@@ -65,8 +65,9 @@ class TensorStats:
         if value.ndim >= 2 and value.shape[-1] >= MIN_CHANNELS:
             finite = np.where(np.isfinite(value), np.abs(value), 0.0)
             peak = finite.reshape(-1, value.shape[-1]).max(axis=0).astype(np.float64)
-            same = self.channel_max is not None and self.channel_max.shape == peak.shape
-            self.channel_max = np.maximum(self.channel_max, peak) if same else peak
+            seen = self.channel_max
+            same = seen is not None and seen.shape == peak.shape
+            self.channel_max = np.maximum(seen, peak) if seen is not None and same else peak
 
 
 def tensor_stats(
