@@ -45,7 +45,7 @@ OUTLIER_RATIO = 16.0  # widest channel / median channel: the typical channel und
 MIN_CHANNELS = 8
 PROMOTED_BITS = 16
 MIN_GAIN_DB = 3.0
-SAMPLE_VALUES = 2**15  # per tensor and batch, for the clusters
+SAMPLE_VALUES = 2**12  # per tensor and batch, for the clusters (every activation is held)
 
 
 @dataclass
@@ -61,7 +61,7 @@ class TensorStats:
             stride = flat.size // SAMPLE_VALUES
             stride += 1 - stride % 2  # odd: cannot step in time with an even row size
             flat = flat[int(rng.integers(0, stride)) :: stride]
-        self.values.append(flat.astype(np.float64))
+        self.values.append(flat.astype(np.float32))
         if value.ndim >= 2 and value.shape[-1] >= MIN_CHANNELS:
             finite = np.where(np.isfinite(value), np.abs(value), 0.0)
             peak = finite.reshape(-1, value.shape[-1]).max(axis=0).astype(np.float64)
@@ -107,7 +107,9 @@ class Clusters:
 def clusters(values: np.ndarray) -> Clusters | None:
     """The two clusters of ``values`` either side of the widest gap (None: one value only).
     Infinite values count as a cluster at the end of the float range."""
-    values = np.clip(values, -np.finfo(np.float64).max / 4, np.finfo(np.float64).max / 4)
+    values = np.clip(
+        values.astype(np.float64), -np.finfo(np.float64).max / 4, np.finfo(np.float64).max / 4
+    )
     ordered = np.unique(values)
     if ordered.size < 2:
         return None
