@@ -18,17 +18,17 @@ residual stream, layer-norm inputs and outputs, feed-forward outputs: 50-250x th
 channel) get 16-bit grids. One 8-bit grid sized by the outlier leaves the typical channel
 ``256 / ratio`` levels, and a LayerNorm divides the outlier back out, so that noise is what the
 next layer sees. The output SQNR is measured again after; promotions that gain less than
-``MIN_GAIN_DB`` are undone (16-bit groups run unfused in ONNX Runtime). Per-channel (last axis)
-ranges of NCHW tensors are ranges along the width, which do not carry channel outliers: those go
-to the ``sensitive_tensor`` rule.
+``MIN_GAIN_DB`` are undone (16-bit groups run unfused in ONNX Runtime). Only a last axis as wide
+as a MatMul/Gemm weight's input or a LayerNorm's scale counts as channels: the last axis of an
+NCHW tensor is its width, a detector's may be its anchors, and neither carries channel
+outliers (an NCHW channel outlier is the ``sensitive_tensor`` rule's).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import onnx
@@ -36,7 +36,6 @@ import onnx
 from qaas_engine.quant.encoding import Encoding
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.rule_action import RuleAction
-from qaas_engine.tapped import TappedModel
 
 # populated values covering less than 1/64 of the range get under 4 of 256 levels at 8 bits
 WIDE_GAP_RATIO = 64.0
@@ -70,28 +69,14 @@ class TensorStats:
             self.channel_max = np.maximum(seen, peak) if seen is not None and same else peak
 
 
-def tensor_stats(
-    model: onnx.ModelProto,
-    names: Iterable[str],
-    batches: list[dict[str, Any]],
-    *,
-    batched: bool,
-    seed: int,
-) -> dict[str, TensorStats]:
-    """One float pass over ``batches`` with every named activation tapped."""
-    wanted = sorted(set(names))
-    stats = {name: TensorStats() for name in wanted}
-    if not wanted:
-        return stats
-    runner = TappedModel(model, wanted, batched=batched)
-    rng = np.random.default_rng(seed)
-    for feeds in batches:
-        for values in runner.run(feeds):
-            for name, entry in stats.items():
-                value = values.get(name)
-                if value is not None and np.issubdtype(np.asarray(value).dtype, np.floating):
-                    entry.observe(np.asarray(value), rng)
-    return stats
+def observe_all(
+    stats: dict[str, TensorStats], values: dict[str, np.ndarray], rng: np.random.Generator
+) -> None:
+    """Each tapped float activation of one run into its entry of ``stats``."""
+    for name, entry in stats.items():
+        value = values.get(name)
+        if value is not None and np.issubdtype(np.asarray(value).dtype, np.floating):
+            entry.observe(np.asarray(value), rng)
 
 
 @dataclass(frozen=True)
@@ -160,19 +145,38 @@ def masked_ranges(
     return actions
 
 
-def outlier_channels(
-    sim: QuantSim,
-    stats: dict[str, TensorStats],
-    measure: Callable[[QuantSim], float],
-    before: float,
-    samples: int,
-) -> tuple[list[RuleAction], float]:
-    """16-bit grids (in place) on activations with outlier channels, kept where the measured
-    output SQNR gains ``MIN_GAIN_DB``; the actions and the SQNR the grids now give."""
+def feature_widths(model: onnx.ModelProto) -> frozenset[int]:
+    """The widths a last axis has where it holds features: the input width of every
+    MatMul/Gemm weight and the length of every LayerNormalization scale. A last axis of another
+    length (an NCHW tensor's width, a detector's anchors) has no channels to be outliers."""
+    shapes = {init.name: list(init.dims) for init in model.graph.initializer}
+    widths: set[int] = set()
+    for node in model.graph.node:
+        weight = shapes.get(node.input[1]) if len(node.input) > 1 else None
+        if weight is None or not weight:
+            continue
+        if node.op_type == "MatMul" and len(weight) >= 2:
+            widths.add(int(weight[-2]))
+        elif node.op_type == "Gemm" and len(weight) == 2:
+            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+            widths.add(int(weight[1] if trans_b else weight[0]))
+        elif node.op_type == "LayerNormalization":
+            widths.add(int(weight[-1]))
+    return frozenset(widths)
+
+
+def outlier_candidates(
+    model: onnx.ModelProto, sim: QuantSim, stats: dict[str, TensorStats]
+) -> list[tuple[str, float, float, float]]:
+    """(tensor, widest / median channel, widest, median) for each 8-bit activation whose
+    feature channels span more than ``OUTLIER_RATIO`` times the typical one."""
+    widths = feature_widths(model)
     chosen: list[tuple[str, float, float, float]] = []
     for name, encoding in sim.activation_encodings.items():
         entry = stats.get(name)
         if entry is None or entry.channel_max is None or encoding.scheme.bits >= PROMOTED_BITS:
+            continue
+        if entry.channel_max.size not in widths:
             continue
         peaks = entry.channel_max[entry.channel_max > 0]
         if peaks.size < MIN_CHANNELS or not np.isfinite(peaks).all():
@@ -181,6 +185,18 @@ def outlier_channels(
         ratio = float(peaks.max()) / median
         if ratio >= OUTLIER_RATIO:
             chosen.append((name, ratio, float(peaks.max()), median))
+    return chosen
+
+
+def outlier_channels(
+    sim: QuantSim,
+    chosen: list[tuple[str, float, float, float]],
+    measure: Callable[[QuantSim], float],
+    before: float,
+    samples: int,
+) -> tuple[list[RuleAction], float]:
+    """16-bit grids (in place) on the ``outlier_candidates``, kept where the measured output
+    SQNR gains ``MIN_GAIN_DB``; the actions and the SQNR the grids now give."""
     if not chosen:
         return [], before
     saved = dict(sim.activation_encodings)

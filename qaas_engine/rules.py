@@ -36,7 +36,7 @@ the ones the spec asked for.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -169,13 +169,16 @@ class Probe:
     batches: list[dict[str, Any]]
     references: list[list[np.ndarray]]
     samples: int  # how many the SQNR is measured on
+    # what the attention rules read of each quantized activation, from the same float pass
+    stats: dict[str, attention.TensorStats] = field(default_factory=dict)
 
     def sqnr_db(self, model: onnx.ModelProto, sim: QuantSim) -> float:
         return measured_sqnr_db(model, sim, self.batches, self.references)
 
 
-def probe(state: PipelineState) -> Probe | None:
-    """One float pass over the first ``MEASURED_SAMPLES`` calibration samples."""
+def probe(state: PipelineState, sim: QuantSim | None = None) -> Probe | None:
+    """One float pass over the first ``MEASURED_SAMPLES`` calibration samples; with ``sim``,
+    its quantized activations are tapped on the way (``Probe.stats``)."""
     data = state.calibration
     if data is None:
         return None
@@ -184,18 +187,22 @@ def probe(state: PipelineState) -> Probe | None:
         for feeds, _ in data.batches(MEASURED_SAMPLES, MEASURED_SAMPLES)
     ]
     samples = len(batches) if data.one_at_a_time else sum(batch_size(b) for b in batches)
-    runner = TappedModel(state.model, (), batched=not data.one_at_a_time)
+    taps = sorted(sim.activation_encodings) if sim is not None else []
+    runner = TappedModel(state.model, taps, batched=not data.one_at_a_time)
+    stats = {name: attention.TensorStats() for name in taps}
+    rng = np.random.default_rng(state.spec.seed)
     references = []
     for feeds in batches:
-        chunks = [
-            [np.asarray(values[n]) for n in runner.output_names] for values in runner.run(feeds)
-        ]
+        chunks = []
+        for values in runner.run(feeds):
+            chunks.append([np.asarray(values[n]) for n in runner.output_names])
+            attention.observe_all(stats, values, rng)
         references.append(
             chunks[0]
             if len(chunks) == 1
             else [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
         )
-    return Probe(batches, references, samples)
+    return Probe(batches, references, samples, stats)
 
 
 def calibration_histograms(state: PipelineState, sim: QuantSim) -> dict[str, HistogramObserver]:
@@ -470,7 +477,7 @@ def apply_rules(
     spec = sim.spec
     if state.calibration is None or learns(spec.pipeline):
         return sim, actions
-    measured = probe(state)
+    measured = probe(state, sim)
     if measured is None:
         return sim, actions
     before = measured.sqnr_db(model, sim)
@@ -511,30 +518,19 @@ def apply_rules(
 def attention_rules(
     state: PipelineState, sim: QuantSim, measured: Probe, before: float, budget: float
 ) -> tuple[QuantSim, list[RuleAction], float, float]:
-    """``mask_range`` then ``outlier_channels`` (``qaas_engine.attention``), from one tapped
-    float pass over the measured samples: the simulation, the actions, the output SQNR now and
-    the budget left. Each re-measurement is one run of the exported graph."""
-    model, spec = state.model, sim.spec
-    cost = measured.samples * (1 + 2 * QDQ_COST)
-    if cost > budget:
-        skipped = RuleAction(
-            rule="mask_range",
-            node="(model)",
-            action="not applied: tapping every activation would cost too much",
-            why=f"output SQNR {before:.1f} dB < {spec.min_sqnr_db:g} dB target, but the "
-            f"mask_range and outlier_channels rules cost about {cost:.0f} float forwards, over "
-            f"the {max(budget, 0):.0f} left of the rules' budget ({budget_words()})",
-        )
-        return sim, [skipped], before, budget
-    stats = attention.tensor_stats(
-        model,
-        sim.activation_encodings,
-        measured.batches,
-        batched=not (state.calibration and state.calibration.one_at_a_time),
-        seed=spec.seed,
-    )
-    budget -= measured.samples
+    """``mask_range`` then ``outlier_channels`` (``qaas_engine.attention``), from the values the
+    probe's float pass tapped (no forward of their own): the simulation, the actions, the
+    output SQNR now and the budget left. A rule that acts costs one run of the exported graph."""
+    model, spec, stats = state.model, sim.spec, measured.stats
+    cost = QDQ_COST * measured.samples  # a measurement after each rule that acts
     actions = attention.masked_ranges(model, sim, stats)
+    if actions and cost > budget:
+        return (
+            sim,
+            [_over_budget("mask_range", before, spec.min_sqnr_db, cost, budget)],
+            before,
+            budget,
+        )
     if actions:
         sim = _keep_float(model, sim, actions)
         before = measured.sqnr_db(model, sim)
@@ -543,12 +539,27 @@ def attention_rules(
             return sim, actions, before, budget
     if spec.activation_bits != 8:
         return sim, actions, before, budget
+    chosen = attention.outlier_candidates(model, sim, stats)
+    if chosen and cost > budget:
+        over = _over_budget("outlier_channels", before, spec.min_sqnr_db, cost, budget)
+        return sim, [*actions, over], before, budget
     promoted, before = attention.outlier_channels(
-        sim, stats, lambda placed: measured.sqnr_db(model, placed), before, measured.samples
+        sim, chosen, lambda placed: measured.sqnr_db(model, placed), before, measured.samples
     )
-    if promoted:
+    if chosen:
         budget -= QDQ_COST * measured.samples
     return sim, actions + promoted, before, budget
+
+
+def _over_budget(rule: str, before: float, target: float, cost: float, budget: float) -> RuleAction:
+    return RuleAction(
+        rule=rule,
+        node="(model)",
+        action="not applied: measuring it would cost too much",
+        why=f"output SQNR {before:.1f} dB < {target:g} dB target, but measuring what the rule "
+        f"changes costs about {cost:.0f} float forwards, over the {max(budget, 0):.0f} left of "
+        f"the rules' budget ({budget_words()})",
+    )
 
 
 def _keep_float(model: onnx.ModelProto, sim: QuantSim, actions: list[RuleAction]) -> QuantSim:
