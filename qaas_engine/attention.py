@@ -6,11 +6,11 @@ before Softmax, leaves the sum's values in two clusters far apart: the scores (t
 masked positions (at -1e4, or float32's lowest value, -3.4e38). One grid over both sizes its
 step by the gap, so every score lands on the same level or two and the attention goes uniform:
 the whole network breaks (all-MiniLM-L6-v2: embedding cosine 0.35 against float, for ONNX
-Runtime's quantizer, NNCF and qaas alike). A tensor whose populated values take fewer than
-``1 / WIDE_GAP_RATIO`` of its range, split in two clusters that each hold a real share of the
-values and do not sit on one value each (a 0/1 mask loses nothing on a grid), is kept float: the
-node computing it runs in float, so its consumer (the Softmax) sees exact scores and exact
-masking, and nothing else changes.
+Runtime's quantizer, NNCF and qaas alike). A tensor whose values split at their widest gap
+into two clusters that each hold a real share of the values, the wider cluster spanning under
+``1 / WIDE_GAP_RATIO`` of the range but more than one value (a 0/1 mask loses nothing on a
+grid), is kept float: the node computing it runs in float, so its consumer (the Softmax) sees
+exact scores and exact masking, and nothing else changes.
 
 ``outlier_channels``: where the output SQNR still misses ``QuantSpec.min_sqnr_db``, activations
 whose last-axis channels span very different ranges (the few outlier features of a transformer's
@@ -37,7 +37,8 @@ from qaas_engine.quant.encoding import Encoding
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.rule_action import RuleAction
 
-# populated values covering less than 1/64 of the range get under 4 of 256 levels at 8 bits
+# a cluster spanning under 1/64 of the range gets under 4 of 255 steps at 8 bits (a -1e4 mask
+# over scores spread up to 150; a near-constant outlier channel beside the rest stays apart)
 WIDE_GAP_RATIO = 64.0
 MASKED_MIN_SHARE = 0.005  # of the values, in each cluster: one stray outlier is no mask
 OUTLIER_RATIO = 16.0  # widest channel / median channel: the typical channel under 16 levels
@@ -86,7 +87,7 @@ class Clusters:
     low: tuple[float, float]
     high: tuple[float, float]
     smaller_share: float  # of the values, in the less populated cluster
-    populated_share: float  # of the whole range, covered by the two clusters
+    widest_share: float  # of the whole range, spanned by the wider cluster
 
 
 def clusters(values: np.ndarray) -> Clusters | None:
@@ -103,12 +104,12 @@ def clusters(values: np.ndarray) -> Clusters | None:
     low, high = ordered[: cut + 1], ordered[cut + 1 :]
     span = float(ordered[-1] - ordered[0])
     below = float(np.count_nonzero(values <= low[-1])) / values.size
-    populated = float((low[-1] - low[0]) + (high[-1] - high[0])) / span
+    widest = float(max(low[-1] - low[0], high[-1] - high[0])) / span
     return Clusters(
         (float(low[0]), float(low[-1])),
         (float(high[0]), float(high[-1])),
         min(below, 1.0 - below),
-        populated,
+        widest,
     )
 
 
@@ -125,9 +126,9 @@ def masked_ranges(
         found = clusters(np.concatenate(entry.values))
         if found is None or found.smaller_share < MASKED_MIN_SHARE:
             continue
-        if found.populated_share <= 0 or found.populated_share >= 1 / WIDE_GAP_RATIO:
+        if found.widest_share <= 0 or found.widest_share >= 1 / WIDE_GAP_RATIO:
             continue  # two exact values (a 0/1 mask) lose nothing; a wide spread is no gap
-        levels = max(found.populated_share * 255, 0.0)
+        levels = found.widest_share * 255
         actions.append(
             RuleAction(
                 rule="mask_range",
@@ -136,9 +137,10 @@ def masked_ranges(
                 why=(
                     f"{name}'s values lie in two clusters, [{found.low[0]:.3g}, "
                     f"{found.low[1]:.3g}] and [{found.high[0]:.3g}, {found.high[1]:.3g}] "
-                    f"({found.smaller_share:.0%} of them in the smaller): a masking constant. "
-                    f"One 8-bit grid over both would give the populated values about "
-                    f"{levels:.2g} of 255 steps"
+                    f"({found.smaller_share:.0%} of them in the smaller), as an additive "
+                    f"mask leaves scores: one 8-bit grid over both would give the wider cluster "
+                    f"about "
+                    f"{levels:.2g} of its 255 steps"
                 ),
             )
         )

@@ -146,12 +146,23 @@ def test_each_rule_is_needed(encoder, monkeypatch):
     assert _sqnr(outliers_only) < 26
 
 
-def test_a_binary_mask_and_an_encoder_without_outliers_are_left_alone():
-    """Two exact values (0 and the mask constant) lose nothing on a grid: no cluster rule."""
-    values = np.concatenate([np.zeros(500), np.full(300, np.finfo(np.float32).min)])
-    found = attention.clusters(values)
-    assert found is not None and found.populated_share == 0.0
-    spread = np.concatenate([values[:500] + np.linspace(-5, 5, 500), values[500:]])
-    found = attention.clusters(spread)
-    assert found is not None and 0 < found.populated_share < 1e-30
+def test_which_clusters_count_as_a_mask():
+    """Two exact values (0 and the mask constant) lose nothing on a grid; scores beside
+    float32's lowest value or beside -1e4 (older exporters) are a mask; a near-constant outlier
+    channel beside the other channels is not."""
+    rng = np.random.default_rng(0)
+    lowest = np.finfo(np.float32).min
+    wide = 1.0 / attention.WIDE_GAP_RATIO
+    binary = attention.clusters(np.concatenate([np.zeros(500), np.full(300, lowest)]))
+    assert binary is not None and binary.widest_share == 0.0
+    scores = rng.uniform(-50, 50, 800)
+    masked = np.concatenate([scores[:500], np.full(300, lowest)])
+    found = attention.clusters(masked)
+    assert found is not None and 0 < found.widest_share < 1e-30
     assert abs(found.smaller_share - 300 / 800) < 1e-9
+    older = attention.clusters(np.concatenate([scores[:500], scores[500:] - 1e4]))
+    assert older is not None and 0 < older.widest_share < wide / 1.5
+    channels = rng.uniform(-10, 10, (64, 32))
+    channels[:, 0] = 100 + rng.uniform(-2, 2, 64)
+    outlier = attention.clusters(channels.reshape(-1))
+    assert outlier is not None and outlier.widest_share > 4 * wide
