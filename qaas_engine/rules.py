@@ -36,6 +36,7 @@ the ones the spec asked for.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -543,11 +544,15 @@ def attention_rules(
     if chosen and cost > budget:
         over = _over_budget("outlier_channels", before, spec.min_sqnr_db, cost, budget)
         return sim, [*actions, over], before, budget
-    promoted, before = attention.outlier_channels(
-        sim, chosen, lambda placed: measured.sqnr_db(model, placed), before, measured.samples
+    promoted, before, measurements = attention.outlier_channels(
+        sim,
+        chosen,
+        lambda placed: measured.sqnr_db(model, placed),
+        before,
+        measured.samples,
+        spec.min_sqnr_db if budget >= 2 * cost else -math.inf,  # a second stage fits or not
     )
-    if chosen:
-        budget -= QDQ_COST * measured.samples
+    budget -= measurements * cost
     return sim, actions + promoted, before, budget
 
 
