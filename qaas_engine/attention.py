@@ -57,6 +57,8 @@ SAMPLE_VALUES = 2**12  # per tensor and batch, for the clusters (every activatio
 class TensorStats:
     """What the rules read of one activation over the measured samples."""
 
+    # last-axis widths that hold channels (``feature_widths``); others keep no channel_max
+    widths: frozenset[int] = frozenset()
     values: list[np.ndarray] = field(default_factory=list)  # an even sample of its values
     channel_max: np.ndarray | None = None  # |x| max per last-axis channel
 
@@ -67,7 +69,7 @@ class TensorStats:
             stride += 1 - stride % 2  # odd: cannot step in time with an even row size
             flat = flat[int(rng.integers(0, stride)) :: stride]
         self.values.append(flat.astype(np.float32))
-        if value.ndim >= 2 and value.shape[-1] >= MIN_CHANNELS:
+        if value.ndim >= 2 and value.shape[-1] >= MIN_CHANNELS and value.shape[-1] in self.widths:
             finite = np.where(np.isfinite(value), np.abs(value), 0.0)
             peak = finite.reshape(-1, value.shape[-1]).max(axis=0).astype(np.float64)
             seen = self.channel_max
@@ -173,17 +175,14 @@ def feature_widths(model: onnx.ModelProto) -> frozenset[int]:
 
 
 def outlier_candidates(
-    model: onnx.ModelProto, sim: QuantSim, stats: dict[str, TensorStats]
+    sim: QuantSim, stats: dict[str, TensorStats]
 ) -> list[tuple[str, float, float, float]]:
     """(tensor, widest / median channel, widest, median) for each 8-bit activation whose
-    feature channels span more than ``OUTLIER_RATIO`` times the typical one."""
-    widths = feature_widths(model)
+    feature channels (``TensorStats.widths``) span ``OUTLIER_RATIO`` times the typical one."""
     chosen: list[tuple[str, float, float, float]] = []
     for name, encoding in sim.activation_encodings.items():
         entry = stats.get(name)
         if entry is None or entry.channel_max is None or encoding.scheme.bits >= PROMOTED_BITS:
-            continue
-        if entry.channel_max.size not in widths:
             continue
         peaks = entry.channel_max[entry.channel_max > 0]
         if peaks.size < MIN_CHANNELS or not np.isfinite(peaks).all():

@@ -190,7 +190,8 @@ def probe(state: PipelineState, sim: QuantSim | None = None) -> Probe | None:
     samples = len(batches) if data.one_at_a_time else sum(batch_size(b) for b in batches)
     taps = sorted(sim.activation_encodings) if sim is not None else []
     runner = TappedModel(state.model, taps, batched=not data.one_at_a_time)
-    stats = {name: attention.TensorStats() for name in taps}
+    widths = attention.feature_widths(state.model)
+    stats = {name: attention.TensorStats(widths) for name in taps}
     rng = np.random.default_rng(state.spec.seed)
     references = []
     for feeds in batches:
@@ -540,7 +541,7 @@ def attention_rules(
             return sim, actions, before, budget
     if spec.activation_bits != 8:
         return sim, actions, before, budget
-    chosen = attention.outlier_candidates(model, sim, stats)
+    chosen = attention.outlier_candidates(sim, stats)
     if chosen and cost > budget:
         over = _over_budget("outlier_channels", before, spec.min_sqnr_db, cost, budget)
         return sim, [*actions, over], before, budget
