@@ -10,7 +10,9 @@ Runtime's quantizer, NNCF and qaas alike). A tensor whose values split at their 
 into two clusters that each hold a real share of the values, the wider cluster spanning under
 ``1 / WIDE_GAP_RATIO`` of the range but more than one value (a 0/1 mask loses nothing on a
 grid), is kept float: the node computing it runs in float, so its consumer (the Softmax) sees
-exact scores and exact masking, and nothing else changes.
+exact scores and exact masking, and nothing else changes. Kept only where the measured output
+SQNR gains ``MIN_GAIN_DB`` (a saturated Softmax's probabilities also lie in two clusters, and
+lose little that counts on a grid).
 
 ``outlier_channels``: where the output SQNR still misses ``QuantSpec.min_sqnr_db``, activations
 whose last-axis channels span very different ranges (the few outlier features of a transformer's
@@ -145,13 +147,26 @@ def masked_ranges(
                     f"{name}'s values lie in two clusters, [{found.low[0]:.3g}, "
                     f"{found.low[1]:.3g}] and [{found.high[0]:.3g}, {found.high[1]:.3g}] "
                     f"({found.smaller_share:.0%} of them in the smaller), as an additive "
-                    f"mask leaves scores: one 8-bit grid over both would give the wider cluster "
-                    f"about "
-                    f"{levels:.2g} of its 255 steps"
+                    f"attention mask leaves scores: one 8-bit grid over both would give "
+                    f"the wider cluster about {levels:.2g} of its 255 steps"
                 ),
             )
         )
     return actions
+
+
+def mask_not_kept(actions: list[RuleAction], before: float, after: float) -> RuleAction:
+    """The line for ``masked_ranges`` undone: keeping those nodes float gained too little (a
+    saturated Softmax's probabilities near 0 and near 1 also lie in two clusters)."""
+    nodes = ", ".join(a.node for a in actions[:3]) + (" ..." if len(actions) > 3 else "")
+    return RuleAction(
+        rule="mask_range",
+        node=nodes,
+        action="none kept: their outputs keep their grids",
+        why=f"their values lie in two clusters far apart, but with these {len(actions)} in "
+        f"float the output SQNR measured {after:.1f} dB against {before:.1f} dB, less than "
+        f"{MIN_GAIN_DB:g} dB better",
+    )
 
 
 def feature_widths(model: onnx.ModelProto) -> frozenset[int]:

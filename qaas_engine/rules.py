@@ -534,11 +534,15 @@ def attention_rules(
             budget,
         )
     if actions:
-        sim = _keep_float(model, sim, actions)
-        before = measured.sqnr_db(model, sim)
+        placed = _keep_float(model, sim, actions)
+        after = measured.sqnr_db(model, placed)
         budget -= QDQ_COST * measured.samples
-        if before >= spec.min_sqnr_db:
-            return sim, actions, before, budget
+        if after < before + attention.MIN_GAIN_DB:  # two clusters that lose nothing that counts
+            actions = [attention.mask_not_kept(actions, before, after)]
+        else:
+            sim, before = placed, after
+            if before >= spec.min_sqnr_db:
+                return sim, actions, before, budget
     if spec.activation_bits != 8:
         return sim, actions, before, budget
     chosen = attention.outlier_candidates(sim, stats)
