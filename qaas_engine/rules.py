@@ -25,6 +25,10 @@ after; a promotion that does not raise it by ``MIN_MEASURED_GAIN_DB`` is undone 
 run unfused, so a small gain is not worth their speed). Post-training pipelines only: a learning
 step (AdaRound, QAT, Bayesian Bits) trains the 8-bit grids the spec asked for.
 
+``mask_range`` and ``outlier_channels`` (``qaas_engine.attention``), where the output SQNR
+misses the target, before the two above: an additive attention mask's constants kept out of
+any grid, and 16-bit grids on activations whose channels span very different ranges.
+
 ``--strict-bits`` (``QuantSpec.strict_bits``) turns every rule off: the grids are then exactly
 the ones the spec asked for.
 """
@@ -32,12 +36,14 @@ the ones the spec asked for.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
+from qaas_engine import attention
 from qaas_engine.cost.shapes import macs_per_sample
 from qaas_engine.export.qdq import export_qdq
 from qaas_engine.quant.encoding import Encoding
@@ -46,6 +52,7 @@ from qaas_engine.quant.observers import HistogramObserver
 from qaas_engine.quant.placement import place_quantizers
 from qaas_engine.quant.sensitivity import NoiseEstimate, estimate_noise
 from qaas_engine.quant.sim import QuantSim
+from qaas_engine.rule_action import RuleAction
 from qaas_engine.sessions import session
 from qaas_engine.step_registry import learns
 from qaas_engine.tapped import TappedModel, samples
@@ -82,19 +89,6 @@ MIN_RANGE_GAIN_DB = 0.5
 # values binned per tensor and batch: an even sample of a large activation gives its histogram
 # (a 99.99th percentile still rests on about a hundred values over the measured samples)
 HISTOGRAM_VALUES = 2**15  # per sample
-
-
-@dataclass(frozen=True)
-class RuleAction:
-    """One line of the report's ``rules``: which rule, where, what it did and why."""
-
-    rule: str
-    node: str
-    action: str
-    why: str
-
-    def as_dict(self) -> dict[str, str]:
-        return asdict(self)
 
 
 def encoding_width(encoding: Encoding) -> float:
@@ -176,13 +170,16 @@ class Probe:
     batches: list[dict[str, Any]]
     references: list[list[np.ndarray]]
     samples: int  # how many the SQNR is measured on
+    # what the attention rules read of each quantized activation, from the same float pass
+    stats: dict[str, attention.TensorStats] = field(default_factory=dict)
 
     def sqnr_db(self, model: onnx.ModelProto, sim: QuantSim) -> float:
         return measured_sqnr_db(model, sim, self.batches, self.references)
 
 
-def probe(state: PipelineState) -> Probe | None:
-    """One float pass over the first ``MEASURED_SAMPLES`` calibration samples."""
+def probe(state: PipelineState, sim: QuantSim | None = None) -> Probe | None:
+    """One float pass over the first ``MEASURED_SAMPLES`` calibration samples; with ``sim``,
+    its quantized activations are tapped on the way (``Probe.stats``)."""
     data = state.calibration
     if data is None:
         return None
@@ -191,18 +188,23 @@ def probe(state: PipelineState) -> Probe | None:
         for feeds, _ in data.batches(MEASURED_SAMPLES, MEASURED_SAMPLES)
     ]
     samples = len(batches) if data.one_at_a_time else sum(batch_size(b) for b in batches)
-    runner = TappedModel(state.model, (), batched=not data.one_at_a_time)
+    taps = sorted(sim.activation_encodings) if sim is not None else []
+    runner = TappedModel(state.model, taps, batched=not data.one_at_a_time)
+    widths = attention.feature_widths(state.model)
+    stats = {name: attention.TensorStats(widths) for name in taps}
+    rng = np.random.default_rng(state.spec.seed)
     references = []
     for feeds in batches:
-        chunks = [
-            [np.asarray(values[n]) for n in runner.output_names] for values in runner.run(feeds)
-        ]
+        chunks = []
+        for values in runner.run(feeds):
+            chunks.append([np.asarray(values[n]) for n in runner.output_names])
+            attention.observe_all(stats, values, rng)
         references.append(
             chunks[0]
             if len(chunks) == 1
             else [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
         )
-    return Probe(batches, references, samples)
+    return Probe(batches, references, samples, stats)
 
 
 @dataclass
@@ -514,7 +516,7 @@ def apply_rules(
     spec = sim.spec
     if state.calibration is None or learns(spec.pipeline):
         return sim, actions
-    measured = probe(state)
+    measured = probe(state, sim)
     if measured is None:
         return sim, actions
     before = measured.sqnr_db(model, sim)
@@ -523,6 +525,10 @@ def apply_rules(
     if budget is None:
         budget = rules_budget(state, model_macs(state, measured))
     budget -= (1 + QDQ_COST) * measured.samples
+    sim, found, before, budget = attention_rules(state, sim, measured, before, budget)
+    actions += found
+    if before >= spec.min_sqnr_db:
+        return sim, actions
     # a histogram pass over the calibration data, then min/max and each estimator measured
     cost = calibration_samples(state) + (1 + len(RANGE_METHODS)) * QDQ_COST * measured.samples
     if spec.calibration_method != "auto":
@@ -545,6 +551,61 @@ def apply_rules(
             )
         )
     return sim, actions + sensitive_tensors(state, sim, budget, measured, before)
+
+
+def attention_rules(
+    state: PipelineState, sim: QuantSim, measured: Probe, before: float, budget: float
+) -> tuple[QuantSim, list[RuleAction], float, float]:
+    """``mask_range`` then ``outlier_channels`` (``qaas_engine.attention``), from the values the
+    probe's float pass tapped (no forward of their own): the simulation, the actions, the
+    output SQNR now and the budget left. A rule that acts costs one run of the exported graph."""
+    model, spec, stats = state.model, sim.spec, measured.stats
+    cost = QDQ_COST * measured.samples  # a measurement after each rule that acts
+    actions = attention.masked_ranges(model, sim, stats)
+    if actions and cost > budget:
+        return (
+            sim,
+            [_over_budget("mask_range", before, spec.min_sqnr_db, cost, budget)],
+            before,
+            budget,
+        )
+    if actions:
+        placed = _keep_float(model, sim, actions)
+        after = measured.sqnr_db(model, placed)
+        budget -= QDQ_COST * measured.samples
+        if after < before + attention.MIN_GAIN_DB:  # two clusters that lose nothing that counts
+            actions = [attention.mask_not_kept(actions, before, after)]
+        else:
+            sim, before = placed, after
+            if before >= spec.min_sqnr_db:
+                return sim, actions, before, budget
+    if spec.activation_bits != 8:
+        return sim, actions, before, budget
+    chosen = attention.outlier_candidates(sim, stats)
+    if chosen and cost > budget:
+        over = _over_budget("outlier_channels", before, spec.min_sqnr_db, cost, budget)
+        return sim, [*actions, over], before, budget
+    promoted, before, measurements = attention.outlier_channels(
+        sim,
+        chosen,
+        lambda placed: measured.sqnr_db(model, placed),
+        before,
+        measured.samples,
+        spec.min_sqnr_db if budget >= 2 * cost else -math.inf,  # a second stage fits or not
+    )
+    budget -= measurements * cost
+    return sim, actions + promoted, before, budget
+
+
+def _over_budget(rule: str, before: float, target: float, cost: float, budget: float) -> RuleAction:
+    return RuleAction(
+        rule=rule,
+        node="(model)",
+        action="not applied: measuring it would cost too much",
+        why=f"output SQNR {before:.1f} dB < {target:g} dB target, but measuring what the rule "
+        f"changes costs about {cost:.0f} float forwards, over the {max(budget, 0):.0f} left of "
+        f"the rules' budget ({budget_words()})",
+    )
 
 
 def _keep_float(model: onnx.ModelProto, sim: QuantSim, actions: list[RuleAction]) -> QuantSim:
