@@ -4,8 +4,9 @@ them, so both commands accept and check the same flags the same way."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from qaas_engine.step_registry import STEPS
 
@@ -129,36 +130,35 @@ def _evaluation_samples(text: str | None) -> dict[str, int | None]:
         raise CliError(f"--evaluation-samples takes a count or 'all', not {text!r}") from None
 
 
+def _name_value_flags(
+    given: list[str], parse: Callable[[str], tuple[str, Any]], flag: str, of: tuple[str, str]
+) -> dict[str, Any]:
+    """Repeated ``NAME=VALUE`` flags as a dict; a name given twice must agree with itself.
+    ``of``: what the name and the value are, for the error (``("output", "metrics")``)."""
+    values: dict[str, Any] = {}
+    for text in given:
+        try:
+            name, value = parse(text)
+        except ValueError as error:
+            raise CliError(f"{flag}: {error}") from None
+        if values.get(name, value) != value:
+            raise CliError(f"{flag} names {of[0]} '{name}' twice, with different {of[1]}")
+        values[name] = value
+    return values
+
+
 def _output_metrics(given: list[str]) -> dict[str, str]:
     """``--metric OUTPUT=METRIC`` flags as the spec's ``output_metrics``."""
     from qaas_engine.spec import parse_metric
 
-    metrics: dict[str, str] = {}
-    for text in given:
-        try:
-            output, metric = parse_metric(text)
-        except ValueError as error:
-            raise CliError(f"--metric: {error}") from None
-        if metrics.get(output, metric) != metric:
-            raise CliError(f"--metric names output '{output}' twice, with different metrics")
-        metrics[output] = metric
-    return metrics
+    return _name_value_flags(given, parse_metric, "--metric", ("output", "metrics"))
 
 
 def _fixed_inputs(given: list[str]) -> dict[str, int | float]:
     """``--fix-input NAME=VALUE`` flags as the spec's ``fixed_inputs``."""
     from qaas_engine.spec import parse_fixed_input
 
-    fixed: dict[str, int | float] = {}
-    for text in given:
-        try:
-            name, value = parse_fixed_input(text)
-        except ValueError as error:
-            raise CliError(f"--fix-input: {error}") from None
-        if fixed.get(name, value) != value:
-            raise CliError(f"--fix-input names input '{name}' twice, with different values")
-        fixed[name] = value
-    return fixed
+    return _name_value_flags(given, parse_fixed_input, "--fix-input", ("input", "values"))
 
 
 def add_training_options(parser: argparse.ArgumentParser) -> None:

@@ -347,3 +347,18 @@ def test_one_overall_bar_with_phase_and_queue_position(tty, capsys):
             "job1 25% running: calibration",
             "job1 100% succeeded",
         ]
+
+
+def test_fix_input_flags_become_the_specs_fixed_inputs():
+    from app.cli import build_parser, spec_from_args
+    from app.cli_options import CliError
+
+    def spec(*flags: str):
+        return spec_from_args(build_parser().parse_args(["quantize", "m.onnx", "-o", "o", *flags]))
+
+    fixed = spec("--fix-input", "sr=16000", "--fix-input", "gain=0.5", "--fix-input", "sr=16000")
+    assert fixed.fixed_inputs == {"sr": 16000, "gain": 0.5}
+    with pytest.raises(CliError, match="--fix-input names input 'sr' twice, with different values"):
+        spec("--fix-input", "sr=16000", "--fix-input", "sr=8000")
+    with pytest.raises(CliError, match="--fix-input: 'sr' is not NAME=VALUE"):
+        spec("--fix-input", "sr")
