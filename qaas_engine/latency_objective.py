@@ -306,7 +306,23 @@ def _placed(model: onnx.ModelProto, sim: QuantSim, keep: Keep) -> QuantSim:
     if not keep:
         return sim
     actions = [RuleAction(RULE, node, "kept float", "timing candidate") for node in sorted(keep)]
-    return _keep_float(model, sim, actions)
+    return _float_weights_too(model, sim, actions)
+
+
+def _float_weights_too(
+    model: onnx.ModelProto, sim: QuantSim, actions: list[RuleAction]
+) -> QuantSim:
+    """Placed again with the actions' nodes float, their weights too: a float conv with weights
+    on the int8 grid would keep the noise and gain no speed (ORT folds a constant weight's
+    DequantizeLinear)."""
+    placed = _keep_float(model, sim, actions)
+    placed.weight_encodings = {
+        name: encoding
+        for name, encoding in placed.weight_encodings.items()
+        if name in placed.placement.weights
+    }
+    placed.derive_bias_encodings()
+    return placed
 
 
 def keep_float_where_faster(
@@ -328,5 +344,5 @@ def keep_float_where_faster(
                 RuleAction(action.rule, action.node, action.action, f"{action.why}: {figures}")
             )
     if actions:
-        sim = _keep_float(state.model, sim, actions)
+        sim = _float_weights_too(state.model, sim, actions)
     return sim, actions, choice
