@@ -125,7 +125,7 @@ def candidates(model: onnx.ModelProto, sim: QuantSim) -> list[Candidate]:
             continue
         if weighted(node) and node.input[0] in inputs:
             found.append(Candidate(f"entry {node.op_type} {node.name}", frozenset({node.name})))
-        elif weighted(node) and node.output[0] in outputs and node.op_type != "Conv":
+        elif weighted(node) and node.output[0] in outputs:
             nodes = {node.name}
             before = producer.get(node.input[0])
             if (
@@ -138,6 +138,9 @@ def candidates(model: onnx.ModelProto, sim: QuantSim) -> list[Candidate]:
             found.append(Candidate(f"head {node.op_type} {node.name}", frozenset(nodes)))
         elif node.op_type in JOIN_OPS and sum(i not in constant for i in node.input) >= 2:
             found.append(Candidate(f"join {node.op_type} {node.name}", frozenset({node.name})))
+    # entries and heads first: a ResNet's many joins must not crowd them out of the cap
+    order = {"entry": 0, "head": 1, "join": 2}
+    found.sort(key=lambda candidate: order[candidate.label.split()[0]])
     return found[:MAX_CANDIDATES]
 
 
