@@ -45,8 +45,11 @@ MIN_GAIN = 0.03  # a candidate must be this much faster at some batch size to be
 # and no more than this slower at any: the fastest rounds of one graph differ by about this much
 NOISE = 0.01
 MAX_CANDIDATES = 8  # timed at most; the rest stay int8
-BUDGET_S = 2.0  # exports, sessions and timing, all candidates together
+# exports, sessions and timing, all candidates together; a small model is done long before
+# (MAX_ROUNDS), a large one whose MIN_ROUNDS do not fit is left all int8
+BUDGET_S = 10.0
 MIN_ROUNDS = 5  # every variant timed at least this many rounds, else nothing is decided
+MAX_ROUNDS = 30
 TARGET_ROUND_S = 0.002  # runs per round: enough that one round takes about this long
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 RESHAPES = frozenset({"Flatten", "Reshape", "Squeeze"})
@@ -86,7 +89,8 @@ class LatencyChoice:
                 f"against the all-int8 graph, batches {', '.join(map(str, BATCHES))}, variants "
                 f"taking turns, the fastest round of each (load only ever adds time); kept "
                 f"float only when at least {MIN_GAIN:.0%} faster at some batch and not more than "
-                f"{NOISE:.0%} slower (the timing's noise) at any, within {BUDGET_S:g} s"
+                f"{NOISE:.0%} slower (the timing's noise) at any; {MIN_ROUNDS} to {MAX_ROUNDS} "
+                f"rounds within {BUDGET_S:g} s"
             ),
             "note": self.note,
         }
@@ -224,26 +228,21 @@ def _sessions_timer(
         repeats = max(1, int(TARGET_ROUND_S / per_run))
         best = [float("inf")] * len(variants)
         rounds = 0
-        share = (deadline - time.perf_counter()) / (len(feeds) - index)
-        stop = time.perf_counter() + share
-        while rounds < MIN_ROUNDS or time.perf_counter() < stop:
+        now = time.perf_counter()
+        if per_run * repeats * len(variants) * MIN_ROUNDS > deadline - now:
+            return None  # not even the fewest rounds fit what is left: decide nothing
+        stop = now + (deadline - now) / (len(feeds) - index)  # this batch's share
+        while rounds < MIN_ROUNDS or (rounds < MAX_ROUNDS and time.perf_counter() < stop):
             if time.perf_counter() > deadline:
-                return None if rounds < MIN_ROUNDS else _finish(result, best, batch, rounds)
+                return None
             for i, runner in enumerate(runners):
                 began = time.perf_counter()
                 for _ in range(repeats):
                     runner.run(None, feed)
                 best[i] = min(best[i], (time.perf_counter() - began) * 1000 / repeats)
             rounds += 1
-        _finish(result, best, batch, rounds)
-    return result
-
-
-def _finish(
-    result: list[dict[int, float]], best: list[float], batch: int, rounds: int
-) -> list[dict[int, float]]:
-    for times, ms in zip(result, best, strict=True):
-        times[batch] = ms
+        for times, ms in zip(result, best, strict=True):
+            times[batch] = ms
     return result
 
 
