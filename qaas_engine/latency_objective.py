@@ -280,7 +280,12 @@ def ort_measure(
                 return None
             variant = _placed(state.model, sim, keep)
             models.append(
-                export_qdq(state.model, variant, unsigned_weights=not kernels.signed_weights)
+                export_qdq(
+                    state.model,
+                    variant,
+                    unsigned_weights=not kernels.signed_weights,
+                    quantize_scalar_operands=True,
+                )
             )
         try:
             return _sessions_timer(models, feeds, deadline)

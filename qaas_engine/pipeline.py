@@ -196,6 +196,7 @@ def run_pipeline(
             sim,
             unsigned_weights=not kernels.signed_weights,
             unsigned_activations=rules.unsigned_activation_container,
+            quantize_scalar_operands=rules.executed_here,
         ),
     )
     check_model_apart(qdq)  # the checker without a serialized copy of the weights
