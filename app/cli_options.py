@@ -64,6 +64,14 @@ def add_quantize_options(parser: argparse.ArgumentParser, *, model_optional: boo
         "(NVIDIA), checked against their documented rules, not run (default %(default)s)",
     )
     parser.add_argument(
+        "--objective",
+        choices=("accuracy", "latency"),
+        default="accuracy",
+        help="latency: keep float the nodes (entry conv, head, residual joins) whose int8 form "
+        "measured slower in ONNX Runtime on this machine; report.json target.objective says "
+        "what was timed and kept (default %(default)s)",
+    )
+    parser.add_argument(
         "--strict-bits",
         action="store_true",
         help="exactly the grids asked for: no rule may keep a join float or widen a tensor's "
@@ -221,6 +229,7 @@ def spec_from_args(args: argparse.Namespace) -> QuantSpec:
             batch_size=args.batch_size,
             target=args.target,
             strict_bits=args.strict_bits,
+            objective=getattr(args, "objective", "accuracy"),
             min_sqnr_db=args.min_sqnr,
             min_cosine=args.min_cosine,
             output_metrics=_output_metrics(args.metric),

@@ -27,6 +27,7 @@ from qaas_engine.quant.encoding import Encoding
 from qaas_engine.quant.sensitivity import estimate_noise
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.state import PipelineState
+from qaas_engine.targets import target_rules
 
 WIDE_BITS = 16
 PRICED_SAMPLES = 8  # calibration samples the noise is priced on, where one took little time
@@ -160,6 +161,10 @@ def build(state: PipelineState, sim: QuantSim, kind: str, tensors: list[str]) ->
     """The configuration and its export, laid out for the same kernels as the base."""
     changed = widened(sim, tensors) if kind == "16-bit" else floated(sim, tensors)
     unsigned = state.kernels is not None and not state.kernels.signed_weights
-    qdq = export_qdq(state.model, changed, unsigned_weights=unsigned)
+    # the same layout as the base's export (pipeline.run_pipeline)
+    executed = state.kernels is None or target_rules(state.kernels.target).executed_here
+    qdq = export_qdq(
+        state.model, changed, unsigned_weights=unsigned, quantize_scalar_operands=executed
+    )
     onnx.checker.check_model(qdq)
     return MixedConfig(kind, list(tensors), changed, qdq)

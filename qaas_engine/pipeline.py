@@ -21,6 +21,7 @@ from qaas_engine.export.qdq import export_qdq
 from qaas_engine.export.target_checks import check_export
 from qaas_engine.graph.lazy import LazyExecutor, materialized
 from qaas_engine.importer import ImportedModel
+from qaas_engine.latency_objective import keep_float_where_faster, ort_measure
 from qaas_engine.quant.moments import propagate
 from qaas_engine.quant.placement import place_quantizers
 from qaas_engine.quant.sim import QuantSim
@@ -181,6 +182,8 @@ def run_pipeline(
     run_steps(state, "quantized", timer)
     kernels = choose_kernels(spec.target)
     rules = target_rules(spec.target)
+    if spec.objective == "latency" and rules.executed_here and not spec.strict_bits:
+        sim, kernels = timer.run("latency_objective", lambda: latency_float(state, sim, kernels))
     if not rules.executed_here and sim.activation_encodings:
         # learning steps train each quantizer's range on its own: the target's tied and fixed
         # grids are set again over what they learned, and the biases follow their inputs
@@ -193,6 +196,7 @@ def run_pipeline(
             sim,
             unsigned_weights=not kernels.signed_weights,
             unsigned_activations=rules.unsigned_activation_container,
+            quantize_scalar_operands=rules.executed_here,
         ),
     )
     check_model_apart(qdq)  # the checker without a serialized copy of the weights
@@ -201,6 +205,18 @@ def run_pipeline(
         kernels = replace(kernels, constraints_checked=rules.constraints)
     state.kernels = kernels
     return state, sim, qdq
+
+
+def latency_float(
+    state: PipelineState, sim: QuantSim, kernels: KernelChoice
+) -> tuple[QuantSim, KernelChoice]:
+    """``--objective latency``: nodes measured faster float are kept float (a rule line each)."""
+    if not sim.activation_encodings:
+        return sim, replace(kernels, objective={"note": "activations float: nothing to time"})
+    sim, actions, choice = keep_float_where_faster(state, sim, ort_measure(state, sim, kernels))
+    state.sim = sim
+    state.rules += [action.as_dict() for action in actions]
+    return sim, replace(kernels, objective=choice.describe())
 
 
 def check_against_target(kernels: KernelChoice, sim: QuantSim, qdq: onnx.ModelProto) -> None:

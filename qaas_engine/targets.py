@@ -144,6 +144,8 @@ class KernelChoice:
     reason: str
     # the documented constraints the export was checked against (targets not run here)
     constraints_checked: tuple[str, ...] = field(default=())
+    # what ``--objective latency`` measured and kept float (latency_objective.LatencyChoice)
+    objective: dict[str, object] | None = None
 
     @property
     def signed_weights(self) -> bool:
@@ -171,6 +173,7 @@ class KernelChoice:
             "cpu_dot_product": list(self.cpu_features),
             "cpu": platform.processor() or platform.machine(),
             "reason": self.reason,
+            **({"objective": self.objective} if self.objective is not None else {}),
         }
 
 

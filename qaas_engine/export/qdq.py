@@ -129,12 +129,51 @@ class QdqBuilder:
         return helper.make_node(op, inputs, [output], name=f"{output}_{op}", domain=domain, **attrs)
 
 
+# ops ONNX Runtime fuses into QLinearAdd/QLinearMul only when every input comes from a
+# DequantizeLinear: a float scalar operand (x * scale + bias of an affine layer, hardswish's
+# x + 3) leaves the op float between a DQ and a Q
+SCALAR_OPERAND_OPS = frozenset({"Add", "Mul"})
+
+
+def exact_scalar(value: float, signed: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(integer, scale, zero point) whose DequantizeLinear gives ``value`` exactly: one step of
+    a grid whose scale is the value itself (the rounding-free grid for a single number)."""
+    if value == 0.0:
+        return np.asarray(0), np.asarray(1.0, np.float32), np.asarray(0)
+    scale = np.asarray(abs(value), np.float32)
+    if value > 0:
+        return np.asarray(1), scale, np.asarray(0)
+    return (
+        (np.asarray(-1), scale, np.asarray(0)) if signed else (np.asarray(0), scale, np.asarray(1))
+    )
+
+
+def _scalar_operand(
+    builder: QdqBuilder, name: str, value: np.ndarray, signed: bool, cache: dict[str, str]
+) -> tuple[str, onnx.NodeProto | None]:
+    """The dequantized name of a one-element float constant (its node the first time)."""
+    if name in cache:
+        return cache[name], None
+    dtype = np.int8 if signed else np.uint8
+    integer, scale, zero_point = exact_scalar(float(value.reshape(-1)[0]), signed)
+    stored = builder.constant(f"{name}_integer", integer.astype(dtype).reshape(value.shape))
+    scale_name = builder.constant(f"{name}_integer_scale", scale)
+    zero_name = builder.constant(f"{name}_integer_zero_point", zero_point.astype(dtype))
+    cache[name] = f"{name}_integer_dequantized"
+    node = helper.make_node(
+        "DequantizeLinear", [stored, scale_name, zero_name], [cache[name]],
+        name=f"{cache[name]}_DequantizeLinear",
+    )  # fmt: skip
+    return cache[name], node
+
+
 def export_qdq(
     model: onnx.ModelProto,
     sim: QuantSim,
     *,
     unsigned_weights: bool = True,
     unsigned_activations: bool = True,
+    quantize_scalar_operands: bool = False,
 ) -> onnx.ModelProto:
     """A new QDQ model from the float ``model`` (same graph) and the sim's weights/encodings.
 
@@ -143,6 +182,10 @@ def export_qdq(
     for weights (u8u8 kernels, exact on any CPU); False keeps them int8 (u8s8 kernels: the fast
     path where the CPU has an int8 dot product, see :mod:`qaas_engine.targets`).
     ``unsigned_activations`` False keeps signed activation grids int8 (TensorRT takes INT8 only).
+    ``quantize_scalar_operands``: a one-element float constant feeding an Add/Mul whose other
+    inputs and output (or the activation fused after it) are quantized is stored as an integer
+    on a grid that holds it exactly (:func:`exact_scalar`), so ONNX Runtime fuses the op (same
+    values, fewer nodes).
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -185,6 +228,12 @@ def export_qdq(
             )
             rename[value.name] = dequantized
 
+    floats = {
+        init.name: numpy_helper.to_array(init)
+        for init in kept_initializers
+        if init.data_type == TensorProto.FLOAT and int(np.prod(init.dims)) == 1
+    }
+    scalars: dict[str, str] = {}
     body: list[onnx.NodeProto] = []
     for node in graph.node:
         new = onnx.NodeProto()
@@ -192,6 +241,23 @@ def export_qdq(
         for i, name in enumerate(new.input):
             if name in rename:
                 new.input[i] = rename[name]
+        if (
+            quantize_scalar_operands
+            and new.op_type in SCALAR_OPERAND_OPS
+            and (new.output[0] in activations or new.output[0] in sim.placement.fused)
+            and sum(name in floats for name in new.input) == 1
+            and all(
+                name in floats or name != old
+                for name, old in zip(new.input, node.input, strict=True)
+            )
+        ):
+            for i, name in enumerate(new.input):
+                if name in floats:
+                    new.input[i], made = _scalar_operand(
+                        builder, name, floats[name], not unsigned_activations, scalars
+                    )
+                    if made is not None:
+                        body.append(made)
         pending = []
         for i, name in enumerate(new.output):
             if name not in activations:
