@@ -65,11 +65,13 @@ def add_quantize_options(parser: argparse.ArgumentParser, *, model_optional: boo
     )
     parser.add_argument(
         "--objective",
-        choices=("accuracy", "latency"),
-        default="accuracy",
-        help="latency: keep float the nodes (entry conv, head, residual joins) whose int8 form "
-        "measured slower in ONNX Runtime on this machine; report.json target.objective says "
-        "what was timed and kept (default %(default)s)",
+        choices=("energy", "latency"),
+        default="energy",
+        help="energy: every node the rules allow is int8, and --pipeline auto picks the "
+        "cheapest configuration by the energy model; latency: also keep float the nodes (entry "
+        "conv, head, residual joins) whose int8 form measured slower in ONNX Runtime on this "
+        "machine; report.json target.objective says what was timed and kept (default "
+        "%(default)s)",
     )
     parser.add_argument(
         "--strict-bits",
@@ -229,7 +231,7 @@ def spec_from_args(args: argparse.Namespace) -> QuantSpec:
             batch_size=args.batch_size,
             target=args.target,
             strict_bits=args.strict_bits,
-            objective=getattr(args, "objective", "accuracy"),
+            objective=getattr(args, "objective", "energy"),
             min_sqnr_db=args.min_sqnr,
             min_cosine=args.min_cosine,
             output_metrics=_output_metrics(args.metric),

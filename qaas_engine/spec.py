@@ -72,8 +72,9 @@ class QuantSpec(BaseModel):
     # True turns off the rules that change grids after calibration (qaas_engine.rules)
     strict_bits: bool = False
     # latency: keep float the nodes whose int8 form measured slower in ONNX Runtime on this
-    # machine (qaas_engine.latency_objective); accuracy: every node the rules allow is int8
-    objective: Literal["accuracy", "latency"] = "accuracy"
+    # machine (qaas_engine.latency_objective); energy: every node the rules allow is int8, and
+    # auto picks the cheapest configuration by the energy model
+    objective: Literal["energy", "latency"] = "energy"
     # output SQNR (dB, against float, on calibration samples) below which the rules give the
     # noisiest quantizers 16-bit grids
     min_sqnr_db: float = Field(30.0, ge=0.0, le=200.0)

@@ -12,4 +12,4 @@ def test_the_objective_flag_reaches_the_spec():
     add_quantize_options(parser)
     chosen = spec_from_args(parser.parse_args(["m.onnx", "--objective", "latency"]))
     assert chosen.objective == "latency"
-    assert spec_from_args(parser.parse_args(["m.onnx"])).objective == "accuracy"
+    assert spec_from_args(parser.parse_args(["m.onnx"])).objective == "energy"
