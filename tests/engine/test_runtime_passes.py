@@ -213,3 +213,32 @@ def test_the_probe_quantizes_the_weights_it_is_given(tiny_imported):
     feeds, _ = next(calibration.batches(8))
     assert not np.allclose(probe.run(feeds, weight=name), default.run(feeds, weight=name))
     np.testing.assert_allclose(probe.run(feeds), default.run(feeds))  # switches off: float
+
+
+def test_one_sample_shapes_are_run_once_per_executor(tiny_imported, monkeypatch):
+    """The rules' budget, the report's MACs and the energy report ask for the same sample's
+    shapes: one session and run, not one each."""
+    from qaas_engine.cost import shapes as shape_module
+    from qaas_engine.graph.lazy import LazyExecutor
+
+    runs = []
+    measure = shape_module._measure_shapes
+
+    def counted(*args, **kwargs):
+        runs.append(1)
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(shape_module, "_measure_shapes", counted)
+    imported, calibration, _ = tiny_imported
+    report = quantize(imported, QuantSpec(), calibration=calibration).report
+    assert report["model"]["macs"] > 0 and report["energy"]["float_pj"] > 0
+    assert len(runs) == 1
+
+    model = imported.model
+    executor = LazyExecutor(model)
+    sample = np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32)
+    macs = shape_module.macs_per_sample(model, executor, {"input": sample})
+    assert shape_module.macs_per_sample(model, executor, {"input": sample.copy()}) == macs
+    assert len(runs) == 2  # an equal sample: the shapes already measured
+    shape_module.macs_per_sample(model, executor, {"input": sample + 1})
+    assert len(runs) == 3  # other values (a data-dependent shape could differ): run again
