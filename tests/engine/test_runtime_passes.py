@@ -242,3 +242,29 @@ def test_one_sample_shapes_are_run_once_per_executor(tiny_imported, monkeypatch)
     assert len(runs) == 2  # an equal sample: the shapes already measured
     shape_module.macs_per_sample(model, executor, {"input": sample + 1})
     assert len(runs) == 3  # other values (a data-dependent shape could differ): run again
+
+
+def test_the_default_check_on_calibration_data_is_bounded_by_work(tiny_imported, monkeypatch):
+    """Without evaluation data the report measures at most CALIBRATION_CHECK_MACS of work on
+    the calibration data (a count from the model, never from a clock); asked, it measures all."""
+    from qaas_engine import spec as spec_module
+    from qaas_engine.spec import calibration_check_samples
+
+    assert calibration_check_samples(0) == spec_module.CALIBRATION_CHECK_SAMPLES
+    assert calibration_check_samples(1000) == spec_module.CALIBRATION_CHECK_SAMPLES
+    assert calibration_check_samples(int(spec_module.CALIBRATION_CHECK_MACS // 20)) == 20
+    assert calibration_check_samples(10**15) == spec_module.CALIBRATION_CHECK_MIN_SAMPLES
+
+    imported, calibration, _ = tiny_imported
+    small = quantize(imported, QuantSpec(), calibration=calibration).report
+    assert "limit" not in small["metrics"]["samples"]  # a small model: the count bound alone
+    macs = small["model"]["macs"]
+    monkeypatch.setattr(spec_module, "CALIBRATION_CHECK_MACS", macs * 10)
+    bounded = quantize(imported, QuantSpec(), calibration=calibration).report
+    assert bounded["metrics"]["samples"]["measured"] == 10
+    assert bounded["metrics"]["samples"]["limit"]["samples"] == 10
+    assert bounded["metrics"]["onnxruntime"]["samples"] == 10
+    everything = quantize(
+        imported, QuantSpec(max_evaluation_samples="all"), calibration=calibration
+    ).report
+    assert everything["metrics"]["samples"]["measured"] == calibration.num_samples
