@@ -268,3 +268,41 @@ def test_the_default_check_on_calibration_data_is_bounded_by_work(tiny_imported,
         imported, QuantSpec(max_evaluation_samples="all"), calibration=calibration
     ).report
     assert everything["metrics"]["samples"]["measured"] == calibration.num_samples
+
+
+def test_evaluation_reuses_the_rules_run_of_the_same_graph_on_the_same_samples(
+    tiny_imported, monkeypatch
+):
+    """The rules ran the exported graph (optimizer off) on the first calibration samples; the
+    evaluation on the calibration data takes those outputs where graph and feeds are the same,
+    and its figures are exactly those of running them again."""
+    from qaas_engine.simulated_runs import SimulatedRuns
+
+    imported, calibration, _ = tiny_imported
+    spec = QuantSpec(batch_size=8)  # the rules measure on one batch of 8: the same first batch
+    reused = quantize(imported, spec, calibration=calibration).report["metrics"]
+    assert "1 batches kept from the rules' run" in reused["engines"]["simulated"]
+
+    monkeypatch.setattr(SimulatedRuns, "lookup", lambda *args: None)
+    again = quantize(imported, spec, calibration=calibration).report["metrics"]
+    assert again["engines"]["simulated"] == "onnxruntime, graph optimizer off"
+    for key in ("float", "simulated", "onnxruntime", "simulation_vs_onnxruntime", "outputs"):
+        assert reused[key] == again[key]
+
+
+def test_simulated_runs_answer_only_for_the_same_graph_and_the_same_feeds(tiny_imported):
+    from qaas_engine.simulated_runs import SimulatedRuns, graph_digest
+
+    imported, _, _ = tiny_imported
+    feeds = {"input": np.ones((2, 1, 8, 8), np.float32)}
+    runs = SimulatedRuns([feeds])
+    digest = graph_digest(imported.model)
+    runs.record(digest, [[np.zeros((2, 10), np.float32)]])
+    assert runs.lookup(digest, 0, {"input": feeds["input"].copy()}) is not None
+    assert runs.lookup(digest, 1, feeds) is None  # a batch it never ran
+    assert runs.lookup(digest, 0, {"input": feeds["input"] * 2}) is None
+    assert runs.lookup(digest, 0, {"input": feeds["input"][:1]}) is None
+    other = onnx.ModelProto()
+    other.CopyFrom(imported.model)
+    other.graph.node[0].name += "_renamed"
+    assert graph_digest(other) != digest and runs.lookup(graph_digest(other), 0, feeds) is None
