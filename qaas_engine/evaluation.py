@@ -247,14 +247,17 @@ def _output_metrics(meters: dict[str, FidelityMeter]) -> dict[str, Any]:
 def _kept_output(
     kept: list[np.ndarray] | None, index: int, feeds: dict[str, np.ndarray], one_at_a_time: bool
 ) -> np.ndarray | None:
-    """Calibration's float output for this batch, when it covered the same samples."""
+    """Calibration's float output for this batch, when it covered the same samples: batch
+    ``index`` of both passes starts at the same sample, so a shorter evaluation batch (the last
+    one of a bounded check) is the first rows of calibration's."""
     if kept is None or index >= len(kept):
         return None
     output = kept[index]
     if not one_at_a_time:
         first = next(iter(feeds.values()))
-        if output.ndim == 0 or first.ndim == 0 or output.shape[0] != first.shape[0]:
-            return None  # a last, partial batch of a different size
+        if output.ndim == 0 or first.ndim == 0 or output.shape[0] < first.shape[0]:
+            return None  # a last, partial calibration batch shorter than this one
+        output = output[: first.shape[0]]
     return np.asarray(output, dtype=np.float32)
 
 

@@ -306,3 +306,25 @@ def test_simulated_runs_answer_only_for_the_same_graph_and_the_same_feeds(tiny_i
     other.CopyFrom(imported.model)
     other.graph.node[0].name += "_renamed"
     assert graph_digest(other) != digest and runs.lookup(graph_digest(other), 0, feeds) is None
+
+
+def test_a_bounded_check_reads_the_float_outputs_calibration_computed(tiny_imported, monkeypatch):
+    """A check bounded below the batch size measures the first rows of calibration's first
+    batch: their float outputs were computed while calibrating, not run again."""
+    from qaas_engine import evaluation
+    from qaas_engine import spec as spec_module
+
+    imported, calibration, _ = tiny_imported
+    spec = QuantSpec(batch_size=32)
+    macs = quantize(imported, spec, calibration=calibration).report["model"]["macs"]
+    monkeypatch.setattr(spec_module, "CALIBRATION_CHECK_MACS", macs * 10)
+    kept = quantize(imported, spec, calibration=calibration).report["metrics"]
+    assert kept["samples"]["measured"] == 10
+    assert kept["engines"]["float"] == "onnxruntime, 1 batches kept from calibration"
+
+    monkeypatch.setattr(evaluation, "_kept_output", lambda *args: None)
+    again = quantize(imported, spec, calibration=calibration).report["metrics"]
+    assert again["engines"]["float"] == "onnxruntime"
+    for key in ("simulated", "onnxruntime"):  # the same samples' float outputs, either way
+        assert kept[key]["sqnr_db"] == pytest.approx(again[key]["sqnr_db"], abs=0.01)
+        assert kept[key]["top1_agreement"] == again[key]["top1_agreement"]
