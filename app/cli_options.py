@@ -117,7 +117,8 @@ def add_quantize_options(parser: argparse.ArgumentParser, *, model_optional: boo
         "--evaluation-samples",
         metavar="N|all",
         help="the report measures on the first N samples, or all (default: 1000 evaluation "
-        "samples; 64 of the calibration data when no --evaluation is given)",
+        "samples; 64 of the calibration data when no --evaluation is given, fewer for a model "
+        "whose samples cost over 10^10/64 multiply-accumulates each, at least 8)",
     )
     parser.add_argument(
         "--adaround-iterations",

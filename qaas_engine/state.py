@@ -20,6 +20,7 @@ from qaas_engine.cost.energy import EnergyProfile
 from qaas_engine.data import Dataset
 from qaas_engine.graph.lazy import LazyExecutor
 from qaas_engine.quant.sim import QuantSim
+from qaas_engine.simulated_runs import SimulatedRuns
 from qaas_engine.spec import QuantSpec
 from qaas_engine.targets import KernelChoice
 from qaas_engine.tensors import to_torch
@@ -60,6 +61,8 @@ class PipelineState:
     # the float model's first output per calibration batch, as calibration computed it (or None)
     calibration_outputs: list[np.ndarray] | None = None
     rules: list[dict[str, str]] = field(default_factory=list)  # what rules.py did, and why
+    # exported graphs the rules ran (optimizer off) on the first calibration samples
+    simulated_runs: SimulatedRuns | None = None
     kernels: KernelChoice | None = None  # the target's kernel mode, chosen at export
 
     def rebuild_executor(self) -> None:

@@ -68,7 +68,17 @@ def main() -> int:
     parser.add_argument("model", type=Path)
     parser.add_argument("calibration", type=Path, help=".npz: whole inputs stacked on axis 0")
     parser.add_argument("output", type=Path)
+    parser.add_argument(
+        "--without-torch",
+        action="store_true",
+        help="as in an environment holding ONNX Runtime alone (quant_pre_process imports torch "
+        "wherever it is installed; bench/speed.py's stricter baseline)",
+    )
     args = parser.parse_args()
+    if args.without_torch:
+        import sys
+
+        sys.modules.setdefault("torch", None)  # type: ignore[arg-type]  # find_spec -> None
     start = time.perf_counter()
     result: dict[str, object] = {"ok": False, "error": ""}
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from functools import cache
 
 import onnx
-from onnx.reference.ops import load_op
 
 from qaas_engine.onnxruntime_ops import onnxruntime_knows
 
@@ -214,6 +213,8 @@ def has_reference(op_type: str, opset: int) -> bool:
     # onnx's defs.pyi stub omits these two OpSchema properties (they exist at runtime)
     if schema.has_function or schema.has_context_dependent_function:  # type: ignore[attr-defined]
         return True
+    from onnx.reference.ops import load_op  # 0.1 s of imports, needed only for such ops
+
     try:
         load_op("", op_type, opset)
     except Exception:  # onnx raises several unrelated types for an unknown op

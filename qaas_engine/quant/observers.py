@@ -63,13 +63,19 @@ class HistogramObserver:
 
     def observe(self, x: Any) -> None:
         values = as_array(x).reshape(-1)
-        values = values[np.isfinite(values)]
+        finite = np.isfinite(values)
+        if not finite.all():  # a copy only when something must go
+            values = values[finite]
         if values.size == 0:
             return
         # bin index as torch.histc computes it: values clamped into [low, high], top edge in the
-        # last bin
+        # last bin; the arithmetic of (clip(v) - low) / width in v's type, in one buffer
         width = (self.high - self.low) / self.bins
-        index = ((np.clip(values, self.low, self.high) - self.low) / width).astype(np.int64)
+        scaled = np.maximum(values, self.low)
+        np.minimum(scaled, self.high, out=scaled)
+        scaled -= self.low
+        scaled /= width
+        index = scaled.astype(np.int64)
         np.minimum(index, self.bins - 1, out=index)
         self.counts += np.bincount(index, minlength=self.bins)[: self.bins]
 

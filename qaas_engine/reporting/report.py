@@ -26,6 +26,11 @@ from qaas_engine.importer import ImportedModel
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.reporting.collect import add_report_sections
 from qaas_engine.reporting.size import count_params, float_bytes, quantized_bytes
+from qaas_engine.spec import (
+    CALIBRATION_CHECK_MACS,
+    CALIBRATION_CHECK_MIN_SAMPLES,
+    CALIBRATION_CHECK_SAMPLES,
+)
 from qaas_engine.state import PipelineState, Timer
 from qaas_engine.version import __version__
 
@@ -43,8 +48,18 @@ def finish(
     redeclare_fixed_inputs(qdq, imported.fixed_inputs)
     encodings = aimet_encodings(sim, __version__)
     measured_on = evaluation if evaluation is not None else state.calibration
-    limit = sim.spec.evaluation_limit(on_calibration_data=evaluation is None)
+    on_calibration = evaluation is None
+    macs = model_macs(state) if on_calibration else None  # the report's figure: one shapes run
+    limit = sim.spec.evaluation_limit(on_calibration_data=on_calibration, macs_per_sample=macs or 0)
     metrics = timer.run("evaluation", lambda: evaluate(state, sim, qdq, measured_on, limit))
+    if on_calibration and limit is not None and limit < CALIBRATION_CHECK_SAMPLES:
+        metrics["samples"]["limit"] = {
+            "samples": limit,
+            "why": f"the default check on calibration data measures at most "
+            f"{CALIBRATION_CHECK_MACS:.0e} multiply-accumulates' worth (at least "
+            f"{CALIBRATION_CHECK_MIN_SAMPLES} samples; {macs:,} per sample here); "
+            "--evaluation-samples N or all measures more",
+        }
     metrics["dataset"] = (
         "evaluation"
         if evaluation is not None
@@ -82,10 +97,7 @@ def build_report(
     metrics: dict[str, Any],
     timer: Timer,
 ) -> dict[str, Any]:
-    macs = None
-    sample = _first_sample(state)
-    if sample is not None:
-        macs = sum(macs_per_sample(state.model, state.executor, sample).values())
+    macs = model_macs(state)
     size_float = float_bytes(state.executor)
     size_quant = quantized_bytes(sim)
     placement = sim.placement
@@ -132,6 +144,14 @@ def build_report(
             "python": platform.python_version(),
         },
     }
+
+
+def model_macs(state: PipelineState) -> int | None:
+    """Multiply-accumulates of one calibration sample (None without calibration data)."""
+    sample = _first_sample(state)
+    if sample is None:
+        return None
+    return sum(macs_per_sample(state.model, state.executor, sample).values())
 
 
 def _torch_version() -> str | None:

@@ -113,3 +113,21 @@ def test_observer_ignores_and_counts_non_finite_values():
     obs = MinMaxObserver()
     obs.observe(torch.tensor([1.0, -float("inf"), 2.0, float("nan")]))
     assert (obs.low, obs.high, obs.non_finite) == (1.0, 2.0, 2)
+
+
+def test_histogram_bins_are_torch_histc_bins_of_the_finite_values():
+    """Clamped into [low, high], bin = int((v - low) / width), the top edge in the last bin;
+    inf and NaN left out (the observer computes this in one buffer, never copying needlessly)."""
+    rng = np.random.default_rng(3)
+    for dtype in (np.float32, np.float64):
+        values = (rng.standard_normal(50_000) * 4).astype(dtype)
+        values[[3, 10, 20]] = [np.nan, np.inf, -np.inf]
+        observer = HistogramObserver(-3.0, 5.0, bins=64)
+        observer.observe(values[:25_000])
+        observer.observe(values[25_000:])
+        finite = values[np.isfinite(values)]
+        width = (5.0 - -3.0) / 64
+        index = ((np.clip(finite, -3.0, 5.0) - -3.0) / width).astype(np.int64)
+        expected = np.bincount(np.minimum(index, 63), minlength=64)
+        np.testing.assert_array_equal(observer.counts, expected)
+        assert observer.counts.sum() == finite.size

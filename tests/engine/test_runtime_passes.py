@@ -213,3 +213,118 @@ def test_the_probe_quantizes_the_weights_it_is_given(tiny_imported):
     feeds, _ = next(calibration.batches(8))
     assert not np.allclose(probe.run(feeds, weight=name), default.run(feeds, weight=name))
     np.testing.assert_allclose(probe.run(feeds), default.run(feeds))  # switches off: float
+
+
+def test_one_sample_shapes_are_run_once_per_executor(tiny_imported, monkeypatch):
+    """The rules' budget, the report's MACs and the energy report ask for the same sample's
+    shapes: one session and run, not one each."""
+    from qaas_engine.cost import shapes as shape_module
+    from qaas_engine.graph.lazy import LazyExecutor
+
+    runs = []
+    measure = shape_module._measure_shapes
+
+    def counted(*args, **kwargs):
+        runs.append(1)
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(shape_module, "_measure_shapes", counted)
+    imported, calibration, _ = tiny_imported
+    report = quantize(imported, QuantSpec(), calibration=calibration).report
+    assert report["model"]["macs"] > 0 and report["energy"]["float_pj"] > 0
+    assert len(runs) == 1
+
+    model = imported.model
+    executor = LazyExecutor(model)
+    sample = np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32)
+    macs = shape_module.macs_per_sample(model, executor, {"input": sample})
+    assert shape_module.macs_per_sample(model, executor, {"input": sample.copy()}) == macs
+    assert len(runs) == 2  # an equal sample: the shapes already measured
+    shape_module.macs_per_sample(model, executor, {"input": sample + 1})
+    assert len(runs) == 3  # other values (a data-dependent shape could differ): run again
+
+
+def test_the_default_check_on_calibration_data_is_bounded_by_work(tiny_imported, monkeypatch):
+    """Without evaluation data the report measures at most CALIBRATION_CHECK_MACS of work on
+    the calibration data (a count from the model, never from a clock); asked, it measures all."""
+    from qaas_engine import spec as spec_module
+    from qaas_engine.spec import calibration_check_samples
+
+    assert calibration_check_samples(0) == spec_module.CALIBRATION_CHECK_SAMPLES
+    assert calibration_check_samples(1000) == spec_module.CALIBRATION_CHECK_SAMPLES
+    assert calibration_check_samples(int(spec_module.CALIBRATION_CHECK_MACS // 20)) == 20
+    assert calibration_check_samples(10**15) == spec_module.CALIBRATION_CHECK_MIN_SAMPLES
+
+    imported, calibration, _ = tiny_imported
+    small = quantize(imported, QuantSpec(), calibration=calibration).report
+    assert "limit" not in small["metrics"]["samples"]  # a small model: the count bound alone
+    macs = small["model"]["macs"]
+    monkeypatch.setattr(spec_module, "CALIBRATION_CHECK_MACS", macs * 10)
+    bounded = quantize(imported, QuantSpec(), calibration=calibration).report
+    assert bounded["metrics"]["samples"]["measured"] == 10
+    assert bounded["metrics"]["samples"]["limit"]["samples"] == 10
+    assert bounded["metrics"]["onnxruntime"]["samples"] == 10
+    everything = quantize(
+        imported, QuantSpec(max_evaluation_samples="all"), calibration=calibration
+    ).report
+    assert everything["metrics"]["samples"]["measured"] == calibration.num_samples
+
+
+def test_evaluation_reuses_the_rules_run_of_the_same_graph_on_the_same_samples(
+    tiny_imported, monkeypatch
+):
+    """The rules ran the exported graph (optimizer off) on the first calibration samples; the
+    evaluation on the calibration data takes those outputs where graph and feeds are the same,
+    and its figures are exactly those of running them again."""
+    from qaas_engine.simulated_runs import SimulatedRuns
+
+    imported, calibration, _ = tiny_imported
+    spec = QuantSpec(batch_size=8)  # the rules measure on one batch of 8: the same first batch
+    reused = quantize(imported, spec, calibration=calibration).report["metrics"]
+    assert "1 batches kept from the rules' run" in reused["engines"]["simulated"]
+
+    monkeypatch.setattr(SimulatedRuns, "lookup", lambda *args: None)
+    again = quantize(imported, spec, calibration=calibration).report["metrics"]
+    assert again["engines"]["simulated"] == "onnxruntime, graph optimizer off"
+    for key in ("float", "simulated", "onnxruntime", "simulation_vs_onnxruntime", "outputs"):
+        assert reused[key] == again[key]
+
+
+def test_simulated_runs_answer_only_for_the_same_graph_and_the_same_feeds(tiny_imported):
+    from qaas_engine.simulated_runs import SimulatedRuns, graph_digest
+
+    imported, _, _ = tiny_imported
+    feeds = {"input": np.ones((2, 1, 8, 8), np.float32)}
+    runs = SimulatedRuns([feeds])
+    digest = graph_digest(imported.model)
+    runs.record(digest, [[np.zeros((2, 10), np.float32)]])
+    assert runs.lookup(digest, 0, {"input": feeds["input"].copy()}) is not None
+    assert runs.lookup(digest, 1, feeds) is None  # a batch it never ran
+    assert runs.lookup(digest, 0, {"input": feeds["input"] * 2}) is None
+    assert runs.lookup(digest, 0, {"input": feeds["input"][:1]}) is None
+    other = onnx.ModelProto()
+    other.CopyFrom(imported.model)
+    other.graph.node[0].name += "_renamed"
+    assert graph_digest(other) != digest and runs.lookup(graph_digest(other), 0, feeds) is None
+
+
+def test_a_bounded_check_reads_the_float_outputs_calibration_computed(tiny_imported, monkeypatch):
+    """A check bounded below the batch size measures the first rows of calibration's first
+    batch: their float outputs were computed while calibrating, not run again."""
+    from qaas_engine import evaluation
+    from qaas_engine import spec as spec_module
+
+    imported, calibration, _ = tiny_imported
+    spec = QuantSpec(batch_size=32)
+    macs = quantize(imported, spec, calibration=calibration).report["model"]["macs"]
+    monkeypatch.setattr(spec_module, "CALIBRATION_CHECK_MACS", macs * 10)
+    kept = quantize(imported, spec, calibration=calibration).report["metrics"]
+    assert kept["samples"]["measured"] == 10
+    assert kept["engines"]["float"] == "onnxruntime, 1 batches kept from calibration"
+
+    monkeypatch.setattr(evaluation, "_kept_output", lambda *args: None)
+    again = quantize(imported, spec, calibration=calibration).report["metrics"]
+    assert again["engines"]["float"] == "onnxruntime"
+    for key in ("simulated", "onnxruntime"):  # the same samples' float outputs, either way
+        assert kept[key]["sqnr_db"] == pytest.approx(again[key]["sqnr_db"], abs=0.01)
+        assert kept[key]["top1_agreement"] == again[key]["top1_agreement"]
