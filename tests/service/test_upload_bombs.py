@@ -119,8 +119,10 @@ def test_quota_counts_expanded_bytes(api, make_tenant, tmp_path):
 
 
 def test_a_tenants_bombs_do_not_hold_up_another_tenant(bomb, settings, make_tenant, tmp_path):
-    """Four bombs from A in flight; B's 5 KB upload is answered in under 2 s, and every bomb is
-    refused in under 5 s (a real server with the default inspection settings)."""
+    """Four bombs from A in flight; B's 5 KB upload is answered while at most one of them has
+    been refused (a gate serving A's queue first would answer B after two), and every bomb is
+    refused (a real server with the default inspection settings). An order, not a time: a
+    loaded machine slows every request alike."""
     from tests.service.conftest import free_port, service_env, stop_process, wait_for
 
     small = tmp_path / "small.npz"
@@ -142,10 +144,10 @@ def test_a_tenants_bombs_do_not_hold_up_another_tenant(bomb, settings, make_tena
         answers = asyncio.run(_race(url, bomb, small, tenant_a, tenant_b))
     finally:
         stop_process(server)
-    small_status, small_seconds = answers["small"]
-    assert small_status == 201 and small_seconds < 2.0, answers
-    for status, seconds in answers["bombs"]:
-        assert status == 422 and seconds < 5.0, answers
+    small_status, _ = answers["small"]
+    assert small_status == 201 and answers["bombs_refused_before_small"] <= 1, answers
+    for status, _ in answers["bombs"]:
+        assert status == 422, answers
 
 
 def _ready(url: str) -> bool:
@@ -171,7 +173,12 @@ async def _race(url, bomb: Path, small: Path, tenant_a, tenant_b) -> dict:
         bombs = [asyncio.create_task(send(bomb, tenant_a)) for _ in range(4)]
         await asyncio.sleep(0.3)  # A's uploads are in flight first
         small_answer = await send(small, tenant_b)
-        return {"small": small_answer, "bombs": await asyncio.gather(*bombs)}
+        before = sum(task.done() for task in bombs)
+        return {
+            "small": small_answer,
+            "bombs_refused_before_small": before,
+            "bombs": await asyncio.gather(*bombs),
+        }
 
 
 def test_fair_gate_serves_waiting_tenants_in_turn():
