@@ -140,14 +140,15 @@ def refuse_work_in_subgraphs(model: onnx.ModelProto, *, allow_fixable: bool = Fa
         work = sorted(_subgraph_ops(node) & QUANTIZABLE_WORK_OPS)
         if work:
             read = _inputs_read(model.graph, node) if node.op_type != "Scan" else []
-            if allow_fixable and read and all(_single_value(model.graph, n) for n in read):
+            single = bool(read) and all(_single_value(model.graph, n) for n in read)
+            if allow_fixable and single:
                 fixable += [name for name in read if name not in fixable]
                 continue
             fix = (
                 f"; it is decided by input {', '.join(read)}: where that is constant in "
                 f"deployment, --fix-input {read[0]}=VALUE (job field fixed_inputs) takes the "
                 "branch"
-                if read
+                if single
                 else ""
             )
             raise UnsupportedOpError(

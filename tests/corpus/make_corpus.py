@@ -102,19 +102,30 @@ def quantized_model() -> onnx.ModelProto:
 
 
 def work_inside_if() -> onnx.ModelProto:
-    """The convolution-like work (a MatMul) lives only in the branches of an ``If``."""
+    """The convolution-like work (a MatMul) lives only in the branches of an ``If`` decided by
+    the data (``x.sum() > 0``): no value to fix, unlike an If on a sample-rate input, which an
+    upload accepts and a job must fix (tests/service/test_fixed_inputs_api.py)."""
     weight = numpy_helper.from_array(np.ones((4, 4), np.float32), "weight")
+    zero = numpy_helper.from_array(np.array(0.0, np.float32), "zero")
 
     def branch(name: str) -> onnx.GraphProto:
         node = helper.make_node("MatMul", ["x", "weight"], [f"{name}_y"], name=f"{name}_matmul")
         return helper.make_graph([node], name, [], [_tensor(f"{name}_y", ["batch", 4])])
 
-    cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
-    node = helper.make_node(
-        "If", ["cond"], ["y"], name="branch", then_branch=branch("then"), else_branch=branch("else")
-    )
-    inputs = [cond, _tensor("x", ["batch", 4])]
-    return _model([node], inputs, [_tensor("y", ["batch", 4])], [weight])
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+        helper.make_node("Greater", ["total", "zero"], ["cond"]),
+        helper.make_node(
+            "If",
+            ["cond"],
+            ["y"],
+            name="branch",
+            then_branch=branch("then"),
+            else_branch=branch("else"),
+        ),
+    ]
+    inputs = [_tensor("x", ["batch", 4])]
+    return _model(nodes, inputs, [_tensor("y", ["batch", 4])], [weight, zero])
 
 
 def unsupported_op() -> onnx.ModelProto:
