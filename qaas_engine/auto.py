@@ -32,6 +32,7 @@ from qaas_engine.fidelity import (
     SQNR_MEASURE,
     all_met,
     fidelity_report,
+    fidelity_resolution,
     judge_outputs,
     metric_per_output,
     resolution,
@@ -130,7 +131,7 @@ def auto_quantize(
     if not met or on_evaluation.get("meets_target") is False or "float model" in message_text:
         result.report["warnings"].append(result.report["auto"]["message"])
     samples = validation.data.num_samples
-    if samples < SMALL_VALIDATION and check is not None:  # top-1 judged: counts
+    if samples < SMALL_VALIDATION and check is not None and check["kind"] == "top1":
         result.report["warnings"].append(
             f"pipeline auto decided on {samples} validation samples ({validation.source}): one "
             f"sample is {100 / samples:.1f} points, coarser than most targets; give "
@@ -165,11 +166,20 @@ def _target(
 
 
 def _resolution(row: dict[str, Any], validation: Validation) -> dict[str, Any] | None:
-    """The small-validation check, for the verdicts that count samples (top-1 ones)."""
-    budgets = [v["target"] for v in (row.get("fidelity") or {}).values() if v["metric"] == "top1"]
-    if not budgets:
-        return None
-    return resolution(validation.data.num_samples, min(budgets))
+    """The small-validation check: top-1 budgets by counting, SQNR and cosine targets by
+    resampling; the first that cannot be confirmed, else the top-1 one."""
+    verdicts = row.get("fidelity") or {}
+    samples = validation.data.num_samples
+    budgets = [v["target"] for v in verdicts.values() if v["metric"] == "top1"]
+    checks = [
+        check
+        for check in (
+            {**resolution(samples, min(budgets)), "kind": "top1"} if budgets else None,
+            fidelity_resolution(verdicts, samples),
+        )
+        if check is not None
+    ]
+    return next((c for c in checks if not c["resolvable"]), checks[0] if checks else None)
 
 
 def _split_validation(data: PipelineData, seed: int) -> tuple[PipelineData, Validation]:

@@ -26,6 +26,14 @@ from qaas_engine.tensors import batch_size, to_torch
 
 # An exact match has infinite SQNR; JSON has no infinity, so it is reported at this ceiling.
 SQNR_CEILING_DB = 200.0
+# The "_low" figures: the 10th percentile over this many resamples of the samples (with
+# replacement). A figure that a handful of samples happen to favour is not a measurement a
+# target can be judged met on; this says how far it would fall on another draw of the data.
+BOOTSTRAP_RESAMPLES = 200
+BOOTSTRAP_QUANTILE = 0.10
+# Per-sample sums are kept up to this many values per meter (float32: 40 MB); past it the
+# "_low" figures are left out: a set that large resolves a target without them.
+PER_SAMPLE_VALUES = 10_000_000
 
 
 class FidelityMeter:
@@ -44,6 +52,12 @@ class FidelityMeter:
         self.channel_signal: np.ndarray | None = None
         self.channel_noise: np.ndarray | None = None
         self.channels_consistent = True
+        # the same sums per sample (samples x channels), and each sample's cosine: resampled
+        # for the "_low" figures
+        self.sample_signal: list[np.ndarray] = []
+        self.sample_noise: list[np.ndarray] = []
+        self.sample_cosine: list[np.ndarray] = []
+        self.per_sample_complete = True
 
     def update(self, reference: np.ndarray, test: np.ndarray, labels: np.ndarray | None) -> None:
         reference = np.asarray(reference, dtype=np.float64)
@@ -66,6 +80,7 @@ class FidelityMeter:
         dots = np.sum(rows_ref * rows_test, axis=1)
         cos = np.where(norms > 0, dots / np.maximum(norms, 1e-30), 1.0)
         self.cosine_sum += float(np.sum(cos))
+        self.sample_cosine.append(cos)
         self.samples += rows_ref.shape[0]
         if labels is not None:
             predictions = test.reshape(len(labels), -1, test.shape[-1]).argmax(-1)[:, 0]
@@ -77,8 +92,10 @@ class FidelityMeter:
             return
         axis = 1 if reference.ndim == 4 else reference.ndim - 1
         others = tuple(i for i in range(reference.ndim) if i != axis)
-        signal = np.sum(reference**2, axis=others)
-        noise = np.sum(diff**2, axis=others)
+        within = tuple(i for i in others if i != 0)  # axis 0 holds the samples
+        sample_signal = np.sum(reference**2, axis=within) if within else reference**2
+        sample_noise = np.sum(diff**2, axis=within) if within else diff**2
+        signal, noise = sample_signal.sum(axis=0), sample_noise.sum(axis=0)
         if self.channel_signal is None or self.channel_noise is None:
             self.channel_signal, self.channel_noise = signal, noise
         elif self.channel_signal.shape == signal.shape:
@@ -86,6 +103,14 @@ class FidelityMeter:
             self.channel_noise = self.channel_noise + noise
         else:  # the channel count changed between batches: no per-channel figure
             self.channels_consistent = False
+            return
+        kept = sum(part.size for part in self.sample_signal)
+        if kept + sample_signal.size > PER_SAMPLE_VALUES:
+            self.sample_signal, self.sample_noise = [], []
+            self.per_sample_complete = False
+        if self.per_sample_complete:
+            self.sample_signal.append(sample_signal.astype(np.float32))
+            self.sample_noise.append(sample_noise.astype(np.float32))
 
     def worst_channel(self) -> tuple[int, float] | None:
         """(channel, SQNR dB) of the channel quantization hurts most, among those with signal."""
@@ -104,6 +129,42 @@ class FidelityMeter:
         )
         return channel, round(db, 3)
 
+    def low_figures(self, seed: int = 0) -> dict[str, float]:
+        """The worst-channel SQNR and mean cosine that 90% of resamples of the samples reach
+        (``BOOTSTRAP_QUANTILE``): what a verdict on this data can rely on."""
+        figures: dict[str, float] = {}
+        cosines = np.concatenate(self.sample_cosine) if self.sample_cosine else np.zeros(0)
+        count = len(cosines)
+        if count < 2:
+            return figures
+        rng = np.random.default_rng(seed)
+        weights = rng.multinomial(count, np.full(count, 1.0 / count), size=BOOTSTRAP_RESAMPLES)
+        figures["cosine_low"] = round(
+            float(np.quantile(weights @ cosines / count, BOOTSTRAP_QUANTILE)), 6
+        )
+        signal, noise = self.channel_signal, self.channel_noise
+        if not self.channels_consistent or signal is None or noise is None or signal.size < 2:
+            return figures
+        if not self.per_sample_complete or not self.sample_signal:
+            return figures
+        per_signal = np.concatenate(self.sample_signal).astype(np.float64)
+        per_noise = np.concatenate(self.sample_noise).astype(np.float64)
+        if len(per_signal) != count:  # samples are not axis 0 of this output
+            return figures
+        live = signal > 0
+        if not np.any(live):
+            return figures
+        drawn_signal = weights @ per_signal[:, live]
+        drawn_noise = weights @ per_noise[:, live]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = np.where(
+                drawn_signal > 0, drawn_signal / np.maximum(drawn_noise, 1e-300), np.inf
+            )
+        worst = ratios.min(axis=1)
+        db = np.minimum(SQNR_CEILING_DB, 10 * np.log10(np.maximum(worst, 1e-300)))
+        figures["worst_channel_sqnr_db_low"] = round(float(np.quantile(db, BOOTSTRAP_QUANTILE)), 3)
+        return figures
+
     def sqnr_db(self) -> float:
         if self.noise == 0:
             return SQNR_CEILING_DB
@@ -121,6 +182,8 @@ class FidelityMeter:
         worst = None if reference_itself else self.worst_channel()
         if worst is not None:
             metrics["worst_channel"], metrics["worst_channel_sqnr_db"] = worst
+        if not reference_itself:
+            metrics.update(self.low_figures())
         metrics["samples"] = self.samples
         return metrics
 

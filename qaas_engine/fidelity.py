@@ -29,6 +29,9 @@ AGREEMENT_MEASURE = "points of top-1 agreement lost"
 # One-sided 95%: a drop the size of the budget must stand this many binomial standard errors
 # clear of no drop at all, or a set that measured "within budget" could not have told them apart.
 RESOLUTION_Z = 1.645
+# Fewer validation samples than this cannot confirm an SQNR or cosine target: resampling a
+# handful says little about the next draw (the bootstrap itself needs some twenty).
+FIDELITY_MIN_SAMPLES = 20
 
 
 def metric_per_output(
@@ -76,12 +79,14 @@ def judge(metric: str, measured: dict[str, Any], spec: QuantSpec, *, first: bool
             value, measure = runtime.get("sqnr_db"), WHOLE_SQNR_MEASURE
         target = spec.min_sqnr_db
         met = None if value is None else value >= target - 1e-9
-        return {"metric": metric, "measure": measure, "value": value, "target": target, "met": met}
+        low = runtime.get("worst_channel_sqnr_db_low") if measure == SQNR_MEASURE else None
+        return {"metric": metric, "measure": measure, "value": value, "target": target, "met": met,
+                "low": low}  # fmt: skip
     if metric == "cosine":
         value, target = runtime.get("cosine"), spec.min_cosine
         met = None if value is None else value >= target - 1e-12
         return {"metric": metric, "measure": COSINE_MEASURE, "value": value, "target": target,
-                "met": met}  # fmt: skip
+                "met": met, "low": runtime.get("cosine_low")}  # fmt: skip
     target = spec.max_accuracy_drop if spec.max_accuracy_drop is not None else DEFAULT_MAX_DROP
     reference = (measured.get("float") or {}).get("top1")
     if first and reference is not None and runtime.get("top1") is not None:
@@ -188,8 +193,32 @@ def resolution(samples: int, budget_points: float) -> dict[str, Any]:
     }
 
 
+def fidelity_resolution(verdicts: dict[str, dict[str, Any]], samples: int) -> dict[str, Any] | None:
+    """Whether ``samples`` can confirm the SQNR and cosine verdicts that say met: not below
+    ``FIDELITY_MIN_SAMPLES``, nor where the figure's 10th percentile over resamples of the
+    samples (``low``) falls short of the target, so another draw of data would likely miss it."""
+    judged = {name: v for name, v in verdicts.items() if v["metric"] in ("sqnr", "cosine")}
+    if not judged:
+        return None
+    unsure = sorted(
+        name
+        for name, v in judged.items()
+        if v["met"] and v.get("low") is not None and v["low"] < v["target"] - 1e-9
+    )
+    return {
+        "kind": "fidelity",
+        "samples": samples,
+        "min_samples": FIDELITY_MIN_SAMPLES,
+        "resampled_low": {name: v.get("low") for name, v in judged.items()},
+        "unsure_outputs": unsure,
+        "resolvable": samples >= FIDELITY_MIN_SAMPLES and not unsure,
+    }
+
+
 def resolution_message(check: dict[str, Any], source: str) -> str:
     """Why a set cannot resolve its budget, in the words a person acts on."""
+    if check.get("kind") == "fidelity":
+        return _fidelity_resolution_message(check, source)
     budget, samples = check["budget_points"], check["samples"]
     if check["samples_needed"] is None:
         return (
@@ -203,4 +232,21 @@ def resolution_message(check: dict[str, Any], source: str) -> str:
         f"({RESOLUTION_Z:g} of them = {RESOLUTION_Z * check['standard_error_points']:.2f}), so a "
         f"model that loses more could measure within it; give --validation NPZ with at least "
         f"{check['samples_needed']} labelled samples, or a larger --max-accuracy-drop"
+    )
+
+
+def _fidelity_resolution_message(check: dict[str, Any], source: str) -> str:
+    samples, needed = check["samples"], check["min_samples"]
+    if samples < needed:
+        return (
+            f"{samples} samples ({source}) are too few to confirm an SQNR or cosine target "
+            f"(at least {needed}): a figure a handful of samples favour can miss on the next "
+            f"draw; give --validation NPZ with at least {needed} representative samples"
+        )
+    lows = ", ".join(
+        f"'{name}' {check['resampled_low'][name]:.4g}" for name in check["unsure_outputs"]
+    )
+    return (
+        f"on resamples of the {samples} samples ({source}) the target is missed one time in "
+        f"ten or more (10th percentile: {lows}): give --validation NPZ with more samples"
     )

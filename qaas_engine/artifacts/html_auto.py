@@ -8,6 +8,7 @@ from typing import Any
 
 from qaas_engine.artifacts.html_parts import _num, _table
 from qaas_engine.artifacts.svg import scatter_chart
+from qaas_engine.fidelity import resolution_message
 
 
 def auto_section(report: dict[str, Any]) -> str:
@@ -139,7 +140,10 @@ def _verdict(auto: dict[str, Any]) -> str:
             f"{escape(target['measure'])} (target {target['max_accuracy_drop']:g})"
         )
     lines = [first]
-    if verdict == "unresolved":
+    if verdict == "unresolved" and (auto.get("resolution") or {}).get("kind") == "fidelity":
+        source = str((auto.get("validation") or {}).get("source"))
+        lines.append(escape(resolution_message(auto["resolution"], source)))
+    elif verdict == "unresolved":
         check = auto.get("resolution") or {}
         lines.append(
             f"{check.get('samples')} validation samples cannot resolve a "
