@@ -6,6 +6,7 @@ from app.core.bodies import json_body_openapi, read_json
 from app.core.deps import ContextDep, SessionDep, TenantDep, owned
 from app.core.errors import error_responses
 from app.core.listing import LIST_RESPONSES, PageDep, cut_page
+from app.jobs.progress import queue_positions
 from app.jobs.repository import JobRepository
 from app.jobs.schemas import JobCreate, JobOut
 from app.jobs.service import JobService
@@ -58,7 +59,9 @@ def list_jobs(
         created_after=page.created_after,
         after=page.after,
     )
-    return [JobOut.from_row(job) for job in cut_page(rows, page, request, response)]
+    shown = cut_page(rows, page, request, response)
+    positions = queue_positions(session, shown)
+    return [JobOut.from_row(job, positions) for job in shown]
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=error_responses(404))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -88,7 +89,9 @@ class JobOut(JobInfo):
     """The SDK's ``qaas.types.JobInfo``, made from a row."""
 
     @classmethod
-    def from_row(cls, job: Any) -> JobOut:
+    def from_row(cls, job: Any, positions: Mapping[str, int] | None = None) -> JobOut:
+        """``positions``: the page's queue positions from ``queue_positions``, when a list
+        has them already."""
         error = JobError(kind=job.error_kind, detail=job.error_detail) if job.error_kind else None
         return cls(
             id=job.id,
@@ -96,7 +99,7 @@ class JobOut(JobInfo):
             phase=job.phase,
             progress=job.progress,
             overall_progress=job_overall_progress(job),
-            queue_position=queue_position(job),
+            queue_position=queue_position(job) if positions is None else positions.get(job.id),
             attempts=job.attempts,
             model_id=job.model_id,
             calibration_id=job.calibration_id,

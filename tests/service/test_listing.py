@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import event, update
 
 from app.auth.service import AuthService
 from app.core.config import Settings
@@ -113,6 +113,38 @@ def test_jobs_filter_by_status_and_page(api, tenant, tiny_model, tiny_data):
     assert listed(status=["queued", "cancelled"]) == jobs[::-1]
     assert listed(status="succeeded") == []
     assert walk(api, "/v1/jobs", tenant, status="queued", limit=1) == ([jobs[2], jobs[0]], 2)
+
+
+def test_a_listed_page_has_each_jobs_queue_position_from_one_query(
+    api, tenant, tiny_model, tiny_data
+):
+    """The list gives every queued job the position its own GET gives, with one query for the
+    page's positions, not one per queued job (a poller listing 100 queued jobs)."""
+    model = upload(api, "/v1/models", tiny_model, tenant).json()
+    calibration = upload(api, "/v1/datasets", tiny_data[0], tenant).json()
+    jobs = [
+        api.post("/v1/jobs", json=job_body(model, calibration), headers=tenant).json()["id"]
+        for _ in range(4)
+    ]
+    assert api.post(f"/v1/jobs/{jobs[1]}/cancel", headers=tenant).status_code == 200
+    alone = {job: api.get(f"/v1/jobs/{job}", headers=tenant).json() for job in jobs}
+    engine = api.app.state.context.engine
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *_):
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        listed = api.get("/v1/jobs", headers=tenant).json()
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    positions = {job["id"]: job["queue_position"] for job in listed}
+    assert positions == {job: alone[job]["queue_position"] for job in jobs}
+    assert positions[jobs[1]] is None
+    assert positions[jobs[0]] < positions[jobs[2]] < positions[jobs[3]]
+    assert sum("row_number" in statement.lower() for statement in statements) == 1
+    assert not any("count(" in statement.lower() for statement in statements), statements
 
 
 @pytest.mark.parametrize("route", ["/v1/jobs", "/v1/models", "/v1/datasets"])
