@@ -1,0 +1,618 @@
+"""The exported QDQ graph with ONNX Runtime's integer kernels computed as ORT computes them.
+
+The simulation runs the exported graph with ORT's optimizer off: each quantized op is
+DQ -> float op -> Q. Deployed, ORT fuses many of those groups into integer kernels whose
+requantization rounds differently in the last bit (int32 accumulation, a float32 multiplier,
+its own order of float operations); a network with a fine grid after a coarse one (hardswish,
+Gelu, LayerNorm after a residual) turns those last-bit flips into output noise as large as the
+quantization noise itself, so the simulation stops predicting what is deployed.
+
+:func:`emulated` rewrites, in a copy of the QDQ graph, every group that ORT's optimizer turned
+into a kernel emulated here (read off the optimized graph ORT saved, node by node: the fused
+node's own inputs, constants and output name) into standard ONNX ops that compute that kernel's
+arithmetic exactly, step for step as ORT's x86-64 CPU kernels do it (MLAS, AVX2 and later):
+
+- ``QLinearConv`` / ``QLinearMatMul``: exact int32 accumulation (ConvInteger / MatMulInteger),
+  the int32 bias added, ``float(acc) * float32(s_x * s_w[c] / s_y)``, round half to even,
+  saturate (MlasRequantizeOutput);
+- ``MatMulIntegerToFloat``: ``float(acc) * float32(s_a * s_b[c])`` (+ bias);
+- ``QLinearAdd``: ``fma(a, s_a/s_c, fma(b, s_b/s_c, z_c - (s_a/s_c z_a + s_b/s_c z_b)))`` in
+  float32 (one side a single value: that side folded into the constant first), rounded half to
+  even and saturated (qladd_avx2.cpp); each float32 step is computed in float64 and rounded
+  once, which is exactly a fused multiply-add;
+- ``QLinearMul``: ``(a - z_a)(b - z_b) * float32(s_a s_b / s_c)`` rounded, plus ``z_c``.
+
+Run with the optimizer off, the rewritten graph then computes bit for bit what the optimized
+one computes for every emulated kernel; kernels not emulated keep DQ -> op -> Q and are counted.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+EMULATED = frozenset(
+    {"QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "QLinearAdd", "QLinearMul", "QGemm"}
+)
+PREFIX = "ort_emulation/"
+
+
+@dataclass
+class Emulation:
+    """The rewritten graph and what was rewritten (kernel -> count), and what was not."""
+
+    model: onnx.ModelProto
+    emulated: dict[str, int] = field(default_factory=dict)
+    not_emulated: dict[str, int] = field(default_factory=dict)
+    error: str | None = None  # why the graph is the exported one as it is
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.emulated)
+
+
+def emulated(qdq: onnx.ModelProto, optimized: onnx.ModelProto) -> Emulation:
+    """``qdq`` with every group ORT fused into an emulated kernel computed as that kernel
+    computes it. ``optimized`` is the graph ORT's optimizer saved (weights loaded): it says which
+    groups became which kernel (a fused node keeps its compute node's name, plus a suffix where
+    the layout pass rewrote it) and how ORT laid out their constants."""
+    fused = _fused_kernels(optimized)
+    model = onnx.ModelProto()
+    model.CopyFrom(qdq)
+    graph = model.graph
+    constants = _Constants(
+        {init.name: init for init in graph.initializer},
+        {},
+        {init.name: init for init in optimized.graph.initializer},
+    )
+    producer: dict[str, onnx.NodeProto] = {}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.output:
+            producer[name] = node
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    replaced: dict[int, list[onnx.NodeProto]] = {}
+    done, skipped = Counter(), Counter()
+    for node in graph.node:
+        after = readers.get(node.output[0], []) if node.output else []
+        if len(after) == 1 and after[0].op_type in ("Relu", "Clip"):
+            after = readers.get(after[0].output[0], [])
+        kernel = (
+            (fused.get(node.name) if node.name else None)
+            or fused.get(node.output[0] if node.output else "")
+            or (fused.get(after[0].output[0]) if len(after) == 1 else None)
+        )
+        if kernel is None or kernel[0].op_type == "DequantizeLinear":
+            continue
+        kernel_node, kernel_type = kernel
+        builder = _BUILDERS.get(kernel_type)
+        group = _group(node, kernel_type, producer, readers, outputs)
+        nodes = None
+        if builder is not None and group is not None:
+            virtual, target = group
+            try:
+                nodes = builder(
+                    virtual,
+                    constants,
+                    f"{PREFIX}{len(replaced)}/{node.name or node.output[0]}/",
+                    kernel_node,
+                )
+            except _Unsupported:
+                nodes = None
+        if nodes is None:
+            skipped[kernel_type] += 1
+            continue
+        replaced[id(target)] = nodes
+        done[kernel_type] += 1
+    unique = {id(kernel_node): kernel for kernel_node, kernel in fused.values()}
+    not_emulated = Counter(unique.values()) - done
+    if not replaced:
+        return Emulation(model, {}, dict(not_emulated))
+    rebuilt: list[onnx.NodeProto] = []
+    for node in graph.node:
+        rebuilt.extend(replaced.get(id(node), [node]))
+    del graph.node[:]
+    graph.node.extend(_live(rebuilt, outputs))
+    used = {name for node in graph.node for name in node.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + list(constants.added.values()))
+    return Emulation(model, dict(done), dict(not_emulated))
+
+
+def _fused_kernels(optimized: onnx.ModelProto) -> dict[str, tuple[onnx.NodeProto, str]]:
+    """Compute-node name (and fused output tensor) -> (ORT's fused node, its kernel) for the
+    integer kernels ORT placed."""
+    from qaas_engine.runtime_graph import INTEGER_KERNELS
+
+    fused: dict[str, tuple[onnx.NodeProto, str]] = {}
+    by_output = {}
+    for node in optimized.graph.node:
+        if node.op_type in INTEGER_KERNELS:
+            name = re.sub(r"_token_\d+$", "", node.name)
+            if name:
+                fused[name] = (node, node.op_type)
+            by_output[node.output[0]] = (node, node.op_type)  # where no name is kept
+        elif node.op_type == "Transpose" and node.input[0] in by_output:
+            # the layout pass's transpose back to NCHW carries the exported tensor's name
+            by_output[node.output[0]] = by_output[node.input[0]]
+    return {**by_output, **fused}
+
+
+def _group(
+    node: onnx.NodeProto,
+    kernel: str,
+    producer: dict[str, onnx.NodeProto],
+    readers: dict[str, list[onnx.NodeProto]],
+    outputs: set[str],
+) -> tuple[onnx.NodeProto, onnx.NodeProto] | None:
+    """The QDQ group around ``node`` as the fused kernel's node (its inputs in the kernel's
+    order, its output the tensor it replaces) and the exported node it replaces."""
+    dequantized = []
+    for name in node.input:
+        if not name:
+            dequantized.append(None)
+            continue
+        dq = producer.get(name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            return None
+        dequantized.append(list(dq.input) + [""] * (3 - len(dq.input)))
+    after = readers.get(node.output[0], [])
+    if (
+        len(after) == 1
+        and after[0].op_type in ("Relu", "Clip")
+        and after[0].output[0] not in outputs
+    ):
+        # ORT drops an activation its Q's saturation already applies (Relu/Clip-Q fusion):
+        # it fused the group only where that is exact, so the kernel's saturation stands in
+        after = readers.get(after[0].output[0], [])
+    quantized = after[0] if len(after) == 1 and after[0].op_type == "QuantizeLinear" else None
+    if kernel == "MatMulIntegerToFloat":
+        if len(dequantized) != 2:
+            return None
+        (a, sa, za), (b, sb, zb) = dequantized
+        virtual = helper.make_node(kernel, [a, b, sa, sb, za, zb], [node.output[0]])
+        return virtual, node
+    if quantized is None or node.output[0] in outputs:
+        return None
+    q_in = list(quantized.input) + [""] * (3 - len(quantized.input))
+    if kernel == "QLinearConv":
+        if len(dequantized) < 2:
+            return None
+        (x, sx, zx), (w, sw, zw) = dequantized[:2]
+        bias = dequantized[2][0] if len(dequantized) > 2 and dequantized[2] else ""
+        inputs = [x, sx, zx, w, sw, zw, q_in[1], q_in[2]] + ([bias] if bias else [])
+        virtual = helper.make_node(kernel, inputs, list(quantized.output))
+        virtual.attribute.extend(node.attribute)
+        return virtual, quantized
+    if kernel == "QGemm":
+        if len(dequantized) < 2 or None in dequantized[:2]:
+            return None
+        (a, sa, za), (b, sb, zb) = dequantized[:2]
+        bias = dequantized[2][0] if len(dequantized) > 2 and dequantized[2] else ""
+        inputs = [a, sa, za, b, sb, zb, bias, q_in[1], q_in[2]]
+        virtual = helper.make_node(kernel, inputs, list(quantized.output))
+        virtual.attribute.extend(node.attribute)
+        return virtual, quantized
+    if kernel in ("QLinearMatMul", "QLinearAdd", "QLinearMul"):
+        if len(dequantized) != 2 or None in dequantized:
+            return None
+        (a, sa, za), (b, sb, zb) = dequantized
+        virtual = helper.make_node(
+            kernel, [a, sa, za, b, sb, zb, q_in[1], q_in[2]], list(quantized.output)
+        )
+        return virtual, quantized
+    return None
+
+
+def load_optimized(path: str | Path) -> onnx.ModelProto:
+    """The optimized graph ORT saved: its nodes and its constants' shapes (weights left on
+    disk; the emulation reads values from the exported graph)."""
+    return onnx.load(str(path), load_external_data=False)
+
+
+class _Unsupported(Exception):
+    """A fused node whose inputs this emulation does not cover (it stays DQ -> op -> Q)."""
+
+
+class _Constants:
+    """Reads the fused node's constants; adds the emulation's own, named apart."""
+
+    def __init__(
+        self,
+        constants: dict[str, onnx.TensorProto],
+        added: dict[str, onnx.TensorProto],
+        optimized: dict[str, onnx.TensorProto] | None = None,
+    ) -> None:
+        self.constants = constants
+        self.added = added
+        self.optimized = optimized or {}
+
+    def optimized_shape(self, name: str) -> tuple[int, ...] | None:
+        """The shape ORT gave a constant of a fused node (its layout pass may transpose it)."""
+        if name not in self.optimized:
+            return None
+        return tuple(self.optimized[name].dims)
+
+    def array(self, name: str) -> np.ndarray:
+        if name not in self.constants:
+            raise _Unsupported(name)
+        return numpy_helper.to_array(self.constants[name])
+
+    def has(self, name: str) -> bool:
+        return name in self.constants
+
+    def add(self, name: str, value: np.ndarray) -> str:
+        self.added[name] = numpy_helper.from_array(np.ascontiguousarray(value), name)
+        return name
+
+    def keep(self, name: str) -> str:
+        """A constant the emulation reads as it is (it stays in the graph under its name)."""
+        if name not in self.constants:
+            raise _Unsupported(name)
+        return name
+
+
+def _scalar(constants: _Constants, name: str) -> np.float32:
+    value = constants.array(name).astype(np.float32).reshape(-1)
+    if value.size != 1:
+        raise _Unsupported(name)
+    return value[0]
+
+
+def _zero(constants: _Constants, name: str | None, like: int) -> np.ndarray:
+    if name:
+        return constants.array(name)
+    return np.zeros((), helper.tensor_dtype_to_np_dtype(like))
+
+
+def _requantize(
+    acc: str, multiplier: np.ndarray, zero_point: np.ndarray, out: str, prefix: str,
+    constants: _Constants, shape: tuple[int, ...],
+) -> list[onnx.NodeProto]:  # fmt: skip
+    """int32 ``acc`` -> float32 * multiplier -> round half to even + zero point, saturated."""
+    scale = constants.add(prefix + "multiplier", multiplier.astype(np.float32).reshape(shape))
+    one = constants.add(prefix + "one", np.array(1.0, np.float32))
+    zp = constants.add(prefix + "zero_point", zero_point.reshape(()))
+    return [
+        helper.make_node("Cast", [acc], [prefix + "acc_float"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", [prefix + "acc_float", scale], [prefix + "scaled"]),
+        helper.make_node("QuantizeLinear", [prefix + "scaled", one, zp], [out]),
+    ]
+
+
+def _qlinear_conv(
+    node: onnx.NodeProto, constants: _Constants, prefix: str, kernel: onnx.NodeProto
+) -> list[onnx.NodeProto]:
+    x, sx, zx, w, sw, zw, sy, zy, *rest = list(node.input) + [""]
+    weights = constants.array(w)
+    channels = weights.shape[0]
+    w_scale = constants.array(sw).astype(np.float32).reshape(-1)
+    multiplier = (_scalar(constants, sx) * w_scale) / _scalar(constants, sy)
+    if multiplier.size not in (1, channels):
+        raise _Unsupported(sw)
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attrs = {
+        k: v
+        for k, v in attrs.items()
+        if k in ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+    }
+    shape = (1, -1) + (1,) * (weights.ndim - 2)
+    w_zero = constants.array(zw).reshape(-1) if zw else np.zeros(1, weights.dtype)
+    if np.any(w_zero != w_zero[0]):
+        raise _Unsupported(zw)  # ConvInteger takes one weight zero point
+    w_zero = w_zero[:1].reshape(())
+    nodes = [
+        helper.make_node(
+            "ConvInteger",
+            [
+                x,
+                constants.keep(w),
+                constants.keep(zx) if zx else "",
+                constants.add(prefix + "w_zero", w_zero),
+            ],
+            [prefix + "acc"],
+            **attrs,
+        )
+    ]
+    acc = prefix + "acc"
+    bias = rest[0] if rest else ""
+    if bias:
+        values = constants.array(bias).astype(np.int32).reshape(shape)
+        nodes.append(
+            helper.make_node(
+                "Add", [acc, constants.add(prefix + "bias", values)], [prefix + "acc_bias"]
+            )
+        )
+        acc = prefix + "acc_bias"
+    zero = _zero(constants, zy, TensorProto.UINT8)
+    mult = np.broadcast_to(multiplier, (channels,)) if multiplier.size > 1 else multiplier
+    return nodes + _requantize(acc, mult, zero, node.output[0], prefix, constants,
+                               shape if multiplier.size > 1 else ())  # fmt: skip
+
+
+def _matmul_acc(
+    a: str, za: str, b: str, zb: str, constants: _Constants, prefix: str
+) -> list[onnx.NodeProto]:
+    weights = constants.array(b) if constants.has(b) else None
+    b_zero = constants.array(zb) if zb else None
+    if b_zero is not None and b_zero.size > 1 and np.any(b_zero != b_zero.reshape(-1)[0]):
+        raise _Unsupported(zb)  # per-column zero points: MatMulInteger takes them, kept simple
+    if b_zero is None:
+        dtype = weights.dtype if weights is not None else np.uint8
+        b_zero = np.zeros((), dtype)
+    inputs = [
+        a,
+        constants.keep(b) if weights is not None else b,
+        constants.keep(za) if za else "",
+        constants.add(prefix + "b_zero", b_zero.reshape(-1)[:1].reshape(())),
+    ]
+    return [helper.make_node("MatMulInteger", inputs, [prefix + "acc"])]
+
+
+def _qlinear_matmul(
+    node: onnx.NodeProto, constants: _Constants, prefix: str, kernel: onnx.NodeProto
+) -> list[onnx.NodeProto]:
+    a, sa, za, b, sb, zb, sy, zy = node.input
+    b_scale = constants.array(sb).astype(np.float32).reshape(-1)
+    if b_scale.size > 1 and not constants.has(b):
+        raise _Unsupported(sb)
+    multiplier = (_scalar(constants, sa) * b_scale) / _scalar(constants, sy)
+    nodes = _matmul_acc(a, za, b, zb, constants, prefix)
+    return nodes + _requantize(prefix + "acc", multiplier, _zero(constants, zy, TensorProto.UINT8),
+                               node.output[0], prefix, constants,
+                               (-1,) if multiplier.size > 1 else ())  # fmt: skip
+
+
+def _matmul_to_float(
+    node: onnx.NodeProto, constants: _Constants, prefix: str, kernel: onnx.NodeProto
+) -> list[onnx.NodeProto]:
+    a, b, sa, sb, *rest = list(node.input) + ["", "", ""]
+    za, zb, bias = rest[0], rest[1], rest[2]
+    if len(kernel.input) > 6 and kernel.input[6]:
+        raise _Unsupported(kernel.name)  # ORT fused the bias Add in: another group
+    b_scale = constants.array(sb).astype(np.float32).reshape(-1)
+    multiplier = _scalar(constants, sa) * b_scale
+    nodes = _matmul_acc(a, za, b, zb, constants, prefix)
+    scale = constants.add(
+        prefix + "multiplier", multiplier.reshape((-1,) if multiplier.size > 1 else ())
+    )
+    out = node.output[0]
+    scaled = prefix + "scaled" if bias else out
+    nodes += [
+        helper.make_node("Cast", [prefix + "acc"], [prefix + "acc_float"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", [prefix + "acc_float", scale], [scaled]),
+    ]
+    if bias:
+        nodes.append(helper.make_node("Add", [scaled, constants.keep(bias)], [out]))
+    return nodes
+
+
+def _qlinear_add(
+    node: onnx.NodeProto, constants: _Constants, prefix: str, kernel: onnx.NodeProto
+) -> list[onnx.NodeProto]:
+    a, sa, za, b, sb, zb, sc, zc = node.input
+    f32 = np.float32
+    scale_c = _scalar(constants, sc)
+    ratio_a, ratio_b = f32(_scalar(constants, sa) / scale_c), f32(_scalar(constants, sb) / scale_c)
+    zero_a = _zero(constants, za, TensorProto.UINT8).astype(np.int32).reshape(-1)[0]
+    zero_b = _zero(constants, zb, TensorProto.UINT8).astype(np.int32).reshape(-1)[0]
+    zero_c = _zero(constants, zc, TensorProto.UINT8)
+    fixed = f32(
+        f32(zero_c.astype(np.int32).reshape(-1)[0])
+        - f32(f32(ratio_a * f32(zero_a)) + f32(ratio_b * f32(zero_b)))
+    )
+    nodes: list[onnx.NodeProto] = []
+
+    def spans_one(name: str, index: int) -> bool:
+        """ORT's broadcast hands this side to the kernel one value per span (its scalar path):
+        a single value, or a constant broadcast along the innermost axis, as ORT laid it out."""
+        if not constants.has(name):
+            return False
+        shape = (
+            constants.optimized_shape(kernel.input[index]) if len(kernel.input) > index else None
+        )
+        shape = shape if shape is not None else constants.array(name).shape
+        return int(np.prod(shape)) == 1 or (len(shape) > 0 and shape[-1] == 1)
+
+    def cast(tensor: str, name: str, to: int) -> str:
+        source = constants.keep(tensor) if constants.has(tensor) else tensor
+        nodes.append(helper.make_node("Cast", [source], [prefix + name], to=to))
+        return prefix + name
+
+    def double(value: float, name: str) -> str:
+        return constants.add(prefix + name, np.array(value, np.float64))
+
+    def to_f32(x: str, name: str) -> str:
+        nodes.append(helper.make_node("Cast", [x], [prefix + name], to=TensorProto.FLOAT))
+        nodes.append(
+            helper.make_node(
+                "Cast", [prefix + name], [prefix + name + "_double"], to=TensorProto.DOUBLE
+            )
+        )
+        return prefix + name + "_double"
+
+    def multiply_add(x: str, ratio: float, addend: str, name: str) -> str:
+        """float32(x * ratio + addend) rounded once (a fused multiply-add): x is an integer of
+        at most 16 bits and ratio a float32, so the product is exact in float64."""
+        nodes.append(
+            helper.make_node(
+                "Mul", [x, double(float(ratio), name + "_ratio")], [prefix + name + "_product"]
+            )
+        )
+        nodes.append(
+            helper.make_node("Add", [prefix + name + "_product", addend], [prefix + name + "_sum"])
+        )
+        return to_f32(prefix + name + "_sum", name)
+
+    one_a, one_b = spans_one(a, 0), spans_one(b, 3)
+    if one_a and one_b:
+        raise _Unsupported(a)
+    fixed_name = double(float(fixed), "fixed")
+    if one_a or one_b:
+        # the scalar side is folded into the constant part first: multiply, round, add, round
+        (one, one_ratio), (vector, vector_ratio) = ((a, ratio_a), (b, ratio_b))[
+            :: 1 if one_a else -1
+        ]
+        product = prefix + "scalar_product"
+        nodes.append(
+            helper.make_node(
+                "Mul",
+                [cast(one, "scalar", TensorProto.DOUBLE), double(float(one_ratio), "scalar_ratio")],
+                [product],
+            )
+        )
+        nodes.append(
+            helper.make_node(
+                "Add", [to_f32(product, "scalar_f32"), fixed_name], [prefix + "folded_sum"]
+            )
+        )
+        folded = to_f32(prefix + "folded_sum", "folded")
+        result = multiply_add(cast(vector, "vector", TensorProto.DOUBLE), vector_ratio, folded, "c")
+    else:
+        partial = multiply_add(cast(b, "b", TensorProto.DOUBLE), ratio_b, fixed_name, "partial")
+        result = multiply_add(cast(a, "a", TensorProto.DOUBLE), ratio_a, partial, "c")
+    del result  # the float32 value is prefix + "c"
+    out_zero = constants.add(prefix + "out_zero", np.zeros((), zero_c.dtype))
+    one = constants.add(prefix + "one", np.array(1.0, np.float32))
+    nodes.append(
+        helper.make_node("QuantizeLinear", [prefix + "c", one, out_zero], [node.output[0]])
+    )
+    return nodes
+
+
+def _qlinear_mul(
+    node: onnx.NodeProto, constants: _Constants, prefix: str, kernel: onnx.NodeProto
+) -> list[onnx.NodeProto]:
+    """``float((a - z_a)(b - z_b)) * float32(s_a s_b / s_c) + z_c``, each step rounded to float32
+    (MlasQLinearMulVectorS16 on x86), then round half to even and saturate."""
+    a, sa, za, b, sb, zb, sc, zc = node.input
+    f32 = np.float32
+    ratio = f32(f32(_scalar(constants, sa) * _scalar(constants, sb)) / _scalar(constants, sc))
+    zero_c = _zero(constants, zc, TensorProto.UINT8)
+    nodes: list[onnx.NodeProto] = []
+
+    def centred(tensor: str, zero: str, name: str) -> str:
+        source = constants.keep(tensor) if constants.has(tensor) else tensor
+        nodes.append(helper.make_node("Cast", [source], [prefix + name], to=TensorProto.INT32))
+        value = _zero(constants, zero, TensorProto.UINT8).astype(np.int32).reshape(())
+        nodes.append(
+            helper.make_node(
+                "Sub",
+                [prefix + name, constants.add(prefix + name + "_zero", value)],
+                [prefix + name + "_centred"],
+            )
+        )
+        return prefix + name + "_centred"
+
+    nodes.append(
+        helper.make_node("Mul", [centred(a, za, "a"), centred(b, zb, "b")], [prefix + "product"])
+    )
+    nodes.append(
+        helper.make_node(
+            "Cast", [prefix + "product"], [prefix + "product_float"], to=TensorProto.FLOAT
+        )
+    )
+    nodes.append(
+        helper.make_node(
+            "Mul",
+            [
+                prefix + "product_float",
+                constants.add(prefix + "ratio", np.array(ratio, np.float32)),
+            ],
+            [prefix + "scaled"],
+        )
+    )
+    zc_float = constants.add(
+        prefix + "zc", np.array(f32(zero_c.astype(np.int32).reshape(-1)[0]), np.float32)
+    )
+    nodes.append(helper.make_node("Add", [prefix + "scaled", zc_float], [prefix + "c"]))
+    out_zero = constants.add(prefix + "out_zero", np.zeros((), zero_c.dtype))
+    one = constants.add(prefix + "one", np.array(1.0, np.float32))
+    nodes.append(
+        helper.make_node("QuantizeLinear", [prefix + "c", one, out_zero], [node.output[0]])
+    )
+    return nodes
+
+
+def _qgemm(
+    node: onnx.NodeProto, constants: _Constants, prefix: str, kernel: onnx.NodeProto
+) -> list[onnx.NodeProto]:
+    """ORT's QGemm: ``float(A B' + C) * float32(alpha s_a s_b[n] / s_y)``, rounded, saturated."""
+    a, sa, za, b, sb, zb, bias, sy, zy = node.input
+    attrs = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+    if attrs.get("transA", 0) or float(attrs.get("beta", 1.0)) != 1.0 or not constants.has(b):
+        raise _Unsupported(node.name)
+    weights = constants.array(b)
+    if attrs.get("transB", 0):
+        weights = weights.T
+    alpha = np.float32(attrs.get("alpha", 1.0))
+    b_scale = constants.array(sb).astype(np.float32).reshape(-1)
+    multiplier = ((alpha * _scalar(constants, sa)) * b_scale / _scalar(constants, sy)).astype(
+        np.float32
+    )
+    b_zero = constants.array(zb).reshape(-1) if zb else np.zeros(1, weights.dtype)
+    if np.any(b_zero != b_zero[0]):
+        raise _Unsupported(zb)
+    inputs = [
+        a,
+        constants.add(prefix + "weights", weights),
+        constants.keep(za) if za else "",
+        constants.add(prefix + "b_zero", b_zero[:1].reshape(())),
+    ]
+    nodes = [helper.make_node("MatMulInteger", inputs, [prefix + "acc"])]
+    acc = prefix + "acc"
+    if bias:
+        values = constants.array(bias).astype(np.int32)
+        nodes.append(
+            helper.make_node(
+                "Add", [acc, constants.add(prefix + "bias", values)], [prefix + "acc_bias"]
+            )
+        )
+        acc = prefix + "acc_bias"
+    zero = _zero(constants, zy, TensorProto.UINT8)
+    return nodes + _requantize(acc, multiplier, zero, node.output[0], prefix, constants,
+                               (-1,) if multiplier.size > 1 else ())  # fmt: skip
+
+
+_BUILDERS = {
+    "QGemm": _qgemm,
+    "QLinearConv": _qlinear_conv,
+    "QLinearMatMul": _qlinear_matmul,
+    "MatMulIntegerToFloat": _matmul_to_float,
+    "QLinearAdd": _qlinear_add,
+    "QLinearMul": _qlinear_mul,
+}
+
+
+def _live(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
+    """Nodes that something downstream (or a graph output) still reads."""
+    needed = set(outputs)
+    for node in nodes:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                needed |= _subgraph_reads(attribute.g)
+    kept: list[onnx.NodeProto] = []
+    for node in reversed(nodes):
+        if any(name in needed for name in node.output if name):
+            kept.append(node)
+            needed.update(name for name in node.input if name)
+    return kept[::-1]
+
+
+def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    reads = set()
+    for node in graph.node:
+        reads.update(node.input)
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                reads |= _subgraph_reads(attribute.g)
+    return reads
