@@ -71,6 +71,9 @@ def emulated(qdq: onnx.ModelProto, optimized: onnx.ModelProto) -> Emulation:
         {},
         {init.name: init for init in optimized.graph.initializer},
     )
+    constants.opset = next(
+        (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13
+    )
     producer: dict[str, onnx.NodeProto] = {}
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
@@ -193,6 +196,13 @@ def _group(
         virtual = helper.make_node(kernel, inputs, list(quantized.output))
         virtual.attribute.extend(node.attribute)
         return virtual, quantized
+    if kernel in ("QLinearSoftmax", "QLinearGlobalAveragePool"):
+        if len(dequantized) != 1 or dequantized[0] is None:
+            return None
+        x, sx, zx = dequantized[0]
+        virtual = helper.make_node(kernel, [x, sx, zx, q_in[1], q_in[2]], list(quantized.output))
+        virtual.attribute.extend(node.attribute)  # Softmax's axis as exported
+        return virtual, quantized
     if kernel == "QGemm":
         if len(dequantized) < 2 or None in dequantized[:2]:
             return None
@@ -235,6 +245,7 @@ class _Constants:
         self.constants = constants
         self.added = added
         self.optimized = optimized or {}
+        self.opset = 13  # the exported graph's default-domain opset (emitted ops follow it)
 
     def optimized_shape(self, name: str) -> tuple[int, ...] | None:
         """The shape ORT gave a constant of a fused node (its layout pass may transpose it)."""
@@ -583,7 +594,136 @@ def _qgemm(
                                (-1,) if multiplier.size > 1 else ())  # fmt: skip
 
 
+def _reduce(op: str, x: str, axes: list[int], out: str, constants: _Constants) -> onnx.NodeProto:
+    """A Reduce* node keeping dims, its axes as the graph's opset wants them."""
+    if op == "ReduceSum" and constants.opset >= 13 or constants.opset >= 18:
+        name = constants.add(f"{out}_axes", np.array(axes, np.int64))
+        return helper.make_node(op, [x, name], [out], keepdims=1)
+    return helper.make_node(op, [x], [out], axes=axes, keepdims=1)
+
+
+def _qlinear_softmax(
+    node: onnx.NodeProto, constants: _Constants, prefix: str, kernel: onnx.NodeProto
+) -> list[onnx.NodeProto]:
+    """ORT's QLinearSoftmax (uint8, opset 13): a float32 table of
+    ``exp((i - 255 + shift) * s_x)`` (shift keeping the row sum finite), indexed by
+    ``x - max(x) + 255``; ``round(t * floor(1 / s_y) / sum(t)) + z_y``, saturated."""
+    x, sx, zx, sy, zy = node.input
+    attrs = {a.name: helper.get_attribute_value(a) for a in kernel.attribute}
+    axis = int(attrs.get("axis", -1))
+    zero = _zero(constants, zy, TensorProto.UINT8)
+    if int(attrs.get("opset", 13)) < 13 or zero.dtype != np.uint8:
+        raise _Unsupported(node.name)
+    scale_x = float(_scalar(constants, sx))
+    y_scale = np.float32(np.floor(np.float32(1.0) / _scalar(constants, sy)))
+    n = prefix
+    c = constants.add
+    nodes = [
+        # the table, for this row length D: shift = max(0, log(FLT_MAX / D) - 5) / s_x
+        helper.make_node("Shape", [x], [n + "shape"]),
+        helper.make_node(
+            "Gather", [n + "shape", c(n + "axis", np.array(axis, np.int64))], [n + "d"]
+        ),
+        helper.make_node("Cast", [n + "d"], [n + "d_float"], to=TensorProto.FLOAT),
+        helper.make_node(
+            "Div",
+            [c(n + "flt_max", np.array(np.finfo(np.float32).max, np.float32)), n + "d_float"],
+            [n + "ratio"],
+        ),
+        helper.make_node("Log", [n + "ratio"], [n + "log"]),
+        helper.make_node("Cast", [n + "log"], [n + "log_double"], to=TensorProto.DOUBLE),
+        helper.make_node(
+            "Sub", [n + "log_double", c(n + "reserve", np.array(5.0))], [n + "reserved"]
+        ),
+        helper.make_node(
+            "Max", [n + "reserved", c(n + "zero_double", np.array(0.0))], [n + "kept"]
+        ),
+        helper.make_node("Div", [n + "kept", c(n + "scale_x", np.array(scale_x))], [n + "shift"]),
+        helper.make_node(
+            "Add",
+            [c(n + "steps", np.arange(256, dtype=np.float64) - 255.0), n + "shift"],
+            [n + "exponent_steps"],
+        ),
+        helper.make_node("Mul", [n + "exponent_steps", n + "scale_x"], [n + "exponent"]),
+        helper.make_node("Exp", [n + "exponent"], [n + "exp"]),
+        helper.make_node("Cast", [n + "exp"], [n + "table"], to=TensorProto.FLOAT),
+        # each row: its values shifted so that its maximum reads the table's last entry
+        helper.make_node("Cast", [x], [n + "x"], to=TensorProto.INT64),
+        _reduce("ReduceMax", n + "x", [axis], n + "x_max", constants),
+        helper.make_node("Sub", [n + "x", n + "x_max"], [n + "x_shifted"]),
+        helper.make_node(
+            "Add", [n + "x_shifted", c(n + "last", np.array(255, np.int64))], [n + "index"]
+        ),
+        helper.make_node("Gather", [n + "table", n + "index"], [n + "t"]),
+        _reduce("ReduceSum", n + "t", [axis], n + "sum", constants),
+        helper.make_node(
+            "Mul", [n + "t", c(n + "y_scale", np.array(y_scale, np.float32))], [n + "scaled"]
+        ),
+        helper.make_node("Div", [n + "scaled", n + "sum"], [n + "y"]),
+        helper.make_node(
+            "QuantizeLinear",
+            [n + "y", c(n + "one", np.array(1.0, np.float32)), c(n + "out_zero", zero.reshape(()))],
+            [node.output[0]],
+        ),
+    ]
+    return nodes
+
+
+def _qlinear_global_average_pool(
+    node: onnx.NodeProto, constants: _Constants, prefix: str, kernel: onnx.NodeProto
+) -> list[onnx.NodeProto]:
+    """ORT's QLinearGlobalAveragePool on x86: ``sum(x) - z_x N`` in int32, times
+    ``float32(s_x / (s_y * N))``, rounded, plus ``z_y``, saturated (MlasRequantizeOutput)."""
+    x, sx, zx, sy, zy = node.input
+    n = prefix
+    c = constants.add
+    zero_x = _zero(constants, zx, TensorProto.UINT8).astype(np.int32).reshape(())
+    if constants.opset < 13:
+        raise _Unsupported(node.name)  # ReduceSum takes its axes as an input from opset 13
+    nodes = [
+        helper.make_node("Shape", [x], [n + "shape"]),
+        helper.make_node("Size", [n + "shape"], [n + "rank"]),
+        helper.make_node(
+            "Range",
+            [c(n + "two", np.array(2, np.int64)), n + "rank", c(n + "step", np.array(1, np.int64))],
+            [n + "axes"],
+        ),
+        helper.make_node("Gather", [n + "shape", n + "axes"], [n + "spatial"]),
+        helper.make_node("ReduceProd", [n + "spatial"], [n + "size"], keepdims=0),
+        helper.make_node("Cast", [n + "size"], [n + "size_int"], to=TensorProto.INT32),
+        helper.make_node("Cast", [n + "size"], [n + "size_float"], to=TensorProto.FLOAT),
+        helper.make_node(
+            "Mul",
+            [c(n + "scale_y", np.array(_scalar(constants, sy))), n + "size_float"],
+            [n + "denominator"],
+        ),
+        helper.make_node(
+            "Div",
+            [c(n + "scale_x", np.array(_scalar(constants, sx))), n + "denominator"],
+            [n + "multiplier"],
+        ),
+        helper.make_node("Mul", [c(n + "zero_x", zero_x), n + "size_int"], [n + "offset"]),
+        helper.make_node("Cast", [x], [n + "x"], to=TensorProto.INT32),
+        helper.make_node("ReduceSum", [n + "x", n + "axes"], [n + "sum"], keepdims=1),
+        helper.make_node("Sub", [n + "sum", n + "offset"], [n + "acc"]),
+        helper.make_node("Cast", [n + "acc"], [n + "acc_float"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", [n + "acc_float", n + "multiplier"], [n + "scaled"]),
+        helper.make_node(
+            "QuantizeLinear",
+            [
+                n + "scaled",
+                c(n + "one", np.array(1.0, np.float32)),
+                c(n + "out_zero", _zero(constants, zy, TensorProto.UINT8).reshape(())),
+            ],
+            [node.output[0]],
+        ),
+    ]
+    return nodes
+
+
 _BUILDERS = {
+    "QLinearSoftmax": _qlinear_softmax,
+    "QLinearGlobalAveragePool": _qlinear_global_average_pool,
     "QGemm": _qgemm,
     "QLinearConv": _qlinear_conv,
     "QLinearMatMul": _qlinear_matmul,
