@@ -262,7 +262,7 @@ class _Constants:
         return name in self.constants
 
     def add(self, name: str, value: np.ndarray) -> str:
-        self.added[name] = numpy_helper.from_array(np.ascontiguousarray(value), name)
+        self.added[name] = numpy_helper.from_array(np.array(value), name)
         return name
 
     def keep(self, name: str) -> str:

@@ -134,3 +134,52 @@ def test_report_simulation_equals_onnxruntime_on_a_fused_cnn(tiny_imported):
     assert "integer kernels computed as it computes them" in metrics["engines"]["simulated"]
     gap = metrics["simulation_vs_onnxruntime"]
     assert gap["max_abs_diff"] == 0.0 and gap["sqnr_db"] == 200.0
+
+
+def _softmax_pool_model() -> onnx.ModelProto:
+    """Attention-style Softmax on u8 (ORT's QLinearSoftmax: a float32 exp table and a
+    floor(1 / s_y) multiplier, not s_y) and a GlobalAveragePool (QLinearGlobalAveragePool)."""
+    inits, nodes = [], []
+
+    def qdq(tensor, scale, zero, out):
+        inits.append(numpy_helper.from_array(np.float32(scale), out + "_s"))
+        inits.append(numpy_helper.from_array(np.uint8(zero), out + "_z"))
+        nodes.append(helper.make_node("QuantizeLinear", [tensor, out + "_s", out + "_z"], [out]))
+        nodes.append(
+            helper.make_node("DequantizeLinear", [out, out + "_s", out + "_z"], [out + "_dq"])
+        )
+        return out + "_dq"
+
+    x = qdq("x", 0.05, 120, "xq")
+    nodes.append(helper.make_node("Softmax", [x], ["soft"], axis=-1))
+    nodes.append(helper.make_node("Identity", [qdq("soft", 0.0026678, 0, "softq")], ["y"]))
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["pool"]))
+    nodes.append(helper.make_node("Identity", [qdq("pool", 0.0173, 101, "poolq")], ["z"]))
+    graph = helper.make_graph(
+        nodes,
+        "softmax_pool",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 6, 24])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, None),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_softmax_and_average_pool_kernels_are_emulated_bit_for_bit():
+    model = _softmax_pool_model()
+    feeds = {"x": np.random.default_rng(2).normal(0, 2, (2, 4, 6, 24)).astype(np.float32)}
+    with tempfile.TemporaryDirectory() as folder:
+        saved = str(Path(folder) / "optimized.onnx")
+        deployed = _session(model, optimized=True, save=saved).run(None, feeds)
+        emulation = emulated(model, load_optimized(saved))
+    assert emulation.emulated == {"QLinearSoftmax": 1, "QLinearGlobalAveragePool": 1}
+    plain = _session(model, optimized=False).run(None, feeds)
+    assert not np.array_equal(plain[0], deployed[0])  # floor(1 / s_y): another output grid
+    simulated = _session(emulation.model, optimized=False).run(None, feeds)
+    for sim, dep in zip(simulated, deployed, strict=True):
+        np.testing.assert_array_equal(sim, dep)
