@@ -334,7 +334,9 @@ def gap_warnings(metrics: dict[str, Any]) -> list[str]:
     """Say so loudly when ONNX Runtime does not compute what the simulation computed, for any
     output."""
     per_output = metrics.get("outputs") or {metrics.get("output"): metrics}
-    cause = _gap_cause(metrics.get("runtime_graph"))
+    cause = _emulation_gap_cause(metrics.get("simulation_kernels")) or _gap_cause(
+        metrics.get("runtime_graph")
+    )
     return [
         warning
         for name, measured in per_output.items()
@@ -352,6 +354,29 @@ def _gap_warning(name: str | None, metrics: dict[str, Any], cause: str, several:
         "predictions: the exported graph computed with ONNX Runtime's optimizer off "
         "(metrics.simulated) and as deployed (metrics.onnxruntime) differ; " + cause
     ]
+
+
+def _emulation_gap_cause(kernels: dict[str, Any] | None) -> str | None:
+    """What is left between simulation and runtime once the simulation computes ORT's integer
+    kernels as ORT does (metrics.simulation_kernels); None where it did not."""
+    if not kernels or kernels.get("error"):
+        return None
+    left = kernels.get("not_emulated") or {}
+    if left:
+        named = ", ".join(f"{n} {op}" for op, n in sorted(left.items(), key=lambda x: -x[1]))
+        return (
+            "the simulation computes ORT's fused integer kernels as ORT does, except these, "
+            f"which round their outputs their own way ({named}); this network amplifies those "
+            "last-bit differences: keeping the most sensitive of these ops in float "
+            "(--keep-float OP) narrows the gap"
+        )
+    if kernels.get("emulated"):
+        return (
+            "the simulation computes every integer kernel ORT fused as ORT does, so what is left "
+            "is ORT's float rewrites (float kernels fused or re-laid out, summing in another "
+            "order), which this network amplifies"
+        )
+    return None
 
 
 def _gap_cause(graph: dict[str, Any] | None) -> str:
