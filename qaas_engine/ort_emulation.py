@@ -117,7 +117,10 @@ def emulated(qdq: onnx.ModelProto, optimized: onnx.ModelProto) -> Emulation:
         done[kernel_type] += 1
     unique = {id(kernel_node): kernel for kernel_node, kernel in fused.values()}
     not_emulated = Counter(unique.values()) - done
-    if not replaced:
+    merged = _merged_grids(graph, optimized, constants, producer, readers)
+    if merged:
+        done["merged Q/DQ pairs"] = merged
+    if not replaced and not merged:
         return Emulation(model, {}, dict(not_emulated))
     rebuilt: list[onnx.NodeProto] = []
     for node in graph.node:
@@ -125,10 +128,86 @@ def emulated(qdq: onnx.ModelProto, optimized: onnx.ModelProto) -> Emulation:
     del graph.node[:]
     graph.node.extend(_live(rebuilt, outputs))
     used = {name for node in graph.node for name in node.input}
+    used |= _subgraph_reads(graph) | {value.name for value in graph.input}
     kept = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept + list(constants.added.values()))
     return Emulation(model, dict(done), dict(not_emulated))
+
+
+MERGED_PREFIX = "DoubleQDQRemoved_"  # the scales ORT's DoubleQDQPairsRemover writes
+# what may sit between the two pairs: conversions ORT drops and moves that keep values
+MOVES = frozenset(
+    {"QuantizeLinear", "DequantizeLinear", "Cast", "Identity", "Slice", "Reshape", "Transpose",
+     "Squeeze", "Unsqueeze", "Flatten"}
+)  # fmt: skip
+
+
+def _merged_grids(
+    graph: onnx.GraphProto,
+    optimized: onnx.ModelProto,
+    constants: _Constants,
+    producer: dict[str, onnx.NodeProto],
+    readers: dict[str, list[onnx.NodeProto]],
+) -> int:
+    """ORT collapses Q1 -> DQ1 -> Q2 -> DQ2 (once a float no-op between them is gone) into one
+    Q -> DQ on a grid of its own, the intersection of both ranges (DoubleQDQPairsRemover):
+    one rounding where the export rounds twice. The exported chain is put on that grid (read
+    off the optimized graph), so that it rounds once, there, as ORT does. Returns the chains."""
+
+    def grid(node: onnx.NodeProto) -> tuple[str, str]:
+        return node.input[1], node.input[2] if len(node.input) > 2 else ""
+
+    merged_q = {
+        node.output[0]: node
+        for node in optimized.graph.node
+        if node.op_type == "QuantizeLinear" and node.input[1].startswith(MERGED_PREFIX)
+    }
+    # merged Q's output -> the exported DQs ending its chain, and their grids
+    ends: dict[str, dict[int, tuple[str, str]]] = {}
+    by_name = {node.name: node for node in graph.node if node.name}
+    by_output = {node.output[0]: node for node in graph.node if node.output}
+    chains = 0
+
+    def exported(node: onnx.NodeProto) -> onnx.NodeProto | None:
+        """The exported node ORT's node came from: its name, else its output, where kept."""
+        return by_name.get(node.name) if node.name else by_output.get(node.output[0])
+
+    def use(node: onnx.NodeProto, scale: str, zero: str) -> None:
+        if scale not in constants.optimized:
+            return
+        node.input[1] = constants.add(
+            PREFIX + scale, numpy_helper.to_array(constants.optimized[scale])
+        )
+        if zero in constants.optimized and len(node.input) > 2:
+            node.input[2] = constants.add(
+                PREFIX + zero, numpy_helper.to_array(constants.optimized[zero])
+            )
+
+    for node in optimized.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in merged_q:
+            end = exported(node)
+            if end is not None:
+                ends.setdefault(node.input[0], {})[id(end)] = grid(node)
+    for output, quantize in merged_q.items():
+        first, last = exported(quantize), ends.get(output, {})
+        if first is None or first.op_type != "QuantizeLinear" or not last:
+            continue
+        chain, node = [first], first
+        while id(node) not in last and len(chain) < 16:  # Q1 -> DQ1 -> moves -> Q2 -> DQ2
+            after = readers.get(node.output[0], [])
+            if len(after) != 1 or after[0].op_type not in MOVES:
+                break
+            node = after[0]
+            chain.append(node)
+        if id(node) not in last:
+            continue
+        for n in chain[:-1]:
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+                use(n, *grid(quantize))
+        use(chain[-1], *last[id(chain[-1])])
+        chains += 1
+    return chains
 
 
 def _fused_kernels(optimized: onnx.ModelProto) -> dict[str, tuple[onnx.NodeProto, str]]:

@@ -183,3 +183,41 @@ def test_softmax_and_average_pool_kernels_are_emulated_bit_for_bit():
     simulated = _session(emulation.model, optimized=False).run(None, feeds)
     for sim, dep in zip(simulated, deployed, strict=True):
         np.testing.assert_array_equal(sim, dep)
+
+
+def test_a_double_qdq_pair_that_onnxruntime_merges_is_simulated_on_its_merged_grid():
+    """Q1 -> DQ1 -> Cast -> Q2 -> DQ2 on two grids: ORT drops the no-op Cast and merges the two
+    pairs into one on a grid of its own (DoubleQDQPairsRemover); the simulation rounds there."""
+    inits, nodes = [], []
+
+    def qdq(tensor, scale, zero, out):
+        inits.append(numpy_helper.from_array(np.float32(scale), out + "_s"))
+        inits.append(numpy_helper.from_array(np.uint8(zero), out + "_z"))
+        nodes.append(helper.make_node("QuantizeLinear", [tensor, out + "_s", out + "_z"], [out]))
+        nodes.append(
+            helper.make_node("DequantizeLinear", [out, out + "_s", out + "_z"], [out + "_dq"])
+        )
+        return out + "_dq"
+
+    first = qdq("x", 0.031, 128, "xq")
+    nodes.append(helper.make_node("Cast", [first], ["cast"], to=TensorProto.FLOAT))
+    nodes.append(helper.make_node("Sqrt", [qdq("cast", 0.023, 140, "castq")], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "double_qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    feeds = {"x": np.random.default_rng(3).uniform(0, 3.5, (64, 64)).astype(np.float32)}
+    with tempfile.TemporaryDirectory() as folder:
+        saved = str(Path(folder) / "optimized.onnx")
+        deployed = _session(model, optimized=True, save=saved).run(None, feeds)[0]
+        emulation = emulated(model, load_optimized(saved))
+    assert emulation.emulated == {"merged Q/DQ pairs": 1}
+    plain = _session(model, optimized=False).run(None, feeds)[0]
+    assert not np.array_equal(plain, deployed)
+    simulated = _session(emulation.model, optimized=False).run(None, feeds)[0]
+    np.testing.assert_array_equal(simulated, deployed)
