@@ -688,11 +688,13 @@ def _qlinear_softmax(
     ``exp((i - 255 + shift) * s_x)`` (shift keeping the row sum finite), indexed by
     ``x - max(x) + 255``; ``round(t * floor(1 / s_y) / sum(t)) + z_y``, saturated."""
     x, sx, zx, sy, zy = node.input
-    attrs = {a.name: helper.get_attribute_value(a) for a in kernel.attribute}
-    axis = int(attrs.get("axis", -1))
+    # the exported Softmax's axis: ORT's layout passes may move transposes across the kernel
+    # and renumber its own axis, not the exported graph's
+    exported = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    axis = int(exported.get("axis", -1))
     zero = _zero(constants, zy, TensorProto.UINT8)
-    if int(attrs.get("opset", 13)) < 13 or zero.dtype != np.uint8:
-        raise _Unsupported(node.name)
+    if constants.opset < 13 or zero.dtype != np.uint8:
+        raise _Unsupported(node.name)  # opset 12 and below: softmax over flattened axes
     scale_x = float(_scalar(constants, sx))
     y_scale = np.float32(np.floor(np.float32(1.0) / _scalar(constants, sy)))
     n = prefix

@@ -221,3 +221,45 @@ def test_a_double_qdq_pair_that_onnxruntime_merges_is_simulated_on_its_merged_gr
     assert not np.array_equal(plain, deployed)
     simulated = _session(emulation.model, optimized=False).run(None, feeds)[0]
     np.testing.assert_array_equal(simulated, deployed)
+
+
+def test_softmax_keeps_the_exported_axis_where_onnxruntime_moves_a_transpose_across_it():
+    """YOLOv8's DFL head: Transpose -> Softmax(axis=1). ORT pushes the transpose past the fused
+    QLinearSoftmax and renumbers that kernel's axis; the exported axis is the one that holds."""
+    inits, nodes = [], []
+
+    def qdq(tensor, scale, zero, out):
+        inits.append(numpy_helper.from_array(np.float32(scale), out + "_s"))
+        inits.append(numpy_helper.from_array(np.uint8(zero), out + "_z"))
+        nodes.append(helper.make_node("QuantizeLinear", [tensor, out + "_s", out + "_z"], [out]))
+        nodes.append(
+            helper.make_node("DequantizeLinear", [out, out + "_s", out + "_z"], [out + "_dq"])
+        )
+        return out + "_dq"
+
+    x = qdq("x", 0.05, 120, "xq")
+    inits.append(numpy_helper.from_array(np.array([1, 4, 16, 50], np.int64), "shape"))
+    nodes.append(helper.make_node("Reshape", [x, "shape"], ["reshaped"]))
+    moved = qdq("reshaped", 0.05, 120, "reshapedq")
+    nodes.append(helper.make_node("Transpose", [moved], ["transposed"], perm=[0, 2, 1, 3]))
+    nodes.append(
+        helper.make_node("Softmax", [qdq("transposed", 0.05, 120, "tq")], ["soft"], axis=1)
+    )
+    nodes.append(helper.make_node("Identity", [qdq("soft", 0.0026678, 0, "softq")], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "dfl",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 50])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    feeds = {"x": np.random.default_rng(4).normal(0, 2, (1, 64, 50)).astype(np.float32)}
+    with tempfile.TemporaryDirectory() as folder:
+        saved = str(Path(folder) / "optimized.onnx")
+        deployed = _session(model, optimized=True, save=saved).run(None, feeds)[0]
+        emulation = emulated(model, load_optimized(saved))
+    assert emulation.emulated == {"QLinearSoftmax": 1}
+    simulated = _session(emulation.model, optimized=False).run(None, feeds)[0]
+    np.testing.assert_array_equal(simulated, deployed)
