@@ -243,9 +243,19 @@ def test_softmax_keeps_the_exported_axis_where_onnxruntime_moves_a_transpose_acr
     moved = qdq("reshaped", 0.05, 120, "reshapedq")
     nodes.append(helper.make_node("Transpose", [moved], ["transposed"], perm=[0, 2, 1, 3]))
     nodes.append(
-        helper.make_node("Softmax", [qdq("transposed", 0.05, 120, "tq")], ["soft"], axis=1)
+        helper.make_node(
+            "Softmax", [qdq("transposed", 0.05, 120, "tq")], ["soft"], "softmax", axis=1
+        )
     )
-    nodes.append(helper.make_node("Identity", [qdq("soft", 0.0026678, 0, "softq")], ["y"]))
+    # the 1x1 conv after it (QLinearConv, laid out NHWC) is what pulls the transpose across
+    inits.append(numpy_helper.from_array(np.arange(16, dtype=np.int8).reshape(1, 16, 1, 1), "w"))
+    inits.append(numpy_helper.from_array(np.float32(0.01), "w_s"))
+    inits.append(numpy_helper.from_array(np.int8(0), "w_z"))
+    nodes.append(helper.make_node("DequantizeLinear", ["w", "w_s", "w_z"], ["w_dq"]))
+    nodes.append(
+        helper.make_node("Conv", [qdq("soft", 0.0026678, 0, "softq"), "w_dq"], ["conv"], "conv")
+    )
+    nodes.append(helper.make_node("Identity", [qdq("conv", 0.01, 0, "convq")], ["y"]))
     graph = helper.make_graph(
         nodes,
         "dfl",
@@ -260,6 +270,6 @@ def test_softmax_keeps_the_exported_axis_where_onnxruntime_moves_a_transpose_acr
         saved = str(Path(folder) / "optimized.onnx")
         deployed = _session(model, optimized=True, save=saved).run(None, feeds)[0]
         emulation = emulated(model, load_optimized(saved))
-    assert emulation.emulated == {"QLinearSoftmax": 1}
+    assert emulation.emulated == {"QLinearSoftmax": 1, "QLinearConv": 1}
     simulated = _session(emulation.model, optimized=False).run(None, feeds)[0]
     np.testing.assert_array_equal(simulated, deployed)
