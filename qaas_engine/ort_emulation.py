@@ -367,16 +367,62 @@ def _zero(constants: _Constants, name: str | None, like: int) -> np.ndarray:
 def _requantize(
     acc: str, multiplier: np.ndarray, zero_point: np.ndarray, out: str, prefix: str,
     constants: _Constants, shape: tuple[int, ...],
+    cast: bool = True,
 ) -> list[onnx.NodeProto]:  # fmt: skip
-    """int32 ``acc`` -> float32 * multiplier -> round half to even + zero point, saturated."""
+    """int32 ``acc`` -> float32 * multiplier -> round half to even + zero point, saturated
+    (``cast=False``: ``acc`` already holds the integers as float32, exactly)."""
     scale = constants.add(prefix + "multiplier", multiplier.astype(np.float32).reshape(shape))
     one = constants.add(prefix + "one", np.array(1.0, np.float32))
     zp = constants.add(prefix + "zero_point", zero_point.reshape(()))
-    return [
-        helper.make_node("Cast", [acc], [prefix + "acc_float"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", [prefix + "acc_float", scale], [prefix + "scaled"]),
+    nodes = []
+    if cast:
+        nodes.append(helper.make_node("Cast", [acc], [prefix + "acc_float"], to=TensorProto.FLOAT))
+        acc = prefix + "acc_float"
+    return nodes + [
+        helper.make_node("Mul", [acc, scale], [prefix + "scaled"]),
         helper.make_node("QuantizeLinear", [prefix + "scaled", one, zp], [out]),
     ]
+
+
+EXACT_IN_FLOAT32 = 2**24  # every integer up to this magnitude is a float32
+
+
+def _float_conv(
+    x: str,
+    zx: str,
+    weights: np.ndarray,
+    w_zero: np.ndarray,
+    bias: str,
+    constants: _Constants,
+    prefix: str,
+    attrs: dict,
+    shape: tuple[int, ...],
+) -> tuple[list[onnx.NodeProto], str] | None:
+    """The int32 accumulation as a float32 Conv on the zero-centred integers, where that is
+    exact: every partial sum, bias included, is an integer below 2^24 in magnitude whatever the
+    order of summation (MLAS's float conv is much faster than its ConvInteger). None where a
+    channel's bound does not allow it."""
+    if not zx or np.any(w_zero != 0):
+        return None
+    x_zero = constants.array(zx).reshape(-1)
+    if x_zero.size != 1:
+        return None
+    info = np.iinfo(x_zero.dtype)
+    x_reach = max(int(x_zero[0]) - info.min, info.max - int(x_zero[0]))
+    reach = np.abs(weights.astype(np.int64)).reshape(weights.shape[0], -1).sum(axis=1) * x_reach
+    bias_values = constants.array(bias).astype(np.int64).reshape(-1) if bias else np.zeros(1)
+    if np.any(reach + np.abs(bias_values) >= EXACT_IN_FLOAT32):
+        return None
+    centre = constants.add(prefix + "x_zero", np.array(float(x_zero[0]), np.float32))
+    nodes = [
+        helper.make_node("Cast", [x], [prefix + "x_float"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", [prefix + "x_float", centre], [prefix + "x_centred"]),
+    ]
+    inputs = [prefix + "x_centred", constants.add(prefix + "w_float", weights.astype(np.float32))]
+    if bias:
+        inputs.append(constants.add(prefix + "b_float", bias_values.astype(np.float32)))
+    nodes.append(helper.make_node("Conv", inputs, [prefix + "acc_float"], **attrs))
+    return nodes, prefix + "acc_float"
 
 
 def _qlinear_conv(
@@ -400,6 +446,16 @@ def _qlinear_conv(
     if np.any(w_zero != w_zero[0]):
         raise _Unsupported(zw)  # ConvInteger takes one weight zero point
     w_zero = w_zero[:1].reshape(())
+    bias = rest[0] if rest else ""
+    zero = _zero(constants, zy, TensorProto.UINT8)
+    mult = np.broadcast_to(multiplier, (channels,)) if multiplier.size > 1 else multiplier
+    out_shape = shape if multiplier.size > 1 else ()
+    exact = _float_conv(x, zx, weights, w_zero, bias, constants, prefix, attrs, shape)
+    if exact is not None:
+        nodes, acc = exact
+        return nodes + _requantize(
+            acc, mult, zero, node.output[0], prefix, constants, out_shape, cast=False
+        )
     nodes = [
         helper.make_node(
             "ConvInteger",
@@ -414,7 +470,6 @@ def _qlinear_conv(
         )
     ]
     acc = prefix + "acc"
-    bias = rest[0] if rest else ""
     if bias:
         values = constants.array(bias).astype(np.int32).reshape(shape)
         nodes.append(

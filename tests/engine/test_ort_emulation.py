@@ -273,3 +273,52 @@ def test_softmax_keeps_the_exported_axis_where_onnxruntime_moves_a_transpose_acr
     assert emulation.emulated == {"QLinearSoftmax": 1, "QLinearConv": 1}
     simulated = _session(emulation.model, optimized=False).run(None, feeds)[0]
     np.testing.assert_array_equal(simulated, deployed)
+
+
+def _conv_model(channels: int) -> onnx.ModelProto:
+    rng = np.random.default_rng(5)
+    w_scale = rng.uniform(0.002, 0.01, channels).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(np.float32(0.1), "x_s"),
+        numpy_helper.from_array(np.uint8(3), "x_z"),
+        numpy_helper.from_array(rng.integers(-127, 128, (channels, channels, 3, 3), np.int8), "w"),
+        numpy_helper.from_array(w_scale, "w_s"),
+        numpy_helper.from_array(np.zeros(channels, np.int8), "w_z"),
+        numpy_helper.from_array(np.float32(0.37), "y_s"),
+        numpy_helper.from_array(np.uint8(128), "y_z"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x_s", "x_z"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "x_s", "x_z"], ["x_dq"]),
+        helper.make_node("DequantizeLinear", ["w", "w_s", "w_z"], ["w_dq"], axis=0),
+        helper.make_node("Conv", ["x_dq", "w_dq"], ["conv"], "conv", pads=[1, 1, 1, 1]),
+        helper.make_node("QuantizeLinear", ["conv", "y_s", "y_z"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "y_s", "y_z"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_conv_accumulates_in_float_only_where_float32_holds_every_partial_sum():
+    """8 channels: the sums stay below 2^24, a float Conv on the integers is exact (and fast);
+    256 channels of large weights: they may not, so ConvInteger; both equal ORT's kernel."""
+    for channels, accumulator in ((8, "Conv"), (256, "ConvInteger")):
+        model = _conv_model(channels)
+        feeds = {"x": np.random.default_rng(6).uniform(-1, 25, (1, channels, 6, 6))}
+        feeds["x"] = feeds["x"].astype(np.float32)
+        with tempfile.TemporaryDirectory() as folder:
+            saved = str(Path(folder) / "optimized.onnx")
+            deployed = _session(model, optimized=True, save=saved).run(None, feeds)[0]
+            emulation = emulated(model, load_optimized(saved))
+        assert emulation.emulated == {"QLinearConv": 1}
+        assert accumulator in {node.op_type for node in emulation.model.graph.node}
+        simulated = _session(emulation.model, optimized=False).run(None, feeds)[0]
+        np.testing.assert_array_equal(simulated, deployed)
