@@ -551,9 +551,11 @@ def _qlinear_add(
     zero_a = _zero(constants, za, TensorProto.UINT8).astype(np.int32).reshape(-1)[0]
     zero_b = _zero(constants, zb, TensorProto.UINT8).astype(np.int32).reshape(-1)[0]
     zero_c = _zero(constants, zc, TensorProto.UINT8)
+    # z_c - (r_a z_a + r_b z_b), as ORT's compiled kernel computes it: the compiler contracts
+    # r_a z_a + (r_b z_b) into one fused multiply-add (exact in float64, then rounded once)
     fixed = f32(
         f32(zero_c.astype(np.int32).reshape(-1)[0])
-        - f32(f32(ratio_a * f32(zero_a)) + f32(ratio_b * f32(zero_b)))
+        - f32(float(ratio_a) * float(zero_a) + float(f32(ratio_b * f32(zero_b))))
     )
     nodes: list[onnx.NodeProto] = []
 
@@ -791,7 +793,20 @@ def _qlinear_softmax(
             "Add", [n + "x_shifted", c(n + "last", np.array(255, np.int64))], [n + "index"]
         ),
         helper.make_node("Gather", [n + "table", n + "index"], [n + "t"]),
-        _reduce("ReduceSum", n + "t", [axis], n + "sum", constants),
+        # ORT sums each row left to right in float32: a running sum's last element is that sum
+        helper.make_node(
+            "CumSum", [n + "t", c(n + "sum_axis", np.array(axis, np.int64))], [n + "running"]
+        ),
+        helper.make_node(
+            "Slice",
+            [
+                n + "running",
+                c(n + "sum_start", np.array([-1], np.int64)),
+                c(n + "sum_end", np.array([np.iinfo(np.int64).max], np.int64)),
+                c(n + "sum_axes", np.array([axis], np.int64)),
+            ],
+            [n + "sum"],
+        ),
         helper.make_node(
             "Mul", [n + "t", c(n + "y_scale", np.array(y_scale, np.float32))], [n + "scaled"]
         ),
