@@ -12,15 +12,21 @@ into a kernel emulated here (read off the optimized graph ORT saved, node by nod
 node's own inputs, constants and output name) into standard ONNX ops that compute that kernel's
 arithmetic exactly, step for step as ORT's x86-64 CPU kernels do it (MLAS, AVX2 and later):
 
-- ``QLinearConv`` / ``QLinearMatMul``: exact int32 accumulation (ConvInteger / MatMulInteger),
-  the int32 bias added, ``float(acc) * float32(s_x * s_w[c] / s_y)``, round half to even,
-  saturate (MlasRequantizeOutput);
-- ``MatMulIntegerToFloat``: ``float(acc) * float32(s_a * s_b[c])`` (+ bias);
+- ``QLinearConv`` / ``QLinearMatMul`` / ``QGemm``: exact integer accumulation (a float32 Conv on
+  the zero-centred integers where every partial sum stays below 2^24, else ConvInteger /
+  MatMulInteger), the int32 bias added, ``float(acc) * float32(s_x * s_w[c] / s_y)``, round half
+  to even, saturate (MlasRequantizeOutput);
+- ``MatMulIntegerToFloat``: ``float(acc) * float32(s_a * s_b[c])``;
 - ``QLinearAdd``: ``fma(a, s_a/s_c, fma(b, s_b/s_c, z_c - (s_a/s_c z_a + s_b/s_c z_b)))`` in
-  float32 (one side a single value: that side folded into the constant first), rounded half to
-  even and saturated (qladd_avx2.cpp); each float32 step is computed in float64 and rounded
-  once, which is exactly a fused multiply-add;
-- ``QLinearMul``: ``(a - z_a)(b - z_b) * float32(s_a s_b / s_c)`` rounded, plus ``z_c``.
+  float32 (a side ORT hands over one value per span: folded into the constant part first),
+  rounded half to even and saturated (qladd_avx2.cpp); each float32 step is computed in float64
+  and rounded once, which is exactly a fused multiply-add;
+- ``QLinearMul``: ``float((a - z_a)(b - z_b)) * float32(s_a s_b / s_c) + z_c``, rounded;
+- ``QLinearSoftmax``: ORT's float32 exp table, each row summed left to right in float32, the
+  output multiplied by ``floor(1 / s_y)``, not divided by ``s_y``;
+- ``QLinearGlobalAveragePool``: int32 sum minus ``z_x N``, times ``float32(s_x / (s_y N))``;
+- and where ORT merges Q1 -> DQ1 -> Q2 -> DQ2 onto one grid of its own (DoubleQDQPairsRemover),
+  the exported chain is put on that grid.
 
 Run with the optimizer off, the rewritten graph then computes bit for bit what the optimized
 one computes for every emulated kernel; kernels not emulated keep DQ -> op -> Q and are counted.
@@ -37,9 +43,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-EMULATED = frozenset(
-    {"QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "QLinearAdd", "QLinearMul", "QGemm"}
-)
 PREFIX = "ort_emulation/"
 
 
