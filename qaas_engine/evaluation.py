@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from qaas_engine.data import Dataset
+from qaas_engine.ort_emulation import Emulation, emulated, load_optimized
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.runtime_graph import requantizing_kernels
 from qaas_engine.runtime_graph import summarize as runtime_graph_summary
@@ -218,6 +219,7 @@ def evaluate(
         saved = Path(folder) / "optimized.onnx"
         runtime = session(qdq, save_optimized=str(saved))
         runtime_graph = runtime_graph_summary(saved)
+        simulation, simulation_session = _simulation_graph(qdq, saved)
     opened: list[Any] = []  # the simulation's session, once a batch was not run by the rules
 
     def simulate(index: int, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], bool]:
@@ -226,12 +228,14 @@ def evaluate(
         if known is not None:
             return known, True
         if not opened:
-            opened.append(session(qdq, optimized=False))
+            opened.append(simulation_session or session(qdq, optimized=False))
         return opened[0].run(outputs, feeds), False
 
     # the rules ran this very graph on the first calibration samples: same session settings,
-    # same feeds, so the same outputs
-    runs = state.simulated_runs if data is state.calibration else None
+    # same feeds, so the same outputs (not where integer kernels are emulated: they ran the
+    # exported graph as it is)
+    same_graph = not simulation.changed
+    runs = state.simulated_runs if data is state.calibration and same_graph else None
     digest = graph_digest(qdq) if runs is not None and runs.outputs else None
     reused_simulation = 0
     built: list[tuple[Callable[[dict[str, np.ndarray]], list[np.ndarray]], str]] = []
@@ -282,6 +286,7 @@ def evaluate(
             "float": (built[0][1] if built else "onnxruntime")
             + (f", {reused} batches kept from calibration" if reused else ""),
             "simulated": "onnxruntime, graph optimizer off"
+            + _emulation_note(simulation)
             + (
                 f", {reused_simulation} batches kept from the rules' run of this graph"
                 if reused_simulation
@@ -291,9 +296,35 @@ def evaluate(
         },
         "runtime_graph": runtime_graph,
     }
+    metrics["simulation_kernels"] = {
+        "emulated": simulation.emulated,
+        "not_emulated": simulation.not_emulated,
+        **({"error": simulation.error} if simulation.error else {}),
+    }
     if torch_check is not None:
         metrics["torch_simulation_vs_export"] = torch_check
     return metrics
+
+
+def _simulation_graph(qdq: onnx.ModelProto, optimized: Path) -> tuple[Emulation, Any]:
+    """The exported graph with the integer kernels ORT's optimizer placed (read from the graph
+    it saved at ``optimized``) computed as ORT computes them, and its session (optimizer off);
+    the graph as it is, and no session yet, where that fails (the reason kept)."""
+    try:
+        emulation = emulated(qdq, load_optimized(optimized))
+        if not emulation.changed:
+            return emulation, None
+        return emulation, session(emulation.model, optimized=False)
+    except Exception as error:  # the plain graph is still a faithful float simulation
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        return Emulation(qdq, error=reason), None
+
+
+def _emulation_note(simulation: Emulation) -> str:
+    if not simulation.emulated:
+        return ""
+    kernels = ", ".join(f"{n} {op}" for op, n in sorted(simulation.emulated.items()))
+    return f", ONNX Runtime's integer kernels computed as it computes them ({kernels})"
 
 
 def _output_metrics(meters: dict[str, FidelityMeter]) -> dict[str, Any]:
@@ -366,7 +397,9 @@ def gap_warnings(metrics: dict[str, Any]) -> list[str]:
     """Say so loudly when ONNX Runtime does not compute what the simulation computed, for any
     output."""
     per_output = metrics.get("outputs") or {metrics.get("output"): metrics}
-    cause = _gap_cause(metrics.get("runtime_graph"))
+    cause = _emulation_gap_cause(metrics.get("simulation_kernels")) or _gap_cause(
+        metrics.get("runtime_graph")
+    )
     return [
         warning
         for name, measured in per_output.items()
@@ -384,6 +417,29 @@ def _gap_warning(name: str | None, metrics: dict[str, Any], cause: str, several:
         "predictions: the exported graph computed with ONNX Runtime's optimizer off "
         "(metrics.simulated) and as deployed (metrics.onnxruntime) differ; " + cause
     ]
+
+
+def _emulation_gap_cause(kernels: dict[str, Any] | None) -> str | None:
+    """What is left between simulation and runtime once the simulation computes ORT's integer
+    kernels as ORT does (metrics.simulation_kernels); None where it did not."""
+    if not kernels or kernels.get("error"):
+        return None
+    left = kernels.get("not_emulated") or {}
+    if left:
+        named = ", ".join(f"{n} {op}" for op, n in sorted(left.items(), key=lambda x: -x[1]))
+        return (
+            "the simulation computes ORT's fused integer kernels as ORT does, except these, "
+            f"which round their outputs their own way ({named}); this network amplifies those "
+            "last-bit differences: keeping the most sensitive of these ops in float "
+            "(--keep-float OP) narrows the gap"
+        )
+    if kernels.get("emulated"):
+        return (
+            "the simulation computes every integer kernel ORT fused as ORT does, so what is left "
+            "is ORT's float rewrites (float kernels fused or re-laid out, summing in another "
+            "order), which this network amplifies"
+        )
+    return None
 
 
 def _gap_cause(graph: dict[str, Any] | None) -> str:

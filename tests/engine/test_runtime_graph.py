@@ -70,6 +70,25 @@ def test_the_gap_warning_names_the_kernels_present():
     assert gap_warnings({"simulation_vs_onnxruntime": {"top1_agreement": 1.0}}) == []
 
 
+def test_the_gap_warning_names_the_kernels_the_simulation_does_not_emulate():
+    """With ORT's kernels emulated, the cause left is a kernel not emulated, or else ORT's
+    float rewrites: never the kernels the simulation already computes as ORT does."""
+    fused = {"integer_kernels": {"QLinearConv": 9, "QLinearAdd": 4, "QLinearSigmoid": 2}}
+    left = {
+        "simulation_vs_onnxruntime": {"top1_agreement": 0.9},
+        "runtime_graph": fused,
+        "simulation_kernels": {
+            "emulated": {"QLinearConv": 9, "QLinearAdd": 4},
+            "not_emulated": {"QLinearSigmoid": 2},
+        },
+    }
+    (warning,) = gap_warnings(left)
+    assert "2 QLinearSigmoid" in warning and "QLinearAdd" not in warning
+    left["simulation_kernels"]["not_emulated"] = {}
+    (warning,) = gap_warnings(left)
+    assert "float rewrites" in warning and "QLinearAdd" not in warning
+
+
 def test_sixteen_bit_activations_are_counted_and_stay_unfused(tmp_path):
     torch.manual_seed(0)
     _, result = _quantized_report(tmp_path, Residual().eval(), activation_bits=16)
