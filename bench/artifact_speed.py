@@ -91,13 +91,17 @@ CLOCK = ["wall"]
 
 
 def _latency(sessions: dict[str, ort.InferenceSession], feed: dict, rounds: int) -> dict:
-    """Median ms per model; the models take turns each round so load falls on all alike."""
+    """Median ms per model; the models take turns each round so load falls on all alike.
+
+    Each timed run follows an untimed run of the same model, as a deployment runs one model
+    over and over: timed straight after another model, a model starts with that model's
+    weights in the caches (on T1 the model timed after float measured 10% slower than the
+    same file timed third)."""
     clock = CLOCKS[CLOCK[0]]
-    for session in sessions.values():
-        session.run(None, feed)
     times: dict[str, list[float]] = {name: [] for name in sessions}
     for _ in range(rounds):
         for name, session in sessions.items():
+            session.run(None, feed)
             start = clock()
             session.run(None, feed)
             times[name].append((clock() - start) * 1000)
