@@ -79,15 +79,16 @@ def build_state(
     copy of a large model would hold its whole size for the rest of the job."""
     model = imported.model
     onnxruntime_cpu = target_rules(spec.target).executed_here
+    keep = frozenset(spec.keep_float_nodes) | frozenset(spec.keep_float_ops)
     if (
         spec.pipeline
         or any(node.op_type == "BatchNormalization" for node in model.graph.node)
-        or needs_rewrite(model, onnxruntime_cpu=onnxruntime_cpu)
+        or needs_rewrite(model, onnxruntime_cpu=onnxruntime_cpu, keep=keep)
     ):
         model = onnx.ModelProto()
         model.CopyFrom(imported.model)
     folded = fold_batchnorms(model)
-    rewrite_for_integer_kernels(model, onnxruntime_cpu=onnxruntime_cpu)
+    rewrite_for_integer_kernels(model, onnxruntime_cpu=onnxruntime_cpu, keep=keep)
     executor = LazyExecutor(model)  # torch only when a step runs the graph in it
     state = PipelineState(model, executor, spec, calibration, folded, progress or no_progress)
     state.channel_stats = {f.output: ChannelStats(f.beta, f.gamma) for f in folded}

@@ -37,7 +37,15 @@ def _channel_vector(value: np.ndarray, channels: int, rank: int) -> np.ndarray |
     return np.broadcast_to(value.reshape(-1), (channels,)).astype(np.float64)
 
 
-def _foldable(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.NodeProto, np.ndarray]]:
+def _kept(node: onnx.NodeProto, keep: frozenset[str]) -> bool:
+    """Whether the user keeps ``node`` float by name or op type (``--keep-float``): it stays as
+    written, so the choice still names a node of the model."""
+    return node.op_type in keep or (node.name or "") in keep
+
+
+def _foldable(
+    model: onnx.ModelProto, keep: frozenset[str] = frozenset()
+) -> list[tuple[onnx.NodeProto, onnx.NodeProto, np.ndarray]]:
     """(conv, add, per-channel constant) for each Add that can move into its Conv's bias."""
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
@@ -49,7 +57,7 @@ def _foldable(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.NodePro
     graph_outputs = {o.name for o in graph.output}
     found = []
     for add in graph.node:
-        if add.op_type != "Add" or len(add.input) != 2:
+        if add.op_type != "Add" or len(add.input) != 2 or _kept(add, keep):
             continue
         convs = [producers.get(name) for name in add.input]
         for index, conv in enumerate(convs):
@@ -74,12 +82,12 @@ def has_bias_adds(model: onnx.ModelProto) -> bool:
     return bool(_foldable(model))
 
 
-def fold_bias_adds(model: onnx.ModelProto) -> list[str]:
+def fold_bias_adds(model: onnx.ModelProto, keep: frozenset[str] = frozenset()) -> list[str]:
     """Fold in place; returns the names of the Adds folded away."""
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
     folded, gone = [], set()
-    for conv, add, vector in _foldable(model):
+    for conv, add, vector in _foldable(model, keep):
         bias = np.zeros_like(vector)
         if len(conv.input) > 2 and conv.input[2]:
             bias = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
@@ -108,12 +116,16 @@ def _scalar(init: onnx.TensorProto | None) -> float | None:
     return float(value.reshape(-1)[0]) if value.size == 1 else None
 
 
-def _divisions(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, float]]:
+def _divisions(
+    model: onnx.ModelProto, keep: frozenset[str] = frozenset()
+) -> list[tuple[onnx.NodeProto, float]]:
     """(Div, reciprocal) for each division by a one-element float constant."""
     inits = {init.name: init for init in model.graph.initializer}
     found = []
     for node in model.graph.node:
         if node.op_type != "Div" or len(node.input) != 2 or node.input[0] in inits:
+            continue
+        if _kept(node, keep):
             continue
         divisor = _scalar(inits.get(node.input[1]))
         if divisor is None or divisor == 0.0:
@@ -124,13 +136,13 @@ def _divisions(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, float]]:
     return found
 
 
-def divisions_to_products(model: onnx.ModelProto) -> list[str]:
+def divisions_to_products(model: onnx.ModelProto, keep: frozenset[str] = frozenset()) -> list[str]:
     """``x / c`` by a constant scalar as ``x * (1/c)`` in place: ONNX Runtime has no integer
     Div, so a quantized division runs float between a DequantizeLinear and a QuantizeLinear,
     where a product by a constant fuses into a QLinearMul (the export stores ``1/c`` on a grid
     that holds it exactly). The result differs from the division by at most one float32 ulp."""
     changed = []
-    for node, reciprocal in _divisions(model):
+    for node, reciprocal in _divisions(model, keep):
         name = f"{node.name or node.output[0]}_reciprocal"
         model.graph.initializer.append(numpy_helper.from_array(np.float32(reciprocal), name))
         node.op_type = "Mul"
@@ -141,11 +153,13 @@ def divisions_to_products(model: onnx.ModelProto) -> list[str]:
     return changed
 
 
-def _hard_swishes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    return [node for node in model.graph.node if node.op_type == "HardSwish"]
+def _hard_swishes(
+    model: onnx.ModelProto, keep: frozenset[str] = frozenset()
+) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.op_type == "HardSwish" and not _kept(n, keep)]
 
 
-def decompose_hard_swishes(model: onnx.ModelProto) -> list[str]:
+def decompose_hard_swishes(model: onnx.ModelProto, keep: frozenset[str] = frozenset()) -> list[str]:
     """``HardSwish(x)`` as ``x * HardSigmoid(x, 1/6, 0.5)`` in place, the decomposition ONNX
     Runtime's CPU provider makes itself: it has no integer HardSwish, and a quantized one runs
     as a float HardSigmoid and a float Mul between a DequantizeLinear and a QuantizeLinear.
@@ -154,7 +168,7 @@ def decompose_hard_swishes(model: onnx.ModelProto) -> list[str]:
     nodes = []
     changed = []
     for node in model.graph.node:
-        if node.op_type != "HardSwish":
+        if node.op_type != "HardSwish" or _kept(node, keep):
             nodes.append(node)
             continue
         name = node.name or node.output[0]

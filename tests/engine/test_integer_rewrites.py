@@ -113,3 +113,15 @@ def test_every_rewritten_op_runs_as_an_integer_kernel(tmp_path):
     gap = result.report["metrics"]["simulation_vs_onnxruntime"]
     assert gap["sqnr_db"] > 35.0
     onnx.checker.check_model(result.quantized_model)
+
+
+def test_nodes_kept_float_stay_as_written():
+    """``--keep-float div`` / ``--keep-float HardSwish`` name nodes the rewrites leave alone."""
+    model = _model()
+    changed = rewrite_for_integer_kernels(
+        model, onnxruntime_cpu=True, keep=frozenset({"div", "HardSwish"})
+    )
+    assert changed == ["bias_add"]
+    ops = [node.op_type for node in model.graph.node]
+    assert "Div" in ops and "HardSwish" in ops
+    assert not needs_rewrite(model, onnxruntime_cpu=True, keep=frozenset({"div", "HardSwish"}))
