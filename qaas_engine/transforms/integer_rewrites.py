@@ -77,11 +77,6 @@ def _foldable(
     return found
 
 
-def has_bias_adds(model: onnx.ModelProto) -> bool:
-    """Whether :func:`fold_bias_adds` would change ``model``."""
-    return bool(_foldable(model))
-
-
 def fold_bias_adds(model: onnx.ModelProto, keep: frozenset[str] = frozenset()) -> list[str]:
     """Fold in place; returns the names of the Adds folded away."""
     graph = model.graph
@@ -185,14 +180,22 @@ def decompose_hard_swishes(model: onnx.ModelProto, keep: frozenset[str] = frozen
     return changed
 
 
-def needs_rewrite(model: onnx.ModelProto, *, onnxruntime_cpu: bool) -> bool:
+def needs_rewrite(
+    model: onnx.ModelProto, *, onnxruntime_cpu: bool, keep: frozenset[str] = frozenset()
+) -> bool:
     """Whether :func:`rewrite_for_integer_kernels` would change ``model``."""
-    return bool(_foldable(model) or _divisions(model) or (onnxruntime_cpu and _hard_swishes(model)))
+    return bool(
+        _foldable(model, keep)
+        or _divisions(model, keep)
+        or (onnxruntime_cpu and _hard_swishes(model, keep))
+    )
 
 
-def rewrite_for_integer_kernels(model: onnx.ModelProto, *, onnxruntime_cpu: bool) -> list[str]:
+def rewrite_for_integer_kernels(
+    model: onnx.ModelProto, *, onnxruntime_cpu: bool, keep: frozenset[str] = frozenset()
+) -> list[str]:
     """Every rewrite of this module, in place; the names of the nodes rewritten or removed.
     ``onnxruntime_cpu``: also what only ONNX Runtime's CPU provider wants (a target such as
-    Qualcomm HTP runs HardSwish as one op)."""
-    changed = fold_bias_adds(model) + divisions_to_products(model)
-    return changed + (decompose_hard_swishes(model) if onnxruntime_cpu else [])
+    Qualcomm HTP runs HardSwish as one op). ``keep``: node names and op types kept float."""
+    changed = fold_bias_adds(model, keep) + divisions_to_products(model, keep)
+    return changed + (decompose_hard_swishes(model, keep) if onnxruntime_cpu else [])
