@@ -180,6 +180,51 @@ def decompose_hard_swishes(model: onnx.ModelProto, keep: frozenset[str] = frozen
     return changed
 
 
+def _hard_sigmoids(
+    model: onnx.ModelProto, keep: frozenset[str] = frozenset()
+) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.op_type == "HardSigmoid" and not _kept(n, keep)]
+
+
+def decompose_hard_sigmoids(
+    model: onnx.ModelProto, keep: frozenset[str] = frozenset()
+) -> list[str]:
+    """``HardSigmoid(x)`` as ``Clip(x * alpha + beta, 0, 1)`` in place: ONNX Runtime has no
+    integer HardSigmoid (a quantized one runs float between a DequantizeLinear and a
+    QuantizeLinear); the product and the sum fuse into a QLinearMul and a QLinearAdd (their
+    constants stored exactly, :func:`qaas_engine.export.qdq.exact_scalar`) and the Clip folds
+    into the sum's QuantizeLinear."""
+    graph = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    nodes, changed = [], []
+    for node in graph.node:
+        if node.op_type != "HardSigmoid" or _kept(node, keep):
+            nodes.append(node)
+            continue
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        alpha, beta = float(attributes.get("alpha", 0.2)), float(attributes.get("beta", 0.5))
+        name = node.name or node.output[0]
+        constants = {"alpha": alpha, "beta": beta, "low": 0.0, "high": 1.0}
+        for key, value in constants.items():
+            graph.initializer.append(numpy_helper.from_array(np.float32(value), f"{name}_{key}"))
+        scaled, shifted = f"{name}_scaled", f"{name}_shifted"
+        clip_inputs = [shifted] + ([f"{name}_low", f"{name}_high"] if opset >= 11 else [])
+        clip_attributes = {} if opset >= 11 else {"min": 0.0, "max": 1.0}
+        nodes += [
+            onnx.helper.make_node("Mul", [node.input[0], f"{name}_alpha"], [scaled], name=scaled),
+            onnx.helper.make_node("Add", [scaled, f"{name}_beta"], [shifted], name=shifted),
+            onnx.helper.make_node(
+                "Clip", clip_inputs, list(node.output), name=name, **clip_attributes
+            ),
+        ]
+        changed.append(name)
+    if changed:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        prune_unused_initializers(model)
+    return changed
+
+
 def needs_rewrite(
     model: onnx.ModelProto, *, onnxruntime_cpu: bool, keep: frozenset[str] = frozenset()
 ) -> bool:
@@ -187,7 +232,7 @@ def needs_rewrite(
     return bool(
         _foldable(model, keep)
         or _divisions(model, keep)
-        or (onnxruntime_cpu and _hard_swishes(model, keep))
+        or (onnxruntime_cpu and (_hard_swishes(model, keep) or _hard_sigmoids(model, keep)))
     )
 
 
@@ -198,4 +243,6 @@ def rewrite_for_integer_kernels(
     ``onnxruntime_cpu``: also what only ONNX Runtime's CPU provider wants (a target such as
     Qualcomm HTP runs HardSwish as one op). ``keep``: node names and op types kept float."""
     changed = fold_bias_adds(model, keep) + divisions_to_products(model, keep)
-    return changed + (decompose_hard_swishes(model, keep) if onnxruntime_cpu else [])
+    if onnxruntime_cpu:  # HardSwish first: its gate is a HardSigmoid
+        changed += decompose_hard_swishes(model, keep) + decompose_hard_sigmoids(model, keep)
+    return changed

@@ -1,7 +1,8 @@
 """Float forms ONNX Runtime cannot fuse are rewritten before quantizers are placed: a Conv's bias
-written as a separate Add, a division by a constant, HardSwish. The rewritten model computes what
-the original does (to float rounding), the simulation computes what ORT computes from the export,
-and ORT's optimized graph runs every one of them as an integer kernel."""
+written as a separate Add, a division by a constant, HardSwish and HardSigmoid. The rewritten
+model computes what the original does (to float rounding), the simulation computes what ORT
+computes from the export, and ORT's optimized graph runs every one of them as an integer
+kernel."""
 
 from __future__ import annotations
 
@@ -61,16 +62,18 @@ def test_the_rewritten_model_computes_what_the_original_does():
     rewritten.CopyFrom(model)
     assert needs_rewrite(rewritten, onnxruntime_cpu=True)
     changed = rewrite_for_integer_kernels(rewritten, onnxruntime_cpu=True)
-    assert set(changed) == {"bias_add", "div", "hardswish"}
+    assert set(changed) == {"bias_add", "div", "hardswish", "hardswish_gate"}
     assert not needs_rewrite(rewritten, onnxruntime_cpu=True)
     onnx.checker.check_model(rewritten)
     ops = [node.op_type for node in rewritten.graph.node]
-    assert ops == ["Conv", "Relu", "Conv", "Mul", "HardSigmoid", "Mul", "Conv"]
+    # x / 6 as x * (1/6); hardswish as x * clip(x * alpha + beta, 0, 1)
+    assert ops == ["Conv", "Relu", "Conv", "Mul", "Mul", "Add", "Clip", "Mul", "Conv"]
     x = np.random.default_rng(1).standard_normal((2, 4, 8, 8)).astype(np.float32)
     np.testing.assert_allclose(_run(rewritten, x), _run(model, x), rtol=1e-5, atol=1e-5)
 
 
 def test_hardswish_stays_one_op_for_a_target_run_elsewhere():
+    """Qualcomm HTP runs HardSwish as one op: only ONNX Runtime's CPU provider wants it split."""
     model = _model()
     rewrite_for_integer_kernels(model, onnxruntime_cpu=False)
     ops = [node.op_type for node in model.graph.node]
@@ -90,8 +93,8 @@ def test_only_a_per_channel_constant_becomes_the_bias(constant, foldable):
     x = np.random.default_rng(2).standard_normal((1, 4, 8, 8)).astype(np.float32)
     before = _run(model, x) if constant != (8,) else None
     rewrite_for_integer_kernels(model, onnxruntime_cpu=True)
-    ops = [node.op_type for node in model.graph.node]
-    assert ("Add" not in ops) == foldable
+    names = [node.name for node in model.graph.node]
+    assert ("bias_add" not in names) == foldable
     if before is not None:
         np.testing.assert_allclose(_run(model, x), before, rtol=1e-5, atol=1e-5)
 
@@ -107,9 +110,11 @@ def test_every_rewritten_op_runs_as_an_integer_kernel(tmp_path):
     graph = result.report["metrics"]["runtime_graph"]
     kernels = graph["integer_kernels"]
     assert kernels.get("QLinearConv") == 3  # the biased-by-Add conv included
-    assert kernels.get("QLinearMul") == 2  # the division and the hardswish product
-    # left as conversions: the input's Q, the output's DQ, and the float HardSigmoid's DQ and Q
-    assert graph["quantize_linear"] == 2 and graph["dequantize_linear"] == 2
+    # the division, the gate's x * alpha and the hardswish product; the gate's + beta (its Clip
+    # folded into the QuantizeLinear)
+    assert kernels.get("QLinearMul") == 3 and kernels.get("QLinearAdd") == 1
+    # nothing float is left: the only conversions are the input's Q and the output's DQ
+    assert graph["quantize_linear"] == 1 and graph["dequantize_linear"] == 1
     gap = result.report["metrics"]["simulation_vs_onnxruntime"]
     assert gap["sqnr_db"] > 35.0
     onnx.checker.check_model(result.quantized_model)
@@ -121,7 +126,7 @@ def test_nodes_kept_float_stay_as_written():
     changed = rewrite_for_integer_kernels(
         model, onnxruntime_cpu=True, keep=frozenset({"div", "HardSwish"})
     )
-    assert changed == ["bias_add"]
+    assert changed == ["bias_add"]  # HardSwish kept whole: no HardSigmoid to split either
     ops = [node.op_type for node in model.graph.node]
     assert "Div" in ops and "HardSwish" in ops
     assert not needs_rewrite(model, onnxruntime_cpu=True, keep=frozenset({"div", "HardSwish"}))
