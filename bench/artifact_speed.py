@@ -15,13 +15,20 @@ Models: the bundled T1 example (digits, its calibration and evaluation files) an
 pages). The header prints the CPU's int8 dot-product flags: on a CPU without them the ``vnni``
 artifact may saturate (that is what ``:avx2`` is for).
 
-Run: ``python bench/artifact_speed.py [--real] [--rounds 7]``
+``--catalog NAMES`` (comma-separated, or ``all``) times the models of the real-model bench
+(``bench/real_models/catalog.py``) instead: float, qaas's default ``onnxruntime-cpu`` artifact
+(the case's own options) and ``quantize_static``'s, each scored by the case's task metric on
+held-out samples, with qaas's simulation-vs-ORT SQNR from its report. Batch 32 is measured
+where the case's batch axis is free.
+
+Run: ``python bench/artifact_speed.py [--real] [--catalog all] [--rounds 7] [--clock cpu]``
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -77,16 +84,27 @@ def _quantize(model: Path, calibration: Path, batch: int, out: Path) -> dict[str
     return made
 
 
+# ``--clock cpu``: the CPU time of the calling thread, which runs ORT's one intra-op thread
+# itself, so time spent descheduled on a loaded machine is not counted
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+CLOCK = ["wall"]
+
+
 def _latency(sessions: dict[str, ort.InferenceSession], feed: dict, rounds: int) -> dict:
-    """Median ms per model; the models take turns each round so load falls on all alike."""
-    for session in sessions.values():
-        session.run(None, feed)
+    """Median ms per model; the models take turns each round so load falls on all alike.
+
+    Each timed run follows an untimed run of the same model, as a deployment runs one model
+    over and over: timed straight after another model, a model starts with that model's
+    weights in the caches (on T1 the model timed after float measured 10% slower than the
+    same file timed third)."""
+    clock = CLOCKS[CLOCK[0]]
     times: dict[str, list[float]] = {name: [] for name in sessions}
     for _ in range(rounds):
         for name, session in sessions.items():
-            start = time.perf_counter()
             session.run(None, feed)
-            times[name].append((time.perf_counter() - start) * 1000)
+            start = clock()
+            session.run(None, feed)
+            times[name].append((clock() - start) * 1000)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -127,14 +145,103 @@ def bench(name: str, model: Path, calibration: Path, held_out: np.ndarray, batch
         print(f"  {label:22s} {cells[0]} {cells[1]:>20s}  {fidelity}")
 
 
+def _batched(feed: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """One sample's inputs repeated to ``size`` on the batch axis."""
+    return {name: np.repeat(value, size, axis=0) for name, value in feed.items()}
+
+
+def bench_case(case_name: str, samples: int, rounds: int, tmp: Path) -> None:
+    """float, qaas's default artifact and quantize_static's on one real-model bench case."""
+    from bench.real_models import tools
+    from bench.real_models.bench import write_npz
+    from bench.real_models.catalog import CASES, run_each
+
+    (case,) = [c for c in CASES if c.name == case_name]
+    folder = tmp / case.name
+    folder.mkdir(parents=True, exist_ok=True)
+    model = case.model()
+    calibration = (case.calibration_feeds or case.feeds)(samples, 0)
+    held_out = case.feeds(samples, 1)
+    stacked = write_npz(folder / "calibration-stacked.npz", calibration, batched=False)
+    batched = write_npz(folder / "calibration.npz", calibration, batched=case.batchable)
+    evaluation = write_npz(folder / "evaluation.npz", held_out, batched=case.batchable)
+    runs = [
+        tools.run_qaas(model, batched, evaluation, folder, strict=False, options=case.qaas_options),
+        tools.run_ort(model, stacked, folder),
+    ]
+    print(f"\n{case.name} ({case.metric})")
+    paths = {"float": model}
+    for run in runs:
+        label = "ORT quantize_static" if run.tool == "ORT" else "qaas"
+        if run.model is None:
+            print(f"  {label}: failed ({run.error})")
+        else:
+            paths[label] = run.model
+    sessions = {}
+    for label, path in paths.items():
+        try:
+            sessions[label] = _session(path)
+        except Exception as error:  # a model the tool wrote that ORT will not load
+            print(f"  {label}: ORT refuses it ({str(error).splitlines()[0][:160]})")
+    results = {}
+    for size in (1, 32) if case.batchable and case.run is None else (1,):
+        try:
+            results[size] = _latency(sessions, _batched(held_out[0], size), rounds)
+        except Exception as error:  # a model with a fixed batch axis
+            print(f"  batch {size}: not measured ({str(error).splitlines()[0][:120]})")
+    runner = case.run or run_each
+    reference = runner(sessions["float"], held_out)
+    print(f"  {'model':22s} {'batch 1 ms':>10s} {'vs float':>8s} {'batch 32 ms':>11s} "
+          f"{'vs float':>8s}  {'task':>6s}  sim vs ORT")  # fmt: skip
+    for label, session in sessions.items():
+        cells = []
+        for size in (1, 32):
+            if size in results:
+                ms = results[size][label]
+                cells.append(f"{ms:10.3f} {results[size]['float'] / ms:7.2f}x")
+            else:
+                cells.append(f"{'-':>10s} {'-':>8s}")
+        task = case.score(reference, runner(session, held_out))
+        gap = ""
+        if label == "qaas":
+            db = tools.sim_vs_ort_db(runs[0].report)
+            gap = "-" if db is None else f"{db:.1f} dB"
+        print(f"  {label:22s} {cells[0]} {cells[1]:>20s}  {task:6.3f}  {gap}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--real", action="store_true", help="PaddleOCR's networks too")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--catalog",
+        default="",
+        help="real-model bench cases instead of T1: comma-separated names, or 'all'",
+    )
+    parser.add_argument("--samples", type=int, default=32, help="--catalog: per data set")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="cpu: the ORT thread's CPU time (a loaded machine's waits left out)",
+    )
     args = parser.parse_args(argv)
+    CLOCK[0] = args.clock
+    # the qaas processes run this checkout's code, not whatever the venv's editable install names
+    paths = [str(ROOT), os.environ.get("PYTHONPATH", "")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(path for path in paths if path)
     flags = cpu_dot_product_flags()
-    print(f"ONNX Runtime {ort.__version__}, one thread; CPU int8 dot product: "
-          f"{', '.join(flags) or 'none (the vnni artifact may saturate here)'}")  # fmt: skip
+    print(f"ONNX Runtime {ort.__version__}, one thread, {args.clock} clock; CPU int8 dot product: "
+          f"{', '.join(flags) or 'none (the vnni artifact may saturate here)'}; load "
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs")  # fmt: skip
+    if args.catalog:
+        from bench.real_models.catalog import CASES
+
+        names = [c.name for c in CASES] if args.catalog == "all" else args.catalog.split(",")
+        with tempfile.TemporaryDirectory() as folder:
+            for name in names:
+                bench_case(name, args.samples, args.rounds, Path(folder))
+        return 0
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
         examples = ROOT / "examples"

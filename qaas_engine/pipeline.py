@@ -32,6 +32,7 @@ from qaas_engine.step_registry import STEPS, Data, Stage, learns, missing_data_m
 from qaas_engine.targets import KernelChoice, choose_kernels, target_rules
 from qaas_engine.transforms.bn_fold import fold_batchnorms
 from qaas_engine.transforms.cle import ChannelStats
+from qaas_engine.transforms.integer_rewrites import needs_rewrite, rewrite_for_integer_kernels
 from qaas_engine.version import __version__
 from qaas_engine.weights_apart import check_model_apart
 
@@ -68,17 +69,26 @@ def build_state(
     calibration: Dataset | None,
     progress: Progress | None,
 ) -> PipelineState:
-    """The model with BatchNorms folded (their statistics kept for data-free steps).
+    """The model with BatchNorms folded (their statistics kept for data-free steps), constant
+    Adds after a Conv folded into its bias and divisions by a constant made products
+    (:mod:`qaas_engine.transforms.integer_rewrites`: what ONNX Runtime's integer kernels take).
 
     A copy when anything will rewrite the graph (a BatchNorm to fold, a pipeline step); else the
     imported model itself, which the report reads as the float model: nothing after this point
     changes a model in place (export and the report's probes build their own), and a second
     copy of a large model would hold its whole size for the rest of the job."""
     model = imported.model
-    if spec.pipeline or any(node.op_type == "BatchNormalization" for node in model.graph.node):
+    onnxruntime_cpu = target_rules(spec.target).executed_here
+    keep = frozenset(spec.keep_float_nodes) | frozenset(spec.keep_float_ops)
+    if (
+        spec.pipeline
+        or any(node.op_type == "BatchNormalization" for node in model.graph.node)
+        or needs_rewrite(model, onnxruntime_cpu=onnxruntime_cpu, keep=keep)
+    ):
         model = onnx.ModelProto()
         model.CopyFrom(imported.model)
     folded = fold_batchnorms(model)
+    rewrite_for_integer_kernels(model, onnxruntime_cpu=onnxruntime_cpu, keep=keep)
     executor = LazyExecutor(model)  # torch only when a step runs the graph in it
     state = PipelineState(model, executor, spec, calibration, folded, progress or no_progress)
     state.channel_stats = {f.output: ChannelStats(f.beta, f.gamma) for f in folded}

@@ -121,3 +121,37 @@ def test_sixteen_bit_groups_with_a_large_bias_run_as_simulated(tmp_path):
     gap = result.report["metrics"]["simulation_vs_onnxruntime"]
     assert gap["sqnr_db"] > 60
     assert result.report["metrics"]["onnxruntime"]["sqnr_db"] > 60
+
+
+class SqueezeExcite(torch.nn.Module):
+    """MobileNetV3's block as torch exports it: conv -> hardswish, a squeeze-excite gate (global
+    pool, two convs, hardsigmoid) scaling it, a conv, and a division by a constant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.reduce = torch.nn.Conv2d(8, 4, 1)
+        self.expand = torch.nn.Conv2d(4, 8, 1)
+        self.out = torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.nn.functional.hardswish(self.conv(x))
+        squeezed = torch.nn.functional.adaptive_avg_pool2d(y, 1)
+        gate = torch.nn.functional.hardsigmoid(self.expand(torch.relu(self.reduce(squeezed))))
+        return self.out(y * gate) / 4.0
+
+
+def test_hardswish_squeeze_excite_and_division_run_as_integer_kernels(tmp_path):
+    """ORT has no integer HardSwish, HardSigmoid or Div: rewritten before quantization
+    (``qaas_engine.transforms.integer_rewrites``), nothing is left float between a DQ and a Q."""
+    torch.manual_seed(0)
+    float_model, result = _quantized_report(tmp_path, SqueezeExcite().eval())
+    ops = {node.op_type for node in float_model.graph.node}
+    assert {"HardSwish", "HardSigmoid", "Div"} <= ops
+    graph = result.report["metrics"]["runtime_graph"]
+    kernels = graph["integer_kernels"]
+    assert kernels.get("QLinearConv") == 4 and kernels.get("QLinearGlobalAveragePool") == 1
+    # x * alpha of both gates, the hardswish product, the excitation, the division
+    assert kernels.get("QLinearMul") == 5 and kernels.get("QLinearAdd") == 2
+    assert graph["quantize_linear"] == 1 and graph["dequantize_linear"] == 1
+    assert result.report["metrics"]["simulation_vs_onnxruntime"]["top1_agreement"] >= 0.999
