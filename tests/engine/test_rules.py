@@ -186,7 +186,8 @@ def _zero_probe_noise(sim, feeds):
         [(torch.randn(o.shape, generator=generator) * o).sum().float() for o in floats]
     ).sum()
     names, tensors = [*probes, *weights], [*probes.values(), *weights.values()]
-    for name, grad in zip(names, torch.autograd.grad(projection, tensors, allow_unused=True)):
+    grads = torch.autograd.grad(projection, tensors, allow_unused=True)
+    for name, grad in zip(names, grads, strict=True):
         if grad is not None:
             table = estimate.activations if name in probes else estimate.weights
             encodings = sim.activation_encodings if name in probes else sim.weight_encodings
