@@ -108,12 +108,6 @@ def run_child(
     return wall, usage.ru_maxrss / 1024  # Linux reports KiB
 
 
-def qaas_cli() -> str:
-    """The ``qaas`` script beside this interpreter (the project's venv), else the one on PATH."""
-    beside = Path(sys.executable).parent / "qaas"
-    return str(beside) if beside.exists() else (shutil.which("qaas") or "qaas")
-
-
 def compile_checkout(checkout: Path) -> None:
     """Byte-compile a checkout's own packages once, as pip does when it installs a package.
 
@@ -128,13 +122,12 @@ def compile_checkout(checkout: Path) -> None:
 def run_qaas(case: Case, out: Path, checkout: Path | None = None) -> Run:
     """``qaas quantize`` as a user runs it; its step times read back from ``report.json``.
 
-    ``checkout``: another checkout's code (``--baseline``), run by this interpreter with that
-    folder first on ``sys.path``, as its own ``qaas`` script would."""
-    cli = [qaas_cli()]
-    env = None
-    if checkout is not None:
-        cli = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())"]
-        env = {**os.environ, "PYTHONPATH": str(checkout)}
+    The code run is this checkout's (``checkout``: another one's, ``--baseline``): this
+    interpreter with that folder first on ``sys.path``, as its own ``qaas`` script would. The
+    ``qaas`` script on PATH would import whichever checkout the environment was installed from
+    (an editable install of main, from a helper's clone: main measured against itself)."""
+    cli = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())"]
+    env = {**os.environ, "PYTHONPATH": str(checkout if checkout is not None else ROOT)}
     command = [*cli, "quantize", str(case.qaas_model), "--calibration", str(case.calibration)]
     command += [*QAAS_ARGS, "--batch-size", str(case.batch_size), "-o", str(out), "--quiet"]
     wall, rss = run_child(command, out.parent / f"{out.name}.log", env)
