@@ -227,3 +227,71 @@ def test_noise_pricing_reads_computed_tensors_own_gradients_exactly(tmp_path, mo
     assert estimate.weights == expected.weights and estimate.weights
     # only what the graph did not compute from the weights gets a zero probe
     assert 0 < len(zeros) < len(estimate.activations)
+
+
+def _probe_both_ways(imported, calibration, spec, monkeypatch):
+    """The rules' probe read from calibration's pass, and run on its own, on the same sim."""
+    from qaas_engine import rules
+    from qaas_engine.pipeline import build_state, calibrate
+    from qaas_engine.quant.placement import place_quantizers
+    from qaas_engine.quant.sim import QuantSim
+    from qaas_engine.tapped import TappedModel
+
+    state = build_state(imported, spec, calibration, None)
+    sim = QuantSim(state.executor, place_quantizers(state.model), spec)
+    sim.compute_weight_encodings()
+    calibrate(state, sim)  # as build_sim does, before the rules
+    assert state.calibration_probe is not None
+    runs = []
+    real_run = TappedModel.run
+    monkeypatch.setattr(
+        TappedModel, "run", lambda self, feeds: runs.append(1) or real_run(self, feeds)
+    )
+    recorded = rules.probe(state, sim)
+    assert runs == []  # no float pass of its own
+    assert state.calibration_probe is None
+    own = rules.probe(state, sim)
+    assert runs  # nothing recorded left: it ran the float model
+    return recorded, own
+
+
+def _same_probe(recorded, own):
+    assert recorded.samples == own.samples
+    assert len(recorded.references) == len(own.references)
+    for mine, theirs in zip(recorded.references, own.references, strict=True):
+        for a, b in zip(mine, theirs, strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert recorded.stats.keys() == own.stats.keys() and recorded.stats
+    for name, stats in own.stats.items():
+        mine = recorded.stats[name]
+        assert sum(v.size for v in mine.values) == sum(v.size for v in stats.values)
+        np.testing.assert_array_equal(np.concatenate(mine.values), np.concatenate(stats.values))
+
+
+def test_the_probe_reads_the_samples_calibration_ran_instead_of_running_them_again(
+    tiny_imported, monkeypatch
+):
+    """The rules' probe (float outputs and attention statistics of the first 8 calibration
+    samples) is recorded while calibration runs those samples: batched data (a calibration
+    batch of 32 holds the 8), the same figures as a pass of its own."""
+    imported, calibration, _ = tiny_imported
+    assert not calibration.one_at_a_time and calibration.num_samples > 8
+    _same_probe(*_probe_both_ways(imported, calibration, QuantSpec(), monkeypatch))
+
+
+def test_the_probe_reads_samples_calibration_ran_one_at_a_time(tmp_path, monkeypatch):
+    imported, calibration = _outlier_channel(tmp_path)
+    one = _one_at_a_time(calibration)
+    _same_probe(*_probe_both_ways(imported, one, QuantSpec(), monkeypatch))
+
+
+def _one_at_a_time(calibration):
+    from qaas_engine.data import Dataset
+
+    return Dataset(
+        dict(calibration.arrays),
+        dict(calibration.stacked),
+        calibration.labels,
+        calibration.num_samples,
+        one_at_a_time=True,
+    )
