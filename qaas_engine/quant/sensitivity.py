@@ -117,7 +117,8 @@ def estimate_noise(sim: QuantSim, feeds: Mapping[str, Any], seed: int = 0) -> No
 
 def _noise_power(encoding: Encoding, grad: Any) -> float:
     """s²/12 times the squared gradient, channel by channel for a per-channel grid."""
-    squared = grad.detach().double() ** 2
+    squared = grad.detach().double()
+    squared.mul_(squared)  # in place: one float64 copy per gradient, not two (same values)
     scale = np.asarray(encoding.scale, dtype=np.float64)
     if encoding.scheme.per_channel and scale.size > 1:
         axis = encoding.scheme.axis
