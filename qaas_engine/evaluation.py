@@ -189,17 +189,22 @@ def evaluate(
     done = 0
     torch_check: dict[str, Any] | None = None
     step = state.spec.batch_size
-    if digest is not None and runs is not None and runs.outputs and not data.one_at_a_time:
-        # batches as the rules cut them, so their runs of this graph match batch for batch
-        # (the meters sum over samples: how they are batched changes no figure)
+    if runs is not None and runs.batches and not data.one_at_a_time:
+        # batches as the rules cut them, so their runs (float, and of this graph) match batch
+        # for batch (the meters sum over samples: how they are batched changes no figure)
         step = batch_size(runs.batches[0])
+    from_rules = 0  # float outputs of all graph outputs, as the rules' probe kept them
     for index, (feeds, labels) in enumerate(data.batches(step, max_samples)):
         kept_output = _kept_output(kept, index, done, feeds, data.one_at_a_time)
-        if kept_output is None:
-            references = [np.asarray(value, dtype=np.float32) for value in float_run(feeds)]
-        else:
+        probed = runs.reference(index, feeds) if runs is not None else None
+        if kept_output is not None:
             references = [kept_output]
             reused += 1
+        elif probed is not None and len(probed) == len(outputs):
+            references = [np.asarray(value, dtype=np.float32) for value in probed]
+            from_rules += 1
+        else:
+            references = [np.asarray(value, dtype=np.float32) for value in float_run(feeds)]
         ran, known = simulate(index, feeds)
         reused_simulation += known
         simulated = [np.asarray(v, dtype=np.float32) for v in ran]
@@ -222,7 +227,8 @@ def evaluate(
         "samples": {"measured": done, "available": data.num_samples},
         "engines": {
             "float": (built[0][1] if built else "onnxruntime")
-            + (f", {reused} batches kept from calibration" if reused else ""),
+            + (f", {reused} batches kept from calibration" if reused else "")
+            + (f", {from_rules} batches kept from the rules' probe" if from_rules else ""),
             "simulated": "onnxruntime, graph optimizer off"
             + (
                 f", {reused_simulation} batches kept from the rules' run of this graph"

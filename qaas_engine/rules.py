@@ -242,7 +242,8 @@ class CalibrationProbe:
             ]
         stats = {name: self.stats[name] for name in taps}
         measured = len(batches) if self.one_at_a_time else sum(batch_size(b) for b in batches)
-        return Probe(batches, references, measured, stats, SimulatedRuns(batches))
+        runs = SimulatedRuns(batches, references=references)
+        return Probe(batches, references, measured, stats, runs)
 
 
 def probe(state: PipelineState, sim: QuantSim | None = None) -> Probe | None:
@@ -279,7 +280,7 @@ def probe(state: PipelineState, sim: QuantSim | None = None) -> Probe | None:
             if len(chunks) == 1
             else [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
         )
-    return Probe(batches, references, samples, stats, SimulatedRuns(batches))
+    return Probe(batches, references, samples, stats, SimulatedRuns(batches, references=references))
 
 
 @dataclass

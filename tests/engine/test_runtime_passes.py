@@ -306,6 +306,7 @@ def test_evaluation_batches_as_the_rules_did_to_reuse_their_run(tiny_imported, m
     assert "batches kept from calibration" in reused["engines"]["float"]
 
     monkeypatch.setattr(SimulatedRuns, "lookup", lambda *args: None)
+    monkeypatch.setattr(SimulatedRuns, "reference", lambda *args: None)
     monkeypatch.setattr(evaluation, "_kept_output", lambda *args: None)
     again = quantize(imported, spec, calibration=calibration).report["metrics"]
     assert again["engines"]["simulated"] == "onnxruntime, graph optimizer off"
@@ -342,6 +343,7 @@ def test_a_bounded_check_reads_the_float_outputs_calibration_computed(tiny_impor
     batch: their float outputs were computed while calibrating, not run again."""
     from qaas_engine import evaluation
     from qaas_engine import spec as spec_module
+    from qaas_engine.simulated_runs import SimulatedRuns
 
     imported, calibration, _ = tiny_imported
     spec = QuantSpec(batch_size=32)
@@ -353,6 +355,7 @@ def test_a_bounded_check_reads_the_float_outputs_calibration_computed(tiny_impor
     assert kept["engines"]["float"] == "onnxruntime, 2 batches kept from calibration"
 
     monkeypatch.setattr(evaluation, "_kept_output", lambda *args: None)
+    monkeypatch.setattr(SimulatedRuns, "reference", lambda *args: None)  # nor the probe's
     again = quantize(imported, spec, calibration=calibration).report["metrics"]
     assert again["engines"]["float"] == "onnxruntime"
     for key in ("simulated", "onnxruntime"):  # the same samples' float outputs, either way
