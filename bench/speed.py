@@ -88,6 +88,7 @@ class Run:
 
     wall: float
     rss_mib: float
+    cpu: float = 0.0  # user + system seconds of the child and its threads (wait4)
     steps: dict[str, float] = field(default_factory=dict)  # qaas report.json steps
     inner: float | None = None  # ORT: seconds inside quant_pre_process + quantize_static
 
@@ -95,7 +96,8 @@ class Run:
 def run_child(
     command: list[str], log: Path, env: dict[str, str] | None = None
 ) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of ``command`` run to completion as a fresh process."""
+    """Wall seconds and peak RSS (MiB) of ``command`` run to completion as a fresh process;
+    its CPU seconds (user + system) are left in ``LAST_CPU``."""
     start = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
@@ -105,7 +107,13 @@ def run_child(
     if proc.returncode:
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
         raise RuntimeError(f"{Path(command[0]).name} exited {proc.returncode}:\n{tail}")
+    LAST_CPU[0] = usage.ru_utime + usage.ru_stime
     return wall, usage.ru_maxrss / 1024  # Linux reports KiB
+
+
+# CPU seconds of the last child run_child waited for: on a machine other work shares, CPU time
+# moves less with the load than wall time does (both tools run every core's threads)
+LAST_CPU = [0.0]
 
 
 def compile_checkout(checkout: Path) -> None:
@@ -134,7 +142,7 @@ def run_qaas(case: Case, out: Path, checkout: Path | None = None) -> Run:
     steps: dict[str, float] = {}
     for step in json.loads((out / "report.json").read_text())["steps"]:
         steps[step["name"]] = steps.get(step["name"], 0.0) + step["seconds"]
-    return Run(wall, rss, steps=steps)
+    return Run(wall, rss, cpu=LAST_CPU[0], steps=steps)
 
 
 def run_ort(case: Case, out: Path, with_torch: bool) -> Run:
@@ -152,7 +160,7 @@ def run_ort(case: Case, out: Path, with_torch: bool) -> Run:
     log = out.parent / f"{out.name}.log"
     wall, rss = run_child(command, log)
     inner = json.loads(log.read_text().strip().splitlines()[-1])["seconds"]
-    return Run(wall, rss, inner=inner)
+    return Run(wall, rss, cpu=LAST_CPU[0], inner=inner)
 
 
 def measure(
@@ -181,7 +189,7 @@ def measure(
             results.append(result)
             print(
                 f"  {case.name} run {i + 1} {label}: {result.wall:.2f} s, "
-                f"peak {result.rss_mib:.0f} MiB",
+                f"CPU {result.cpu:.2f} s, peak {result.rss_mib:.0f} MiB",
                 flush=True,
             )
     return ours, theirs, before
@@ -338,11 +346,18 @@ def report(
             continue
         ort_s = median([r.wall for r in theirs])
         base_s, qaas_s = median([r.wall for r in before]), median([r.wall for r in ours])
-        rows.append([case.name, base_s, qaas_s, ort_s, ratio(base_s, ort_s), ratio(qaas_s, ort_s)])
+        base_cpu, qaas_cpu = median([r.cpu for r in before]), median([r.cpu for r in ours])
+        ort_cpu = median([r.cpu for r in theirs])
+        rows.append(
+            [case.name, base_s, qaas_s, ort_s, ratio(base_s, ort_s), ratio(qaas_s, ort_s)]
+            + [base_cpu, qaas_cpu, ort_cpu, ratio(base_cpu, ort_cpu), ratio(qaas_cpu, ort_cpu)]
+        )
     if rows:
         print_table(
-            "Before/after in the same run (--baseline checkout), whole process, medians",
-            ["model", "base s", "qaas s", "ORT s", "base/ORT", "qaas/ORT"],
+            "Before/after in the same run (--baseline checkout), whole process, medians "
+            "(wall, then CPU seconds: user + system)",
+            ["model", "base s", "qaas s", "ORT s", "base/ORT", "qaas/ORT"]
+            + ["base CPU", "qaas CPU", "ORT CPU", "base/ORT", "qaas/ORT"],
             rows,
         )
 

@@ -35,3 +35,11 @@ def test_qaas_runs_this_checkouts_code_and_the_baseline_its_own(tmp_path, monkey
     assert base_env["PYTHONPATH"] == str(tmp_path / "main")
     assert ours.steps == {"calibration": 1.0, "rules": 2.0} and ours.wall == 3.5
     assert base.steps == ours.steps
+
+
+def test_a_childs_cpu_seconds_are_read_with_its_peak_memory(tmp_path) -> None:
+    """CPU seconds (user + system, from wait4) sit beside wall time: on a shared machine they
+    move less with other work's load."""
+    speed.LAST_CPU[0] = -1.0
+    wall, rss = speed.run_child([sys.executable, "-c", "sum(range(10**6))"], tmp_path / "log")
+    assert speed.LAST_CPU[0] > 0.0 and wall > 0.0 and rss > 0.0
