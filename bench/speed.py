@@ -94,13 +94,13 @@ class Run:
 
 
 def run_child(
-    command: list[str], log: Path, env: dict[str, str] | None = None
+    command: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = ROOT
 ) -> tuple[float, float]:
     """Wall seconds and peak RSS (MiB) of ``command`` run to completion as a fresh process;
     its CPU seconds (user + system) are left in ``LAST_CPU``."""
     start = time.perf_counter()
     with log.open("w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -133,12 +133,15 @@ def run_qaas(case: Case, out: Path, checkout: Path | None = None) -> Run:
     The code run is this checkout's (``checkout``: another one's, ``--baseline``): this
     interpreter with that folder first on ``sys.path``, as its own ``qaas`` script would. The
     ``qaas`` script on PATH would import whichever checkout the environment was installed from
-    (an editable install of main, from a helper's clone: main measured against itself)."""
+    (an editable install of main, from a helper's clone: main measured against itself). The
+    child runs in that folder too: ``python -c`` puts its working folder first on ``sys.path``,
+    ahead of ``PYTHONPATH``, so from this checkout's folder the baseline ran this code."""
+    code = checkout if checkout is not None else ROOT
     cli = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())"]
-    env = {**os.environ, "PYTHONPATH": str(checkout if checkout is not None else ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(code)}
     command = [*cli, "quantize", str(case.qaas_model), "--calibration", str(case.calibration)]
     command += [*QAAS_ARGS, "--batch-size", str(case.batch_size), "-o", str(out), "--quiet"]
-    wall, rss = run_child(command, out.parent / f"{out.name}.log", env)
+    wall, rss = run_child(command, out.parent / f"{out.name}.log", env, cwd=code)
     steps: dict[str, float] = {}
     for step in json.loads((out / "report.json").read_text())["steps"]:
         steps[step["name"]] = steps.get(step["name"], 0.0) + step["seconds"]

@@ -13,8 +13,8 @@ from bench import speed
 def test_qaas_runs_this_checkouts_code_and_the_baseline_its_own(tmp_path, monkeypatch) -> None:
     calls: list[tuple[list[str], dict[str, str] | None]] = []
 
-    def fake_child(command, log, env=None):
-        calls.append((command, env))
+    def fake_child(command, log, env=None, cwd=speed.ROOT):
+        calls.append((command, env, cwd))
         out = Path(command[command.index("-o") + 1])
         out.mkdir(parents=True, exist_ok=True)
         steps = [{"name": "calibration", "seconds": 1.0}, {"name": "rules", "seconds": 2.0}]
@@ -26,13 +26,15 @@ def test_qaas_runs_this_checkouts_code_and_the_baseline_its_own(tmp_path, monkey
     ours = speed.run_qaas(case, tmp_path / "ours")
     base = speed.run_qaas(case, tmp_path / "base", tmp_path / "main")
 
-    (command, env), (base_command, base_env) = calls
+    (command, env, cwd), (base_command, base_env, base_cwd) = calls
     # an interpreter with the checkout first on sys.path, not the installed script (an
     # editable install of main would have measured main against itself)
     assert command[0] == sys.executable and env is not None
     assert env["PYTHONPATH"] == str(speed.ROOT)
     assert base_command[0] == sys.executable and base_env is not None
     assert base_env["PYTHONPATH"] == str(tmp_path / "main")
+    # run in the checkout's folder: `python -c` puts the working folder ahead of PYTHONPATH
+    assert cwd == speed.ROOT and base_cwd == tmp_path / "main"
     assert ours.steps == {"calibration": 1.0, "rules": 2.0} and ours.wall == 3.5
     assert base.steps == ours.steps
 
