@@ -88,30 +88,32 @@ class Run:
 
     wall: float
     rss_mib: float
+    cpu: float = 0.0  # user + system seconds of the child and its threads (wait4)
     steps: dict[str, float] = field(default_factory=dict)  # qaas report.json steps
     inner: float | None = None  # ORT: seconds inside quant_pre_process + quantize_static
 
 
 def run_child(
-    command: list[str], log: Path, env: dict[str, str] | None = None
+    command: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = ROOT
 ) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of ``command`` run to completion as a fresh process."""
+    """Wall seconds and peak RSS (MiB) of ``command`` run to completion as a fresh process;
+    its CPU seconds (user + system) are left in ``LAST_CPU``."""
     start = time.perf_counter()
     with log.open("w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
         raise RuntimeError(f"{Path(command[0]).name} exited {proc.returncode}:\n{tail}")
+    LAST_CPU[0] = usage.ru_utime + usage.ru_stime
     return wall, usage.ru_maxrss / 1024  # Linux reports KiB
 
 
-def qaas_cli() -> str:
-    """The ``qaas`` script beside this interpreter (the project's venv), else the one on PATH."""
-    beside = Path(sys.executable).parent / "qaas"
-    return str(beside) if beside.exists() else (shutil.which("qaas") or "qaas")
+# CPU seconds of the last child run_child waited for: on a machine other work shares, CPU time
+# moves less with the load than wall time does (both tools run every core's threads)
+LAST_CPU = [0.0]
 
 
 def compile_checkout(checkout: Path) -> None:
@@ -128,20 +130,22 @@ def compile_checkout(checkout: Path) -> None:
 def run_qaas(case: Case, out: Path, checkout: Path | None = None) -> Run:
     """``qaas quantize`` as a user runs it; its step times read back from ``report.json``.
 
-    ``checkout``: another checkout's code (``--baseline``), run by this interpreter with that
-    folder first on ``sys.path``, as its own ``qaas`` script would."""
-    cli = [qaas_cli()]
-    env = None
-    if checkout is not None:
-        cli = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())"]
-        env = {**os.environ, "PYTHONPATH": str(checkout)}
+    The code run is this checkout's (``checkout``: another one's, ``--baseline``): this
+    interpreter with that folder first on ``sys.path``, as its own ``qaas`` script would. The
+    ``qaas`` script on PATH would import whichever checkout the environment was installed from
+    (an editable install of main, from a helper's clone: main measured against itself). The
+    child runs in that folder too: ``python -c`` puts its working folder first on ``sys.path``,
+    ahead of ``PYTHONPATH``, so from this checkout's folder the baseline ran this code."""
+    code = checkout if checkout is not None else ROOT
+    cli = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())"]
+    env = {**os.environ, "PYTHONPATH": str(code)}
     command = [*cli, "quantize", str(case.qaas_model), "--calibration", str(case.calibration)]
     command += [*QAAS_ARGS, "--batch-size", str(case.batch_size), "-o", str(out), "--quiet"]
-    wall, rss = run_child(command, out.parent / f"{out.name}.log", env)
+    wall, rss = run_child(command, out.parent / f"{out.name}.log", env, cwd=code)
     steps: dict[str, float] = {}
     for step in json.loads((out / "report.json").read_text())["steps"]:
         steps[step["name"]] = steps.get(step["name"], 0.0) + step["seconds"]
-    return Run(wall, rss, steps=steps)
+    return Run(wall, rss, cpu=LAST_CPU[0], steps=steps)
 
 
 def run_ort(case: Case, out: Path, with_torch: bool) -> Run:
@@ -159,7 +163,7 @@ def run_ort(case: Case, out: Path, with_torch: bool) -> Run:
     log = out.parent / f"{out.name}.log"
     wall, rss = run_child(command, log)
     inner = json.loads(log.read_text().strip().splitlines()[-1])["seconds"]
-    return Run(wall, rss, inner=inner)
+    return Run(wall, rss, cpu=LAST_CPU[0], inner=inner)
 
 
 def measure(
@@ -188,7 +192,7 @@ def measure(
             results.append(result)
             print(
                 f"  {case.name} run {i + 1} {label}: {result.wall:.2f} s, "
-                f"peak {result.rss_mib:.0f} MiB",
+                f"CPU {result.cpu:.2f} s, peak {result.rss_mib:.0f} MiB",
                 flush=True,
             )
     return ours, theirs, before
@@ -345,11 +349,18 @@ def report(
             continue
         ort_s = median([r.wall for r in theirs])
         base_s, qaas_s = median([r.wall for r in before]), median([r.wall for r in ours])
-        rows.append([case.name, base_s, qaas_s, ort_s, ratio(base_s, ort_s), ratio(qaas_s, ort_s)])
+        base_cpu, qaas_cpu = median([r.cpu for r in before]), median([r.cpu for r in ours])
+        ort_cpu = median([r.cpu for r in theirs])
+        rows.append(
+            [case.name, base_s, qaas_s, ort_s, ratio(base_s, ort_s), ratio(qaas_s, ort_s)]
+            + [base_cpu, qaas_cpu, ort_cpu, ratio(base_cpu, ort_cpu), ratio(qaas_cpu, ort_cpu)]
+        )
     if rows:
         print_table(
-            "Before/after in the same run (--baseline checkout), whole process, medians",
-            ["model", "base s", "qaas s", "ORT s", "base/ORT", "qaas/ORT"],
+            "Before/after in the same run (--baseline checkout), whole process, medians "
+            "(wall, then CPU seconds: user + system)",
+            ["model", "base s", "qaas s", "ORT s", "base/ORT", "qaas/ORT"]
+            + ["base CPU", "qaas CPU", "ORT CPU", "base/ORT", "qaas/ORT"],
             rows,
         )
 

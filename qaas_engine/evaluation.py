@@ -255,13 +255,23 @@ def evaluate(
     total = data.num_samples if max_samples is None else min(max_samples, data.num_samples)
     done = 0
     torch_check: dict[str, Any] | None = None
-    for index, (feeds, labels) in enumerate(data.batches(state.spec.batch_size, max_samples)):
-        kept_output = _kept_output(kept, index, feeds, data.one_at_a_time)
-        if kept_output is None:
-            references = [np.asarray(value, dtype=np.float32) for value in float_run(feeds)]
-        else:
+    step = state.spec.batch_size
+    if runs is not None and runs.batches and not data.one_at_a_time:
+        # batches as the rules cut them, so their runs (float, and of this graph) match batch
+        # for batch (the meters sum over samples: how they are batched changes no figure)
+        step = batch_size(runs.batches[0])
+    from_rules = 0  # float outputs of all graph outputs, as the rules' probe kept them
+    for index, (feeds, labels) in enumerate(data.batches(step, max_samples)):
+        kept_output = _kept_output(kept, index, done, feeds, data.one_at_a_time)
+        probed = runs.reference(index, feeds) if runs is not None else None
+        if kept_output is not None:
             references = [kept_output]
             reused += 1
+        elif probed is not None and len(probed) == len(outputs):
+            references = [np.asarray(value, dtype=np.float32) for value in probed]
+            from_rules += 1
+        else:
+            references = [np.asarray(value, dtype=np.float32) for value in float_run(feeds)]
         ran, known = simulate(index, feeds)
         reused_simulation += known
         simulated = [np.asarray(v, dtype=np.float32) for v in ran]
@@ -284,7 +294,8 @@ def evaluate(
         "samples": {"measured": done, "available": data.num_samples},
         "engines": {
             "float": (built[0][1] if built else "onnxruntime")
-            + (f", {reused} batches kept from calibration" if reused else ""),
+            + (f", {reused} batches kept from calibration" if reused else "")
+            + (f", {from_rules} batches kept from the rules' probe" if from_rules else ""),
             "simulated": "onnxruntime, graph optimizer off"
             + _emulation_note(simulation)
             + (
@@ -339,20 +350,36 @@ def _output_metrics(meters: dict[str, FidelityMeter]) -> dict[str, Any]:
 
 
 def _kept_output(
-    kept: list[np.ndarray] | None, index: int, feeds: dict[str, np.ndarray], one_at_a_time: bool
+    kept: list[np.ndarray] | None,
+    index: int,
+    start: int,
+    feeds: dict[str, np.ndarray],
+    one_at_a_time: bool,
 ) -> np.ndarray | None:
-    """Calibration's float output for this batch, when it covered the same samples: batch
-    ``index`` of both passes starts at the same sample, so a shorter evaluation batch (the last
-    one of a bounded check) is the first rows of calibration's."""
-    if kept is None or index >= len(kept):
+    """Calibration's float output for this batch (batch ``index``, from sample ``start``),
+    when calibration covered the same samples: one sample per batch in both passes, or the
+    rows ``start`` on of calibration's batches, however each pass cut its batches."""
+    if kept is None:
         return None
-    output = kept[index]
-    if not one_at_a_time:
-        first = next(iter(feeds.values()))
-        if output.ndim == 0 or first.ndim == 0 or output.shape[0] < first.shape[0]:
-            return None  # a last, partial calibration batch shorter than this one
-        output = output[: first.shape[0]]
-    return np.asarray(output, dtype=np.float32)
+    if one_at_a_time:
+        return np.asarray(kept[index], dtype=np.float32) if index < len(kept) else None
+    first = next(iter(feeds.values()))
+    if first.ndim == 0:
+        return None
+    stop, offset, rows = start + first.shape[0], 0, []
+    for output in kept:
+        if output.ndim == 0:
+            return None
+        low, high = max(start, offset), min(stop, offset + output.shape[0])
+        if low < high:
+            rows.append(output[low - offset : high - offset])
+        offset += output.shape[0]
+        if offset >= stop:
+            break
+    if offset < stop:
+        return None  # calibration kept fewer samples than this batch reaches
+    joined = rows[0] if len(rows) == 1 else np.concatenate(rows)
+    return np.asarray(joined, dtype=np.float32)
 
 
 def _float_runner(

@@ -25,7 +25,7 @@ from qaas_engine.latency_objective import keep_float_where_faster, ort_measure
 from qaas_engine.quant.moments import propagate
 from qaas_engine.quant.placement import place_quantizers
 from qaas_engine.quant.sim import QuantSim
-from qaas_engine.rules import apply_rules
+from qaas_engine.rules import CalibrationProbe, apply_rules
 from qaas_engine.spec import QuantSpec
 from qaas_engine.state import PipelineState, Progress, Timer, no_progress
 from qaas_engine.step_registry import STEPS, Data, Stage, learns, missing_data_message
@@ -155,13 +155,21 @@ def calibrate(state: PipelineState, sim: QuantSim) -> None:
     if data is None:
         raise RuntimeError("calibrate needs calibration data")
     in_torch = learns(state.spec.pipeline)
+    spec = state.spec
+    # the rules' probe reads the first samples as this pass runs them (rules.CalibrationProbe)
+    recorder = None
+    if not (in_torch or spec.strict_bits) and target_rules(spec.target).executed_here:
+        recorder = CalibrationProbe(state, sim.placement.activations)
     summary = sim.calibrate(
         state.calibration_arrays,
         state.progress,
         float_model=None if in_torch else state.model,
         batched=not data.one_at_a_time,
+        on_values=recorder,
     )
     state.calibration_outputs = summary.float_outputs
+    if sim.engines.get("calibration") == "onnxruntime":
+        state.calibration_probe = recorder  # a torch fallback recorded a failed pass's part
     if in_torch:
         sim.engines["calibration"] = "torch (a learning step trains the torch simulation)"
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,7 @@ from qaas_engine.sessions import session
 from qaas_engine.simulated_runs import SimulatedRuns, graph_digest
 from qaas_engine.step_registry import learns
 from qaas_engine.tapped import TappedModel, samples
+from qaas_engine.targets import target_rules
 from qaas_engine.tensors import batch_size
 
 if TYPE_CHECKING:
@@ -142,8 +144,15 @@ def measured_sqnr_db(
 ) -> float:
     """The exported graph's output SQNR against the float ``references`` over ``batches`` (the
     worst output), run in ONNX Runtime with its optimizer off: exactly what the simulation
-    computes. ``record`` keeps the outputs, for the evaluation to reuse on the same graph."""
-    qdq = export_qdq(model, sim, unsigned_weights=False)
+    computes. ``record`` keeps the outputs, for the evaluation to reuse on the same graph:
+    exported as the pipeline exports it for a target run here (scalar operands on their exact
+    one-step grids, which dequantize to the very same values), so the bytes can match."""
+    qdq = export_qdq(
+        model,
+        sim,
+        unsigned_weights=False,
+        quantize_scalar_operands=target_rules(sim.spec.target).executed_here,
+    )
     names = [value.name for value in model.graph.output]
     runtime = session(qdq, optimized=False)
     signal = np.zeros(len(names))
@@ -184,9 +193,63 @@ class Probe:
         return measured_sqnr_db(model, sim, self.batches, self.references, self.simulated)
 
 
+class CalibrationProbe:
+    """What the probe reads of the first ``MEASURED_SAMPLES`` calibration samples, recorded
+    while calibration runs them (``QuantSim.calibrate``'s ``on_values``): their float outputs
+    and the attention statistics of every quantized activation, so the rules run the float
+    model over those samples no second time (on a large detector, a quarter of calibration)."""
+
+    def __init__(self, state: PipelineState, taps: Iterable[str]) -> None:
+        data = state.calibration
+        total = 0 if data is None else min(MEASURED_SAMPLES, data.num_samples)
+        if data is not None and state.spec.max_calibration_samples is not None:
+            total = min(total, state.spec.max_calibration_samples)
+        self.wanted = total
+        self.one_at_a_time = data is not None and data.one_at_a_time
+        self.output_names = [value.name for value in state.model.graph.output]
+        widths = attention.feature_widths(state.model)
+        self.stats = {name: attention.TensorStats(widths) for name in sorted(taps)}
+        self.rng = np.random.default_rng(state.spec.seed)
+        self.chunks: list[list[np.ndarray]] = []  # each chunk's graph outputs
+        self.seen = 0
+
+    def __call__(self, values: dict[str, np.ndarray], count: int) -> None:
+        if self.seen >= self.wanted:
+            return
+        take = count if self.one_at_a_time else min(count, self.wanted - self.seen)
+        if take < count:
+            values = samples(values, 0, take)
+        self.chunks.append([np.asarray(values[name]) for name in self.output_names])
+        attention.observe_all(self.stats, values, self.rng)
+        self.seen += 1 if self.one_at_a_time else take
+
+    def probe(self, batches: list[dict[str, Any]], taps: list[str]) -> Probe | None:
+        """The probe over ``batches`` (the first samples, as ``probe`` cuts them), where every
+        one of ``taps`` was recorded; None otherwise (the probe then runs its own pass)."""
+        if self.seen != self.wanted or self.wanted == 0 or not set(taps) <= set(self.stats):
+            return None
+        if self.one_at_a_time:
+            if len(self.chunks) != len(batches):
+                return None
+            references = self.chunks
+        else:
+            if len(batches) != 1:
+                return None
+            references = [
+                [np.concatenate(parts) for parts in zip(*self.chunks, strict=True)]
+                if len(self.chunks) > 1
+                else self.chunks[0]
+            ]
+        stats = {name: self.stats[name] for name in taps}
+        measured = len(batches) if self.one_at_a_time else sum(batch_size(b) for b in batches)
+        runs = SimulatedRuns(batches, references=references)
+        return Probe(batches, references, measured, stats, runs)
+
+
 def probe(state: PipelineState, sim: QuantSim | None = None) -> Probe | None:
     """One float pass over the first ``MEASURED_SAMPLES`` calibration samples; with ``sim``,
-    its quantized activations are tapped on the way (``Probe.stats``)."""
+    its quantized activations are tapped on the way (``Probe.stats``). Where calibration
+    recorded those samples (``CalibrationProbe``), no pass runs."""
     data = state.calibration
     if data is None:
         return None
@@ -196,6 +259,12 @@ def probe(state: PipelineState, sim: QuantSim | None = None) -> Probe | None:
     ]
     samples = len(batches) if data.one_at_a_time else sum(batch_size(b) for b in batches)
     taps = sorted(sim.activation_encodings) if sim is not None else []
+    recorded = state.calibration_probe
+    if recorded is not None:
+        state.calibration_probe = None  # read once: the grids change after
+        kept = recorded.probe(batches, taps)
+        if kept is not None:
+            return kept
     runner = TappedModel(state.model, taps, batched=not data.one_at_a_time)
     widths = attention.feature_widths(state.model)
     stats = {name: attention.TensorStats(widths) for name in taps}
@@ -211,7 +280,7 @@ def probe(state: PipelineState, sim: QuantSim | None = None) -> Probe | None:
             if len(chunks) == 1
             else [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
         )
-    return Probe(batches, references, samples, stats, SimulatedRuns(batches))
+    return Probe(batches, references, samples, stats, SimulatedRuns(batches, references=references))
 
 
 @dataclass

@@ -39,6 +39,9 @@ class SimulatedRuns:
     batches: list[dict[str, np.ndarray]]
     outputs: dict[bytes, list[list[np.ndarray]]] = field(default_factory=dict)
     kept_bytes: int = 0
+    # the float model's outputs on each of ``batches`` (all graph outputs, in order), which the
+    # rules measure against: the evaluation's float reference on the same samples
+    references: list[list[np.ndarray]] | None = None
 
     def record(self, digest: bytes | None, outputs: list[list[np.ndarray]]) -> None:
         size = sum(np.asarray(value).nbytes for batch in outputs for value in batch)
@@ -55,6 +58,13 @@ class SimulatedRuns:
         if known is None or index >= len(known) or not _same_feeds(self.batches[index], feeds):
             return None
         return known[index]
+
+    def reference(self, index: int, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray] | None:
+        """The float outputs of batch ``index`` when these are exactly its feeds."""
+        known = self.references
+        if known is None or index >= len(known) or index >= len(self.batches):
+            return None
+        return known[index] if _same_feeds(self.batches[index], feeds) else None
 
 
 def _same_feeds(ran: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray]) -> bool:

@@ -53,6 +53,7 @@ class TappedModel:
         self.budget_bytes = budget_bytes
         self.batched = batched  # samples lie on axis 0 of every feed: chunks may split them
         self._bytes_per_sample: float | None = None
+        self.last_count = 0  # samples in the chunk the last run returned
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         """Graph outputs and taps, one dict per chunk of samples (the whole batch when the
@@ -78,6 +79,7 @@ class TappedModel:
 
     def _run_once(self, feeds: Mapping[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
         values = self.session.run(self.fetch, dict(feeds))
+        self.last_count = count
         result = dict(zip(self.fetch, values, strict=True))
         for name in self.from_feeds:
             result[name] = np.asarray(feeds[name])

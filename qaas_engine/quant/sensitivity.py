@@ -56,22 +56,34 @@ def estimate_noise(sim: QuantSim, feeds: Mapping[str, Any], seed: int = 0) -> No
         name: executor.weights[name].detach().requires_grad_(True) for name in sim.weight_encodings
     }
     probes: dict[str, torch.Tensor] = {}
+    taken: set[int] = {id(w) for w in weights.values()}  # tensors whose gradient is spoken for
 
     def hook(name: str, value: Any) -> Any:
         if (
-            name in sim.activation_encodings
-            and isinstance(value, torch.Tensor)
-            and value.is_floating_point()
+            name not in sim.activation_encodings
+            or not isinstance(value, torch.Tensor)
+            or not value.is_floating_point()
         ):
-            probe = torch.zeros_like(value, requires_grad=True)
-            probes[name] = probe
-            return value + probe
-        return value
+            return value
+        if value.requires_grad and not value.is_leaf and id(value) not in taken:
+            # the tensor the graph computed: every consumer reads it from here on, so its
+            # gradient is exactly a zero probe's added at this point, without a zero tensor
+            # and an addition per activation (a large share of the pass on a detector)
+            taken.add(id(value))
+            probes[name] = value
+            return value
+        # a feed, a constant, or a tensor another name already holds (an Identity): its
+        # gradient would count other consumers too, so a zero probe marks this name alone
+        probe = torch.zeros_like(value, requires_grad=True)
+        probes[name] = probe
+        taken.add(id(probe))
+        return value + probe
 
     generator = torch.Generator().manual_seed(seed)
     estimate = NoiseEstimate()
     for _ in range(PROJECTIONS):
         probes.clear()
+        taken.intersection_update(id(w) for w in weights.values())
         outputs = executor.run(inputs, hook=hook, weights=weights)
         floats = [
             o for o in outputs.values() if isinstance(o, torch.Tensor) and o.is_floating_point()
@@ -105,7 +117,8 @@ def estimate_noise(sim: QuantSim, feeds: Mapping[str, Any], seed: int = 0) -> No
 
 def _noise_power(encoding: Encoding, grad: Any) -> float:
     """s²/12 times the squared gradient, channel by channel for a per-channel grid."""
-    squared = grad.detach().double() ** 2
+    squared = grad.detach().double()
+    squared.mul_(squared)  # in place: one float64 copy per gradient, not two (same values)
     scale = np.asarray(encoding.scale, dtype=np.float64)
     if encoding.scheme.per_channel and scale.size > 1:
         axis = encoding.scheme.axis

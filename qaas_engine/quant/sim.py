@@ -125,6 +125,7 @@ class QuantSim:
         *,
         float_model: onnx.ModelProto | None = None,
         batched: bool = True,
+        on_values: Callable[[dict[str, np.ndarray], int], None] | None = None,
     ) -> CalibrationSummary:
         """Set activation ranges from calibration batches run through the float model.
 
@@ -133,6 +134,9 @@ class QuantSim:
         streamed, never held whole. Given ``float_model`` (the graph the executor was built
         from), the passes run in ONNX Runtime with the quantized tensors exposed; where ORT
         cannot load or run that graph, in the torch executor (``self.engines`` says which).
+        ``on_values`` sees each chunk of the first pass in ONNX Runtime (its graph outputs and
+        exposed tensors, and how many samples it holds), so another pass over the same samples
+        (the rules' probe) need not run the float model again.
         """
         if not self.weight_encodings and self.placement.weights:
             self.compute_weight_encodings()
@@ -144,7 +148,9 @@ class QuantSim:
         runner = made if isinstance(made, TappedModel) else None
         self.engines["calibration"] = "onnxruntime" if runner else f"torch ({made})"
         try:
-            minmax, histograms = self._observe(batches, targets, summary, progress, runner)
+            minmax, histograms = self._observe(
+                batches, targets, summary, progress, runner, on_values
+            )
         except _RuntimeFailed as failure:
             self.engines["calibration"] = f"torch (onnxruntime failed to run it: {failure})"
             summary = CalibrationSummary()
@@ -170,11 +176,11 @@ class QuantSim:
         summary.skipped = {k: v for k, v in self.skipped.items()}
         return summary
 
-    def _observe(self, batches, targets, summary, progress, runner):
+    def _observe(self, batches, targets, summary, progress, runner, on_values=None):
         needs_hist, _ = ACTIVATION_METHODS[self.spec.range_estimator]
         minmax = {name: MinMaxObserver() for name in targets}
         passes = 2 if needs_hist else 1
-        self._observe_pass(batches, minmax, summary, progress, 1, passes, True, runner)
+        self._observe_pass(batches, minmax, summary, progress, 1, passes, True, runner, on_values)
         histograms: dict[str, HistogramObserver] = {}
         if needs_hist:
             histograms = {
@@ -201,7 +207,7 @@ class QuantSim:
         return len(self.activation_encodings)
 
     def _observe_pass(
-        self, batches, observers, summary, progress, index, passes, count, runner
+        self, batches, observers, summary, progress, index, passes, count, runner, on_values=None
     ) -> None:
         batch_list = batches()
         total = len(batch_list) if hasattr(batch_list, "__len__") else None
@@ -210,7 +216,7 @@ class QuantSim:
             if observe is not None:
                 observe(feeds)
             elif runner is not None:
-                output = _observe_in_runtime(runner, feeds, observers)
+                output = _observe_in_runtime(runner, feeds, observers, on_values)
                 if count:
                     _keep(summary, output)
             if count:
@@ -414,7 +420,10 @@ def _keep(summary: CalibrationSummary, output: np.ndarray | None) -> None:
 
 
 def _observe_in_runtime(
-    runner: TappedModel, feeds: Mapping[str, Any], observers: Mapping[str, Any]
+    runner: TappedModel,
+    feeds: Mapping[str, Any],
+    observers: Mapping[str, Any],
+    on_values: Callable[[dict[str, np.ndarray], int], None] | None = None,
 ) -> np.ndarray | None:
     """Feed the observers one batch's exposed tensors; returns the batch's first output."""
     arrays = {name: to_numpy(value) for name, value in feeds.items()}
@@ -428,6 +437,8 @@ def _observe_in_runtime(
         except Exception as error:  # observers are rebuilt by the torch pass that follows
             raise _RuntimeFailed(str(error).splitlines()[0][:200]) from error
         outputs.append(values[runner.output_names[0]])
+        if on_values is not None:
+            on_values(values, runner.last_count)
         for name, value in values.items():
             observer = observers.get(name)
             if observer is not None and np.issubdtype(value.dtype, np.floating):

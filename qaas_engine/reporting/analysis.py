@@ -181,12 +181,15 @@ def _measure_in_runtime(
     # stays bounded whatever the model; pieces stop coming once half the budget is spent.
     pieces: list[dict[str, np.ndarray]] = []
     references: list[np.ndarray] = []
+    probe_seconds = 0.0  # the float probe over the pieces kept: what one sensitivity run costs
     for feeds in batches:
         size = min(quantized.chunk_for(feeds), PIECE_SAMPLES)
         for piece in _chunks(feeds, size) if batched else [feeds]:
             if pieces and time.perf_counter() - started > time_budget_s / 2:
                 break
+            ran = time.perf_counter()
             ref = probe.run_tapped(piece)
+            probe_seconds += time.perf_counter() - ran
             test = next(quantized.run(piece))  # the same samples through both models
             whole.update_arrays(ref[final], test[final])
             for tensor in watched:
@@ -200,12 +203,18 @@ def _measure_in_runtime(
         LayerMeasurement(layer, sqnr[layer.output].db(), input_sqnr_db=sqnr[layer.input].db())
         for layer in layers
     ]
-    # where the quantized model loses most SQNR across a layer, first: the budget goes there
+    # where the quantized model loses most SQNR across a layer, first: the budget goes there.
+    # A layer costs a probe run over the pieces per quantizer measured (the tapped float run
+    # timed above, or the last layer's own time once known): it is measured only where that
+    # still fits, so the section ends within its budget instead of one layer past it.
+    per_run = probe_seconds
     for measurement in sorted(measured, key=lambda m: -m.sqnr_drop_db):
-        if time.perf_counter() - started > time_budget_s:
+        layer = measurement.layer
+        runs = 2 if layer.output in probe.activation_switches else 1
+        if time.perf_counter() - started + runs * per_run > time_budget_s:
             measurement.skipped = f"sensitivity not measured: {time_budget_s:.1f} s budget spent"
             continue
-        layer = measurement.layer
+        ran = time.perf_counter()
         measurement.weights_only_sqnr_db = _probe_sqnr(
             probe, pieces, references, weight=layer.weight
         )
@@ -213,6 +222,7 @@ def _measure_in_runtime(
             measurement.activations_only_sqnr_db = _probe_sqnr(
                 probe, pieces, references, activation=layer.output
             )
+        per_run = (time.perf_counter() - ran) / runs
     samples = sum(batch_size(piece) for piece in pieces) if batched else len(pieces)
     return Measurements(whole.db(), samples, measured, engine="onnxruntime")
 

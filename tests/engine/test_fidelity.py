@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pytest
 import torch
 
 from qaas_engine import QuantSpec, import_model, load_npz, model_inputs, quantize
@@ -75,3 +76,26 @@ def test_per_channel_sqnr_finds_the_hidden_channel():
     result = meter.result()
     assert result["sqnr_db"] > 50 and result["worst_channel"] == 2
     assert abs(result["worst_channel_sqnr_db"] - 10 * np.log10(0.25 / 0.01)) < 1e-3
+
+
+def test_a_model_of_several_outputs_reads_its_float_outputs_from_the_rules_probe(
+    tmp_path, monkeypatch
+):
+    """Calibration keeps only a single-output model's float outputs; the rules' probe holds
+    every output of the first 8 samples, and the evaluation on calibration data reads them
+    instead of running the float model there again (PicoDet: 8 outputs). Same figures."""
+    from qaas_engine.simulated_runs import SimulatedRuns
+
+    imported, calibration = _model(tmp_path)
+    spec = QuantSpec()
+    kept = quantize(imported, spec, calibration=calibration).report["metrics"]
+    assert "1 batches kept from the rules' probe" in kept["engines"]["float"]
+
+    monkeypatch.setattr(SimulatedRuns, "reference", lambda *args: None)
+    again = quantize(imported, spec, calibration=calibration).report["metrics"]
+    assert "probe" not in again["engines"]["float"]
+    assert kept["samples"] == again["samples"]
+    for name in ("logits", "detections"):
+        for key in ("simulated", "onnxruntime"):
+            mine, theirs = kept["outputs"][name][key], again["outputs"][name][key]
+            assert mine["sqnr_db"] == pytest.approx(theirs["sqnr_db"], abs=0.01)

@@ -145,3 +145,153 @@ def test_ranges_a_glitch_stretched_are_set_again_by_the_estimator_that_measures_
     assert ruled.encodings["quantizer_args"]["quant_scheme"] == chosen
     assert not [line for line in named.report["rules"] if line["rule"] == "range_method"]
     assert named.encodings["quantizer_args"]["quant_scheme"] == "minmax"
+
+
+class AliasedActivation(torch.nn.Module):
+    """A conv whose output is also read under a second name (an Identity), then two heads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.second = torch.nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = torch.relu(self.first(x * 2.0))
+        return self.second(hidden).mean((2, 3)) + hidden.mean((1, 2, 3))[:, None]
+
+
+def _zero_probe_noise(sim, feeds):
+    """The estimate as first written: a zero tensor added at every activation, its gradient
+    read. The reference the cheaper pass must match exactly."""
+    from qaas_engine.quant.sensitivity import PROJECTIONS, NoiseEstimate, _noise_power
+    from qaas_engine.tensors import to_torch
+
+    executor = sim.torch_executor()
+    weights = {n: executor.weights[n].detach().requires_grad_(True) for n in sim.weight_encodings}
+    probes = {}
+
+    def hook(name, value):
+        if name in sim.activation_encodings and value.is_floating_point():
+            probes[name] = torch.zeros_like(value, requires_grad=True)
+            return value + probes[name]
+        return value
+
+    generator = torch.Generator().manual_seed(0)
+    estimate = NoiseEstimate()
+    assert PROJECTIONS == 1
+    outputs = executor.run(to_torch(dict(feeds)), hook=hook, weights=weights)
+    floats = [o for o in outputs.values() if o.is_floating_point()]
+    estimate.signal = float(sum(float((o.detach() ** 2).sum()) for o in floats))
+    projection = torch.stack(
+        [(torch.randn(o.shape, generator=generator) * o).sum().float() for o in floats]
+    ).sum()
+    names, tensors = [*probes, *weights], [*probes.values(), *weights.values()]
+    grads = torch.autograd.grad(projection, tensors, allow_unused=True)
+    for name, grad in zip(names, grads, strict=True):
+        if grad is not None:
+            table = estimate.activations if name in probes else estimate.weights
+            encodings = sim.activation_encodings if name in probes else sim.weight_encodings
+            table[name] = _noise_power(encodings[name], grad)
+    return estimate
+
+
+def test_noise_pricing_reads_computed_tensors_own_gradients_exactly(tmp_path, monkeypatch):
+    """The pricing pass takes the gradient of each computed activation itself instead of a
+    zero tensor added to it (an allocation and an addition per activation: about half of the
+    pass on PP-OCRv4's detector); the feed and an aliased name still get a zero probe each.
+    The estimate is the same to the bit."""
+    from qaas_engine.pipeline import build_sim, build_state
+    from qaas_engine.quant import sensitivity
+    from qaas_engine.state import Timer
+
+    torch.manual_seed(0)
+    model = export_legacy(AliasedActivation().eval(), tmp_path / "m.onnx", torch.randn(1, 1, 8, 8))
+    data = tmp_path / "c.npz"
+    np.savez(data, input=np.random.default_rng(0).standard_normal((8, 1, 8, 8), np.float32))
+    imported = import_model(model)
+    calibration = load_npz(data, model_inputs(imported.model))
+    state = build_state(imported, QuantSpec(strict_bits=True), calibration, None)
+    sim = build_sim(state, Timer())
+    feeds = next(calibration.batches(4, 4))[0]
+
+    expected = _zero_probe_noise(sim, feeds)
+    zeros = []
+    real_zeros_like = torch.zeros_like
+    monkeypatch.setattr(
+        torch, "zeros_like", lambda *a, **k: zeros.append(1) or real_zeros_like(*a, **k)
+    )
+    estimate = sensitivity.estimate_noise(sim, feeds, seed=0)
+
+    assert estimate.signal == expected.signal
+    assert estimate.activations == expected.activations and len(estimate.activations) >= 3
+    assert estimate.weights == expected.weights and estimate.weights
+    # only what the graph did not compute from the weights gets a zero probe
+    assert 0 < len(zeros) < len(estimate.activations)
+
+
+def _probe_both_ways(imported, calibration, spec, monkeypatch):
+    """The rules' probe read from calibration's pass, and run on its own, on the same sim."""
+    from qaas_engine import rules
+    from qaas_engine.pipeline import build_state, calibrate
+    from qaas_engine.quant.placement import place_quantizers
+    from qaas_engine.quant.sim import QuantSim
+    from qaas_engine.tapped import TappedModel
+
+    state = build_state(imported, spec, calibration, None)
+    sim = QuantSim(state.executor, place_quantizers(state.model), spec)
+    sim.compute_weight_encodings()
+    calibrate(state, sim)  # as build_sim does, before the rules
+    assert state.calibration_probe is not None
+    runs = []
+    real_run = TappedModel.run
+    monkeypatch.setattr(
+        TappedModel, "run", lambda self, feeds: runs.append(1) or real_run(self, feeds)
+    )
+    recorded = rules.probe(state, sim)
+    assert runs == []  # no float pass of its own
+    assert state.calibration_probe is None
+    own = rules.probe(state, sim)
+    assert runs  # nothing recorded left: it ran the float model
+    return recorded, own
+
+
+def _same_probe(recorded, own):
+    assert recorded.samples == own.samples
+    assert len(recorded.references) == len(own.references)
+    for mine, theirs in zip(recorded.references, own.references, strict=True):
+        for a, b in zip(mine, theirs, strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert recorded.stats.keys() == own.stats.keys() and recorded.stats
+    for name, stats in own.stats.items():
+        mine = recorded.stats[name]
+        assert sum(v.size for v in mine.values) == sum(v.size for v in stats.values)
+        np.testing.assert_array_equal(np.concatenate(mine.values), np.concatenate(stats.values))
+
+
+def test_the_probe_reads_the_samples_calibration_ran_instead_of_running_them_again(
+    tiny_imported, monkeypatch
+):
+    """The rules' probe (float outputs and attention statistics of the first 8 calibration
+    samples) is recorded while calibration runs those samples: batched data (a calibration
+    batch of 32 holds the 8), the same figures as a pass of its own."""
+    imported, calibration, _ = tiny_imported
+    assert not calibration.one_at_a_time and calibration.num_samples > 8
+    _same_probe(*_probe_both_ways(imported, calibration, QuantSpec(), monkeypatch))
+
+
+def test_the_probe_reads_samples_calibration_ran_one_at_a_time(tmp_path, monkeypatch):
+    imported, calibration = _outlier_channel(tmp_path)
+    one = _one_at_a_time(calibration)
+    _same_probe(*_probe_both_ways(imported, one, QuantSpec(), monkeypatch))
+
+
+def _one_at_a_time(calibration):
+    from qaas_engine.data import Dataset
+
+    return Dataset(
+        dict(calibration.arrays),
+        dict(calibration.stacked),
+        calibration.labels,
+        calibration.num_samples,
+        one_at_a_time=True,
+    )

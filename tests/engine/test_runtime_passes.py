@@ -299,6 +299,36 @@ def test_evaluation_reuses_the_rules_run_of_the_same_graph_on_the_same_samples(
         assert reused[key] == again[key]
 
 
+def test_evaluation_batches_as_the_rules_did_to_reuse_their_run(tiny_imported, monkeypatch):
+    """With the default batch size (32) the evaluation still takes the rules' run of the first
+    8 samples: it cuts its batches as the rules did, and reads calibration's float outputs by
+    sample whatever batches calibration ran (before, a batch of 32 matched neither, and a large
+    detector ran its exported graph again). The figures are those of running everything."""
+    from qaas_engine import evaluation
+    from qaas_engine.simulated_runs import SimulatedRuns
+
+    imported, calibration, _ = tiny_imported
+    spec = QuantSpec()
+    assert spec.batch_size > 8 and calibration.num_samples > 8
+    reused = quantize(imported, spec, calibration=calibration).report["metrics"]
+    assert "1 batches kept from the rules' run" in reused["engines"]["simulated"]
+    assert "batches kept from calibration" in reused["engines"]["float"]
+
+    monkeypatch.setattr(SimulatedRuns, "lookup", lambda *args: None)
+    monkeypatch.setattr(SimulatedRuns, "reference", lambda *args: None)
+    monkeypatch.setattr(evaluation, "_kept_output", lambda *args: None)
+    again = quantize(imported, spec, calibration=calibration).report["metrics"]
+    assert again["engines"]["simulated"] == "onnxruntime, graph optimizer off"
+    assert again["engines"]["float"] == "onnxruntime"
+    assert reused["samples"] == again["samples"]
+    for key in ("float", "simulated", "onnxruntime", "simulation_vs_onnxruntime"):
+        for metric, value in reused[key].items():
+            if isinstance(value, float):
+                assert value == pytest.approx(again[key][metric], abs=1e-3), (key, metric)
+            else:
+                assert value == again[key][metric], (key, metric)
+
+
 def test_simulated_runs_answer_only_for_the_same_graph_and_the_same_feeds(tiny_imported):
     from qaas_engine.simulated_runs import SimulatedRuns, graph_digest
 
@@ -322,6 +352,7 @@ def test_a_bounded_check_reads_the_float_outputs_calibration_computed(tiny_impor
     batch: their float outputs were computed while calibrating, not run again."""
     from qaas_engine import evaluation
     from qaas_engine import spec as spec_module
+    from qaas_engine.simulated_runs import SimulatedRuns
 
     imported, calibration, _ = tiny_imported
     spec = QuantSpec(batch_size=32)
@@ -329,9 +360,11 @@ def test_a_bounded_check_reads_the_float_outputs_calibration_computed(tiny_impor
     monkeypatch.setattr(spec_module, "CALIBRATION_CHECK_MACS", macs * 10)
     kept = quantize(imported, spec, calibration=calibration).report["metrics"]
     assert kept["samples"]["measured"] == 10
-    assert kept["engines"]["float"] == "onnxruntime, 1 batches kept from calibration"
+    # every batch of the check (cut as the rules cut theirs: 8, then 2) read them
+    assert kept["engines"]["float"] == "onnxruntime, 2 batches kept from calibration"
 
     monkeypatch.setattr(evaluation, "_kept_output", lambda *args: None)
+    monkeypatch.setattr(SimulatedRuns, "reference", lambda *args: None)  # nor the probe's
     again = quantize(imported, spec, calibration=calibration).report["metrics"]
     assert again["engines"]["float"] == "onnxruntime"
     for key in ("simulated", "onnxruntime"):  # the same samples' float outputs, either way

@@ -55,3 +55,18 @@ def test_scalar_operands_fuse_and_match_the_simulation(tmp_path):
     agreement = result.report["metrics"]["simulation_vs_onnxruntime"]
     assert agreement["sqnr_db"] > 35.0
     onnx.checker.check_model(result.quantized_model)
+
+
+def test_the_rules_measure_the_graph_the_pipeline_exports(tmp_path):
+    """The rules export scalar operands as the pipeline does for a target run here, so the
+    evaluation finds their run of the very graph it measures (PP-OCRv4's detector, 128 such
+    operands, ran its exported graph again)."""
+    torch.manual_seed(0)
+    path = export_legacy(Affine().eval(), tmp_path / "model.onnx", torch.randn(1, 1, 8, 8))
+    data = tmp_path / "calibration.npz"
+    np.savez(data, input=np.random.default_rng(0).standard_normal((16, 1, 8, 8), np.float32))
+    imported = import_model(path)
+    calibration = load_npz(data, model_inputs(imported.model))
+    spec = QuantSpec(min_sqnr_db=200.0)  # a target no grid meets: the rules measure
+    report = quantize(imported, spec, calibration=calibration).report
+    assert "kept from the rules' run" in report["metrics"]["engines"]["simulated"]

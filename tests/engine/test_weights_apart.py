@@ -188,3 +188,23 @@ def test_a_large_model_quantizes_within_a_few_copies_of_its_size(tmp_path):
         f"peak RSS {peak / 2**20:.0f} MiB = after imports {floor / 2**20:.0f} MiB + "
         f"{multiple:.1f}x the model's {float_bytes / 2**20:.0f} MiB"
     )
+
+
+def test_tensor_sizes_come_from_type_and_shape_within_the_message_header():
+    """Sessions ask every initializer's size; reading it from type and shape encodes nothing
+    (upb's ByteSize encodes the message), and it agrees with ByteSize up to the header."""
+    from qaas_engine.weights_apart import apart_bytes, tensor_bytes
+
+    rng = np.random.default_rng(0)
+    tensors = [
+        numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.integers(-8, 8, (300,)).astype(np.int8), "q"),
+        numpy_helper.from_array(np.arange(17, dtype=np.int64), "shape"),
+        numpy_helper.from_array(rng.standard_normal((40, 40)).astype(np.float16), "h"),
+    ]
+    for tensor in tensors:
+        assert 0 <= tensor.ByteSize() - tensor_bytes(tensor) <= 32, tensor.name
+    assert tensor_bytes(tensors[0]) == 64 * 32 * 4
+    graph = onnx.helper.make_graph([], "g", [], [], initializer=tensors)
+    model = onnx.helper.make_model(graph)
+    assert apart_bytes(model) == 64 * 32 * 4 + 40 * 40 * 2  # the two of at least 1 KiB
