@@ -224,7 +224,7 @@ def evaluate(
 
     def simulate(index: int, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], bool]:
         """The graph's outputs with the optimizer off; whether the rules' run gave them."""
-        known = runs.lookup(digest, index, feeds) if runs is not None else None
+        known = runs.lookup(digest, index, feeds) if runs is not None and digest else None
         if known is not None:
             return known, True
         if not opened:
@@ -233,10 +233,10 @@ def evaluate(
 
     # the rules ran this very graph on the first calibration samples: same session settings,
     # same feeds, so the same outputs (not where integer kernels are emulated: they ran the
-    # exported graph as it is)
+    # exported graph as it is); their float outputs and batches serve either way
     same_graph = not simulation.changed
-    runs = state.simulated_runs if data is state.calibration and same_graph else None
-    digest = graph_digest(qdq) if runs is not None and runs.outputs else None
+    runs = state.simulated_runs if data is state.calibration else None
+    digest = graph_digest(qdq) if runs is not None and runs.outputs and same_graph else None
     reused_simulation = 0
     built: list[tuple[Callable[[dict[str, np.ndarray]], list[np.ndarray]], str]] = []
 
