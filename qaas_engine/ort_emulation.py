@@ -38,6 +38,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -86,7 +87,8 @@ def emulated(qdq: onnx.ModelProto, optimized: onnx.ModelProto) -> Emulation:
             readers.setdefault(name, []).append(node)
     outputs = {o.name for o in graph.output}
     replaced: dict[int, list[onnx.NodeProto]] = {}
-    done, skipped = Counter(), Counter()
+    done: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()
     for node in graph.node:
         after = readers.get(node.output[0], []) if node.output else []
         if len(after) == 1 and after[0].op_type in ("Relu", "Clip"):
@@ -241,7 +243,7 @@ def _group(
 ) -> tuple[onnx.NodeProto, onnx.NodeProto] | None:
     """The QDQ group around ``node`` as the fused kernel's node (its inputs in the kernel's
     order, its output the tensor it replaces) and the exported node it replaces."""
-    dequantized = []
+    dequantized: list[Any] = []  # per input: [name, scale, zero point], None where empty
     for name in node.input:
         if not name:
             dequantized.append(None)
@@ -590,7 +592,7 @@ def _qlinear_add(
         )
         return prefix + name + "_double"
 
-    def multiply_add(x: str, ratio: float, addend: str, name: str) -> str:
+    def multiply_add(x: str, ratio: float | np.floating[Any], addend: str, name: str) -> str:
         """float32(x * ratio + addend) rounded once (a fused multiply-add): x is an integer of
         at most 16 bits and ratio a float32, so the product is exact in float64."""
         nodes.append(

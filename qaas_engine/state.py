@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     import torch
 
     from qaas_engine.graph.lazy import Executor
-    from qaas_engine.rules import CalibrationProbe
 
 Progress = Callable[[str, float], None]
 
@@ -64,8 +63,9 @@ class PipelineState:
     rules: list[dict[str, str]] = field(default_factory=list)  # what rules.py did, and why
     # exported graphs the rules ran (optimizer off) on the first calibration samples
     simulated_runs: SimulatedRuns | None = None
-    # the rules' probe samples as calibration ran them (rules.CalibrationProbe)
-    calibration_probe: CalibrationProbe | None = None
+    # the rules' probe samples as calibration ran them: a rules.CalibrationProbe, typed as Any
+    # because the state must not import the rules (they import it)
+    calibration_probe: Any = None
     kernels: KernelChoice | None = None  # the target's kernel mode, chosen at export
 
     def rebuild_executor(self) -> None:

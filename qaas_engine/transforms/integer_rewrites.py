@@ -16,6 +16,7 @@ Divisions by a constant and HardSwish: see :func:`divisions_to_products` and
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 import onnx
@@ -139,7 +140,9 @@ def divisions_to_products(model: onnx.ModelProto, keep: frozenset[str] = frozens
     changed = []
     for node, reciprocal in _divisions(model, keep):
         name = f"{node.name or node.output[0]}_reciprocal"
-        model.graph.initializer.append(numpy_helper.from_array(np.float32(reciprocal), name))
+        model.graph.initializer.append(
+            numpy_helper.from_array(np.array(reciprocal, dtype=np.float32), name)
+        )
         node.op_type = "Mul"
         node.input[1] = name
         changed.append(node.name or node.output[0])
@@ -206,10 +209,12 @@ def decompose_hard_sigmoids(
         name = node.name or node.output[0]
         constants = {"alpha": alpha, "beta": beta, "low": 0.0, "high": 1.0}
         for key, value in constants.items():
-            graph.initializer.append(numpy_helper.from_array(np.float32(value), f"{name}_{key}"))
+            graph.initializer.append(
+                numpy_helper.from_array(np.array(value, dtype=np.float32), f"{name}_{key}")
+            )
         scaled, shifted = f"{name}_scaled", f"{name}_shifted"
         clip_inputs = [shifted] + ([f"{name}_low", f"{name}_high"] if opset >= 11 else [])
-        clip_attributes = {} if opset >= 11 else {"min": 0.0, "max": 1.0}
+        clip_attributes: dict[str, Any] = {} if opset >= 11 else {"min": 0.0, "max": 1.0}
         nodes += [
             onnx.helper.make_node("Mul", [node.input[0], f"{name}_alpha"], [scaled], name=scaled),
             onnx.helper.make_node("Add", [scaled, f"{name}_beta"], [shifted], name=shifted),
