@@ -108,6 +108,18 @@ def _latency(sessions: dict[str, ort.InferenceSession], feed: dict, rounds: int)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def _speed_cells(results: dict[int, dict[str, float]], label: str) -> list[str]:
+    """``label``'s milliseconds and speed-up over float at batch 1 and 32, as table cells."""
+    cells = []
+    for size in (1, 32):
+        if size in results:
+            ms = results[size][label]
+            cells.append(f"{ms:10.3f} {results[size]['float'] / ms:7.2f}x")
+        else:
+            cells.append(f"{'-':>10s} {'-':>8s}")
+    return cells
+
+
 def _fidelity(reference: np.ndarray, test: np.ndarray) -> str:
     ref, out = reference.astype(np.float64), test.astype(np.float64)
     noise = float(np.sum((ref - out) ** 2))
@@ -133,13 +145,7 @@ def bench(name: str, model: Path, calibration: Path, held_out: np.ndarray, batch
     print(f"  {'model':22s} {'batch 1 ms':>10s} {'vs float':>8s} {'batch 32 ms':>11s} "
           f"{'vs float':>8s}  fidelity vs float")  # fmt: skip
     for label, session in sessions.items():
-        cells = []
-        for size in (1, 32):
-            if size in results:
-                ms = results[size][label]
-                cells.append(f"{ms:10.3f} {results[size]['float'] / ms:7.2f}x")
-            else:
-                cells.append(f"{'-':>10s} {'-':>8s}")
+        cells = _speed_cells(results, label)
         outputs = np.concatenate([session.run(None, {input_name: x[None]})[0] for x in held_out])
         fidelity = "reference" if label == "float" else _fidelity(reference, outputs)
         print(f"  {label:22s} {cells[0]} {cells[1]:>20s}  {fidelity}")
@@ -194,13 +200,7 @@ def bench_case(case_name: str, samples: int, rounds: int, tmp: Path) -> None:
     print(f"  {'model':22s} {'batch 1 ms':>10s} {'vs float':>8s} {'batch 32 ms':>11s} "
           f"{'vs float':>8s}  {'task':>6s}  sim vs ORT")  # fmt: skip
     for label, session in sessions.items():
-        cells = []
-        for size in (1, 32):
-            if size in results:
-                ms = results[size][label]
-                cells.append(f"{ms:10.3f} {results[size]['float'] / ms:7.2f}x")
-            else:
-                cells.append(f"{'-':>10s} {'-':>8s}")
+        cells = _speed_cells(results, label)
         task = case.score(reference, runner(session, held_out))
         gap = ""
         if label == "qaas":

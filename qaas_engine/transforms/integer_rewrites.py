@@ -15,7 +15,6 @@ Divisions by a constant and HardSwish: see :func:`divisions_to_products` and
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 import numpy as np
@@ -23,6 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from qaas_engine.transforms.bn_fold import prune_unused_initializers
+from qaas_engine.transforms.graph_edit import GraphEditor
 
 
 def _channel_vector(value: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
@@ -48,16 +48,11 @@ def _foldable(
     model: onnx.ModelProto, keep: frozenset[str] = frozenset()
 ) -> list[tuple[onnx.NodeProto, onnx.NodeProto, np.ndarray]]:
     """(conv, add, per-channel constant) for each Add that can move into its Conv's bias."""
-    graph = model.graph
-    inits = {init.name: init for init in graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
-    producers = {out: node for node in graph.node for out in node.output}
-    graph_outputs = {o.name for o in graph.output}
+    editor = GraphEditor(model)
+    inits, consumers, producers = editor.initializers, editor.consumers, editor.producers
+    graph_outputs = editor.graph_outputs
     found = []
-    for add in graph.node:
+    for add in model.graph.node:
         if add.op_type != "Add" or len(add.input) != 2 or _kept(add, keep):
             continue
         convs = [producers.get(name) for name in add.input]
