@@ -133,6 +133,8 @@ def round_of(workers: int, args: argparse.Namespace, inputs: dict[str, Path]) ->
         "QAAS_SUBMISSIONS_PER_MINUTE": "100000",
         **{name: str(value) for name, value in IDLE_SETTINGS.items()},
     }
+    if args.job_threads:  # else each job takes cores // job slots on the host (worker.threads)
+        env["QAAS_THREADS"] = str(args.job_threads)
     if args.storage_url:
         env["QAAS_STORAGE_URL"] = args.storage_url
     load_before = load_average()
@@ -460,6 +462,13 @@ def main() -> int:
         default=None,
         help="QAAS_STORAGE_URL of a store of your own (AWS_* variables set)",
     )
+    parser.add_argument(
+        "--job-threads",
+        type=int,
+        default=None,
+        help="QAAS_THREADS for every job (default: the worker's share of the cores, so one "
+        "worker alone runs each job on all of them)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 1,2 workers, 10 jobs")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()  # fmt: skip
@@ -485,7 +494,8 @@ def main() -> int:
     print(
         f"{args.jobs} jobs per batch, two batches per round: throughput (jobs_per_min, the "
         f"bench watches in Postgres) then {args.pollers} pollers every "
-        f"{args.poll_pause} s (jobs_per_min_polled, api_*); "
+        f"{args.poll_pause} s (jobs_per_min_polled, api_*); job threads: "
+        f"{args.job_threads or 'cores // job slots on the host'}; "
         f"{os.cpu_count()} CPUs ({cpu_flags()}); storage: {args.storage_url or 'folder'}"
     )
     print(table([[r[c] for c in columns] for r in rounds], columns))
