@@ -366,7 +366,9 @@ class CpuMeter:
         self.started = True
         self.thread.start()
 
-    def stop(self) -> dict[str, float]:
+    def stop(self, jobs_s: float = 0.0) -> dict[str, float]:
+        """``jobs_s``: the CPU the jobs' own processes reported (the rows' ``cpu_seconds``):
+        no process counter sees it, as the forkserver that forks them ignores SIGCHLD."""
         self.stopped.set()
         self.thread.join()
         self._sample_once()
@@ -381,6 +383,7 @@ class CpuMeter:
             "redis": delta["redis"],
             "store": delta["store"],
             "bench": delta["bench"],
+            "jobs": jobs_s,
         }
         result["other"] = max(0.0, delta["machine"] - sum(result.values()))
         result["idle"] = max(0.0, wall * (os.cpu_count() or 1) - delta["machine"])

@@ -228,7 +228,7 @@ def _batch(
         "errors": polled.errors,
         "busy": busy,
         "gets": watches + len(polled.latencies),  # the bench's own transactions
-        "cpu": cpu.stop(),
+        "cpu": cpu.stop(jobs_s=sum(job["cpu_seconds"] or 0.0 for job in seen.values())),
         "job_threads": cpu.job_threads,
     }
 
@@ -309,12 +309,13 @@ def summarize(
 
 
 def _job_rows(connection: psycopg.Connection, ids: list[str]) -> list[dict[str, Any]]:
-    """The jobs' status and times as the API would give them (ISO strings)."""
+    """The jobs' status, times as the API would give them (ISO strings) and own CPU."""
     rows = connection.execute(
-        "SELECT id, status, created_at, started_at, finished_at FROM jobs WHERE id = ANY(%s)",
+        "SELECT id, status, created_at, started_at, finished_at, cpu_seconds FROM jobs"
+        " WHERE id = ANY(%s)",
         (ids,),
     ).fetchall()
-    keys = ("id", "status", "created_at", "started_at", "finished_at")
+    keys = ("id", "status", "created_at", "started_at", "finished_at", "cpu_seconds")
     return [
         {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in zip(keys, row, strict=True)}
         for row in rows

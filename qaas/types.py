@@ -83,6 +83,11 @@ class JobInfo(BaseModel):
     device: str | None = Field(
         default=None, description='where its last attempt computed: "cpu" or "cuda:0 (<GPU>)"'
     )
+    cpu_seconds: float | None = Field(
+        default=None,
+        description="CPU time (user + system, all threads) its quantization process used, once "
+        "it succeeded",
+    )
 
 
 class ModelInput(BaseModel):

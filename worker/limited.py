@@ -14,8 +14,10 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import resource
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -51,6 +53,9 @@ PRELOAD = [
     "qaas_engine.steps.adaround",
     "qaas_engine.steps.training",
     "qaas_engine.graph.executor",  # the torch executor learning steps build
+    # torch.optim's first optimizer imports torch._dynamo (1.6 s of CPU): once, not per QAT job
+    "torch._dynamo",
+    "numpy.ma",  # imported on first use by numpy's quantile (the fidelity bootstrap)
     "qaas_engine.auto",
     "qaas_engine.artifacts.html",
     "qaas_engine.reporting.latency",
@@ -156,18 +161,36 @@ def _died(exitcode: int | None, limits: Limits) -> JobFailed:
 
 
 _forkserver: Any = None
+_forkserver_lock = threading.Lock()
 
 
 def _context() -> Any:
     global _forkserver
-    if _forkserver is None:
-        # billiard's (Celery's fork of multiprocessing): the standard library refuses children
-        # to Celery's daemonic pool processes, and chokes on billiard's process objects.
-        import billiard
+    with _forkserver_lock:
+        if _forkserver is None:
+            # billiard's (Celery's fork of multiprocessing): the standard library refuses
+            # children to Celery's daemonic pool processes, and chokes on billiard's process
+            # objects.
+            import billiard
 
-        _forkserver = billiard.get_context("forkserver")
-        _forkserver.set_forkserver_preload(PRELOAD)
+            _forkserver = billiard.get_context("forkserver")
+            _forkserver.set_forkserver_preload(PRELOAD)
     return _forkserver
+
+
+def warm_up() -> None:
+    """Start the forkserver and let it import the engine now (2-3 s of CPU), when the worker
+    starts, rather than in its first job: one trivial child is run to the end. A job that
+    comes meanwhile waits on the same start (billiard locks it), so this may run in a thread."""
+    child = _context().Process(target=_nothing, name="qaas-warm-up")
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        log.warning("job forkserver warm-up: the child ended with status %s", child.exitcode)
+
+
+def _nothing() -> None:
+    return None
 
 
 # the child
@@ -261,4 +284,13 @@ def _quantize_and_save(job: ChildJob, sender: Connection) -> dict[str, Any]:
         max_dataset_expanded_bytes=job.max_dataset_expanded_bytes,
         before_save=lambda: storage.ensure_space(0, "the job's artifacts"),
     )
-    return {"report": saved.report, "written": sorted(saved.written)}
+    return {"report": saved.report, "written": sorted(saved.written), "cpu_s": _own_cpu_s()}
+
+
+def _own_cpu_s() -> float:
+    """This process's CPU time since the fork, with any children it waited for. The worker
+    cannot measure it: the forkserver ignores SIGCHLD, so the kernel discards the usage of the
+    children it forks instead of adding it to anyone's."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    waited = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + waited.ru_utime + waited.ru_stime

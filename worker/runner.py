@@ -297,6 +297,7 @@ class Attempt:
             metrics=report["metrics"],
             report=report,
             artifacts=manifest,
+            cpu_seconds=saved.get("cpu_s"),
         )
         return Outcome("succeeded") if recorded else self._lost_at_finish()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from celery import Task
@@ -18,6 +19,7 @@ from celery.signals import (
 from app.core.config import Settings
 from app.core.queue import RUN_JOB, JobQueue, ensure_broker_folders
 from app.observability.logs import configure_logging, log_context
+from worker import limited
 from worker.celery_app import celery_app
 from worker.pools import WorkerBeat, detect_device
 from worker.reaper import Reaper
@@ -83,6 +85,8 @@ def _log_format(**_: Any) -> None:
 @worker_process_init.connect
 def _process_init(**_: Any) -> None:
     get_runtime(_settings())  # a fresh engine in each pool child, never one from the parent
+    # In a thread: Celery gives process init a few seconds, the forkserver's imports take more.
+    threading.Thread(target=limited.warm_up, name="qaas-forkserver-warm-up", daemon=True).start()
 
 
 @worker_ready.connect

@@ -156,6 +156,7 @@ class JobRepository(TenantRepository[Job]):
                 "attempts": attempts + 1,
                 "worker": worker,
                 "device": device,
+                "cpu_seconds": None,
                 "lease_expires_at": now + timedelta(seconds=lease_s),
                 "started_at": now,
                 "phase": "starting",

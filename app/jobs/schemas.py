@@ -125,4 +125,5 @@ class JobOut(JobInfo):
             routing=job.routing,
             worker=job.worker,
             device=job.device,
+            cpu_seconds=job.cpu_seconds,
         )

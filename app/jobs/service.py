@@ -3,11 +3,14 @@ data against the model) so a bad request is a 4xx, never a job that fails later.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -48,12 +51,30 @@ class CheckedFits:
     stored (no route edits a model or dataset), so a pair that fitted still fits: a sweep that
     submits many jobs on one model and dataset pays the check (a sandboxed child that loads
     the data: most of a small job's cost in the API) once, not per job. Only passes are kept;
-    a misfit is checked, and refused, every time. Bounded: the oldest pair is forgotten."""
+    a misfit is checked, and refused, every time. Bounded: the oldest pair is forgotten.
+    Requests that come together for a pair not yet checked wait for one check (``turn``)
+    rather than each starting its own: a sweep submits its jobs at once."""
 
     def __init__(self, size: int = 4096) -> None:
         self.size = size
         self.pairs: OrderedDict[tuple[object, ...], None] = OrderedDict()
         self.lock = threading.Lock()
+        self.checking: dict[tuple[object, ...], tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def turn(self, key: tuple[object, ...]) -> AsyncIterator[None]:
+        """Held by one request per pair at a time (the event loop's; the API has one)."""
+        lock, users = self.checking.get(key, (asyncio.Lock(), 0))
+        self.checking[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self.checking[key]
+            if users == 1:
+                del self.checking[key]
+            else:
+                self.checking[key] = (lock, users - 1)
 
     def __contains__(self, key: tuple[object, ...]) -> bool:
         with self.lock:
@@ -276,8 +297,11 @@ class JobService:
         )
         if key in checked_fits:
             return
-        await self.datasets.check_fits(dataset=dataset, model=model, role=role, fixed=fixed)
-        checked_fits.add(key)
+        async with checked_fits.turn(key):
+            if key in checked_fits:  # checked by the request this one waited for
+                return
+            await self.datasets.check_fits(dataset=dataset, model=model, role=role, fixed=fixed)
+            checked_fits.add(key)
 
     def _enqueue(self, job_id: str, pool: str) -> None:
         try:

@@ -63,6 +63,9 @@ class Job(Base):
     pool: Mapped[str | None] = mapped_column(String(8), nullable=True)
     routing: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     device: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # CPU seconds (user + system) of the last attempt's quantization process, measured by the
+    # process itself: its parent cannot see them (worker/limited.py)
+    cpu_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     error_kind: Mapped[str | None] = mapped_column(String(32), nullable=True)
     error_detail: Mapped[str | None] = mapped_column(Text, nullable=True)

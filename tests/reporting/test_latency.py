@@ -34,3 +34,21 @@ def test_a_run_that_would_end_past_the_share_is_not_started(monkeypatch):
     fast = _Session(clock, 0.1)
     timed = latency._time(fast, {}, 2.0)
     assert timed["runs"] >= 10 and clock.now <= 2.0 + 1e-9
+
+
+class _Jittery(_Session):
+    """Runs alternate between ``seconds`` and three times it."""
+
+    def run(self, names, feeds):
+        self.clock.now += self.seconds * (3 if self.runs % 2 else 1)
+        self.runs += 1
+
+
+def test_steady_runs_stop_once_the_median_is_known(monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr(latency, "time", clock)
+    timed = latency._time(_Session(clock, 0.001), {}, 10.0)
+    assert timed["runs"] == latency.STEADY_MIN_RUNS  # not the 200 the budget allows
+    clock.now = 0.0
+    timed = latency._time(_Jittery(clock, 0.001), {}, 10.0)
+    assert timed["runs"] == latency.MAX_RUNS  # a median this loose needs every run

@@ -4,6 +4,8 @@ time."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -39,6 +41,19 @@ def test_a_fitting_pair_is_checked_once(api, make_tenant, tiny_model, tiny_data,
     both = {**body, "evaluation_id": evaluation}
     assert api.post("/v1/jobs", json=both, headers=tenant).status_code == 202
     assert checks == ["calibration", "evaluation"]  # a new role is a new pair
+
+
+def test_a_sweep_submitted_at_once_is_checked_once(api, make_tenant, tiny_model, tiny_data, checks):
+    """Six requests for an unchecked pair arrive together: one check runs, the others wait
+    for it (before, each started its own sandboxed child)."""
+    tenant = make_tenant()
+    model = upload(api, "/v1/models", tiny_model, tenant).json()["id"]
+    calibration = upload(api, "/v1/datasets", tiny_data[0], tenant).json()["id"]
+    body = {"model_id": model, "calibration_id": calibration}
+    with ThreadPoolExecutor(6) as pool:
+        codes = list(pool.map(lambda _: api.post("/v1/jobs", json=body, headers=tenant), range(6)))
+    assert [response.status_code for response in codes] == [202] * 6
+    assert checks == ["calibration"]
 
 
 def test_a_misfit_is_refused_every_time(api, make_tenant, tiny_model, tmp_path, checks):

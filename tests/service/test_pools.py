@@ -104,6 +104,8 @@ def test_a_qat_job_submitted_while_only_a_cpu_worker_runs_completes_on_cpu_and_s
         assert job["routing"] == queued["routing"]  # the reason stays on the finished job
         assert job["device"] == "cpu"
         assert job["worker"].startswith(socket.gethostname() + ":")
+        # measured by the job's own process, which the worker's counters cannot see
+        assert queued["cpu_seconds"] is None and 0 < job["cpu_seconds"] < 180
         workers = {dict(k)["queue"]: v for k, v in scrape(pools_api)["qaas_workers"].items()}
         assert workers.get("cpu", 0) >= 1
     finally:
