@@ -16,8 +16,8 @@ from qaas_engine import QuantSpec, import_model, load_npz, model_inputs, quantiz
 from qaas_engine.transforms.integer_rewrites import needs_rewrite, rewrite_for_integer_kernels
 
 
-def _model(opset: int = 17) -> onnx.ModelProto:
-    """conv (no bias) + Add [1, C, 1, 1] -> Relu -> conv -> Div 6 -> HardSwish -> conv: the
+def _model(opset: int = 17, divisor: float = 4.0) -> onnx.ModelProto:
+    """conv (no bias) + Add [1, C, 1, 1] -> Relu -> conv -> Div 4 -> HardSwish -> conv: the
     squeeze-excite bias of paddle2onnx, MobileNetV3's hardswish as written by two exporters."""
     rng = np.random.default_rng(0)
 
@@ -30,7 +30,7 @@ def _model(opset: int = 17) -> onnx.ModelProto:
         weight("w2", 8, 8, 1, 1),
         weight("b2", 8),
         weight("w3", 4, 8, 1, 1),
-        numpy_helper.from_array(np.float32(6.0), "six"),
+        numpy_helper.from_array(np.float32(divisor), "six"),
     ]
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
@@ -66,7 +66,7 @@ def test_the_rewritten_model_computes_what_the_original_does():
     assert not needs_rewrite(rewritten, onnxruntime_cpu=True)
     onnx.checker.check_model(rewritten)
     ops = [node.op_type for node in rewritten.graph.node]
-    # x / 6 as x * (1/6); hardswish as x * clip(x * alpha + beta, 0, 1)
+    # x / 4 as x * 0.25; hardswish as x * clip(x * alpha + beta, 0, 1)
     assert ops == ["Conv", "Relu", "Conv", "Mul", "Mul", "Add", "Clip", "Mul", "Conv"]
     x = np.random.default_rng(1).standard_normal((2, 4, 8, 8)).astype(np.float32)
     np.testing.assert_allclose(_run(rewritten, x), _run(model, x), rtol=1e-5, atol=1e-5)
@@ -130,3 +130,29 @@ def test_nodes_kept_float_stay_as_written():
     ops = [node.op_type for node in model.graph.node]
     assert "Div" in ops and "HardSwish" in ops
     assert not needs_rewrite(model, onnxruntime_cpu=True, keep=frozenset({"div", "HardSwish"}))
+
+
+@pytest.mark.parametrize(
+    ("divisor", "rewritten"),
+    [(4.0, True), (0.125, True), (-2.0, True), (6.0, False), (3.0, False), (0.1, False)],
+)
+def test_only_a_division_with_an_exact_reciprocal_becomes_a_product(divisor, rewritten):
+    """x / c as x * (1/c) only where float32 holds 1/c exactly (c a power of two): then the
+    product is the division for every x; 1/6 is not, and the recognizer of PP-OCRv4 lost output
+    SQNR with it (QLinearMul's rounding of an inexact product), so a Div by 6 stays a Div."""
+    model = _model(divisor=divisor)
+    x = np.random.default_rng(3).standard_normal((2, 4, 8, 8)).astype(np.float32)
+    before = _run(model, x)
+    changed = rewrite_for_integer_kernels(model, onnxruntime_cpu=True)
+    assert ("div" in changed) == rewritten
+    ops = {node.name: node.op_type for node in model.graph.node}
+    assert ops["div"] == ("Mul" if rewritten else "Div")
+    if rewritten:
+        reciprocal = next(
+            numpy_helper.to_array(init)
+            for init in model.graph.initializer
+            if init.name == "div_reciprocal"
+        )
+        values = np.random.default_rng(4).standard_normal(10_000).astype(np.float32) * 100
+        assert np.array_equal(values * reciprocal, values / np.float32(divisor))
+    np.testing.assert_allclose(_run(model, x), before, rtol=1e-6, atol=1e-6)
