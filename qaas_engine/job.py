@@ -19,8 +19,10 @@ from qaas_engine.flow import quantize
 from qaas_engine.importer import import_model
 from qaas_engine.reporting.collect import EnergyProfileSource
 from qaas_engine.reporting.report import accuracy_target
+from qaas_engine.sessions import sleeping_torch_threads
 from qaas_engine.spec import QuantSpec
 from qaas_engine.state import Progress, Timer
+from qaas_engine.step_registry import learns
 
 DATA_ROLES = ("calibration", "evaluation", "training", "validation")
 
@@ -53,6 +55,8 @@ def run(
     unknown = set(data_paths) - set(DATA_ROLES)
     if unknown:
         raise ValueError(f"unknown data role(s) {sorted(unknown)}; known: {DATA_ROLES}")
+    if not learns(spec.pipeline):
+        sleeping_torch_threads()  # torch runs one backward pass here, not a training loop
     timer = Timer(progress=progress)
     imported = timer.run("import", lambda: import_model(model_path, spec.fixed_inputs))
 

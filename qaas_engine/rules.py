@@ -708,5 +708,6 @@ def _keep_float(model: onnx.ModelProto, sim: QuantSim, actions: list[RuleAction]
         placed.skipped[action.node] = f"rule {action.rule}: {action.why}"
     placed.engines = dict(sim.engines)
     placed.range_estimator = sim.range_estimator
+    placed.weight_integers = sim.weight_integers
     placed.derive_bias_encodings()
     return placed

@@ -43,6 +43,18 @@ def thread_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def sleeping_torch_threads() -> None:
+    """torch's OpenMP threads sleep between parallel regions instead of spinning, where torch
+    is not loaded yet and no policy was set (``OMP_WAIT_POLICY``, read once, when torch loads).
+
+    A post-training job runs torch for one forward and backward pass (the rules' noise
+    pricing) between ONNX Runtime passes; spinning threads then burn a core each for nothing
+    and, on a machine other work shares, slow everyone (YOLOX's rules: 9-17 -> 5-6 CPU s in
+    one run). The same thread count computes the same numbers either way."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def set_thread_count(threads: int | None) -> None:
     """Pin every later pass (ORT sessions, and torch when it is loaded) to ``threads``."""
     if threads is None:
@@ -79,6 +91,12 @@ def session(
     options.intra_op_num_threads = threads if threads is not None else thread_count()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # idle pool threads sleep instead of spinning for the next parallel section: the job's
+    # sessions run mostly back to back with Python work between them (observers, metrics), and
+    # on a machine other work shares a spinning thread takes a core from whoever could use it
+    # (a YOLOX calibration run: 40% less CPU, and less wall time too under load); results are
+    # the same, as the thread count is
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimized:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if save_optimized is not None:

@@ -8,7 +8,9 @@ simulation computes, and lets the runtime fuse the groups into integer kernels.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import onnx
@@ -54,13 +56,23 @@ def _container(encoding: Encoding) -> tuple[np.dtype, int, bool]:
     return np.dtype(np.int32), TensorProto.INT32, True
 
 
+# grid integers kept between exports of one simulation: a small model's all, a large one's
+# first weights only (its exports are few, and memory follows the model)
+KNOWN_INTEGER_BYTES = 64 * 2**20
+
+
 class QdqBuilder:
     """Collects the Q/DQ nodes' constants while nodes are made; the caller adds both."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(
+        self, model: onnx.ModelProto, known: dict[str, tuple[bytes, np.ndarray]] | None = None
+    ) -> None:
         self.model = model
         self.initializers: list[onnx.TensorProto] = []
         self.uses_ms_domain = False
+        # weight name -> (digest of its values and grid, its integers): a weight exported again
+        # on the same grid is not divided and rounded again (``QuantSim.weight_integers``)
+        self.known = known if known is not None else {}
 
     def constant(self, name: str, array: np.ndarray) -> str:
         self.initializers.append(numpy_helper.from_array(array, name))
@@ -86,7 +98,16 @@ class QdqBuilder:
         """The weight stored as integers under ``name``, and the DequantizeLinear that gives
         ``output``: the grid values exactly as the simulation computes them."""
         dtype, _, _ = _container(encoding)
-        integers = encoding.quantize_array(weight.astype(np.float32)).astype(dtype)
+        values = np.ascontiguousarray(weight, dtype=np.float32)
+        digest = _grid_digest(values, encoding, dtype)
+        known = self.known.get(name)
+        if known is not None and known[0] == digest:
+            integers = known[1]
+        else:
+            integers = encoding.quantize_array(values).astype(dtype)
+            held = sum(kept.nbytes for _, kept in self.known.values())
+            if held + integers.nbytes <= KNOWN_INTEGER_BYTES:
+                self.known[name] = (digest, integers)
         self.constant(name, integers)
         return self.dequantize(name, output, encoding)
 
@@ -167,6 +188,17 @@ def _scalar_operand(
     return cache[name], node
 
 
+def _grid_digest(values: np.ndarray, encoding: Encoding, dtype: Any) -> bytes:
+    """The weight's values, shape, grid and container, by value."""
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(repr((values.shape, encoding.scheme, np.dtype(dtype).str)).encode())
+    for array in (encoding.scale, encoding.zero_point):
+        digest.update(np.ascontiguousarray(array).tobytes())
+        digest.update(str(np.asarray(array).dtype).encode())
+    digest.update(values.data)
+    return digest.digest()
+
+
 def export_qdq(
     model: onnx.ModelProto,
     sim: QuantSim,
@@ -190,7 +222,7 @@ def export_qdq(
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    builder = QdqBuilder(out)
+    builder = QdqBuilder(out, sim.weight_integers)
     weights = sim.executor.weights
     graph_outputs = {o.name for o in graph.output}
     rename: dict[str, str] = {}  # consumer input -> dequantized tensor

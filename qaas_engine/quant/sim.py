@@ -62,6 +62,9 @@ class QuantSim:
         self.engines: dict[str, str] = {}
         # the estimator the activation ranges came from (a rule may choose another than the spec)
         self.range_estimator: str = spec.range_estimator
+        # weight name -> (digest of its values and grid, its grid integers): the rules export
+        # the graph once per measurement with the weights' grids unchanged (export.qdq)
+        self.weight_integers: dict[str, tuple[bytes, np.ndarray]] = {}
 
     def torch_executor(self) -> GraphExecutor:
         """The graph in torch, built on first need: learning steps and the torch simulation

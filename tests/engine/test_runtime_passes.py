@@ -377,3 +377,54 @@ def test_a_bounded_check_reads_the_float_outputs_calibration_computed(tiny_impor
     for key in ("simulated", "onnxruntime"):  # the same samples' float outputs, either way
         assert kept[key]["sqnr_db"] == pytest.approx(again[key]["sqnr_db"], abs=0.01)
         assert kept[key]["top1_agreement"] == again[key]["top1_agreement"]
+
+
+def test_sessions_let_idle_threads_sleep():
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Relu", ["x"], ["y"])],
+            "g",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
+        )
+    )
+    options = session(model, threads=2).get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_torch_threads_sleep_only_where_torch_is_not_loaded_and_no_policy_is_set(monkeypatch):
+    import os
+    import sys
+
+    from qaas_engine.sessions import sleeping_torch_threads
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    sleeping_torch_threads()  # torch is loaded in this process: its pool cannot change
+    assert "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.delitem(sys.modules, "torch")
+    sleeping_torch_threads()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    sleeping_torch_threads()  # a user's choice stands
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_exporting_again_reuses_the_weight_integers_only_on_the_same_grid(tiny_imported):
+    import dataclasses
+
+    from qaas_engine.export.qdq import export_qdq
+    from qaas_engine.quant.encoding import Encoding
+
+    imported, calibration, _ = tiny_imported
+    sim = _calibrated(imported, calibration, in_runtime=True)
+    model = imported.model
+    first = export_qdq(model, sim).SerializeToString()
+    assert sim.weight_integers  # kept for the next export
+    assert export_qdq(model, sim).SerializeToString() == first
+    # another grid on one weight: its integers are computed again, as a fresh export does
+    name, encoding = next(iter(sim.weight_encodings.items()))
+    scheme = dataclasses.replace(encoding.scheme, bits=4)
+    sim.weight_encodings[name] = Encoding.from_range(scheme, encoding.low, encoding.high)
+    again = export_qdq(model, sim).SerializeToString()
+    sim.weight_integers.clear()
+    assert again == export_qdq(model, sim).SerializeToString() != first
