@@ -22,7 +22,10 @@ groups, computed in float between 16-bit Q/DQ), until the predicted SQNR reaches
 ``MAX_PROMOTED_SHARE`` of them are promoted. Weights keep the bits the spec asked for; where they
 carry the noise, nothing is promoted. The SQNR is measured again
 after; a promotion that does not raise it by ``MIN_MEASURED_GAIN_DB`` is undone (16-bit groups
-run unfused, so a small gain is not worth their speed). Post-training pipelines only: a learning
+run unfused, so a small gain is not worth their speed). On a target without 16-bit integer
+kernels (``onnxruntime-cpu``) the kept ones are then trimmed to the shortest prefix, ranked by
+noise share per MAC they force float, that measures within ``KEEP_WITHIN_DB`` of all of them
+(``qaas_engine.sixteen_bit_cost``). Post-training pipelines only: a learning
 step (AdaRound, QAT, Bayesian Bits) trains the 8-bit grids the spec asked for.
 
 ``mask_range`` and ``outlier_channels`` (``qaas_engine.attention``), where the output SQNR

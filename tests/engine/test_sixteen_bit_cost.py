@@ -25,7 +25,9 @@ class OutlierChain(torch.nn.Module):
         super().__init__()
         self.first = torch.nn.Conv2d(1, 4, 3, padding=1)
         self.rescale = torch.nn.Conv2d(4, 4, 1, groups=4)
-        self.chain = torch.nn.ModuleList(torch.nn.Conv2d(4, 4, 3, padding=1, groups=4) for _ in range(depth))
+        self.chain = torch.nn.ModuleList(
+            torch.nn.Conv2d(4, 4, 3, padding=1, groups=4) for _ in range(depth)
+        )
         with torch.no_grad():
             self.first.weight[0] *= 1000.0
             self.first.bias[0] *= 1000.0
