@@ -22,7 +22,10 @@ groups, computed in float between 16-bit Q/DQ), until the predicted SQNR reaches
 ``MAX_PROMOTED_SHARE`` of them are promoted. Weights keep the bits the spec asked for; where they
 carry the noise, nothing is promoted. The SQNR is measured again
 after; a promotion that does not raise it by ``MIN_MEASURED_GAIN_DB`` is undone (16-bit groups
-run unfused, so a small gain is not worth their speed). Post-training pipelines only: a learning
+run unfused, so a small gain is not worth their speed). On a target without 16-bit integer
+kernels (``onnxruntime-cpu``) the kept ones are then trimmed to the shortest prefix, ranked by
+noise share per MAC they force float, that measures within ``KEEP_WITHIN_DB`` of all of them
+(``qaas_engine.sixteen_bit_cost``). Post-training pipelines only: a learning
 step (AdaRound, QAT, Bayesian Bits) trains the 8-bit grids the spec asked for.
 
 ``mask_range`` and ``outlier_channels`` (``qaas_engine.attention``), where the output SQNR
@@ -37,14 +40,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
-from qaas_engine import attention
+from qaas_engine import attention, sixteen_bit_cost
 from qaas_engine.cost.shapes import macs_per_sample
 from qaas_engine.export.qdq import export_qdq
 from qaas_engine.quant.encoding import Encoding
@@ -92,6 +95,11 @@ MIN_RANGE_GAIN_DB = 0.5
 # values binned per tensor and batch: an even sample of a large activation gives its histogram
 # (a 99.99th percentile still rests on about a hundred values over the measured samples)
 HISTOGRAM_VALUES = 2**15  # per sample
+# where ONNX Runtime's CPU runs 16-bit groups float, the fewest promotions that keep the SQNR
+# are searched with at least this many measurements of the exported graph, budget or not: an
+# artifact slower than float costs every inference, the measurements only this job
+MIN_TRIM_MEASUREMENTS = 6
+KEEP_WITHIN_DB = sixteen_bit_cost.KEEP_WITHIN_DB
 
 
 def encoding_width(encoding: Encoding) -> float:
@@ -477,6 +485,11 @@ def sensitive_tensors(
             )
         ]
     share = {name: _share(estimate, name) for name in chosen}
+    allowed = max(MIN_TRIM_MEASUREMENTS, int((budget - cost) // (QDQ_COST * measured.samples)))
+    kept, trimmed = _fewest_sixteen_bit(
+        state, sim, measured, estimate, chosen, saved, after, allowed
+    )
+    full = len(chosen)
     return [
         RuleAction(
             rule="sensitive_tensor",
@@ -485,12 +498,104 @@ def sensitive_tensors(
             why=(
                 f"{share[name]:.0%} of the predicted output noise; output SQNR on "
                 f"{measured.samples} calibration samples {before:.1f} dB at 8 bits "
-                f"(target {spec.min_sqnr_db:g} dB), {after:.1f} dB with these {len(chosen)} "
-                f"quantizers at {PROMOTED_BITS} bits"
+                f"(target {spec.min_sqnr_db:g} dB), {after:.1f} dB with {full} quantizers at "
+                f"{PROMOTED_BITS} bits"
+                + (f", {trimmed.kept_db:.1f} dB with these {len(kept)}" if trimmed else "")
             ),
         )
-        for name in chosen
-    ]
+        for name in kept
+    ] + ([trimmed.action()] if trimmed else [])
+
+
+@dataclass
+class TrimmedPromotion:
+    """What ``_fewest_sixteen_bit`` dropped, and the figures it decided on (one report line)."""
+
+    kept: list[str]
+    dropped: list[str]
+    full_db: float
+    kept_db: float
+    full_macs: int  # MACs ONNX Runtime's CPU runs float with every promotion
+    kept_macs: int  # and with the kept ones
+    total_macs: int
+    measured: dict[int, float]
+
+    def action(self) -> RuleAction:
+        shown = ", ".join(self.dropped[:3]) + (" ..." if len(self.dropped) > 3 else "")
+        tried = ", ".join(f"{k}: {db:.1f} dB" for k, db in sorted(self.measured.items()))
+        total = max(self.total_macs, 1)
+        return RuleAction(
+            rule="sensitive_tensor",
+            node=shown,
+            action=f"{len(self.dropped)} of {len(self.kept) + len(self.dropped)} kept 8-bit: "
+            "latency on onnxruntime-cpu",
+            why=(
+                f"ONNX Runtime's CPU has no {PROMOTED_BITS}-bit integer kernel: a "
+                f"{PROMOTED_BITS}-bit activation runs its producer and consumers float; all "
+                f"promotions ran {self.full_macs / total:.0%} of the model's MACs float, the "
+                f"{len(self.kept)} kept run {self.kept_macs / total:.0%}; ranked by noise share "
+                f"per MAC forced float, the shortest prefix within {KEEP_WITHIN_DB:g} dB of "
+                f"{self.full_db:.1f} dB kept ({self.kept_db:.1f} dB; measured per prefix "
+                f"length: {tried})"
+            ),
+        )
+
+
+def _fewest_sixteen_bit(
+    state: PipelineState,
+    sim: QuantSim,
+    measured: Probe,
+    estimate: NoiseEstimate,
+    chosen: list[str],
+    saved: dict[str, Encoding],
+    after: float,
+    allowed: int,
+) -> tuple[list[str], TrimmedPromotion | None]:
+    """The promotions worth their latency on ONNX Runtime's CPU (``sixteen_bit_cost``), set in
+    ``sim``; and what was dropped, or None where all are kept."""
+    if len(chosen) < 2 or not target_rules(sim.spec.target).sixteen_bit_runs_float:
+        return chosen, None
+    macs = node_macs(state, measured)
+    forced = sixteen_bit_cost.forced_float_nodes(state.model, sim.placement, chosen)
+    share = {name: _share(estimate, name) for name in chosen}
+    order = sixteen_bit_cost.ranked(chosen, share, forced, macs)
+    free = 0
+    while free < len(order) and sixteen_bit_cost.float_macs([order[free]], forced, macs) == 0:
+        free += 1
+    promoted = {name: sim.activation_encodings[name] for name in chosen}
+    predicted_full = estimate.sqnr_db(frozenset(order))
+    first = next(
+        k
+        for k in range(len(order) + 1)
+        if estimate.sqnr_db(frozenset(order[:k])) >= predicted_full - KEEP_WITHIN_DB
+    )
+
+    def place(prefix: Sequence[str]) -> None:
+        keep = set(prefix)
+        for name in chosen:
+            sim.activation_encodings[name] = promoted[name] if name in keep else saved[name]
+        sim.invalidate()
+        sim.derive_bias_encodings()
+
+    def measure(prefix: Sequence[str]) -> float:
+        place(prefix)
+        return measured.sqnr_db(state.model, sim)
+
+    length, tried = sixteen_bit_cost.trim(order, free, first, after, measure, allowed)
+    place(order[:length])
+    if length == len(order):
+        return chosen, None
+    kept = order[:length]
+    return kept, TrimmedPromotion(
+        kept=kept,
+        dropped=order[length:],
+        full_db=after,
+        kept_db=tried[length],
+        full_macs=sixteen_bit_cost.float_macs(order, forced, macs),
+        kept_macs=sixteen_bit_cost.float_macs(kept, forced, macs),
+        total_macs=sum(macs.values()),
+        measured=tried,
+    )
 
 
 def _priced(
@@ -530,13 +635,19 @@ def budget_words() -> str:
 
 def model_macs(state: PipelineState, measured: Probe) -> int:
     """Multiply-accumulates of one sample, from the shapes of one run (0 where none count)."""
+    return sum(node_macs(state, measured).values())
+
+
+def node_macs(state: PipelineState, measured: Probe) -> dict[str, int]:
+    """Each weighted node's multiply-accumulates for one sample ({} where shapes are unknown);
+    the shapes of one run, cached, so a second call runs nothing."""
     feeds = measured.batches[0]
     if not state.calibration or not state.calibration.one_at_a_time:
         feeds = {name: value[:1] if np.ndim(value) else value for name, value in feeds.items()}
     try:
-        return sum(macs_per_sample(state.model, state.executor, feeds).values())
+        return macs_per_sample(state.model, state.executor, feeds)
     except Exception:  # shapes unknown: the budget falls back to its count of forwards
-        return 0
+        return {}
 
 
 def _most_noise(estimate: NoiseEstimate, target_db: float) -> list[str]:

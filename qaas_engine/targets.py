@@ -56,6 +56,9 @@ class TargetRules:
     bias: Literal["int32", "int32-saturating", "float"] = "int32"
     unsigned_activation_container: bool = True  # signed 8-bit activation grids stored as uint8
     constraints: tuple[str, ...] = ()  # what target_checks verifies, in words, for the report
+    # no 16-bit integer kernel: a group on a 16-bit grid runs float between its Q/DQ, so each
+    # 16-bit activation is weighed against the float work it causes (rules.sensitive_tensors)
+    sixteen_bit_runs_float: bool = False
 
 
 # Qualcomm HTP: AIMET's htp_quantsim_config_v73/v75.json and QNN's HTP quantization rules.
@@ -125,7 +128,7 @@ TENSORRT = TargetRules(
     ),
 )
 
-ONNXRUNTIME_CPU = TargetRules(name="onnxruntime-cpu")
+ONNXRUNTIME_CPU = TargetRules(name="onnxruntime-cpu", sixteen_bit_runs_float=True)
 _RULES = {"qnn-htp": QNN_HTP, "tensorrt": TENSORRT}
 
 
