@@ -13,6 +13,7 @@ running, never time spent waiting for a turn.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import os
@@ -189,6 +190,7 @@ def _child_main(
     memory_bytes: int,
     confinement: Confinement | None,
 ) -> None:
+    gc.freeze()  # the forkserver's imports are never garbage: no collection walks them
     try:
         limit_process(memory_bytes)
         if confinement is not None:
