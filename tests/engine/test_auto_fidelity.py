@@ -255,3 +255,27 @@ def test_resampled_low_figure_flags_a_target_that_one_sample_decides():
         "resolvable"
     ]
     assert not fidelity_resolution(verdicts(spread, 10.0), 19)["resolvable"]  # too few
+
+
+def test_every_quantizer_kept_float_is_the_float_model_after_bias_correction(wide):
+    """Bias correction moves biases to offset 8-bit noise; with every quantizer kept float
+    (float_all) those moves have nothing left to offset, so the layers get their float biases
+    back and the configuration computes what the float model does."""
+    from qaas_engine.auto_mixed import build, rank_activations
+    from qaas_engine.cost.energy import EnergyProfile
+    from qaas_engine.pipeline import PipelineData, run_pipeline
+    from qaas_engine.state import Timer
+
+    imported, calibration = wide
+    spec = QuantSpec(pipeline=("cle", "bias_correction"))
+    state, sim, _ = run_pipeline(imported, spec, PipelineData(calibration), Timer(), EnergyProfile())
+    assert state.step_reports["bias_correction"]["layers"]  # biases were moved
+    config = build(state, sim, "float", rank_activations(state, sim).everything)
+    assert not any(node.op_type == "QuantizeLinear" for node in config.qdq.graph.node)
+    feeds = {"input": calibration.arrays["input"][:16]}
+    expected = session(imported.model).run(None, feeds)[0]
+    np.testing.assert_array_equal(session(config.qdq).run(None, feeds)[0], expected)
+    # the base keeps its corrections: only the configuration built from it changed
+    bias = state.step_reports["bias_correction"]["layers"][0]["bias"]
+    assert sim.executor.weights[bias] is not state.float_weights[bias]
+    assert config.sim.executor.weights[bias] is state.float_weights[bias]
