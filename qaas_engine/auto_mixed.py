@@ -4,7 +4,9 @@ quantizers (activations or weights) kept float.
 
 A rung here does not calibrate again: it starts from the most faithful post-training
 configuration auto built, ranks its activation quantizers by first-order output noise on
-calibration samples (``quant.sensitivity``, the pricing the ``sensitive_tensor`` rule uses), and
+calibration samples (``quant.sensitivity``, the pricing the ``sensitive_tensor`` rule uses,
+here with each output channel's noise relative to its power: the worst-channel SQNR target
+counts noise that way, and an absolute ranking misses a small-range channel's), and
 widens the top k for k = 1, 2, 4, ... until the exported model meets the target. Each
 configuration is priced by the energy model, so the report's frontier shows what each step of
 fidelity costs.
@@ -89,17 +91,24 @@ def rank_activations(state: PipelineState, sim: QuantSim) -> Ranking:
         return _by_step(sim, names, "no calibration data to price on")
     try:
         start = time.perf_counter()
-        estimate = estimate_noise(sim, _first(data, 1), seed=state.spec.seed)
+        estimate = estimate_noise(sim, _first(data, 1), seed=state.spec.seed, per_channel=True)
         samples = 1
         if not data.one_at_a_time and time.perf_counter() - start < PRICING_SECONDS / 8:
             samples = min(PRICED_SAMPLES, data.num_samples)
-            estimate = estimate_noise(sim, _first(data, samples), seed=state.spec.seed)
+            estimate = estimate_noise(
+                sim, _first(data, samples), seed=state.spec.seed, per_channel=True
+            )
     except Exception as error:  # the torch executor cannot differentiate some graph
         return _by_step(sim, names, f"pricing failed: {str(error).splitlines()[0][:120]}")
     power = {**estimate.weights, **estimate.activations}
     ranked = sorted(names, key=lambda name: -power.get(name, 0.0))
     everything = sorted([*names, *sim.weight_encodings], key=lambda name: -power.get(name, 0.0))
-    return Ranking(ranked, f"first-order noise on {samples} calibration samples", everything)
+    return Ranking(
+        ranked,
+        f"first-order noise relative to each output channel's power, on {samples} calibration "
+        "samples",
+        everything,
+    )
 
 
 def _by_step(sim: QuantSim, names: list[str], why: str) -> Ranking:
@@ -139,7 +148,9 @@ def widened(sim: QuantSim, names: list[str]) -> QuantSim:
 
 
 def floated(
-    sim: QuantSim, names: list[str], model: onnx.ModelProto | None = None,
+    sim: QuantSim,
+    names: list[str],
+    model: onnx.ModelProto | None = None,
     reference: Mapping[str, Any] | None = None,
 ) -> QuantSim:
     """A copy of ``sim`` with ``names`` (activations or weights) left float (no Q/DQ).
