@@ -77,7 +77,11 @@ def test_auto_without_labels_reaches_the_sqnr_target_through_mixed_precision(wid
     # the cheapest that meets it, and every configuration on the record
     met = [row for row in auto["tried"] if row.get("met")]
     assert chosen["energy_pj"] == min(row["energy_pj"] for row in met)
-    assert chosen["energy_pj"] > rows["ptq"]["energy_pj"]
+    # 16-bit grids where the scores share the boxes' grid: the output and the scaling before
+    # it, ranked first by their noise relative to each channel's power; they feed no MAC, so
+    # the energy model prices the fix at (about) nothing over plain W8A8
+    assert chosen["energy_pj"] >= rows["ptq"]["energy_pj"]
+    assert auto["chosen_changes"][0]["node"] == "logits"
     assert chosen["on_frontier"]
     # 16 bits first, float only where 16 bits are not enough (each priced by the energy model)
     names = list(rows)
