@@ -283,3 +283,19 @@ def test_every_quantizer_kept_float_is_the_float_model_after_bias_correction(wid
     bias = state.step_reports["bias_correction"]["layers"][0]["bias"]
     assert sim.executor.weights[bias] is not state.float_weights[bias]
     assert config.sim.executor.weights[bias] is state.float_weights[bias]
+
+
+def test_float_rungs_start_from_the_16_bit_configuration_where_it_gained(wide):
+    """Past what 16-bit activations reach (the 8-bit weights' noise), the float rungs keep the
+    16-bit grids and keep float only the few quantizers that still carry the noise, ranked
+    again on the 16-bit configuration: cheaper than the float model, not the float model."""
+    auto = _auto(wide, min_sqnr_db=55).report["auto"]
+    rows = {row["name"]: row for row in auto["tried"]}
+    assert not rows["a16_all"]["met"] and rows["a16_all"]["fidelity"]["logits"]["value"] < 55
+    chosen = rows[auto["chosen"]]
+    assert auto["verdict"] == "met" and chosen["name"].startswith("float_top")
+    assert chosen["on_top_of"] == "a16_all" and chosen["base"] == "ptq"
+    assert chosen["bits"]["activations"].get("16") and chosen["energy_ratio_vs_float"] > 1
+    # the report names both changes: the 16-bit grids kept and what is kept float
+    actions = {line["action"] for line in auto["chosen_changes"]}
+    assert "16-bit activations" in actions and any("float" in a for a in actions)
