@@ -318,7 +318,7 @@ class Climb:
         if narrow and self._rungs(base, "16-bit", ranking):
             return True
         start = self.best if self.best is not None and self.best.sim is not None else base
-        if start is not base:
+        if start is not base and start.sim is not None:
             ranking = rank_activations(state, start.sim)
         return self._rungs(start, "float", ranking)
 

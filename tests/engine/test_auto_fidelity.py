@@ -272,7 +272,9 @@ def test_every_quantizer_kept_float_is_the_float_model_after_bias_correction(wid
 
     imported, calibration = wide
     spec = QuantSpec(pipeline=("cle", "bias_correction"))
-    state, sim, _ = run_pipeline(imported, spec, PipelineData(calibration), Timer(), EnergyProfile())
+    state, sim, _ = run_pipeline(
+        imported, spec, PipelineData(calibration), Timer(), EnergyProfile()
+    )
     assert state.step_reports["bias_correction"]["layers"]  # biases were moved
     config = build(state, sim, "float", rank_activations(state, sim).everything)
     assert not any(node.op_type == "QuantizeLinear" for node in config.qdq.graph.node)
