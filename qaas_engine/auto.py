@@ -20,7 +20,7 @@ from typing import Any
 import onnx
 
 from qaas_engine.artifacts.result import QuantizationResult
-from qaas_engine.auto_mixed import WIDE_BITS, build, counts, rank_activations
+from qaas_engine.auto_mixed import WIDE_BITS, Ranking, build, counts, rank_activations
 from qaas_engine.auto_types import Rung, Tried, Validation
 from qaas_engine.auto_verdict import evaluation_verdict, message
 from qaas_engine.cost.energy import EnergyProfile
@@ -302,39 +302,60 @@ class Climb:
         return self._measure(rung, state, sim, qdq, time.perf_counter() - start, timer)
 
     def _mixed(self) -> bool:
-        """16-bit grids, then float, for the k noisiest activations of the most faithful
-        configuration so far, k = 1, 2, 4, ...; True when one meets the target."""
+        """16-bit grids for the k noisiest activations of the most faithful configuration so
+        far, k = 1, 2, 4, ...; then float for the k noisiest quantizers of the most faithful
+        configuration by then (16-bit activations included, ranked again there: what 16 bits
+        left is mostly the weights' noise); True when one meets the target."""
         base = self.best
         if base is None or base.state is None or base.sim is None:
             return False
-        state, sim = base.state, base.sim
-        ranking = rank_activations(state, sim)
+        state = base.state
+        ranking = rank_activations(state, base.sim)
         self.ranking = ranking.how
-        names = ranking.names
-        narrow = any(sim.activation_encodings[n].scheme.bits < WIDE_BITS for n in names)
-        for kind, label in (("16-bit", "a16"), ("float", "float")):
-            if kind == "16-bit" and not narrow:
-                continue
-            pool = names if kind == "16-bit" else ranking.everything
-            for k in counts(len(pool)):
-                if self.should_stop is not None and self.should_stop():
-                    raise Cancelled("cancelled during pipeline auto")
-                name = f"{label}_{'all' if k == len(pool) else f'top{k}'}"
-                summary = (
-                    f"the {k} activations with the most output noise on 16-bit grids"
-                    if kind == "16-bit"
-                    else f"the {k} quantizers (activations or weights) with the most output "
-                    "noise kept float"
-                ) + f", the rest as in '{base.rung.name}'"
-                start = time.perf_counter()
-                config = build(state, sim, kind, pool[:k])
-                rung = Rung(name, base.rung.pipeline, summary)
-                seconds = time.perf_counter() - start
-                attempt = self._measure(rung, state, config.sim, config.qdq, seconds, base.timer)
-                attempt.changes = config.changes(base.rung.name, ranking)
-                attempt.row["base"] = base.rung.name
-                if self._keep(attempt):
-                    return True
+        narrow = any(
+            base.sim.activation_encodings[n].scheme.bits < WIDE_BITS for n in ranking.names
+        )
+        if narrow and self._rungs(base, "16-bit", ranking):
+            return True
+        start = self.best if self.best is not None and self.best.sim is not None else base
+        if start is not base and start.sim is not None:
+            ranking = rank_activations(state, start.sim)
+        return self._rungs(start, "float", ranking)
+
+    def _rungs(self, start: Tried, kind: str, ranking: Ranking) -> bool:
+        """k = 1, 2, 4, ... of ``ranking`` changed to ``kind`` on top of ``start``."""
+        assert start.state is not None and start.sim is not None
+        state, sim = start.state, start.sim
+        label = "a16" if kind == "16-bit" else "float"
+        pool = ranking.names if kind == "16-bit" else ranking.everything
+        # the configuration the rungs start from, as the report names it: a mixed one says
+        # what it was built on
+        origin = start.row.get("base", start.rung.name)
+        on_top = start.rung.name if start.row.get("base") else None
+        for k in counts(len(pool)):
+            if self.should_stop is not None and self.should_stop():
+                raise Cancelled("cancelled during pipeline auto")
+            name = f"{label}_{'all' if k == len(pool) else f'top{k}'}"
+            summary = (
+                f"the {k} activations with the most output noise on 16-bit grids"
+                if kind == "16-bit"
+                else f"the {k} quantizers (activations or weights) with the most output "
+                "noise kept float"
+            ) + f", the rest as in '{start.rung.name}'"
+            begin = time.perf_counter()
+            config = build(state, sim, kind, pool[:k])
+            rung = Rung(name, start.rung.pipeline, summary)
+            seconds = time.perf_counter() - begin
+            attempt = self._measure(rung, state, config.sim, config.qdq, seconds, start.timer)
+            changed = set(config.tensors)
+            attempt.changes = [
+                line for line in start.changes if line["node"] not in changed
+            ] + config.changes(start.rung.name, ranking)
+            attempt.row["base"] = origin
+            if on_top is not None:
+                attempt.row["on_top_of"] = on_top
+            if self._keep(attempt):
+                return True
         return False
 
     def _measure(

@@ -4,7 +4,9 @@ quantizers (activations or weights) kept float.
 
 A rung here does not calibrate again: it starts from the most faithful post-training
 configuration auto built, ranks its activation quantizers by first-order output noise on
-calibration samples (``quant.sensitivity``, the pricing the ``sensitive_tensor`` rule uses), and
+calibration samples (``quant.sensitivity``, the pricing the ``sensitive_tensor`` rule uses,
+here with each output channel's noise relative to its power: the worst-channel SQNR target
+counts noise that way, and an absolute ranking misses a small-range channel's), and
 widens the top k for k = 1, 2, 4, ... until the exported model meets the target. Each
 configuration is priced by the energy model, so the report's frontier shows what each step of
 fidelity costs.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +26,13 @@ import onnx
 
 from qaas_engine.data import Dataset
 from qaas_engine.export.qdq import export_qdq
+from qaas_engine.graph.lazy import materialized
 from qaas_engine.quant.encoding import Encoding
 from qaas_engine.quant.sensitivity import estimate_noise
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.state import PipelineState
 from qaas_engine.targets import target_rules
+from qaas_engine.tensors import to_numpy
 
 WIDE_BITS = 16
 PRICED_SAMPLES = 8  # calibration samples the noise is priced on, where one took little time
@@ -86,17 +91,24 @@ def rank_activations(state: PipelineState, sim: QuantSim) -> Ranking:
         return _by_step(sim, names, "no calibration data to price on")
     try:
         start = time.perf_counter()
-        estimate = estimate_noise(sim, _first(data, 1), seed=state.spec.seed)
+        estimate = estimate_noise(sim, _first(data, 1), seed=state.spec.seed, per_channel=True)
         samples = 1
         if not data.one_at_a_time and time.perf_counter() - start < PRICING_SECONDS / 8:
             samples = min(PRICED_SAMPLES, data.num_samples)
-            estimate = estimate_noise(sim, _first(data, samples), seed=state.spec.seed)
+            estimate = estimate_noise(
+                sim, _first(data, samples), seed=state.spec.seed, per_channel=True
+            )
     except Exception as error:  # the torch executor cannot differentiate some graph
         return _by_step(sim, names, f"pricing failed: {str(error).splitlines()[0][:120]}")
     power = {**estimate.weights, **estimate.activations}
     ranked = sorted(names, key=lambda name: -power.get(name, 0.0))
     everything = sorted([*names, *sim.weight_encodings], key=lambda name: -power.get(name, 0.0))
-    return Ranking(ranked, f"first-order noise on {samples} calibration samples", everything)
+    return Ranking(
+        ranked,
+        f"first-order noise relative to each output channel's power, on {samples} calibration "
+        "samples",
+        everything,
+    )
 
 
 def _by_step(sim: QuantSim, names: list[str], why: str) -> Ranking:
@@ -135,15 +147,53 @@ def widened(sim: QuantSim, names: list[str]) -> QuantSim:
     return new
 
 
-def floated(sim: QuantSim, names: list[str]) -> QuantSim:
-    """A copy of ``sim`` with ``names`` (activations or weights) left float (no Q/DQ)."""
+def floated(
+    sim: QuantSim,
+    names: list[str],
+    model: onnx.ModelProto | None = None,
+    reference: Mapping[str, Any] | None = None,
+) -> QuantSim:
+    """A copy of ``sim`` with ``names`` (activations or weights) left float (no Q/DQ).
+
+    A quantized step may have changed a layer's parameters to offset its quantization (bias
+    correction moves biases); a layer whose weights are kept float gets its float parameters
+    back from ``reference`` (the state's float weights), so with every quantizer kept float the
+    configuration is the float model, not the float model with stale corrections."""
     new = _copy(sim)
     for name in names:
         new.activation_encodings.pop(name, None)
         new.weight_encodings.pop(name, None)
         new.skipped[name] = "pipeline auto: among the noisiest quantizers, kept float"
+    restore = _float_parameters(sim, set(names) & set(sim.weight_encodings), model, reference)
+    if restore:
+        executor = copy.copy(materialized(sim.executor))
+        executor.weights = {**executor.weights, **restore}
+        new.executor = executor
+        new.invalidate()
     new.derive_bias_encodings()
     return new
+
+
+def _float_parameters(
+    sim: QuantSim,
+    weights: set[str],
+    model: onnx.ModelProto | None,
+    reference: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The float values of the parameters of the layers whose weights in ``weights`` are kept
+    float, where a quantized step changed them."""
+    if not weights or model is None or not reference:
+        return {}
+    current = sim.executor.weights
+    restore: dict[str, Any] = {}
+    for node in model.graph.node:
+        if not weights.intersection(node.input):
+            continue
+        for name in node.input:
+            if name in reference and name in current and current[name] is not reference[name]:
+                if not np.array_equal(to_numpy(current[name]), to_numpy(reference[name])):
+                    restore[name] = reference[name]
+    return restore
 
 
 def _copy(sim: QuantSim) -> QuantSim:
@@ -159,7 +209,11 @@ def _copy(sim: QuantSim) -> QuantSim:
 
 def build(state: PipelineState, sim: QuantSim, kind: str, tensors: list[str]) -> MixedConfig:
     """The configuration and its export, laid out for the same kernels as the base."""
-    changed = widened(sim, tensors) if kind == "16-bit" else floated(sim, tensors)
+    changed = (
+        widened(sim, tensors)
+        if kind == "16-bit"
+        else floated(sim, tensors, state.model, state.float_weights)
+    )
     unsigned = state.kernels is not None and not state.kernels.signed_weights
     # the same layout as the base's export (pipeline.run_pipeline)
     executed = state.kernels is None or target_rules(state.kernels.target).executed_here

@@ -43,9 +43,17 @@ class NoiseEstimate:
         return 10.0 * float(np.log10(max(self.signal, 1e-30) / noise))
 
 
-def estimate_noise(sim: QuantSim, feeds: Mapping[str, Any], seed: int = 0) -> NoiseEstimate:
+def estimate_noise(
+    sim: QuantSim, feeds: Mapping[str, Any], seed: int = 0, *, per_channel: bool = False
+) -> NoiseEstimate:
     """First-order output noise of every activation and weight quantizer of ``sim`` on ``feeds``
-    (the float model in the torch executor, ``PROJECTIONS`` random projections averaged)."""
+    (the float model in the torch executor, ``PROJECTIONS`` random projections averaged).
+
+    ``per_channel``: each output channel's noise is counted relative to that channel's power
+    (channel as the worst-channel SQNR takes it: axis 1 of a 4-D output, else the last axis),
+    so the ranking follows what that target measures; otherwise noise counts in the outputs'
+    units, where a large-range channel outweighs a small-range one. Either way ``signal`` is
+    in the same units as the noise (with ``per_channel``, the number of channels)."""
     import torch
 
     executor = sim.torch_executor()
@@ -90,13 +98,23 @@ def estimate_noise(sim: QuantSim, feeds: Mapping[str, Any], seed: int = 0) -> No
         ]
         if not floats:
             return estimate
-        estimate.signal = float(sum(float((o.detach() ** 2).sum()) for o in floats))
-        projection = torch.stack(
-            [
-                (torch.randn(o.shape, generator=generator, dtype=o.dtype) * o).sum().float()
-                for o in floats
-            ]
-        ).sum()
+        if per_channel:
+            factors = [_channel_weights(o) for o in floats]
+            estimate.signal = float(sum(_channels(o) for o in floats))
+            projection = torch.stack(
+                [
+                    (torch.randn(o.shape, generator=generator, dtype=o.dtype) * w * o).sum()
+                    for o, w in zip(floats, factors, strict=True)
+                ]
+            ).sum()
+        else:
+            estimate.signal = float(sum(float((o.detach() ** 2).sum()) for o in floats))
+            projection = torch.stack(
+                [
+                    (torch.randn(o.shape, generator=generator, dtype=o.dtype) * o).sum().float()
+                    for o in floats
+                ]
+            ).sum()
         names = list(probes) + list(weights)
         tensors = [probes[n] for n in probes] + [weights[n] for n in weights]
         grads = torch.autograd.grad(projection, tensors, allow_unused=True)
@@ -113,6 +131,31 @@ def estimate_noise(sim: QuantSim, feeds: Mapping[str, Any], seed: int = 0) -> No
         for name in table:
             table[name] /= PROJECTIONS
     return estimate
+
+
+def _channels(output: Any) -> int:
+    if output.dim() < 2:
+        return 1
+    return int(output.shape[1 if output.dim() == 4 else output.dim() - 1])
+
+
+def _channel_weights(output: Any) -> Any:
+    """The projection's weight per element, 1 / sqrt(power of the element's channel): the
+    projected noise is then the sum over channels of noise relative to the channel's power.
+    A channel under 1e-6 of the mean channel's power counts at that floor (a channel that is
+    ~zero everywhere would otherwise outweigh every other)."""
+    import torch
+
+    values = output.detach().double()
+    if values.dim() < 2:
+        return torch.full_like(values, 1.0 / max(float((values**2).sum()), 1e-30) ** 0.5)
+    axis = 1 if values.dim() == 4 else values.dim() - 1
+    dims = [d for d in range(values.dim()) if d != axis]
+    power = (values**2).sum(dim=dims)
+    power = torch.clamp(power, min=max(float(power.mean()) * 1e-6, 1e-30))
+    shape = [1] * values.dim()
+    shape[axis] = -1
+    return (1.0 / power.sqrt()).reshape(shape).expand_as(values).to(output.dtype)
 
 
 def _noise_power(encoding: Encoding, grad: Any) -> float:

@@ -77,7 +77,11 @@ def test_auto_without_labels_reaches_the_sqnr_target_through_mixed_precision(wid
     # the cheapest that meets it, and every configuration on the record
     met = [row for row in auto["tried"] if row.get("met")]
     assert chosen["energy_pj"] == min(row["energy_pj"] for row in met)
-    assert chosen["energy_pj"] > rows["ptq"]["energy_pj"]
+    # 16-bit grids where the scores share the boxes' grid: the output and the scaling before
+    # it, ranked first by their noise relative to each channel's power; they feed no MAC, so
+    # the energy model prices the fix at (about) nothing over plain W8A8
+    assert chosen["energy_pj"] >= rows["ptq"]["energy_pj"]
+    assert auto["chosen_changes"][0]["node"] == "logits"
     assert chosen["on_frontier"]
     # 16 bits first, float only where 16 bits are not enough (each priced by the energy model)
     names = list(rows)
@@ -255,3 +259,45 @@ def test_resampled_low_figure_flags_a_target_that_one_sample_decides():
         "resolvable"
     ]
     assert not fidelity_resolution(verdicts(spread, 10.0), 19)["resolvable"]  # too few
+
+
+def test_every_quantizer_kept_float_is_the_float_model_after_bias_correction(wide):
+    """Bias correction moves biases to offset 8-bit noise; with every quantizer kept float
+    (float_all) those moves have nothing left to offset, so the layers get their float biases
+    back and the configuration computes what the float model does."""
+    from qaas_engine.auto_mixed import build, rank_activations
+    from qaas_engine.cost.energy import EnergyProfile
+    from qaas_engine.pipeline import PipelineData, run_pipeline
+    from qaas_engine.state import Timer
+
+    imported, calibration = wide
+    spec = QuantSpec(pipeline=("cle", "bias_correction"))
+    state, sim, _ = run_pipeline(
+        imported, spec, PipelineData(calibration), Timer(), EnergyProfile()
+    )
+    assert state.step_reports["bias_correction"]["layers"]  # biases were moved
+    config = build(state, sim, "float", rank_activations(state, sim).everything)
+    assert not any(node.op_type == "QuantizeLinear" for node in config.qdq.graph.node)
+    feeds = {"input": calibration.arrays["input"][:16]}
+    expected = session(imported.model).run(None, feeds)[0]
+    np.testing.assert_array_equal(session(config.qdq).run(None, feeds)[0], expected)
+    # the base keeps its corrections: only the configuration built from it changed
+    bias = state.step_reports["bias_correction"]["layers"][0]["bias"]
+    assert sim.executor.weights[bias] is not state.float_weights[bias]
+    assert config.sim.executor.weights[bias] is state.float_weights[bias]
+
+
+def test_float_rungs_start_from_the_16_bit_configuration_where_it_gained(wide):
+    """Past what 16-bit activations reach (the 8-bit weights' noise), the float rungs keep the
+    16-bit grids and keep float only the few quantizers that still carry the noise, ranked
+    again on the 16-bit configuration: cheaper than the float model, not the float model."""
+    auto = _auto(wide, min_sqnr_db=55).report["auto"]
+    rows = {row["name"]: row for row in auto["tried"]}
+    assert not rows["a16_all"]["met"] and rows["a16_all"]["fidelity"]["logits"]["value"] < 55
+    chosen = rows[auto["chosen"]]
+    assert auto["verdict"] == "met" and chosen["name"].startswith("float_top")
+    assert chosen["on_top_of"] == "a16_all" and chosen["base"] == "ptq"
+    assert chosen["bits"]["activations"].get("16") and chosen["energy_ratio_vs_float"] > 1
+    # the report names both changes: the 16-bit grids kept and what is kept float
+    actions = {line["action"] for line in auto["chosen_changes"]}
+    assert "16-bit activations" in actions and any("float" in a for a in actions)
