@@ -633,12 +633,18 @@ def _qlinear_add(
         partial = multiply_add(cast(b, "b", TensorProto.DOUBLE), ratio_b, fixed_name, "partial")
         result = multiply_add(cast(a, "a", TensorProto.DOUBLE), ratio_a, partial, "c")
     del result  # the float32 value is prefix + "c"
-    out_zero = constants.add(prefix + "out_zero", np.zeros((), zero_c.dtype))
-    one = constants.add(prefix + "one", np.array(1.0, np.float32))
-    nodes.append(
-        helper.make_node("QuantizeLinear", [prefix + "c", one, out_zero], [node.output[0]])
-    )
+    nodes.append(_round_onto_output(node, constants, prefix, zero_c.dtype))
     return nodes
+
+
+def _round_onto_output(
+    node: onnx.NodeProto, constants: _Constants, prefix: str, dtype: np.dtype
+) -> onnx.NodeProto:
+    """``prefix + "c"`` already holds the output's integers as float32 (zero point added):
+    QuantizeLinear with scale 1 and zero 0 rounds half to even and saturates to ``dtype``."""
+    out_zero = constants.add(prefix + "out_zero", np.zeros((), dtype))
+    one = constants.add(prefix + "one", np.array(1.0, np.float32))
+    return helper.make_node("QuantizeLinear", [prefix + "c", one, out_zero], [node.output[0]])
 
 
 def _qlinear_mul(
@@ -687,11 +693,7 @@ def _qlinear_mul(
         prefix + "zc", np.array(f32(zero_c.astype(np.int32).reshape(-1)[0]), np.float32)
     )
     nodes.append(helper.make_node("Add", [prefix + "scaled", zc_float], [prefix + "c"]))
-    out_zero = constants.add(prefix + "out_zero", np.zeros((), zero_c.dtype))
-    one = constants.add(prefix + "one", np.array(1.0, np.float32))
-    nodes.append(
-        helper.make_node("QuantizeLinear", [prefix + "c", one, out_zero], [node.output[0]])
-    )
+    nodes.append(_round_onto_output(node, constants, prefix, zero_c.dtype))
     return nodes
 
 
