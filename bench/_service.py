@@ -301,6 +301,7 @@ class CpuMeter:
         self.start_values: dict[str, float] = {}
         self.started = False
         self.result: dict[str, float] = {}
+        self.admin = psycopg.connect(PG_ADMIN, autocommit=True)  # one, not one per sample
 
     def _groups(self) -> dict[str, float]:
         def tree_cpu(root: int) -> float:
@@ -327,11 +328,10 @@ class CpuMeter:
         }
 
     def _backend_pids(self) -> list[int]:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            rows = admin.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = %s",
-                (self.deployment.database,),
-            ).fetchall()
+        rows = self.admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s",
+            (self.deployment.database,),
+        ).fetchall()
         return [int(row[0]) for row in rows]
 
     def _sample_once(self) -> None:
@@ -372,6 +372,7 @@ class CpuMeter:
         self.stopped.set()
         self.thread.join()
         self._sample_once()
+        self.admin.close()
         end = self._groups()
         delta = {key: end[key] - self.start_values[key] for key in end}
         postgres = sum(last - first for first, last in self.backends.values())

@@ -72,9 +72,9 @@ class Quotas:
             )
         per_minute = self.settings.submissions_per_minute
         now = utcnow()
-        recent = jobs.created_since(tenant_id, now - RATE_WINDOW, per_minute)
-        if len(recent) >= per_minute:
-            wait = (recent[0] + RATE_WINDOW - now).total_seconds()
+        recent, oldest = jobs.submissions_since(tenant_id, now - RATE_WINDOW, per_minute)
+        if recent >= per_minute and oldest is not None:
+            wait = (oldest + RATE_WINDOW - now).total_seconds()
             raise TooManyRequests(
                 f"more than {per_minute} job submissions in a minute; slow down",
                 retry_after_s=math.ceil(wait),

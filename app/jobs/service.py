@@ -149,8 +149,6 @@ class JobService:
             )
             if existing is not None:
                 return self._replay(existing, digest), False
-        # A cheap early refusal; the count that decides is made again in _insert_within_quota.
-        await run_in_threadpool(self.quotas.check_submission, tenant_id=tenant_id, lock=False)
         model = await self._validate(tenant_id=tenant_id, request=request)
         spec = _with_target(request).model_dump(mode="json")
         route = await run_in_threadpool(self._route, request, spec, model)
@@ -280,11 +278,11 @@ class JobService:
             dataset = await run_in_threadpool(
                 lambda d=dataset_id: self.datasets.get(tenant_id=tenant_id, dataset_id=d)
             )
-            await self._check_fits(dataset, model, role, spec.fixed_inputs)
+            await self._check_fits(tenant_id, dataset, model, role, spec.fixed_inputs)
         return model
 
     async def _check_fits(
-        self, dataset: Dataset, model: Model, role: str, fixed: dict[str, float]
+        self, tenant_id: str, dataset: Dataset, model: Model, role: str, fixed: dict[str, float]
     ) -> None:
         key = (
             dataset.id,
@@ -297,6 +295,10 @@ class JobService:
         )
         if key in checked_fits:
             return
+        # A cheap early refusal before the sandboxed check (a second or so of CPU); the count
+        # that decides is made again in _insert_within_quota, so a checked pair needs no early
+        # count.
+        await run_in_threadpool(self.quotas.check_submission, tenant_id=tenant_id, lock=False)
         async with checked_fits.turn(key):
             if key in checked_fits:  # checked by the request this one waited for
                 return
