@@ -50,6 +50,38 @@ def slow_child_main(delay_s: float) -> Callable[..., None]:
     return functools.partial(_slow_child_main, delay_s=delay_s)
 
 
+class _FreezeRecorder:
+    """The limited child's end of its pipe: writes, at the first message, how many objects the
+    child's garbage collector has frozen by then (``gc.get_freeze_count``) to ``out``, a file
+    opened before the job's sandbox closes the file system."""
+
+    def __init__(self, sender: Any, out: Any) -> None:
+        self._sender = sender
+        self._out = out
+
+    def send(self, message: Any) -> None:
+        import gc
+
+        if not self._out.closed:
+            self._out.write(str(gc.get_freeze_count()))
+            self._out.close()
+        self._sender.send(message)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sender, name)
+
+
+def _freeze_recording_child_main(sender: Any, job: Any, memory_bytes: int, *, out: Path) -> None:
+    with out.open("w") as opened:
+        _child_main(_FreezeRecorder(sender, opened), job, memory_bytes)
+
+
+def freeze_recording_child_main(out: Path) -> Callable[..., None]:
+    """A replacement for ``worker.limited._child_main`` that writes to ``out`` the objects its
+    garbage collector leaves alone by the job's first report. Picklable, as above."""
+    return functools.partial(_freeze_recording_child_main, out=out)
+
+
 def slow_progress(delay_s: float) -> None:
     """Every limited child started from this process (or its forks) reports slowly."""
     limited._child_main = slow_child_main(delay_s)
