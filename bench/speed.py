@@ -265,6 +265,11 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def quantization_alone(runs: list[Run], extras: frozenset[str] | set[str]) -> float:
+    """Median wall seconds of qaas runs less their report extras (the steps in ``extras``)."""
+    return median([r.wall - sum(r.steps.get(s, 0.0) for s in extras) for r in runs])
+
+
 def report(
     results: list[tuple[Case, list[Run], list[Run], list[Run]]], parent_peak_mib: float
 ) -> None:
@@ -302,7 +307,7 @@ def report(
 
     rows = []
     for case, ours, theirs, _ in results:
-        alone = median([r.wall - sum(r.steps.get(s, 0.0) for s in EXTRA_STEPS) for r in ours])
+        alone = quantization_alone(ours, EXTRA_STEPS)
         steps = median([sum(v for k, v in r.steps.items() if k not in EXTRA_STEPS) for r in ours])
         ort_s = median([r.wall for r in theirs])
         ort_inner = median([r.inner or 0.0 for r in theirs])
@@ -351,16 +356,19 @@ def report(
         base_s, qaas_s = median([r.wall for r in before]), median([r.wall for r in ours])
         base_cpu, qaas_cpu = median([r.cpu for r in before]), median([r.cpu for r in ours])
         ort_cpu = median([r.cpu for r in theirs])
+        base_alone, qaas_alone = (quantization_alone(r, EXTRA_STEPS) for r in (before, ours))
         rows.append(
             [case.name, base_s, qaas_s, ort_s, ratio(base_s, ort_s), ratio(qaas_s, ort_s)]
             + [base_cpu, qaas_cpu, ort_cpu, ratio(base_cpu, ort_cpu), ratio(qaas_cpu, ort_cpu)]
+            + [ratio(base_alone, ort_s), ratio(qaas_alone, ort_s)]
         )
     if rows:
         print_table(
             "Before/after in the same run (--baseline checkout), whole process, medians "
-            "(wall, then CPU seconds: user + system)",
+            "(wall, then CPU seconds: user + system; then quantization alone's wall vs ORT's)",
             ["model", "base s", "qaas s", "ORT s", "base/ORT", "qaas/ORT"]
-            + ["base CPU", "qaas CPU", "ORT CPU", "base/ORT", "qaas/ORT"],
+            + ["base CPU", "qaas CPU", "ORT CPU", "base/ORT", "qaas/ORT"]
+            + ["base alone/ORT", "qaas alone/ORT"],
             rows,
         )
 

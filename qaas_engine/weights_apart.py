@@ -77,11 +77,18 @@ def apart_bytes(model: onnx.ModelProto, min_bytes: int = APART_MIN_BYTES) -> int
     return sum(tensor_bytes(tensor) for tensor in large_initializers(model, min_bytes))
 
 
-def skeleton(model: onnx.ModelProto, stub: dict[str, TensorProto]) -> onnx.ModelProto:
-    """``model`` with each initializer named in ``stub`` replaced by its stub; the rest copied."""
+def without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` with no main-graph initializer: what a rewrite that makes its own
+    weights copies, not a whole model's worth it then throws away."""
     result = onnx.ModelProto()
     _copy_fields(model, result, skip="graph")
     _copy_fields(model.graph, result.graph, skip="initializer")
+    return result
+
+
+def skeleton(model: onnx.ModelProto, stub: dict[str, TensorProto]) -> onnx.ModelProto:
+    """``model`` with each initializer named in ``stub`` replaced by its stub; the rest copied."""
+    result = without_initializers(model)
     result.graph.initializer.extend(
         stub.get(tensor.name, tensor) for tensor in model.graph.initializer
     )

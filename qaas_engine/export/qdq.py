@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from qaas_engine.quant.encoding import Encoding
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.tensors import to_numpy
+from qaas_engine.weights_apart import without_initializers
 
 MS_DOMAIN = "com.microsoft"  # ONNX Runtime's Q/DQ with 16-bit integers at any opset
 
@@ -190,7 +191,7 @@ def _scalar_operand(
 
 def _grid_digest(values: np.ndarray, encoding: Encoding, dtype: Any) -> bytes:
     """The weight's values, shape, grid and container, by value."""
-    digest = hashlib.blake2b(digest_size=20)
+    digest = hashlib.sha256()
     digest.update(repr((values.shape, encoding.scheme, np.dtype(dtype).str)).encode())
     for array in (encoding.scale, encoding.zero_point):
         digest.update(np.ascontiguousarray(array).tobytes())
@@ -219,8 +220,7 @@ def export_qdq(
     on a grid that holds it exactly (:func:`exact_scalar`), so ONNX Runtime fuses the op (same
     values, fewer nodes).
     """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = without_initializers(model)  # each initializer is written below, once
     graph = out.graph
     builder = QdqBuilder(out, sim.weight_integers)
     weights = sim.executor.weights
@@ -230,7 +230,7 @@ def export_qdq(
 
     param_encodings = {**sim.weight_encodings, **sim.bias_encodings}
     kept_initializers = []
-    for init in graph.initializer:
+    for init in model.graph.initializer:
         value = weights.get(init.name)
         tensor = None if value is None else to_numpy(value)
         if init.name in param_encodings and tensor is not None:
@@ -308,7 +308,6 @@ def export_qdq(
 
     del graph.node[:]
     graph.node.extend(prefix_nodes + body)
-    del graph.initializer[:]
     graph.initializer.extend(kept_initializers + builder.initializers)
     del graph.value_info[:]
     if builder.uses_ms_domain and not any(o.domain == MS_DOMAIN for o in out.opset_import):

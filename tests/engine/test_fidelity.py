@@ -99,3 +99,32 @@ def test_a_model_of_several_outputs_reads_its_float_outputs_from_the_rules_probe
         for key in ("simulated", "onnxruntime"):
             mine, theirs = kept["outputs"][name][key], again["outputs"][name][key]
             assert mine["sqnr_db"] == pytest.approx(theirs["sqnr_db"], abs=0.01)
+
+
+def test_an_exact_runtime_reads_the_simulations_figures_and_the_ceiling():
+    """Where ONNX Runtime computed exactly the simulation's outputs, its figures are the
+    simulation's and the gap's resampled worst channel sits at the ceiling: what meters fed
+    and resampled one by one give (the shortcut skips two bootstraps, not a figure)."""
+    from qaas_engine.evaluation import SQNR_CEILING_DB, FidelityMeter, _output_metrics
+
+    rng = np.random.default_rng(0)
+    meters = {key: FidelityMeter() for key in ("float", "simulated", "onnxruntime", "gap")}
+    for _ in range(12):
+        reference = rng.standard_normal((2, 5, 3, 3)).astype(np.float32)
+        test = (reference + 0.05 * rng.standard_normal(reference.shape)).astype(np.float32)
+        meters["float"].update(reference, reference, None)
+        meters["simulated"].update(reference, test, None)
+        meters["onnxruntime"].update(reference, test, None)
+        meters["gap"].update(test, test.copy(), None)
+    metrics = _output_metrics(meters)
+    assert metrics["onnxruntime"] == meters["onnxruntime"].result() == metrics["simulated"]
+    gap = metrics["simulation_vs_onnxruntime"]
+    assert gap["worst_channel_sqnr_db_low"] == SQNR_CEILING_DB == gap["worst_channel_sqnr_db"]
+    assert gap["max_abs_diff"] == 0.0
+    # any difference at all, and the runtime's figures are its own
+    meters["gap"].update(test, test + np.float32(1e-3), None)
+    meters["onnxruntime"].update(reference, test + np.float32(1e-3), None)
+    meters["simulated"].update(reference, test, None)
+    differing = _output_metrics(meters)
+    assert differing["onnxruntime"] != differing["simulated"]
+    assert differing["simulation_vs_onnxruntime"]["worst_channel_sqnr_db_low"] < SQNR_CEILING_DB

@@ -273,26 +273,49 @@ def test_the_default_check_on_calibration_data_is_bounded_by_work(tiny_imported,
 def test_evaluation_reuses_the_rules_run_of_the_same_graph_on_the_same_samples(
     tiny_imported, monkeypatch
 ):
-    """The rules ran the exported graph (optimizer off) on the first calibration samples; the
+    """The rules ran the exported graph as deployed on the first calibration samples; the
     evaluation on the calibration data takes those outputs where graph and feeds are the same,
-    and its figures are exactly those of running them again."""
-    from qaas_engine import evaluation
-    from qaas_engine.ort_emulation import Emulation
+    emulated integer kernels or not, and its figures are exactly those of running them again."""
     from qaas_engine.simulated_runs import SimulatedRuns
 
     imported, calibration, _ = tiny_imported
     spec = QuantSpec(batch_size=8)  # the rules measure on one batch of 8: the same first batch
+    reused = quantize(imported, spec, calibration=calibration).report["metrics"]
+    assert reused["simulation_kernels"]["emulated"]
+    assert "1 batches kept from the rules' run" in reused["engines"]["onnxruntime"]
+    assert "kept from the rules' run" not in reused["engines"]["simulated"]
+
+    monkeypatch.setattr(SimulatedRuns, "lookup", lambda *args, **kwargs: None)
+    again = quantize(imported, spec, calibration=calibration).report["metrics"]
+    assert again["engines"]["onnxruntime"] == "onnxruntime, default optimizations"
+    for key in ("float", "simulated", "onnxruntime", "simulation_vs_onnxruntime", "outputs"):
+        assert reused[key] == again[key]
+
+
+def test_rules_measuring_with_the_optimizer_off_give_the_evaluation_its_simulation(
+    tiny_imported, monkeypatch
+):
+    """Where the rules measure with the optimizer off (VNNI kernels forced on a CPU without an
+    int8 dot product) and ORT fuses nothing the simulation emulates, the evaluation's simulated
+    outputs are the rules' run of the same graph; its figures are those of running it again."""
+    from qaas_engine import evaluation, rules
+    from qaas_engine.ort_emulation import Emulation
+    from qaas_engine.simulated_runs import SimulatedRuns
+
+    imported, calibration, _ = tiny_imported
+    spec = QuantSpec(batch_size=8)
+    monkeypatch.setattr(rules, "deployed_measurement", lambda kernels: False)
     # where ORT fuses integer kernels, the simulation computes them as ORT does: another graph
-    # than the rules ran, so nothing is reused and the figures are the emulated graph's
+    # than the rules ran, so nothing is reused
     emulating = quantize(imported, spec, calibration=calibration).report["metrics"]
     assert emulating["simulation_kernels"]["emulated"]
     assert "kept from the rules' run" not in emulating["engines"]["simulated"]
-    # where nothing is fused (emulation off here), the rules' run of the same graph is reused
+    assert "kept from the rules' run" not in emulating["engines"]["onnxruntime"]
     monkeypatch.setattr(evaluation, "emulated", lambda qdq, optimized: Emulation(qdq))
     reused = quantize(imported, spec, calibration=calibration).report["metrics"]
     assert "1 batches kept from the rules' run" in reused["engines"]["simulated"]
 
-    monkeypatch.setattr(SimulatedRuns, "lookup", lambda *args: None)
+    monkeypatch.setattr(SimulatedRuns, "lookup", lambda *args, **kwargs: None)
     again = quantize(imported, spec, calibration=calibration).report["metrics"]
     assert again["engines"]["simulated"] == "onnxruntime, graph optimizer off"
     for key in ("float", "simulated", "onnxruntime", "simulation_vs_onnxruntime", "outputs"):
@@ -305,27 +328,20 @@ def test_evaluation_batches_as_the_rules_did_to_reuse_their_run(tiny_imported, m
     sample whatever batches calibration ran (before, a batch of 32 matched neither, and a large
     detector ran its exported graph again). The figures are those of running everything."""
     from qaas_engine import evaluation
-    from qaas_engine.ort_emulation import Emulation
     from qaas_engine.simulated_runs import SimulatedRuns
 
     imported, calibration, _ = tiny_imported
     spec = QuantSpec()
     assert spec.batch_size > 8 and calibration.num_samples > 8
-    # ORT fuses this model's kernels, so the simulation is another graph than the rules ran:
-    # only the float outputs are taken, batch for batch as calibration cut them
-    emulating = quantize(imported, spec, calibration=calibration).report["metrics"]
-    assert "kept from the rules' run" not in emulating["engines"]["simulated"]
-    assert "batches kept from calibration" in emulating["engines"]["float"]
-    monkeypatch.setattr(evaluation, "emulated", lambda qdq, optimized: Emulation(qdq))
     reused = quantize(imported, spec, calibration=calibration).report["metrics"]
-    assert "1 batches kept from the rules' run" in reused["engines"]["simulated"]
+    assert "1 batches kept from the rules' run" in reused["engines"]["onnxruntime"]
     assert "batches kept from calibration" in reused["engines"]["float"]
 
-    monkeypatch.setattr(SimulatedRuns, "lookup", lambda *args: None)
+    monkeypatch.setattr(SimulatedRuns, "lookup", lambda *args, **kwargs: None)
     monkeypatch.setattr(SimulatedRuns, "reference", lambda *args: None)
     monkeypatch.setattr(evaluation, "_kept_output", lambda *args: None)
     again = quantize(imported, spec, calibration=calibration).report["metrics"]
-    assert again["engines"]["simulated"] == "onnxruntime, graph optimizer off"
+    assert again["engines"]["onnxruntime"] == "onnxruntime, default optimizations"
     assert again["engines"]["float"] == "onnxruntime"
     assert reused["samples"] == again["samples"]
     for key in ("float", "simulated", "onnxruntime", "simulation_vs_onnxruntime"):
@@ -343,15 +359,23 @@ def test_simulated_runs_answer_only_for_the_same_graph_and_the_same_feeds(tiny_i
     feeds = {"input": np.ones((2, 1, 8, 8), np.float32)}
     runs = SimulatedRuns([feeds])
     digest = graph_digest(imported.model)
-    runs.record(digest, [[np.zeros((2, 10), np.float32)]])
-    assert runs.lookup(digest, 0, {"input": feeds["input"].copy()}) is not None
-    assert runs.lookup(digest, 1, feeds) is None  # a batch it never ran
-    assert runs.lookup(digest, 0, {"input": feeds["input"] * 2}) is None
-    assert runs.lookup(digest, 0, {"input": feeds["input"][:1]}) is None
+    runs.record(digest, [[np.zeros((2, 10), np.float32)]], optimized=True)
+    assert runs.lookup(digest, 0, {"input": feeds["input"].copy()}, optimized=True) is not None
+    assert runs.lookup(digest, 0, feeds, optimized=False) is None  # a session made another way
+    assert runs.lookup(digest, 1, feeds, optimized=True) is None  # a batch it never ran
+    assert runs.lookup(digest, 0, {"input": feeds["input"] * 2}, optimized=True) is None
+    assert runs.lookup(digest, 0, {"input": feeds["input"][:1]}, optimized=True) is None
     other = onnx.ModelProto()
     other.CopyFrom(imported.model)
     other.graph.node[0].name += "_renamed"
-    assert graph_digest(other) != digest and runs.lookup(graph_digest(other), 0, feeds) is None
+    assert graph_digest(other) != digest
+    assert runs.lookup(graph_digest(other), 0, feeds, optimized=True) is None
+    weights = onnx.ModelProto()
+    weights.CopyFrom(imported.model)
+    first = weights.graph.initializer[0]
+    changed = onnx.numpy_helper.to_array(first) + 1
+    first.CopyFrom(onnx.numpy_helper.from_array(changed.astype(changed.dtype), first.name))
+    assert graph_digest(weights) != digest  # the weights count, not only the graph
 
 
 def test_a_bounded_check_reads_the_float_outputs_calibration_computed(tiny_imported, monkeypatch):
