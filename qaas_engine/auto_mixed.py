@@ -160,7 +160,7 @@ def floated(
     back from ``reference`` (the state's float weights), so with every quantizer kept float the
     configuration is the float model, not the float model with stale corrections."""
     new = _copy(sim)
-    for name in names:
+    for name in [*names, *_fed_by_dq(sim, names)]:
         new.activation_encodings.pop(name, None)
         new.weight_encodings.pop(name, None)
         new.skipped[name] = "pipeline auto: among the noisiest quantizers, kept float"
@@ -172,6 +172,22 @@ def floated(
         new.invalidate()
     new.derive_bias_encodings()
     return new
+
+
+def _fed_by_dq(sim: QuantSim, names: list[str]) -> list[str]:
+    """The activation quantizers feeding the layers whose weights in ``names`` are kept float.
+
+    ONNX Runtime's optimizer (WeightBiasQuantization, 1.20+) quantizes a float weight whose
+    layer reads a DequantizeLinear output: per-tensor int8, coarser than the per-channel grid it
+    replaced, so 'weights kept float' would deploy worse than quantized weights. A layer without
+    a quantized input keeps its float weights in ONNX Runtime too."""
+    fed = []
+    for name in names:
+        site = sim.placement.weights.get(name)
+        source = None if site is None else sim.quantizer_of(site.input)
+        if source is not None:
+            fed.append(source)
+    return fed
 
 
 def _float_parameters(
