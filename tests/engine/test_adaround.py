@@ -8,17 +8,15 @@ from qaas_engine.data import validate_arrays
 from qaas_engine.pipeline import build_sim, build_state
 from qaas_engine.quant import adaround as ada
 from qaas_engine.state import Timer
-from qaas_engine.zoo import export_onnx, load_digits_splits, train_classifier
-from qaas_engine.zoo.imbalance import DepthwiseReLUNet, imbalance_channels
+from qaas_engine.zoo import export_onnx
+from qaas_engine.zoo.imbalance import imbalance_channels
 
 ITERATIONS = 500  # a test budget; the default is higher
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    digits = load_digits_splits(seed=0)
-    torch.manual_seed(0)
-    model = train_classifier(DepthwiseReLUNet(), digits.x_train, digits.y_train, epochs=15)
+def trained(tmp_path_factory, digits_depthwise_net):
+    digits, model = digits_depthwise_net()
     # A mild per-channel spread (10^U(-0.25, 0.25), function unchanged), like real networks
     # have: enough that rounding to nearest at 4 bits per tensor costs accuracy.
     imbalance_channels(model, seed=0, decades=0.25)

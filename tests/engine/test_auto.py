@@ -7,21 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from qaas_engine import QuantSpec, import_model, quantize
-from qaas_engine.zoo import digits_datasets, export_onnx, load_digits_splits, train_classifier
-from qaas_engine.zoo.imbalance import DepthwiseReLUNet, imbalance_channels
+from qaas_engine.zoo import digits_datasets, export_onnx
+from qaas_engine.zoo.imbalance import imbalance_channels
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 W8A8_PER_TENSOR = {"weight_granularity": "per-tensor", "max_accuracy_drop": 1.0}
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    digits = load_digits_splits(seed=0)
-    torch.manual_seed(0)
-    plain = train_classifier(DepthwiseReLUNet(), digits.x_train, digits.y_train, epochs=15)
+def models(tmp_path_factory, digits_depthwise_net):
+    digits, plain = digits_depthwise_net()
     imbalanced = copy.deepcopy(plain)
     # Channel ranges spread over four decades (function unchanged): per-tensor grids break
     # until cross-layer equalization puts the ranges back in line.

@@ -9,8 +9,8 @@ from qaas_engine import QuantSpec, SpecError, import_model, model_inputs, quanti
 from qaas_engine.data import validate_arrays
 from qaas_engine.pipeline import build_state, run_steps
 from qaas_engine.state import Timer
-from qaas_engine.zoo import build_model, export_onnx, load_digits_splits, train_classifier
-from qaas_engine.zoo.imbalance import DepthwiseReLUNet, imbalance_channels
+from qaas_engine.zoo import build_model, export_onnx, load_digits_splits
+from qaas_engine.zoo.imbalance import imbalance_channels
 
 DFQ = ("bn_fold", "cle", "bias_correction")
 
@@ -57,9 +57,8 @@ def test_fold_equalize_absorb_preserve_the_float_function(name, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def imbalanced(digits, tmp_path_factory):
-    torch.manual_seed(0)
-    model = train_classifier(DepthwiseReLUNet(), digits.x_train, digits.y_train, epochs=15)
+def imbalanced(digits, tmp_path_factory, digits_depthwise_net):
+    _, model = digits_depthwise_net()
     x = torch.from_numpy(digits.x_eval[:64])
     before = model(x).detach()
     imbalance_channels(model, seed=0)

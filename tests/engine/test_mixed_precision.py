@@ -15,16 +15,13 @@ from qaas_engine.quant.encoding import Encoding, QuantScheme
 from qaas_engine.quant.gated import GatedQuantizer
 from qaas_engine.quant.qat import QATModel
 from qaas_engine.state import Timer
-from qaas_engine.zoo import digits_datasets, export_onnx, load_digits_splits, train_classifier
-from qaas_engine.zoo.imbalance import DepthwiseReLUNet
+from qaas_engine.zoo import digits_datasets, export_onnx
 from qaas_engine.zoo.redundant import RedundantNet
 
 
 @pytest.fixture(scope="module")
-def redundant(tmp_path_factory):
-    digits = load_digits_splits(seed=0)
-    torch.manual_seed(0)
-    base = train_classifier(DepthwiseReLUNet(), digits.x_train, digits.y_train, epochs=15)
+def redundant(tmp_path_factory, digits_depthwise_net):
+    digits, base = digits_depthwise_net()
     net = RedundantNet(base, dead_channels=8)
     with torch.no_grad():
         x = torch.from_numpy(digits.x_eval[:64])
