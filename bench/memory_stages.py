@@ -7,13 +7,15 @@ known to copy a model (checker, shape inference, ONNX Runtime sessions), reads `
 Linux), so each line's peak is that interval's own. Lines: ``[during|after] NAME``: the peak
 inside the call and the resident size when it returned; ``gap`` lines cover the code between.
 
-Run: ``python bench/memory_stages.py MODEL --calibration NPZ [qaas quantize options...]``
+Run: ``python bench/memory_stages.py MODEL --calibration NPZ [--wrap MODULE:FUNCTION ...]
+[qaas quantize options...]`` (``--wrap`` adds a line for each call of that function)
 (the output folder defaults to a temporary one). Linux only.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import sys
 import tempfile
 import time
@@ -72,8 +74,9 @@ class Recorder:
         return wrapped
 
 
-def _patch(recorder: Recorder) -> None:
-    """Wrap the report steps and the calls known to copy a whole model."""
+def _patch(recorder: Recorder, extra: list[str]) -> None:
+    """Wrap the report steps, the calls known to copy a whole model, and ``extra``
+    (``module:function`` names, looked up through the module at call time)."""
     import onnx
     import onnxruntime
 
@@ -100,16 +103,25 @@ def _patch(recorder: Recorder) -> None:
     tapped.TappedModel.__init__ = recorder.wrap(  # type: ignore[method-assign]
         "TappedModel()", tapped.TappedModel.__init__
     )
+    for target in extra:
+        module_name, attr = target.split(":")
+        module = importlib.import_module(module_name)
+        setattr(module, attr, recorder.wrap(attr, getattr(module, attr)))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    while "--wrap" in args:
+        at = args.index("--wrap")
+        extra.append(args[at + 1])
+        del args[at : at + 2]
     recorder = Recorder()
     recorder.close("interpreter start")
     from app.cli import main as cli_main
 
     recorder.close("import app.cli")
-    _patch(recorder)
+    _patch(recorder, extra)
     with tempfile.TemporaryDirectory(prefix="qaas-memory-") as tmp:
         if "-o" not in args and "--output" not in args:
             args += ["-o", str(Path(tmp) / "out")]

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from qaas_engine.graph.lazy import weight_layouts
 from qaas_engine.tapped import TappedModel
 from qaas_engine.tensors import to_numpy, to_torch
 
@@ -143,7 +144,7 @@ def macs_per_sample(
 ) -> dict[str, int]:
     """MACs of each Conv/ConvTranspose/Gemm/MatMul for one sample, from a real run's shapes."""
     shapes = shapes if shapes is not None else _run_shapes(model, executor, feeds)
-    weights = {n: tuple(t.shape) for n, t in executor.weights.items()}
+    weights = {name: shape for name, shape, _ in weight_layouts(executor)}
     per_node: dict[str, int] = {}
     for index, node in enumerate(model.graph.node):
         name = node.name or f"{node.op_type}_{index}"

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
+
+from qaas_engine.tensors import to_numpy
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -45,6 +47,13 @@ class InitializerArrays(Mapping[str, np.ndarray]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._tensors
+
+    def layout(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
+        """Shape and dtype from the initializer's header: sizes and shapes of a 100 M-parameter
+        model are known without decoding (and, in glibc, keeping) its weights."""
+        tensor = self._tensors[name]
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        return tuple(int(d) for d in tensor.dims), dtype
 
 
 @dataclass(frozen=True)
@@ -116,6 +125,19 @@ class LazyExecutor:
         if name.startswith("__") or name in ("_built", "_weights", "_nodes", "model"):
             raise AttributeError(name)
         return getattr(self.materialize(), name)
+
+
+def weight_layouts(executor: Executor) -> Iterator[tuple[str, tuple[int, ...], np.dtype]]:
+    """Each weight's name, shape and dtype, none of them decoded while the weights are still
+    the graph's (the torch executor's tensors are read as they are once it is built)."""
+    weights = executor.weights
+    if isinstance(weights, InitializerArrays):
+        for name in weights:
+            yield name, *weights.layout(name)
+        return
+    for name, value in weights.items():
+        array = to_numpy(value)
+        yield name, tuple(array.shape), array.dtype
 
 
 def materialized(executor: Executor) -> GraphExecutor:

@@ -168,9 +168,7 @@ def _measure_in_runtime(
         {layer.output: quantizers[layer.output] for layer in layers if layer.output in quantizers},
         taps=watched,
         # the weights as the export holds them (a quantized step may have moved them)
-        quantize_from={
-            layer.weight: to_numpy(sim.executor.weights[layer.weight]) for layer in layers
-        },
+        quantize_from=_ExportedWeights(sim, [layer.weight for layer in layers]),
     )
     quantized = TappedModel(qdq, [exported(t) for t in watched], optimized=False, batched=batched)
     sqnr = {t: _Sqnr() for t in watched}
@@ -225,6 +223,26 @@ def _measure_in_runtime(
         per_run = (time.perf_counter() - ran) / runs
     samples = sum(batch_size(piece) for piece in pieces) if batched else len(pieces)
     return Measurements(whole.db(), samples, measured, engine="onnxruntime")
+
+
+class _ExportedWeights(Mapping[str, np.ndarray]):
+    """The weights as the export holds them, each read as the probe packs it: not all of a
+    large model's weights at once beside the probe being built."""
+
+    def __init__(self, sim: QuantSim, names: list[str]) -> None:
+        self._weights = sim.executor.weights
+        self._names = set(names)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._names:
+            raise KeyError(name)
+        return to_numpy(self._weights[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 def _probe_sqnr(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from qaas_engine.export.qdq import QdqBuilder, unsigned_container
@@ -26,16 +27,15 @@ ON, OFF = np.array(True), np.array(False)
 
 @dataclass
 class ProbeModel:
-    """One session; ``run(feeds, weight=..., activation=...)`` turns on at most one switch each."""
+    """One session; ``run(feeds, weight=..., activation=...)`` turns on at most one switch each.
+    It holds the session, not the probe graph: ORT has its own copy of the weights, and a
+    second one held through the analysis was a model's size more at its peak."""
 
-    model: onnx.ModelProto
+    session: ort.InferenceSession
     output: str
     weight_switches: dict[str, str] = field(default_factory=dict)  # weight -> switch input
     activation_switches: dict[str, str] = field(default_factory=dict)  # tensor -> switch input
     taps: list[str] = field(default_factory=list)  # float tensors exposed by run_tapped
-
-    def __post_init__(self) -> None:
-        self.session = session(self.model, arena=False)
 
     def run(
         self,
@@ -138,7 +138,10 @@ def build_probe(
     outputs = {value.name for value in graph.output}
     reachable = [t for t in dict.fromkeys(taps) if t in produced or t in inputs]
     graph.output.extend(onnx.ValueInfoProto(name=t) for t in reachable if t not in outputs | inputs)
-    return ProbeModel(model, graph.output[0].name, weight_switches, activation_switches, reachable)
+    output = graph.output[0].name
+    runner = session(model, arena=False)
+    del model, graph, builder, added, body, initializers  # before the analysis runs
+    return ProbeModel(runner, output, weight_switches, activation_switches, reachable)
 
 
 def _weight_values(

@@ -33,6 +33,7 @@ from qaas_engine.spec import (
 )
 from qaas_engine.state import PipelineState, Timer
 from qaas_engine.version import __version__
+from qaas_engine.weights_apart import serialized_bytes
 
 
 def finish(
@@ -119,8 +120,8 @@ def build_report(
             "quantized": size_quant,
             "ratio": round(size_float / size_quant, 3) if size_quant else None,
             # the files themselves: what the user uploads and downloads (model.quant.onnx)
-            "float_file": imported.model.ByteSize(),
-            "quantized_file": qdq.ByteSize(),
+            "float_file": serialized_bytes(imported.model),
+            "quantized_file": serialized_bytes(qdq),
         },
         "metrics": metrics,
         "steps": timer.steps,

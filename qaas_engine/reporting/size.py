@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from qaas_engine.graph.lazy import weight_layouts
 from qaas_engine.quant.encoding import Encoding
-from qaas_engine.tensors import to_numpy
 
 if TYPE_CHECKING:
     from qaas_engine.graph.lazy import Executor
@@ -29,28 +29,27 @@ class QuantizedWeights(Protocol):
     def bias_encodings(self) -> Mapping[str, Encoding]: ...
 
 
-def _arrays(executor: Executor) -> list[np.ndarray]:
-    """The weights as arrays (numpy views of torch tensors: nothing is copied)."""
-    return [to_numpy(value) for value in executor.weights.values()]
-
-
 def count_params(executor: Executor) -> int:
-    return int(sum(a.size for a in _arrays(executor) if np.issubdtype(a.dtype, np.floating)))
+    return sum(math.prod(shape) for _, shape, dtype in weight_layouts(executor) if _is_float(dtype))
 
 
 def float_bytes(executor: Executor) -> int:
-    return int(sum(a.nbytes for a in _arrays(executor)))
+    return sum(math.prod(shape) * dtype.itemsize for _, shape, dtype in weight_layouts(executor))
 
 
 def quantized_bytes(sim: QuantizedWeights) -> int:
     """Weights packed at their bit-width, int32 biases, everything else as stored."""
     total = 0
     params = {**sim.weight_encodings, **sim.bias_encodings}
-    for name, value in sim.executor.weights.items():
-        array: Any = to_numpy(value)
+    for name, shape, dtype in weight_layouts(sim.executor):
         encoding = params.get(name)
+        elements = math.prod(shape)
         if encoding is None:
-            total += array.nbytes
+            total += elements * dtype.itemsize
         else:
-            total += math.ceil(array.size * encoding.scheme.bits / 8)
+            total += math.ceil(elements * encoding.scheme.bits / 8)
     return int(total)
+
+
+def _is_float(dtype: np.dtype) -> bool:
+    return bool(np.issubdtype(dtype, np.floating))

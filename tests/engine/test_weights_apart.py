@@ -208,3 +208,36 @@ def test_tensor_sizes_come_from_type_and_shape_within_the_message_header():
     graph = onnx.helper.make_graph([], "g", [], [], initializer=tensors)
     model = onnx.helper.make_model(graph)
     assert apart_bytes(model) == 64 * 32 * 4 + 40 * 40 * 2  # the two of at least 1 KiB
+
+
+def test_serialized_size_counted_a_tensor_at_a_time_is_the_whole_models():
+    from qaas_engine.weights_apart import serialized_bytes
+
+    for model in (_mlp(), _mlp(BIG_WIDTH // 8, 2, branch=False)):
+        assert serialized_bytes(model) == model.ByteSize() == len(model.SerializeToString())
+    bare = _mlp()
+    del bare.graph.initializer[:]
+    assert serialized_bytes(bare) == bare.ByteSize()
+
+
+def test_model_sizes_are_read_from_tensor_headers_not_decoded(monkeypatch):
+    """The report's sizes of a model whose weights are still the graph's: the same figures as
+    from the decoded arrays, with no weight decoded (a 100 M-parameter model's worth of memory)."""
+    from qaas_engine.graph.lazy import LazyExecutor
+    from qaas_engine.reporting import size
+
+    model = _mlp()
+    model.graph.initializer.append(
+        numpy_helper.from_array(np.ones((3, 5), np.float16), "half")
+    )  # a float16 weight: two bytes a parameter
+    arrays = [numpy_helper.to_array(t) for t in model.graph.initializer]
+    executor = LazyExecutor(model)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a weight was decoded")
+
+    monkeypatch.setattr(numpy_helper, "to_array", refuse)
+    assert size.float_bytes(executor) == sum(a.nbytes for a in arrays)
+    assert size.count_params(executor) == sum(
+        a.size for a in arrays if np.issubdtype(a.dtype, np.floating)
+    )
