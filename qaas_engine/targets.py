@@ -59,6 +59,10 @@ class TargetRules:
     # no 16-bit integer kernel: a group on a 16-bit grid runs float between its Q/DQ, so each
     # 16-bit activation is weighed against the float work it causes (rules.sensitive_tensors)
     sixteen_bit_runs_float: bool = False
+    # a Div or Mul by a positive constant scalar puts its output on its input's grid scaled by
+    # the constant (the same integers, so exact): the export drops the op and its Q and reads
+    # the input's integers with a DequantizeLinear of the scaled grid (quant.placement.scaled)
+    scalings_on_grid: bool = False
 
 
 # Qualcomm HTP: AIMET's htp_quantsim_config_v73/v75.json and QNN's HTP quantization rules.
@@ -128,7 +132,9 @@ TENSORRT = TargetRules(
     ),
 )
 
-ONNXRUNTIME_CPU = TargetRules(name="onnxruntime-cpu", sixteen_bit_runs_float=True)
+ONNXRUNTIME_CPU = TargetRules(
+    name="onnxruntime-cpu", sixteen_bit_runs_float=True, scalings_on_grid=True
+)
 _RULES = {"qnn-htp": QNN_HTP, "tensorrt": TENSORRT}
 
 
