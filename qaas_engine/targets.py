@@ -155,6 +155,8 @@ class KernelChoice:
     constraints_checked: tuple[str, ...] = field(default=())
     # what ``--objective latency`` measured and kept float (latency_objective.LatencyChoice)
     objective: dict[str, object] | None = None
+    # Div/Mul outputs exported as a DequantizeLinear of their input's integers on a scaled grid
+    scaled_reads: tuple[str, ...] = ()
 
     @property
     def signed_weights(self) -> bool:
@@ -183,6 +185,16 @@ class KernelChoice:
             "cpu": platform.processor() or platform.machine(),
             "reason": self.reason,
             **({"objective": self.objective} if self.objective is not None else {}),
+            **({"scaled_reads": self._scaled_reads()} if self.scaled_reads else {}),
+        }
+
+    def _scaled_reads(self) -> dict[str, object]:
+        return {
+            "ops": len(self.scaled_reads),
+            "tensors": list(self.scaled_reads),
+            "why": "a Div/Mul by a positive constant: its output is on its input's grid "
+            "scaled, so the same integers; exported as a DequantizeLinear of them, no op for "
+            "ONNX Runtime to run (it has no integer Div; a QLinearMul by a scalar is a pass)",
         }
 
 

@@ -107,6 +107,8 @@ def test_the_scaling_runs_as_no_op_and_the_simulation_is_exact(tmp_path, op, con
     onnx.checker.check_model(result.quantized_model)
     # against float: the scaling is exact, so the error is the two convs' and the grids'
     assert result.report["metrics"]["onnxruntime"]["sqnr_db"] > 25.0
+    reads = result.report["target"]["scaled_reads"]
+    assert reads["ops"] == 1 and reads["tensors"] == ["s1"]
 
 
 def test_a_grid_moved_off_the_scaled_one_keeps_the_op(tmp_path):
