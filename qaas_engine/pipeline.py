@@ -221,6 +221,10 @@ def run_pipeline(
     if not rules.executed_here:
         timer.run("target_check", lambda: check_against_target(kernels, sim, qdq))
         kernels = replace(kernels, constraints_checked=rules.constraints)
+    produced = {name for node in qdq.graph.node for name in node.output}
+    read_scaled = tuple(name for name in sim.placement.scaled if name not in produced)
+    if read_scaled:
+        kernels = replace(kernels, scaled_reads=read_scaled)
     state.kernels = kernels
     return state, sim, qdq
 

@@ -428,7 +428,7 @@ def range_method(
 
 def _set_activations(sim: QuantSim, encodings: dict[str, Encoding]) -> None:
     sim.activation_encodings = dict(encodings)
-    sim.invalidate()
+    sim.derive_scaled_grids()
     sim.derive_bias_encodings()
 
 

@@ -59,6 +59,10 @@ class TargetRules:
     # no 16-bit integer kernel: a group on a 16-bit grid runs float between its Q/DQ, so each
     # 16-bit activation is weighed against the float work it causes (rules.sensitive_tensors)
     sixteen_bit_runs_float: bool = False
+    # a Div or Mul by a positive constant scalar puts its output on its input's grid scaled by
+    # the constant (the same integers, so exact): the export drops the op and its Q and reads
+    # the input's integers with a DequantizeLinear of the scaled grid (quant.placement.scaled)
+    scalings_on_grid: bool = False
 
 
 # Qualcomm HTP: AIMET's htp_quantsim_config_v73/v75.json and QNN's HTP quantization rules.
@@ -128,7 +132,9 @@ TENSORRT = TargetRules(
     ),
 )
 
-ONNXRUNTIME_CPU = TargetRules(name="onnxruntime-cpu", sixteen_bit_runs_float=True)
+ONNXRUNTIME_CPU = TargetRules(
+    name="onnxruntime-cpu", sixteen_bit_runs_float=True, scalings_on_grid=True
+)
 _RULES = {"qnn-htp": QNN_HTP, "tensorrt": TENSORRT}
 
 
@@ -149,6 +155,8 @@ class KernelChoice:
     constraints_checked: tuple[str, ...] = field(default=())
     # what ``--objective latency`` measured and kept float (latency_objective.LatencyChoice)
     objective: dict[str, object] | None = None
+    # Div/Mul outputs exported as a DequantizeLinear of their input's integers on a scaled grid
+    scaled_reads: tuple[str, ...] = ()
 
     @property
     def signed_weights(self) -> bool:
@@ -177,6 +185,16 @@ class KernelChoice:
             "cpu": platform.processor() or platform.machine(),
             "reason": self.reason,
             **({"objective": self.objective} if self.objective is not None else {}),
+            **({"scaled_reads": self._scaled_reads()} if self.scaled_reads else {}),
+        }
+
+    def _scaled_reads(self) -> dict[str, object]:
+        return {
+            "ops": len(self.scaled_reads),
+            "tensors": list(self.scaled_reads),
+            "why": "a Div/Mul by a positive constant: its output is on its input's grid "
+            "scaled, so the same integers; exported as a DequantizeLinear of them, no op for "
+            "ONNX Runtime to run (it has no integer Div; a QLinearMul by a scalar is a pass)",
         }
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from qaas_engine.control_flow import used_names
 from qaas_engine.quant.encoding import Encoding
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.tensors import to_numpy
@@ -200,6 +201,65 @@ def _grid_digest(values: np.ndarray, encoding: Encoding, dtype: Any) -> bytes:
     return digest.digest()
 
 
+def _integers(pair: list[onnx.NodeProto]) -> str:
+    """The QuantizeLinear's output in a ``quantize_pair``: the tensor's integers."""
+    return next(node.output[0] for node in pair if node.op_type == "QuantizeLinear")
+
+
+def _same_grid(a: Encoding, b: Encoding) -> bool:
+    return (
+        a.scheme == b.scheme
+        and np.array_equal(np.asarray(a.scale, np.float32), np.asarray(b.scale, np.float32))
+        and np.array_equal(a.zero_point, b.zero_point)
+    )
+
+
+def _scaled_read(
+    builder: QdqBuilder,
+    node: onnx.NodeProto,
+    sim: QuantSim,
+    activations: dict[str, Encoding],
+    integers: dict[str, str],
+) -> onnx.NodeProto | None:
+    """For a Div/Mul by a constant whose output grid is its input's scaled
+    (``Placement.scaled``), the DequantizeLinear that reads the input's integers on the output's
+    grid, in place of the op and its QuantizeLinear: quantizing ``x * k`` on that grid gives
+    back ``x``'s integers, so ONNX Runtime computes the same values with no op at all. None where
+    the grids differ (a rule moved one of them): the op is exported as usual."""
+    if not node.output or node.output[0] not in sim.placement.scaled:
+        return None
+    output = node.output[0]
+    source, factor = sim.placement.scaled[output]
+    if source not in integers or output not in activations or source not in activations:
+        return None
+    encoding = activations[output]
+    if not _same_grid(encoding, activations[source].scaled(factor)):
+        return None
+    scale, zero_point, attrs = builder.scale_zero_point(f"{output}_scaled", encoding)
+    return builder._qdq_node(
+        "DequantizeLinear",
+        [integers[source], scale, zero_point],
+        f"{output}_dequantized",
+        encoding,
+        attrs,
+    )
+
+
+def _without_unread_dequantize(nodes: list[onnx.NodeProto], outputs: set[str]) -> list:
+    """``nodes`` less the DequantizeLinears whose output nothing reads (a tensor read only by
+    ops a scaled grid replaced): ONNX Runtime would still run them."""
+    read = {name for node in nodes for name in node.input} | outputs
+    for node in nodes:  # names a subgraph reads from the outer graph
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else attr.graphs:
+                read.update(used_names(sub))
+    return [
+        node
+        for node in nodes
+        if node.op_type != "DequantizeLinear" or any(o in read for o in node.output)
+    ]
+
+
 def export_qdq(
     model: onnx.ModelProto,
     sim: QuantSim,
@@ -219,6 +279,9 @@ def export_qdq(
     inputs and output (or the activation fused after it) are quantized is stored as an integer
     on a grid that holds it exactly (:func:`exact_scalar`), so ONNX Runtime fuses the op (same
     values, fewer nodes).
+    A Div/Mul by a constant whose output is on its input's grid scaled (``Placement.scaled``,
+    ``onnxruntime-cpu``) is exported as a DequantizeLinear of the input's integers
+    (:func:`_scaled_read`).
     """
     out = without_initializers(model)  # each initializer is written below, once
     graph = out.graph
@@ -252,12 +315,13 @@ def export_qdq(
     if unsigned_activations:
         activations = {name: unsigned_container(enc) for name, enc in activations.items()}
     producer_rename: dict[str, str] = {}
+    integers: dict[str, str] = {}  # quantized tensor -> its QuantizeLinear's output
     for value in graph.input:
         if value.name in activations:
             dequantized = f"{value.name}_dequantized"
-            prefix_nodes.extend(
-                builder.quantize_pair(value.name, dequantized, activations[value.name])
-            )
+            pair = builder.quantize_pair(value.name, dequantized, activations[value.name])
+            prefix_nodes.extend(pair)
+            integers[value.name] = _integers(pair)
             rename[value.name] = dequantized
 
     floats = {
@@ -268,6 +332,12 @@ def export_qdq(
     scalars: dict[str, str] = {}
     body: list[onnx.NodeProto] = []
     for node in graph.node:
+        read = _scaled_read(builder, node, sim, activations, integers)
+        if read is not None:
+            body.append(read)
+            rename[node.output[0]] = read.output[0]
+            integers[node.output[0]] = read.input[0]  # the same integers, read on another grid
+            continue
         new = onnx.NodeProto()
         new.CopyFrom(node)
         for i, name in enumerate(new.input):
@@ -298,16 +368,18 @@ def export_qdq(
                 # The graph output keeps its name and carries the dequantized value.
                 producer_rename[name] = f"{name}_float"
                 new.output[i] = producer_rename[name]
-                pending.extend(builder.quantize_pair(new.output[i], name, activations[name]))
+                pair = builder.quantize_pair(new.output[i], name, activations[name])
             else:
                 dequantized = f"{name}_dequantized"
                 rename[name] = dequantized
-                pending.extend(builder.quantize_pair(name, dequantized, activations[name]))
+                pair = builder.quantize_pair(name, dequantized, activations[name])
+            integers[name] = _integers(pair)
+            pending.extend(pair)
         body.append(new)
         body.extend(pending)
 
     del graph.node[:]
-    graph.node.extend(prefix_nodes + body)
+    graph.node.extend(_without_unread_dequantize(prefix_nodes + body, graph_outputs))
     graph.initializer.extend(kept_initializers + builder.initializers)
     del graph.value_info[:]
     if builder.uses_ms_domain and not any(o.domain == MS_DOMAIN for o in out.opset_import):

@@ -88,6 +88,12 @@ class Encoding:
         scale = np.maximum(scale, MIN_SCALE).astype(np.float32)
         return cls(scheme, scale, zero_point.astype(np.int64))
 
+    def scaled(self, factor: float) -> Encoding:
+        """The same integers on a grid ``factor`` times as fine or coarse: where ``y = x *
+        factor`` (``factor`` > 0), quantizing ``y`` here gives ``x``'s own integers back."""
+        scale = (np.asarray(self.scale, np.float64) * factor).astype(np.float32)
+        return Encoding(self.scheme, scale, np.array(self.zero_point, copy=True))
+
     @property
     def low(self) -> np.ndarray:
         return ((self.scheme.qmin - self.zero_point) * self.scale.astype(np.float64)).astype(

@@ -8,6 +8,9 @@ ops unchanged. The simulation must quantize exactly there, or its accuracy is a 
 * an output whose only consumer is Relu/Clip (or the constant bias Add after a MatMul/Gemm/Conv)
   is left alone: the runtime quantizes after the activation;
 * outputs of data-movement ops (Reshape, MaxPool, nearest Resize...) share their input's grid;
+* on ``onnxruntime-cpu``, the output of a Div or Mul by a positive constant scalar is put on its
+  input's grid scaled by the constant (``Placement.scaled``): the same integers, so the export
+  needs no op there (ONNX Runtime has no integer Div; a QLinearMul by a scalar is a pass);
 * weights of Conv, ConvTranspose, Gemm and MatMul are quantized; biases of Conv and Gemm become
   int32 at scale ``s_input * s_weight``; other constants stay float;
 * tensors computed from constants only (shape arithmetic) and integer tensors are never touched;
@@ -29,7 +32,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from qaas_engine.control_flow import used_names
 from qaas_engine.graph.attributes import parse_attributes
@@ -93,6 +98,9 @@ class Placement:
     # groups of tensors the target runs on one grid (a Concat's inputs and output)
     tied: list[list[str]] = field(default_factory=list)
     fixed_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # tensor -> range
+    # Div/Mul output -> (its quantized input, the factor): its grid is the input's, scale times
+    # the factor (QuantSim.derive_scaled_grids), so its integers are the input's own
+    scaled: dict[str, tuple[str, float]] = field(default_factory=dict)
 
 
 def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -243,6 +251,9 @@ def place_quantizers(
                     continue
             placement.activations.append(output)
             quantized.add(output)
+            scaling = _scaling(node, initializers) if rules.scalings_on_grid else None
+            if scaling is not None and scaling[0] in quantized and output not in graph_outputs:
+                placement.scaled[output] = scaling
     float_dynamic = {
         name
         for name in [*(v.name for v in graph.input), *(o for n in graph.node for o in n.output)]
@@ -309,11 +320,36 @@ def _drop_grids_between_float(
     for name in idle:
         placement.shared.pop(name, None)
         placement.fused.pop(name, None)
+        placement.scaled.pop(name, None)
         if name in placement.activations:
             placement.skipped[name] = (
                 "between float nodes, with no weighted op: a grid would only add rounding"
             )
     placement.activations = [name for name in placement.activations if name not in idle]
+
+
+SCALING_OPS = ("Div", "Mul")
+
+
+def _scaling(
+    node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]
+) -> tuple[str, float] | None:
+    """(the dynamic input, the factor) of a Div or Mul by a positive finite constant scalar."""
+    if node.op_type not in SCALING_OPS or len(node.input) != 2:
+        return None
+    positions = (1,) if node.op_type == "Div" else (0, 1)
+    for position in positions:
+        constant = initializers.get(node.input[position])
+        other = node.input[1 - position]
+        if constant is None or other in initializers or constant.data_type not in FLOAT_TYPES:
+            continue
+        values = numpy_helper.to_array(constant).astype(np.float64).reshape(-1)
+        if values.size != 1 or not np.isfinite(values[0]) or values[0] <= 0.0:
+            continue
+        factor = 1.0 / values[0] if node.op_type == "Div" else values[0]
+        if np.isfinite(factor) and factor > 0.0:
+            return other, float(factor)
+    return None
 
 
 def _fuses(rules: TargetRules, producer: onnx.NodeProto, user: onnx.NodeProto) -> bool:

@@ -258,6 +258,19 @@ class QuantSim:
             shared = Encoding.from_range(members[0].scheme, low, high)
             for name in group:
                 self.activation_encodings[name] = shared
+        self.derive_scaled_grids()
+        self.invalidate()
+
+    def derive_scaled_grids(self) -> None:
+        """Each ``placement.scaled`` output on its input's grid times the factor: quantizing
+        ``x * k`` there gives back ``x``'s own integers (within a few float32 ulps of them, far
+        from a rounding boundary), so the export reads those integers on the scaled grid and
+        ONNX Runtime runs no op (``export.qdq.scaled_grid``)."""
+        for output, (source, factor) in self.placement.scaled.items():
+            encoding = self.encoding_of(source)
+            if encoding is None or output not in self.activation_encodings:
+                continue
+            self.activation_encodings[output] = encoding.scaled(factor)
         self.invalidate()
 
     def derive_bias_encodings(self) -> None:

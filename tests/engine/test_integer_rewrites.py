@@ -110,9 +110,10 @@ def test_every_rewritten_op_runs_as_an_integer_kernel(tmp_path):
     graph = result.report["metrics"]["runtime_graph"]
     kernels = graph["integer_kernels"]
     assert kernels.get("QLinearConv") == 3  # the biased-by-Add conv included
-    # the division, the gate's x * alpha and the hardswish product; the gate's + beta (its Clip
-    # folded into the QuantizeLinear)
-    assert kernels.get("QLinearMul") == 3 and kernels.get("QLinearAdd") == 1
+    # the hardswish product; the gate's + beta (its Clip folded into the QuantizeLinear); the
+    # division (x * 0.25) and the gate's x * alpha are no op at all: their outputs are read on
+    # their inputs' grids scaled (quant.placement.scaled)
+    assert kernels.get("QLinearMul") == 1 and kernels.get("QLinearAdd") == 1
     # nothing float is left: the only conversions are the input's Q and the output's DQ
     assert graph["quantize_linear"] == 1 and graph["dequantize_linear"] == 1
     gap = result.report["metrics"]["simulation_vs_onnxruntime"]

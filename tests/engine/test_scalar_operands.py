@@ -26,12 +26,14 @@ def test_the_stored_integer_dequantizes_to_the_value_exactly(value, signed):
 
 
 class Affine(torch.nn.Module):
-    """conv -> learned scalar scale and bias (PP-LCNet's affine blocks) -> relu."""
+    """conv -> learned scalar scale and bias (PP-LCNet's affine blocks) -> relu. The scale is
+    negative: a positive one needs no op at all (its output is read on the conv's grid scaled,
+    ``test_scaled_grids.py``)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
-        self.scale = torch.nn.Parameter(torch.tensor([[[[0.73]]]]))
+        self.scale = torch.nn.Parameter(torch.tensor([[[[-0.73]]]]))
         self.bias = torch.nn.Parameter(torch.tensor([[[[-0.21]]]]))
         self.out = torch.nn.Conv2d(8, 4, 1)
 
