@@ -15,7 +15,6 @@ fidelity costs.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ import onnx
 from qaas_engine.data import Dataset
 from qaas_engine.export.qdq import export_qdq
 from qaas_engine.graph.lazy import materialized
-from qaas_engine.quant.encoding import Encoding
 from qaas_engine.quant.sensitivity import estimate_noise
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.state import PipelineState
@@ -132,17 +130,14 @@ def counts(total: int) -> list[int]:
 
 
 def widened(sim: QuantSim, names: list[str]) -> QuantSim:
-    """A copy of ``sim`` with ``names`` on 16-bit grids over their calibrated ranges."""
+    """A copy of ``sim`` with ``names`` on 16-bit grids over the ranges calibration saw
+    (``QuantSim.wide_encoding``)."""
     new = _copy(sim)
     for name in names:
         encoding = new.activation_encodings[name]
         if encoding.scheme.bits >= WIDE_BITS:
             continue
-        zero = np.asarray(encoding.zero_point, dtype=np.float64)
-        scale = np.asarray(encoding.scale, dtype=np.float64)
-        low, high = (encoding.scheme.qmin - zero) * scale, (encoding.scheme.qmax - zero) * scale
-        wide = dataclasses.replace(encoding.scheme, bits=WIDE_BITS)
-        new.activation_encodings[name] = Encoding.from_range(wide, low, high)
+        new.activation_encodings[name] = new.wide_encoding(name, WIDE_BITS)
     new.derive_bias_encodings()
     return new
 

@@ -38,7 +38,6 @@ the ones the spec asked for.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -687,14 +686,9 @@ def _share(estimate: NoiseEstimate, name: str) -> float:
 
 
 def _promote(sim: QuantSim, name: str) -> None:
-    """The activation's calibrated range on a 16-bit grid."""
-    encoding = sim.activation_encodings[name]
-    scheme = encoding.scheme
-    zero = np.asarray(encoding.zero_point, dtype=np.float64)
-    scale = np.asarray(encoding.scale, dtype=np.float64)
-    low, high = (scheme.qmin - zero) * scale, (scheme.qmax - zero) * scale
-    wide = dataclasses.replace(scheme, bits=PROMOTED_BITS)
-    sim.activation_encodings[name] = Encoding.from_range(wide, low, high)
+    """The activation on a 16-bit grid over the range calibration saw
+    (``QuantSim.wide_encoding``)."""
+    sim.activation_encodings[name] = sim.wide_encoding(name, PROMOTED_BITS)
     sim.invalidate()
 
 
@@ -834,6 +828,7 @@ def _keep_float(model: onnx.ModelProto, sim: QuantSim, actions: list[RuleAction]
         placed.skipped[action.node] = f"rule {action.rule}: {action.why}"
     placed.engines = dict(sim.engines)
     placed.range_estimator = sim.range_estimator
+    placed.observed_ranges = sim.observed_ranges
     placed.weight_integers = sim.weight_integers
     placed.derive_bias_encodings()
     return placed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -65,6 +66,9 @@ class QuantSim:
         # weight name -> (digest of its values and grid, its grid integers): the rules export
         # the graph once per measurement with the weights' grids unchanged (export.qdq)
         self.weight_integers: dict[str, tuple[bytes, np.ndarray]] = {}
+        # activation -> the (min, max) it took on the calibration data: a wider grid than the
+        # one calibrated (``wide_encoding``) covers what a range estimator clipped
+        self.observed_ranges: dict[str, tuple[float, float]] = {}
 
     def torch_executor(self) -> GraphExecutor:
         """The graph in torch, built on first need: learning steps and the torch simulation
@@ -160,6 +164,11 @@ class QuantSim:
             minmax, histograms = self._observe(batches, targets, summary, progress, None)
         _, estimator = ACTIVATION_METHODS[self.spec.range_estimator]
         self.activation_encodings = {}
+        self.observed_ranges = {
+            name: (obs.low, obs.high)
+            for name, obs in minmax.items()
+            if obs.seen and not obs.non_finite
+        }
         for name in self.placement.activations:
             obs = minmax[name]
             if not obs.seen:
@@ -272,6 +281,27 @@ class QuantSim:
                 continue
             self.activation_encodings[output] = encoding.scaled(factor)
         self.invalidate()
+
+    def wide_encoding(self, name: str, bits: int) -> Encoding:
+        """``name``'s activation grid at ``bits``, over its calibrated range widened to what it
+        took on the calibration data.
+
+        A range estimator (MSE, percentile) clips the tails where 8-bit rounding costs more than
+        the clipping; on a 16-bit grid the rounding is 256x finer and the clipping it kept is
+        the tensor's whole error, so a promoted tensor could carry as much noise as before (the
+        orientation classifier: a16_all 24 dB, weights alone 35 dB). The observed range is
+        taken unless its step would be coarser than the calibrated grid's (a far outlier)."""
+        encoding = self.activation_encodings[name]
+        scheme = encoding.scheme
+        zero = np.asarray(encoding.zero_point, dtype=np.float64)
+        scale = np.asarray(encoding.scale, dtype=np.float64)
+        low, high = (scheme.qmin - zero) * scale, (scheme.qmax - zero) * scale
+        seen = self.observed_ranges.get(name)
+        if seen is not None and bits > scheme.bits:
+            wide_low, wide_high = np.minimum(low, seen[0]), np.maximum(high, seen[1])
+            if np.all(wide_high - wide_low <= (high - low) * 2.0 ** (bits - scheme.bits)):
+                low, high = wide_low, wide_high
+        return Encoding.from_range(dataclasses.replace(scheme, bits=bits), low, high)
 
     def derive_bias_encodings(self) -> None:
         """int32 bias at scale s_input * s_weight, as the integer kernel accumulates it."""
