@@ -22,7 +22,7 @@ QAAS_STORAGE_URL=s3://qaas-test/run .venv/bin/python -m pytest -q -p no:cachepro
 s3_pid=$!
 trap 'kill "$s3_pid" 2>/dev/null || true; rm -f "$s3_log"' EXIT
 status=0
-.venv/bin/python -m pytest -q --ignore=tests/faults || status=1
+.venv/bin/python -m pytest -q --ignore=tests/faults --durations=25 || status=1
 s3_status=0
 wait "$s3_pid" || s3_status=1
 echo "--- tests/service with QAAS_STORAGE_URL=s3://qaas-test/run (run beside the above) ---"
