@@ -10,10 +10,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from qaas_engine import QuantSpec, import_model, load_npz, model_inputs, quantize
 from qaas_engine.transforms.integer_rewrites import needs_rewrite, rewrite_for_integer_kernels
+from tests.support.onnx_models import conv_chain_model
 
 
 def _model(opset: int = 17, divisor: float = 4.0) -> onnx.ModelProto:
@@ -41,14 +42,7 @@ def _model(opset: int = 17, divisor: float = 4.0) -> onnx.ModelProto:
         helper.make_node("HardSwish", ["d2"], ["h2"], name="hardswish"),
         helper.make_node("Conv", ["h2", "w3"], ["y"], name="conv3"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "rewrites",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 8, 8])],
-        inits,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return conv_chain_model(nodes, inits, "rewrites", opset)
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:

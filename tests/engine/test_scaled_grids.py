@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from qaas_engine import QuantSpec, import_model, load_npz, model_inputs, quantize
 from qaas_engine.export.qdq import export_qdq
@@ -16,6 +16,7 @@ from qaas_engine.pipeline import build_sim, build_state
 from qaas_engine.quant.encoding import Encoding, QuantScheme
 from qaas_engine.quant.placement import place_quantizers
 from qaas_engine.state import Timer
+from tests.support.onnx_models import conv_chain_model
 
 
 @pytest.mark.parametrize("bits", [8, 16])
@@ -51,14 +52,7 @@ def _model(op: str, constant: float, constant_first: bool = False) -> onnx.Model
         helper.make_node(op, inputs, ["s1"], name="scale"),
         helper.make_node("Conv", ["s1", "w2"], ["y"], name="conv2"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "scaled",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 8, 8])],
-        inits,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return conv_chain_model(nodes, inits, "scaled")
 
 
 @pytest.mark.parametrize(
