@@ -27,6 +27,7 @@ Run: ``python bench/artifact_speed.py [--real] [--catalog all] [--rounds 7] [--c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import statistics
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,6 +211,17 @@ def bench_case(case_name: str, samples: int, rounds: int, tmp: Path) -> None:
         print(f"  {label:22s} {cells[0]} {cells[1]:>20s}  {task:6.3f}  {gap}")
 
 
+@contextlib.contextmanager
+def _folder(keep: Path | None) -> Iterator[Path]:
+    """``keep`` (made if missing) or a temporary folder removed after."""
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        yield Path(folder)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--real", action="store_true", help="PaddleOCR's networks too")
@@ -219,6 +232,12 @@ def main(argv: list[str] | None = None) -> int:
         help="real-model bench cases instead of T1: comma-separated names, or 'all'",
     )
     parser.add_argument("--samples", type=int, default=32, help="--catalog: per data set")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="write the artifacts under this folder and keep them (to profile them after)",
+    )
     parser.add_argument(
         "--clock",
         choices=sorted(CLOCKS),
@@ -238,12 +257,11 @@ def main(argv: list[str] | None = None) -> int:
         from bench.real_models.catalog import CASES
 
         names = [c.name for c in CASES] if args.catalog == "all" else args.catalog.split(",")
-        with tempfile.TemporaryDirectory() as folder:
+        with _folder(args.keep) as folder:
             for name in names:
-                bench_case(name, args.samples, args.rounds, Path(folder))
+                bench_case(name, args.samples, args.rounds, folder)
         return 0
-    with tempfile.TemporaryDirectory() as folder:
-        tmp = Path(folder)
+    with _folder(args.keep) as tmp:
         examples = ROOT / "examples"
         with np.load(examples / "digits_evaluation.npz") as data:
             (input_name,) = [key for key in data.files if key != "labels"]

@@ -285,6 +285,7 @@ def ort_measure(
                     variant,
                     unsigned_weights=not kernels.signed_weights,
                     quantize_scalar_operands=True,
+                    prelu_forms=True,
                 )
             )
         try:
