@@ -285,7 +285,7 @@ def ort_measure(
                     variant,
                     unsigned_weights=not kernels.signed_weights,
                     quantize_scalar_operands=True,
-                    prelu_forms=True,
+                    runtime_forms=True,
                 )
             )
         try:

@@ -215,7 +215,7 @@ def run_pipeline(
             unsigned_weights=not kernels.signed_weights,
             unsigned_activations=rules.unsigned_activation_container,
             quantize_scalar_operands=rules.executed_here,
-            prelu_forms=rules.prelu_forms,
+            runtime_forms=rules.runtime_forms,
         ),
     )
     check_model_apart(qdq)  # the checker without a serialized copy of the weights

@@ -63,9 +63,9 @@ class TargetRules:
     # the constant (the same integers, so exact): the export drops the op and its Q and reads
     # the input's integers with a DequantizeLinear of the scaled grid (quant.placement.scaled)
     scalings_on_grid: bool = False
-    # a PRelu with a constant slope is exported as Mul and Max/Min (the same values; ORT's float
-    # PRelu kernel is several times slower than both together): export.qdq.prelu_as_max_min
-    prelu_forms: bool = False
+    # float forms ORT runs faster, with the same values (export.runtime_forms): a PRelu as Mul and
+    # Max/Min, a pooled head's Reshape read channels-last
+    runtime_forms: bool = False
 
 
 # Qualcomm HTP: AIMET's htp_quantsim_config_v73/v75.json and QNN's HTP quantization rules.
@@ -136,7 +136,7 @@ TENSORRT = TargetRules(
 )
 
 ONNXRUNTIME_CPU = TargetRules(
-    name="onnxruntime-cpu", sixteen_bit_runs_float=True, scalings_on_grid=True, prelu_forms=True
+    name="onnxruntime-cpu", sixteen_bit_runs_float=True, scalings_on_grid=True, runtime_forms=True
 )
 _RULES = {"qnn-htp": QNN_HTP, "tensorrt": TENSORRT}
 

@@ -17,6 +17,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from qaas_engine.control_flow import used_names
+from qaas_engine.export.runtime_forms import (
+    channels_last_read,
+    channels_last_transpose,
+    pooled_outputs,
+    prelu_as_max_min,
+    static_shapes,
+)
 from qaas_engine.quant.encoding import Encoding
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.tensors import to_numpy
@@ -245,58 +252,6 @@ def _scaled_read(
     )
 
 
-def prelu_as_max_min(
-    node: onnx.NodeProto, slope: np.ndarray | None, shape: list[int] | None = None
-) -> tuple[list[onnx.NodeProto], np.ndarray | None] | None:
-    """``PRelu(x, slope)`` as ``Max(x, x * slope)`` where every slope is at most 1, or
-    ``Min(x, x * slope)`` where every slope is at least 1; None where neither holds. With the
-    nodes, the tiled slope to store under the Mul's second input (None: the node's own).
-
-    ONNX Runtime has no integer PReLU, and its float PRelu kernel, like a broadcast Mul, walks
-    a per-channel slope one channel row at a time: C values a span in the NHWC layout ORT gives
-    an int8 graph (MTCNN ONet's PReLUs then cost as much as its QLinearConvs at batch 1). So a
-    per-channel slope ``[C, 1, ..., 1]`` is stored tiled along the input's last axis (``shape``,
-    None where it is not known), ``[C, 1, ..., W]``: the same values under broadcasting, in
-    spans of W*C; Mul and Max on those measured faster than PRelu at batch 1 and 32.
-
-    Bit for bit PReLU's values: for ``slope <= 1`` and ``x > 0`` the rounded product is at most
-    ``x`` (rounding is monotone and ``x`` is a float), for ``x < 0`` at least ``x``, so the Max
-    picks ``x`` or ``x * slope`` as PReLU does; ``slope >= 1`` is the mirror image with Min."""
-    if slope is None or slope.size == 0 or not np.all(np.isfinite(slope)):
-        return None
-    if np.all(slope <= 1):
-        op = "Max"
-    elif np.all(slope >= 1):
-        op = "Min"
-    else:
-        return None
-    x, slope_name = node.input[0], node.input[1]
-    (output,) = node.output
-    tiled = None
-    width = shape[-1] if shape else 0
-    if slope.size > 1 and slope.shape[-1] == 1 and width != 1:
-        if width < 1 or slope.ndim > len(shape or ()):
-            return None  # a per-channel PRelu in spans of C: faster than Mul and Max apart
-        tiled = np.ascontiguousarray(np.broadcast_to(slope, (*slope.shape[:-1], width)))
-        slope_name = f"{output}_slope"
-    name = node.name or output
-    scaled = f"{output}_times_slope"
-    return [
-        helper.make_node("Mul", [x, slope_name], [scaled], name=f"{name}_slope_Mul"),
-        helper.make_node(op, [x, scaled], [output], name=f"{name}_{op}"),
-    ], tiled
-
-
-def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
-    """Tensor name -> dims as the import's shape inference annotated them (0 where unknown)."""
-    graph = model.graph
-    return {
-        value.name: [dim.dim_value for dim in value.type.tensor_type.shape.dim]
-        for value in [*graph.value_info, *graph.input, *graph.output]
-        if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape")
-    }
-
-
 def _without_unread_dequantize(nodes: list[onnx.NodeProto], outputs: set[str]) -> list:
     """``nodes`` less the DequantizeLinears whose output nothing reads (a tensor read only by
     ops a scaled grid replaced): ONNX Runtime would still run them."""
@@ -319,7 +274,7 @@ def export_qdq(
     unsigned_weights: bool = True,
     unsigned_activations: bool = True,
     quantize_scalar_operands: bool = False,
-    prelu_forms: bool = False,
+    runtime_forms: bool = False,
 ) -> onnx.ModelProto:
     """A new QDQ model from the float ``model`` (same graph) and the sim's weights/encodings.
 
@@ -335,8 +290,9 @@ def export_qdq(
     A Div/Mul by a constant whose output is on its input's grid scaled (``Placement.scaled``,
     ``onnxruntime-cpu``) is exported as a DequantizeLinear of the input's integers
     (:func:`_scaled_read`).
-    ``prelu_forms``: a PRelu with a constant float slope is written as the Mul and Max (or Min)
-    that compute the same values faster in ONNX Runtime (:func:`prelu_as_max_min`).
+    ``runtime_forms``: forms that compute the same values faster in ONNX Runtime
+    (:mod:`qaas_engine.export.runtime_forms`): a PRelu with a constant float slope as a Mul and
+    a Max or Min; a Reshape/Flatten of a pooled ``[N, C, 1, 1]`` tensor reads it channels-last.
     """
     out = without_initializers(model)  # each initializer is written below, once
     graph = out.graph
@@ -388,7 +344,10 @@ def export_qdq(
         if int(np.prod(init.dims)) == 1
     }
     scalars: dict[str, str] = {}
-    shapes = _static_shapes(model) if prelu_forms else {}
+    shapes = static_shapes(model) if runtime_forms else {}
+    pooled = pooled_outputs(model)
+    constants = {init.name: init for init in kept_initializers}
+    channels_last: dict[tuple[str, str], str] = {}  # (pooled tensor, form) -> what reads it
     body: list[onnx.NodeProto] = []
     for node in graph.node:
         read = _scaled_read(builder, node, sim, activations, integers)
@@ -434,8 +393,21 @@ def export_qdq(
                 pair = builder.quantize_pair(name, dequantized, activations[name])
             integers[name] = _integers(pair)
             pending.extend(pair)
+        read_as = None
+        if runtime_forms and new.op_type in ("Reshape", "Flatten"):
+            target = constants.get(new.input[1]) if len(new.input) > 1 else None
+            read_as = channels_last_read(
+                node, pooled, shapes, None if target is None else numpy_helper.to_array(target)
+            )
+        if read_as is not None:
+            key = (new.input[0], read_as)
+            if key not in channels_last:
+                nodes = channels_last_transpose(new.input[0], read_as == "flattened")
+                body.extend(nodes)
+                channels_last[key] = nodes[-1].output[0]
+            new.input[0] = channels_last[key]
         forms = None
-        if prelu_forms and new.op_type == "PRelu" and new.input[1] in float_constants:
+        if runtime_forms and new.op_type == "PRelu" and new.input[1] in float_constants:
             slope = numpy_helper.to_array(float_constants[new.input[1]])
             forms = prelu_as_max_min(new, slope, shapes.get(node.input[0]))
         if forms is not None:

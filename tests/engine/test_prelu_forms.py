@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qaas_engine import QuantSpec, import_model, load_npz, model_inputs, quantize
-from qaas_engine.export.qdq import prelu_as_max_min
+from qaas_engine.export.runtime_forms import prelu_as_max_min
 from tests.support.onnx_models import conv_chain_model
 
 

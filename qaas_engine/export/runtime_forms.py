@@ -1,0 +1,140 @@
+"""Float forms that ONNX Runtime runs faster than the ones the model wrote, with the same values.
+
+Used by the QDQ export for ``onnxruntime-cpu`` (``TargetRules.runtime_forms``): the simulation
+computes the model's own ops, and each form here gives the same float32 values bit for bit, so
+simulation and runtime still agree exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+# a 4-D tensor with one value per channel: ONNX Runtime's int8 graphs run channels-last, and a
+# Reshape of such a tensor (a classifier head) reads it in either order alike
+GLOBAL_POOLS = frozenset({"GlobalAveragePool", "GlobalMaxPool"})
+CHANNELS_FIRST_TO_LAST = (0, 2, 3, 1)
+Dim = int | str  # a size, or a symbolic one's name ("" where nothing is known)
+
+
+def prelu_as_max_min(
+    node: onnx.NodeProto, slope: np.ndarray | None, shape: list[Dim] | None = None
+) -> tuple[list[onnx.NodeProto], np.ndarray | None] | None:
+    """``PRelu(x, slope)`` as ``Max(x, x * slope)`` where every slope is at most 1, or
+    ``Min(x, x * slope)`` where every slope is at least 1; None where neither holds. With the
+    nodes, the tiled slope to store under the Mul's second input (None: the node's own).
+
+    ONNX Runtime has no integer PReLU, and its float PRelu kernel, like a broadcast Mul, walks
+    a per-channel slope one channel row at a time: C values a span in the NHWC layout ORT gives
+    an int8 graph (MTCNN ONet's PReLUs then cost as much as its QLinearConvs at batch 1). So a
+    per-channel slope ``[C, 1, ..., 1]`` is stored tiled along the input's last axis (``shape``,
+    None where it is not known), ``[C, 1, ..., W]``: the same values under broadcasting, in
+    spans of W*C; Mul and Max on those measured faster than PRelu at batch 1 and 32.
+
+    Bit for bit PReLU's values: for ``slope <= 1`` and ``x > 0`` the rounded product is at most
+    ``x`` (rounding is monotone and ``x`` is a float), for ``x < 0`` at least ``x``, so the Max
+    picks ``x`` or ``x * slope`` as PReLU does; ``slope >= 1`` is the mirror image with Min."""
+    if slope is None or slope.size == 0 or not np.all(np.isfinite(slope)):
+        return None
+    if np.all(slope <= 1):
+        op = "Max"
+    elif np.all(slope >= 1):
+        op = "Min"
+    else:
+        return None
+    x, slope_name = node.input[0], node.input[1]
+    (output,) = node.output
+    tiled = None
+    width = shape[-1] if shape else ""
+    if slope.size > 1 and slope.shape[-1] == 1 and width != 1:
+        if not isinstance(width, int) or width < 1 or slope.ndim > len(shape or ()):
+            return None  # a per-channel PRelu in spans of C: faster than Mul and Max apart
+        tiled = np.ascontiguousarray(np.broadcast_to(slope, (*slope.shape[:-1], width)))
+        slope_name = f"{output}_slope"
+    name = node.name or output
+    scaled = f"{output}_times_slope"
+    return [
+        helper.make_node("Mul", [x, slope_name], [scaled], name=f"{name}_slope_Mul"),
+        helper.make_node(op, [x, scaled], [output], name=f"{name}_{op}"),
+    ], tiled
+
+
+def static_shapes(model: onnx.ModelProto) -> dict[str, list[Dim]]:
+    """Tensor name -> dims as the import's shape inference annotated them."""
+    graph = model.graph
+    return {
+        value.name: [
+            dim.dim_value if dim.HasField("dim_value") else dim.dim_param
+            for dim in value.type.tensor_type.shape.dim
+        ]
+        for value in [*graph.value_info, *graph.input, *graph.output]
+        if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape")
+    }
+
+
+def pooled_outputs(model: onnx.ModelProto) -> set[str]:
+    """Outputs of the global pools: ``[N, C, 1, 1]`` whatever the input's size."""
+    return {
+        node.output[0] for node in model.graph.node if node.op_type in GLOBAL_POOLS and node.output
+    }
+
+
+def channels_last_read(
+    node: onnx.NodeProto,
+    pooled: set[str],
+    shapes: dict[str, list[Dim]],
+    target_shape: np.ndarray | None,
+) -> str | None:
+    """How ``node`` may read its ``[N, C, 1, 1]`` input as ``[N, 1, 1, C]``, the same values in
+    the same order: ``"as is"`` (a Flatten at axis 1; a Reshape to a constant ``target_shape``
+    with no 0, which would copy an input axis), ``"flattened"`` (a Reshape to a shape of at
+    most two numbers, computed at run time as paddle2onnx writes it: it reads the ``[N, C]``
+    Flatten of it, where a 0 copies N or C alike), None where neither holds. ``shapes`` come
+    from the import's shape inference (:func:`static_shapes`).
+
+    ORT lays an int8 graph out channels-last and moves its layout Transposes down the graph only
+    towards another Transpose they cancel with. A head of pool -> Reshape -> Gemm has none, so
+    the last convolution's output went back to NCHW, and the ops after it (the direction
+    classifier's hardswish and uint8 MaxPool) ran there; a Transpose to channels-last before the
+    Reshape gives ORT one to cancel, and the tail stays NHWC."""
+    source = node.input[0] if node.input else ""
+    shape = shapes.get(source)
+    if source not in pooled and not (shape is not None and len(shape) == 4 and shape[2:] == [1, 1]):
+        return None
+    if node.op_type == "Flatten":
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        return "as is" if axis == 1 else None
+    if node.op_type != "Reshape" or len(node.input) < 2:
+        return None
+    if target_shape is not None and not np.any(target_shape == 0):
+        return "as is"
+    known = shapes.get(node.input[1])
+    length: Dim | None = (
+        target_shape.size
+        if target_shape is not None
+        else (known[0] if known is not None and len(known) == 1 else None)
+    )
+    return "flattened" if isinstance(length, int) and 1 <= length <= 2 else None
+
+
+def channels_last_transpose(source: str, flattened: bool) -> list[onnx.NodeProto]:
+    """``source`` ``[N, C, 1, 1]`` as ``[N, 1, 1, C]``, then as ``[N, C]`` where ``flattened``
+    (see :func:`channels_last_read`); the last node's output is what the reader reads."""
+    output = f"{source}_channels_last"
+    nodes = [
+        helper.make_node(
+            "Transpose",
+            [source],
+            [output],
+            name=f"{output}_Transpose",
+            perm=list(CHANNELS_FIRST_TO_LAST),
+        )
+    ]
+    if flattened:
+        nodes.append(
+            helper.make_node(
+                "Flatten", [output], [f"{output}_flat"], name=f"{output}_Flatten", axis=1
+            )
+        )
+    return nodes
