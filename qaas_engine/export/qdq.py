@@ -21,8 +21,8 @@ from qaas_engine.export.runtime_forms import (
     channels_last_read,
     channels_last_transpose,
     pooled_outputs,
-    prelu_as_max_min,
     static_shapes,
+    tiled_slope,
 )
 from qaas_engine.quant.encoding import Encoding
 from qaas_engine.quant.sim import QuantSim
@@ -252,6 +252,11 @@ def _scaled_read(
     )
 
 
+def _eight_bit(encoding: Encoding | None) -> bool:
+    """An activation stored in 8 bits: its producer and consumers are ORT integer kernels."""
+    return encoding is not None and encoding.scheme.bits <= 8
+
+
 def _without_unread_dequantize(nodes: list[onnx.NodeProto], outputs: set[str]) -> list:
     """``nodes`` less the DequantizeLinears whose output nothing reads (a tensor read only by
     ops a scaled grid replaced): ONNX Runtime would still run them."""
@@ -291,8 +296,9 @@ def export_qdq(
     ``onnxruntime-cpu``) is exported as a DequantizeLinear of the input's integers
     (:func:`_scaled_read`).
     ``runtime_forms``: forms that compute the same values faster in ONNX Runtime
-    (:mod:`qaas_engine.export.runtime_forms`): a PRelu with a constant float slope as a Mul and
-    a Max or Min; a Reshape/Flatten of a pooled ``[N, C, 1, 1]`` tensor reads it channels-last.
+    (:mod:`qaas_engine.export.runtime_forms`): the per-channel slope of a PRelu on an 8-bit
+    activation tiled along the last axis; a Reshape/Flatten of a pooled ``[N, C, 1, 1]`` tensor
+    reads it channels-last.
     """
     out = without_initializers(model)  # each initializer is written below, once
     graph = out.graph
@@ -406,17 +412,17 @@ def export_qdq(
                 body.extend(nodes)
                 channels_last[key] = nodes[-1].output[0]
             new.input[0] = channels_last[key]
-        forms = None
-        if runtime_forms and new.op_type == "PRelu" and new.input[1] in float_constants:
+        if (
+            runtime_forms
+            and new.op_type == "PRelu"
+            and new.input[1] in float_constants
+            and _eight_bit(activations.get(node.input[0]))
+        ):
             slope = numpy_helper.to_array(float_constants[new.input[1]])
-            forms = prelu_as_max_min(new, slope, shapes.get(node.input[0]))
-        if forms is not None:
-            nodes, tiled = forms
+            tiled = tiled_slope(slope, shapes.get(node.input[0]))
             if tiled is not None:
-                builder.constant(nodes[0].input[1], tiled)
-            body.extend(nodes)
-        else:
-            body.append(new)
+                new.input[1] = builder.constant(f"{node.output[0]}_slope", tiled)
+        body.append(new)
         body.extend(pending)
 
     del graph.node[:]

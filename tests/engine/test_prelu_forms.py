@@ -1,6 +1,6 @@
-"""PReLU on ``onnxruntime-cpu``: exported as ``Max(x, x * slope)`` (or Min), the same values as
-ONNX Runtime's float PRelu kernel, which is several times slower than the two ops together
-(MTCNN ONet's five PReLUs cost half of its int8 artifact's time at batch 32)."""
+"""PReLU on ``onnxruntime-cpu``: between int8 kernels ORT runs it channels-last, where a
+``[C, 1, 1]`` slope is walked C values a span; the export stores it tiled along the width,
+``[C, 1, W]``, the same values (MTCNN ONet's PReLUs cost about as much as its QLinearConvs)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qaas_engine import QuantSpec, import_model, load_npz, model_inputs, quantize
-from qaas_engine.export.runtime_forms import prelu_as_max_min
+from qaas_engine.export.runtime_forms import tiled_slope
 from tests.support.onnx_models import conv_chain_model
 
 
@@ -30,55 +30,30 @@ def _run(nodes: list[onnx.NodeProto], slopes: dict[str, np.ndarray], x: np.ndarr
     return session.run(None, {"x": x})[0]
 
 
-@pytest.mark.parametrize(
-    "slopes",
-    [
-        [0.25, 0.1, 1e-7, 0.999999, 0.0, 1.0, 0.33333334, 0.7],  # in [0, 1]
-        [-0.47, 0.65, -1e-3, 0.0, -3.0, 1.0, 0.2, -0.9],  # any slope up to 1: Max
-        [1.0, 1.5, 3.0, 1.0000001, 7.25, 100.0, 2.0, 1.3],  # from 1 up: Min
-    ],
-)
-def test_the_max_min_form_gives_prelus_values_bit_for_bit(slopes):
+def test_the_tiled_slope_gives_prelus_values_bit_for_bit():
     rng = np.random.default_rng(0)
-    slope = np.asarray(slopes, np.float32).reshape(8, 1, 1)
-    x = np.concatenate(
-        [
-            rng.standard_normal((4, 8, 6, 6)).astype(np.float32) * 3,
-            rng.uniform(-1e-30, 1e-30, (2, 8, 6, 6)).astype(np.float32),  # products underflow
-            rng.uniform(-3e38, 3e38, (2, 8, 6, 6)).astype(np.float32),  # and overflow
-            np.zeros((1, 8, 6, 6), np.float32),
-        ]
-    )
+    slope = np.asarray([0.25, -0.1, 1.5, 1e-7, 0.0, 1.0, 0.33333334, -3.0], np.float32)
+    slope = slope.reshape(8, 1, 1)
+    x = rng.standard_normal((4, 8, 6, 6)).astype(np.float32) * 3
+    tiled = tiled_slope(slope, ["n", 8, 6, 6])
+    assert tiled is not None and tiled.shape == (8, 1, 6)
     prelu = helper.make_node("PRelu", ["x", "slope"], ["y"], name="p")
     expected = _run([prelu], {"slope": slope}, x)
-    for shape in ([0, 8, 6, 6], [9, 8, 6, 6]):  # last axis unknown or known
-        forms = prelu_as_max_min(prelu, slope, shape)
-        if shape[-1] == 0:
-            assert forms is None  # a per-channel slope untiled: the PRelu is faster
-            continue
-        assert forms is not None
-        nodes, tiled = forms
-        assert [node.op_type for node in nodes] == ["Mul", "Max" if max(slopes) <= 1 else "Min"]
-        assert tiled is not None and tiled.shape == (8, 1, 6)
-        np.testing.assert_array_equal(_run(nodes, {nodes[0].input[1]: tiled}, x), expected)
+    np.testing.assert_array_equal(_run([prelu], {"slope": tiled}, x), expected)
 
 
-def test_a_slope_along_the_last_axis_or_a_scalar_is_not_tiled():
-    prelu = helper.make_node("PRelu", ["x", "slope"], ["y"], name="p")
-    x = np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32)
-    slope = np.linspace(-0.5, 0.9, 16, dtype=np.float32)
-    for value in (slope, np.float32(0.2).reshape(1)):
-        forms = prelu_as_max_min(prelu, value, [4, 16])
-        assert forms is not None and forms[1] is None
-        assert forms[0][0].input[1] == "slope"
-        expected = _run([prelu], {"slope": value}, x)
-        np.testing.assert_array_equal(_run(forms[0], {"slope": value}, x), expected)
-
-
-def test_slopes_on_both_sides_of_one_keep_the_prelu():
-    prelu = helper.make_node("PRelu", ["x", "slope"], ["y"], name="p")
-    assert prelu_as_max_min(prelu, np.asarray([0.5, 1.5], np.float32), [2, 2]) is None
-    assert prelu_as_max_min(prelu, np.asarray([0.5, np.nan], np.float32), [2, 2]) is None
+def test_a_slope_is_tiled_only_per_channel_along_a_known_axis():
+    slope = np.full((8, 1, 1), 0.2, np.float32)
+    assert tiled_slope(slope, ["n", 8, 6, ""]) is None  # width not known
+    assert tiled_slope(slope, ["n", 8, 6, 1]) is None  # nothing to tile
+    assert tiled_slope(np.full((1,), 0.2, np.float32), ["n", 8, 6, 6]) is None  # one slope
+    assert tiled_slope(np.full((16,), 0.2, np.float32), ["n", 16]) is None  # already a span
+    assert tiled_slope(np.full((1, 8, 1, 1), 0.2, np.float32), ["n", 8, 6, 6]).shape == (
+        1,
+        8,
+        1,
+        6,
+    )
 
 
 def _model(slopes: list[float]) -> onnx.ModelProto:
@@ -111,13 +86,11 @@ SLOPES = [0.25, -0.1, 0.6, 0.05, 0.0, 1.0, 0.33, -0.47]
 
 
 @pytest.mark.parametrize("target", ["onnxruntime-cpu", "onnxruntime-cpu:avx2"])
-def test_the_prelu_runs_as_max_and_the_simulation_is_exact(tmp_path, target):
+def test_the_prelu_reads_a_tiled_slope_and_the_simulation_is_exact(tmp_path, target):
     result = _quantized(tmp_path, _model(SLOPES), QuantSpec(target=target))
-    exported = [node.op_type for node in result.quantized_model.graph.node]
-    assert "PRelu" not in exported and exported.count("Max") == 1
-    (mul,) = [node for node in result.quantized_model.graph.node if node.op_type == "Mul"]
+    (prelu,) = [n for n in result.quantized_model.graph.node if n.op_type == "PRelu"]
     stored = {init.name: list(init.dims) for init in result.quantized_model.graph.initializer}
-    assert stored[mul.input[1]] == [8, 1, 8]  # tiled along the known width
+    assert stored[prelu.input[1]] == [8, 1, 8]  # tiled along the known width
     graph = result.report["metrics"]["runtime_graph"]
     assert graph["integer_kernels"] == {"QLinearConv": 2}
     assert result.report["metrics"]["simulation_vs_onnxruntime"]["max_abs_diff"] == 0.0
@@ -125,12 +98,16 @@ def test_the_prelu_runs_as_max_and_the_simulation_is_exact(tmp_path, target):
     onnx.checker.check_model(result.quantized_model)
 
 
-def test_a_prelu_with_slopes_across_one_is_kept_and_exact(tmp_path):
-    result = _quantized(tmp_path, _model([*SLOPES[:-1], 1.5]))
-    assert "PRelu" in [node.op_type for node in result.quantized_model.graph.node]
+def test_a_prelu_on_a_float_input_keeps_its_slope(tmp_path):
+    """Outside the int8 kernels ORT may run NCHW, where a [C, 1, 1] slope is the long span."""
+    spec = QuantSpec(keep_float_nodes=("conv1",))
+    result = _quantized(tmp_path, _model(SLOPES), spec)
+    (prelu,) = [n for n in result.quantized_model.graph.node if n.op_type == "PRelu"]
+    assert prelu.input[1] == "slope"
     assert result.report["metrics"]["simulation_vs_onnxruntime"]["max_abs_diff"] == 0.0
 
 
-def test_targets_not_run_here_keep_the_prelu(tmp_path):
+def test_targets_not_run_here_keep_the_slope(tmp_path):
     result = _quantized(tmp_path, _model(SLOPES), QuantSpec(target="tensorrt"))
-    assert "PRelu" in [node.op_type for node in result.quantized_model.graph.node]
+    (prelu,) = [n for n in result.quantized_model.graph.node if n.op_type == "PRelu"]
+    assert prelu.input[1] == "slope"
