@@ -18,6 +18,7 @@ from qaas_engine.data import Dataset
 from qaas_engine.errors import SpecError
 from qaas_engine.export.encodings import aimet_encodings
 from qaas_engine.export.qdq import export_qdq
+from qaas_engine.export.runtime_forms import applied_forms
 from qaas_engine.export.target_checks import check_export
 from qaas_engine.graph.lazy import LazyExecutor, materialized
 from qaas_engine.importer import ImportedModel
@@ -226,6 +227,8 @@ def run_pipeline(
     read_scaled = tuple(name for name in sim.placement.scaled if name not in produced)
     if read_scaled:
         kernels = replace(kernels, scaled_reads=read_scaled)
+    if rules.runtime_forms:
+        kernels = replace(kernels, runtime_forms=applied_forms(qdq))
     state.kernels = kernels
     return state, sim, qdq
 

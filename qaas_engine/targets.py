@@ -160,6 +160,8 @@ class KernelChoice:
     objective: dict[str, object] | None = None
     # Div/Mul outputs exported as a DequantizeLinear of their input's integers on a scaled grid
     scaled_reads: tuple[str, ...] = ()
+    # float forms ORT runs faster, same values (export.runtime_forms.applied_forms): kind -> names
+    runtime_forms: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def signed_weights(self) -> bool:
@@ -189,6 +191,16 @@ class KernelChoice:
             "reason": self.reason,
             **({"objective": self.objective} if self.objective is not None else {}),
             **({"scaled_reads": self._scaled_reads()} if self.scaled_reads else {}),
+            **({"runtime_forms": self._runtime_forms()} if self.runtime_forms else {}),
+        }
+
+    def _runtime_forms(self) -> dict[str, object]:
+        return {
+            **self.runtime_forms,
+            "why": "the same values in a form ONNX Runtime runs faster: a PReLU slope tiled "
+            "along the width (ORT runs it channels-last between int8 kernels, C values a span "
+            "untiled); a pooled [N, C, 1, 1] tensor read channels-last, so the int8 tail before "
+            "it stays NHWC (a uint8 MaxPool as NhwcMaxPool)",
         }
 
     def _scaled_reads(self) -> dict[str, object]:

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qaas_engine.control_flow import used_names
 from qaas_engine.export.runtime_forms import (
+    TILED_SLOPE,
     channels_last_read,
     channels_last_transpose,
     pooled_outputs,
@@ -421,7 +422,7 @@ def export_qdq(
             slope = numpy_helper.to_array(float_constants[new.input[1]])
             tiled = tiled_slope(slope, shapes.get(node.input[0]))
             if tiled is not None:
-                new.input[1] = builder.constant(f"{node.output[0]}_slope", tiled)
+                new.input[1] = builder.constant(f"{node.output[0]}{TILED_SLOPE}", tiled)
         body.append(new)
         body.extend(pending)
 

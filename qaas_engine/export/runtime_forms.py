@@ -16,6 +16,8 @@ from onnx import helper
 GLOBAL_POOLS = frozenset({"GlobalAveragePool", "GlobalMaxPool"})
 CHANNELS_FIRST_TO_LAST = (0, 2, 3, 1)
 Dim = int | str  # a size, or a symbolic one's name ("" where nothing is known)
+TILED_SLOPE = "_tiled_slope"  # suffix of a PRelu's tiled slope (see tiled_slope)
+CHANNELS_LAST = "_channels_last"  # suffix of a pooled tensor read channels-last
 
 
 def tiled_slope(slope: np.ndarray, shape: list[Dim] | None) -> np.ndarray | None:
@@ -98,7 +100,7 @@ def channels_last_read(
 def channels_last_transpose(source: str, flattened: bool) -> list[onnx.NodeProto]:
     """``source`` ``[N, C, 1, 1]`` as ``[N, 1, 1, C]``, then as ``[N, C]`` where ``flattened``
     (see :func:`channels_last_read`); the last node's output is what the reader reads."""
-    output = f"{source}_channels_last"
+    output = f"{source}{CHANNELS_LAST}"
     nodes = [
         helper.make_node(
             "Transpose",
@@ -115,3 +117,27 @@ def channels_last_transpose(source: str, flattened: bool) -> list[onnx.NodeProto
             )
         )
     return nodes
+
+
+def applied_forms(qdq: onnx.ModelProto) -> dict[str, list[str]]:
+    """What the export wrote in these forms, by the names it gave them: the PRelus whose slope
+    it tiled, and the tensors it read channels-last (for the report)."""
+    initializers = {init.name for init in qdq.graph.initializer}
+    tiled = [
+        node.name or node.output[0]
+        for node in qdq.graph.node
+        if node.op_type == "PRelu"
+        and len(node.input) > 1
+        and node.input[1].endswith(TILED_SLOPE)
+        and node.input[1] in initializers
+    ]
+    channels_last = [
+        node.input[0]
+        for node in qdq.graph.node
+        if node.op_type == "Transpose" and node.output[0] == f"{node.input[0]}{CHANNELS_LAST}"
+    ]
+    return {
+        name: found
+        for name, found in (("tiled_prelu_slopes", tiled), ("channels_last_reads", channels_last))
+        if found
+    }

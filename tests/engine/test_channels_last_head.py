@@ -97,12 +97,14 @@ def test_the_head_reads_channels_last_and_the_tail_stays_nhwc(tmp_path, reshape,
     assert "Transpose" not in ops[last_conv : ops.index("QLinearGlobalAveragePool")]
     assert result.report["metrics"]["simulation_vs_onnxruntime"]["max_abs_diff"] == 0.0
     assert result.report["metrics"]["onnxruntime"]["sqnr_db"] > 20.0
+    assert result.report["target"]["runtime_forms"]["channels_last_reads"] == ["g_dequantized"]
     onnx.checker.check_model(result.quantized_model)
 
 
 def test_other_targets_keep_the_head_as_written(tmp_path):
     result = _quantized(tmp_path, _head_model("flatten"), QuantSpec(target="tensorrt"))
     assert "Transpose" not in [node.op_type for node in result.quantized_model.graph.node]
+    assert "runtime_forms" not in result.report["target"]
 
 
 def test_a_reshape_that_copies_an_axis_reads_the_flattened_tensor():

@@ -91,6 +91,7 @@ def test_the_prelu_reads_a_tiled_slope_and_the_simulation_is_exact(tmp_path, tar
     (prelu,) = [n for n in result.quantized_model.graph.node if n.op_type == "PRelu"]
     stored = {init.name: list(init.dims) for init in result.quantized_model.graph.initializer}
     assert stored[prelu.input[1]] == [8, 1, 8]  # tiled along the known width
+    assert result.report["target"]["runtime_forms"]["tiled_prelu_slopes"] == ["prelu"]
     graph = result.report["metrics"]["runtime_graph"]
     assert graph["integer_kernels"] == {"QLinearConv": 2}
     assert result.report["metrics"]["simulation_vs_onnxruntime"]["max_abs_diff"] == 0.0
