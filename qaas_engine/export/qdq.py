@@ -280,7 +280,7 @@ def export_qdq(
     unsigned_weights: bool = True,
     unsigned_activations: bool = True,
     quantize_scalar_operands: bool = False,
-    runtime_forms: bool = False,
+    runtime_forms: bool | None = None,
 ) -> onnx.ModelProto:
     """A new QDQ model from the float ``model`` (same graph) and the sim's weights/encodings.
 
@@ -299,8 +299,13 @@ def export_qdq(
     ``runtime_forms``: forms that compute the same values faster in ONNX Runtime
     (:mod:`qaas_engine.export.runtime_forms`): the per-channel slope of a PRelu on an 8-bit
     activation tiled along the last axis; a Reshape/Flatten of a pooled ``[N, C, 1, 1]`` tensor
-    reads it channels-last.
+    reads it channels-last. None: as ``quantize_scalar_operands`` (both are the forms of a
+    target run here), so every caller exporting for ``onnxruntime-cpu`` (the rules' and auto's
+    measurements) writes the graph the pipeline writes, and the evaluation can reuse their runs
+    of it (``simulated_runs.graph_digest``).
     """
+    if runtime_forms is None:
+        runtime_forms = quantize_scalar_operands
     out = without_initializers(model)  # each initializer is written below, once
     graph = out.graph
     builder = QdqBuilder(out, sim.weight_integers)

@@ -123,3 +123,12 @@ def test_a_reshape_that_copies_an_axis_reads_the_flattened_tensor():
     assert channels_last_read(flatten, pooled, {}, None) is None
     assert channels_last_read(reshape, set(), {"g": [0, 16, 2, 2]}, None) is None
     assert channels_last_read(reshape, set(), {"g": [-1, 16, 1, 1]}, None) is None  # unknown length
+
+
+def test_the_rules_measure_the_graph_with_the_channels_last_read(tmp_path):
+    """The rules export the head as the pipeline does, so the evaluation finds their run of the
+    very graph it measures instead of running it again."""
+    spec = QuantSpec(min_sqnr_db=200.0)  # a target no grid meets: the rules measure
+    report = _quantized(tmp_path, _head_model("dynamic"), spec).report
+    assert report["target"]["runtime_forms"]["channels_last_reads"] == ["g_dequantized"]
+    assert "kept from the rules' run" in report["metrics"]["engines"]["onnxruntime"]
