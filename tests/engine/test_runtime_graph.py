@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import torch
+from onnx import TensorProto, helper, numpy_helper
 
 from qaas_engine import QuantSpec, import_model, load_npz, model_inputs, quantize
 from qaas_engine.evaluation import gap_warnings
@@ -156,3 +157,36 @@ def test_hardswish_squeeze_excite_and_division_run_as_integer_kernels(tmp_path):
     assert kernels.get("QLinearMul") == 3 and kernels.get("QLinearAdd") == 2
     assert graph["quantize_linear"] == 1 and graph["dequantize_linear"] == 1
     assert result.report["metrics"]["simulation_vs_onnxruntime"]["top1_agreement"] >= 0.999
+
+
+def test_a_gemm_on_a_sixteen_bit_activation_is_named_as_not_simulated(tmp_path):
+    """ORT 1.32 runs DQ(int8 weight) -> Gemm with a 16-bit activation as MatMulNBits, a
+    weight-only kernel whose float sums are not the simulation's: the report counts it and
+    names it among the kernels the simulation does not compute as ORT does."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((32, 64)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal((64, 8)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Gemm", ["r", "w2"], ["y"], name="fc2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "gemms",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])],
+        inits,
+    )
+    path = tmp_path / "gemms.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    data = tmp_path / "calibration.npz"
+    np.savez(data, x=rng.standard_normal((64, 32)).astype(np.float32))
+    imported = import_model(path)
+    calibration = load_npz(data, model_inputs(imported.model))
+    report = quantize(imported, QuantSpec(activation_bits=16), calibration=calibration).report
+    metrics = report["metrics"]
+    assert metrics["runtime_graph"]["integer_kernels"].get("MatMulNBits") == 2
+    assert metrics["simulation_kernels"]["not_emulated"].get("MatMulNBits") == 2
