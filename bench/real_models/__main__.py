@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import tempfile
 import time
 from pathlib import Path
@@ -91,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated, from: {','.join(PEERS)} (all by default; 'qaas auto' comes "
         "with --auto); fewer, to rerun one tool's rows quickly",
     )
+    parser.add_argument(
+        "--qaas-options",
+        default="",
+        help="more qaas quantize options for every qaas row, as one string "
+        "(e.g. '--pipeline bias_correction'): what a default would gain",
+    )
     args = parser.parse_args(argv)
     peers = tuple(t.strip() for t in args.tools.split(",") if t.strip())
     if set(peers) - set(PEERS):
@@ -101,13 +108,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(names)}")
     print(cpu_summary())
     print(f"load average at start: {os.getloadavg()}")
+    if args.qaas_options:
+        print(f"qaas rows run with: {args.qaas_options}")
     start = time.perf_counter()
     results = []
     with tempfile.TemporaryDirectory(prefix="qaas-real-models-") as folder:
         for case in (c for c in CASES if c.name in wanted):
             print(f"\n[{case.name}] {args.samples} samples ...", flush=True)
             try:
-                result = bench_case(case, args.samples, Path(folder) / case.name, args.auto, peers)
+                result = bench_case(
+                    case, args.samples, Path(folder) / case.name, args.auto, peers,
+                    tuple(shlex.split(args.qaas_options)),
+                )  # fmt: skip
             except Exception as error:  # the bench's own setup for this model: say so, go on
                 print(f"  bench setup failed: {type(error).__name__}: {error}")
                 continue
