@@ -10,13 +10,14 @@ import argparse
 import json
 import math
 import os
+import shlex
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench._common import cpu_summary, print_table
-from bench.real_models.bench import bench_case
+from bench.real_models.bench import PEERS, bench_case
 from bench.real_models.catalog import CASES
 
 TOOLS = ("float", "ORT", "NNCF", "qaas", "qaas strict")
@@ -85,20 +86,40 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DB",
         help="also run qaas --pipeline auto --min-sqnr DB (its choice, verdict and frontier)",
     )
+    parser.add_argument(
+        "--tools",
+        default=",".join(PEERS),
+        help=f"comma-separated, from: {','.join(PEERS)} (all by default; 'qaas auto' comes "
+        "with --auto); fewer, to rerun one tool's rows quickly",
+    )
+    parser.add_argument(
+        "--qaas-options",
+        default="",
+        help="more qaas quantize options for every qaas row, as one string "
+        "(e.g. '--pipeline bias_correction'): what a default would gain",
+    )
     args = parser.parse_args(argv)
+    peers = tuple(t.strip() for t in args.tools.split(",") if t.strip())
+    if set(peers) - set(PEERS):
+        parser.error(f"unknown tool(s) {', '.join(sorted(set(peers) - set(PEERS)))}")
     wanted = [n.strip() for n in args.models.split(",") if n.strip()] or names
     unknown = sorted(set(wanted) - set(names))
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(names)}")
     print(cpu_summary())
     print(f"load average at start: {os.getloadavg()}")
+    if args.qaas_options:
+        print(f"qaas rows run with: {args.qaas_options}")
     start = time.perf_counter()
     results = []
     with tempfile.TemporaryDirectory(prefix="qaas-real-models-") as folder:
         for case in (c for c in CASES if c.name in wanted):
             print(f"\n[{case.name}] {args.samples} samples ...", flush=True)
             try:
-                result = bench_case(case, args.samples, Path(folder) / case.name, args.auto)
+                result = bench_case(
+                    case, args.samples, Path(folder) / case.name, args.auto, peers,
+                    tuple(shlex.split(args.qaas_options)),
+                )  # fmt: skip
             except Exception as error:  # the bench's own setup for this model: say so, go on
                 print(f"  bench setup failed: {type(error).__name__}: {error}")
                 continue

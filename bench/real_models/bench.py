@@ -62,11 +62,20 @@ def _fidelity(case: Case, reference: Outputs, test: Outputs) -> dict[str, float]
     }
 
 
+PEERS = ("ORT", "NNCF", "qaas", "qaas strict")
+
+
 def bench_case(
-    case: Case, samples: int, folder: Path, auto_min_sqnr: float | None = None
+    case: Case,
+    samples: int,
+    folder: Path,
+    auto_min_sqnr: float | None = None,
+    peers: tuple[str, ...] = PEERS,
+    qaas_options: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Every tool on ``case``: the row of the JSON results; with ``auto_min_sqnr``, also
-    ``qaas --pipeline auto --min-sqnr`` (the ``qaas auto`` row, its choice and frontier)."""
+    """The tools in ``peers`` on ``case`` (every one by default): the row of the JSON results;
+    with ``auto_min_sqnr``, also ``qaas --pipeline auto --min-sqnr`` (the ``qaas auto`` row,
+    its choice and frontier). ``qaas_options`` go to every qaas run after the case's own."""
     folder.mkdir(parents=True, exist_ok=True)
     model = case.model()
     calibration = (case.calibration_feeds or case.feeds)(samples, 0)
@@ -75,16 +84,17 @@ def bench_case(
     qaas_calibration = write_npz(folder / "calibration.npz", calibration, batched=case.batchable)
     qaas_evaluation = write_npz(folder / "evaluation.npz", held_out, batched=case.batchable)
     runner = case.run or run_each
-    options = case.qaas_options
+    options = (*case.qaas_options, *qaas_options)
     reference = runner(_session(model), held_out)
     runs = [
-        tools.run_ort(model, stacked, folder),
-        tools.run_nncf(model, stacked, folder),
+        *([tools.run_ort(model, stacked, folder)] if "ORT" in peers else []),
+        *([tools.run_nncf(model, stacked, folder)] if "NNCF" in peers else []),
         *(
             tools.run_qaas(
                 model, qaas_calibration, qaas_evaluation, folder, strict=strict, options=options
             )
-            for strict in (False, True)
+            for strict, tool in ((False, "qaas"), (True, "qaas strict"))
+            if tool in peers
         ),
     ]
     if auto_min_sqnr is not None:
@@ -108,6 +118,7 @@ def bench_case(
         "file": str(model.relative_to(tools.ROOT)),
         "samples": {"calibration": len(calibration), "held_out": len(held_out)},
         "notes": case.notes,
+        "qaas_options": list(options),
         "tools": {"float": {"task": case.score(reference, reference), "sqnr_db": math.inf}},
     }
     for run in runs:
