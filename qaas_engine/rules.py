@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from qaas_engine import attention, sixteen_bit_cost
+from qaas_engine import attention, noise_pricing, sixteen_bit_cost
 from qaas_engine.cost.shapes import macs_per_sample
 from qaas_engine.export.qdq import export_qdq
 from qaas_engine.quant.encoding import Encoding
@@ -87,7 +87,9 @@ MIN_BUDGET_MACS = 2e10
 # off; measured as deployed it runs in about 1-1.5, but the price stays, so the budget
 # decides what it decided (the same rules and grids as before, faster)
 QDQ_COST = 2.0
-TORCH_COST_FACTOR = 40.0  # torch executor forward + backward per sample, in ORT forwards
+# torch executor forward + backward per sample, in ORT forwards; where ONNX Runtime measures each
+# activation's noise for less (a small model: no torch import), it does (``noise_pricing``)
+TORCH_COST_FACTOR = noise_pricing.TORCH_COST_FACTOR
 MIN_GAIN_DB = 3.0  # predicted, with every activation at 16 bits: less, and nothing is promoted
 # measured: 16-bit groups run unfused (in float between Q/DQ), so a smaller gain is not worth them
 MIN_MEASURED_GAIN_DB = 3.0
@@ -452,8 +454,11 @@ def sensitive_tensors(
         before = measured.sqnr_db(state.model, sim)
     if before >= spec.min_sqnr_db:
         return []
-    # one sample's backward pass in the torch executor, then a measurement like the first
-    cost = TORCH_COST_FACTOR + QDQ_COST * measured.samples
+    # one sample priced (a backward pass in the torch executor, or a run per activation in ONNX
+    # Runtime, whichever costs less), then a measurement like the first
+    measuring = QDQ_COST * measured.samples
+    pricing = noise_pricing.choose(sim, model_macs(state, measured), budget - measuring)
+    cost = pricing.per_sample + measuring
     if cost > budget:
         return [
             RuleAction(
@@ -467,7 +472,9 @@ def sensitive_tensors(
             )
         ]
     first = measured.batches[0]
-    estimate = _priced(sim, first, state.calibration.one_at_a_time, spec.seed, budget - cost)
+    estimate = _priced(
+        state.model, sim, first, state.calibration.one_at_a_time, spec.seed, budget - cost, pricing
+    )
     chosen = _most_noise(estimate, spec.min_sqnr_db)
     if not chosen:
         return [
@@ -613,13 +620,23 @@ def _fewest_sixteen_bit(
 
 
 def _priced(
-    sim: QuantSim, feeds: dict[str, Any], one_at_a_time: bool, seed: int, budget: float
+    model: onnx.ModelProto,
+    sim: QuantSim,
+    feeds: dict[str, Any],
+    one_at_a_time: bool,
+    seed: int,
+    budget: float,
+    pricing: noise_pricing.Pricing | None = None,
 ) -> NoiseEstimate:
-    """The noise estimate on one sample; on ``SENSITIVITY_SAMPLES`` where the budget allows."""
-    more = TORCH_COST_FACTOR * (SENSITIVITY_SAMPLES - 1)
+    """The noise estimate on one sample; on ``SENSITIVITY_SAMPLES`` where the budget allows;
+    in the engine ``pricing`` names (torch when None)."""
+    per_sample = TORCH_COST_FACTOR if pricing is None else pricing.per_sample
+    more = per_sample * (SENSITIVITY_SAMPLES - 1)
     count = 1 if one_at_a_time or more > budget else SENSITIVITY_SAMPLES
     if not one_at_a_time:
         feeds = {name: value[:count] if np.ndim(value) else value for name, value in feeds.items()}
+    if pricing is not None and pricing.engine == "onnxruntime":
+        return noise_pricing.measure_noise(model, sim, feeds)
     return estimate_noise(sim, feeds, seed=seed)
 
 
