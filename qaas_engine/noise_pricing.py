@@ -102,9 +102,25 @@ def measure_noise(model: onnx.ModelProto, sim: QuantSim, feeds: Mapping[str, Any
     return estimate
 
 
-def _floats(outputs: list[np.ndarray]) -> list[np.ndarray | None]:
+def try_measure_noise(
+    model: onnx.ModelProto, sim: QuantSim, feeds: Mapping[str, Any]
+) -> NoiseEstimate | None:
+    """``measure_noise``, or None where ONNX Runtime cannot run the probe graph or the probe
+    cannot switch every activation (one a subgraph computes): the caller prices in torch."""
+    try:
+        estimate = measure_noise(model, sim, feeds)
+    except Exception:  # an op or type the probe's Q/DQ/Where cannot follow: torch can
+        return None
+    if set(estimate.activations) != set(sim.activation_encodings) and estimate.signal > 0:
+        return None
+    return estimate
+
+
+def _floats(outputs: list[Any]) -> list[np.ndarray | None]:
     return [
-        np.asarray(value, dtype=np.float64) if np.issubdtype(value.dtype, np.floating) else None
+        np.asarray(value, dtype=np.float64)
+        if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating)
+        else None
         for value in outputs
     ]
 

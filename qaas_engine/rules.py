@@ -629,14 +629,17 @@ def _priced(
     pricing: noise_pricing.Pricing | None = None,
 ) -> NoiseEstimate:
     """The noise estimate on one sample; on ``SENSITIVITY_SAMPLES`` where the budget allows;
-    in the engine ``pricing`` names (torch when None)."""
+    in the engine ``pricing`` names (torch when None, or where ONNX Runtime cannot price every
+    activation)."""
     per_sample = TORCH_COST_FACTOR if pricing is None else pricing.per_sample
     more = per_sample * (SENSITIVITY_SAMPLES - 1)
     count = 1 if one_at_a_time or more > budget else SENSITIVITY_SAMPLES
     if not one_at_a_time:
         feeds = {name: value[:count] if np.ndim(value) else value for name, value in feeds.items()}
     if pricing is not None and pricing.engine == "onnxruntime":
-        return noise_pricing.measure_noise(model, sim, feeds)
+        measured = noise_pricing.try_measure_noise(model, sim, feeds)
+        if measured is not None:
+            return measured
     return estimate_noise(sim, feeds, seed=seed)
 
 

@@ -141,3 +141,21 @@ def test_a_small_models_default_job_prices_its_noise_without_importing_torch(tmp
     assert any(line["rule"] == "sensitive_tensor" for line in result["rules"])
     assert result["sqnr"] > 30
     assert result["torch"] is False
+
+
+def test_where_onnx_runtime_cannot_run_the_probe_torch_prices_instead(priced, monkeypatch):
+    from qaas_engine import noise_pricing, rules
+
+    state, sim, feeds = priced
+    chosen = noise_pricing.Pricing("onnxruntime", noise_pricing.ort_cost(sim))
+    assert rules._priced(state.model, sim, feeds, True, 0, 1e6, chosen).weights == {
+        WEIGHTS: pytest.approx(measure_noise(state.model, sim, feeds).weights[WEIGHTS])
+    }
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("an op the probe cannot follow")
+
+    monkeypatch.setattr(noise_pricing, "build_probe", broken)
+    fallback = rules._priced(state.model, sim, feeds, True, 0, 1e6, chosen)
+    expected = sensitivity.estimate_noise(sim, feeds, seed=0)
+    assert fallback.activations == expected.activations and WEIGHTS not in fallback.weights
