@@ -5,7 +5,7 @@ executor: one pass for all of them, but a post-training job that runs it imports
 alone (about 2 s on the 2-core dev box: more than a small model's whole pricing). Here each
 activation's noise is *measured*: the float graph with every activation quantizer behind
 ``Where(switch, quantized, float)`` (``reporting.probe``), one ONNX Runtime session, one run
-per activation with only its switch on; and a second session with every weight quantizer on
+per activation with only its switch on; and a second session with every weight on its grid
 (the rules weigh the weights' noise only as a total). No torch and no linearisation: the noise
 is what that grid alone does to the outputs on the sample.
 
@@ -28,10 +28,12 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from qaas_engine.quant.sensitivity import NoiseEstimate
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.reporting.probe import build_probe
+from qaas_engine.sessions import session
 
 # the weights' total noise, under one name: the rules never promote a weight, they only weigh
 # the activations' share against it
@@ -54,8 +56,8 @@ class Pricing:
 
 
 def ort_cost(sim: QuantSim) -> float:
-    """Runs per sample: the reference, one per activation, two for all weights."""
-    return ORT_PRICING_COST * (len(sim.activation_encodings) + 1 + 2 * bool(sim.weight_encodings))
+    """Runs per sample: the reference, one per activation, one for all weights."""
+    return ORT_PRICING_COST * (len(sim.activation_encodings) + 1 + bool(sim.weight_encodings))
 
 
 def torch_cost(macs_per_sample: int) -> float:
@@ -80,7 +82,8 @@ def measure_noise(model: onnx.ModelProto, sim: QuantSim, feeds: Mapping[str, Any
     """Each activation quantizer's output noise power on ``feeds`` (squared error summed over
     the float outputs' elements), all weight quantizers' together under ``WEIGHTS``, and the
     outputs' power: the units ``quant.sensitivity`` prices in. Two sessions: the activations'
-    runs pay no weight switch (a Where over every weight each run: 4x the LSTM OCR's forward)."""
+    runs pay no weight switch (a Where over every weight each run: 4x the LSTM OCR's forward),
+    and the weights are quantized once in numpy."""
     arrays = {name: np.asarray(value) for name, value in feeds.items()}
     probe = build_probe(model, {}, sim.activation_encodings, arena=True)
     reference = _floats(probe.run_switched(arrays))
@@ -93,13 +96,31 @@ def measure_noise(model: onnx.ModelProto, sim: QuantSim, feeds: Mapping[str, Any
         estimate.activations[name] = _noise(
             reference, probe.run_switched(arrays, activations=[name])
         )
+    names = probe.outputs
     del probe
     if sim.weight_encodings:
-        probe = build_probe(model, sim.weight_encodings, {})
-        own = _floats(probe.run_switched(arrays))
-        on = probe.run_switched(arrays, weights=probe.weight_switches)
-        estimate.weights[WEIGHTS] = _noise(own, on)
+        estimate.weights[WEIGHTS] = _noise(
+            reference, _with_quantized_weights(model, sim, arrays, names)
+        )
     return estimate
+
+
+def _with_quantized_weights(
+    model: onnx.ModelProto, sim: QuantSim, feeds: Mapping[str, np.ndarray], names: list[str]
+) -> list[np.ndarray]:
+    """The outputs with every weight on its grid (in float, as the export's DequantizeLinear
+    gives it) and the activations float: one plain session and one run, where a switch per
+    weight would cost a Where over every weight on every run."""
+    quantized = onnx.ModelProto()
+    quantized.CopyFrom(model)
+    for init in quantized.graph.initializer:
+        encoding = sim.weight_encodings.get(init.name)
+        if encoding is not None:
+            values = numpy_helper.to_array(init)
+            init.CopyFrom(numpy_helper.from_array(encoding.fake_quantize_array(values), init.name))
+    runner = session(quantized)
+    del quantized
+    return list(runner.run(names, dict(feeds)))
 
 
 def try_measure_noise(

@@ -17,6 +17,7 @@ import torch
 from qaas_engine import QuantSpec, import_model, load_npz, model_inputs
 from qaas_engine.noise_pricing import WEIGHTS, choose, measure_noise, ort_cost
 from qaas_engine.quant import sensitivity
+from qaas_engine.tensors import to_torch
 from tests.conftest import export_legacy
 
 
@@ -57,8 +58,6 @@ def priced(tmp_path_factory):
 
 def _one_quantized(sim, feeds, name):
     """The outputs' squared error with ``name`` alone fake-quantized, in the torch executor."""
-    from qaas_engine.tensors import to_torch
-
     encoding = sim.activation_encodings[name]
 
     def hook(tensor, value):
@@ -85,6 +84,18 @@ def test_each_activations_noise_is_what_its_grid_alone_does_to_the_outputs(price
         assert estimate.signal == pytest.approx(signal, rel=1e-5)
         assert estimate.activations[name] == pytest.approx(noise, rel=1e-3, abs=1e-9 * signal)
     assert max(estimate.activations.values()) > 0
+    # the weights together, on their grids, activations float
+    executor = sim.torch_executor()
+    inputs = to_torch(feeds)
+    quantized = {
+        name: encoding.fake_quantize(executor.weights[name])
+        for name, encoding in sim.weight_encodings.items()
+    }
+    with torch.no_grad():
+        clean = executor.run(inputs)
+        noisy = executor.run(inputs, weights=quantized)
+    noise = sum(float(((noisy[k].double() - clean[k].double()) ** 2).sum()) for k in clean)
+    assert estimate.weights[WEIGHTS] == pytest.approx(noise, rel=1e-3)
 
 
 def test_the_measured_noise_ranks_activations_as_the_first_order_pricing_does(priced):
@@ -108,7 +119,7 @@ def test_onnxruntime_prices_where_it_costs_less_and_torch_where_it_does_not(pric
     # fewer runs than torch's pass costs: ONNX Runtime, however large the model
     assert choose(sim, macs_per_sample=10**13, budget=1e6).engine == "onnxruntime"
     many = SimpleNamespace(activation_encodings=dict.fromkeys(range(100)), weight_encodings={1: 1})
-    assert ort_cost(many) == 103  # type: ignore[arg-type]
+    assert ort_cost(many) == 102  # type: ignore[arg-type]
     # a large model with many activations: their runs cost more than torch's import
     large = choose(many, macs_per_sample=10**10, budget=1e6)  # type: ignore[arg-type]
     assert large.engine == "torch" and large.per_sample == 40.0
@@ -117,7 +128,7 @@ def test_onnxruntime_prices_where_it_costs_less_and_torch_where_it_does_not(pric
     tight = choose(many, macs_per_sample=10_000, budget=60.0)  # type: ignore[arg-type]
     assert tight.engine == "torch" and tight.per_sample == 40.0
     # neither fits: the cheaper, whose cost the caller reports as over budget
-    assert choose(many, macs_per_sample=10_000, budget=0.0).per_sample == 103  # type: ignore[arg-type]
+    assert choose(many, macs_per_sample=10_000, budget=0.0).per_sample == 102  # type: ignore[arg-type]
 
 
 def test_a_small_models_default_job_prices_its_noise_without_importing_torch(tmp_path):
