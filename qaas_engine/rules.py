@@ -15,18 +15,19 @@ output SQNR is highest is kept (min/max ranges let one outlier stretch a grid ov
 never occur again; clipping helps some models and hurts others, so it is measured, not assumed).
 Free at inference: only the grids move.
 
-``sensitive_tensor``: where the exported graph's output SQNR on calibration samples falls
-below ``QuantSpec.min_sqnr_db``, the activations that contribute most of the output noise (priced
-to first order by ``quant.sensitivity``) get 16-bit grids, which ONNX Runtime runs (W8A16
-groups, computed in float between 16-bit Q/DQ), until the predicted SQNR reaches the target or
-``MAX_PROMOTED_SHARE`` of them are promoted. Weights keep the bits the spec asked for; where they
-carry the noise, nothing is promoted. The SQNR is measured again
-after; a promotion that does not raise it by ``MIN_MEASURED_GAIN_DB`` is undone (16-bit groups
-run unfused, so a small gain is not worth their speed). On a target without 16-bit integer
-kernels (``onnxruntime-cpu``) the kept ones are then trimmed to the shortest prefix, ranked by
-noise share per MAC they force float, that measures within ``KEEP_WITHIN_DB`` of all of them
-(``qaas_engine.sixteen_bit_cost``). Post-training pipelines only: a learning
-step (AdaRound, QAT, Bayesian Bits) trains the 8-bit grids the spec asked for.
+``sensitive_tensor``: where the exported graph's output SQNR on calibration samples falls below
+``QuantSpec.min_sqnr_db``, the activations that contribute most of the output noise (priced to first
+order by ``quant.sensitivity``'s backward pass in torch, or, where that costs less, measured one by
+one in ONNX Runtime by ``noise_pricing``, with no torch import) get 16-bit grids, which ONNX Runtime
+runs (W8A16 groups, computed in float between 16-bit Q/DQ), until the predicted SQNR reaches the
+target or ``MAX_PROMOTED_SHARE`` of them are promoted. Weights keep the bits the spec asked for;
+where they carry the noise, nothing is promoted. The SQNR is measured again after; a promotion that
+does not raise it by ``MIN_MEASURED_GAIN_DB`` is undone (16-bit groups run unfused, so a small gain
+is not worth their speed). On a target without 16-bit integer kernels (``onnxruntime-cpu``) the kept
+ones are then trimmed to the shortest prefix, ranked by noise share per MAC they force float, that
+measures within ``KEEP_WITHIN_DB`` of all of them (``qaas_engine.sixteen_bit_cost``). Post-training
+pipelines only: a learning step (AdaRound, QAT, Bayesian Bits) trains the 8-bit grids the spec asked
+for.
 
 ``mask_range`` and ``outlier_channels`` (``qaas_engine.attention``), where the output SQNR
 misses the target, before the two above: an additive attention mask's constants kept out of
