@@ -15,18 +15,19 @@ output SQNR is highest is kept (min/max ranges let one outlier stretch a grid ov
 never occur again; clipping helps some models and hurts others, so it is measured, not assumed).
 Free at inference: only the grids move.
 
-``sensitive_tensor``: where the exported graph's output SQNR on calibration samples falls
-below ``QuantSpec.min_sqnr_db``, the activations that contribute most of the output noise (priced
-to first order by ``quant.sensitivity``) get 16-bit grids, which ONNX Runtime runs (W8A16
-groups, computed in float between 16-bit Q/DQ), until the predicted SQNR reaches the target or
-``MAX_PROMOTED_SHARE`` of them are promoted. Weights keep the bits the spec asked for; where they
-carry the noise, nothing is promoted. The SQNR is measured again
-after; a promotion that does not raise it by ``MIN_MEASURED_GAIN_DB`` is undone (16-bit groups
-run unfused, so a small gain is not worth their speed). On a target without 16-bit integer
-kernels (``onnxruntime-cpu``) the kept ones are then trimmed to the shortest prefix, ranked by
-noise share per MAC they force float, that measures within ``KEEP_WITHIN_DB`` of all of them
-(``qaas_engine.sixteen_bit_cost``). Post-training pipelines only: a learning
-step (AdaRound, QAT, Bayesian Bits) trains the 8-bit grids the spec asked for.
+``sensitive_tensor``: where the exported graph's output SQNR on calibration samples falls below
+``QuantSpec.min_sqnr_db``, the activations that contribute most of the output noise (priced to first
+order by ``quant.sensitivity``'s backward pass in torch, or, where that costs less, measured one by
+one in ONNX Runtime by ``noise_pricing``, with no torch import) get 16-bit grids, which ONNX Runtime
+runs (W8A16 groups, computed in float between 16-bit Q/DQ), until the predicted SQNR reaches the
+target or ``MAX_PROMOTED_SHARE`` of them are promoted. Weights keep the bits the spec asked for;
+where they carry the noise, nothing is promoted. The SQNR is measured again after; a promotion that
+does not raise it by ``MIN_MEASURED_GAIN_DB`` is undone (16-bit groups run unfused, so a small gain
+is not worth their speed). On a target without 16-bit integer kernels (``onnxruntime-cpu``) the kept
+ones are then trimmed to the shortest prefix, ranked by noise share per MAC they force float, that
+measures within ``KEEP_WITHIN_DB`` of all of them (``qaas_engine.sixteen_bit_cost``). Post-training
+pipelines only: a learning step (AdaRound, QAT, Bayesian Bits) trains the 8-bit grids the spec asked
+for.
 
 ``mask_range`` and ``outlier_channels`` (``qaas_engine.attention``), where the output SQNR
 misses the target, before the two above: an additive attention mask's constants kept out of
@@ -46,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from qaas_engine import attention, sixteen_bit_cost
+from qaas_engine import attention, noise_pricing, sixteen_bit_cost
 from qaas_engine.cost.shapes import macs_per_sample
 from qaas_engine.export.qdq import export_qdq
 from qaas_engine.quant.encoding import Encoding
@@ -87,7 +88,9 @@ MIN_BUDGET_MACS = 2e10
 # off; measured as deployed it runs in about 1-1.5, but the price stays, so the budget
 # decides what it decided (the same rules and grids as before, faster)
 QDQ_COST = 2.0
-TORCH_COST_FACTOR = 40.0  # torch executor forward + backward per sample, in ORT forwards
+# torch executor forward + backward per sample, in ORT forwards; where ONNX Runtime measures each
+# activation's noise for less (a small model: no torch import), it does (``noise_pricing``)
+TORCH_COST_FACTOR = noise_pricing.TORCH_COST_FACTOR
 MIN_GAIN_DB = 3.0  # predicted, with every activation at 16 bits: less, and nothing is promoted
 # measured: 16-bit groups run unfused (in float between Q/DQ), so a smaller gain is not worth them
 MIN_MEASURED_GAIN_DB = 3.0
@@ -452,8 +455,11 @@ def sensitive_tensors(
         before = measured.sqnr_db(state.model, sim)
     if before >= spec.min_sqnr_db:
         return []
-    # one sample's backward pass in the torch executor, then a measurement like the first
-    cost = TORCH_COST_FACTOR + QDQ_COST * measured.samples
+    # one sample priced (a backward pass in the torch executor, or a run per activation in ONNX
+    # Runtime, whichever costs less), then a measurement like the first
+    measuring = QDQ_COST * measured.samples
+    pricing = noise_pricing.choose(sim, model_macs(state, measured), budget - measuring)
+    cost = pricing.per_sample + measuring
     if cost > budget:
         return [
             RuleAction(
@@ -467,7 +473,9 @@ def sensitive_tensors(
             )
         ]
     first = measured.batches[0]
-    estimate = _priced(sim, first, state.calibration.one_at_a_time, spec.seed, budget - cost)
+    estimate = _priced(
+        state.model, sim, first, state.calibration.one_at_a_time, spec.seed, budget - cost, pricing
+    )
     chosen = _most_noise(estimate, spec.min_sqnr_db)
     if not chosen:
         return [
@@ -613,13 +621,26 @@ def _fewest_sixteen_bit(
 
 
 def _priced(
-    sim: QuantSim, feeds: dict[str, Any], one_at_a_time: bool, seed: int, budget: float
+    model: onnx.ModelProto,
+    sim: QuantSim,
+    feeds: dict[str, Any],
+    one_at_a_time: bool,
+    seed: int,
+    budget: float,
+    pricing: noise_pricing.Pricing | None = None,
 ) -> NoiseEstimate:
-    """The noise estimate on one sample; on ``SENSITIVITY_SAMPLES`` where the budget allows."""
-    more = TORCH_COST_FACTOR * (SENSITIVITY_SAMPLES - 1)
+    """The noise estimate on one sample; on ``SENSITIVITY_SAMPLES`` where the budget allows;
+    in the engine ``pricing`` names (torch when None, or where ONNX Runtime cannot price every
+    activation)."""
+    per_sample = TORCH_COST_FACTOR if pricing is None else pricing.per_sample
+    more = per_sample * (SENSITIVITY_SAMPLES - 1)
     count = 1 if one_at_a_time or more > budget else SENSITIVITY_SAMPLES
     if not one_at_a_time:
         feeds = {name: value[:count] if np.ndim(value) else value for name, value in feeds.items()}
+    if pricing is not None and pricing.engine == "onnxruntime":
+        measured = noise_pricing.try_measure_noise(model, sim, feeds)
+        if measured is not None:
+            return measured
     return estimate_noise(sim, feeds, seed=seed)
 
 

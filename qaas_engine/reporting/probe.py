@@ -36,6 +36,7 @@ class ProbeModel:
     weight_switches: dict[str, str] = field(default_factory=dict)  # weight -> switch input
     activation_switches: dict[str, str] = field(default_factory=dict)  # tensor -> switch input
     taps: list[str] = field(default_factory=list)  # float tensors exposed by run_tapped
+    outputs: list[str] = field(default_factory=list)  # every graph output, for run_switched
 
     def run(
         self,
@@ -51,6 +52,21 @@ class ProbeModel:
         if activation is not None:
             switches[self.activation_switches[activation]] = ON
         return self.session.run([self.output], {**feeds, **switches})[0]
+
+    def run_switched(
+        self,
+        feeds: Mapping[str, np.ndarray],
+        *,
+        weights: Iterable[str] = (),
+        activations: Iterable[str] = (),
+    ) -> list[np.ndarray]:
+        """Every graph output with the switches of ``weights`` and ``activations`` on (any
+        number of each) and the rest off."""
+        switches = {s: OFF for s in self.weight_switches.values()}
+        switches.update({s: OFF for s in self.activation_switches.values()})
+        switches.update({self.weight_switches[name]: ON for name in weights})
+        switches.update({self.activation_switches[name]: ON for name in activations})
+        return list(self.session.run(self.outputs, {**feeds, **switches}))
 
     def run_tapped(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The float model (every switch off): its output and the taps, graph inputs included."""
@@ -70,12 +86,15 @@ def build_probe(
     activations: Mapping[str, Encoding],
     taps: Iterable[str] = (),
     quantize_from: Mapping[str, np.ndarray] | None = None,
+    arena: bool = False,
 ) -> ProbeModel:
     """``float_model`` with switchable quantizers on ``weights`` (initializer names) and on
-    ``activations`` (tensors a main-graph node produces, graph outputs included); ``taps``
+    ``activations`` (tensors a main-graph node produces, graph outputs included; graph inputs
+    and initializers read as activations too, their consumers reading the switch); ``taps``
     (tensors of the float model) are exposed for :meth:`ProbeModel.run_tapped`.
     ``quantize_from`` gives the values a weight's switch quantizes where they are no longer the
-    float initializer's (AdaRound's learned rounding): the grid values the export holds."""
+    float initializer's (AdaRound's learned rounding): the grid values the export holds.
+    ``arena``: keep ORT's memory arena (``sessions.session``), for many runs of small tensors."""
     model = onnx.ModelProto()
     model.CopyFrom(float_model)
     graph = model.graph
@@ -107,7 +126,17 @@ def build_probe(
         weight_switches[name] = switch
 
     activation_nodes: dict[str, list[onnx.NodeProto]] = {}
+    read = {value.name for value in graph.input} | set(initializers)
     for index, (name, encoding) in enumerate(activations.items()):
+        if name not in produced and name in read and name not in rename:
+            # a graph input or a constant: its consumers read the switch's output instead
+            switch = _switch(graph, f"probe_activation_{index}")
+            fake, switched = f"{name}__probe_fq", f"{name}__probe_in"
+            added.extend(builder.quantize_pair(name, fake, unsigned_container(encoding)))
+            added.append(helper.make_node("Where", [switch, fake, name], [switched]))
+            rename[name] = switched
+            activation_switches[name] = switch
+            continue
         if name not in produced:
             continue
         # the producer writes name__probe_raw; the switch writes ``name`` for every consumer
@@ -136,12 +165,15 @@ def build_probe(
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     inputs = {value.name for value in graph.input}
     outputs = {value.name for value in graph.output}
+    graph_outputs = [value.name for value in graph.output]
     reachable = [t for t in dict.fromkeys(taps) if t in produced or t in inputs]
     graph.output.extend(onnx.ValueInfoProto(name=t) for t in reachable if t not in outputs | inputs)
     output = graph.output[0].name
-    runner = session(model, arena=False)
+    runner = session(model, arena=arena)
     del model, graph, builder, added, body, initializers  # before the analysis runs
-    return ProbeModel(runner, output, weight_switches, activation_switches, reachable)
+    return ProbeModel(
+        runner, output, weight_switches, activation_switches, reachable, graph_outputs
+    )
 
 
 def _weight_values(
