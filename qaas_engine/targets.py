@@ -63,8 +63,8 @@ class TargetRules:
     # the constant (the same integers, so exact): the export drops the op and its Q and reads
     # the input's integers with a DequantizeLinear of the scaled grid (quant.placement.scaled)
     scalings_on_grid: bool = False
-    # float forms ORT runs faster, with the same values (export.runtime_forms): a PRelu as Mul and
-    # Max/Min, a pooled head's Reshape read channels-last
+    # float forms ORT runs faster, with the same values (export.runtime_forms): a PRelu's slope
+    # tiled along the width, a pooled head's Reshape read channels-last
     runtime_forms: bool = False
 
 

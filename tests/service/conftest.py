@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -79,15 +80,13 @@ def service_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
-def settings(pg_url, redis_client, tmp_path_factory) -> Iterator[Settings]:
-    """Postgres + Redis, as the distributed deployment; a queue of this run's own."""
-    queue = f"qaas-test-{uuid.uuid4().hex[:8]}"
+def deployment_settings(database_url: str, tmp_path_factory) -> Settings:
+    """Settings on ``database_url`` (migrated here) with a queue of their own."""
     result = Settings(
         data_dir=tmp_path_factory.mktemp("qaas-data"),
-        database_url=pg_url,
+        database_url=database_url,
         broker_url=REDIS_URL,
-        queue=queue,
+        queue=f"qaas-test-{uuid.uuid4().hex[:8]}",
         max_model_bytes=2_000_000,
         max_dataset_bytes=2_000_000,
         job_lease_s=3.0,
@@ -95,29 +94,85 @@ def settings(pg_url, redis_client, tmp_path_factory) -> Iterator[Settings]:
         requeue_after_s=600.0,
     )
     run_migrations(result)
-    yield result
-    redis_client.delete(queue)
+    return result
 
 
 @pytest.fixture(scope="session")
-def storage(settings):
-    """The run's storage backend, as the API and workers open it (folder or object store)."""
+def settings(pg_url, redis_client, tmp_path_factory) -> Iterator[Settings]:
+    """Postgres + Redis, as the distributed deployment; a queue of this run's own."""
+    result = deployment_settings(pg_url, tmp_path_factory)
+    yield result
+    redis_client.delete(result.queue)
+
+
+@contextmanager
+def _api(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@contextmanager
+def _sessions(settings: Settings) -> Iterator[Any]:
+    engine = make_engine(settings, pooled=False)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+def _storage(settings: Settings) -> Any:
+    """The storage backend, as the API and workers open it (folder or object store)."""
     from app.core.storage_s3 import open_storage
 
     return open_storage(settings)
 
 
 @pytest.fixture(scope="session")
+def storage(settings):
+    return _storage(settings)
+
+
+@pytest.fixture(scope="session")
 def api(settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as client:
+    with _api(settings) as client:
         yield client
 
 
 @pytest.fixture(scope="session")
 def sessions(settings):
-    engine = make_engine(settings, pooled=False)
-    yield make_sessionmaker(engine)
-    engine.dispose()
+    with _sessions(settings) as made:
+        yield made
+
+
+def own_deployment() -> tuple[Any, Any, Any, Any]:
+    """``settings``, ``storage``, ``api`` and ``sessions`` fixtures of one module, on a database
+    and a queue of its own: ``settings, storage, api, sessions = own_deployment()``.
+
+    For a module that starts a worker: on the run's shared queue that worker first ran every
+    job the modules before it had left queued (two minutes of a whole run, where the module
+    alone takes 15 s), and its reaper would resend the ones queued longer than
+    ``requeue_after_s``."""
+
+    @pytest.fixture(scope="module", name="settings")
+    def module_settings(redis_client, tmp_path_factory) -> Iterator[Settings]:
+        with scratch_database("qaas_module") as url:
+            result = deployment_settings(url, tmp_path_factory)
+            yield result
+            redis_client.delete(result.queue)
+
+    @pytest.fixture(scope="module", name="storage")
+    def module_storage(settings):
+        return _storage(settings)
+
+    @pytest.fixture(scope="module", name="api")
+    def module_api(settings) -> Iterator[TestClient]:
+        with _api(settings) as client:
+            yield client
+
+    @pytest.fixture(scope="module", name="sessions")
+    def module_sessions(settings):
+        with _sessions(settings) as made:
+            yield made
+
+    return module_settings, module_storage, module_api, module_sessions
 
 
 @pytest.fixture

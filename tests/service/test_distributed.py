@@ -20,6 +20,7 @@ from app.client import QaasClient, QaasError
 from app.jobs.tables import Job
 from tests.service.conftest import (
     REPO,
+    own_deployment,
     poll_job,
     published_names,
     start_api,
@@ -31,6 +32,10 @@ from tests.service.conftest import (
 )
 
 ARTIFACTS = {"model.quant.onnx", "encodings.json", "report.json", "report.html"}
+
+
+# a database and a queue of this module's own: its worker runs only this module's jobs
+settings, storage, api, sessions = own_deployment()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,17 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
-from tests.service.conftest import poll_job, start_worker, stop_process, upload, wait_for
+from tests.service.conftest import (
+    own_deployment,
+    poll_job,
+    start_worker,
+    stop_process,
+    upload,
+    wait_for,
+)
+
+# a database and a queue of this module's own: its worker runs only this module's jobs
+settings, storage, api, sessions = own_deployment()
 
 
 def scrape(client, headers=None) -> dict[str, dict[tuple, float]]:
