@@ -10,8 +10,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qaas_engine import QuantSpec, import_model, load_npz, model_inputs, quantize
+from qaas_engine import QuantSpec
 from qaas_engine.export.runtime_forms import channels_last_read
+from tests.support.onnx_models import quantize_on_noise
 
 
 def _head_model(reshape: str) -> onnx.ModelProto:
@@ -66,13 +67,7 @@ def _head_model(reshape: str) -> onnx.ModelProto:
 
 
 def _quantized(tmp_path, model: onnx.ModelProto, spec: QuantSpec | None = None):
-    path = tmp_path / "model.onnx"
-    onnx.save(model, path)
-    data = tmp_path / "calibration.npz"
-    np.savez(data, x=np.random.default_rng(1).standard_normal((16, 4, 16, 16), np.float32))
-    imported = import_model(path)
-    calibration = load_npz(data, model_inputs(imported.model))
-    return quantize(imported, spec or QuantSpec(), calibration=calibration)
+    return quantize_on_noise(tmp_path, model, spec, (16, 4, 16, 16))
 
 
 def _optimized_ops(tmp_path, model: onnx.ModelProto) -> list[str]:

@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qaas_engine import QuantSpec, import_model, load_npz, model_inputs, quantize
+from qaas_engine import QuantSpec
 from qaas_engine.export.runtime_forms import tiled_slope
-from tests.support.onnx_models import conv_chain_model
+from tests.support.onnx_models import conv_chain_model, quantize_on_noise
 
 
 def _run(nodes: list[onnx.NodeProto], slopes: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
@@ -73,13 +73,7 @@ def _model(slopes: list[float]) -> onnx.ModelProto:
 
 
 def _quantized(tmp_path, model: onnx.ModelProto, spec: QuantSpec | None = None):
-    path = tmp_path / "model.onnx"
-    onnx.save(model, path)
-    data = tmp_path / "calibration.npz"
-    np.savez(data, x=np.random.default_rng(1).standard_normal((16, 4, 8, 8), np.float32))
-    imported = import_model(path)
-    calibration = load_npz(data, model_inputs(imported.model))
-    return quantize(imported, spec or QuantSpec(), calibration=calibration)
+    return quantize_on_noise(tmp_path, model, spec)
 
 
 SLOPES = [0.25, -0.1, 0.6, 0.05, 0.0, 1.0, 0.33, -0.47]

@@ -10,13 +10,13 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from qaas_engine import QuantSpec, import_model, load_npz, model_inputs, quantize
+from qaas_engine import QuantSpec, import_model, load_npz, model_inputs
 from qaas_engine.export.qdq import export_qdq
 from qaas_engine.pipeline import build_sim, build_state
 from qaas_engine.quant.encoding import Encoding, QuantScheme
 from qaas_engine.quant.placement import place_quantizers
 from qaas_engine.state import Timer
-from tests.support.onnx_models import conv_chain_model
+from tests.support.onnx_models import conv_chain_model, quantize_on_noise
 
 
 @pytest.mark.parametrize("bits", [8, 16])
@@ -79,13 +79,7 @@ def test_placement_finds_scalings_by_a_positive_constant(op, constant, constant_
 
 
 def _quantized(tmp_path, model: onnx.ModelProto, spec: QuantSpec | None = None):
-    path = tmp_path / "model.onnx"
-    onnx.save(model, path)
-    data = tmp_path / "calibration.npz"
-    np.savez(data, x=np.random.default_rng(1).standard_normal((16, 4, 8, 8), np.float32))
-    imported = import_model(path)
-    calibration = load_npz(data, model_inputs(imported.model))
-    return quantize(imported, spec or QuantSpec(), calibration=calibration)
+    return quantize_on_noise(tmp_path, model, spec)
 
 
 @pytest.mark.parametrize(("op", "constant"), [("Div", 6.0), ("Mul", 0.73)])
