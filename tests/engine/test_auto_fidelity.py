@@ -356,16 +356,28 @@ class HeavyTails(torch.nn.Module):
         return self.head(self.conv(x))
 
 
+def _sixteen_bit_against_weights_only(state, sim, data):
+    """Every activation on its 16-bit grid (``auto_mixed.build``), its evaluation on ``data``,
+    and the weights-only model's (every activation float): the floor the 16-bit grids must
+    keep."""
+    from qaas_engine.auto_mixed import build, floated
+    from qaas_engine.evaluation import evaluate
+    from qaas_engine.export.qdq import export_qdq
+
+    activations = list(sim.activation_encodings)
+    wide = build(state, sim, "16-bit", activations)
+    weights_only = floated(sim, activations)
+    reference = evaluate(state, weights_only, export_qdq(state.model, weights_only), data)
+    return wide, evaluate(state, wide.sim, wide.qdq, data), reference
+
+
 def test_a_16_bit_grid_covers_what_the_8_bit_range_estimator_clipped(tmp_path):
     """The MSE estimator clips an 8-bit range's tails where rounding costs more; a 16-bit grid
     over that clipped range keeps the clipping as the tensor's whole error (orientation model:
     every activation at 16 bits, 24 dB, where the 8-bit weights alone gave 35). The wide grid
     spans what calibration saw, so 16-bit activations cost next to nothing over the weights'
     noise, in the simulation and in ONNX Runtime alike."""
-    from qaas_engine.auto_mixed import build, floated
     from qaas_engine.cost.energy import EnergyProfile
-    from qaas_engine.evaluation import evaluate
-    from qaas_engine.export.qdq import export_qdq
     from qaas_engine.pipeline import PipelineData, run_pipeline
     from qaas_engine.state import Timer
 
@@ -381,10 +393,7 @@ def test_a_16_bit_grid_covers_what_the_8_bit_range_estimator_clipped(tmp_path):
         imported, spec, PipelineData(calibration), Timer(), EnergyProfile()
     )
     activations = list(sim.activation_encodings)
-    wide = build(state, sim, "16-bit", activations)
-    weights_only = floated(sim, activations)
-    reference = evaluate(state, weights_only, export_qdq(state.model, weights_only), calibration)
-    measured = evaluate(state, wide.sim, wide.qdq, calibration)
+    wide, measured, reference = _sixteen_bit_against_weights_only(state, sim, calibration)
     for output, values in measured["outputs"].items():
         floor = reference["outputs"][output]["onnxruntime"]["sqnr_db"]
         assert values["onnxruntime"]["sqnr_db"] >= floor - 1.0
@@ -417,10 +426,7 @@ def test_a_16_bit_grid_leaves_headroom_past_what_calibration_saw(tmp_path):
     so the clipping of that overshoot was nearly all of the error; the wide grid leaves
     headroom past the observed range, and the promoted output stays at the weights' floor on
     data 10% past the calibration data. A side at zero (the ReLU's) stays at zero."""
-    from qaas_engine.auto_mixed import build, floated
     from qaas_engine.cost.energy import EnergyProfile
-    from qaas_engine.evaluation import evaluate
-    from qaas_engine.export.qdq import export_qdq
     from qaas_engine.pipeline import PipelineData, run_pipeline
     from qaas_engine.quant.sim import WIDE_HEADROOM
     from qaas_engine.state import Timer
@@ -437,10 +443,7 @@ def test_a_16_bit_grid_leaves_headroom_past_what_calibration_saw(tmp_path):
         imported, QuantSpec(), PipelineData(calibration), Timer(), EnergyProfile()
     )
     activations = list(sim.activation_encodings)
-    wide = build(state, sim, "16-bit", activations)
-    weights_only = floated(sim, activations)
-    reference = evaluate(state, weights_only, export_qdq(state.model, weights_only), held_out)
-    measured = evaluate(state, wide.sim, wide.qdq, held_out)
+    wide, measured, reference = _sixteen_bit_against_weights_only(state, sim, held_out)
     for output, values in measured["outputs"].items():
         floor = reference["outputs"][output]["onnxruntime"]["worst_channel_sqnr_db"]
         assert floor > 30  # the weights' noise alone: what the 16-bit activations must keep

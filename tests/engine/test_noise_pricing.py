@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from qaas_engine import QuantSpec, import_model, load_npz, model_inputs
 from qaas_engine.noise_pricing import WEIGHTS, choose, measure_noise, ort_cost
 from qaas_engine.quant import sensitivity
 from qaas_engine.tensors import to_torch
 from tests.conftest import export_legacy
+from tests.support.strict_sims import strict_sim
 
 
 class Branchy(torch.nn.Module):
@@ -40,18 +40,8 @@ class Branchy(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def priced(tmp_path_factory):
-    from qaas_engine.pipeline import build_sim, build_state
-    from qaas_engine.state import Timer
-
     tmp = tmp_path_factory.mktemp("pricing")
-    torch.manual_seed(0)
-    model = export_legacy(Branchy().eval(), tmp / "m.onnx", torch.randn(1, 1, 12, 12))
-    data = tmp / "c.npz"
-    np.savez(data, input=np.random.default_rng(0).standard_normal((16, 1, 12, 12), np.float32))
-    imported = import_model(model)
-    calibration = load_npz(data, model_inputs(imported.model))
-    state = build_state(imported, QuantSpec(strict_bits=True), calibration, None)
-    sim = build_sim(state, Timer())
+    state, sim, calibration = strict_sim(Branchy, tmp, (1, 1, 12, 12), 16)
     feeds = {k: np.asarray(v) for k, v in next(calibration.batches(1, 1))[0].items()}
     return state, sim, feeds
 

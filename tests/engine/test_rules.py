@@ -10,6 +10,7 @@ from qaas_engine import QuantSpec, import_model, load_npz, model_inputs, quantiz
 from qaas_engine.artifacts.html import render_html
 from tests.conftest import export_legacy
 from tests.engine.test_fidelity import _model
+from tests.support.strict_sims import strict_sim
 
 
 def test_a_join_of_very_different_ranges_stays_float_and_says_why(tmp_path):
@@ -200,18 +201,9 @@ def test_noise_pricing_reads_computed_tensors_own_gradients_exactly(tmp_path, mo
     zero tensor added to it (an allocation and an addition per activation: about half of the
     pass on PP-OCRv4's detector); the feed and an aliased name still get a zero probe each.
     The estimate is the same to the bit."""
-    from qaas_engine.pipeline import build_sim, build_state
     from qaas_engine.quant import sensitivity
-    from qaas_engine.state import Timer
 
-    torch.manual_seed(0)
-    model = export_legacy(AliasedActivation().eval(), tmp_path / "m.onnx", torch.randn(1, 1, 8, 8))
-    data = tmp_path / "c.npz"
-    np.savez(data, input=np.random.default_rng(0).standard_normal((8, 1, 8, 8), np.float32))
-    imported = import_model(model)
-    calibration = load_npz(data, model_inputs(imported.model))
-    state = build_state(imported, QuantSpec(strict_bits=True), calibration, None)
-    sim = build_sim(state, Timer())
+    state, sim, calibration = strict_sim(AliasedActivation, tmp_path, (1, 1, 8, 8), 8)
     feeds = next(calibration.batches(4, 4))[0]
 
     expected = _zero_probe_noise(sim, feeds)
