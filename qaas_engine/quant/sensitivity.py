@@ -24,6 +24,9 @@ from qaas_engine.quant.sim import QuantSim
 from qaas_engine.tensors import to_torch
 
 PROJECTIONS = 1
+# what one backward pass may hold of activations (float bytes the forward computes); more
+# samples go through in chunks (``estimate_noise``)
+MAX_GRAPH_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -44,7 +47,12 @@ class NoiseEstimate:
 
 
 def estimate_noise(
-    sim: QuantSim, feeds: Mapping[str, Any], seed: int = 0, *, per_channel: bool = False
+    sim: QuantSim,
+    feeds: Mapping[str, Any],
+    seed: int = 0,
+    *,
+    per_channel: bool = False,
+    max_graph_bytes: int = MAX_GRAPH_BYTES,
 ) -> NoiseEstimate:
     """First-order output noise of every activation and weight quantizer of ``sim`` on ``feeds``
     (the float model in the torch executor, ``PROJECTIONS`` random projections averaged).
@@ -53,25 +61,119 @@ def estimate_noise(
     (channel as the worst-channel SQNR takes it: axis 1 of a 4-D output, else the last axis),
     so the ranking follows what that target measures; otherwise noise counts in the outputs'
     units, where a large-range channel outweighs a small-range one. Either way ``signal`` is
-    in the same units as the noise (with ``per_channel``, the number of channels)."""
+    in the same units as the noise (with ``per_channel``, the number of channels).
+
+    The backward pass holds every activation of every sample at once: on a BERT-base-sized
+    encoder, 8 samples of 128 tokens took 3.5 GB over the model's 1.4. Where one sample's
+    activations times the sample count pass ``max_graph_bytes``, the samples go through in
+    chunks that fit and their noise powers add up (the estimate is a sum over samples); the
+    random projections then differ from one pass's, so a model that fits keeps its one pass."""
     import torch
 
     executor = sim.torch_executor()
-    inputs = to_torch(dict(feeds))
     # leaves sharing the executor's storage (nothing here writes to a weight): a clone would
     # hold a second copy of every weight while the gradients are taken
     weights = {
         name: executor.weights[name].detach().requires_grad_(True) for name in sim.weight_encodings
     }
+    chunks = [to_torch(chunk) for chunk in _chunks(sim, feeds, max_graph_bytes)]
+    channel_power = _channel_power(sim, chunks) if per_channel and len(chunks) > 1 else None
+    generator = torch.Generator().manual_seed(seed)
+    estimate = NoiseEstimate()
+    for _ in range(PROJECTIONS):
+        signal = 0.0
+        for inputs in chunks:
+            chunk_signal = _accumulate(
+                sim, inputs, weights, per_channel, channel_power, generator, estimate
+            )
+            if chunk_signal is None:
+                return estimate
+            signal = chunk_signal if per_channel else signal + chunk_signal
+        estimate.signal = signal
+    for table in (estimate.activations, estimate.weights):
+        for name in table:
+            table[name] /= PROJECTIONS
+    return estimate
+
+
+def _chunks(sim: QuantSim, feeds: Mapping[str, Any], max_graph_bytes: int) -> list[dict[str, Any]]:
+    """``feeds`` whole, or cut along the batch axis into pieces whose activations fit
+    ``max_graph_bytes`` (sized by a gradient-free forward of the first sample)."""
+    import torch
+
+    feeds = dict(feeds)
+    count = _batch_size(feeds)
+    if count <= 1:
+        return [feeds]
+    held = [0]
+
+    def measure(name: str, value: Any) -> Any:
+        if (
+            name in sim.activation_encodings
+            and isinstance(value, torch.Tensor)
+            and value.is_floating_point()
+        ):
+            held[0] += value.numel() * value.element_size()
+        return value
+
+    with torch.no_grad():
+        sim.torch_executor().run(to_torch(_samples(feeds, 0, 1)), hook=measure)
+    per_chunk = max(1, max_graph_bytes // max(held[0], 1))
+    if per_chunk >= count:
+        return [feeds]
+    return [_samples(feeds, i, i + per_chunk) for i in range(0, count, per_chunk)]
+
+
+def _batch_size(feeds: Mapping[str, Any]) -> int:
+    """The samples the feeds hold along axis 0 (0-d feeds go whole to every chunk); 1 where
+    the batched feeds disagree, so they are never cut."""
+    sizes = {int(np.shape(value)[0]) for value in feeds.values() if np.ndim(value)}
+    return sizes.pop() if len(sizes) == 1 else 1
+
+
+def _samples(feeds: Mapping[str, Any], start: int, stop: int) -> dict[str, Any]:
+    return {name: value[start:stop] if np.ndim(value) else value for name, value in feeds.items()}
+
+
+def _channel_power(sim: QuantSim, chunks: list[dict[str, Any]]) -> list[Any]:
+    """Each float output's power per channel over every chunk: what one pass's
+    ``_channel_weights`` reads from the whole batch."""
+    import torch
+
+    totals: list[Any] = []
+    with torch.no_grad():
+        for inputs in chunks:
+            outputs = sim.torch_executor().run(inputs)
+            floats = [o for o in outputs.values() if _is_float(o)]
+            powers = [_power_by_channel(o) for o in floats]
+            totals = powers if not totals else [t + p for t, p in zip(totals, powers, strict=True)]
+    return totals
+
+
+def _is_float(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+def _accumulate(
+    sim: QuantSim,
+    inputs: dict[str, Any],
+    weights: dict[str, Any],
+    per_channel: bool,
+    channel_power: list[Any] | None,
+    generator: Any,
+    estimate: NoiseEstimate,
+) -> float | None:
+    """One projection's noise powers on ``inputs``, added to ``estimate``; the outputs' signal
+    there (with ``per_channel``, their channel count), None where no output is float."""
+    import torch
+
     probes: dict[str, torch.Tensor] = {}
     taken: set[int] = {id(w) for w in weights.values()}  # tensors whose gradient is spoken for
 
     def hook(name: str, value: Any) -> Any:
-        if (
-            name not in sim.activation_encodings
-            or not isinstance(value, torch.Tensor)
-            or not value.is_floating_point()
-        ):
+        if name not in sim.activation_encodings or not _is_float(value):
             return value
         if value.requires_grad and not value.is_leaf and id(value) not in taken:
             # the tensor the graph computed: every consumer reads it from here on, so its
@@ -87,50 +189,45 @@ def estimate_noise(
         taken.add(id(probe))
         return value + probe
 
-    generator = torch.Generator().manual_seed(seed)
-    estimate = NoiseEstimate()
-    for _ in range(PROJECTIONS):
-        probes.clear()
-        taken.intersection_update(id(w) for w in weights.values())
-        outputs = executor.run(inputs, hook=hook, weights=weights)
-        floats = [
-            o for o in outputs.values() if isinstance(o, torch.Tensor) and o.is_floating_point()
-        ]
-        if not floats:
-            return estimate
-        if per_channel:
+    outputs = sim.torch_executor().run(inputs, hook=hook, weights=weights)
+    floats = [o for o in outputs.values() if _is_float(o)]
+    if not floats:
+        return None
+    if per_channel:
+        if channel_power is None:
             factors = [_channel_weights(o) for o in floats]
-            estimate.signal = float(sum(_channels(o) for o in floats))
-            projection = torch.stack(
-                [
-                    (torch.randn(o.shape, generator=generator, dtype=o.dtype) * w * o).sum()
-                    for o, w in zip(floats, factors, strict=True)
-                ]
-            ).sum()
         else:
-            estimate.signal = float(sum(float((o.detach() ** 2).sum()) for o in floats))
-            projection = torch.stack(
-                [
-                    (torch.randn(o.shape, generator=generator, dtype=o.dtype) * o).sum().float()
-                    for o in floats
-                ]
-            ).sum()
-        names = list(probes) + list(weights)
-        tensors = [probes[n] for n in probes] + [weights[n] for n in weights]
-        grads = torch.autograd.grad(projection, tensors, allow_unused=True)
-        for name, grad in zip(names, grads, strict=True):
-            if grad is None:
-                continue
-            if name in probes:
-                power = _noise_power(sim.activation_encodings[name], grad)
-                estimate.activations[name] = estimate.activations.get(name, 0.0) + power
-            else:
-                power = _noise_power(sim.weight_encodings[name], grad)
-                estimate.weights[name] = estimate.weights.get(name, 0.0) + power
-    for table in (estimate.activations, estimate.weights):
-        for name in table:
-            table[name] /= PROJECTIONS
-    return estimate
+            factors = [
+                _weights_from_power(o, p) for o, p in zip(floats, channel_power, strict=True)
+            ]
+        signal = float(sum(_channels(o) for o in floats))
+        projection = torch.stack(
+            [
+                (torch.randn(o.shape, generator=generator, dtype=o.dtype) * w * o).sum()
+                for o, w in zip(floats, factors, strict=True)
+            ]
+        ).sum()
+    else:
+        signal = float(sum(float((o.detach() ** 2).sum()) for o in floats))
+        projection = torch.stack(
+            [
+                (torch.randn(o.shape, generator=generator, dtype=o.dtype) * o).sum().float()
+                for o in floats
+            ]
+        ).sum()
+    names = list(probes) + list(weights)
+    tensors = [probes[n] for n in probes] + [weights[n] for n in weights]
+    grads = torch.autograd.grad(projection, tensors, allow_unused=True)
+    for name, grad in zip(names, grads, strict=True):
+        if grad is None:
+            continue
+        if name in probes:
+            power = _noise_power(sim.activation_encodings[name], grad)
+            estimate.activations[name] = estimate.activations.get(name, 0.0) + power
+        else:
+            power = _noise_power(sim.weight_encodings[name], grad)
+            estimate.weights[name] = estimate.weights.get(name, 0.0) + power
+    return signal
 
 
 def _channels(output: Any) -> int:
@@ -141,17 +238,29 @@ def _channels(output: Any) -> int:
 
 def _channel_weights(output: Any) -> Any:
     """The projection's weight per element, 1 / sqrt(power of the element's channel): the
-    projected noise is then the sum over channels of noise relative to the channel's power.
-    A channel under 1e-6 of the mean channel's power counts at that floor (a channel that is
-    ~zero everywhere would otherwise outweigh every other)."""
+    projected noise is then the sum over channels of noise relative to the channel's power."""
+    return _weights_from_power(output, _power_by_channel(output))
+
+
+def _power_by_channel(output: Any) -> Any:
+    """Sum of squares per channel (float64); one value for an output under two dimensions."""
+    values = output.detach().double()
+    if values.dim() < 2:
+        return (values**2).sum().reshape(1)
+    axis = 1 if values.dim() == 4 else values.dim() - 1
+    return (values**2).sum(dim=[d for d in range(values.dim()) if d != axis])
+
+
+def _weights_from_power(output: Any, power: Any) -> Any:
+    """``_channel_weights`` from a channel power measured over these or more samples. A channel
+    under 1e-6 of the mean channel's power counts at that floor (a channel that is ~zero
+    everywhere would otherwise outweigh every other)."""
     import torch
 
     values = output.detach().double()
     if values.dim() < 2:
-        return torch.full_like(values, 1.0 / max(float((values**2).sum()), 1e-30) ** 0.5)
+        return torch.full_like(values, 1.0 / max(float(power.sum()), 1e-30) ** 0.5)
     axis = 1 if values.dim() == 4 else values.dim() - 1
-    dims = [d for d in range(values.dim()) if d != axis]
-    power = (values**2).sum(dim=dims)
     power = torch.clamp(power, min=max(float(power.mean()) * 1e-6, 1e-30))
     shape = [1] * values.dim()
     shape[axis] = -1
