@@ -300,8 +300,8 @@ def export_qdq(
     ``runtime_forms``: forms that compute the same values faster in ONNX Runtime
     (:mod:`qaas_engine.export.runtime_forms`): the per-channel slope of a PRelu on an 8-bit
     activation tiled along the last axis; a Reshape/Flatten of a pooled ``[N, C, 1, 1]`` tensor
-    reads it channels-last; the int8 weight of a Gemm whose activation is on no 8-bit grid is
-    written as its dequantized float values. None: as ``quantize_scalar_operands`` (both are
+    reads it channels-last; the int8 weight of a Gemm whose activation is float is written as
+    its dequantized float values. None: as ``quantize_scalar_operands`` (both are
     the forms of a target run here), so every caller exporting for ``onnxruntime-cpu`` (the
     rules' and auto's measurements) writes the graph the pipeline writes, and the evaluation
     can reuse their runs of it (``simulated_runs.graph_digest``).

@@ -158,8 +158,10 @@ def applied_forms(qdq: onnx.ModelProto) -> dict[str, list[str]]:
 
 # ops whose weight ONNX Runtime's CPU dequantizes on every run where the activation is float
 WEIGHT_ONLY_OPS = frozenset({"Gemm"})
-FLOAT_WEIGHT = "_float_weight"  # suffix of a weight written as its dequantized float values
-EIGHT_BIT = frozenset({onnx.TensorProto.INT8, onnx.TensorProto.UINT8})
+FLOAT_WEIGHT = "_float_weight"
+DATA_MOVEMENT = frozenset(
+    {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Slice", "Gather"}
+)  # suffix of a weight written as its dequantized float values
 
 
 def dequantized_values(
@@ -181,19 +183,24 @@ def dequantized_values(
 
 
 def float_weight_only(qdq: onnx.ModelProto) -> list[str]:
-    """In place: the int8 weight of a Gemm whose activation input is on no 8-bit grid (float,
-    or a 16-bit grid) is written as its dequantized float32 values; the Gemms changed, by name.
+    """In place: the int8 weight of a Gemm whose activation input is float (no DequantizeLinear
+    writes it) is written as its dequantized float32 values; the Gemms changed, by name.
 
     ONNX Runtime fuses DequantizeLinear -> Gemm into an integer kernel only with an 8-bit
-    activation; otherwise it runs the float Gemm and, since its optimizer never folds a
+    activation; with a float one it runs the float Gemm and, since its optimizer never folds a
     DequantizeLinear of a constant (that would undo the QDQ format), dequantizes the whole
     weight on every run, and the Gemm cannot pre-pack it. The captcha LSTM's 1024 x 8210 output
     Gemm (its input is the float LSTM's output): the DequantizeLinear took 4.3 ms of 17.7 and the
     unpacked Gemm 6.8 ms against float's 4.5, the artifact 0.92x float at batch 1. The values
     are the ones the DequantizeLinear computed (:func:`dequantized_values`), and the simulation
     runs this graph, so simulation and runtime still agree exactly; the file holds that weight
-    at 32 bits. Gemm only: a MatMul with a constant float weight may be fused with a following
-    Add into a Gemm when ORT optimizes, and not in the simulation's unoptimized run."""
+    at 32 bits.
+
+    Not where a DequantizeLinear (a 16-bit one too) writes the activation: ORT's optimizer
+    quantizes a float weight of a DQ -> Gemm -> Q group to int8 itself (on a grid of its own:
+    the outputs changed against the unoptimized graph, measured on a 16-bit group). Gemm only:
+    a MatMul with a constant float weight may be fused with a following Add into a Gemm when
+    ORT optimizes, and not in the simulation's unoptimized run."""
     graph = qdq.graph
     initializers = {init.name: init for init in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
@@ -203,13 +210,13 @@ def float_weight_only(qdq: onnx.ModelProto) -> list[str]:
             readers.setdefault(name, []).append((node, index))
     outputs = {value.name for value in graph.output}
 
-    def eight_bit(name: str) -> bool:
+    def quantized(name: str) -> bool:
+        """A DequantizeLinear writes ``name``, or one that ORT may move past the data-movement
+        ops between (its QDQ propagation)."""
         node = producer.get(name)
-        if node is None or node.op_type != "DequantizeLinear":
-            return False
-        zero = initializers.get(node.input[2]) if len(node.input) > 2 else None
-        typed = zero if zero is not None else initializers.get(node.input[0])
-        return typed is None or typed.data_type in EIGHT_BIT  # unknown: as if fused
+        while node is not None and node.op_type in DATA_MOVEMENT and node.input:
+            node = producer.get(node.input[0])
+        return node is not None and node.op_type == "DequantizeLinear"
 
     changed: list[str] = []
     removed: list[onnx.NodeProto] = []
@@ -222,7 +229,7 @@ def float_weight_only(qdq: onnx.ModelProto) -> list[str]:
             continue
         users = readers.get(node.output[0], [])
         if not users or any(
-            user.op_type not in WEIGHT_ONLY_OPS or index != 1 or eight_bit(user.input[0])
+            user.op_type not in WEIGHT_ONLY_OPS or index != 1 or quantized(user.input[0])
             for user, index in users
         ):
             continue

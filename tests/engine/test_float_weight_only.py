@@ -11,7 +11,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from qaas_engine import QuantSpec
-from qaas_engine.export.runtime_forms import FLOAT_WEIGHT, dequantized_values
+from qaas_engine.export.runtime_forms import FLOAT_WEIGHT, dequantized_values, float_weight_only
 from tests.support.onnx_models import quantize_on_noise
 
 
@@ -115,3 +115,48 @@ def test_dequantized_values_are_what_onnx_runtime_computes():
             got = dequantized_values(q, np.asarray(scale), np.asarray(zero), axis)
             assert got.dtype == np.float32
             assert np.array_equal(got.view(np.int32), expected.view(np.int32))
+
+
+def _group(reader: str, bits: int) -> onnx.ModelProto:
+    """x -> Q/DQ (``bits``) -> [Reshape] -> Gemm(DQ(int8 weight)) -> Q/DQ: a quantized group."""
+    rng = np.random.default_rng(0)
+    zero_type = TensorProto.UINT16 if bits == 16 else TensorProto.UINT8
+    inits = [
+        numpy_helper.from_array(rng.integers(-127, 128, (6, 8)).astype(np.int8), "wq"),
+        numpy_helper.from_array(np.full(6, 0.01, np.float32), "ws"),
+        numpy_helper.from_array(np.zeros(6, np.int8), "wz"),
+        numpy_helper.from_array(np.float32(0.01), "s"),
+        helper.make_tensor("z", zero_type, [], [0]),
+        numpy_helper.from_array(np.asarray([-1, 8], np.int64), "shape"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=0),
+    ]
+    if reader == "reshape":
+        nodes.append(helper.make_node("Reshape", ["xd", "shape"], ["xr"]))
+    source = "xr" if reader == "reshape" else "xd"
+    nodes += [
+        helper.make_node("Gemm", [source, "w"], ["y"], name="gemm", transB=1),
+        helper.make_node("QuantizeLinear", ["y", "s", "z"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "s", "z"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "group",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 6])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def test_a_gemm_reading_a_dequantized_activation_keeps_its_quantized_weight():
+    """With a DequantizeLinear before it (16-bit too, or behind a Reshape ORT may move it
+    past), ORT's optimizer would quantize a float weight itself on a grid of its own."""
+    for reader, bits in (("direct", 16), ("reshape", 8), ("reshape", 16)):
+        model = _group(reader, bits)
+        before = model.SerializeToString()
+        assert float_weight_only(model) == []
+        assert model.SerializeToString() == before
