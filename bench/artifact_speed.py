@@ -19,9 +19,11 @@ artifact may saturate (that is what ``:avx2`` is for).
 (``bench/real_models/catalog.py``) instead: float, qaas's default ``onnxruntime-cpu`` artifact
 (the case's own options) and ``quantize_static``'s, each scored by the case's task metric on
 held-out samples, with qaas's simulation-vs-ORT SQNR from its report. Batch 32 is measured
-where the case's batch axis is free.
+where the case's batch axis is free. ``--baseline DIR`` (a folder an earlier ``--keep`` run
+wrote, e.g. from main's checkout) times that run's qaas artifacts too, in the same rounds.
 
-Run: ``python bench/artifact_speed.py [--real] [--catalog all] [--rounds 7] [--clock cpu]``
+Run: ``python bench/artifact_speed.py [--real] [--catalog all] [--rounds 7] [--clock cpu]
+[--keep DIR] [--baseline DIR]``
 """
 
 from __future__ import annotations
@@ -158,8 +160,12 @@ def _batched(feed: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     return {name: np.repeat(value, size, axis=0) for name, value in feed.items()}
 
 
-def bench_case(case_name: str, samples: int, rounds: int, tmp: Path) -> None:
-    """float, qaas's default artifact and quantize_static's on one real-model bench case."""
+def bench_case(
+    case_name: str, samples: int, rounds: int, tmp: Path, baseline: Path | None = None
+) -> None:
+    """float, qaas's default artifact and quantize_static's on one real-model bench case; and
+    the qaas artifact an earlier ``--keep`` run left under ``baseline`` (same data: the cases'
+    feeds are seeded), timed in the same rounds."""
     from bench.real_models import tools
     from bench.real_models.bench import write_npz
     from bench.real_models.catalog import CASES, run_each
@@ -185,6 +191,9 @@ def bench_case(case_name: str, samples: int, rounds: int, tmp: Path) -> None:
             print(f"  {label}: failed ({run.error})")
         else:
             paths[label] = run.model
+    earlier = None if baseline is None else baseline / case.name / "qaas" / "model.quant.onnx"
+    if earlier is not None and earlier.exists():
+        paths["qaas baseline"] = earlier
     sessions = {}
     for label, path in paths.items():
         try:
@@ -239,6 +248,13 @@ def main(argv: list[str] | None = None) -> int:
         help="write the artifacts under this folder and keep them (to profile them after)",
     )
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="--catalog: a folder an earlier --keep run wrote; its qaas artifacts are timed "
+        "beside this checkout's, in the same rounds (before/after a change)",
+    )
+    parser.add_argument(
         "--clock",
         choices=sorted(CLOCKS),
         default="wall",
@@ -259,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         names = [c.name for c in CASES] if args.catalog == "all" else args.catalog.split(",")
         with _folder(args.keep) as folder:
             for name in names:
-                bench_case(name, args.samples, args.rounds, folder)
+                bench_case(name, args.samples, args.rounds, folder, args.baseline)
         return 0
     with _folder(args.keep) as tmp:
         examples = ROOT / "examples"

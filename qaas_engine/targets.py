@@ -200,7 +200,9 @@ class KernelChoice:
             "why": "the same values in a form ONNX Runtime runs faster: a PReLU slope tiled "
             "along the width (ORT runs it channels-last between int8 kernels, C values a span "
             "untiled); a pooled [N, C, 1, 1] tensor read channels-last, so the int8 tail before "
-            "it stays NHWC (a uint8 MaxPool as NhwcMaxPool)",
+            "it stays NHWC (a uint8 MaxPool as NhwcMaxPool); the int8 weight of a Gemm whose "
+            "activation is float written as its dequantized float values (ORT would dequantize "
+            "it on every run and run the Gemm unpacked; the file holds it at 32 bits)",
         }
 
     def _scaled_reads(self) -> dict[str, object]:

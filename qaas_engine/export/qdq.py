@@ -21,6 +21,7 @@ from qaas_engine.export.runtime_forms import (
     TILED_SLOPE,
     channels_last_read,
     channels_last_transpose,
+    float_weight_only,
     pooled_outputs,
     static_shapes,
     tiled_slope,
@@ -299,10 +300,11 @@ def export_qdq(
     ``runtime_forms``: forms that compute the same values faster in ONNX Runtime
     (:mod:`qaas_engine.export.runtime_forms`): the per-channel slope of a PRelu on an 8-bit
     activation tiled along the last axis; a Reshape/Flatten of a pooled ``[N, C, 1, 1]`` tensor
-    reads it channels-last. None: as ``quantize_scalar_operands`` (both are the forms of a
-    target run here), so every caller exporting for ``onnxruntime-cpu`` (the rules' and auto's
-    measurements) writes the graph the pipeline writes, and the evaluation can reuse their runs
-    of it (``simulated_runs.graph_digest``).
+    reads it channels-last; the int8 weight of a Gemm whose activation is float is written as
+    its dequantized float values. None: as ``quantize_scalar_operands`` (both are
+    the forms of a target run here), so every caller exporting for ``onnxruntime-cpu`` (the
+    rules' and auto's measurements) writes the graph the pipeline writes, and the evaluation
+    can reuse their runs of it (``simulated_runs.graph_digest``).
     """
     if runtime_forms is None:
         runtime_forms = quantize_scalar_operands
@@ -435,6 +437,8 @@ def export_qdq(
     graph.node.extend(_without_unread_dequantize(prefix_nodes + body, graph_outputs))
     graph.initializer.extend(kept_initializers + builder.initializers)
     del graph.value_info[:]
+    if runtime_forms:
+        float_weight_only(out)
     if builder.uses_ms_domain and not any(o.domain == MS_DOMAIN for o in out.opset_import):
         out.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     out.producer_name = "qaas"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 # a 4-D tensor with one value per channel: ONNX Runtime's int8 graphs run channels-last, and a
 # Reshape of such a tensor (a classifier head) reads it in either order alike
@@ -121,7 +121,8 @@ def channels_last_transpose(source: str, flattened: bool) -> list[onnx.NodeProto
 
 def applied_forms(qdq: onnx.ModelProto) -> dict[str, list[str]]:
     """What the export wrote in these forms, by the names it gave them: the PRelus whose slope
-    it tiled, and the tensors it read channels-last (for the report)."""
+    it tiled, the tensors it read channels-last and the Gemms whose weight it wrote float
+    (:func:`float_weight_only`), for the report."""
     initializers = {init.name for init in qdq.graph.initializer}
     tiled = [
         node.name or node.output[0]
@@ -136,8 +137,116 @@ def applied_forms(qdq: onnx.ModelProto) -> dict[str, list[str]]:
         for node in qdq.graph.node
         if node.op_type == "Transpose" and node.output[0] == f"{node.input[0]}{CHANNELS_LAST}"
     ]
+    float_weights = [
+        node.name or node.output[0]
+        for node in qdq.graph.node
+        if node.op_type in WEIGHT_ONLY_OPS
+        and len(node.input) > 1
+        and node.input[1].endswith(FLOAT_WEIGHT)
+        and node.input[1] in initializers
+    ]
     return {
         name: found
-        for name, found in (("tiled_prelu_slopes", tiled), ("channels_last_reads", channels_last))
+        for name, found in (
+            ("tiled_prelu_slopes", tiled),
+            ("channels_last_reads", channels_last),
+            ("float_weights_of_weight_only_gemms", float_weights),
+        )
         if found
     }
+
+
+# ops whose weight ONNX Runtime's CPU dequantizes on every run where the activation is float
+WEIGHT_ONLY_OPS = frozenset({"Gemm"})
+FLOAT_WEIGHT = "_float_weight"
+DATA_MOVEMENT = frozenset(
+    {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Slice", "Gather"}
+)  # suffix of a weight written as its dequantized float values
+
+
+def dequantized_values(
+    integers: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, axis: int
+) -> np.ndarray:
+    """What ONNX Runtime's DequantizeLinear computes: ``float(q - z) * s`` in float32, one
+    rounding (per-tensor, or per slice along ``axis`` where the scale has one value each)."""
+    centred = integers.astype(np.int32)
+    scale = scale.astype(np.float32)
+    if zero_point is not None:
+        zero = zero_point.astype(np.int32)
+    else:
+        zero = np.zeros(scale.shape, np.int32)
+    if scale.ndim == 1 and integers.ndim > 1:
+        shape = [1] * integers.ndim
+        shape[axis % integers.ndim] = -1
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    return ((centred - zero).astype(np.float32) * scale).astype(np.float32)
+
+
+def float_weight_only(qdq: onnx.ModelProto) -> list[str]:
+    """In place: the int8 weight of a Gemm whose activation input is float (no DequantizeLinear
+    writes it) is written as its dequantized float32 values; the Gemms changed, by name.
+
+    ONNX Runtime fuses DequantizeLinear -> Gemm into an integer kernel only with an 8-bit
+    activation; with a float one it runs the float Gemm and, since its optimizer never folds a
+    DequantizeLinear of a constant (that would undo the QDQ format), dequantizes the whole
+    weight on every run, and the Gemm cannot pre-pack it. The captcha LSTM's 1024 x 8210 output
+    Gemm (its input is the float LSTM's output): the DequantizeLinear took 4.3 ms of 17.7 and the
+    unpacked Gemm 6.8 ms against float's 4.5, the artifact 0.92x float at batch 1. The values
+    are the ones the DequantizeLinear computed (:func:`dequantized_values`), and the simulation
+    runs this graph, so simulation and runtime still agree exactly; the file holds that weight
+    at 32 bits.
+
+    Not where a DequantizeLinear (a 16-bit one too) writes the activation: ORT's optimizer
+    quantizes a float weight of a DQ -> Gemm -> Q group to int8 itself (on a grid of its own:
+    the outputs changed against the unoptimized graph, measured on a 16-bit group). Gemm only:
+    a MatMul with a constant float weight may be fused with a following Add into a Gemm when
+    ORT optimizes, and not in the simulation's unoptimized run."""
+    graph = qdq.graph
+    initializers = {init.name: init for init in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, index))
+    outputs = {value.name for value in graph.output}
+
+    def quantized(name: str) -> bool:
+        """A DequantizeLinear writes ``name``, or one that ORT may move past the data-movement
+        ops between (its QDQ propagation)."""
+        node = producer.get(name)
+        while node is not None and node.op_type in DATA_MOVEMENT and node.input:
+            node = producer.get(node.input[0])
+        return node is not None and node.op_type == "DequantizeLinear"
+
+    changed: list[str] = []
+    removed: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or node.output[0] in outputs:
+            continue
+        if not all(name in initializers for name in node.input if name):
+            continue
+        if any(a.name == "block_size" and a.i for a in node.attribute):
+            continue
+        users = readers.get(node.output[0], [])
+        if not users or any(
+            user.op_type not in WEIGHT_ONLY_OPS or index != 1 or quantized(user.input[0])
+            for user, index in users
+        ):
+            continue
+        arrays = [numpy_helper.to_array(initializers[name]) for name in node.input if name]
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        zero = arrays[2] if len(arrays) > 2 else None
+        values = dequantized_values(arrays[0], arrays[1], zero, axis)
+        name = f"{node.input[0]}{FLOAT_WEIGHT}"
+        graph.initializer.append(numpy_helper.from_array(values, name))
+        for user, index in users:
+            user.input[index] = name
+            changed.append(user.name or user.output[0])
+        removed.append(node)
+    for node in removed:
+        graph.node.remove(node)
+    read = {name for node in graph.node for name in node.input}
+    dropped = {name for node in removed for name in node.input} - read
+    for init in [init for init in graph.initializer if init.name in dropped]:
+        graph.initializer.remove(init)
+    return changed
