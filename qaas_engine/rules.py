@@ -48,6 +48,7 @@ import numpy as np
 import onnx
 
 from qaas_engine import attention, noise_pricing, sixteen_bit_cost
+from qaas_engine.concurrent_runs import run_each
 from qaas_engine.cost.shapes import macs_per_sample
 from qaas_engine.export.qdq import export_qdq
 from qaas_engine.quant.encoding import Encoding
@@ -175,10 +176,10 @@ def measured_sqnr_db(
     signal = np.zeros(len(names))
     noise = np.zeros(len(names))
     floating = np.zeros(len(names), dtype=bool)
-    ran = []
-    for feeds, reference in zip(batches, references, strict=True):
-        ran.append(runtime.run(names, feeds))
-        for i, (ref, test) in enumerate(zip(reference, ran[-1], strict=True)):
+    # the batches' runs two at a time (``concurrent_runs``), summed in their order below
+    ran = run_each(lambda feeds: runtime.run(names, feeds), batches)
+    for reference, outputs in zip(references, ran, strict=True):
+        for i, (ref, test) in enumerate(zip(reference, outputs, strict=True)):
             ref, test = np.asarray(ref), np.asarray(test)
             if not np.issubdtype(ref.dtype, np.floating):
                 continue
