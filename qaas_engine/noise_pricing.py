@@ -30,9 +30,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from qaas_engine.concurrent_runs import run_each
 from qaas_engine.quant.sensitivity import NoiseEstimate
 from qaas_engine.quant.sim import QuantSim
-from qaas_engine.reporting.probe import build_probe
+from qaas_engine.reporting.probe import ProbeModel, build_probe
 from qaas_engine.sessions import session
 
 # the weights' total noise, under one name: the rules never promote a weight, they only weigh
@@ -92,10 +93,7 @@ def measure_noise(model: onnx.ModelProto, sim: QuantSim, feeds: Mapping[str, Any
     )
     if all(r is None for r in reference):
         return estimate
-    for name in probe.activation_switches:
-        estimate.activations[name] = _noise(
-            reference, probe.run_switched(arrays, activations=[name])
-        )
+    estimate.activations.update(_activation_noises(probe, arrays, reference))
     names = probe.outputs
     del probe
     if sim.weight_encodings:
@@ -103,6 +101,19 @@ def measure_noise(model: onnx.ModelProto, sim: QuantSim, feeds: Mapping[str, Any
             reference, _with_quantized_weights(model, sim, arrays, names)
         )
     return estimate
+
+
+def _activation_noises(
+    probe: ProbeModel, feeds: Mapping[str, np.ndarray], reference: list[np.ndarray | None]
+) -> dict[str, float]:
+    """Each activation's noise, one run with its switch on, two runs at a time
+    (``concurrent_runs``): each run and its sum are computed as alone, in the switches' order."""
+    switched = list(probe.activation_switches)
+
+    def noise(name: str) -> float:
+        return _noise(reference, probe.run_switched(feeds, activations=[name]))
+
+    return dict(zip(switched, run_each(noise, switched), strict=True))
 
 
 def _with_quantized_weights(

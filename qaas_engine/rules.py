@@ -48,6 +48,7 @@ import numpy as np
 import onnx
 
 from qaas_engine import attention, noise_pricing, sixteen_bit_cost
+from qaas_engine.concurrent_runs import run_each
 from qaas_engine.cost.shapes import macs_per_sample
 from qaas_engine.export.qdq import export_qdq
 from qaas_engine.quant.encoding import Encoding
@@ -175,10 +176,10 @@ def measured_sqnr_db(
     signal = np.zeros(len(names))
     noise = np.zeros(len(names))
     floating = np.zeros(len(names), dtype=bool)
-    ran = []
-    for feeds, reference in zip(batches, references, strict=True):
-        ran.append(runtime.run(names, feeds))
-        for i, (ref, test) in enumerate(zip(reference, ran[-1], strict=True)):
+    # the batches' runs two at a time (``concurrent_runs``), summed in their order below
+    ran = run_each(lambda feeds: runtime.run(names, feeds), batches)
+    for reference, outputs in zip(references, ran, strict=True):
+        for i, (ref, test) in enumerate(zip(reference, outputs, strict=True)):
             ref, test = np.asarray(ref), np.asarray(test)
             if not np.issubdtype(ref.dtype, np.floating):
                 continue
@@ -352,12 +353,25 @@ def calibration_histograms(state: PipelineState, sim: QuantSim, skip: int = 0) -
                 value = values.get(name)
                 if value is not None and np.issubdtype(np.asarray(value).dtype, np.floating):
                     flat = np.asarray(value).reshape(-1)
-                    finite = flat[np.isfinite(flat)]
-                    if finite.size:
-                        low[name] = min(low[name], float(finite.min()))
-                        high[name] = max(high[name], float(finite.max()))
+                    extremes = _finite_extremes(flat)
+                    if extremes is not None:
+                        low[name] = min(low[name], extremes[0])
+                        high[name] = max(high[name], extremes[1])
                     observer.observe(_even_sample(flat, HISTOGRAM_VALUES * count, rng))
     return RangeEvidence(observers, low, high, total - skip, skip > 0)
+
+
+def _finite_extremes(flat: np.ndarray) -> tuple[float, float] | None:
+    """The smallest and largest finite values (None where there are none). Both extremes of
+    the whole tensor first, two reads and no copy: where they are finite, so is every value,
+    and they are the answer; only a tensor with inf or NaN pays for the finite copy."""
+    if flat.size == 0:
+        return None
+    smallest, largest = float(flat.min()), float(flat.max())
+    if math.isfinite(smallest) and math.isfinite(largest):
+        return smallest, largest
+    finite = flat[np.isfinite(flat)]
+    return (float(finite.min()), float(finite.max())) if finite.size else None
 
 
 def _even_sample(values: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:

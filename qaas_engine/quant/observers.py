@@ -7,6 +7,7 @@ activations themselves.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,17 @@ class HistogramObserver:
 
     def observe(self, x: Any) -> None:
         values = as_array(x).reshape(-1)
+        if values.size == 0:
+            return
+        # the extremes first (two reads, no buffer): where both are finite and inside
+        # [low, high], as they are wherever the range came from these very tensors' min/max,
+        # no value is non-finite and the clamp below changes none, so both are skipped (a
+        # float32 v >= low is >= low rounded to float32 too: rounding is monotonic)
+        smallest, largest = float(values.min()), float(values.max())
+        inside = math.isfinite(smallest) and math.isfinite(largest)
+        if inside and self.low <= smallest and largest <= self.high:
+            self._bin(values - self.low)
+            return
         finite = np.isfinite(values)
         if not finite.all():  # a copy only when something must go
             values = values[finite]
@@ -70,10 +82,14 @@ class HistogramObserver:
             return
         # bin index as torch.histc computes it: values clamped into [low, high], top edge in the
         # last bin; the arithmetic of (clip(v) - low) / width in v's type, in one buffer
-        width = (self.high - self.low) / self.bins
         scaled = np.maximum(values, self.low)
         np.minimum(scaled, self.high, out=scaled)
         scaled -= self.low
+        self._bin(scaled)
+
+    def _bin(self, scaled: np.ndarray) -> None:
+        """Count ``v - low`` (``scaled``, overwritten) into the bins, the top edge in the last."""
+        width = (self.high - self.low) / self.bins
         scaled /= width
         index = scaled.astype(np.int64)
         np.minimum(index, self.bins - 1, out=index)

@@ -131,3 +131,41 @@ def test_histogram_bins_are_torch_histc_bins_of_the_finite_values():
         expected = np.bincount(np.minimum(index, 63), minlength=64)
         np.testing.assert_array_equal(observer.counts, expected)
         assert observer.counts.sum() == finite.size
+
+
+def _clamped_counts(values: np.ndarray, low: float, high: float, bins: int) -> np.ndarray:
+    """The histogram as the observer computed it before its in-range path: every value
+    clamped into [low, high], then (v - low) / width in the values' own type."""
+    scaled = np.maximum(values, low)
+    np.minimum(scaled, high, out=scaled)
+    scaled -= low
+    scaled /= (high - low) / bins
+    index = np.minimum(scaled.astype(np.int64), bins - 1)
+    return np.bincount(index, minlength=bins)[:bins].astype(np.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_histogram_in_range_path_bins_as_the_clamped_one(dtype):
+    """A tensor inside the range skips the finite check and the clamp: the same counts, edges
+    included (the range from the tensor's own min/max, as calibration sets it; a low that
+    float32 cannot hold; values outside the range and non-finite ones take the old path)."""
+    rng = np.random.default_rng(3)
+    values = (rng.standard_normal(50_000) * 3).astype(dtype)
+    cases = [
+        (values, float(values.min()), float(values.max())),
+        (values, float(values.min()) - 0.1, float(values.max()) + 1e-9),
+        (np.abs(values), 0.1, float(np.abs(values).max())),  # values below low: clamped
+        (values, -1.0, 1.0),
+        (np.array([-0.0, 0.0, 1.0], dtype), 0.0, 1.0),
+    ]
+    for data, low, high in cases:
+        hist = HistogramObserver(low, high)
+        hist.observe(data)
+        expected = _clamped_counts(data.copy(), hist.low, hist.high, hist.bins)
+        np.testing.assert_array_equal(hist.counts, expected)
+    with_nan = values.copy()
+    with_nan[::7] = np.nan
+    hist = HistogramObserver(float(values.min()), float(values.max()))
+    hist.observe(with_nan)
+    finite = with_nan[np.isfinite(with_nan)]
+    np.testing.assert_array_equal(hist.counts, _clamped_counts(finite, hist.low, hist.high, 2048))
