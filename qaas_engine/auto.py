@@ -335,13 +335,16 @@ class Climb:
         data = getattr(self.data, "calibration", None)  # a climb built without data has none
         if data is None or attempt.state is None or attempt.sim is None or attempt.qdq is None:
             return False
-        metrics = evaluate(attempt.state, attempt.sim, attempt.qdq, data)
+        # a second draw as large as the validation set (at least what confirms a figure): the
+        # cost of one more measurement, whatever the calibration set's size
+        count = max(self.validation.data.num_samples, FIDELITY_MIN_SAMPLES)
+        metrics = evaluate(attempt.state, attempt.sim, attempt.qdq, data, max_samples=count)
         verdicts = judge_outputs(metrics, self.judged, self.spec)
         missed = {
             name: verdict["value"] for name, verdict in verdicts.items() if verdict["met"] is False
         }
         attempt.row["calibration_check"] = {
-            "samples": data.num_samples,
+            "samples": min(count, data.num_samples),
             "met": not missed,
             "missed": missed,
             "values": {name: verdict["value"] for name, verdict in verdicts.items()},
