@@ -33,6 +33,7 @@ import onnx
 
 from qaas_engine import sixteen_bit_cost
 from qaas_engine.cost.shapes import macs_per_sample
+from qaas_engine.evaluation import DEAD_CHANNEL_SHARE
 from qaas_engine.export.qdq import export_qdq
 from qaas_engine.quant.encoding import Encoding
 from qaas_engine.quant.sim import QuantSim
@@ -90,7 +91,7 @@ def centred_channel_sqnr(references: list[np.ndarray], tests: list[np.ndarray]) 
     moved_test = np.moveaxis(test, axis, -1).reshape(moved_ref.shape)
     signal = np.sum((moved_ref - moved_ref.mean(axis=0)) ** 2, axis=0)
     noise = np.sum((moved_ref - moved_test) ** 2, axis=0)
-    live = signal > 0
+    live = signal > DEAD_CHANNEL_SHARE * float(np.max(signal))  # no dead channel decides
     if not np.any(live):
         return SQNR_CEILING_DB
     with np.errstate(divide="ignore"):
