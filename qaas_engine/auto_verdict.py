@@ -58,10 +58,19 @@ def message(
             f"configuration tried; returning the most accurate, '{name}', which "
             f"loses {chosen.row['drop_points']:.2f} on {validation.source}"
         )
+    calibration = chosen.row.get("calibration_check") or {}
     if check is not None and not check["resolvable"] and chosen.row["meets_target"]:
         verdict = (
             f"target not confirmed: {verdict.replace('target met', 'within the target')}; but "
             f"{resolution_message(check, validation.source)}"
+        )
+    elif calibration.get("missed") and chosen.row["meets_target"]:
+        missed = ", ".join(f"'{name}' {_figure(v)}" for name, v in calibration["missed"].items())
+        verdict = (
+            f"target not confirmed: {verdict.replace('target met', 'within the target')}; but "
+            f"on the {calibration['samples']} calibration samples (where its ranges were set, "
+            f"which flatters it) it misses the target on {missed}: the validation data decided "
+            "on is too few or not representative; give --validation NPZ with more samples"
         )
     return verdict + _evaluation_clause(on_evaluation, fidelity)
 

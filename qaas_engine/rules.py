@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from qaas_engine import attention, noise_pricing, sixteen_bit_cost
+from qaas_engine import attention, noise_pricing, output_grids, sixteen_bit_cost
 from qaas_engine.concurrent_runs import run_each
 from qaas_engine.cost.shapes import macs_per_sample
 from qaas_engine.export.qdq import export_qdq
@@ -727,6 +727,7 @@ def _promote(sim: QuantSim, name: str) -> None:
     sim.invalidate()
 
 
+@output_grids.registered  # output_grid runs last, on the grids the others settled
 def apply_rules(
     state: PipelineState, sim: QuantSim, budget: float | None = None
 ) -> tuple[QuantSim, list[RuleAction]]:

@@ -128,7 +128,15 @@ def auto_summary(report: dict[str, Any]) -> dict[str, Any]:
         "tried": [
             {
                 key: entry.get(key)
-                for key in ("name", "met", "on_frontier", "energy_ratio_vs_float", "fidelity")
+                for key in (
+                    "name",
+                    "met",
+                    "confirmed",
+                    "calibration_check",
+                    "on_frontier",
+                    "energy_ratio_vs_float",
+                    "fidelity",
+                )
             }
             for entry in auto.get("tried") or []
         ],
