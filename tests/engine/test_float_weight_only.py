@@ -160,3 +160,14 @@ def test_a_gemm_reading_a_dequantized_activation_keeps_its_quantized_weight():
         before = model.SerializeToString()
         assert float_weight_only(model) == []
         assert model.SerializeToString() == before
+
+
+def test_the_float_weight_is_the_tensor_numpy_helper_writes():
+    """Built in place to spare two copies of a large weight, it is the same tensor to the byte."""
+    from qaas_engine.export.runtime_forms import _add_float_initializer
+
+    graph = onnx.GraphProto()
+    values = np.random.default_rng(0).standard_normal((7, 5)).astype(np.float32)
+    _add_float_initializer(graph, "w", values)
+    expected = numpy_helper.from_array(values, "w").SerializeToString()
+    assert graph.initializer[0].SerializeToString() == expected
