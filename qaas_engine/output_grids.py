@@ -34,13 +34,13 @@ import onnx
 from qaas_engine import sixteen_bit_cost
 from qaas_engine.cost.shapes import macs_per_sample
 from qaas_engine.evaluation import DEAD_CHANNEL_SHARE
-from qaas_engine.export.qdq import export_qdq
+from qaas_engine.export.qdq import export_for_target
 from qaas_engine.quant.encoding import Encoding
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.rule_action import RuleAction
 from qaas_engine.sessions import session
 from qaas_engine.step_registry import learns
-from qaas_engine.targets import choose_kernels, target_rules
+from qaas_engine.targets import target_rules
 from qaas_engine.tensors import batch_size
 
 if TYPE_CHECKING:
@@ -107,13 +107,7 @@ def measured_outputs(
 ) -> dict[str, float]:
     """Each floating graph output's centred worst-channel SQNR, as ONNX Runtime runs the graph
     exported as the pipeline exports it, with the optimizer off (the simulation's arithmetic)."""
-    kernels = choose_kernels(sim.spec.target)
-    qdq = export_qdq(
-        model,
-        sim,
-        unsigned_weights=not kernels.signed_weights,
-        quantize_scalar_operands=target_rules(sim.spec.target).executed_here,
-    )
+    qdq = export_for_target(model, sim)
     names = [value.name for value in model.graph.output]
     runtime = session(qdq, optimized=False)
     ran = [runtime.run(names, feeds) for feeds in batches]

@@ -50,7 +50,7 @@ import onnx
 from qaas_engine import attention, noise_pricing, output_grids, sixteen_bit_cost
 from qaas_engine.concurrent_runs import run_each
 from qaas_engine.cost.shapes import macs_per_sample
-from qaas_engine.export.qdq import export_qdq
+from qaas_engine.export.qdq import export_for_target
 from qaas_engine.quant.encoding import Encoding
 from qaas_engine.quant.estimators import ACTIVATION_METHODS
 from qaas_engine.quant.observers import HistogramObserver
@@ -163,14 +163,8 @@ def measured_sqnr_db(
     outputs, for the evaluation to reuse on the same graph: exported as the pipeline exports it
     (the same weight container, scalar operands on their exact one-step grids), so the bytes
     can match."""
-    kernels = choose_kernels(sim.spec.target)
-    qdq = export_qdq(
-        model,
-        sim,
-        unsigned_weights=not kernels.signed_weights,
-        quantize_scalar_operands=target_rules(sim.spec.target).executed_here,
-    )
-    deployed = deployed_measurement(kernels)
+    qdq = export_for_target(model, sim)
+    deployed = deployed_measurement(choose_kernels(sim.spec.target))
     names = [value.name for value in model.graph.output]
     runtime = session(qdq, optimized=deployed)
     signal = np.zeros(len(names))

@@ -28,6 +28,7 @@ from qaas_engine.export.runtime_forms import (
 )
 from qaas_engine.quant.encoding import Encoding
 from qaas_engine.quant.sim import QuantSim
+from qaas_engine.targets import choose_kernels, target_rules
 from qaas_engine.tensors import to_numpy
 from qaas_engine.weights_apart import without_initializers
 
@@ -272,6 +273,17 @@ def _without_unread_dequantize(nodes: list[onnx.NodeProto], outputs: set[str]) -
         for node in nodes
         if node.op_type != "DequantizeLinear" or any(o in read for o in node.output)
     ]
+
+
+def export_for_target(model: onnx.ModelProto, sim: QuantSim) -> onnx.ModelProto:
+    """The graph the rules measure: exported for the sim's target in the weight container and
+    forms the pipeline writes for it, so a measurement's figure is the artifact's."""
+    return export_qdq(
+        model,
+        sim,
+        unsigned_weights=not choose_kernels(sim.spec.target).signed_weights,
+        quantize_scalar_operands=target_rules(sim.spec.target).executed_here,
+    )
 
 
 def export_qdq(
