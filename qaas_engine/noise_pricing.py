@@ -79,7 +79,9 @@ def choose(sim: QuantSim, macs_per_sample: int, budget: float) -> Pricing:
     return ort if ort.per_sample <= torch.per_sample else torch
 
 
-def measure_noise(model: onnx.ModelProto, sim: QuantSim, feeds: Mapping[str, Any]) -> NoiseEstimate:
+def measure_noise(
+    model: onnx.ModelProto, sim: QuantSim, feeds: Mapping[str, Any], *, per_channel: bool = False
+) -> NoiseEstimate:
     """Each activation quantizer's output noise power on ``feeds`` (squared error summed over
     the float outputs' elements), all weight quantizers' together under ``WEIGHTS``, and the
     outputs' power: the units ``quant.sensitivity`` prices in. Two sessions: the activations'
@@ -88,30 +90,62 @@ def measure_noise(model: onnx.ModelProto, sim: QuantSim, feeds: Mapping[str, Any
     arrays = {name: np.asarray(value) for name, value in feeds.items()}
     probe = build_probe(model, {}, sim.activation_encodings, arena=True)
     reference = _floats(probe.run_switched(arrays))
-    estimate = NoiseEstimate(
-        signal=float(sum(float(np.sum(r**2)) for r in reference if r is not None))
-    )
     if all(r is None for r in reference):
-        return estimate
-    estimate.activations.update(_activation_noises(probe, arrays, reference))
+        return NoiseEstimate()
+    if per_channel:
+        factors = [None if r is None else _channel_factors(r) for r in reference]
+        signal = float(sum(_channel_count(r) for r in reference if r is not None))
+    else:
+        factors = [None] * len(reference)
+        signal = float(sum(float(np.sum(r**2)) for r in reference if r is not None))
+    estimate = NoiseEstimate(signal=signal)
+    estimate.activations.update(_activation_noises(probe, arrays, reference, factors))
     names = probe.outputs
     del probe
     if sim.weight_encodings:
         estimate.weights[WEIGHTS] = _noise(
-            reference, _with_quantized_weights(model, sim, arrays, names)
+            reference, _with_quantized_weights(model, sim, arrays, names), factors
         )
     return estimate
 
 
+def _channel_axis(values: np.ndarray) -> int | None:
+    """The channel axis as ``quant.sensitivity`` takes it: 1 of a 4-D output, else the last;
+    None under two dimensions (the whole output is one channel)."""
+    if values.ndim < 2:
+        return None
+    return 1 if values.ndim == 4 else values.ndim - 1
+
+
+def _channel_count(values: np.ndarray) -> int:
+    axis = _channel_axis(values)
+    return 1 if axis is None else int(values.shape[axis])
+
+
+def _channel_factors(values: np.ndarray) -> np.ndarray:
+    """1 / the power of each element's channel over the samples (floored at 1e-6 of the mean
+    channel's): a noise weighed by it counts relative to its channel, as the worst-channel
+    SQNR does, so a small-range output is not drowned by a large-range one."""
+    axis = _channel_axis(values)
+    if axis is None:
+        return np.full(values.shape, 1.0 / max(float(np.sum(values**2)), 1e-30))
+    dims = tuple(d for d in range(values.ndim) if d != axis)
+    power = np.sum(values**2, axis=dims, keepdims=True)
+    return 1.0 / np.maximum(power, max(float(power.mean()) * 1e-6, 1e-30))
+
+
 def _activation_noises(
-    probe: ProbeModel, feeds: Mapping[str, np.ndarray], reference: list[np.ndarray | None]
+    probe: ProbeModel,
+    feeds: Mapping[str, np.ndarray],
+    reference: list[np.ndarray | None],
+    factors: list[np.ndarray | None],
 ) -> dict[str, float]:
     """Each activation's noise, one run with its switch on, two runs at a time
     (``concurrent_runs``): each run and its sum are computed as alone, in the switches' order."""
     switched = list(probe.activation_switches)
 
     def noise(name: str) -> float:
-        return _noise(reference, probe.run_switched(feeds, activations=[name]))
+        return _noise(reference, probe.run_switched(feeds, activations=[name]), factors)
 
     return dict(zip(switched, run_each(noise, switched), strict=True))
 
@@ -135,12 +169,12 @@ def _with_quantized_weights(
 
 
 def try_measure_noise(
-    model: onnx.ModelProto, sim: QuantSim, feeds: Mapping[str, Any]
+    model: onnx.ModelProto, sim: QuantSim, feeds: Mapping[str, Any], *, per_channel: bool = False
 ) -> NoiseEstimate | None:
     """``measure_noise``, or None where ONNX Runtime cannot run the probe graph or the probe
     cannot switch every activation (one a subgraph computes): the caller prices in torch."""
     try:
-        estimate = measure_noise(model, sim, feeds)
+        estimate = measure_noise(model, sim, feeds, per_channel=per_channel)
     except Exception:  # an op or type the probe's Q/DQ/Where cannot follow: torch can
         return None
     if set(estimate.activations) != set(sim.activation_encodings) and estimate.signal > 0:
@@ -157,10 +191,16 @@ def _floats(outputs: list[Any]) -> list[np.ndarray | None]:
     ]
 
 
-def _noise(reference: list[np.ndarray | None], outputs: list[np.ndarray]) -> float:
-    """Squared error summed over the float outputs."""
+def _noise(
+    reference: list[np.ndarray | None],
+    outputs: list[np.ndarray],
+    factors: list[np.ndarray | None] | None = None,
+) -> float:
+    """Squared error summed over the float outputs, each element weighed by its factor."""
     total = 0.0
-    for ref, value in zip(reference, outputs, strict=True):
+    weights = factors if factors is not None else [None] * len(reference)
+    for ref, value, factor in zip(reference, outputs, weights, strict=True):
         if ref is not None:
-            total += float(np.sum((np.asarray(value, dtype=np.float64) - ref) ** 2))
+            squared = (np.asarray(value, dtype=np.float64) - ref) ** 2
+            total += float(np.sum(squared if factor is None else squared * factor))
     return total

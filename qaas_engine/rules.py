@@ -20,14 +20,17 @@ Free at inference: only the grids move.
 order by ``quant.sensitivity``'s backward pass in torch, or, where that costs less, measured one by
 one in ONNX Runtime by ``noise_pricing``, with no torch import) get 16-bit grids, which ONNX Runtime
 runs (W8A16 groups, computed in float between 16-bit Q/DQ), until the predicted SQNR reaches the
-target or ``MAX_PROMOTED_SHARE`` of them are promoted. Weights keep the bits the spec asked for;
-where they carry the noise, nothing is promoted. The SQNR is measured again after; a promotion that
-does not raise it by ``MIN_MEASURED_GAIN_DB`` is undone (16-bit groups run unfused, so a small gain
-is not worth their speed). On a target without 16-bit integer kernels (``onnxruntime-cpu``) the kept
-ones are then trimmed to the shortest prefix, ranked by noise share per MAC they force float, that
-measures within ``KEEP_WITHIN_DB`` of all of them (``qaas_engine.sixteen_bit_cost``). Post-training
-pipelines only: a learning step (AdaRound, QAT, Bayesian Bits) trains the 8-bit grids the spec asked
-for.
+target or ``MAX_PROMOTED_SHARE`` of them are promoted. The noise is priced relative to each output
+channel's power, as the worst-channel SQNR counts it: in the outputs' own units a small-range output
+(MTCNN's landmarks beside its box offsets) weighs nothing, and the pricing had predicted 44 dB where
+28 dB was measured. Weights keep the bits the spec asked for; where they carry the noise, nothing is
+promoted. The SQNR is measured again after; a promotion that neither reaches the target nor raises
+it by ``MIN_MEASURED_GAIN_DB`` is undone (16-bit groups run unfused, so a small gain short of the
+target is not worth their speed). On a target without 16-bit integer kernels (``onnxruntime-cpu``)
+the kept ones are then trimmed to the shortest prefix, ranked by noise share per MAC they force
+float, that measures within ``KEEP_WITHIN_DB`` of all of them (``qaas_engine.sixteen_bit_cost``).
+Post-training pipelines only: a learning step (AdaRound, QAT, Bayesian Bits) trains the 8-bit grids
+the spec asked for.
 
 ``mask_range`` and ``outlier_channels`` (``qaas_engine.attention``), where the output SQNR
 misses the target, before the two above: an additive attention mask's constants kept out of
@@ -501,7 +504,7 @@ def sensitive_tensors(
         _promote(sim, name)
     sim.derive_bias_encodings()
     after = measured.sqnr_db(state.model, sim)
-    if after < before + MIN_MEASURED_GAIN_DB:
+    if after < before + MIN_MEASURED_GAIN_DB and after < spec.min_sqnr_db:
         _set_activations(sim, saved)
         return [
             RuleAction(
@@ -646,10 +649,10 @@ def _priced(
     if not one_at_a_time:
         feeds = {name: value[:count] if np.ndim(value) else value for name, value in feeds.items()}
     if pricing is not None and pricing.engine == "onnxruntime":
-        measured = noise_pricing.try_measure_noise(model, sim, feeds)
+        measured = noise_pricing.try_measure_noise(model, sim, feeds, per_channel=True)
         if measured is not None:
             return measured
-    return estimate_noise(sim, feeds, seed=seed)
+    return estimate_noise(sim, feeds, seed=seed, per_channel=True)
 
 
 def calibration_samples(state: PipelineState) -> int:

@@ -150,7 +150,9 @@ def test_where_onnx_runtime_cannot_run_the_probe_torch_prices_instead(priced, mo
     state, sim, feeds = priced
     chosen = noise_pricing.Pricing("onnxruntime", noise_pricing.ort_cost(sim))
     assert rules._priced(state.model, sim, feeds, True, 0, 1e6, chosen).weights == {
-        WEIGHTS: pytest.approx(measure_noise(state.model, sim, feeds).weights[WEIGHTS])
+        WEIGHTS: pytest.approx(
+            measure_noise(state.model, sim, feeds, per_channel=True).weights[WEIGHTS]
+        )
     }
 
     def broken(*args, **kwargs):
@@ -158,5 +160,5 @@ def test_where_onnx_runtime_cannot_run_the_probe_torch_prices_instead(priced, mo
 
     monkeypatch.setattr(noise_pricing, "build_probe", broken)
     fallback = rules._priced(state.model, sim, feeds, True, 0, 1e6, chosen)
-    expected = sensitivity.estimate_noise(sim, feeds, seed=0)
+    expected = sensitivity.estimate_noise(sim, feeds, seed=0, per_channel=True)
     assert fallback.activations == expected.activations and WEIGHTS not in fallback.weights

@@ -12,6 +12,7 @@ import torch
 
 from qaas_engine import QuantSpec, import_model, load_npz, model_inputs
 from qaas_engine.cost.energy import EnergyProfile
+from qaas_engine.noise_pricing import measure_noise
 from qaas_engine.pipeline import PipelineData, run_pipeline
 from qaas_engine.quant.sensitivity import estimate_noise
 from qaas_engine.state import Timer
@@ -52,7 +53,7 @@ def two_ranges(tmp_path_factory):
     state, sim, _ = run_pipeline(
         imported, QuantSpec(), PipelineData(calibration), Timer(), EnergyProfile()
     )
-    return sim, {"input": calibration.arrays["input"][:8]}
+    return sim, {"input": calibration.arrays["input"][:8]}, state.model
 
 
 def _branch(sim, name: str) -> str:
@@ -77,7 +78,7 @@ def _largest(estimate, sim, branch: str) -> float:
 
 
 def test_relative_ranking_counts_noise_on_the_small_range_head(two_ranges):
-    sim, feeds = two_ranges
+    sim, feeds, _ = two_ranges
     absolute = estimate_noise(sim, feeds)
     relative = estimate_noise(sim, feeds, per_channel=True)
     # in the outputs' units the pixel head's noise is ~300² times the small head's
@@ -88,3 +89,27 @@ def test_relative_ranking_counts_noise_on_the_small_range_head(two_ranges):
     assert relative_ratio > 1e3 * absolute_ratio
     # the relative figures sum to a predicted SQNR over the 4 output channels
     assert relative.signal == 4
+
+
+def test_measured_noise_relative_to_each_channel_counts_the_small_range_head(two_ranges):
+    """ONNX Runtime's measured noise in the same units: each output channel's squared error
+    over that channel's power, so the small head's activations are not drowned by the pixels'."""
+    sim, feeds, model = two_ranges
+    absolute = measure_noise(model, sim, feeds)
+    relative = measure_noise(model, sim, feeds, per_channel=True)
+    assert set(relative.activations) == set(absolute.activations)
+    absolute_ratio = _largest_activation(absolute, sim, "small") / _largest_activation(
+        absolute, sim, "big"
+    )
+    relative_ratio = _largest_activation(relative, sim, "small") / _largest_activation(
+        relative, sim, "big"
+    )
+    assert absolute_ratio < 1e-3 and relative_ratio > 1e3 * absolute_ratio
+    assert relative.signal == 4  # the output channels
+    # every relative figure is the absolute one over its channels' power: none can exceed
+    # the channel count's worth of full-scale noise here (8-bit noise is small)
+    assert sum(relative.activations.values()) < relative.signal
+
+
+def _largest_activation(estimate, sim, branch: str) -> float:
+    return max(p for name, p in estimate.activations.items() if _branch(sim, name) == branch)
