@@ -7,25 +7,12 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 
 from qaas_engine import concurrent_runs
 from qaas_engine.noise_pricing import measure_noise
 from qaas_engine.rules import measured_sqnr_db
 from qaas_engine.sessions import THREADS_ENV, session
-from tests.support.strict_sims import strict_sim
-
-
-class Branchy(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.first = torch.nn.Conv2d(1, 6, 3, padding=1)
-        self.second = torch.nn.Conv2d(6, 6, 3, padding=1)
-        self.head = torch.nn.Conv2d(6, 3, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = torch.relu(self.first(x))
-        return self.head(torch.sigmoid(self.second(a)) + a)
+from tests.support.strict_sims import Branchy, strict_sim
 
 
 @pytest.fixture(scope="module")

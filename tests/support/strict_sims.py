@@ -31,3 +31,20 @@ def strict_sim(
     calibration = load_npz(data, model_inputs(imported.model))
     state = build_state(imported, QuantSpec(strict_bits=True), calibration, None)
     return state, build_sim(state, Timer()), calibration
+
+
+class Branchy(torch.nn.Module):
+    """Two convs and a residual add: activations whose noise matters very differently."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = torch.nn.Conv2d(1, 6, 3, padding=1)
+        self.second = torch.nn.Conv2d(6, 6, 3, padding=1)
+        self.head = torch.nn.Conv2d(6, 3, 1)
+        with torch.no_grad():
+            self.first.weight[0] *= 20.0  # one wide channel: a coarse grid on that tensor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.first(x))
+        b = torch.sigmoid(self.second(a)) + a
+        return self.head(b)  # a map: the one-projection first-order estimate averages over it
