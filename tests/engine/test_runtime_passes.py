@@ -378,6 +378,32 @@ def test_simulated_runs_answer_only_for_the_same_graph_and_the_same_feeds(tiny_i
     assert graph_digest(weights) != digest  # the weights count, not only the graph
 
 
+def test_measuring_a_graph_measured_before_runs_nothing_and_gives_the_same_figure(
+    tiny_imported, monkeypatch
+):
+    """The rules come back to grids they measured (a candidate tried, then the one before it):
+    the same graph on the same samples takes its recorded outputs, no session is made, and the
+    figure is the first measurement's; another graph is measured in ONNX Runtime again."""
+    from qaas_engine import rules
+
+    imported, calibration, _ = tiny_imported
+    state = build_state(imported, QuantSpec(), calibration, None)
+    sim = build_sim(state, Timer())
+    measured = rules.probe(state)
+    assert measured is not None and measured.simulated is not None
+    first = measured.sqnr_db(state.model, sim)
+    made = []
+    real_session = rules.session
+    monkeypatch.setattr(rules, "session", lambda *a, **k: made.append(1) or real_session(*a, **k))
+    assert measured.sqnr_db(state.model, sim) == first
+    assert made == []
+    name = sorted(sim.activation_encodings)[0]
+    sim.activation_encodings[name] = sim.activation_encodings[name].scaled(2.0)
+    sim.invalidate()
+    measured.sqnr_db(state.model, sim)
+    assert made == [1]
+
+
 def test_a_bounded_check_reads_the_float_outputs_calibration_computed(tiny_imported, monkeypatch):
     """A check bounded below the batch size measures the first rows of calibration's first
     batch: their float outputs were computed while calibrating, not run again."""
