@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -29,17 +30,36 @@ KEPT_BYTES = 64 * 2**20
 
 def graph_digest(model: onnx.ModelProto) -> bytes | None:
     """The graph by value; None for a graph too large to keep runs of. The graph without its
-    weights and then each weight are digested apart: the same bytes as serializing the whole
-    model, without measuring and copying it whole first (per rules measurement, 0.1-0.2 s of
-    a 13.5 M-parameter model)."""
+    weights and then each weight are digested apart, each part framed by its length, without
+    serializing the whole model first (per rules measurement, 0.1-0.2 s of a 13.5 M-parameter
+    model); two graphs share a digest only where every part is the same."""
     if sum(tensor_bytes(tensor) for tensor in model.graph.initializer) > MAX_GRAPH_BYTES:
         return None
     digest = hashlib.sha256()  # SHA extensions: twice blake2b's speed here
-    for part in (without_initializers(model), *model.graph.initializer):
-        serialized = part.SerializeToString()
-        digest.update(len(serialized).to_bytes(8, "little"))
-        digest.update(serialized)
+    _add(digest, without_initializers(model).SerializeToString())
+    for tensor in model.graph.initializer:
+        fields = tensor.ListFields()
+        if all(field.name in _PLAIN_FIELDS for field, _ in fields):
+            _add(digest, b"fields" + len(fields).to_bytes(4, "little"))  # how to read on
+            for field, value in fields:  # each field by number, its value framed by length
+                _add(digest, field.number.to_bytes(4, "little"))
+                _add(digest, value if isinstance(value, bytes) else repr(value).encode())
+        else:  # typed data fields, external data, metadata: the tensor serialized whole
+            _add(digest, b"whole")
+            _add(digest, tensor.SerializeToString())
     return digest.digest()
+
+
+# A tensor holding only these is digested field by field, each value read once: its raw_data
+# as the bytes protobuf hands out (the serialized whole is a second copy of the data, about 40
+# ms of 115 per digest of the 13.5 M-parameter LSTM OCR's weights); the others' reprs are exact
+# (strings, integers and a list of integers)
+_PLAIN_FIELDS = frozenset({"name", "dims", "data_type", "raw_data", "data_location", "doc_string"})
+
+
+def _add(digest: Any, data: bytes) -> None:
+    digest.update(len(data).to_bytes(8, "little"))
+    digest.update(data)
 
 
 @dataclass

@@ -376,6 +376,22 @@ def test_simulated_runs_answer_only_for_the_same_graph_and_the_same_feeds(tiny_i
     changed = onnx.numpy_helper.to_array(first) + 1
     first.CopyFrom(onnx.numpy_helper.from_array(changed.astype(changed.dtype), first.name))
     assert graph_digest(weights) != digest  # the weights count, not only the graph
+    shaped = onnx.ModelProto()
+    shaped.CopyFrom(imported.model)
+    first = shaped.graph.initializer[0]
+    first.dims[:] = [int(np.prod(first.dims))]  # the same bytes in another shape
+    assert graph_digest(shaped) != digest
+    typed = onnx.ModelProto()
+    typed.CopyFrom(imported.model)
+    first = typed.graph.initializer[0]
+    values = onnx.numpy_helper.to_array(first)
+    assert values.dtype == np.float32
+    first.ClearField("raw_data")  # the same values in the typed field: serialized whole
+    first.float_data.extend(values.reshape(-1).tolist())
+    typed_digest = graph_digest(typed)
+    assert typed_digest not in (digest, None)
+    first.float_data[0] += 1.0
+    assert graph_digest(typed) != typed_digest
 
 
 def test_measuring_a_graph_measured_before_runs_nothing_and_gives_the_same_figure(
