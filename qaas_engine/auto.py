@@ -163,9 +163,11 @@ def _target(
     if fidelity:
         described["min_sqnr_db"] = spec.min_sqnr_db
         described["sqnr_measure"] = (
-            f"{SQNR_MEASURE}: the worst channel (axis 1 of a 4-D output, else the last axis) of "
-            "each output, so a small-range part cannot hide behind a large-range one; the whole "
-            "output's SQNR where it has no channel axis"
+            f"{SQNR_MEASURE}: the worst channel of each output (axis 1 of a 4-D output; the "
+            "axis a Concat joined an output's parts along, as in a YOLO-style [batch, 4 + "
+            "classes, anchors] output; else the last axis: each verdict's channel_axis), so a "
+            "small-range part cannot hide behind a large-range one; the whole output's SQNR "
+            "where it has no channel axis"
         )
         if "cosine" in described["outputs"].values():
             described["min_cosine"] = spec.min_cosine
