@@ -99,12 +99,22 @@ def estimate_noise(
 def _chunks(sim: QuantSim, feeds: Mapping[str, Any], max_graph_bytes: int) -> list[dict[str, Any]]:
     """``feeds`` whole, or cut along the batch axis into pieces whose activations fit
     ``max_graph_bytes`` (sized by a gradient-free forward of the first sample)."""
-    import torch
 
     feeds = dict(feeds)
     count = _batch_size(feeds)
     if count <= 1:
         return [feeds]
+    per_chunk = max(1, max_graph_bytes // max(sample_activation_bytes(sim, feeds), 1))
+    if per_chunk >= count:
+        return [feeds]
+    return [_samples(feeds, i, i + per_chunk) for i in range(0, count, per_chunk)]
+
+
+def sample_activation_bytes(sim: QuantSim, feeds: Mapping[str, Any]) -> int:
+    """The bytes of the quantized activations of the first sample of ``feeds`` (a
+    gradient-free forward): what pricing holds per sample, counted, not timed."""
+    import torch
+
     held = [0]
 
     def measure(name: str, value: Any) -> Any:
@@ -117,11 +127,8 @@ def _chunks(sim: QuantSim, feeds: Mapping[str, Any], max_graph_bytes: int) -> li
         return value
 
     with torch.no_grad():
-        sim.torch_executor().run(to_torch(_samples(feeds, 0, 1)), hook=measure)
-    per_chunk = max(1, max_graph_bytes // max(held[0], 1))
-    if per_chunk >= count:
-        return [feeds]
-    return [_samples(feeds, i, i + per_chunk) for i in range(0, count, per_chunk)]
+        sim.torch_executor().run(to_torch(_samples(dict(feeds), 0, 1)), hook=measure)
+    return held[0]
 
 
 def _batch_size(feeds: Mapping[str, Any]) -> int:
