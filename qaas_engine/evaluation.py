@@ -137,7 +137,7 @@ class FidelityMeter:
         live = signal > DEAD_CHANNEL_SHARE * float(np.max(signal))
         if not np.any(live):
             return None
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", over="ignore"):
             ratios = np.where(live, signal / np.maximum(noise, 1e-300), np.inf)
         channel = int(np.argmin(ratios))
         ratio = float(ratios[channel])
@@ -366,6 +366,8 @@ def evaluate(
         },
         "runtime_graph": runtime_graph,
     }
+    if carry is not None and carry.states:
+        metrics["stream_states"] = dict(sorted(carry.states.items()))
     metrics["simulation_kernels"] = {
         "emulated": simulation.emulated,
         "not_emulated": simulation.not_emulated,
@@ -377,7 +379,7 @@ def evaluate(
 
 
 def _stream_note(carry: StreamCarry) -> str:
-    inputs = ", ".join(repr(name) for name in sorted(carry.names))
+    inputs = ", ".join(repr(name) for name in sorted(carry.states))
     return (
         f"{carry.carried} samples took the state the float model returned for the sample "
         f"before ({inputs}): there the simulated and deployed models were fed the state they "

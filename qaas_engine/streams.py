@@ -53,7 +53,8 @@ class StreamCarry:
         self.pairs = [(source, outputs.index(target)) for source, target in pairs]
         self.last: dict[str, list[np.ndarray]] = {}
         self.carried = 0  # samples whose recorded state was the float model's previous one
-        self.names: set[str] = set()  # the inputs that carried a state
+        self.outputs = outputs
+        self.states: dict[str, str] = {}  # state input -> state output, where one was carried
 
     def step(self, feeds: Mapping[str, np.ndarray]) -> list[tuple[str, int]]:
         """The (input, output index) pairs whose recorded state in ``feeds`` is the float
@@ -70,7 +71,7 @@ class StreamCarry:
                 matched.append((source, index))
         if matched:
             self.carried += 1
-            self.names.update(source for source, _ in matched)
+            self.states.update((source, self.outputs[index]) for source, index in matched)
         return matched
 
     def feeds(

@@ -72,6 +72,7 @@ def test_a_stateful_model_is_measured_with_its_own_state(tmp_path):
     result = quantize(imported, QuantSpec(strict_bits=True), calibration=calibration)
     metrics = result.report["metrics"]
     assert metrics["engines"]["stream"].startswith(f"{CHUNKS - 2} samples")
+    assert metrics["stream_states"] == {"state": "stateN"}
 
     quantized = ort.InferenceSession(
         result.quantized_model.SerializeToString(), providers=["CPUExecutionProvider"]
