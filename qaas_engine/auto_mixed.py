@@ -5,11 +5,11 @@ quantizers (activations or weights) kept float.
 A rung here does not calibrate again: it starts from the most faithful post-training
 configuration auto built, ranks its activation quantizers by first-order output noise on
 calibration samples (``quant.sensitivity``, the pricing the ``sensitive_tensor`` rule uses,
-here with each output channel's noise relative to its power: the worst-channel SQNR target
-counts noise that way, and an absolute ranking misses a small-range channel's), and
-widens the top k for k = 1, 2, 4, ... until the exported model meets the target. Each
-configuration is priced by the energy model, so the report's frontier shows what each step of
-fidelity costs.
+here with each output channel's noise relative to its power, along the axis the evaluation
+takes as channels (``output_axes``): the worst-channel SQNR target counts noise that way, and
+an absolute ranking misses a small-range channel's), and widens the top k for k = 1, 2, 4, ...
+until the exported model meets the target. Each configuration is priced by the energy model,
+so the report's frontier shows what each step of fidelity costs.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import onnx
 from qaas_engine.data import Dataset
 from qaas_engine.export.qdq import export_qdq
 from qaas_engine.graph.lazy import materialized
+from qaas_engine.output_axes import channel_axes
 from qaas_engine.quant.sensitivity import MAX_GRAPH_BYTES, estimate_noise, sample_activation_bytes
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.state import PipelineState
@@ -95,7 +96,11 @@ def rank_activations(state: PipelineState, sim: QuantSim) -> Ranking:
             held = sample_activation_bytes(sim, _first(data, 1))
             samples = max(1, min(PRICED_SAMPLES, data.num_samples, MAX_GRAPH_BYTES // max(held, 1)))
         estimate = estimate_noise(
-            sim, _first(data, samples), seed=state.spec.seed, per_channel=True
+            sim,
+            _first(data, samples),
+            seed=state.spec.seed,
+            per_channel=True,
+            channel_axes=channel_axes(state.model),
         )
     except Exception as error:  # the torch executor cannot differentiate some graph
         return _by_step(sim, names, f"pricing failed: {str(error).splitlines()[0][:120]}")

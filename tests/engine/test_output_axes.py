@@ -50,6 +50,20 @@ def test_an_output_joined_along_axis_1_is_judged_per_row(tmp_path):
     # its boxes, so the worst anchor would read about the whole output's figure)
     assert measured["worst_channel"] >= 4
     assert measured["worst_channel_sqnr_db"] < measured["sqnr_db"] - 15
+    # auto's pricing weighs each row's noise by that row's power too (its signal counts the
+    # output's channels: 7 rows, not 64 anchors)
+    from qaas_engine.cost.energy import EnergyProfile
+    from qaas_engine.pipeline import PipelineData, run_pipeline
+    from qaas_engine.quant.sensitivity import estimate_noise
+    from qaas_engine.state import Timer
+
+    _, sim, _ = run_pipeline(
+        imported, QuantSpec(), PipelineData(calibration), Timer(), EnergyProfile()
+    )
+    feeds, _ = next(calibration.batches(4))
+    axes = channel_axes(imported.model)
+    assert estimate_noise(sim, feeds, per_channel=True, channel_axes=axes).signal == 7.0
+    assert estimate_noise(sim, feeds, per_channel=True).signal == 64.0
 
 
 def _graph(axis: int, shape: list[int], through_identity: bool) -> onnx.ModelProto:
