@@ -5,17 +5,16 @@ quantizers (activations or weights) kept float.
 A rung here does not calibrate again: it starts from the most faithful post-training
 configuration auto built, ranks its activation quantizers by first-order output noise on
 calibration samples (``quant.sensitivity``, the pricing the ``sensitive_tensor`` rule uses,
-here with each output channel's noise relative to its power: the worst-channel SQNR target
-counts noise that way, and an absolute ranking misses a small-range channel's), and
-widens the top k for k = 1, 2, 4, ... until the exported model meets the target. Each
-configuration is priced by the energy model, so the report's frontier shows what each step of
-fidelity costs.
+here with each output channel's noise relative to its power, along the axis the evaluation
+takes as channels (``output_axes``): the worst-channel SQNR target counts noise that way, and
+an absolute ranking misses a small-range channel's), and widens the top k for k = 1, 2, 4, ...
+until the exported model meets the target. Each configuration is priced by the energy model,
+so the report's frontier shows what each step of fidelity costs.
 """
 
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,15 +25,19 @@ import onnx
 from qaas_engine.data import Dataset
 from qaas_engine.export.qdq import export_qdq
 from qaas_engine.graph.lazy import materialized
-from qaas_engine.quant.sensitivity import estimate_noise
+from qaas_engine.output_axes import channel_axes
+from qaas_engine.quant.sensitivity import MAX_GRAPH_BYTES, estimate_noise, sample_activation_bytes
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.state import PipelineState
 from qaas_engine.targets import target_rules
 from qaas_engine.tensors import to_numpy
 
 WIDE_BITS = 16
-PRICED_SAMPLES = 8  # calibration samples the noise is priced on, where one took little time
-PRICING_SECONDS = 5.0  # one sample's pricing took longer: the ranking stays on one sample
+# calibration samples the noise is priced on, at most; fewer where their activations would
+# not fit one pricing pass (``MAX_GRAPH_BYTES``), counted, never timed, so the ranking and the
+# choice are the same on every machine (a timed cut priced the same model on 8 samples here
+# and on 1 there)
+PRICED_SAMPLES = 8
 
 
 @dataclass(frozen=True)
@@ -88,14 +91,17 @@ def rank_activations(state: PipelineState, sim: QuantSim) -> Ranking:
     if data is None or not names:
         return _by_step(sim, names, "no calibration data to price on")
     try:
-        start = time.perf_counter()
-        estimate = estimate_noise(sim, _first(data, 1), seed=state.spec.seed, per_channel=True)
         samples = 1
-        if not data.one_at_a_time and time.perf_counter() - start < PRICING_SECONDS / 8:
-            samples = min(PRICED_SAMPLES, data.num_samples)
-            estimate = estimate_noise(
-                sim, _first(data, samples), seed=state.spec.seed, per_channel=True
-            )
+        if not data.one_at_a_time:
+            held = sample_activation_bytes(sim, _first(data, 1))
+            samples = max(1, min(PRICED_SAMPLES, data.num_samples, MAX_GRAPH_BYTES // max(held, 1)))
+        estimate = estimate_noise(
+            sim,
+            _first(data, samples),
+            seed=state.spec.seed,
+            per_channel=True,
+            channel_axes=channel_axes(state.model),
+        )
     except Exception as error:  # the torch executor cannot differentiate some graph
         return _by_step(sim, names, f"pricing failed: {str(error).splitlines()[0][:120]}")
     power = {**estimate.weights, **estimate.activations}

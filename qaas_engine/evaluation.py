@@ -17,12 +17,14 @@ import onnx
 
 from qaas_engine.data import Dataset
 from qaas_engine.ort_emulation import Emulation, emulated, load_optimized
+from qaas_engine.output_axes import channel_axes
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.runtime_graph import requantizing_kernels
 from qaas_engine.runtime_graph import summarize as runtime_graph_summary
 from qaas_engine.sessions import session
 from qaas_engine.simulated_runs import graph_digest
 from qaas_engine.state import PipelineState
+from qaas_engine.streams import StreamCarry, state_pairs
 from qaas_engine.tensors import batch_size, to_torch
 
 # An exact match has infinite SQNR; JSON has no infinity, so it is reported at this ceiling.
@@ -43,7 +45,10 @@ PER_SAMPLE_VALUES = 10_000_000
 
 
 class FidelityMeter:
-    def __init__(self) -> None:
+    def __init__(self, channel_axis: int | None = None) -> None:
+        # the axis holding the output's channels (``output_axes``); None: the default one
+        self.channel_axis = channel_axis
+        self.used_axis: int | None = None  # the axis the per-channel sums were taken along
         self.signal = 0.0
         self.noise = 0.0
         self.agree = 0
@@ -53,8 +58,8 @@ class FidelityMeter:
         self.correct = 0
         self.labelled = 0
         self.max_abs_diff = 0.0
-        # per channel (axis 1 of an NCHW tensor, else the last axis): a small-range part of an
-        # output cannot hide behind a large-range one
+        # per channel (axis 1 of an NCHW tensor, else the last axis, unless ``channel_axis``
+        # names one): a small-range part of an output cannot hide behind a large-range one
         self.channel_signal: np.ndarray | None = None
         self.channel_noise: np.ndarray | None = None
         self.channels_consistent = True
@@ -96,7 +101,7 @@ class FidelityMeter:
     def _update_channels(self, reference: np.ndarray, diff: np.ndarray) -> None:
         if reference.ndim < 2 or not self.channels_consistent:
             return
-        axis = 1 if reference.ndim == 4 else reference.ndim - 1
+        axis = self.used_axis = self.axis(reference.ndim)
         others = tuple(i for i in range(reference.ndim) if i != axis)
         within = tuple(i for i in others if i != 0)  # axis 0 holds the samples
         sample_signal = np.sum(reference**2, axis=within) if within else reference**2
@@ -118,6 +123,12 @@ class FidelityMeter:
             self.sample_signal.append(sample_signal.astype(np.float32))
             self.sample_noise.append(sample_noise.astype(np.float32))
 
+    def axis(self, rank: int) -> int:
+        """The channel axis of an output of ``rank`` dimensions (at least two)."""
+        if self.channel_axis is not None and 0 < self.channel_axis < rank:
+            return self.channel_axis
+        return 1 if rank == 4 else rank - 1
+
     def worst_channel(self) -> tuple[int, float] | None:
         """(channel, SQNR dB) of the channel quantization hurts most, among those with signal."""
         signal, noise = self.channel_signal, self.channel_noise
@@ -126,7 +137,7 @@ class FidelityMeter:
         live = signal > DEAD_CHANNEL_SHARE * float(np.max(signal))
         if not np.any(live):
             return None
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", over="ignore"):
             ratios = np.where(live, signal / np.maximum(noise, 1e-300), np.inf)
         channel = int(np.argmin(ratios))
         ratio = float(ratios[channel])
@@ -193,6 +204,7 @@ class FidelityMeter:
         worst = None if reference_itself else self.worst_channel()
         if worst is not None:
             metrics["worst_channel"], metrics["worst_channel_sqnr_db"] = worst
+            metrics["channel_axis"] = self.used_axis
         if not reference_itself:
             metrics.update(self.low_figures())
         metrics["samples"] = self.samples
@@ -272,8 +284,12 @@ def evaluate(
     # measured on the calibration data: its float outputs were computed while calibrating
     kept = state.calibration_outputs if data is state.calibration and len(outputs) == 1 else None
     reused = 0
+    axes = channel_axes(state.model)
     meters = {
-        name: {key: FidelityMeter() for key in ("float", "simulated", "onnxruntime", "gap")}
+        name: {
+            key: FidelityMeter(axes.get(name))
+            for key in ("float", "simulated", "onnxruntime", "gap")
+        }
         for name in outputs
     }
     total = data.num_samples if max_samples is None else min(max_samples, data.num_samples)
@@ -285,6 +301,10 @@ def evaluate(
         # for batch (the meters sum over samples: how they are batched changes no figure)
         step = batch_size(runs.batches[0])
     from_rules = 0  # float outputs of all graph outputs, as the rules' probe kept them
+    # a stateful model on one sample at a time: each measured model carries its own state
+    # where the data recorded the float model's (``streams``)
+    pairs = state_pairs(state.model) if data.one_at_a_time or step == 1 else []
+    carry = StreamCarry(pairs, outputs) if pairs else None
     for index, (feeds, labels) in enumerate(data.batches(step, max_samples)):
         kept_output = _kept_output(kept, index, done, feeds, data.one_at_a_time)
         probed = runs.reference(index, feeds) if runs is not None else None
@@ -296,12 +316,19 @@ def evaluate(
             from_rules += 1
         else:
             references = [np.asarray(value, dtype=np.float32) for value in float_run(feeds)]
-        ran, known = simulate(index, feeds)
+        matched = carry.step(feeds) if carry is not None else []
+        own = carry.feeds("simulated", feeds, matched) if carry is not None else feeds
+        ran, known = simulate(index, own)
         reused_simulation += known
         simulated = [np.asarray(v, dtype=np.float32) for v in ran]
-        ran, known_deployed = deploy(index, feeds)
+        own = carry.feeds("deployed", feeds, matched) if carry is not None else feeds
+        ran, known_deployed = deploy(index, own)
         reused_deployed += known_deployed
         deployed = [np.asarray(v, dtype=np.float32) for v in ran]
+        if carry is not None:
+            carry.record("float", references)
+            carry.record("simulated", simulated)
+            carry.record("deployed", deployed)
         for i, name in enumerate(outputs):
             meter, labelled = meters[name], labels if i == 0 else None
             meter["float"].update(references[i], references[i], labelled)
@@ -335,9 +362,12 @@ def evaluate(
                 if reused_deployed
                 else ""
             ),
+            **({"stream": _stream_note(carry)} if carry is not None and carry.carried else {}),
         },
         "runtime_graph": runtime_graph,
     }
+    if carry is not None and carry.states:
+        metrics["stream_states"] = dict(sorted(carry.states.items()))
     metrics["simulation_kernels"] = {
         "emulated": simulation.emulated,
         "not_emulated": simulation.not_emulated,
@@ -346,6 +376,15 @@ def evaluate(
     if torch_check is not None:
         metrics["torch_simulation_vs_export"] = torch_check
     return metrics
+
+
+def _stream_note(carry: StreamCarry) -> str:
+    inputs = ", ".join(repr(name) for name in sorted(carry.states))
+    return (
+        f"{carry.carried} samples took the state the float model returned for the sample "
+        f"before ({inputs}): there the simulated and deployed models were fed the state they "
+        "returned themselves, as a stream runs them"
+    )
 
 
 def _simulation_graph(qdq: onnx.ModelProto, optimized: Path) -> tuple[Emulation, Any]:

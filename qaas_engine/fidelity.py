@@ -80,8 +80,11 @@ def judge(metric: str, measured: dict[str, Any], spec: QuantSpec, *, first: bool
         target = spec.min_sqnr_db
         met = None if value is None else value >= target - 1e-9
         low = runtime.get("worst_channel_sqnr_db_low") if measure == SQNR_MEASURE else None
-        return {"metric": metric, "measure": measure, "value": value, "target": target, "met": met,
-                "low": low}  # fmt: skip
+        verdict = {"metric": metric, "measure": measure, "value": value, "target": target,
+                   "met": met, "low": low}  # fmt: skip
+        if measure == SQNR_MEASURE:
+            verdict["channel_axis"] = runtime.get("channel_axis")
+        return verdict
     if metric == "cosine":
         value, target = runtime.get("cosine"), spec.min_cosine
         met = None if value is None else value >= target - 1e-12
@@ -126,7 +129,8 @@ def fidelity_report(
         "met": all_met(verdicts) if verdicts else None,
         "note": (
             f"measured in ONNX Runtime against the float model on the {metrics.get('dataset')} "
-            f"data; sqnr is the {SQNR_MEASURE} (axis 1 of a 4-D output, else the last axis), so "
+            f"data; sqnr is the {SQNR_MEASURE} (axis 1 of a 4-D output, the axis a Concat joined "
+            "an output's parts along, else the last axis: each verdict's channel_axis), so "
             "a small-range part of an output cannot hide behind a large-range one; name a "
             "metric per output with --metric OUTPUT=top1|sqnr|cosine"
         ),

@@ -53,6 +53,7 @@ def estimate_noise(
     *,
     per_channel: bool = False,
     max_graph_bytes: int = MAX_GRAPH_BYTES,
+    channel_axes: Mapping[str, int] | None = None,
 ) -> NoiseEstimate:
     """First-order output noise of every activation and weight quantizer of ``sim`` on ``feeds``
     (the float model in the torch executor, ``PROJECTIONS`` random projections averaged).
@@ -67,7 +68,10 @@ def estimate_noise(
     encoder, 8 samples of 128 tokens took 3.5 GB over the model's 1.4. Where one sample's
     activations times the sample count pass ``max_graph_bytes``, the samples go through in
     chunks that fit and their noise powers add up (the estimate is a sum over samples); the
-    random projections then differ from one pass's, so a model that fits keeps its one pass."""
+    random projections then differ from one pass's, so a model that fits keeps its one pass.
+
+    ``channel_axes``: an output's channel axis where it is not the default one
+    (``output_axes.channel_axes``: the rows of a YOLOv8-style output, not its anchors)."""
     import torch
 
     executor = sim.torch_executor()
@@ -77,14 +81,15 @@ def estimate_noise(
         name: executor.weights[name].detach().requires_grad_(True) for name in sim.weight_encodings
     }
     chunks = [to_torch(chunk) for chunk in _chunks(sim, feeds, max_graph_bytes)]
-    channel_power = _channel_power(sim, chunks) if per_channel and len(chunks) > 1 else None
+    axes = dict(channel_axes or {})
+    channel_power = _channel_power(sim, chunks, axes) if per_channel and len(chunks) > 1 else None
     generator = torch.Generator().manual_seed(seed)
     estimate = NoiseEstimate()
     for _ in range(PROJECTIONS):
         signal = 0.0
         for inputs in chunks:
             chunk_signal = _accumulate(
-                sim, inputs, weights, per_channel, channel_power, generator, estimate
+                sim, inputs, weights, per_channel, channel_power, generator, estimate, axes
             )
             if chunk_signal is None:
                 return estimate
@@ -99,12 +104,22 @@ def estimate_noise(
 def _chunks(sim: QuantSim, feeds: Mapping[str, Any], max_graph_bytes: int) -> list[dict[str, Any]]:
     """``feeds`` whole, or cut along the batch axis into pieces whose activations fit
     ``max_graph_bytes`` (sized by a gradient-free forward of the first sample)."""
-    import torch
 
     feeds = dict(feeds)
     count = _batch_size(feeds)
     if count <= 1:
         return [feeds]
+    per_chunk = max(1, max_graph_bytes // max(sample_activation_bytes(sim, feeds), 1))
+    if per_chunk >= count:
+        return [feeds]
+    return [_samples(feeds, i, i + per_chunk) for i in range(0, count, per_chunk)]
+
+
+def sample_activation_bytes(sim: QuantSim, feeds: Mapping[str, Any]) -> int:
+    """The bytes of the quantized activations of the first sample of ``feeds`` (a
+    gradient-free forward): what pricing holds per sample, counted, not timed."""
+    import torch
+
     held = [0]
 
     def measure(name: str, value: Any) -> Any:
@@ -117,11 +132,8 @@ def _chunks(sim: QuantSim, feeds: Mapping[str, Any], max_graph_bytes: int) -> li
         return value
 
     with torch.no_grad():
-        sim.torch_executor().run(to_torch(_samples(feeds, 0, 1)), hook=measure)
-    per_chunk = max(1, max_graph_bytes // max(held[0], 1))
-    if per_chunk >= count:
-        return [feeds]
-    return [_samples(feeds, i, i + per_chunk) for i in range(0, count, per_chunk)]
+        sim.torch_executor().run(to_torch(_samples(dict(feeds), 0, 1)), hook=measure)
+    return held[0]
 
 
 def _batch_size(feeds: Mapping[str, Any]) -> int:
@@ -135,7 +147,9 @@ def _samples(feeds: Mapping[str, Any], start: int, stop: int) -> dict[str, Any]:
     return {name: value[start:stop] if np.ndim(value) else value for name, value in feeds.items()}
 
 
-def _channel_power(sim: QuantSim, chunks: list[dict[str, Any]]) -> list[Any]:
+def _channel_power(
+    sim: QuantSim, chunks: list[dict[str, Any]], axes: Mapping[str, int]
+) -> list[Any]:
     """Each float output's power per channel over every chunk: what one pass's
     ``_channel_weights`` reads from the whole batch."""
     import torch
@@ -144,8 +158,8 @@ def _channel_power(sim: QuantSim, chunks: list[dict[str, Any]]) -> list[Any]:
     with torch.no_grad():
         for inputs in chunks:
             outputs = sim.torch_executor().run(inputs)
-            floats = [o for o in outputs.values() if _is_float(o)]
-            powers = [_power_by_channel(o) for o in floats]
+            floats = [(n, o) for n, o in outputs.items() if _is_float(o)]
+            powers = [_power_by_channel(o, _axis(o, axes.get(n))) for n, o in floats]
             totals = powers if not totals else [t + p for t, p in zip(totals, powers, strict=True)]
     return totals
 
@@ -164,6 +178,7 @@ def _accumulate(
     channel_power: list[Any] | None,
     generator: Any,
     estimate: NoiseEstimate,
+    axes: Mapping[str, int],
 ) -> float | None:
     """One projection's noise powers on ``inputs``, added to ``estimate``; the outputs' signal
     there (with ``per_channel``, their channel count), None where no output is float."""
@@ -190,17 +205,20 @@ def _accumulate(
         return value + probe
 
     outputs = sim.torch_executor().run(inputs, hook=hook, weights=weights)
-    floats = [o for o in outputs.values() if _is_float(o)]
+    named = [(n, o) for n, o in outputs.items() if _is_float(o)]
+    floats = [o for _, o in named]
     if not floats:
         return None
     if per_channel:
+        at = [_axis(o, axes.get(n)) for n, o in named]
         if channel_power is None:
-            factors = [_channel_weights(o) for o in floats]
+            factors = [_channel_weights(o, a) for o, a in zip(floats, at, strict=True)]
         else:
             factors = [
-                _weights_from_power(o, p) for o, p in zip(floats, channel_power, strict=True)
+                _weights_from_power(o, p, a)
+                for o, p, a in zip(floats, channel_power, at, strict=True)
             ]
-        signal = float(sum(_channels(o) for o in floats))
+        signal = float(sum(_channels(o, a) for o, a in zip(floats, at, strict=True)))
         projection = torch.stack(
             [
                 (torch.randn(o.shape, generator=generator, dtype=o.dtype) * w * o).sum()
@@ -230,37 +248,44 @@ def _accumulate(
     return signal
 
 
-def _channels(output: Any) -> int:
-    if output.dim() < 2:
-        return 1
-    return int(output.shape[1 if output.dim() == 4 else output.dim() - 1])
+def _axis(output: Any, named: int | None) -> int | None:
+    """The channel axis of ``output``: ``named`` where it fits, else axis 1 of a 4-D output
+    and the last otherwise; None under two dimensions."""
+    rank = output.dim()
+    if rank < 2:
+        return None
+    if named is not None and 0 < named < rank:
+        return named
+    return 1 if rank == 4 else rank - 1
 
 
-def _channel_weights(output: Any) -> Any:
+def _channels(output: Any, axis: int | None) -> int:
+    return 1 if axis is None else int(output.shape[axis])
+
+
+def _channel_weights(output: Any, axis: int | None) -> Any:
     """The projection's weight per element, 1 / sqrt(power of the element's channel): the
     projected noise is then the sum over channels of noise relative to the channel's power."""
-    return _weights_from_power(output, _power_by_channel(output))
+    return _weights_from_power(output, _power_by_channel(output, axis), axis)
 
 
-def _power_by_channel(output: Any) -> Any:
+def _power_by_channel(output: Any, axis: int | None) -> Any:
     """Sum of squares per channel (float64); one value for an output under two dimensions."""
     values = output.detach().double()
-    if values.dim() < 2:
+    if axis is None:
         return (values**2).sum().reshape(1)
-    axis = 1 if values.dim() == 4 else values.dim() - 1
     return (values**2).sum(dim=[d for d in range(values.dim()) if d != axis])
 
 
-def _weights_from_power(output: Any, power: Any) -> Any:
+def _weights_from_power(output: Any, power: Any, axis: int | None) -> Any:
     """``_channel_weights`` from a channel power measured over these or more samples. A channel
     under 1e-6 of the mean channel's power counts at that floor (a channel that is ~zero
     everywhere would otherwise outweigh every other)."""
     import torch
 
     values = output.detach().double()
-    if values.dim() < 2:
+    if axis is None:
         return torch.full_like(values, 1.0 / max(float(power.sum()), 1e-30) ** 0.5)
-    axis = 1 if values.dim() == 4 else values.dim() - 1
     power = torch.clamp(power, min=max(float(power.mean()) * 1e-6, 1e-30))
     shape = [1] * values.dim()
     shape[axis] = -1

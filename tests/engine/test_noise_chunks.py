@@ -99,8 +99,10 @@ def test_per_channel_chunks_weigh_each_channel_by_its_power_over_every_sample(tm
     chunks = [to_torch(sensitivity._samples(feeds, i, i + 3)) for i in range(0, SAMPLES, 3)]
     with torch.no_grad():
         outputs = sim.torch_executor().run(to_torch(feeds))
-    expected = [sensitivity._power_by_channel(o) for o in outputs.values()]
-    summed = sensitivity._channel_power(sim, chunks)
+    expected = [
+        sensitivity._power_by_channel(o, sensitivity._axis(o, None)) for o in outputs.values()
+    ]
+    summed = sensitivity._channel_power(sim, chunks, {})
     assert [tuple(p.shape) for p in summed] == [(3,), (2,)]
     for got, want in zip(summed, expected, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=0)
