@@ -548,9 +548,11 @@ class TrimmedPromotion:
     dropped: list[str]
     full_db: float
     kept_db: float
-    full_macs: int  # MACs ONNX Runtime's CPU runs float with every promotion
-    kept_macs: int  # and with the kept ones
-    total_macs: int
+    # MACs ONNX Runtime's CPU runs float with every promotion, with the kept ones, in all; a
+    # depthwise conv's weighted by sixteen_bit_cost.DEPTHWISE_FLOAT_WEIGHT
+    full_macs: float
+    kept_macs: float
+    total_macs: float
     measured: dict[int, float]
 
     def action(self) -> RuleAction:
@@ -565,11 +567,13 @@ class TrimmedPromotion:
             why=(
                 f"ONNX Runtime's CPU has no {PROMOTED_BITS}-bit integer kernel: a "
                 f"{PROMOTED_BITS}-bit activation runs its producer and consumers float; all "
-                f"promotions ran {self.full_macs / total:.0%} of the model's MACs float, the "
+                f"promotions ran {self.full_macs / total:.0%} of the model's MACs float "
+                f"(depthwise weighted x{sixteen_bit_cost.DEPTHWISE_FLOAT_WEIGHT:g}), the "
                 f"{len(self.kept)} kept run {self.kept_macs / total:.0%}; ranked by noise share "
                 f"per MAC forced float, the shortest prefix within {KEEP_WITHIN_DB:g} dB of "
-                f"{self.full_db:.1f} dB kept ({self.kept_db:.1f} dB; measured per prefix "
-                f"length: {tried})"
+                f"{self.full_db:.1f} dB kept, or the longest that runs at most "
+                f"{sixteen_bit_cost.MAX_FLOAT_SHARE:.0%} float ({self.kept_db:.1f} dB; measured "
+                f"per prefix length: {tried})"
             ),
         )
 
@@ -588,7 +592,7 @@ def _fewest_sixteen_bit(
     ``sim``; and what was dropped, or None where all are kept."""
     if len(chosen) < 2 or not target_rules(sim.spec.target).sixteen_bit_runs_float:
         return chosen, None
-    macs = node_macs(state, measured)
+    macs = sixteen_bit_cost.latency_macs(state.model, node_macs(state, measured))
     forced = sixteen_bit_cost.forced_float_nodes(state.model, sim.placement, chosen)
     share = {name: _share(estimate, name) for name in chosen}
     order = sixteen_bit_cost.ranked(chosen, share, forced, macs)
@@ -614,7 +618,8 @@ def _fewest_sixteen_bit(
         place(prefix)
         return measured.sqnr_db(state.model, sim)
 
-    length, tried = sixteen_bit_cost.trim(order, free, first, after, measure, allowed)
+    longest = sixteen_bit_cost.longest_within_budget(order, free, forced, macs)
+    length, tried = sixteen_bit_cost.trim(order, free, first, after, measure, allowed, longest)
     place(order[:length])
     if length == len(order):
         return chosen, None
