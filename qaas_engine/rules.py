@@ -52,7 +52,7 @@ import onnx
 
 from qaas_engine import attention, noise_pricing, output_grids, sixteen_bit_cost
 from qaas_engine.concurrent_runs import run_each
-from qaas_engine.cost.shapes import macs_per_sample
+from qaas_engine.cost.shapes import layer_shapes, macs_per_sample
 from qaas_engine.export.qdq import export_for_target
 from qaas_engine.quant.encoding import Encoding
 from qaas_engine.quant.estimators import ACTIVATION_METHODS
@@ -592,7 +592,10 @@ def _fewest_sixteen_bit(
     ``sim``; and what was dropped, or None where all are kept."""
     if len(chosen) < 2 or not target_rules(sim.spec.target).sixteen_bit_runs_float:
         return chosen, None
-    macs = sixteen_bit_cost.latency_macs(state.model, node_macs(state, measured))
+    weighted = sixteen_bit_cost.latency_macs(state.model, node_macs(state, measured))
+    macs = sixteen_bit_cost.latency_macs(
+        state.model, node_macs(state, measured), _elementwise(state, measured)
+    )
     forced = sixteen_bit_cost.forced_float_nodes(state.model, sim.placement, chosen)
     share = {name: _share(estimate, name) for name in chosen}
     order = sixteen_bit_cost.ranked(chosen, share, forced, macs)
@@ -618,7 +621,8 @@ def _fewest_sixteen_bit(
         place(prefix)
         return measured.sqnr_db(state.model, sim)
 
-    longest = sixteen_bit_cost.longest_within_budget(order, free, forced, macs)
+    total = sum(weighted.values())
+    longest = sixteen_bit_cost.longest_within_budget(order, free, forced, macs, total)
     length, tried = sixteen_bit_cost.trim(order, free, first, after, measure, allowed, longest)
     place(order[:length])
     if length == len(order):
@@ -631,7 +635,7 @@ def _fewest_sixteen_bit(
         kept_db=tried[length],
         full_macs=sixteen_bit_cost.float_macs(order, forced, macs),
         kept_macs=sixteen_bit_cost.float_macs(kept, forced, macs),
-        total_macs=sum(macs.values()),
+        total_macs=total,
         measured=tried,
     )
 
@@ -689,16 +693,30 @@ def model_macs(state: PipelineState, measured: Probe) -> int:
     return sum(node_macs(state, measured).values())
 
 
-def node_macs(state: PipelineState, measured: Probe) -> dict[str, int]:
-    """Each weighted node's multiply-accumulates for one sample ({} where shapes are unknown);
-    the shapes of one run, cached, so a second call runs nothing."""
+def _one_sample(state: PipelineState, measured: Probe) -> dict[str, Any]:
     feeds = measured.batches[0]
     if not state.calibration or not state.calibration.one_at_a_time:
         feeds = {name: value[:1] if np.ndim(value) else value for name, value in feeds.items()}
+    return feeds
+
+
+def node_macs(state: PipelineState, measured: Probe) -> dict[str, int]:
+    """Each weighted node's multiply-accumulates for one sample ({} where shapes are unknown);
+    the shapes of one run, cached, so a second call runs nothing."""
     try:
-        return macs_per_sample(state.model, state.executor, feeds)
+        return macs_per_sample(state.model, state.executor, _one_sample(state, measured))
     except Exception:  # shapes unknown: the budget falls back to its count of forwards
         return {}
+
+
+def _elementwise(state: PipelineState, measured: Probe) -> dict[str, int]:
+    """Each two-tensor element-wise node's output elements for one sample (the same cached
+    run's shapes; {} where unknown)."""
+    try:
+        layers = layer_shapes(state.model, state.executor, _one_sample(state, measured))
+    except Exception:  # shapes unknown: element-wise ops are not priced
+        return {}
+    return {layer.name: layer.output_elements for layer in layers if layer.kind != "mac"}
 
 
 def _most_noise(estimate: NoiseEstimate, target_db: float) -> list[str]:

@@ -35,19 +35,31 @@ FREE_SHARE = 1e-12  # cost of a tensor that forces no weighted op float, in MACs
 # MAC: PicoDet's 16-bit-forced convs at 800 x 608, one thread, Xeon AVX-512: 0.35-1.2 ns per
 # depthwise MAC, 0.03-0.15 ns per dense MAC
 DEPTHWISE_FLOAT_WEIGHT = 8.0
+# an element-wise op (Mul, Add of two tensors) forced float, with the 16-bit QuantizeLinear and
+# DequantizeLinear around it, per output element, in dense MACs: PicoDet's hardswish Muls at
+# 400 x 304 cost 2-9 ms each; a uint16 Q+DQ pair alone 2.7 ns per element (Xeon AVX-512)
+ELEMENT_FLOAT_WEIGHT = 16.0
 # the kept promotions may run at most this share of the model's weighted MACs float
-MAX_FLOAT_SHARE = 0.10
+MAX_FLOAT_SHARE = 0.12
 
 
-def latency_macs(model: onnx.ModelProto, node_macs: Mapping[str, int]) -> dict[str, float]:
-    """``node_macs`` weighted by what a MAC costs in ONNX Runtime's float kernel: a grouped
-    convolution's by ``DEPTHWISE_FLOAT_WEIGHT``."""
+def latency_macs(
+    model: onnx.ModelProto,
+    node_macs: Mapping[str, int],
+    elementwise: Mapping[str, int] | None = None,
+) -> dict[str, float]:
+    """``node_macs`` weighted by what a MAC costs in ONNX Runtime's float kernel (a grouped
+    convolution's by ``DEPTHWISE_FLOAT_WEIGHT``), and the ``elementwise`` ops' output elements
+    by ``ELEMENT_FLOAT_WEIGHT``: a promotion that forces only element-wise ops float at a high
+    resolution is not free."""
     weighted: dict[str, float] = dict(node_macs)
     for node in model.graph.node:
         label = node.name or node.output[0]
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
         if node.op_type == "Conv" and group > 1 and label in weighted:
             weighted[label] = node_macs[label] * DEPTHWISE_FLOAT_WEIGHT
+    for label, elements in (elementwise or {}).items():
+        weighted.setdefault(label, elements * ELEMENT_FLOAT_WEIGHT)
     return weighted
 
 
@@ -56,10 +68,11 @@ def longest_within_budget(
     free: int,
     forced: Mapping[str, frozenset[str]],
     node_macs: Mapping[str, float],
+    total: float,
 ) -> int:
     """The longest prefix of ``order`` (the ``free`` ones at least) whose promotions run at most
-    ``MAX_FLOAT_SHARE`` of the model's ``node_macs`` float."""
-    allowed = MAX_FLOAT_SHARE * sum(node_macs.values())
+    ``MAX_FLOAT_SHARE`` of ``total`` (the model's weighted MACs) float."""
+    allowed = MAX_FLOAT_SHARE * total
     length = free
     while length < len(order) and float_macs(order[: length + 1], forced, node_macs) <= allowed:
         length += 1
