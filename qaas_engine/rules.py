@@ -52,7 +52,7 @@ import onnx
 
 from qaas_engine import attention, noise_pricing, output_grids, sixteen_bit_cost
 from qaas_engine.concurrent_runs import run_each
-from qaas_engine.cost.shapes import macs_per_sample
+from qaas_engine.cost.shapes import layer_shapes, macs_per_sample
 from qaas_engine.export.qdq import export_for_target
 from qaas_engine.quant.encoding import Encoding
 from qaas_engine.quant.estimators import ACTIVATION_METHODS
@@ -552,9 +552,11 @@ class TrimmedPromotion:
     dropped: list[str]
     full_db: float
     kept_db: float
-    full_macs: int  # MACs ONNX Runtime's CPU runs float with every promotion
-    kept_macs: int  # and with the kept ones
-    total_macs: int
+    # MACs ONNX Runtime's CPU runs float with every promotion, with the kept ones, in all; a
+    # depthwise conv's weighted by sixteen_bit_cost.DEPTHWISE_FLOAT_WEIGHT
+    full_macs: float
+    kept_macs: float
+    total_macs: float
     measured: dict[int, float]
 
     def action(self) -> RuleAction:
@@ -569,11 +571,13 @@ class TrimmedPromotion:
             why=(
                 f"ONNX Runtime's CPU has no {PROMOTED_BITS}-bit integer kernel: a "
                 f"{PROMOTED_BITS}-bit activation runs its producer and consumers float; all "
-                f"promotions ran {self.full_macs / total:.0%} of the model's MACs float, the "
+                f"promotions ran {self.full_macs / total:.0%} of the model's MACs float "
+                f"(depthwise weighted x{sixteen_bit_cost.DEPTHWISE_FLOAT_WEIGHT:g}), the "
                 f"{len(self.kept)} kept run {self.kept_macs / total:.0%}; ranked by noise share "
                 f"per MAC forced float, the shortest prefix within {KEEP_WITHIN_DB:g} dB of "
-                f"{self.full_db:.1f} dB kept ({self.kept_db:.1f} dB; measured per prefix "
-                f"length: {tried})"
+                f"{self.full_db:.1f} dB kept, or the longest that runs at most "
+                f"{sixteen_bit_cost.MAX_FLOAT_SHARE:.0%} float ({self.kept_db:.1f} dB; measured "
+                f"per prefix length: {tried})"
             ),
         )
 
@@ -592,7 +596,10 @@ def _fewest_sixteen_bit(
     ``sim``; and what was dropped, or None where all are kept."""
     if len(chosen) < 2 or not target_rules(sim.spec.target).sixteen_bit_runs_float:
         return chosen, None
-    macs = node_macs(state, measured)
+    weighted = sixteen_bit_cost.latency_macs(state.model, node_macs(state, measured))
+    macs = sixteen_bit_cost.latency_macs(
+        state.model, node_macs(state, measured), _elementwise(state, measured)
+    )
     forced = sixteen_bit_cost.forced_float_nodes(state.model, sim.placement, chosen)
     share = {name: _share(estimate, name) for name in chosen}
     order = sixteen_bit_cost.ranked(chosen, share, forced, macs)
@@ -618,7 +625,9 @@ def _fewest_sixteen_bit(
         place(prefix)
         return measured.sqnr_db(state.model, sim)
 
-    length, tried = sixteen_bit_cost.trim(order, free, first, after, measure, allowed)
+    total = sum(weighted.values())
+    longest = sixteen_bit_cost.longest_within_budget(order, free, forced, macs, total)
+    length, tried = sixteen_bit_cost.trim(order, free, first, after, measure, allowed, longest)
     place(order[:length])
     if length == len(order):
         return chosen, None
@@ -630,7 +639,7 @@ def _fewest_sixteen_bit(
         kept_db=tried[length],
         full_macs=sixteen_bit_cost.float_macs(order, forced, macs),
         kept_macs=sixteen_bit_cost.float_macs(kept, forced, macs),
-        total_macs=sum(macs.values()),
+        total_macs=total,
         measured=tried,
     )
 
@@ -688,16 +697,30 @@ def model_macs(state: PipelineState, measured: Probe) -> int:
     return sum(node_macs(state, measured).values())
 
 
-def node_macs(state: PipelineState, measured: Probe) -> dict[str, int]:
-    """Each weighted node's multiply-accumulates for one sample ({} where shapes are unknown);
-    the shapes of one run, cached, so a second call runs nothing."""
+def _one_sample(state: PipelineState, measured: Probe) -> dict[str, Any]:
     feeds = measured.batches[0]
     if not state.calibration or not state.calibration.one_at_a_time:
         feeds = {name: value[:1] if np.ndim(value) else value for name, value in feeds.items()}
+    return feeds
+
+
+def node_macs(state: PipelineState, measured: Probe) -> dict[str, int]:
+    """Each weighted node's multiply-accumulates for one sample ({} where shapes are unknown);
+    the shapes of one run, cached, so a second call runs nothing."""
     try:
-        return macs_per_sample(state.model, state.executor, feeds)
+        return macs_per_sample(state.model, state.executor, _one_sample(state, measured))
     except Exception:  # shapes unknown: the budget falls back to its count of forwards
         return {}
+
+
+def _elementwise(state: PipelineState, measured: Probe) -> dict[str, int]:
+    """Each two-tensor element-wise node's output elements for one sample (the same cached
+    run's shapes; {} where unknown)."""
+    try:
+        layers = layer_shapes(state.model, state.executor, _one_sample(state, measured))
+    except Exception:  # shapes unknown: element-wise ops are not priced
+        return {}
+    return {layer.name: layer.output_elements for layer in layers if layer.kind != "mac"}
 
 
 def _most_noise(estimate: NoiseEstimate, target_db: float) -> list[str]:

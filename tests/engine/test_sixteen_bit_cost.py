@@ -137,3 +137,51 @@ def test_a_promoted_tensor_forces_its_producer_and_consumers_float(tmp_path):
     assert forced[rescale.output[0]] >= {rescale.name, *users}
     macs = {rescale.name: 10, users[0]: 100}
     assert sixteen_bit_cost.float_macs([rescale.output[0]], forced, macs) >= 110
+
+
+def test_a_depthwise_conv_is_priced_above_a_dense_one_of_the_same_macs(tmp_path):
+    imported, _ = _chain(tmp_path)
+    model = imported.model
+    dense = next(n for n in model.graph.node if n.op_type == "Conv" and n.input[0] == "input")
+    grouped = [n for n in model.graph.node if n.op_type == "Conv" and n is not dense]
+    macs = {node.name: 100 for node in [dense, *grouped]}
+    weighted = sixteen_bit_cost.latency_macs(model, macs)
+    assert weighted[dense.name] == 100
+    assert all(weighted[n.name] == 100 * sixteen_bit_cost.DEPTHWISE_FLOAT_WEIGHT for n in grouped)
+
+
+def test_the_latency_budget_caps_the_prefix_even_where_a_longer_one_measures_better():
+    order = [f"t{i}" for i in range(6)]
+    forced = {name: frozenset({f"conv{i}"}) for i, name in enumerate(order)}
+    # six convs of 10 MACs each run float with all promotions, in a model of 200 weighted MACs
+    macs = {f"conv{i}": 10.0 for i in range(6)} | {"rest": 140.0}
+    longest = sixteen_bit_cost.longest_within_budget(order, 0, forced, macs, 200.0)
+    assert (
+        sixteen_bit_cost.float_macs(order[:longest], forced, macs)
+        <= sixteen_bit_cost.MAX_FLOAT_SHARE * 200
+    )
+    assert (
+        sixteen_bit_cost.float_macs(order[: longest + 1], forced, macs)
+        > sixteen_bit_cost.MAX_FLOAT_SHARE * 200
+    )
+    # only the full promotion reaches the margin: the cap is kept, and measured for the report
+    length, measured = sixteen_bit_cost.trim(
+        order, 0, 1, 10.0, lambda prefix: float(len(prefix) == 6) * 10.0, 10, longest
+    )
+    assert length == longest == 2
+    assert measured[length] == 0.0
+
+
+def test_the_budget_never_drops_a_free_promotion():
+    order = ["free", "costly"]
+    forced = {"free": frozenset(), "costly": frozenset({"conv"})}
+    assert sixteen_bit_cost.longest_within_budget(order, 1, forced, {"conv": 1.0}, 1.0) == 1
+
+
+def test_an_element_wise_op_forced_float_is_priced_by_its_elements(tmp_path):
+    imported, _ = _chain(tmp_path)
+    weighted = sixteen_bit_cost.latency_macs(imported.model, {}, {"hardswish": 1000})
+    assert weighted["hardswish"] == 1000 * sixteen_bit_cost.ELEMENT_FLOAT_WEIGHT
+    # a promotion that forces only that op float is no longer free
+    forced = {"t": frozenset({"hardswish"})}
+    assert sixteen_bit_cost.float_macs(["t"], forced, weighted) > 0
