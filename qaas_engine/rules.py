@@ -43,7 +43,7 @@ the ones the spec asked for.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -596,23 +596,13 @@ def _fewest_sixteen_bit(
     ``sim``; and what was dropped, or None where all are kept."""
     if len(chosen) < 2 or not target_rules(sim.spec.target).sixteen_bit_runs_float:
         return chosen, None
-    weighted = sixteen_bit_cost.latency_macs(state.model, node_macs(state, measured))
-    macs = sixteen_bit_cost.latency_macs(
-        state.model, node_macs(state, measured), _elementwise(state, measured)
-    )
+    plain = node_macs(state, measured)
+    # what a promotion costs in time: depthwise convs and element-wise ops forced float weigh more
+    priced = sixteen_bit_cost.latency_macs(state.model, plain, _elementwise(state, measured))
+    total = sum(sixteen_bit_cost.latency_macs(state.model, plain).values())
     forced = sixteen_bit_cost.forced_float_nodes(state.model, sim.placement, chosen)
     share = {name: _share(estimate, name) for name in chosen}
-    order = sixteen_bit_cost.ranked(chosen, share, forced, macs)
-    free = 0
-    while free < len(order) and sixteen_bit_cost.float_macs([order[free]], forced, macs) == 0:
-        free += 1
     promoted = {name: sim.activation_encodings[name] for name in chosen}
-    predicted_full = estimate.sqnr_db(frozenset(order))
-    first = next(
-        k
-        for k in range(len(order) + 1)
-        if estimate.sqnr_db(frozenset(order[:k])) >= predicted_full - KEEP_WITHIN_DB
-    )
 
     def place(prefix: Sequence[str]) -> None:
         keep = set(prefix)
@@ -625,9 +615,36 @@ def _fewest_sixteen_bit(
         place(prefix)
         return measured.sqnr_db(state.model, sim)
 
-    total = sum(weighted.values())
-    longest = sixteen_bit_cost.longest_within_budget(order, free, forced, macs, total)
-    length, tried = sixteen_bit_cost.trim(order, free, first, after, measure, allowed, longest)
+    def trimmed(
+        costs: Mapping[str, float], capped: bool
+    ) -> tuple[list[str], int, dict[int, float]]:
+        order = sixteen_bit_cost.ranked(chosen, share, forced, costs)
+        free = 0
+        while free < len(order) and sixteen_bit_cost.float_macs([order[free]], forced, costs) == 0:
+            free += 1
+        predicted_full = estimate.sqnr_db(frozenset(order))
+        first = next(
+            k
+            for k in range(len(order) + 1)
+            if estimate.sqnr_db(frozenset(order[:k])) >= predicted_full - KEEP_WITHIN_DB
+        )
+        longest = (
+            sixteen_bit_cost.longest_within_budget(order, free, forced, priced, total)
+            if capped
+            else None
+        )
+        length, tried = sixteen_bit_cost.trim(order, free, first, after, measure, allowed, longest)
+        return order, length, tried
+
+    # ranked by plain MACs, as before the latency budget: where that choice runs within the
+    # budget it stands (the weighted ranking picked worse sets on the OCR recognizer and
+    # detector, whose noise shares mostly tie); ranked by weighted cost and capped only where
+    # it does not (PicoDet)
+    order, length, tried = trimmed(plain, capped=False)
+    if sixteen_bit_cost.float_macs(order[:length], forced, priced) > (
+        sixteen_bit_cost.MAX_FLOAT_SHARE * total
+    ):
+        order, length, tried = trimmed(priced, capped=True)
     place(order[:length])
     if length == len(order):
         return chosen, None
@@ -637,8 +654,8 @@ def _fewest_sixteen_bit(
         dropped=order[length:],
         full_db=after,
         kept_db=tried[length],
-        full_macs=sixteen_bit_cost.float_macs(order, forced, macs),
-        kept_macs=sixteen_bit_cost.float_macs(kept, forced, macs),
+        full_macs=sixteen_bit_cost.float_macs(order, forced, priced),
+        kept_macs=sixteen_bit_cost.float_macs(kept, forced, priced),
         total_macs=total,
         measured=tried,
     )
