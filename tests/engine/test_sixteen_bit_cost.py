@@ -185,3 +185,21 @@ def test_an_element_wise_op_forced_float_is_priced_by_its_elements(tmp_path):
     # a promotion that forces only that op float is no longer free
     forced = {"t": frozenset({"hardswish"})}
     assert sixteen_bit_cost.float_macs(["t"], forced, weighted) > 0
+
+
+def test_the_choice_stands_within_the_budget_and_is_capped_past_it(tmp_path, monkeypatch):
+    imported, calibration = _chain(tmp_path)
+    spec = QuantSpec(min_sqnr_db=80.0, target="onnxruntime-cpu:vnni")  # unreachable: promotes
+    monkeypatch.setattr(sixteen_bit_cost, "MAX_FLOAT_SHARE", 1.0)  # any choice fits
+    loose = quantize(imported, spec, calibration=calibration)
+    monkeypatch.setattr(sixteen_bit_cost, "MAX_FLOAT_SHARE", 0.0)  # only free promotions fit
+    tight = quantize(imported, spec, calibration=calibration)
+
+    loose_ops = _optimized_ops(loose.quantized_model, tmp_path)
+    tight_ops = _optimized_ops(tight.quantized_model, tmp_path)
+    assert loose_ops["Conv"] >= 1  # the outlier tensor's promotion keeps its convs float
+    assert tight_ops["Conv"] == 0  # past the budget nothing that forces a conv float is kept
+    assert tight_ops["QLinearConv"] > loose_ops["QLinearConv"]
+    (line,) = [line for line in tight.report["rules"] if "latency" in line["action"]]
+    assert "at most 0% float" in line["why"]
+    assert tight.report["metrics"]["simulation_vs_onnxruntime"]["sqnr_db"] > 40
