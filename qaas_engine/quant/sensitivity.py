@@ -204,7 +204,11 @@ def _accumulate(
         taken.add(id(probe))
         return value + probe
 
-    outputs = sim.torch_executor().run(inputs, hook=hook, weights=weights)
+    executor = sim.torch_executor()
+    # any other weight that asks for a gradient (a torch.export archive's parameters) is read
+    # detached: backward below fills the ``.grad`` of every leaf it reaches
+    frozen = {n: w.detach() for n, w in executor.weights.items() if getattr(w, "requires_grad", 0)}
+    outputs = executor.run(inputs, hook=hook, weights={**frozen, **weights})
     named = [(n, o) for n, o in outputs.items() if _is_float(o)]
     floats = [o for _, o in named]
     if not floats:
@@ -233,18 +237,28 @@ def _accumulate(
                 for o in floats
             ]
         ).sum()
-    names = list(probes) + list(weights)
-    tensors = [probes[n] for n in probes] + [weights[n] for n in weights]
-    grads = torch.autograd.grad(projection, tensors, allow_unused=True)
-    for name, grad in zip(names, grads, strict=True):
-        if grad is None:
-            continue
-        if name in probes:
-            power = _noise_power(sim.activation_encodings[name], grad)
+    # each gradient priced the moment backward computes it and dropped: taken all at once, a
+    # BERT-base-sized encoder held every weight's gradient (the model's size again) beside the
+    # activations' while the last ones were computed
+    activation_powers: dict[str, float] = {}
+    weight_powers: dict[str, float] = {}
+    handles = [_price_on_arrival(probe, sim.activation_encodings[name], name, activation_powers)
+               for name, probe in probes.items()]  # fmt: skip
+    handles += [_price_on_arrival(weight, sim.weight_encodings[name], name, weight_powers)
+                for name, weight in weights.items()]  # fmt: skip
+    try:
+        # no ``inputs``: a computed tensor named there would keep its gradient in ``.grad``
+        projection.backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name in probes:  # in the order the forward met them, as one gradient call gave them
+        if name in activation_powers:
+            power = activation_powers[name]
             estimate.activations[name] = estimate.activations.get(name, 0.0) + power
-        else:
-            power = _noise_power(sim.weight_encodings[name], grad)
-            estimate.weights[name] = estimate.weights.get(name, 0.0) + power
+    for name in weights:
+        if name in weight_powers:
+            estimate.weights[name] = estimate.weights.get(name, 0.0) + weight_powers[name]
     return signal
 
 
@@ -290,6 +304,23 @@ def _weights_from_power(output: Any, power: Any, axis: int | None) -> Any:
     shape = [1] * values.dim()
     shape[axis] = -1
     return (1.0 / power.sqrt()).reshape(shape).expand_as(values).to(output.dtype)
+
+
+def _price_on_arrival(tensor: Any, encoding: Encoding, name: str, powers: dict[str, float]) -> Any:
+    """A hook that prices ``tensor``'s gradient into ``powers[name]`` when backward computes it,
+    and keeps no copy: a leaf's ``.grad`` is released, a computed tensor's passes on unchanged."""
+    if tensor.is_leaf:
+
+        def leaf(leaf_tensor: Any) -> None:
+            powers[name] = _noise_power(encoding, leaf_tensor.grad)
+            leaf_tensor.grad = None
+
+        return tensor.register_post_accumulate_grad_hook(leaf)
+
+    def computed(grad: Any) -> None:
+        powers[name] = _noise_power(encoding, grad)
+
+    return tensor.register_hook(computed)
 
 
 def _noise_power(encoding: Encoding, grad: Any) -> float:
