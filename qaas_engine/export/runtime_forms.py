@@ -173,8 +173,8 @@ def applied_forms(qdq: onnx.ModelProto) -> dict[str, list[str]]:
 WEIGHT_ONLY_OPS = frozenset({"Gemm"})
 # ops whose weight it dequantizes on every run in a QDQ group it cannot fuse (see float_weight_only)
 FLOAT_GROUP_OPS = frozenset({"Gemm", "Conv"})
-# activations ORT folds into the weighted op before it fuses the group (Conv -> Relu -> Q)
-FOLDED_ACTIVATIONS = frozenset({"Relu"})
+# activations ORT folds into the Q after a Conv before it fuses the group (Conv -> Relu -> Q)
+FOLDED_ACTIVATIONS = frozenset({"Relu", "Clip"})
 SIXTEEN_BIT = frozenset({onnx.TensorProto.UINT16, onnx.TensorProto.INT16})
 UNFUSED = "_unfused"  # infix of the float weight of a group ORT runs float
 FLOAT_WEIGHT = "_float_weight"
@@ -356,10 +356,12 @@ def unfused_group(
     """Whether ONNX Runtime's CPU runs the Gemm/Conv ``node``, whose activation the
     DequantizeLinear ``source`` writes, as a float op: the activation is on a 16-bit grid
     (no 16-bit integer kernel), or a 16-bit QuantizeLinear reads its output; for a Conv also
-    where its output (after a Relu ORT folds) is read by anything but one QuantizeLinear (a
-    QLinearConv writes integers only). MTCNN ONet's 16-bit dense5 Gemm: its weight's
-    DequantizeLinear took 0.038 ms of the artifact's 0.54 at batch 1; Silero VAD's last
-    encoder Conv, whose ReLU output an If branch reads in float."""
+    where its output (after a Relu or Clip ORT folds into the Q) is a graph output or is read
+    in a subgraph, in float (a QLinearConv writes integers only). Only such evidence: a Conv
+    whose output goes elsewhere than one QuantizeLinear may still be fused by ORT. MTCNN
+    ONet's 16-bit dense5 Gemm: its weight's DequantizeLinear took 0.038 ms of the artifact's
+    0.54 at batch 1; Silero VAD's last encoder Conv, whose ReLU output an If branch reads in
+    float."""
     if sixteen_bit(source):
         return True
     out = node.output[0]
@@ -374,9 +376,7 @@ def unfused_group(
     return (
         out in nested
         or out in outputs
-        or len(users) != 1
-        or users[0].op_type != "QuantizeLinear"
-        or sixteen_bit(users[0])
+        or any(u.op_type == "QuantizeLinear" and sixteen_bit(u) for u in users)
     )
 
 

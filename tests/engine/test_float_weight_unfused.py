@@ -114,7 +114,7 @@ def test_groups_ort_fuses_or_requantizes_keep_their_quantized_weight():
         assert model.SerializeToString() == before
 
 
-def _conv_group(branch_reads_relu: bool) -> onnx.ModelProto:
+def _conv_group(branch_reads_relu: bool, activation: str = "Relu") -> onnx.ModelProto:
     """x -> Q/DQ -> Conv(DQ weight, DQ bias) -> Relu -> Q/DQ -> out, and an If whose branches
     read the Relu's float output where ``branch_reads_relu`` (Silero VAD's decoder), else the
     dequantized one."""
@@ -127,6 +127,8 @@ def _conv_group(branch_reads_relu: bool) -> onnx.ModelProto:
         numpy_helper.from_array(rng.integers(-500, 500, 8).astype(np.int32), "bq"),
         numpy_helper.from_array(weight_scale * np.float32(0.01), "bs"),
         numpy_helper.from_array(np.asarray(True), "flag"),
+        numpy_helper.from_array(np.float32(0.0), "zero"),
+        numpy_helper.from_array(np.float32(6.0), "six"),
         *_qdq("a", 8, 0.01),
         helper.make_tensor("o_s", TensorProto.FLOAT, [], [0.02]),
         helper.make_tensor("o_z", TensorProto.UINT8, [], [0]),
@@ -143,7 +145,9 @@ def _conv_group(branch_reads_relu: bool) -> onnx.ModelProto:
         helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=0),
         helper.make_node("DequantizeLinear", ["bq", "bs"], ["b"], axis=0),
         helper.make_node("Conv", ["x_d", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node(
+            activation, ["c", *(["zero", "six"] if activation == "Clip" else [])], ["r"]
+        ),
         *_pair("r", "o"),
         helper.make_node("If", ["flag"], ["gated"], then_branch=branch, else_branch=branch),
     ]
@@ -174,13 +178,16 @@ def test_a_conv_whose_output_a_branch_reads_in_float_gets_its_weight_as_float(tm
 
 
 def test_a_conv_ort_fuses_keeps_its_quantized_weight(tmp_path):
-    model = _conv_group(branch_reads_relu=False)
-    before = model.SerializeToString()
-    assert float_weight_only(model) == []
-    assert model.SerializeToString() == before
-    _run(model, _feed((2, 4, 8, 8)), optimize=True, tmp_path=tmp_path)
-    optimized = onnx.load(tmp_path / "optimized.onnx")
-    assert "QLinearConv" in [n.op_type for n in optimized.graph.node]
+    """Conv -> Relu -> Q and Conv -> Clip -> Q (ORT folds the activation into the Q): a
+    QLinearConv, which a float weight would undo."""
+    for activation in ("Relu", "Clip"):
+        model = _conv_group(branch_reads_relu=False, activation=activation)
+        before = model.SerializeToString()
+        assert float_weight_only(model) == []
+        assert model.SerializeToString() == before
+        _run(model, _feed((2, 4, 8, 8)), optimize=True, tmp_path=tmp_path)
+        optimized = onnx.load(tmp_path / "optimized.onnx")
+        assert "QLinearConv" in [n.op_type for n in optimized.graph.node]
 
 
 def _two_gemms() -> onnx.ModelProto:
