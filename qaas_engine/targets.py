@@ -202,7 +202,9 @@ class KernelChoice:
             "untiled); a pooled [N, C, 1, 1] tensor read channels-last, so the int8 tail before "
             "it stays NHWC (a uint8 MaxPool as NhwcMaxPool); the int8 weight of a Gemm whose "
             "activation is float written as its dequantized float values (ORT would dequantize "
-            "it on every run and run the Gemm unpacked; the file holds it at 32 bits)",
+            "it on every run and run the Gemm unpacked; the file holds it at 32 bits); the same "
+            "for a Gemm/Conv in a Q/DQ group ORT runs float (a 16-bit activation, or a Conv "
+            "output read in float), with a Gemm's bias as float [1, N]",
         }
 
     def _scaled_reads(self) -> dict[str, object]:

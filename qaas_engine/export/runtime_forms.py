@@ -7,6 +7,8 @@ simulation and runtime still agree exactly.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -138,19 +140,30 @@ def applied_forms(qdq: onnx.ModelProto) -> dict[str, list[str]]:
         if node.op_type == "Transpose" and node.output[0] == f"{node.input[0]}{CHANNELS_LAST}"
     ]
     float_weights = [
-        node.name or node.output[0]
+        node
         for node in qdq.graph.node
-        if node.op_type in WEIGHT_ONLY_OPS
+        if node.op_type in FLOAT_GROUP_OPS
         and len(node.input) > 1
         and node.input[1].endswith(FLOAT_WEIGHT)
         and node.input[1] in initializers
+    ]
+    weight_only = [
+        node.name or node.output[0]
+        for node in float_weights
+        if not node.input[1].endswith(UNFUSED + FLOAT_WEIGHT)
+    ]
+    unfused = [
+        node.name or node.output[0]
+        for node in float_weights
+        if node.input[1].endswith(UNFUSED + FLOAT_WEIGHT)
     ]
     return {
         name: found
         for name, found in (
             ("tiled_prelu_slopes", tiled),
             ("channels_last_reads", channels_last),
-            ("float_weights_of_weight_only_gemms", float_weights),
+            ("float_weights_of_weight_only_gemms", weight_only),
+            ("float_weights_of_unfused_groups", unfused),
         )
         if found
     }
@@ -158,7 +171,14 @@ def applied_forms(qdq: onnx.ModelProto) -> dict[str, list[str]]:
 
 # ops whose weight ONNX Runtime's CPU dequantizes on every run where the activation is float
 WEIGHT_ONLY_OPS = frozenset({"Gemm"})
+# ops whose weight it dequantizes on every run in a QDQ group it cannot fuse (see float_weight_only)
+FLOAT_GROUP_OPS = frozenset({"Gemm", "Conv"})
+# activations ORT folds into the Q after a Conv before it fuses the group (Conv -> Relu -> Q)
+FOLDED_ACTIVATIONS = frozenset({"Relu", "Clip"})
+SIXTEEN_BIT = frozenset({onnx.TensorProto.UINT16, onnx.TensorProto.INT16})
+UNFUSED = "_unfused"  # infix of the float weight of a group ORT runs float
 FLOAT_WEIGHT = "_float_weight"
+FLOAT_BIAS = "_float_bias"  # suffix of a Gemm's bias written as its float values, [1, N]
 DATA_MOVEMENT = frozenset(
     {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Slice", "Gather"}
 )  # suffix of a weight written as its dequantized float values
@@ -184,7 +204,9 @@ def dequantized_values(
 
 def float_weight_only(qdq: onnx.ModelProto) -> list[str]:
     """In place: the int8 weight of a Gemm whose activation input is float (no DequantizeLinear
-    writes it) is written as its dequantized float32 values; the Gemms changed, by name.
+    writes it), and of a Gemm or Conv in a QDQ group ONNX Runtime cannot fuse into an integer
+    kernel (:func:`unfused_group`), is written as its dequantized float32 values; the nodes
+    changed, by name.
 
     ONNX Runtime fuses DequantizeLinear -> Gemm into an integer kernel only with an 8-bit
     activation; with a float one it runs the float Gemm and, since its optimizer never folds a
@@ -196,11 +218,13 @@ def float_weight_only(qdq: onnx.ModelProto) -> list[str]:
     runs this graph, so simulation and runtime still agree exactly; the file holds that weight
     at 32 bits.
 
-    Not where a DequantizeLinear (a 16-bit one too) writes the activation: ORT's optimizer
-    quantizes a float weight of a DQ -> Gemm -> Q group to int8 itself (on a grid of its own:
-    the outputs changed against the unoptimized graph, measured on a 16-bit group). Gemm only:
-    a MatMul with a constant float weight may be fused with a following Add into a Gemm when
-    ORT optimizes, and not in the simulation's unoptimized run."""
+    Where a DequantizeLinear (a 16-bit one too) writes the activation, ORT's optimizer
+    quantizes a float weight of a Gemm/Conv to int8 itself, on a grid of its own (its
+    WeightBiasQuantization: the outputs changed against the unoptimized graph, measured on a
+    16-bit group), unless the op's bias is not an initializer: so there only a group with a
+    dequantized bias, and one ORT runs float anyway. Gemm and Conv only: a MatMul with a
+    constant float weight may be fused with a following Add into a Gemm when ORT optimizes, and
+    not in the simulation's unoptimized run."""
     graph = qdq.graph
     initializers = {init.name: init for init in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
@@ -209,14 +233,32 @@ def float_weight_only(qdq: onnx.ModelProto) -> list[str]:
         for index, name in enumerate(node.input):
             readers.setdefault(name, []).append((node, index))
     outputs = {value.name for value in graph.output}
+    nested = subgraph_reads(graph)
 
-    def quantized(name: str) -> bool:
-        """A DequantizeLinear writes ``name``, or one that ORT may move past the data-movement
-        ops between (its QDQ propagation)."""
+    def dequantized_by(name: str) -> onnx.NodeProto | None:
+        """The DequantizeLinear that writes ``name``, or one that ORT may move past the
+        data-movement ops between (its QDQ propagation)."""
         node = producer.get(name)
         while node is not None and node.op_type in DATA_MOVEMENT and node.input:
             node = producer.get(node.input[0])
-        return node is not None and node.op_type == "DequantizeLinear"
+        return node if node is not None and node.op_type == "DequantizeLinear" else None
+
+    def sixteen_bit(node: onnx.NodeProto) -> bool:
+        zero = initializers.get(node.input[2]) if len(node.input) > 2 else None
+        return zero is not None and zero.data_type in SIXTEEN_BIT
+
+    def weight_only(user: onnx.NodeProto) -> bool:
+        return user.op_type in WEIGHT_ONLY_OPS and dequantized_by(user.input[0]) is None
+
+    def unfused(user: onnx.NodeProto) -> bool:
+        source = dequantized_by(user.input[0])
+        return (
+            user.op_type in FLOAT_GROUP_OPS
+            and source is not None
+            and unfused_group(user, source, sixteen_bit, readers, nested, outputs)
+            and len(user.input) > 2
+            and user.input[2] in producer  # a bias no optimizer quantizes (see above)
+        )
 
     changed: list[str] = []
     removed: list[onnx.NodeProto] = []
@@ -227,21 +269,27 @@ def float_weight_only(qdq: onnx.ModelProto) -> list[str]:
             continue
         if any(a.name == "block_size" and a.i for a in node.attribute):
             continue
+        if node.output[0] in nested:
+            continue
         users = readers.get(node.output[0], [])
-        if not users or any(
-            user.op_type not in WEIGHT_ONLY_OPS or index != 1 or quantized(user.input[0])
-            for user, index in users
-        ):
+        if not users or any(index != 1 for _, index in users):
+            continue
+        if all(weight_only(user) for user, _ in users):
+            name = f"{node.input[0]}{FLOAT_WEIGHT}"
+        elif all(unfused(user) for user, _ in users):
+            name = f"{node.input[0]}{UNFUSED}{FLOAT_WEIGHT}"
+        else:
             continue
         arrays = [numpy_helper.to_array(initializers[name]) for name in node.input if name]
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
         zero = arrays[2] if len(arrays) > 2 else None
         values = dequantized_values(arrays[0], arrays[1], zero, axis)
-        name = f"{node.input[0]}{FLOAT_WEIGHT}"
         _add_float_initializer(graph, name, values)
         for user, index in users:
             user.input[index] = name
             changed.append(user.name or user.output[0])
+            if name.endswith(UNFUSED + FLOAT_WEIGHT) and user.op_type == "Gemm":
+                removed += _float_row_bias(graph, user, producer, initializers, readers, nested)
         removed.append(node)
     for node in removed:
         graph.node.remove(node)
@@ -250,6 +298,86 @@ def float_weight_only(qdq: onnx.ModelProto) -> list[str]:
     for init in [init for init in graph.initializer if init.name in dropped]:
         graph.initializer.remove(init)
     return changed
+
+
+def _float_row_bias(
+    graph: onnx.GraphProto,
+    gemm: onnx.NodeProto,
+    producer: Mapping[str, onnx.NodeProto],
+    initializers: Mapping[str, onnx.TensorProto],
+    readers: Mapping[str, list[tuple[onnx.NodeProto, int]]],
+    nested: set[str],
+) -> list[onnx.NodeProto]:
+    """In place: the dequantized bias of a Gemm that now runs float on a float weight written
+    as its float32 values, shaped ``[1, N]`` (the same broadcast over the rows); the
+    DequantizeLinear it replaces, to remove. A 1-D float bias would have ORT's optimizer
+    quantize the weight and bias itself (its WeightBiasQuantization takes 1-D biases only);
+    as a DequantizeLinear it ran on every run (four of them, 3 us each, in MTCNN ONet's head)."""
+    bias = gemm.input[2]
+    node = producer.get(bias)
+    if node is None or node.op_type != "DequantizeLinear" or bias in nested:
+        return []
+    if len(readers.get(bias, [])) != 1 or not all(n in initializers for n in node.input if n):
+        return []
+    arrays = [numpy_helper.to_array(initializers[n]) for n in node.input if n]
+    if arrays[0].ndim != 1:
+        return []
+    zero = arrays[2] if len(arrays) > 2 else None
+    values = dequantized_values(arrays[0], arrays[1], zero, 0).reshape(1, -1)
+    name = f"{node.input[0]}{UNFUSED}{FLOAT_BIAS}"
+    _add_float_initializer(graph, name, values)
+    gemm.input[2] = name
+    return [node]
+
+
+def subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Names the nodes of ``graph``'s subgraphs (an If's branches, a Loop's body) read, at any
+    depth: an outer tensor read there is read in float, whatever the outer graph quantizes."""
+    found: set[str] = set()
+    for node in graph.node:
+        for attribute in node.attribute:
+            bodies = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else []
+            bodies += list(attribute.graphs)
+            for body in bodies:
+                for inner in body.node:
+                    found.update(inner.input)
+                found |= subgraph_reads(body)
+    return found
+
+
+def unfused_group(
+    node: onnx.NodeProto,
+    source: onnx.NodeProto,
+    sixteen_bit: Callable[[onnx.NodeProto], bool],
+    readers: Mapping[str, list[tuple[onnx.NodeProto, int]]],
+    nested: set[str],
+    outputs: set[str],
+) -> bool:
+    """Whether ONNX Runtime's CPU runs the Gemm/Conv ``node``, whose activation the
+    DequantizeLinear ``source`` writes, as a float op: the activation is on a 16-bit grid
+    (no 16-bit integer kernel), or a 16-bit QuantizeLinear reads its output; for a Conv also
+    where its output (after a Relu or Clip ORT folds into the Q) is a graph output or is read
+    in a subgraph, in float (a QLinearConv writes integers only). Only such evidence: a Conv
+    whose output goes elsewhere than one QuantizeLinear may still be fused by ORT. MTCNN
+    ONet's 16-bit dense5 Gemm: its weight's DequantizeLinear took 0.038 ms of the artifact's
+    0.54 at batch 1; Silero VAD's last encoder Conv, whose ReLU output an If branch reads in
+    float."""
+    if sixteen_bit(source):
+        return True
+    out = node.output[0]
+    users = [user for user, _ in readers.get(out, [])]
+    if any(u.op_type == "QuantizeLinear" and sixteen_bit(u) for u in users):
+        return True
+    if node.op_type != "Conv":
+        return False
+    if len(users) == 1 and users[0].op_type in FOLDED_ACTIVATIONS and out not in nested:
+        out = users[0].output[0]
+        users = [user for user, _ in readers.get(out, [])]
+    return (
+        out in nested
+        or out in outputs
+        or any(u.op_type == "QuantizeLinear" and sixteen_bit(u) for u in users)
+    )
 
 
 def _add_float_initializer(graph: onnx.GraphProto, name: str, values: np.ndarray) -> None:

@@ -217,7 +217,8 @@ def place_quantizers(
             if reason:
                 placement.skipped[output] = f"node '{node.name}' ({node.op_type}) {reason}"
                 continue
-            if node.op_type in PASS_THROUGH_OPS and not _changes_values(node):
+            moves = node.op_type in PASS_THROUGH_OPS and not _changes_values(node)
+            if moves or _identity_cast(node, types):
                 source = node.input[0] if node.input else ""
                 if source in quantized:
                     placement.shared[output] = source
@@ -434,6 +435,17 @@ def float_reason(
     if not has_torch_kernel(node):
         return "runs in float: no torch kernel, run by onnx.reference"
     return ""
+
+
+def _identity_cast(node: onnx.NodeProto, types: dict[str, int]) -> bool:
+    """A Cast to the float type its input has: the same values, so the input's grid (Silero
+    VAD's STFT casts each Slice to float32: on a grid of its own, the Slice requantized, and
+    ONNX Runtime ran it and both Slices in float between a DequantizeLinear and a Quantize)."""
+    if node.op_type != "Cast" or not node.input:
+        return False
+    to = parse_attributes(node).get("to")
+    source = types.get(node.input[0])
+    return to is not None and int(to) == source and source in FLOAT_TYPES
 
 
 def _changes_values(node: onnx.NodeProto) -> bool:
