@@ -17,7 +17,7 @@ import onnx
 
 from qaas_engine.data import Dataset
 from qaas_engine.ort_emulation import Emulation, emulated, load_optimized
-from qaas_engine.output_axes import channel_axes
+from qaas_engine.output_axes import LOGIT_CLIP, channel_axes, logit_channels
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.runtime_graph import requantizing_kernels
 from qaas_engine.runtime_graph import summarize as runtime_graph_summary
@@ -45,9 +45,14 @@ PER_SAMPLE_VALUES = 10_000_000
 
 
 class FidelityMeter:
-    def __init__(self, channel_axis: int | None = None) -> None:
+    def __init__(
+        self, channel_axis: int | None = None, logit: tuple[tuple[int, int], ...] = ()
+    ) -> None:
         # the axis holding the output's channels (``output_axes``); None: the default one
         self.channel_axis = channel_axis
+        # channel ranges holding probabilities (``output_axes.logit_channels``): their
+        # per-channel figures compare both outputs in log-odds, clipped at LOGIT_CLIP
+        self.logit = logit
         self.used_axis: int | None = None  # the axis the per-channel sums were taken along
         self.signal = 0.0
         self.noise = 0.0
@@ -79,7 +84,12 @@ class FidelityMeter:
         self.signal += float(np.sum(reference**2))
         self.noise += float(np.sum(diff**2))
         self.max_abs_diff = max(self.max_abs_diff, float(np.max(np.abs(diff), initial=0.0)))
-        self._update_channels(reference, diff)
+        if self.logit and reference.ndim >= 2:
+            # per channel only: the whole-output SQNR and cosine stay in the output's values
+            judged = self._log_odds(reference)
+            self._update_channels(judged, judged - self._log_odds(test))
+        else:
+            self._update_channels(reference, diff)
         if reference.ndim >= 1 and reference.shape[-1] > 1:
             self.agree += int(np.sum(reference.argmax(-1) == test.argmax(-1)))
             self.positions += int(np.prod(reference.shape[:-1]))
@@ -97,6 +107,16 @@ class FidelityMeter:
             predictions = test.reshape(len(labels), -1, test.shape[-1]).argmax(-1)[:, 0]
             self.correct += int(np.sum(predictions == labels))
             self.labelled += len(labels)
+
+    def _log_odds(self, values: np.ndarray) -> np.ndarray:
+        axis = self.axis(values.ndim)
+        values = values.copy()
+        for start, stop in self.logit:
+            index = [slice(None)] * values.ndim
+            index[axis] = slice(start, stop)
+            part = np.clip(values[tuple(index)], LOGIT_CLIP, 1 - LOGIT_CLIP)
+            values[tuple(index)] = np.log(part / (1 - part))
+        return values
 
     def _update_channels(self, reference: np.ndarray, diff: np.ndarray) -> None:
         if reference.ndim < 2 or not self.channels_consistent:
@@ -205,6 +225,9 @@ class FidelityMeter:
         if worst is not None:
             metrics["worst_channel"], metrics["worst_channel_sqnr_db"] = worst
             metrics["channel_axis"] = self.used_axis
+        if self.logit:
+            metrics["log_odds_channels"] = [list(part) for part in self.logit]
+            metrics["log_odds_clip"] = LOGIT_CLIP
         if not reference_itself:
             metrics.update(self.low_figures())
         metrics["samples"] = self.samples
@@ -285,9 +308,11 @@ def evaluate(
     kept = state.calibration_outputs if data is state.calibration and len(outputs) == 1 else None
     reused = 0
     axes = channel_axes(state.model)
+    logit = logit_channels(state.model)
     meters = {
         name: {
-            key: FidelityMeter(axes.get(name))
+            # simulation vs runtime stays in the output's own values: that is what they compute
+            key: FidelityMeter(axes.get(name), () if key == "gap" else logit.get(name, ()))
             for key in ("float", "simulated", "onnxruntime", "gap")
         }
         for name in outputs

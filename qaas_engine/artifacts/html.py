@@ -86,6 +86,7 @@ def _summary(report: dict[str, Any]) -> str:
         f"{escape(r['action'])}; {escape(r['why'])} (--strict-bits turns rules off)</p>"
         for r in report.get("rules") or []
     )
+    warnings += _log_odds_notes(metrics.get("outputs") or {})
     rows = [
         [
             escape(key),
@@ -138,6 +139,25 @@ def _size_card(size: dict[str, Any]) -> str:
         f"{_num(file_bytes, '{:,}')} bytes",
         f"the file as downloaded{source}<br>{weights_note}",
     )
+
+
+def _log_odds_notes(outputs: dict[str, Any]) -> str:
+    """Which channels of which output were judged in log-odds (a Sigmoid's probabilities):
+    their SQNR figures are not in the output's own values, and a reader must know."""
+    notes = []
+    for name, measured in outputs.items():
+        judged = (measured.get("onnxruntime") or {}).get("log_odds_channels")
+        if not judged:
+            continue
+        clip = measured["onnxruntime"].get("log_odds_clip")
+        parts = ", ".join(f"{start}..{stop - 1}" for start, stop in judged)
+        notes.append(
+            f'<p class="note">output {escape(name)}: channels {parts} are probabilities (a '
+            f"Sigmoid's), so their per-channel SQNR is judged in log-odds (clipped at {clip:g}); "
+            "other channels, the whole-output SQNR and simulation vs ONNX Runtime in the "
+            "output's values</p>"
+        )
+    return "".join(notes)
 
 
 def _outputs_table(outputs: dict[str, Any]) -> str:

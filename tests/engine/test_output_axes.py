@@ -11,7 +11,8 @@ import torch
 from onnx import TensorProto, helper
 
 from qaas_engine import QuantSpec, import_model, load_npz, model_inputs, quantize
-from qaas_engine.output_axes import channel_axes
+from qaas_engine.evaluation import FidelityMeter
+from qaas_engine.output_axes import LOGIT_CLIP, channel_axes, logit_channels
 
 
 class RowsOfBoxesAndScores(torch.nn.Module):
@@ -46,6 +47,15 @@ def test_an_output_joined_along_axis_1_is_judged_per_row(tmp_path):
     report = quantize(imported, QuantSpec(strict_bits=True), calibration=calibration).report
     measured = report["metrics"]["outputs"]["detections"]["onnxruntime"]
     assert measured["channel_axis"] == 1
+    # the score rows (a Sigmoid's) are judged in log-odds and the report says so; the box rows
+    # (320 * sigmoid: pixels) in their own values
+    assert logit_channels(imported.model) == {"detections": ((4, 7),)}
+    assert measured["log_odds_channels"] == [[4, 7]]
+    assert measured["log_odds_clip"] == LOGIT_CLIP
+    assert (
+        "log_odds_channels"
+        not in report["metrics"]["outputs"]["detections"]["simulation_vs_onnxruntime"]
+    )
     # the worst row is a score row, far below the whole output (per anchor, every anchor holds
     # its boxes, so the worst anchor would read about the whole output's figure)
     assert measured["worst_channel"] >= 4
@@ -83,3 +93,44 @@ def test_the_axis_follows_identity_and_skips_the_batch_axis():
     assert channel_axes(_graph(2, [1, 2, 10], through_identity=False)) == {"out": 2}
     # joined along the batch axis: samples, not channels; the default axis stays
     assert channel_axes(_graph(0, [2, 2, 5], through_identity=False)) == {}
+
+
+def _rows(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(batch 8, 3 rows, 50 anchors): a box row in pixels, a row of a class absent from every
+    image (probabilities about 1e-3), a row of a present class (probabilities 0.05..0.95)."""
+    box = rng.uniform(0, 320, (8, 1, 50))
+    absent = rng.uniform(5e-4, 1.5e-3, (8, 1, 50))
+    present = rng.uniform(0.05, 0.95, (8, 1, 50))
+    return np.concatenate([box, absent, present], axis=1), rng.standard_normal((8, 3, 50))
+
+
+def _worst(reference: np.ndarray, test: np.ndarray, logit: tuple[tuple[int, int], ...]) -> tuple:
+    meter = FidelityMeter(1, logit)
+    meter.update(reference, test, None)
+    result = meter.result()
+    return result["worst_channel"], result["worst_channel_sqnr_db"]
+
+
+def test_probabilities_are_judged_in_log_odds_and_cannot_hide():
+    reference, noise = _rows(np.random.default_rng(0))
+    # an 8-bit grid of step 1/255 over the probabilities rounds the absent class to 0: no
+    # detection changes, yet its raw SQNR is 0 dB
+    test = reference.copy()
+    test[:, 1:] = np.round(reference[:, 1:] * 255) / 255
+    assert _worst(reference, test, ())[1] == 0.0
+    # in log-odds it is a finite error: 1e-3 read as the clip (1e-4) is a tenfold change of
+    # odds, about 10 dB; the box row is exact
+    channel, db = _worst(reference, test, ((1, 3),))
+    assert channel == 1 and 5 < db < 15
+    # a present class whose probabilities move by 0.1 is a real error: in log-odds it is the
+    # worst row, far under 30 dB, though the box row (pixels) beside it is exact
+    moved = reference.copy()
+    moved[:, 2] = np.clip(reference[:, 2] + 0.1 * noise[:, 2], 0, 1)
+    assert _worst(reference, moved, ((1, 3),))[0] == 2
+    assert _worst(reference, moved, ((1, 3),))[1] < 20
+    # the absent class pushed to 0.3 on a few anchors (a false detection at a 0.25 threshold)
+    # is caught: that row's log-odds figure falls under 20 dB
+    false = reference.copy()
+    false[:, 1, :3] = 0.3
+    assert _worst(reference, false, ((1, 3),))[0] == 1
+    assert _worst(reference, false, ((1, 3),))[1] < 20
