@@ -28,7 +28,7 @@ from app.cli_options import (
 )
 from app.cli_output import JobProgress, job_line, jobs_table, result_table
 from qaas.config import DEFAULT_URL
-from qaas.types import JOB_STATUSES
+from qaas.statuses import JOB_STATUSES
 
 if TYPE_CHECKING:
     import qaas

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
         WaitTimeout,
     )
     from qaas.resources import Dataset, Job, Model
-    from qaas.types import JOB_STATUSES, TERMINAL
+    from qaas.statuses import JOB_STATUSES, TERMINAL
 
 _HOMES = {
     "Client": "qaas.client",
@@ -53,7 +53,7 @@ _HOMES = {
         "qaas.errors",
     ),
     **dict.fromkeys(["Dataset", "Job", "Model"], "qaas.resources"),
-    **dict.fromkeys(["JOB_STATUSES", "TERMINAL"], "qaas.types"),
+    **dict.fromkeys(["JOB_STATUSES", "TERMINAL"], "qaas.statuses"),
 }
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL = ("succeeded", "failed", "cancelled")
+from qaas.statuses import JOB_STATUSES as JOB_STATUSES
+from qaas.statuses import TERMINAL as TERMINAL
 
 
 class JobError(BaseModel):

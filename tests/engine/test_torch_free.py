@@ -19,9 +19,11 @@ from qaas_engine.graph.kernels import TORCH_KERNEL_OPS
 from qaas_engine.graph.lazy import LazyExecutor, materialized
 from qaas_engine.graph.registry import OP_REGISTRY
 
-# modules a local quantize never needs: the SDK's HTTP client (the CLI's parser reads only
-# qaas.config and qaas.types) and ONNX's reference evaluator (for ops without a torch kernel)
-UNNEEDED = ("httpx", "qaas.client", "onnx.reference")
+# modules a local quantize never needs: the SDK's HTTP client and its typed response bodies
+# (the CLI's parser reads only qaas.config and qaas.statuses; building qaas.types' pydantic
+# models cost every job about 75 ms) and ONNX's reference evaluator (for ops without a torch
+# kernel)
+UNNEEDED = ("httpx", "qaas.client", "qaas.types", "onnx.reference")
 QUANTIZE_AND_LIST_MODULES = f"""
 import json, sys
 from app.cli import main
