@@ -133,8 +133,12 @@ def _fidelity(reference: np.ndarray, test: np.ndarray) -> str:
 
 
 def bench(name: str, model: Path, calibration: Path, held_out: np.ndarray, batch: int,
-          input_name: str, rounds: int, tmp: Path) -> None:  # fmt: skip
+          input_name: str, rounds: int, tmp: Path,
+          baseline: Path | None = None) -> None:  # fmt: skip
     paths = {"float": model, **_quantize(model, calibration, batch, tmp / name)}
+    earlier = None if baseline is None else baseline / name / "qaas-vnni" / "model.quant.onnx"
+    if earlier is not None and earlier.exists():
+        paths["qaas vnni baseline"] = earlier
     sessions = {label: _session(path) for label, path in paths.items()}
     print(f"\n{name}")
     results = {}
@@ -251,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         "--baseline",
         type=Path,
         default=None,
-        help="--catalog: a folder an earlier --keep run wrote; its qaas artifacts are timed "
-        "beside this checkout's, in the same rounds (before/after a change)",
+        help="a folder an earlier --keep run wrote; its qaas artifacts (T1: the vnni one) are "
+        "timed beside this checkout's, in the same rounds (before/after a change)",
     )
     parser.add_argument(
         "--clock",
@@ -284,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             held_out = data[input_name][:64]
         t1 = examples / "digits_mobilenetv2.onnx"
         calibration = examples / "digits_calibration.npz"
-        bench("T1 digits_mobilenetv2", t1, calibration, held_out, 32, input_name, args.rounds, tmp)
+        bench("T1 digits_mobilenetv2", t1, calibration, held_out, 32, input_name, args.rounds,
+              tmp, args.baseline)  # fmt: skip
         if args.real:
             for model in fetch_rapidocr():
                 images = document_images(48, model.sample_shape, seed=0)

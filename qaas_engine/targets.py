@@ -204,7 +204,9 @@ class KernelChoice:
             "activation is float written as its dequantized float values (ORT would dequantize "
             "it on every run and run the Gemm unpacked; the file holds it at 32 bits); the same "
             "for a Gemm/Conv in a Q/DQ group ORT runs float (a 16-bit activation, or a Conv "
-            "output read in float), with a Gemm's bias as float [1, N]",
+            "output read in float), with a Gemm's bias as float [1, N]; an 8-bit 3x3 conv over "
+            "one input channel as a depthwise conv over the input's integers tiled to its "
+            "channels (ORT's depthwise int8 kernel instead of a GEMM 9 deep)",
         }
 
     def _scaled_reads(self) -> dict[str, object]:

@@ -26,6 +26,7 @@ from qaas_engine.export.runtime_forms import (
     static_shapes,
     tiled_slope,
 )
+from qaas_engine.export.single_channel_conv import single_channel_depthwise
 from qaas_engine.quant.encoding import Encoding
 from qaas_engine.quant.sim import QuantSim
 from qaas_engine.targets import choose_kernels, target_rules
@@ -313,7 +314,8 @@ def export_qdq(
     (:mod:`qaas_engine.export.runtime_forms`): the per-channel slope of a PRelu on an 8-bit
     activation tiled along the last axis; a Reshape/Flatten of a pooled ``[N, C, 1, 1]`` tensor
     reads it channels-last; the int8 weight of a Gemm whose activation is float is written as
-    its dequantized float values. None: as ``quantize_scalar_operands`` (both are
+    its dequantized float values; an 8-bit conv over one input channel runs as a depthwise conv
+    over its tiled input. None: as ``quantize_scalar_operands`` (both are
     the forms of a target run here), so every caller exporting for ``onnxruntime-cpu`` (the
     rules' and auto's measurements) writes the graph the pipeline writes, and the evaluation
     can reuse their runs of it (``simulated_runs.graph_digest``).
@@ -451,6 +453,7 @@ def export_qdq(
     del graph.value_info[:]
     if runtime_forms:
         float_weight_only(out)
+        single_channel_depthwise(out, shapes)
     if builder.uses_ms_domain and not any(o.domain == MS_DOMAIN for o in out.opset_import):
         out.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     out.producer_name = "qaas"

@@ -20,6 +20,7 @@ CHANNELS_FIRST_TO_LAST = (0, 2, 3, 1)
 Dim = int | str  # a size, or a symbolic one's name ("" where nothing is known)
 TILED_SLOPE = "_tiled_slope"  # suffix of a PRelu's tiled slope (see tiled_slope)
 CHANNELS_LAST = "_channels_last"  # suffix of a pooled tensor read channels-last
+TILED_CHANNELS = "_tiled_channels"  # infix of a one-channel input tiled for a depthwise conv
 
 
 def tiled_slope(slope: np.ndarray, shape: list[Dim] | None) -> np.ndarray | None:
@@ -123,8 +124,9 @@ def channels_last_transpose(source: str, flattened: bool) -> list[onnx.NodeProto
 
 def applied_forms(qdq: onnx.ModelProto) -> dict[str, list[str]]:
     """What the export wrote in these forms, by the names it gave them: the PRelus whose slope
-    it tiled, the tensors it read channels-last and the Gemms whose weight it wrote float
-    (:func:`float_weight_only`), for the report."""
+    it tiled, the tensors it read channels-last, the Gemms whose weight it wrote float
+    (:func:`float_weight_only`) and the one-channel convs it runs depthwise
+    (:mod:`qaas_engine.export.single_channel_conv`), for the report."""
     initializers = {init.name for init in qdq.graph.initializer}
     tiled = [
         node.name or node.output[0]
@@ -157,6 +159,19 @@ def applied_forms(qdq: onnx.ModelProto) -> dict[str, list[str]]:
         for node in float_weights
         if node.input[1].endswith(UNFUSED + FLOAT_WEIGHT)
     ]
+    tiles = {node.output[0] for node in qdq.graph.node if node.op_type == "Tile"}
+    tiled_reads = {
+        node.output[0]
+        for node in qdq.graph.node
+        if node.op_type == "DequantizeLinear"
+        and TILED_CHANNELS in node.input[0]
+        and node.input[0] in tiles
+    }
+    depthwise = [
+        node.name or node.output[0]
+        for node in qdq.graph.node
+        if node.op_type == "Conv" and node.input[0] in tiled_reads
+    ]
     return {
         name: found
         for name, found in (
@@ -164,6 +179,7 @@ def applied_forms(qdq: onnx.ModelProto) -> dict[str, list[str]]:
             ("channels_last_reads", channels_last),
             ("float_weights_of_weight_only_gemms", weight_only),
             ("float_weights_of_unfused_groups", unfused),
+            ("single_channel_convs_run_depthwise", depthwise),
         )
         if found
     }
