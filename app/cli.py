@@ -54,11 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from qaas_engine import job
+    from qaas_engine.allocator import keep_freed_memory
     from qaas_engine.sessions import set_thread_count
 
     if args.threads is not None and args.threads < 1:
         raise CliError(f"--threads must be at least 1, not {args.threads}")
     set_thread_count(args.threads)
+    keep_freed_memory()  # this process ends with its job (the worker keeps glibc's defaults)
     spec = with_qat_epochs(spec_from_args(args), args)
     saved = job.run(
         args.model,
