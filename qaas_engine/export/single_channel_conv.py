@@ -8,10 +8,12 @@ integer sum (channel c reads its own copy of the one input channel), so the grid
 and the simulation are unchanged, and ORT's depthwise int8 kernel runs it.
 
 Chosen by shape only (:data:`DEPTHWISE_WINS`), from a lone-conv micro-benchmark of both forms in
-ORT 1.32 on an AVX-512 VNNI CPU: 3x3 kernels at stride 1 with C a multiple of 16 and at most
-64 Ki outputs a sample were faster tiled (the bundled example's entry conv: the artifact 1.43x
--> 1.51x float at batch 32); 12, 24 or 40 channels, 5x5 and 7x7 kernels, and larger maps (the
-Tile's copy then costs more than the GEMM's waste) measured slower.
+ORT 1.32 on an AVX-512 VNNI CPU: 3x3 kernels at stride 1 with C a multiple of 16, or C = 8,
+and at most 64 Ki outputs a sample were faster tiled (the bundled example's entry conv: the
+artifact 1.43x -> 1.51x float at batch 32; 8 channels 1.11-1.13x at batch 1 and 1.27-1.28x at
+batch 32 on 16x16 and 28x28 maps); 12, 24 or 40 channels, 5x5 and 7x7 kernels, and larger maps
+(32 channels at 64x64: 0.90-0.93x at batch 32; the Tile's copy then costs more than the GEMM's
+waste) measured slower.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def depthwise_wins(weight_shape: tuple[int, ...], output_shape: list[Dim] | None
     if len(weight_shape) != 4 or weight_shape[1] != 1 or tuple(weight_shape[2:]) != (3, 3):
         return False
     channels = weight_shape[0]
-    if channels % 16 or output_shape is None or len(output_shape) != 4:
+    if (channels % 16 and channels != 8) or output_shape is None or len(output_shape) != 4:
         return False
     height, width = output_shape[2], output_shape[3]
     if not isinstance(height, int) or not isinstance(width, int):
