@@ -7,7 +7,7 @@ channels and running the same weight with ``group=C`` computes each output chann
 integer sum (channel c reads its own copy of the one input channel), so the grids, the values
 and the simulation are unchanged, and ORT's depthwise int8 kernel runs it.
 
-Chosen by shape only (:data:`DEPTHWISE_WINS`), from a lone-conv micro-benchmark of both forms in
+Chosen by shape only (:func:`depthwise_wins`), from a lone-conv micro-benchmark of both forms in
 ORT 1.32 on an AVX-512 VNNI CPU: 3x3 kernels at stride 1 with C a multiple of 16, or C = 8,
 and at most 64 Ki outputs a sample were faster tiled (the bundled example's entry conv: the
 artifact 1.43x -> 1.51x float at batch 32; 8 channels 1.11-1.13x at batch 1 and 1.27-1.28x at
