@@ -41,10 +41,10 @@ def depthwise_wins(weight_shape: tuple[int, ...], output_shape: list[Dim] | None
 
 
 def single_channel_depthwise(qdq: onnx.ModelProto, shapes: Mapping[str, list[Dim]]) -> list[str]:
-    """In place: each 8-bit Conv over one input channel that :func:`depthwise_wins` rewritten
-    as Tile of its input's integers -> DequantizeLinear -> the same Conv with ``group=C``; the
-    convs changed, by name. ``shapes``: the float model's static shapes (the Conv keeps its
-    output's name)."""
+    """In place: each 8-bit Conv over one input channel that :func:`depthwise_wins` admits,
+    rewritten as Tile of its input's integers -> DequantizeLinear -> the same Conv with
+    ``group=C``; the convs changed, by name. ``shapes``: the float model's static shapes (the
+    Conv keeps its output's name)."""
     graph = qdq.graph
     initializers = {init.name: init for init in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
