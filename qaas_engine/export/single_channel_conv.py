@@ -99,24 +99,26 @@ def single_channel_depthwise(qdq: onnx.ModelProto, shapes: Mapping[str, list[Dim
         if not into_eight_bit_quantize(conv):
             continue
         channels = int(integers.dims[0])
-        tiled = f"{source.input[0]}{TILED_CHANNELS}{channels}"
+        # named like the export's other integer tensors: "<tensor>_quantized"
+        stem = f"{source.input[0].removesuffix('_quantized')}{TILED_CHANNELS}{channels}"
+        tiled = f"{stem}_quantized"
         if tiled not in producer:
             repeats = helper.make_tensor(
-                f"{tiled}_repeats", onnx.TensorProto.INT64, [4], [1, channels, 1, 1]
+                f"{stem}_repeats", onnx.TensorProto.INT64, [4], [1, channels, 1, 1]
             )
             graph.initializer.append(repeats)
             dequantized = helper.make_node(
                 "DequantizeLinear",
                 [tiled, *source.input[1:]],
-                [f"{tiled}_dequantized"],
-                name=f"{tiled}_DequantizeLinear",
+                [f"{stem}_dequantized"],
+                name=f"{stem}_DequantizeLinear",
             )
             tile = helper.make_node(
-                "Tile", [source.input[0], repeats.name], [tiled], name=f"{tiled}_Tile"
+                "Tile", [source.input[0], repeats.name], [tiled], name=f"{stem}_Tile"
             )
             inserted[position] = [tile, dequantized]
             producer[tiled] = tile
-        conv.input[0] = f"{tiled}_dequantized"
+        conv.input[0] = f"{stem}_dequantized"
         sources.append(source)
         del conv.attribute[:]
         for name, value in {**attributes, "group": channels}.items():
