@@ -9,9 +9,9 @@ and the simulation are unchanged, and ORT's depthwise int8 kernel runs it.
 
 Chosen by shape only (:func:`depthwise_wins`), from a lone-conv micro-benchmark of both forms in
 ORT 1.32 on an AVX-512 VNNI CPU: 3x3 kernels at stride 1 with C a multiple of 16, or C = 8,
-and at most 64 Ki outputs a sample were faster tiled (the bundled example's entry conv: the
-artifact 1.43x -> 1.51x float at batch 32; 8 channels 1.11-1.13x at batch 1 and 1.27-1.28x at
-batch 32 on 16x16 and 28x28 maps); 12, 24 or 40 channels, 5x5 and 7x7 kernels, and larger maps
+and at most 64 Ki outputs a sample were faster tiled (8 channels 1.11-1.13x at batch 1 and
+1.27-1.28x at batch 32 on 16x16 and 28x28 maps; the bundled example's artifact went 1.45x ->
+1.53x float at batch 32, same run); 12, 24 or 40 channels, 5x5 and 7x7 kernels, and larger maps
 (32 channels at 64x64: 0.90-0.93x at batch 32; the Tile's copy then costs more than the GEMM's
 waste) measured slower.
 """
@@ -25,6 +25,8 @@ import onnx
 from onnx import helper
 
 from qaas_engine.export.runtime_forms import FOLDED_ACTIVATIONS, TILED_CHANNELS, Dim
+
+EIGHT_BIT = frozenset({onnx.TensorProto.UINT8, onnx.TensorProto.INT8})
 
 
 def depthwise_wins(weight_shape: tuple[int, ...], output_shape: list[Dim] | None) -> bool:
@@ -61,8 +63,7 @@ def single_channel_depthwise(qdq: onnx.ModelProto, shapes: Mapping[str, list[Dim
         scale = initializers.get(node.input[1])
         if zero is None or scale is None or int(np.prod(scale.dims)) != 1:
             return None
-        eight = zero.data_type in (onnx.TensorProto.UINT8, onnx.TensorProto.INT8)
-        return node if eight else None
+        return node if zero.data_type in EIGHT_BIT else None
 
     def into_eight_bit_quantize(conv: onnx.NodeProto) -> bool:
         """Conv (-> Relu/Clip) -> one 8-bit QuantizeLinear: a group ORT fuses."""
@@ -72,10 +73,7 @@ def single_channel_depthwise(qdq: onnx.ModelProto, shapes: Mapping[str, list[Dim
         if len(users) != 1 or users[0].op_type != "QuantizeLinear" or len(users[0].input) < 3:
             return False
         zero = initializers.get(users[0].input[2])
-        return zero is not None and zero.data_type in (
-            onnx.TensorProto.UINT8,
-            onnx.TensorProto.INT8,
-        )
+        return zero is not None and zero.data_type in EIGHT_BIT
 
     changed: list[str] = []
     sources: list[onnx.NodeProto] = []  # DequantizeLinears a conv no longer reads
