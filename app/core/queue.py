@@ -51,6 +51,9 @@ def broker_options(settings: Settings) -> dict[str, Any]:
             data_folder_in=str(folder / "queue"),
             data_folder_out=str(folder / "queue"),
             processed_folder=str(folder / "processed"),
+            # fanout exchanges' bindings (Celery's remote control); kombu's default is a
+            # "control" folder in whatever directory the process started in
+            control_folder=str(folder / "control"),
             store_processed=False,
             polling_interval=0.5,
         )
@@ -60,7 +63,7 @@ def broker_options(settings: Settings) -> dict[str, Any]:
 def ensure_broker_folders(settings: Settings) -> None:
     """The filesystem broker's folders; made by whoever sends or consumes, not at import."""
     if settings.celery_broker_url.startswith("filesystem"):
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (settings.broker_folder / sub).mkdir(parents=True, exist_ok=True)
 
 
