@@ -354,25 +354,30 @@ def calibration_histograms(state: PipelineState, sim: QuantSim, skip: int = 0) -
                 value = values.get(name)
                 if value is not None and np.issubdtype(np.asarray(value).dtype, np.floating):
                     flat = np.asarray(value).reshape(-1)
-                    extremes = _finite_extremes(flat)
+                    extremes, every_finite = _finite_extremes(flat)
                     if extremes is not None:
                         low[name] = min(low[name], extremes[0])
                         high[name] = max(high[name], extremes[1])
-                    observer.observe(_even_sample(flat, HISTOGRAM_VALUES * count, rng))
+                    # the whole tensor's extremes bound its sample's: no second read of them
+                    observer.observe(
+                        _even_sample(flat, HISTOGRAM_VALUES * count, rng),
+                        extremes if every_finite else None,
+                    )
     return RangeEvidence(observers, low, high, total - skip, skip > 0)
 
 
-def _finite_extremes(flat: np.ndarray) -> tuple[float, float] | None:
-    """The smallest and largest finite values (None where there are none). Both extremes of
-    the whole tensor first, two reads and no copy: where they are finite, so is every value,
-    and they are the answer; only a tensor with inf or NaN pays for the finite copy."""
+def _finite_extremes(flat: np.ndarray) -> tuple[tuple[float, float] | None, bool]:
+    """The smallest and largest finite values (None where there are none), and whether every
+    value is finite. Both extremes of the whole tensor first, two reads and no copy: where they
+    are finite, so is every value, and they are the answer; only a tensor with inf or NaN pays
+    for the finite copy."""
     if flat.size == 0:
-        return None
+        return None, True
     smallest, largest = float(flat.min()), float(flat.max())
     if math.isfinite(smallest) and math.isfinite(largest):
-        return smallest, largest
+        return (smallest, largest), True
     finite = flat[np.isfinite(flat)]
-    return (float(finite.min()), float(finite.max())) if finite.size else None
+    return ((float(finite.min()), float(finite.max())) if finite.size else None), False
 
 
 def _even_sample(values: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:

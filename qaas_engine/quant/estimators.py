@@ -67,15 +67,47 @@ def _histogram_mse(
     """Expected MSE per candidate: step^2/12 for the mass inside, squared clipping outside.
 
     Bins are wider than the grid step for narrow candidates, so quantizing bin centres would
-    misjudge the rounding error; the uniform-noise model does not.
+    misjudge the rounding error; the uniform-noise model does not. Each candidate's clipped
+    tails come from running sums over the sorted bins (O(bins + candidates), not their
+    product: a real model's activations spent 0.35 s here), expanded about the histogram's own
+    end on each side, so the tails' squared distances lose nothing to cancellation that the
+    rounding term would notice.
     """
     encoding = Encoding.from_range(scheme, lows, highs)
-    step = encoding.scale.astype(np.float64)[:, None]
-    low, high = encoding.low.astype(np.float64)[:, None], encoding.high.astype(np.float64)[:, None]
-    clipped = np.clip(centers[None, :], low, high)
-    inside = (centers[None, :] >= low) & (centers[None, :] <= high)
-    error = np.where(inside, step**2 / 12.0, (centers[None, :] - clipped) ** 2)
-    return (error * counts[None, :]).sum(axis=1)
+    step = encoding.scale.astype(np.float64)
+    low, high = encoding.low.astype(np.float64), encoding.high.astype(np.float64)
+    weights = counts.astype(np.float64)
+    # bins whose centre lies in [low, high] are inside; below: [0, first); above: [end, bins)
+    first = np.searchsorted(centers, low, side="left")
+    end = np.maximum(np.searchsorted(centers, high, side="right"), first)
+    mass = np.concatenate([[0.0], np.cumsum(weights)])
+    inside = mass[end] - mass[first]
+    above = _tail_error(centers, weights, high, end, above=True)
+    below = _tail_error(centers, weights, low, first, above=False)
+    return inside * step**2 / 12.0 + above + below
+
+
+def _tail_error(
+    centers: np.ndarray, weights: np.ndarray, bounds: np.ndarray, cut: np.ndarray, *, above: bool
+) -> np.ndarray:
+    """Sum of ``weights * (centre - bound)^2`` over the bins past each candidate's ``cut``
+    (from ``cut`` up when ``above``, below it otherwise), from three running sums taken from
+    that end inward: sum(w (u - v)^2) with u = centre - end and v = bound - end."""
+    if above:
+        origin = centers[-1]
+        u = centers[::-1] - origin
+        taken = len(centers) - cut  # bins in the tail, counted from the top
+    else:
+        origin = centers[0]
+        u = centers - origin
+        taken = cut
+    w = weights[::-1] if above else weights
+    zero = np.zeros(1)
+    s0 = np.concatenate([zero, np.cumsum(w)])[taken]
+    s1 = np.concatenate([zero, np.cumsum(w * u)])[taken]
+    s2 = np.concatenate([zero, np.cumsum(w * u * u)])[taken]
+    v = bounds - origin
+    return np.maximum(s2 - 2.0 * v * s1 + v * v * s0, 0.0)
 
 
 def _candidate_ranges(low: float, high: float, scheme: QuantScheme) -> tuple[np.ndarray, ...]:

@@ -62,7 +62,10 @@ class HistogramObserver:
         self.low, self.high, self.bins = float(low), float(high), bins
         self.counts = np.zeros(bins, dtype=np.float64)
 
-    def observe(self, x: Any) -> None:
+    def observe(self, x: Any, extremes: tuple[float, float] | None = None) -> None:
+        """Count ``x``'s finite values, clamped into the range. ``extremes``: the smallest and
+        largest value of ``x`` or of a tensor ``x`` was sampled from, where the caller has
+        them already (the rules' pass reads each whole tensor's): no second read of ``x``."""
         values = as_array(x).reshape(-1)
         if values.size == 0:
             return
@@ -70,7 +73,7 @@ class HistogramObserver:
         # [low, high], as they are wherever the range came from these very tensors' min/max,
         # no value is non-finite and the clamp below changes none, so both are skipped (a
         # float32 v >= low is >= low rounded to float32 too: rounding is monotonic)
-        smallest, largest = float(values.min()), float(values.max())
+        smallest, largest = extremes or (float(values.min()), float(values.max()))
         inside = math.isfinite(smallest) and math.isfinite(largest)
         if inside and self.low <= smallest and largest <= self.high:
             self._bin(values - self.low)
@@ -88,12 +91,15 @@ class HistogramObserver:
         self._bin(scaled)
 
     def _bin(self, scaled: np.ndarray) -> None:
-        """Count ``v - low`` (``scaled``, overwritten) into the bins, the top edge in the last."""
+        """Count ``v - low`` (``scaled``, overwritten) into the bins, the top edge in the last.
+        A value at the top edge (or rounded up to it) lands one past the last bin, and is
+        folded into it after counting, not clamped value by value."""
         width = (self.high - self.low) / self.bins
         scaled /= width
-        index = scaled.astype(np.int64)
-        np.minimum(index, self.bins - 1, out=index)
-        self.counts += np.bincount(index, minlength=self.bins)[: self.bins]
+        counted = np.bincount(scaled.astype(np.intp), minlength=self.bins)
+        self.counts += counted[: self.bins]
+        if counted.size > self.bins:
+            self.counts[-1] += counted[self.bins :].sum()
 
     @property
     def bin_centers(self) -> np.ndarray:

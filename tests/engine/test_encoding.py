@@ -169,3 +169,58 @@ def test_histogram_in_range_path_bins_as_the_clamped_one(dtype):
     hist.observe(with_nan)
     finite = with_nan[np.isfinite(with_nan)]
     np.testing.assert_array_equal(hist.counts, _clamped_counts(finite, hist.low, hist.high, 2048))
+
+
+def test_histogram_given_the_whole_tensors_extremes_bins_its_sample_the_same():
+    """The rules' pass hands the observer the extremes of the tensor it sampled: the counts
+    are those of the sample binned on its own, edges and values outside the range included."""
+    rng = np.random.default_rng(5)
+    whole = (rng.standard_normal(40_000) * 2).astype(np.float32)
+    sample = whole[3::7]
+    extremes = (float(whole.min()), float(whole.max()))
+    for low, high in [extremes, (extremes[0] + 0.5, extremes[1] - 0.5), (-1.0, 1.0)]:
+        given, alone = HistogramObserver(low, high), HistogramObserver(low, high)
+        given.observe(sample, extremes)
+        alone.observe(sample)
+        np.testing.assert_array_equal(given.counts, alone.counts)
+        assert given.counts.sum() == sample.size
+
+
+def _direct_histogram_mse(centers, counts, scheme, lows, highs):
+    """Every candidate against every bin: the definition the running sums must agree with."""
+    encoding = Encoding.from_range(scheme, lows, highs)
+    step = encoding.scale.astype(np.float64)[:, None]
+    low, high = encoding.low[:, None], encoding.high[:, None]
+    inside = (centers[None, :] >= low) & (centers[None, :] <= high)
+    clipped = np.clip(centers[None, :], low, high)
+    error = np.where(inside, step**2 / 12.0, (centers[None, :] - clipped) ** 2)
+    return (error * counts[None, :]).sum(axis=1)
+
+
+@pytest.mark.parametrize(
+    "scheme",
+    [QuantScheme(8, False, False), QuantScheme(8, True, True), QuantScheme(16, False, False)],
+)
+def test_histogram_mse_running_sums_match_every_bin_summed(scheme):
+    """The MSE search prices each candidate from running sums; it must pick what summing every
+    bin picks, on skewed, shifted and outlier-stretched tensors."""
+    from qaas_engine.quant.estimators import _candidate_ranges, _histogram_mse
+
+    rng = np.random.default_rng(7)
+    tensors = [
+        np.maximum(rng.standard_normal(30_000), 0) * 6,
+        rng.standard_normal(30_000) * 2 + 1.5,
+        np.concatenate([rng.standard_normal(30_000), rng.uniform(-90, 90, 5)]),
+        rng.exponential(1.0, 30_000) - 0.3,
+    ]
+    for values in tensors:
+        values = values.astype(np.float32)
+        if scheme.symmetric and values.min() < 0 and not scheme.signed:
+            continue
+        hist = HistogramObserver(float(values.min()), float(values.max()))
+        hist.observe(values)
+        lows, highs = _candidate_ranges(hist.low, hist.high, scheme)
+        fast = _histogram_mse(hist.bin_centers, hist.counts, scheme, lows, highs)
+        direct = _direct_histogram_mse(hist.bin_centers, hist.counts, scheme, lows, highs)
+        np.testing.assert_allclose(fast, direct, rtol=1e-9)
+        assert int(np.argmin(fast)) == int(np.argmin(direct))
