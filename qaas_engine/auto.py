@@ -419,7 +419,11 @@ class Climb:
             ) + f", the rest as in '{start.rung.name}'"
             begin = time.perf_counter()
             config = build(state, sim, kind, pool[:k])
-            rung = Rung(name, start.rung.pipeline, summary)
+            pipeline = start.rung.pipeline
+            if config.bias_correction_undone:
+                pipeline = tuple(step for step in pipeline if step != "bias_correction")
+                summary += f"; without the bias correction of '{origin}' (offsets for its grids)"
+            rung = Rung(name, pipeline, summary)
             seconds = time.perf_counter() - begin
             attempt = self._measure(rung, state, config.sim, config.qdq, seconds, start.timer)
             changed = set(config.tensors)
