@@ -87,9 +87,16 @@ def test_other_targets_keep_the_weight_quantized(tmp_path):
 
 
 def test_dequantized_values_are_what_onnx_runtime_computes():
-    """Per channel along axis 0 and per tensor, int8 and uint8: the same float32 bits."""
+    """Per channel along axis 0 and per tensor, 8, 16 and 32-bit integers (centred in float32
+    up to 16 bits, in int32 beyond): the same float32 bits."""
     rng = np.random.default_rng(3)
-    for dtype, low, high in ((np.int8, -127, 128), (np.uint8, 0, 256)):
+    for dtype, low, high in (
+        (np.int8, -127, 128),
+        (np.uint8, 0, 256),
+        (np.int16, -32768, 32768),
+        (np.uint16, 0, 65536),
+        (np.int32, -(2**31), 2**31 - 1),
+    ):
         q = rng.integers(low, high, (5, 7)).astype(dtype)
         for scale, zero, axis in (
             (rng.random(5).astype(np.float32) / 7, rng.integers(0, 9, 5).astype(dtype), 0),
