@@ -503,7 +503,7 @@ def sensitive_tensors(
     # ranked together give a second set, measured against the first where they differ
     summed, cost = _stream_ranking(state, sim, measured, estimate, pricing, budget, cost)
     other = _most_noise(summed, spec.min_sqnr_db) if summed is not None else []
-    if not chosen and other:
+    if not chosen and other and summed is not None:
         estimate, chosen, other = summed, other, []
     if not chosen:
         return [

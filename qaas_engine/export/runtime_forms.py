@@ -218,9 +218,9 @@ def dequantized_values(
         scale, zero = scale.reshape(shape), zero.reshape(shape)
     if not exact:
         return ((integers.astype(np.int32) - zero).astype(np.float32) * scale).astype(np.float32)
-    values = integers.astype(np.float32)
-    values -= zero
-    values *= scale
+    values: np.ndarray = integers.astype(np.float32)
+    np.subtract(values, zero, out=values)
+    np.multiply(values, scale, out=values)
     return values
 
 
