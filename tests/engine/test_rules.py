@@ -342,3 +342,35 @@ def test_a_stream_is_priced_on_more_than_its_first_chunk(tmp_path):
     assert "gated" in kept, lines
     after, before = (r["metrics"]["onnxruntime"]["sqnr_db"] for r in (ruled, strict))
     assert after > before + 10
+
+
+def test_the_histogram_pass_reads_a_capped_sample_spread_over_the_data(tmp_path, monkeypatch):
+    """Past ``HISTOGRAM_SAMPLES`` the rules' histogram pass reads every k-th batch after the
+    probe's samples (the last part of an ordered set too); at or under it, every sample."""
+    from qaas_engine import rules
+    from qaas_engine.tapped import TappedModel
+    from tests.support.strict_sims import Branchy
+
+    state, sim, _ = strict_sim(Branchy, tmp_path, (1, 1, 12, 12), 40)
+    state.spec = state.spec.model_copy(update={"batch_size": 2})
+    whole = rules.calibration_histograms(state, sim, skip=8)
+    assert whole.samples == 32 and whole.apart
+    read: list[float] = []
+    run = TappedModel.run
+
+    def recording(self, feeds):
+        read.append(float(np.asarray(feeds["input"])[0].sum()))  # which batch, by its values
+        return run(self, feeds)
+
+    monkeypatch.setattr(TappedModel, "run", recording)
+    monkeypatch.setattr(rules, "HISTOGRAM_SAMPLES", 8)
+    capped = rules.calibration_histograms(state, sim, skip=8)
+    # 16 batches of 2 past the probe, every 4th: batches 0, 4, 8 and 12 of them
+    values = np.load(tmp_path / "c.npz")["input"]
+    expected = [float(values[8 + 2 * i].sum()) for i in (0, 4, 8, 12)]
+    np.testing.assert_allclose(read, expected, rtol=1e-6)
+    assert capped.samples == 8
+    assert all(hist.counts.sum() > 0 for hist in capped.histograms.values())
+    assert sum(h.counts.sum() for h in capped.histograms.values()) < sum(
+        h.counts.sum() for h in whole.histograms.values()
+    )
