@@ -540,7 +540,7 @@ def sensitive_tensors(
             )
             estimate, chosen, after = summed, other, after_other
         else:
-            _measured_promotion(state, sim, measured, chosen, saved, measure=False)
+            _promoted(sim, chosen, saved)
     if after < before + MIN_MEASURED_GAIN_DB and after < spec.min_sqnr_db:
         _set_activations(sim, saved)
         return [
@@ -695,21 +695,24 @@ def _fewest_sixteen_bit(
     )
 
 
+def _promoted(sim: QuantSim, chosen: Sequence[str], saved: dict[str, Encoding]) -> None:
+    """``chosen`` on 16-bit grids in ``sim``, every other activation as ``saved`` has it."""
+    _set_activations(sim, saved)
+    for name in chosen:
+        _promote(sim, name)
+    sim.derive_bias_encodings()
+
+
 def _measured_promotion(
     state: PipelineState,
     sim: QuantSim,
     measured: Probe,
     chosen: Sequence[str],
     saved: dict[str, Encoding],
-    measure: bool = True,
 ) -> float:
-    """``chosen`` on 16-bit grids in ``sim`` (every other activation as ``saved`` has it), and
-    the output SQNR measured so (NaN where ``measure`` is False)."""
-    _set_activations(sim, saved)
-    for name in chosen:
-        _promote(sim, name)
-    sim.derive_bias_encodings()
-    return measured.sqnr_db(state.model, sim) if measure else float("nan")
+    """``chosen`` promoted (:func:`_promoted`), and the output SQNR measured so."""
+    _promoted(sim, chosen, saved)
+    return measured.sqnr_db(state.model, sim)
 
 
 def _stream_ranking(
