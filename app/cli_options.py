@@ -121,6 +121,13 @@ def add_quantize_options(parser: argparse.ArgumentParser, *, model_optional: boo
         "whose samples cost over 10^10/64 multiply-accumulates each, at least 8)",
     )
     parser.add_argument(
+        "--simulation-samples",
+        metavar="N|all",
+        help="the simulation (the exported graph with ONNX Runtime's integer kernels emulated "
+        "op by op) is checked against the deployed graph on the first N of the samples "
+        "measured, or all (default: 16; it costs 5-10x the deployed graph a sample)",
+    )
+    parser.add_argument(
         "--adaround-iterations",
         type=int,
         default=1000,
@@ -129,16 +136,17 @@ def add_quantize_options(parser: argparse.ArgumentParser, *, model_optional: boo
     )
 
 
-def _evaluation_samples(text: str | None) -> dict[str, int | None]:
-    """The spec field for ``--evaluation-samples``; none when not given (the spec's default)."""
+def _sample_count(text: str | None, field: str, flag: str) -> dict[str, int | str]:
+    """The spec field for a ``--*-samples N|all`` flag; none when not given (the spec's
+    default)."""
     if text is None:
         return {}
     if text.strip().lower() == "all":
-        return {"max_evaluation_samples": "all"}
+        return {field: "all"}
     try:
-        return {"max_evaluation_samples": int(text)}
+        return {field: int(text)}
     except ValueError:
-        raise CliError(f"--evaluation-samples takes a count or 'all', not {text!r}") from None
+        raise CliError(f"{flag} takes a count or 'all', not {text!r}") from None
 
 
 def _name_value_flags(
@@ -237,7 +245,12 @@ def spec_from_args(args: argparse.Namespace) -> QuantSpec:
             min_cosine=args.min_cosine,
             output_metrics=_output_metrics(args.metric),
             fixed_inputs=_fixed_inputs(args.fix_input),
-            **_evaluation_samples(args.evaluation_samples),
+            **_sample_count(
+                args.evaluation_samples, "max_evaluation_samples", "--evaluation-samples"
+            ),
+            **_sample_count(
+                args.simulation_samples, "max_simulation_samples", "--simulation-samples"
+            ),
             adaround_iterations=args.adaround_iterations,
             max_accuracy_drop=getattr(args, "max_accuracy_drop", None),
         )

@@ -347,7 +347,9 @@ class Climb:
         # a second draw as large as the validation set (at least what confirms a figure): the
         # cost of one more measurement, whatever the calibration set's size
         count = max(self.validation.data.num_samples, FIDELITY_MIN_SAMPLES)
-        metrics = evaluate(attempt.state, attempt.sim, attempt.qdq, data, max_samples=count)
+        metrics = evaluate(
+            attempt.state, attempt.sim, attempt.qdq, data, count, self.spec.simulation_limit()
+        )
         verdicts = judge_outputs(metrics, self.judged, self.spec)
         missed = {
             name: verdict["value"] for name, verdict in verdicts.items() if verdict["met"] is False
@@ -448,7 +450,7 @@ class Climb:
     ) -> Tried:
         validation = self.validation
         start = time.perf_counter()
-        metrics = evaluate(state, sim, qdq, validation.data)
+        metrics = evaluate(state, sim, qdq, validation.data, None, self.spec.simulation_limit())
         if validation.float_top1 is None and metrics["float"].get("top1") is not None:
             validation.float_top1 = metrics["float"]["top1"]
         runtime = metrics["onnxruntime"]

@@ -25,6 +25,7 @@ from qaas_engine.sessions import session
 from qaas_engine.simulated_runs import graph_digest
 from qaas_engine.state import PipelineState
 from qaas_engine.streams import StreamCarry, state_pairs
+from qaas_engine.tapped import samples
 from qaas_engine.tensors import batch_size, to_torch
 
 # An exact match has infinite SQNR; JSON has no infinity, so it is reported at this ceiling.
@@ -240,14 +241,21 @@ def evaluate(
     qdq: onnx.ModelProto,
     data: Dataset | None,
     max_samples: int | None = None,
+    simulated_samples: int | None = None,
 ) -> dict[str, Any]:
-    """Float, simulated and ONNX Runtime outputs side by side on the same batches.
+    """Float, simulated and ONNX Runtime outputs side by side on the same batches; the
+    simulation on the first ``simulated_samples`` of them only (None: all).
 
     All three run in ONNX Runtime: the float graph, the QDQ graph with the optimizer off (Q and
     DQ computed in float: the simulation, exactly as exported) and the QDQ graph as deployed.
     Where ORT cannot load the float graph, the torch executor computes it. When the torch
     executor exists anyway (a learning step or a fallback built it), the torch simulation is
     checked against the exported graph on the first batch (``torch_simulation_vs_export``).
+
+    The simulation runs the exported graph unfused, with ORT's integer kernels emulated in
+    float ops: 5-10x the deployed graph's time a sample. Every verdict (auto, the report's
+    accuracy) reads the deployed figures, so the simulation is a sampled check that it computes
+    what ORT computes (``simulation_vs_onnxruntime``), not a second measurement of accuracy.
     """
     if data is None:
         empty = {"top1": None, "sqnr_db": None, "top1_agreement": None, "cosine": None}
@@ -275,10 +283,13 @@ def evaluate(
             return None
         return runs.lookup(digest, index, feeds, optimized=optimized)
 
-    def simulate(index: int, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], bool]:
-        """The graph's outputs with the optimizer off; whether the rules' run gave them (not
-        where integer kernels are emulated: the rules ran the exported graph as it is)."""
-        ran = rules_outputs(index, feeds, optimized=False) if not simulation.changed else None
+    def simulate(index: int | None, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], bool]:
+        """The graph's outputs with the optimizer off; whether the rules' run of batch
+        ``index`` gave them (not where integer kernels are emulated: the rules ran the exported
+        graph as it is)."""
+        ran = None
+        if index is not None and not simulation.changed:
+            ran = rules_outputs(index, feeds, optimized=False)
         if ran is not None:
             return ran, True
         if not opened:
@@ -320,6 +331,8 @@ def evaluate(
     total = data.num_samples if max_samples is None else min(max_samples, data.num_samples)
     done = 0
     torch_check: dict[str, Any] | None = None
+    simulate_limit = total if simulated_samples is None else min(simulated_samples, total)
+    simulated_count = 0
     step = state.spec.batch_size
     if runs is not None and runs.batches and not data.one_at_a_time:
         # batches as the rules cut them, so their runs (float, and of this graph) match batch
@@ -341,41 +354,65 @@ def evaluate(
             from_rules += 1
         else:
             references = [np.asarray(value, dtype=np.float32) for value in float_run(feeds)]
+        count = 1 if data.one_at_a_time else batch_size(feeds)
         matched = carry.step(feeds) if carry is not None else []
-        own = carry.feeds("simulated", feeds, matched) if carry is not None else feeds
-        ran, known = simulate(index, own)
-        reused_simulation += known
-        simulated = [np.asarray(v, dtype=np.float32) for v in ran]
         own = carry.feeds("deployed", feeds, matched) if carry is not None else feeds
         ran, known_deployed = deploy(index, own)
         reused_deployed += known_deployed
         deployed = [np.asarray(v, dtype=np.float32) for v in ran]
+        for i, name in enumerate(outputs):
+            labelled = labels if i == 0 else None
+            meters[name]["float"].update(references[i], references[i], labelled)
+            meters[name]["onnxruntime"].update(references[i], deployed[i], labelled)
+        rows = _simulated_rows(count, simulate_limit - simulated_count, references + deployed)
+        if rows:
+            own = carry.feeds("simulated", feeds, matched) if carry is not None else feeds
+            if rows < count:
+                own = samples(own, 0, rows)
+                ran, known = simulate(None, own)  # a part of a batch: no run of the rules' kept
+            else:
+                ran, known = simulate(index, own)
+            reused_simulation += known
+            simulated = [np.asarray(v, dtype=np.float32) for v in ran]
+            if carry is not None:
+                carry.record("simulated", simulated)
+            for i, name in enumerate(outputs):
+                labelled = labels if i == 0 else None
+                if labelled is not None and rows < count:
+                    labelled = labelled[:rows]
+                reference, against = references[i], deployed[i]
+                if rows < count:
+                    reference, against = reference[:rows], against[:rows]
+                meters[name]["simulated"].update(reference, simulated[i], labelled)
+                meters[name]["gap"].update(simulated[i], against, None)
+            simulated_count += rows
+            if torch_check is None and getattr(sim.executor, "built", True):
+                torch_check = _torch_simulation_check(sim, own, output, simulated[0])
         if carry is not None:
             carry.record("float", references)
-            carry.record("simulated", simulated)
             carry.record("deployed", deployed)
-        for i, name in enumerate(outputs):
-            meter, labelled = meters[name], labels if i == 0 else None
-            meter["float"].update(references[i], references[i], labelled)
-            meter["simulated"].update(references[i], simulated[i], labelled)
-            meter["onnxruntime"].update(references[i], deployed[i], labelled)
-            meter["gap"].update(simulated[i], deployed[i], None)
-        if torch_check is None and getattr(sim.executor, "built", True):
-            torch_check = _torch_simulation_check(sim, feeds, output, simulated[0])
-        done += 1 if data.one_at_a_time else batch_size(feeds)
+        done += count
         state.progress("evaluation", min(1.0, done / max(total, 1)))
-    per_output = {name: _output_metrics(meters[name]) for name in outputs}
+    every = simulated_count == done
+    per_output = {name: _output_metrics(meters[name], every) for name in outputs}
     metrics = {
         **per_output[output],  # the first output's, as before: float, simulated, onnxruntime...
         "outputs": per_output,
         "output": output,
-        "samples": {"measured": done, "available": data.num_samples},
+        "samples": {"measured": done, "available": data.num_samples, "simulated": simulated_count},
         "engines": {
             "float": (built[0][1] if built else "onnxruntime")
             + (f", {reused} batches kept from calibration" if reused else "")
             + (f", {from_rules} batches kept from the rules' probe" if from_rules else ""),
             "simulated": "onnxruntime, graph optimizer off"
             + _emulation_note(simulation)
+            + (
+                ""
+                if every
+                else f", on the first {simulated_count} of the {done} samples measured (a "
+                "sampled check that it computes what ONNX Runtime computes; "
+                "--simulation-samples all runs it on every one)"
+            )
             + (
                 f", {reused_simulation} batches kept from the rules' run of this graph"
                 if reused_simulation
@@ -433,20 +470,34 @@ def _emulation_note(simulation: Emulation) -> str:
     return f", ONNX Runtime's integer kernels computed as it computes them ({kernels})"
 
 
-def _output_metrics(meters: dict[str, FidelityMeter]) -> dict[str, Any]:
+def _output_metrics(meters: dict[str, FidelityMeter], every: bool = True) -> dict[str, Any]:
+    """``every``: the simulation ran on every sample the others did."""
     gap = meters["gap"].result()
     gap["max_abs_diff"] = meters["gap"].max_abs_diff
     simulated = meters["simulated"].result()
-    # ONNX Runtime computed exactly the simulation's outputs (no difference, no NaN: the noise
-    # sum is then exactly 0): its meter saw the very same updates, so its figures are the
-    # simulation's, without a second bootstrap over the same per-sample sums
-    exact = meters["gap"].noise == 0 and meters["gap"].max_abs_diff == 0
+    # ONNX Runtime computed exactly the simulation's outputs on every sample (no difference,
+    # no NaN: the noise sum is then exactly 0): its meter saw the very same updates, so its
+    # figures are the simulation's, without a second bootstrap over the same per-sample sums
+    exact = every and meters["gap"].noise == 0 and meters["gap"].max_abs_diff == 0
     return {
         "float": meters["float"].result(reference_itself=True),
         "simulated": simulated,
         "onnxruntime": dict(simulated) if exact else meters["onnxruntime"].result(),
         "simulation_vs_onnxruntime": gap,
     }
+
+
+def _simulated_rows(count: int, left: int, outputs: list[np.ndarray]) -> int:
+    """How many of a batch of ``count`` samples the simulation runs on, ``left`` still to run:
+    a first part of it only where every output holds the batch's samples along axis 0 (so the
+    other runs' rows can be cut to match), else the whole batch or none of it."""
+    if left <= 0:
+        return 0
+    if left >= count:
+        return count
+    if all(np.ndim(value) and np.shape(value)[0] == count for value in outputs):
+        return left
+    return count
 
 
 def _kept_output(

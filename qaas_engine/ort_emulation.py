@@ -392,6 +392,15 @@ def _requantize(
 EXACT_IN_FLOAT32 = 2**24  # every integer up to this magnitude is a float32
 
 
+def _centred(x: str, zero: np.ndarray, out: str, constants: _Constants) -> onnx.NodeProto:
+    """``float(x - zero)`` for an 8-bit ``x``: a DequantizeLinear with scale 1, one pass over
+    ``x`` where a Cast and a Sub took two (the difference is an integer: exact either way)."""
+    one = constants.add(out + "_one", np.array(1.0, np.float32))
+    return helper.make_node(
+        "DequantizeLinear", [x, one, constants.add(out + "_zero", zero.reshape(()))], [out]
+    )
+
+
 def _float_conv(
     x: str,
     zx: str,
@@ -418,11 +427,7 @@ def _float_conv(
     bias_values = constants.array(bias).astype(np.int64).reshape(-1) if bias else np.zeros(1)
     if np.any(reach + np.abs(bias_values) >= EXACT_IN_FLOAT32):
         return None
-    centre = constants.add(prefix + "x_zero", np.array(float(x_zero[0]), np.float32))
-    nodes = [
-        helper.make_node("Cast", [x], [prefix + "x_float"], to=TensorProto.FLOAT),
-        helper.make_node("Sub", [prefix + "x_float", centre], [prefix + "x_centred"]),
-    ]
+    nodes = [_centred(x, x_zero.reshape(()), prefix + "x_centred", constants)]
     inputs = [prefix + "x_centred", constants.add(prefix + "w_float", weights.astype(np.float32))]
     if bias:
         inputs.append(constants.add(prefix + "b_float", bias_values.astype(np.float32)))
@@ -660,23 +665,15 @@ def _qlinear_mul(
 
     def centred(tensor: str, zero: str, name: str) -> str:
         source = constants.keep(tensor) if constants.has(tensor) else tensor
-        nodes.append(helper.make_node("Cast", [source], [prefix + name], to=TensorProto.INT32))
-        value = _zero(constants, zero, TensorProto.UINT8).astype(np.int32).reshape(())
-        nodes.append(
-            helper.make_node(
-                "Sub",
-                [prefix + name, constants.add(prefix + name + "_zero", value)],
-                [prefix + name + "_centred"],
-            )
-        )
+        value = _zero(constants, zero, TensorProto.UINT8)
+        nodes.append(_centred(source, value, prefix + name + "_centred", constants))
         return prefix + name + "_centred"
 
-    nodes.append(
-        helper.make_node("Mul", [centred(a, za, "a"), centred(b, zb, "b")], [prefix + "product"])
-    )
+    # both factors are 8-bit integers (|product| <= 2^16): the float32 product is exact, as
+    # the int32 one is
     nodes.append(
         helper.make_node(
-            "Cast", [prefix + "product"], [prefix + "product_float"], to=TensorProto.FLOAT
+            "Mul", [centred(a, za, "a"), centred(b, zb, "b")], [prefix + "product_float"]
         )
     )
     nodes.append(

@@ -56,6 +56,11 @@ DEFAULT_EVALUATION_SAMPLES = 1000
 CALIBRATION_CHECK_SAMPLES = 64
 CALIBRATION_CHECK_MACS = 1e10
 CALIBRATION_CHECK_MIN_SAMPLES = 8
+# The simulation (the exported graph unfused, ORT's integer kernels emulated in float ops) costs
+# 5-10x the deployed graph a sample, and no verdict reads it: it checks that the simulation
+# computes what ORT computes. It runs on the first SIMULATION_CHECK_SAMPLES of the samples
+# measured; max_simulation_samples (a count, or "all") overrides it.
+SIMULATION_CHECK_SAMPLES = 16
 SampleCount = Annotated[int, Field(ge=1)]
 
 
@@ -107,6 +112,8 @@ class QuantSpec(BaseModel):
     target: str = Field(DEFAULT_TARGET, max_length=64)
     # the report's accuracy and fidelity: a bounded sample by default (None), all on request
     max_evaluation_samples: SampleCount | Literal["all"] | None = None
+    # the simulation-vs-runtime check: a bounded sample of those by default, all on request
+    max_simulation_samples: SampleCount | Literal["all"] | None = None
     adaround_iterations: int = Field(1000, ge=10, le=100_000)
     qat_epochs: int = Field(15, ge=1, le=1000)
     qat_learn_ranges: bool = True
@@ -175,6 +182,14 @@ class QuantSpec(BaseModel):
         if not on_calibration_data:
             return DEFAULT_EVALUATION_SAMPLES
         return calibration_check_samples(macs_per_sample)
+
+    def simulation_limit(self) -> int | None:
+        """Samples the simulation is checked against ONNX Runtime on (None: all measured)."""
+        if self.max_simulation_samples == "all":
+            return None
+        if self.max_simulation_samples is not None:
+            return self.max_simulation_samples
+        return SIMULATION_CHECK_SAMPLES
 
     @property
     def quantize_activations(self) -> bool:

@@ -105,9 +105,24 @@ def _summary(report: dict[str, Any]) -> str:
         + _table(header, rows)
         + f'<p class="note">measured on the {escape(str(measured))} data; SQNR, agreement and '
         "cosine are against the float model (the last row: simulation against ONNX Runtime); "
-        "worst channel: the SQNR of the output channel quantization hurts most</p>"
+        "worst channel: the SQNR of the output channel quantization hurts most"
+        + _simulated_note(metrics)
+        + "</p>"
         + _outputs_table(metrics.get("outputs") or {})
         + fidelity_table(report)
+    )
+
+
+def _simulated_note(metrics: dict[str, Any]) -> str:
+    """The simulation's rows rest on fewer samples than the others where it was sampled."""
+    counts = metrics.get("samples") or {}
+    simulated, measured = counts.get("simulated"), counts.get("measured")
+    if not isinstance(simulated, int) or not isinstance(measured, int) or simulated >= measured:
+        return ""
+    return (
+        f"; the simulation ran on the first {simulated:,} of the {measured:,} samples (a "
+        "sampled check that it computes what ONNX Runtime computes; --simulation-samples all "
+        "runs it on every one)"
     )
 
 

@@ -52,7 +52,10 @@ def finish(
     on_calibration = evaluation is None
     macs = model_macs(state) if on_calibration else None  # the report's figure: one shapes run
     limit = sim.spec.evaluation_limit(on_calibration_data=on_calibration, macs_per_sample=macs or 0)
-    metrics = timer.run("evaluation", lambda: evaluate(state, sim, qdq, measured_on, limit))
+    metrics = timer.run(
+        "evaluation",
+        lambda: evaluate(state, sim, qdq, measured_on, limit, sim.spec.simulation_limit()),
+    )
     if on_calibration and limit is not None and limit < CALIBRATION_CHECK_SAMPLES:
         metrics["samples"]["limit"] = {
             "samples": limit,

@@ -223,12 +223,21 @@ def test_evaluation_samples_and_threads(tiny_model, tiny_data, tmp_path, monkeyp
     common += ["--evaluation", str(evaluation), "--threads", "1"]
     assert main([*common, "--evaluation-samples", "10", "-o", str(tmp_path / "a")]) == 0
     report = json.loads((tmp_path / "a" / "report.json").read_text())
-    assert report["metrics"]["samples"] == {"measured": 10, "available": 48}
+    assert report["metrics"]["samples"] == {"measured": 10, "available": 48, "simulated": 10}
     assert report["spec"]["max_evaluation_samples"] == 10
     assert main([*common, "--evaluation-samples", "all", "-o", str(tmp_path / "b")]) == 0
     report = json.loads((tmp_path / "b" / "report.json").read_text())
-    assert report["metrics"]["samples"] == {"measured": 48, "available": 48}
+    assert report["metrics"]["samples"] == {"measured": 48, "available": 48, "simulated": 16}
     assert report["spec"]["max_evaluation_samples"] == "all"
+    every = ["--evaluation-samples", "all", "--simulation-samples", "all"]
+    assert main([*common, *every, "-o", str(tmp_path / "c")]) == 0
+    report = json.loads((tmp_path / "c" / "report.json").read_text())
+    assert report["metrics"]["samples"] == {"measured": 48, "available": 48, "simulated": 48}
+    assert report["spec"]["max_simulation_samples"] == "all"
+    assert main([*common, "--simulation-samples", "5", "-o", str(tmp_path / "d")]) == 0
+    report = json.loads((tmp_path / "d" / "report.json").read_text())
+    assert report["metrics"]["samples"]["simulated"] == 5
+    assert main([*common, "--simulation-samples", "some", "-o", str(tmp_path / "e")]) == 2
 
 
 def test_strict_bits_and_min_sqnr_reach_the_spec(tiny_model, tiny_data, tmp_path):

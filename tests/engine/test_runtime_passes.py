@@ -15,6 +15,7 @@ from qaas_engine import QuantSpec, import_model, load_npz, model_inputs, quantiz
 from qaas_engine.pipeline import build_sim, build_state
 from qaas_engine.reporting.probe import build_probe
 from qaas_engine.sessions import THREADS_ENV, session, set_thread_count, thread_count
+from qaas_engine.spec import SIMULATION_CHECK_SAMPLES
 from qaas_engine.state import Timer
 from qaas_engine.tapped import TappedModel
 
@@ -105,14 +106,40 @@ def test_report_says_which_engine_ran_each_pass_and_bounds_evaluation(tiny_impor
     ).report  # fmt: skip
     assert report["engines"]["calibration"] == "onnxruntime"
     assert report["metrics"]["engines"]["float"] == "onnxruntime"
-    assert report["metrics"]["samples"] == {"measured": 20, "available": 48}
+    assert report["metrics"]["samples"] == {"measured": 20, "available": 48, "simulated": 16}
     assert report["metrics"]["onnxruntime"]["samples"] == 20
     assert report["analysis"]["engine"] == "onnxruntime"
     everything = quantize(
         imported, QuantSpec(max_evaluation_samples="all"), calibration=calibration,
         evaluation=evaluation,
     ).report  # fmt: skip
-    assert everything["metrics"]["samples"] == {"measured": 48, "available": 48}
+    assert everything["metrics"]["samples"] == {"measured": 48, "available": 48, "simulated": 16}
+
+
+def test_the_simulation_is_a_sampled_check_on_the_first_samples_measured(tiny_imported):
+    """By default the simulation runs on the first SIMULATION_CHECK_SAMPLES samples, cut out of
+    a batch (32 here) that holds more; its figures are those of the deployed graph on the same
+    samples (the tiny net's simulation is exact), and the deployed figures cover them all."""
+    imported, calibration, evaluation = tiny_imported
+    assert SIMULATION_CHECK_SAMPLES == 16
+
+    def metrics(**spec: object) -> dict:
+        spec = {"max_evaluation_samples": "all", **spec}
+        data = {"calibration": calibration, "evaluation": evaluation}
+        return quantize(imported, QuantSpec(**spec), **data).report["metrics"]
+
+    sampled, on_sixteen = metrics(), metrics(max_evaluation_samples=16)
+    assert sampled["samples"] == {"measured": 48, "available": 48, "simulated": 16}
+    assert sampled["simulated"]["samples"] == 16 and sampled["onnxruntime"]["samples"] == 48
+    assert sampled["simulation_vs_onnxruntime"]["max_abs_diff"] == 0
+    assert sampled["simulated"]["sqnr_db"] == on_sixteen["onnxruntime"]["sqnr_db"]
+    assert sampled["simulated"]["top1"] == on_sixteen["onnxruntime"]["top1"]
+    assert sampled["onnxruntime"]["sqnr_db"] != on_sixteen["onnxruntime"]["sqnr_db"]
+    assert "first 16 of the 48 samples" in sampled["engines"]["simulated"]
+    every = metrics(max_simulation_samples="all")
+    assert every["samples"]["simulated"] == 48
+    assert every["simulated"] == every["onnxruntime"]
+    assert "first" not in every["engines"]["simulated"]
 
 
 def test_thread_count_comes_from_the_environment_else_every_core(monkeypatch):
@@ -147,9 +174,13 @@ def test_without_evaluation_data_the_report_measures_a_sample_of_the_calibration
     calibration = load_npz(path, model_inputs(imported.model))
     report = quantize(imported, QuantSpec(), calibration=calibration).report
     assert report["metrics"]["dataset"] == "calibration"
-    assert report["metrics"]["samples"] == {"measured": 64, "available": 100}
+    assert report["metrics"]["samples"] == {"measured": 64, "available": 100, "simulated": 16}
     asked = quantize(imported, QuantSpec(max_evaluation_samples="all"), calibration=calibration)
-    assert asked.report["metrics"]["samples"] == {"measured": 100, "available": 100}
+    assert asked.report["metrics"]["samples"] == {
+        "measured": 100,
+        "available": 100,
+        "simulated": 16,
+    }
 
 
 def test_samples_whose_batch_is_not_on_axis_0_are_never_cut(tmp_path):
@@ -175,7 +206,7 @@ def test_samples_whose_batch_is_not_on_axis_0_are_never_cut(tmp_path):
     assert calibration.one_at_a_time
     report = quantize(imported, QuantSpec(), calibration=calibration).report
     assert report["engines"]["calibration"] == "onnxruntime"
-    assert report["metrics"]["samples"] == {"measured": 12, "available": 12}
+    assert report["metrics"]["samples"] == {"measured": 12, "available": 12, "simulated": 12}
     assert report["analysis"]["samples"] == 12 and report["analysis"]["engine"] == "onnxruntime"
     assert report["model"]["macs"] == 5 * 4 * 3
 
@@ -303,7 +334,7 @@ def test_rules_measuring_with_the_optimizer_off_give_the_evaluation_its_simulati
     from qaas_engine.simulated_runs import SimulatedRuns
 
     imported, calibration, _ = tiny_imported
-    spec = QuantSpec(batch_size=8)
+    spec = QuantSpec(batch_size=8, max_simulation_samples="all")
     monkeypatch.setattr(rules, "deployed_measurement", lambda kernels: False)
     # where ORT fuses integer kernels, the simulation computes them as ORT does: another graph
     # than the rules ran, so nothing is reused
