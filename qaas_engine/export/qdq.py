@@ -18,11 +18,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qaas_engine.control_flow import used_names
 from qaas_engine.export.runtime_forms import (
+    PRELU_ZERO,
     TILED_SLOPE,
     channels_last_read,
     channels_last_transpose,
     float_weight_only,
     pooled_outputs,
+    prelu_as_max,
     static_shapes,
     tiled_slope,
 )
@@ -444,6 +446,14 @@ def export_qdq(
             tiled = tiled_slope(slope, shapes.get(node.input[0]))
             if tiled is not None:
                 new.input[1] = builder.constant(f"{node.output[0]}{TILED_SLOPE}", tiled)
+            zero = (
+                ""  # Max(x, x * slope) needs no zero
+                if np.all(slope <= 1)
+                else builder.constant(f"{node.output[0]}{PRELU_ZERO}", np.zeros((), np.float32))
+            )
+            body.extend(prelu_as_max(new, slope, zero))
+            body.extend(pending)
+            continue
         body.append(new)
         body.extend(pending)
 

@@ -1,6 +1,8 @@
 """PReLU on ``onnxruntime-cpu``: between int8 kernels ORT runs it channels-last, where a
 ``[C, 1, 1]`` slope is walked C values a span; the export stores it tiled along the width,
-``[C, 1, W]``, the same values (MTCNN ONet's PReLUs cost about as much as its QLinearConvs)."""
+``[C, 1, W]``, the same values (MTCNN ONet's PReLUs cost about as much as its QLinearConvs),
+and writes the PRelu as ops ORT vectorizes (``Max(x, x * slope)``, or ``Relu(x) + Min(x, 0) *
+slope`` where a slope exceeds 1), which give its values bit for bit."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qaas_engine import QuantSpec
-from qaas_engine.export.runtime_forms import tiled_slope
+from qaas_engine.export.runtime_forms import prelu_as_max, tiled_slope
 from tests.support.onnx_models import conv_chain_model, quantize_on_noise
 
 
@@ -40,6 +42,30 @@ def test_the_tiled_slope_gives_prelus_values_bit_for_bit():
     prelu = helper.make_node("PRelu", ["x", "slope"], ["y"], name="p")
     expected = _run([prelu], {"slope": slope}, x)
     np.testing.assert_array_equal(_run([prelu], {"slope": tiled}, x), expected)
+
+
+@pytest.mark.parametrize("largest", [1.0, 1.5])
+def test_the_max_forms_give_prelus_values_bit_for_bit(largest):
+    """Every slope kind (negative, zero, tiny, exactly 1, and above 1 for the Relu form) on
+    values of every sign and scale, zeros of both signs included."""
+    rng = np.random.default_rng(1)
+    slope = np.asarray([0.25, -0.1, largest, 1e-7, 0.0, 1.0, 0.33333334, -3.0], np.float32)
+    slope = slope.reshape(8, 1, 1)
+    scales = 10.0 ** rng.integers(-30, 30, size=(4, 8, 6, 6))
+    x = (rng.standard_normal((4, 8, 6, 6)) * scales).astype(np.float32)
+    x[0, :, 0, 0], x[0, :, 0, 1] = 0.0, -0.0
+    prelu = helper.make_node("PRelu", ["x", "slope"], ["y"], name="p")
+    expected = _run([prelu], {"slope": slope}, x)
+    nodes = prelu_as_max(prelu, slope, "zero")
+    assert [n.op_type for n in nodes] == (
+        ["Mul", "Max"] if largest <= 1 else ["Relu", "Min", "Mul", "Add"]
+    )
+    zero = {"zero": np.zeros((), np.float32)} if largest > 1 else {}
+    got = _run(nodes, {"slope": slope, **zero}, x)
+    np.testing.assert_array_equal(got, expected)
+    # bit for bit, signs of zeros aside (a PRelu of -0.0 may give either; Q/DQ cannot tell)
+    same_bits = got.view(np.uint32) == expected.view(np.uint32)
+    assert np.all(same_bits | (expected == 0))
 
 
 def test_a_slope_is_tiled_only_per_channel_along_a_known_axis():
@@ -80,12 +106,19 @@ SLOPES = [0.25, -0.1, 0.6, 0.05, 0.0, 1.0, 0.33, -0.47]
 
 
 @pytest.mark.parametrize("target", ["onnxruntime-cpu", "onnxruntime-cpu:avx2"])
-def test_the_prelu_reads_a_tiled_slope_and_the_simulation_is_exact(tmp_path, target):
-    result = _quantized(tmp_path, _model(SLOPES), QuantSpec(target=target))
-    (prelu,) = [n for n in result.quantized_model.graph.node if n.op_type == "PRelu"]
+@pytest.mark.parametrize("largest", [0.6, 1.4])
+def test_the_prelu_reads_a_tiled_slope_and_the_simulation_is_exact(tmp_path, target, largest):
+    slopes = [largest if s == 0.6 else s for s in SLOPES]
+    result = _quantized(tmp_path, _model(slopes), QuantSpec(target=target))
+    nodes = result.quantized_model.graph.node
+    assert not [n for n in nodes if n.op_type == "PRelu"]
+    (times_slope,) = [n for n in nodes if n.name == "prelu/times_slope"]
+    (prelu,) = [n for n in nodes if n.name == "prelu"]
+    assert prelu.op_type == ("Max" if largest <= 1 else "Add")
     stored = {init.name: list(init.dims) for init in result.quantized_model.graph.initializer}
-    assert stored[prelu.input[1]] == [8, 1, 8]  # tiled along the known width
-    assert result.report["target"]["runtime_forms"]["tiled_prelu_slopes"] == ["prelu"]
+    assert stored[times_slope.input[1]] == [8, 1, 8]  # tiled along the known width
+    forms = result.report["target"]["runtime_forms"]
+    assert forms["tiled_prelu_slopes"] == ["prelu"] and forms["prelus_as_max"] == ["prelu"]
     graph = result.report["metrics"]["runtime_graph"]
     assert graph["integer_kernels"] == {"QLinearConv": 2}
     assert result.report["metrics"]["simulation_vs_onnxruntime"]["max_abs_diff"] == 0.0
