@@ -136,12 +136,22 @@ def result_table(report: dict[str, Any]) -> str:
     gap = metrics.get("simulation_vs_onnxruntime", {})
     seconds = sum(step["seconds"] for step in report["steps"])
     rows.append(
-        f"sim vs ORT agreement {_fmt(gap.get('top1_agreement'), '{:.4f}')}; "
+        f"sim vs ORT agreement {_fmt(gap.get('top1_agreement'), '{:.4f}')}"
+        f"{_simulated_on(metrics.get('samples') or {})}; "
         f"size {size_line(report['size_bytes'])}; {seconds:.1f} s"
     )
     rows.extend(auto_lines(report.get("auto")))
     rows.extend(f"warning: {w}" for w in report.get("warnings", []))
     return "\n".join(rows)
+
+
+def _simulated_on(samples: dict[str, Any]) -> str:
+    """Where the simulation ran on fewer samples than the other rows (a sampled check), so a
+    row of 16 is not read beside one of 400 as the same measurement."""
+    simulated, measured = samples.get("simulated"), samples.get("measured")
+    if not isinstance(simulated, int) or not isinstance(measured, int) or simulated >= measured:
+        return ""
+    return f" (simulated row and agreement: first {simulated:,} of {measured:,} samples)"
 
 
 def size_line(size: dict[str, Any]) -> str:

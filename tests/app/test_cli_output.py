@@ -19,3 +19,12 @@ def test_summary_prints_the_files_sizes():
 def test_summary_falls_back_to_the_weights_when_the_report_has_no_file_sizes():
     line = result_table(report({"float": 123_144, "quantized": 34_200})).splitlines()[-1]
     assert "size 123,144 -> 34,200 bytes (weights); 1.5 s" in line
+
+
+def test_summary_says_when_the_simulation_ran_on_fewer_samples():
+    size = {"float": 123_144, "quantized": 34_200}
+    sampled = {**report(size), "metrics": {"samples": {"measured": 400, "simulated": 16}}}
+    line = result_table(sampled).splitlines()[-1]
+    assert "(simulated row and agreement: first 16 of 400 samples); size" in line
+    every = {**report(size), "metrics": {"samples": {"measured": 16, "simulated": 16}}}
+    assert "first" not in result_table(every)
