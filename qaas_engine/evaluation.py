@@ -369,7 +369,7 @@ def evaluate(
             own = carry.feeds("simulated", feeds, matched) if carry is not None else feeds
             if rows < count:
                 own = samples(own, 0, rows)
-                ran, known = simulate(None, own)  # a part of a batch: no run of the rules' kept
+                ran, known = simulate(None, own)  # the rules ran whole batches only
             else:
                 ran, known = simulate(index, own)
             reused_simulation += known
