@@ -13,6 +13,7 @@ running, never time spent waiting for a turn.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import multiprocessing
@@ -164,7 +165,9 @@ class Inspector:
         finally:
             receiver.close()
             if child.is_alive():
-                os.kill(child.pid, signal.SIGKILL)
+                # it may exit (and be reaped by the forkserver) between the check and the kill
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGKILL)
             child.join(10)
         if status == "ok":
             return value

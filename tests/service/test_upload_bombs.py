@@ -222,6 +222,23 @@ def test_inspector_checks_another_tenant_while_one_holds_its_slots(tmp_path):
     assert held == [{"released": True}] * 3
 
 
+def test_a_child_gone_before_the_kill_still_returns_its_answer(monkeypatch):
+    """The child sent its answer and exited between ``is_alive()`` and the kill (CI saw it: a
+    dataset upload answered 500 with ProcessLookupError): the answer stands."""
+    from app.core import inspector as module
+
+    def already_gone(pid: int, sig: int) -> None:
+        raise ProcessLookupError(3, "No such process")
+
+    monkeypatch.setattr(module.os, "kill", already_gone)
+    monkeypatch.setattr(module.multiprocessing.Process, "is_alive", lambda self: True)
+    checker = module.Inspector(processes=1, memory_bytes=4 * 2**30, timeout_s=60, sandbox=False)
+    try:
+        assert asyncio.run(checker.run("a", _quick, tenant_id="a")) == {"checked": True}
+    finally:
+        checker.close()
+
+
 def test_fair_gate_serves_waiting_tenants_in_turn():
     """A holds its one slot and queues more; B, arriving later, is served before A's next."""
 
