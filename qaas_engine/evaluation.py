@@ -30,6 +30,10 @@ from qaas_engine.tensors import batch_size, to_torch
 
 # An exact match has infinite SQNR; JSON has no infinity, so it is reported at this ceiling.
 SQNR_CEILING_DB = 200.0
+# how the simulation's session runs the exported graph (sessions.QDQ_REWRITES)
+SIMULATION_SESSION = (
+    "graph optimizer on for float ops as deployed, its Q/DQ rewrites off (Q/DQ computed in float)"
+)
 # A channel whose power is below this share of the strongest channel's (amplitude 1e-6 of it)
 # carries no signal: its float values are the float model's own rounding noise (a dead channel
 # of all-MiniLM's embedding is about 1e-33 where the others are about 0.05; the quantized model
@@ -246,8 +250,9 @@ def evaluate(
     """Float, simulated and ONNX Runtime outputs side by side on the same batches; the
     simulation on the first ``simulated_samples`` of them only (None: all).
 
-    All three run in ONNX Runtime: the float graph, the QDQ graph with the optimizer off (Q and
-    DQ computed in float: the simulation, exactly as exported) and the QDQ graph as deployed.
+    All three run in ONNX Runtime: the float graph, the QDQ graph with ORT's Q/DQ rewrites off
+    (Q and DQ computed in float: the simulation, exactly as exported; float ops optimized as
+    deployed) and the QDQ graph as deployed.
     Where ORT cannot load the float graph, the torch executor computes it. When the torch
     executor exists anyway (a learning step or a fallback built it), the torch simulation is
     checked against the exported graph on the first batch (``torch_simulation_vs_export``).
@@ -284,7 +289,7 @@ def evaluate(
         return runs.lookup(digest, index, feeds, optimized=optimized)
 
     def simulate(index: int | None, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], bool]:
-        """The graph's outputs with the optimizer off; whether the rules' run of batch
+        """The graph's outputs in the simulation's session; whether the rules' run of batch
         ``index`` gave them (not where integer kernels are emulated: the rules ran the exported
         graph as it is)."""
         ran = None
@@ -293,7 +298,7 @@ def evaluate(
         if ran is not None:
             return ran, True
         if not opened:
-            opened.append(simulation_session or session(qdq, optimized=False))
+            opened.append(simulation_session or session(qdq, qdq_fusions=False))
         return opened[0].run(outputs, feeds), False
 
     def deploy(index: int, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], bool]:
@@ -404,7 +409,7 @@ def evaluate(
             "float": (built[0][1] if built else "onnxruntime")
             + (f", {reused} batches kept from calibration" if reused else "")
             + (f", {from_rules} batches kept from the rules' probe" if from_rules else ""),
-            "simulated": "onnxruntime, graph optimizer off"
+            "simulated": f"onnxruntime, {SIMULATION_SESSION}"
             + _emulation_note(simulation)
             + (
                 ""
@@ -451,13 +456,14 @@ def _stream_note(carry: StreamCarry) -> str:
 
 def _simulation_graph(qdq: onnx.ModelProto, optimized: Path) -> tuple[Emulation, Any]:
     """The exported graph with the integer kernels ORT's optimizer placed (read from the graph
-    it saved at ``optimized``) computed as ORT computes them, and its session (optimizer off);
+    it saved at ``optimized``) computed as ORT computes them, and its session (ORT's Q/DQ
+    rewrites off, float ops optimized as deployed);
     the graph as it is, and no session yet, where that fails (the reason kept)."""
     try:
         emulation = emulated(qdq, load_optimized(optimized))
         if not emulation.changed:
             return emulation, None
-        return emulation, session(emulation.model, optimized=False)
+        return emulation, session(emulation.model, qdq_fusions=False)
     except Exception as error:  # the plain graph is still a faithful float simulation
         reason = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
         return Emulation(qdq, error=reason), None
@@ -592,7 +598,7 @@ def _gap_warning(name: str | None, metrics: dict[str, Any], cause: str, several:
     where = f"output {name}: " if several else ""
     return [
         f"{where}ONNX Runtime agrees with the simulation on only {agreement:.1%} of top-1 "
-        "predictions: the exported graph computed with ONNX Runtime's optimizer off "
+        f"predictions: the exported graph computed with {SIMULATION_SESSION} "
         "(metrics.simulated) and as deployed (metrics.onnxruntime) differ; " + cause
     ]
 

@@ -106,10 +106,10 @@ def measured_outputs(
     references: list[list[np.ndarray]],
 ) -> dict[str, float]:
     """Each floating graph output's centred worst-channel SQNR, as ONNX Runtime runs the graph
-    exported as the pipeline exports it, with the optimizer off (the simulation's arithmetic)."""
+    exported as the pipeline exports it, in the simulation's session (its arithmetic)."""
     qdq = export_for_target(model, sim)
     names = [value.name for value in model.graph.output]
-    runtime = session(qdq, optimized=False)
+    runtime = session(qdq, qdq_fusions=False)
     ran = [runtime.run(names, feeds) for feeds in batches]
     figures = {}
     for index, name in enumerate(names):

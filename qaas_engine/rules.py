@@ -170,7 +170,8 @@ def measured_sqnr_db(
     """The exported graph's output SQNR against the float ``references`` over ``batches`` (the
     worst output), as ONNX Runtime runs it deployed (``deployed_measurement``): its integer
     kernels, which the simulation computes exactly (``metrics.simulation_vs_onnxruntime``), at
-    a third to a half less time than the graph with the optimizer off. ``record`` keeps the
+    a third to a half less time than the graph with the optimizer off; else in the simulation's
+    session (ORT's Q/DQ rewrites off, ``sessions.QDQ_REWRITES``). ``record`` keeps the
     outputs, for the evaluation to reuse on the same graph: exported as the pipeline exports it
     (the same weight container, scalar operands on their exact one-step grids), so the bytes
     can match."""
@@ -181,7 +182,7 @@ def measured_sqnr_db(
     # a graph measured before, byte for byte: its recorded outputs, the same figure
     ran = record.all_outputs(digest, batches, optimized=deployed) if record is not None else None
     if ran is None:
-        runtime = session(qdq, optimized=deployed)
+        runtime = session(qdq, qdq_fusions=deployed)
         # the batches' runs two at a time (``concurrent_runs``), summed in their order below
         ran = run_each(lambda feeds: runtime.run(names, feeds), batches)
         if record is not None:
@@ -208,8 +209,8 @@ def measured_sqnr_db(
 def deployed_measurement(kernels: KernelChoice) -> bool:
     """Whether the rules measure the graph as ONNX Runtime deploys it here: where its kernels
     are exact on this CPU (every mode but VNNI forced on a CPU without an int8 dot product,
-    whose u8s8 kernels saturate here and not on the target); else with the optimizer off (the
-    simulation's own arithmetic)."""
+    whose u8s8 kernels saturate here and not on the target); else in the simulation's session,
+    with ORT's Q/DQ rewrites off (the simulation's own arithmetic)."""
     return not (kernels.mode == "vnni" and not kernels.cpu_features)
 
 

@@ -3,8 +3,11 @@
 One place decides threads (``QAAS_THREADS``, else every core) and optimization levels, so the
 float reference, calibration, evaluation and analysis all run under the same settings.
 ``optimized=False`` turns ORT's graph optimizer off: a QDQ graph then computes exactly the
-fake-quantized forward (Q and DQ in float, no fused integer kernel), which is what the
-simulation computes.
+fake-quantized forward (Q and DQ in float, no fused integer kernel). ``qdq_fusions=False``
+keeps the optimizer but turns off only the passes that rewrite Q/DQ groups
+(``QDQ_REWRITES``): the Q/DQ arithmetic stays as written while every float op gets the layouts
+and fusions it gets deployed (NCHWc convolutions, Conv+activation, LayerNorm and Gelu kernels),
+whose float sums round differently from the plain kernels'. That is the simulation's session.
 """
 
 from __future__ import annotations
@@ -27,6 +30,22 @@ THREADS_ENV = "QAAS_THREADS"
 # Runtime reads each weight straight into the buffer it keeps. Below it, bytes are cheaper
 # than a round trip through the disk.
 WEIGHTS_FILE_MIN_BYTES = 16 * 2**20
+# ORT's graph passes that fuse Q/DQ groups into its own integer kernels, quantize float weights
+# next to them, merge or move Q/DQ pairs, or fold an integer graph back into one of its kernels
+# (MatMulInteger -> Cast -> Mul is MatMulIntegerToFloat). Off in the simulation's session: what
+# it computes for Q/DQ is its own (the fake-quantized ops, or the integer kernels emulated
+# step by step), never ORT's kernel standing in for itself. The other passes change only how
+# float ops are computed, and run there as deployed.
+QDQ_REWRITES = (
+    "QDQSelectorActionTransformer",
+    "QDQS8ToU8Transformer",
+    "Avx2WeightS8ToU8Transformer",
+    "WeightBiasQuantization",
+    "QDQPropagationTransformer",
+    "DoubleQDQPairsRemover",
+    "MatMulIntegerToFloatFusion",
+    "DynamicQuantizeMatMulFusion",
+)
 
 
 def thread_count() -> int:
@@ -71,12 +90,14 @@ def session(
     model: onnx.ModelProto | bytes,
     *,
     optimized: bool = True,
+    qdq_fusions: bool = True,
     threads: int | None = None,
     arena: bool = True,
     save_optimized: str | None = None,
     extra_outputs: Sequence[str] = (),
 ) -> ort.InferenceSession:
     """A CPU session; sequential, ``threads`` intra-op threads (the job's count by default).
+    ``qdq_fusions=False``: the optimizer without ``QDQ_REWRITES`` (the simulation's session).
 
     ``arena=False`` returns each run's buffers to the system (ORT's arena keeps its high-water
     mark and grows by doubling): for passes over large activations, where peak memory matters
@@ -108,16 +129,19 @@ def session(
             "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
         )
     providers = ["CPUExecutionProvider"]
+    disabled = () if qdq_fusions or not optimized else QDQ_REWRITES
     if isinstance(model, onnx.ModelProto) and apart_bytes(model) >= WEIGHTS_FILE_MIN_BYTES:
         # the same graph and weights, so the same optimized graph and numbers; the folder goes
         # as soon as the session holds the weights
         with tempfile.TemporaryDirectory(prefix="qaas-session-") as folder:
             path = write_apart(model, Path(folder), extra_outputs=extra_outputs)
-            return ort.InferenceSession(str(path), options, providers=providers)
+            return ort.InferenceSession(
+                str(path), options, providers=providers, disabled_optimizers=disabled
+            )
     if extra_outputs:
         model = _with_outputs(model, extra_outputs)
     payload = model if isinstance(model, bytes) else model.SerializeToString()
-    return ort.InferenceSession(payload, options, providers=providers)
+    return ort.InferenceSession(payload, options, providers=providers, disabled_optimizers=disabled)
 
 
 def _with_outputs(model: onnx.ModelProto | bytes, names: Sequence[str]) -> onnx.ModelProto:

@@ -1,5 +1,5 @@
 """Outputs of an exported graph already computed in ONNX Runtime, keyed by the graph's bytes
-and by how its session was made (as deployed, or with the optimizer off), so the report's
+and by how its session was made (as deployed, or as the simulation runs it), so the report's
 evaluation does not compute them again.
 
 The rules measure the exported graph on the first calibration samples (``rules.Probe``); where
@@ -68,7 +68,8 @@ class SimulatedRuns:
     asked for."""
 
     batches: list[dict[str, np.ndarray]]
-    # (digest, optimized) -> outputs; optimized: the session as deployed, else optimizer off
+    # (digest, optimized) -> outputs; optimized: the session as deployed, else the
+    # simulation's session (ORT's Q/DQ rewrites off)
     outputs: dict[tuple[bytes, bool], list[list[np.ndarray]]] = field(default_factory=dict)
     kept_bytes: int = 0
     # the float model's outputs on each of ``batches`` (all graph outputs, in order), which the

@@ -7,12 +7,14 @@ validation data, and (in the JSON) every configuration it measured."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import shlex
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +75,30 @@ def print_summary(results: list[dict[str, Any]]) -> None:
     print_table("Summary: task metric vs float (1.0 = decides as float does)", headers, rows)
 
 
+@contextlib.contextmanager
+def _work_folder(keep: Path | None) -> Iterator[str]:
+    """``keep`` (created) when given, else a temporary folder removed afterwards."""
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield str(keep)
+        return
+    with tempfile.TemporaryDirectory(prefix="qaas-real-models-") as folder:
+        yield folder
+
+
 def main(argv: list[str] | None = None) -> int:
     names = [case.name for case in CASES]
     parser = argparse.ArgumentParser(prog="python -m bench.real_models", description=__doc__)
     parser.add_argument("--models", default="", help=f"comma-separated, from: {','.join(names)}")
     parser.add_argument("--samples", type=int, default=32, help="calibration = held-out count")
     parser.add_argument("--json", type=Path, default=None, help="write every result here")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="write each model's data and every tool's artifacts under this folder and keep "
+        "them (to inspect a row); a temporary folder otherwise",
+    )
     parser.add_argument(
         "--auto",
         type=float,
@@ -112,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qaas rows run with: {args.qaas_options}")
     start = time.perf_counter()
     results = []
-    with tempfile.TemporaryDirectory(prefix="qaas-real-models-") as folder:
+    with _work_folder(args.keep) as folder:
         for case in (c for c in CASES if c.name in wanted):
             print(f"\n[{case.name}] {args.samples} samples ...", flush=True)
             try:

@@ -1,6 +1,7 @@
 """The simulation computes ONNX Runtime's integer kernels as ORT computes them: the exported
-graph with its fused groups emulated, run with the optimizer off, equals ORT's optimized run
-bit for bit, where the plain DQ -> op -> Q graph does not."""
+graph with its fused groups emulated, run with the optimizer off or in the simulation's session
+(float ops optimized as deployed, ORT's Q/DQ rewrites off), equals ORT's optimized run bit for
+bit, where the plain DQ -> op -> Q graph does not."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from qaas_engine.ort_emulation import emulated, load_optimized
+from qaas_engine.sessions import session
 
 
 def _qdq_model() -> onnx.ModelProto:
@@ -94,6 +96,15 @@ def _session(model: onnx.ModelProto, optimized: bool, save: str | None = None):
     )
 
 
+def _simulations(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[list[np.ndarray]]:
+    """The emulated graph's outputs with the optimizer off, and in the simulation's session,
+    where ORT's float passes (NCHWc layout, Conv+Mul folding...) run on the emulation's ops."""
+    return [
+        _session(model, optimized=False).run(None, feeds),
+        session(model, qdq_fusions=False).run(None, feeds),
+    ]
+
+
 def test_emulated_graph_computes_what_onnxruntime_deploys_bit_for_bit():
     model = _qdq_model()
     feeds = {"x": np.random.default_rng(1).normal(0, 4, (1, 8, 16, 16)).astype(np.float32)}
@@ -106,9 +117,9 @@ def test_emulated_graph_computes_what_onnxruntime_deploys_bit_for_bit():
     plain = _session(model, optimized=False).run(None, feeds)
     # the premise: DQ -> op -> Q in float rounds some ties the other way than ORT's kernels
     assert any(not np.array_equal(p, d) for p, d in zip(plain, deployed, strict=True))
-    simulated = _session(emulation.model, optimized=False).run(None, feeds)
-    for sim, dep in zip(simulated, deployed, strict=True):
-        np.testing.assert_array_equal(sim, dep)
+    for simulated in _simulations(emulation.model, feeds):
+        for sim, dep in zip(simulated, deployed, strict=True):
+            np.testing.assert_array_equal(sim, dep)
 
 
 def test_groups_onnxruntime_leaves_unfused_are_left_as_exported():
@@ -180,9 +191,9 @@ def test_softmax_and_average_pool_kernels_are_emulated_bit_for_bit():
     assert emulation.emulated == {"QLinearSoftmax": 1, "QLinearGlobalAveragePool": 1}
     plain = _session(model, optimized=False).run(None, feeds)
     assert not np.array_equal(plain[0], deployed[0])  # floor(1 / s_y): another output grid
-    simulated = _session(emulation.model, optimized=False).run(None, feeds)
-    for sim, dep in zip(simulated, deployed, strict=True):
-        np.testing.assert_array_equal(sim, dep)
+    for simulated in _simulations(emulation.model, feeds):
+        for sim, dep in zip(simulated, deployed, strict=True):
+            np.testing.assert_array_equal(sim, dep)
 
 
 def test_a_double_qdq_pair_that_onnxruntime_merges_is_simulated_on_its_merged_grid():
@@ -219,8 +230,8 @@ def test_a_double_qdq_pair_that_onnxruntime_merges_is_simulated_on_its_merged_gr
     assert emulation.emulated == {"merged Q/DQ pairs": 1}
     plain = _session(model, optimized=False).run(None, feeds)[0]
     assert not np.array_equal(plain, deployed)
-    simulated = _session(emulation.model, optimized=False).run(None, feeds)[0]
-    np.testing.assert_array_equal(simulated, deployed)
+    for simulated in _simulations(emulation.model, feeds):
+        np.testing.assert_array_equal(simulated[0], deployed)
 
 
 def test_softmax_keeps_the_exported_axis_where_onnxruntime_moves_a_transpose_across_it():
@@ -271,19 +282,19 @@ def test_softmax_keeps_the_exported_axis_where_onnxruntime_moves_a_transpose_acr
         deployed = _session(model, optimized=True, save=saved).run(None, feeds)[0]
         emulation = emulated(model, load_optimized(saved))
     assert emulation.emulated == {"QLinearSoftmax": 1, "QLinearConv": 1}
-    simulated = _session(emulation.model, optimized=False).run(None, feeds)[0]
-    np.testing.assert_array_equal(simulated, deployed)
+    for simulated in _simulations(emulation.model, feeds):
+        np.testing.assert_array_equal(simulated[0], deployed)
 
 
-def _conv_model(channels: int) -> onnx.ModelProto:
+def _conv_model(channels: int, per_channel: bool = True, batch: int = 1) -> onnx.ModelProto:
     rng = np.random.default_rng(5)
-    w_scale = rng.uniform(0.002, 0.01, channels).astype(np.float32)
+    w_scale = np.asarray(rng.uniform(0.002, 0.01, channels if per_channel else None), np.float32)
     inits = [
         numpy_helper.from_array(np.float32(0.1), "x_s"),
         numpy_helper.from_array(np.uint8(3), "x_z"),
         numpy_helper.from_array(rng.integers(-127, 128, (channels, channels, 3, 3), np.int8), "w"),
         numpy_helper.from_array(w_scale, "w_s"),
-        numpy_helper.from_array(np.zeros(channels, np.int8), "w_z"),
+        numpy_helper.from_array(np.zeros(channels if per_channel else (), np.int8), "w_z"),
         numpy_helper.from_array(np.float32(0.37), "y_s"),
         numpy_helper.from_array(np.uint8(128), "y_z"),
     ]
@@ -298,7 +309,7 @@ def _conv_model(channels: int) -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes,
         "conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 6, 6])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, channels, 6, 6])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         inits,
     )
@@ -310,9 +321,15 @@ def _conv_model(channels: int) -> onnx.ModelProto:
 def test_conv_accumulates_in_float_only_where_float32_holds_every_partial_sum():
     """8 channels: the sums stay below 2^24, a float Conv on the integers is exact (and fast);
     256 channels of large weights: they may not, so ConvInteger; both equal ORT's kernel."""
-    for channels, accumulator in ((8, "Conv"), (256, "ConvInteger")):
-        model = _conv_model(channels)
-        feeds = {"x": np.random.default_rng(6).uniform(-1, 25, (1, channels, 6, 6))}
+    for channels, accumulator, per_channel, batch in (
+        (8, "Conv", True, 1),
+        # one multiplier: what ORT's ConvMulFusion folds into the weights (w * m rounded, then
+        # summed) where it can; on 4096 samples some outputs would then round the other way
+        (8, "Conv", False, 4096),
+        (256, "ConvInteger", True, 1),
+    ):
+        model = _conv_model(channels, per_channel, batch)
+        feeds = {"x": np.random.default_rng(6).uniform(-1, 25, (batch, channels, 6, 6))}
         feeds["x"] = feeds["x"].astype(np.float32)
         with tempfile.TemporaryDirectory() as folder:
             saved = str(Path(folder) / "optimized.onnx")
@@ -320,5 +337,43 @@ def test_conv_accumulates_in_float_only_where_float32_holds_every_partial_sum():
             emulation = emulated(model, load_optimized(saved))
         assert emulation.emulated == {"QLinearConv": 1}
         assert accumulator in {node.op_type for node in emulation.model.graph.node}
-        simulated = _session(emulation.model, optimized=False).run(None, feeds)[0]
-        np.testing.assert_array_equal(simulated, deployed)
+        for simulated in _simulations(emulation.model, feeds):
+            np.testing.assert_array_equal(simulated[0], deployed)
+
+
+def test_float_ops_before_a_fine_grid_run_as_deployed_in_the_simulation_session():
+    """A float Conv whose output goes onto a 16-bit grid (a tensor ``auto`` kept at 16 bits):
+    deployed, ORT lays the Conv out in NCHWc blocks, whose sums round differently in the last
+    bit from the plain kernel's, and the fine grid turns some of those bits into whole steps.
+    The simulation's session optimizes float ops as deployed, so it computes the same steps."""
+    rng = np.random.default_rng(7)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.2, (32, 16, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(0, 0.1, 32).astype(np.float32), "b"),
+        numpy_helper.from_array(np.float32(1e-3), "s"),
+        numpy_helper.from_array(np.uint16(32768), "z"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("QuantizeLinear", ["conv", "s", "z"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "float_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    feeds = {"x": rng.normal(0, 1, (4, 16, 32, 32)).astype(np.float32)}
+    with tempfile.TemporaryDirectory() as folder:
+        saved = str(Path(folder) / "optimized.onnx")
+        deployed = _session(model, optimized=True, save=saved).run(None, feeds)[0]
+        layouts = {node.domain for node in load_optimized(saved).graph.node}
+    simulated = session(model, qdq_fusions=False).run(None, feeds)[0]
+    np.testing.assert_array_equal(simulated, deployed)
+    if "com.microsoft.nchwc" in layouts:  # the premise, on CPUs with MLAS's NCHWc kernels
+        plain = _session(model, optimized=False).run(None, feeds)[0]
+        assert not np.array_equal(plain, deployed)

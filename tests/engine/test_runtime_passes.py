@@ -348,7 +348,7 @@ def test_rules_measuring_with_the_optimizer_off_give_the_evaluation_its_simulati
 
     monkeypatch.setattr(SimulatedRuns, "lookup", lambda *args, **kwargs: None)
     again = quantize(imported, spec, calibration=calibration).report["metrics"]
-    assert again["engines"]["simulated"] == "onnxruntime, graph optimizer off"
+    assert again["engines"]["simulated"] == f"onnxruntime, {evaluation.SIMULATION_SESSION}"
     for key in ("float", "simulated", "onnxruntime", "simulation_vs_onnxruntime", "outputs"):
         assert reused[key] == again[key]
 
