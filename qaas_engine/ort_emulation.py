@@ -459,9 +459,7 @@ def _qlinear_conv(
     bias = rest[0] if rest else ""
     zero = _zero(constants, zy, TensorProto.UINT8)
     mult = np.broadcast_to(multiplier, (channels,)) if multiplier.size > 1 else multiplier
-    # one multiplier still of the conv output's rank: a scalar one after a Conv is what ORT's
-    # ConvMulFusion folds into the weights (inexactly), in the simulation's optimized session
-    out_shape = shape if multiplier.size > 1 else (1,) * len(shape)
+    out_shape = shape if multiplier.size > 1 else ()
     exact = _float_conv(x, zx, weights, w_zero, bias, constants, prefix, attrs, shape)
     if exact is not None:
         nodes, acc = exact

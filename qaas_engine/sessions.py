@@ -32,10 +32,13 @@ THREADS_ENV = "QAAS_THREADS"
 WEIGHTS_FILE_MIN_BYTES = 16 * 2**20
 # ORT's graph passes that fuse Q/DQ groups into its own integer kernels, quantize float weights
 # next to them, merge or move Q/DQ pairs, or fold an integer graph back into one of its kernels
-# (MatMulInteger -> Cast -> Mul is MatMulIntegerToFloat). Off in the simulation's session: what
-# it computes for Q/DQ is its own (the fake-quantized ops, or the integer kernels emulated
-# step by step), never ORT's kernel standing in for itself. The other passes change only how
-# float ops are computed, and run there as deployed.
+# (MatMulInteger -> Cast -> Mul is MatMulIntegerToFloat), or fold a Conv's requantization
+# multiplier into its weights (ConvMulFusion: the emulated QLinearConv is a Conv on the
+# integers, exact, then a Mul; folded, the products round before they are summed). Off in the
+# simulation's session: what it computes for Q/DQ is its own (the fake-quantized ops, or the
+# integer kernels emulated step by step), never ORT's kernel standing in for itself. The other
+# passes change only how float ops are computed, and run there as deployed (a float Conv
+# before a Mul by a constant, in a layer kept float, is the one float fusion it gives up).
 QDQ_REWRITES = (
     "QDQSelectorActionTransformer",
     "QDQS8ToU8Transformer",
@@ -45,6 +48,7 @@ QDQ_REWRITES = (
     "DoubleQDQPairsRemover",
     "MatMulIntegerToFloatFusion",
     "DynamicQuantizeMatMulFusion",
+    "ConvMulFusion",
 )
 
 
