@@ -35,8 +35,13 @@ class InitializerArrays(Mapping[str, np.ndarray]):
 
     def __init__(self, graph: onnx.GraphProto) -> None:
         self._tensors = {init.name: init for init in graph.initializer}
+        # weights a pass changed without building torch (``set_weight``): the graph stays the
+        # float model's, which other passes read as the reference
+        self.changed: dict[str, np.ndarray] = {}
 
     def __getitem__(self, name: str) -> np.ndarray:
+        if name in self.changed:
+            return self.changed[name]
         return numpy_helper.to_array(self._tensors[name])
 
     def __iter__(self) -> Iterator[str]:
@@ -106,12 +111,21 @@ class LazyExecutor:
         self.materialize().weights = value
 
     def materialize(self) -> GraphExecutor:
-        """The torch executor (built, and torch imported, on the first call)."""
+        """The torch executor (built, and torch imported, on the first call), with the weights
+        changed before it existed."""
         if self._built is None:
             from qaas_engine.graph.executor import GraphExecutor
 
             self._built = GraphExecutor(self.model)
+            for name, value in self._weights.changed.items():
+                _set_tensor(self._built, name, value)
         return self._built
+
+    def set_weight(self, name: str, value: np.ndarray) -> None:
+        """Change a weight without building torch; the torch executor gets it too."""
+        self._weights.changed[name] = np.asarray(value)
+        if self._built is not None:
+            _set_tensor(self._built, name, value)
 
     def release(self) -> None:
         """Drop the torch executor (its weight tensors, its compiled graph), back to numpy
@@ -125,6 +139,21 @@ class LazyExecutor:
         if name.startswith("__") or name in ("_built", "_weights", "_nodes", "model"):
             raise AttributeError(name)
         return getattr(self.materialize(), name)
+
+
+def set_weight(executor: Executor, name: str, value: np.ndarray) -> None:
+    """``name`` now holds ``value``, in whichever form the executor keeps its weights."""
+    if isinstance(executor, LazyExecutor):
+        executor.set_weight(name, value)
+    else:
+        _set_tensor(executor, name, value)
+
+
+def _set_tensor(executor: GraphExecutor, name: str, value: np.ndarray) -> None:
+    import torch
+
+    old = executor.weights[name]
+    executor.weights[name] = torch.as_tensor(np.asarray(value), dtype=old.dtype).reshape(old.shape)
 
 
 def weight_layouts(executor: Executor) -> Iterator[tuple[str, tuple[int, ...], np.dtype]]:

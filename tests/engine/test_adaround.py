@@ -30,12 +30,16 @@ def trained(tmp_path_factory, digits_depthwise_net):
 
 
 def _run(trained, bits, granularity, pipeline=()):
+    """``pipeline`` () is rounding to nearest as it is: no rule corrects it afterwards (the
+    default's ``bias_shift`` recovers part of the same loss: 0.925 top-1 here at W4 per-tensor,
+    float 0.945); a learning pipeline runs no rules anyway."""
     imported, calibration, evaluation = trained
     spec = QuantSpec(
         weight_bits=bits,
         weight_granularity=granularity,
         pipeline=pipeline,
         adaround_iterations=ITERATIONS,
+        strict_bits=not pipeline,
     )
     result = quantize(imported, spec, calibration=calibration, evaluation=evaluation)
     return result.report
