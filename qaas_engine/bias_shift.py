@@ -8,12 +8,12 @@ correction sees the corrected layers before it. Correcting every layer from one 
 and iterating does not converge (PP-OCRv4's recognizer: 8.3 dB -> 1.9 -> 1.3 dB): a layer's
 error depends on the corrections just before it. Blocks of four layers per pass diverge too.
 
-Run naively, the sequence is one forward of the whole graph per layer (38 on that recognizer,
-63 s on 24 samples). Here each layer's pass runs only its *segment* of the exported graph: the
+Run naively, the sequence is one forward of the whole graph per layer (38 on that
+recognizer). Here each layer's pass runs only its *segment* of the exported graph: the
 nodes after the previous corrected layer up to this one, fed from a cache of the tensors
 computed before that later nodes still read. The corrected output enters the cache shifted by
 the bias step, as the corrected bias would have produced it, so the whole sequence costs one
-forward of the exported graph (3.4 s there, the same corrections: 8.3 -> 14.0 dB held out).
+forward of the exported graph (the same corrections: 8.3 -> 14.0 dB held out there).
 
 The segments run the exported QDQ graph with ORT's optimizer off (each Q/DQ in float: the
 simulation's arithmetic, which the deployed integer kernels match to the last bit, irrelevant
@@ -32,6 +32,7 @@ from onnx import helper, numpy_helper
 
 from qaas_engine.sessions import session
 from qaas_engine.tapped import TappedModel
+from qaas_engine.tensors import batch_size
 
 CORRECTED_OPS = frozenset({"Conv", "Gemm"})
 
@@ -94,9 +95,10 @@ class _ChannelMeans:
         self.count: dict[str, int] = {}
 
     def add(self, name: str, value: np.ndarray) -> None:
-        value = np.asarray(value, dtype=np.float64)
+        """Sums in float64 as numpy reads the float32 values: no float64 copy of the tensor."""
+        value = np.asarray(value)
         axes = tuple(i for i in range(value.ndim) if i != 1) if value.ndim >= 2 else ()
-        total = value.sum(axis=axes) if axes else value
+        total = value.sum(axis=axes, dtype=np.float64) if axes else value.astype(np.float64)
         self.total[name] = self.total.get(name, 0.0) + total
         self.count[name] = self.count.get(name, 0) + value.size // max(total.size, 1)
 
@@ -120,7 +122,7 @@ def shifted_biases(
         for values in runner.run(feeds):
             for layer in layers:
                 reference.add(layer.output, values[layer.output])
-        result.samples += _samples(feeds)
+        result.samples += batch_size(feeds)
     caches = [dict(feeds) for feeds in batches]
     last_read = _last_reads(qdq)
     inputs = {value.name for value in qdq.graph.input}
@@ -207,8 +209,3 @@ def _last_reads(model: onnx.ModelProto) -> dict[str, int]:
     for value in model.graph.output:
         last[value.name] = len(model.graph.node)
     return last
-
-
-def _samples(feeds: dict[str, np.ndarray]) -> int:
-    sizes = [np.shape(value)[0] for value in feeds.values() if np.ndim(value)]
-    return int(sizes[0]) if sizes else 1

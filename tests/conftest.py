@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _data_dir_outside_the_checkout(tmp_path_factory) -> Iterator[None]:
+    """Settings built without QAAS_DATA_DIR would create ./qaas-data in the checkout."""
+    if "QAAS_DATA_DIR" in os.environ:
+        yield
+        return
+    os.environ["QAAS_DATA_DIR"] = str(tmp_path_factory.mktemp("qaas-data"))
+    try:
+        yield
+    finally:
+        os.environ.pop("QAAS_DATA_DIR", None)
 
 
 class TinyCNN(torch.nn.Module):
