@@ -1,6 +1,7 @@
 """``python -m bench.real_models [--models a,b] [--samples N] [--json PATH] [--auto DB]``: the
-table per model (task metric, output and worst-channel SQNR vs float, qaas's sim-vs-ORT SQNR and
-rules, whole-process wall time per tool), then a summary across models. ``--auto DB`` adds
+table per model (task metric, output and worst-channel SQNR vs float, the latter raw and with
+probability rows in log-odds as the engine judges them, qaas's sim-vs-ORT SQNR and rules,
+whole-process wall time per tool), then a summary across models. ``--auto DB`` adds
 ``qaas --pipeline auto --min-sqnr DB``: what it chose, whether it met the target on its
 validation data, and (in the JSON) every configuration it measured."""
 
@@ -45,6 +46,7 @@ def print_model(result: dict[str, Any]) -> None:
                 _cell(row, "task"),
                 _cell(row, "sqnr_db"),
                 _cell(row, "worst_channel_sqnr_db"),
+                _cell(row, "worst_channel_log_odds_db"),
                 _cell(row, "sim_vs_ort_db"),
                 row.get("rules"),
                 _cell(row, "wall_s"),
@@ -52,7 +54,8 @@ def print_model(result: dict[str, Any]) -> None:
             ]
         )
     title = f"{result['model']}: {result['kind']}; task metric: {result['metric']}"
-    headers = ["tool", "task", "SQNR dB", "worst ch dB", "sim-vs-ORT dB", "rules", "wall s", ""]
+    headers = ["tool", "task", "SQNR dB", "worst ch dB", "log-odds worst ch dB", "sim-vs-ORT dB",
+               "rules", "wall s", ""]  # fmt: skip
     print_table(title, headers, rows)
     for tool in _tools(result):
         error = result["tools"].get(tool, {}).get("error")

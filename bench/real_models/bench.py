@@ -5,6 +5,7 @@ with its default optimizations (as deployed)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +46,16 @@ def _quantizes(model: Path) -> bool:
     return walk(onnx.load(str(model), load_external_data=False).graph)
 
 
-def _fidelity(case: Case, reference: Outputs, test: Outputs) -> dict[str, float]:
-    """Lowest output SQNR and lowest channel SQNR over the model's outputs."""
-    whole, channels = [], []
+def _fidelity(
+    case: Case,
+    reference: Outputs,
+    test: Outputs,
+    logit: Sequence[tuple[tuple[int, int], ...]] = (),
+) -> dict[str, float]:
+    """Lowest output SQNR and lowest channel SQNR over the model's outputs; and the lowest
+    channel SQNR with each output's probability rows (``logit``, per output) in log-odds, as
+    the engine's report and ``auto`` judge them."""
+    whole, channels, judged = [], [], []
     for index in range(len(reference[0])):
         ref = np.concatenate([np.atleast_1d(s[index]) for s in reference]).astype(np.float64)
         out = np.concatenate([np.atleast_1d(s[index]) for s in test]).astype(np.float64)
@@ -56,10 +64,24 @@ def _fidelity(case: Case, reference: Outputs, test: Outputs) -> dict[str, float]
             axis = case.channel_axis if case.channel_axis is not None else None
             axis = axis if axis is not None else (1 if ref.ndim == 4 else ref.ndim - 1)
             channels.append(metrics.worst_channel_sqnr_db(ref, out, axis))
+            rows = logit[index] if index < len(logit) else ()
+            judged.append(metrics.log_odds_worst_channel_sqnr_db(ref, out, axis, rows))
     return {
         "sqnr_db": min(whole),
         "worst_channel_sqnr_db": min(channels) if channels else math.nan,
+        "worst_channel_log_odds_db": min(judged) if judged else math.nan,
     }
+
+
+def _probability_rows(model: Path) -> list[tuple[tuple[int, int], ...]]:
+    """Per graph output, the channel ranges a Sigmoid produced (none where unknown)."""
+    import onnx
+
+    from qaas_engine.output_axes import logit_channels
+
+    graph = onnx.load(str(model))
+    found = logit_channels(graph)
+    return [found.get(value.name, ()) for value in graph.graph.output]
 
 
 PEERS = ("ORT", "NNCF", "qaas", "qaas strict")
@@ -121,6 +143,7 @@ def bench_case(
         "qaas_options": list(options),
         "tools": {"float": {"task": case.score(reference, reference), "sqnr_db": math.inf}},
     }
+    probabilities = _probability_rows(model)
     for run in runs:
         row: dict[str, Any] = {"wall_s": round(run.wall_s, 2), "error": run.error}
         if run.model is not None and not _quantizes(run.model):
@@ -129,7 +152,7 @@ def bench_case(
             try:
                 test = runner(_session(run.model), held_out)
                 row["task"] = case.score(reference, test)
-                row.update(_fidelity(case, reference, test))
+                row.update(_fidelity(case, reference, test, probabilities))
             except Exception as error:  # a model the tool wrote that ORT will not run
                 row["error"] = f"scoring failed: {type(error).__name__}: {error}"
         if run.tool.startswith("qaas") and run.report:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from qaas_engine.evaluation import DEAD_CHANNEL_SHARE
+from qaas_engine.evaluation import DEAD_CHANNEL_SHARE, FidelityMeter
 
 Boxes = tuple[np.ndarray, np.ndarray, np.ndarray]  # (N, 4) xyxy, (N,) scores, (N,) classes
 
@@ -46,6 +46,19 @@ def worst_channel_sqnr_db(reference: np.ndarray, test: np.ndarray, axis: int) ->
         ratios = signal[live] / noise[live]
     worst = float(np.min(ratios))
     return math.inf if math.isinf(worst) else 10.0 * math.log10(worst)
+
+
+def log_odds_worst_channel_sqnr_db(
+    reference: np.ndarray, test: np.ndarray, axis: int, logit: tuple[tuple[int, int], ...]
+) -> float:
+    """The worst channel as the engine's report and ``auto`` judge it: the channel ranges a
+    Sigmoid produced (``qaas_engine.output_axes.logit_channels``) compared in log-odds, the
+    others as ``worst_channel_sqnr_db``. A class row whose float probabilities stay near 0 has
+    a raw SQNR of a few dB where no detection changes (YOLOv8n: 10.3 dB raw, 39.5 in log-odds)."""
+    meter = FidelityMeter(axis, logit)
+    meter.update(np.asarray(reference), np.asarray(test), None)
+    worst = meter.worst_channel()
+    return math.inf if worst is None else worst[1]
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -143,3 +143,29 @@ def test_rules_fired_tells_applied_from_skipped() -> None:
         "sensitive_tensor x2, sensitive_tensor (not applied) x1, wide_join x1"
     )
     assert rules_fired({"rules": []}) == "-"
+
+
+def test_probability_rows_are_judged_in_log_odds_beside_raw() -> None:
+    """A box row beside a class row whose probabilities stay near 0: raw, the class row's small
+    power makes a 10% error its worst channel; in log-odds (as the engine judges it) the same
+    error is small against the row's own scale, and the box row is the worst."""
+    rng = np.random.default_rng(0)
+    boxes = rng.uniform(0, 320, (8, 1, 50))
+    probs = rng.uniform(0.01, 0.02, (8, 1, 50))
+    reference = np.concatenate([boxes, probs], axis=1)
+    test = reference.copy()
+    test[:, 0] += rng.normal(0, 0.5, (8, 50))  # about 50 dB on the box row
+    test[:, 1] *= 1.1  # 20 dB raw on the class row
+    raw = metrics.worst_channel_sqnr_db(reference, test, axis=1)
+    judged = metrics.log_odds_worst_channel_sqnr_db(reference, test, 1, ((1, 2),))
+    assert raw == pytest.approx(20.0, abs=0.01)
+    logits = np.log(probs / (1 - probs))
+    moved = np.log(1.1 * probs / (1 - 1.1 * probs))
+    class_row = 10 * np.log10(np.sum(logits**2) / np.sum((logits - moved) ** 2))
+    box_row = metrics.worst_channel_sqnr_db(reference[:, :1], test[:, :1], axis=1)
+    assert judged == pytest.approx(min(class_row, box_row), abs=1e-3)
+    assert judged > raw + 10
+    # no probability rows: the raw figure
+    assert metrics.log_odds_worst_channel_sqnr_db(reference, test, 1, ()) == pytest.approx(
+        raw, abs=1e-3
+    )
