@@ -60,7 +60,9 @@ def add_quantize_options(parser: argparse.ArgumentParser, *, model_optional: boo
         default="onnxruntime-cpu",
         metavar="TARGET",
         help="kernels the model is laid out for: onnxruntime-cpu (this CPU decides), "
-        "onnxruntime-cpu:vnni or onnxruntime-cpu:avx2; qnn-htp (Qualcomm HTP) or tensorrt "
+        "onnxruntime-cpu:vnni, onnxruntime-cpu:avx2 (8-bit weights, u8u8 kernels) or "
+        "onnxruntime-cpu:avx2-s7 (7-bit GEMM weights, u8s8 kernels, exact without VNNI); "
+        "qnn-htp (Qualcomm HTP) or tensorrt "
         "(NVIDIA), checked against their documented rules, not run (default %(default)s)",
     )
     parser.add_argument(

@@ -2,8 +2,9 @@
 
 For each model: the float original, qaas's artifact in each kernel mode (``--target
 onnxruntime-cpu:vnni``: s8 weights for ONNX Runtime's u8s8 kernels; ``:avx2``: the u8 container,
-u8u8 kernels), the default mode with ``--objective latency`` (nodes measured faster float on this
-machine kept float: ``qaas_engine/latency_objective.py``) and ONNX Runtime's ``quantize_static``
+u8u8 kernels; ``:avx2-s7``: 7-bit GEMM weights, u8s8 kernels exact without VNNI), the
+default mode with ``--objective latency`` (nodes measured faster float on this machine kept
+float: ``qaas_engine/latency_objective.py``) and ONNX Runtime's ``quantize_static``
 model (``bench/peers/onnxruntime_static.py``: QDQ, per-channel S8 weights, U8 activations).
 Latency: ONNX Runtime CPU, one intra-op thread, one sample repeated to batch 1 and 32, the
 models timed in turn round after round, medians.
@@ -19,11 +20,13 @@ artifact may saturate (that is what ``:avx2`` is for).
 (``bench/real_models/catalog.py``) instead: float, qaas's default ``onnxruntime-cpu`` artifact
 (the case's own options) and ``quantize_static``'s, each scored by the case's task metric on
 held-out samples, with qaas's simulation-vs-ORT SQNR from its report. Batch 32 is measured
-where the case's batch axis is free. ``--baseline DIR`` (a folder an earlier ``--keep`` run
+where the case's batch axis is free. ``--modes avx2,avx2-s7`` adds qaas's artifact in those
+forced modes, ``--ort-reduce-range`` quantize_static's 7-bit-weight variant (its remedy on
+CPUs without VNNI), all in the same rounds. ``--baseline DIR`` (a folder an earlier ``--keep`` run
 wrote, e.g. from main's checkout) times that run's qaas artifacts too, in the same rounds.
 
 Run: ``python bench/artifact_speed.py [--real] [--catalog all] [--rounds 7] [--clock cpu]
-[--keep DIR] [--baseline DIR]``
+[--modes avx2,avx2-s7] [--ort-reduce-range] [--keep DIR] [--baseline DIR]``
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ import onnxruntime as ort  # noqa: E402
 from bench.real_models import document_images, fetch_rapidocr  # noqa: E402
 from qaas_engine.targets import cpu_dot_product_flags  # noqa: E402
 
-MODES = ("vnni", "avx2")
+MODES = ("vnni", "avx2", "avx2-s7")
 # (label, extra qaas options): the default-mode artifact with --objective latency, which keeps
 # float the nodes it measured faster float on this machine
 OBJECTIVES = (("qaas latency", ("--target", "onnxruntime-cpu", "--objective", "latency")),)
@@ -165,11 +168,19 @@ def _batched(feed: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
 
 
 def bench_case(
-    case_name: str, samples: int, rounds: int, tmp: Path, baseline: Path | None = None
+    case_name: str,
+    samples: int,
+    rounds: int,
+    tmp: Path,
+    baseline: Path | None = None,
+    modes: tuple[str, ...] = (),
+    reduce_range: bool = False,
 ) -> None:
     """float, qaas's default artifact and quantize_static's on one real-model bench case; and
     the qaas artifact an earlier ``--keep`` run left under ``baseline`` (same data: the cases'
-    feeds are seeded), timed in the same rounds."""
+    feeds are seeded), timed in the same rounds. ``modes``: qaas artifacts for these forced
+    ``onnxruntime-cpu`` kernel modes too; ``reduce_range``: quantize_static's 7-bit-weight
+    variant too."""
     from bench.real_models import tools
     from bench.real_models.bench import write_npz
     from bench.real_models.catalog import CASES, run_each
@@ -187,10 +198,30 @@ def bench_case(
         tools.run_qaas(model, batched, evaluation, folder, strict=False, options=case.qaas_options),
         tools.run_ort(model, stacked, folder),
     ]
+    for mode in modes:
+        options = (*case.qaas_options, "--target", f"onnxruntime-cpu:{mode}")
+        runs.append(
+            tools.run_qaas(
+                model,
+                batched,
+                evaluation,
+                folder,
+                strict=False,
+                options=options,
+                tool=f"qaas {mode}",
+            )
+        )
+    if reduce_range:
+        runs.append(tools.run_ort(model, stacked, folder, reduce_range=True))
     print(f"\n{case.name} ({case.metric})")
     paths = {"float": model}
+    reports = {}
     for run in runs:
-        label = "ORT quantize_static" if run.tool == "ORT" else "qaas"
+        label = {"ORT": "ORT quantize_static", "ORT reduce_range": "ORT reduce_range"}.get(
+            run.tool, run.tool
+        )
+        if run.report:
+            reports[label] = run.report
         if run.model is None:
             print(f"  {label}: failed ({run.error})")
         else:
@@ -218,9 +249,10 @@ def bench_case(
         cells = _speed_cells(results, label)
         task = case.score(reference, runner(session, held_out))
         gap = ""
-        if label == "qaas":
-            db = tools.sim_vs_ort_db(runs[0].report)
-            gap = "-" if db is None else f"{db:.1f} dB"
+        if label in reports:
+            db = tools.sim_vs_ort_db(reports[label])
+            mode = reports[label].get("target", {}).get("kernel_mode", "?")
+            gap = f"{'-' if db is None else f'{db:.1f} dB'} ({mode})"
         print(f"  {label:22s} {cells[0]} {cells[1]:>20s}  {task:6.3f}  {gap}")
 
 
@@ -245,6 +277,17 @@ def main(argv: list[str] | None = None) -> int:
         help="real-model bench cases instead of T1: comma-separated names, or 'all'",
     )
     parser.add_argument("--samples", type=int, default=32, help="--catalog: per data set")
+    parser.add_argument(
+        "--modes",
+        default="",
+        help="--catalog: qaas artifacts for these forced onnxruntime-cpu modes too, e.g. "
+        "avx2,avx2-s7 (comma-separated)",
+    )
+    parser.add_argument(
+        "--ort-reduce-range",
+        action="store_true",
+        help="--catalog: quantize_static with reduce_range (7-bit weights) too",
+    )
     parser.add_argument(
         "--keep",
         type=Path,
@@ -277,9 +320,11 @@ def main(argv: list[str] | None = None) -> int:
         from bench.real_models.catalog import CASES
 
         names = [c.name for c in CASES] if args.catalog == "all" else args.catalog.split(",")
+        modes = tuple(mode for mode in args.modes.split(",") if mode)
         with _folder(args.keep) as folder:
             for name in names:
-                bench_case(name, args.samples, args.rounds, folder, args.baseline)
+                bench_case(name, args.samples, args.rounds, folder, args.baseline, modes,
+                           args.ort_reduce_range)  # fmt: skip
         return 0
     with _folder(args.keep) as tmp:
         examples = ROOT / "examples"

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from qaas_engine.data import Dataset
+from qaas_engine.export.unsigned_copy import unsigned_copy
 from qaas_engine.ort_emulation import Emulation, emulated, load_optimized
 from qaas_engine.output_axes import LOGIT_CLIP, channel_axes, logit_channels
 from qaas_engine.quant.sim import QuantSim
@@ -30,6 +31,12 @@ from qaas_engine.tensors import batch_size, to_torch
 
 # An exact match has infinite SQNR; JSON has no infinity, so it is reported at this ceiling.
 SQNR_CEILING_DB = 200.0
+# what metrics.engines.onnxruntime adds where the figures come from export.unsigned_copy
+UNSIGNED_COPY_NOTE = (
+    ", on the graph with its int8 tensors stored as uint8 (the same values): this CPU has no "
+    "int8 dot product and ONNX Runtime's u8s8 kernels saturate on the file as written here, "
+    "not on the hardware it is laid out for"
+)
 # how the simulation's session runs the exported graph (sessions.QDQ_REWRITES)
 SIMULATION_SESSION = (
     "graph optimizer on for float ops as deployed, its Q/DQ rewrites off (Q/DQ computed in float)"
@@ -273,6 +280,7 @@ def evaluate(
         }
     outputs = [value.name for value in state.model.graph.output]
     output = outputs[0]  # labels (top-1) refer to the first output
+    qdq, stored_unsigned = _runnable_here(qdq, sim)
     with tempfile.TemporaryDirectory(prefix="qaas-optimized-") as folder:
         saved = Path(folder) / "optimized.onnx"
         runtime = session(qdq, save_optimized=str(saved))
@@ -424,6 +432,7 @@ def evaluate(
                 else ""
             ),
             "onnxruntime": "onnxruntime, default optimizations"
+            + (UNSIGNED_COPY_NOTE if stored_unsigned else "")
             + (
                 f", {reused_deployed} batches kept from the rules' run of this graph"
                 if reused_deployed
@@ -443,6 +452,16 @@ def evaluate(
     if torch_check is not None:
         metrics["torch_simulation_vs_export"] = torch_check
     return metrics
+
+
+def _runnable_here(qdq: onnx.ModelProto, sim: QuantSim) -> tuple[onnx.ModelProto, bool]:
+    """The graph ORT runs for the figures: ``qdq``, or its copy with int8 tensors stored as
+    uint8 where this CPU's u8s8 kernels would saturate on a layout made for other hardware
+    (``KernelChoice.saturates_here``); whether it is the copy."""
+    if not sim.kernels.saturates_here:
+        return qdq, False
+    copy = unsigned_copy(qdq)
+    return (qdq, False) if copy is None or copy is qdq else (copy, True)
 
 
 def _stream_note(carry: StreamCarry) -> str:

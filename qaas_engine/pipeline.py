@@ -30,7 +30,7 @@ from qaas_engine.rules import CalibrationProbe, apply_rules
 from qaas_engine.spec import QuantSpec
 from qaas_engine.state import PipelineState, Progress, Timer, no_progress
 from qaas_engine.step_registry import STEPS, Data, Stage, learns, missing_data_message
-from qaas_engine.targets import KernelChoice, choose_kernels, target_rules
+from qaas_engine.targets import KernelChoice, target_rules
 from qaas_engine.transforms.bn_fold import fold_batchnorms
 from qaas_engine.transforms.cle import ChannelStats
 from qaas_engine.transforms.integer_rewrites import needs_rewrite, rewrite_for_integer_kernels
@@ -199,7 +199,7 @@ def run_pipeline(
         state.float_weights = dict(state.executor.weights)
     sim = build_sim(state, timer)
     run_steps(state, "quantized", timer)
-    kernels = choose_kernels(spec.target)
+    kernels = sim.kernels
     rules = target_rules(spec.target)
     if spec.objective == "latency" and rules.executed_here and not spec.strict_bits:
         sim, kernels = timer.run("latency_objective", lambda: latency_float(state, sim, kernels))

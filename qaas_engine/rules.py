@@ -73,7 +73,7 @@ from qaas_engine.sessions import session
 from qaas_engine.simulated_runs import SimulatedRuns, graph_digest
 from qaas_engine.step_registry import learns
 from qaas_engine.tapped import TappedModel, samples
-from qaas_engine.targets import KernelChoice, choose_kernels, target_rules
+from qaas_engine.targets import KernelChoice, target_rules
 from qaas_engine.tensors import batch_size, to_numpy
 
 if TYPE_CHECKING:
@@ -199,7 +199,7 @@ def measured_sqnr_db(
     (the same weight container, scalar operands on their exact one-step grids), so the bytes
     can match."""
     qdq = export_for_target(model, sim)
-    deployed = deployed_measurement(choose_kernels(sim.spec.target))
+    deployed = deployed_measurement(sim.kernels)
     names = [value.name for value in model.graph.output]
     digest = graph_digest(qdq) if record is not None else None
     # a graph measured before, byte for byte: its recorded outputs, the same figure
@@ -231,10 +231,11 @@ def measured_sqnr_db(
 
 def deployed_measurement(kernels: KernelChoice) -> bool:
     """Whether the rules measure the graph as ONNX Runtime deploys it here: where its kernels
-    are exact on this CPU (every mode but VNNI forced on a CPU without an int8 dot product,
-    whose u8s8 kernels saturate here and not on the target); else in the simulation's session,
-    with ORT's Q/DQ rewrites off (the simulation's own arithmetic)."""
-    return not (kernels.mode == "vnni" and not kernels.cpu_features)
+    are exact on this CPU (not where int8 weights laid out for other hardware meet a CPU
+    without an int8 dot product, whose u8s8 kernels saturate here and not on the target);
+    else in the simulation's session, with ORT's Q/DQ rewrites off (the simulation's own
+    arithmetic)."""
+    return not kernels.saturates_here
 
 
 @dataclass

@@ -34,7 +34,8 @@ class JobCreate(BaseModel):
         None,
         max_length=64,
         description="deployment target (onnxruntime-cpu, onnxruntime-cpu:vnni, "
-        "onnxruntime-cpu:avx2, qnn-htp, tensorrt); the same as quantization.target, which it "
+        "onnxruntime-cpu:avx2, onnxruntime-cpu:avx2-s7, qnn-htp, tensorrt); the same as "
+        "quantization.target, which it "
         "sets when given",
     )
     max_accuracy_drop: float | None = Field(

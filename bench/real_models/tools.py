@@ -87,15 +87,18 @@ def run_qaas(
     return ToolRun(tool, quantized, wall, report=report)
 
 
-def run_ort(model: Path, calibration: Path, folder: Path) -> ToolRun:
-    """``quantize_static`` QDQ per-channel MinMax in its own process (``ort_peer.py``)."""
-    output = folder / "ort.onnx"
+def run_ort(model: Path, calibration: Path, folder: Path, *, reduce_range: bool = False) -> ToolRun:
+    """``quantize_static`` QDQ per-channel MinMax in its own process (``ort_peer.py``);
+    ``reduce_range``: its 7-bit-weight variant (tool ``ORT reduce_range``)."""
+    tool = "ORT reduce_range" if reduce_range else "ORT"
+    output = folder / ("ort-reduce-range.onnx" if reduce_range else "ort.onnx")
     command = [sys.executable, str(HERE / "ort_peer.py"), str(model), str(calibration)]
-    code, stdout, stderr, wall = _run([*command, str(output)])
+    command += [str(output), *(["--reduce-range"] if reduce_range else [])]
+    code, stdout, stderr, wall = _run(command)
     result = _json_result(stdout) or {}
     if code != 0 or not output.exists():
-        return ToolRun("ORT", None, wall, result.get("error") or _tail(stderr))
-    return ToolRun("ORT", output, wall)
+        return ToolRun(tool, None, wall, result.get("error") or _tail(stderr))
+    return ToolRun(tool, output, wall)
 
 
 _NNCF: list[NncfEnv] = []

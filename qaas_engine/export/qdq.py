@@ -31,7 +31,7 @@ from qaas_engine.export.runtime_forms import (
 from qaas_engine.export.single_channel_conv import single_channel_depthwise
 from qaas_engine.quant.encoding import Encoding
 from qaas_engine.quant.sim import QuantSim
-from qaas_engine.targets import choose_kernels, target_rules
+from qaas_engine.targets import target_rules
 from qaas_engine.tensors import to_numpy
 from qaas_engine.weights_apart import without_initializers
 
@@ -278,13 +278,19 @@ def _without_unread_dequantize(nodes: list[onnx.NodeProto], outputs: set[str]) -
     ]
 
 
+def _saturates(sim: QuantSim, weight: str, bits: int) -> bool:
+    """An int8 weight the kernels would sum wrongly (``avx2-s7``): stored as uint8 instead."""
+    site = sim.placement.weights[weight]
+    return sim.kernels.saturates(bits, site.op_type, depthwise=site.depthwise)
+
+
 def export_for_target(model: onnx.ModelProto, sim: QuantSim) -> onnx.ModelProto:
     """The graph the rules measure: exported for the sim's target in the weight container and
     forms the pipeline writes for it, so a measurement's figure is the artifact's."""
     return export_qdq(
         model,
         sim,
-        unsigned_weights=not choose_kernels(sim.spec.target).signed_weights,
+        unsigned_weights=not sim.kernels.signed_weights,
         quantize_scalar_operands=target_rules(sim.spec.target).executed_here,
     )
 
@@ -339,7 +345,9 @@ def export_qdq(
         tensor = None if value is None else to_numpy(value)
         if init.name in param_encodings and tensor is not None:
             encoding = param_encodings[init.name]
-            if init.name in sim.weight_encodings and unsigned_weights:
+            if init.name in sim.weight_encodings and (
+                unsigned_weights or _saturates(sim, init.name, encoding.scheme.bits)
+            ):
                 encoding = unsigned_container(encoding)
             dequantized = f"{init.name}_dequantized"
             prefix_nodes.append(

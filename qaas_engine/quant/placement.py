@@ -85,6 +85,9 @@ class WeightSite:
     channel_axis: int | None  # None: this op's weight can only be quantized per tensor
     input: str  # the activation the op multiplies with the weight
     bias: str | None = None  # int32 bias at scale s_input * s_weight
+    # a conv with one input and one output channel per group: ORT's depthwise int8 kernel, which
+    # sums in int32, where other weighted ops run a GEMM (targets.KernelChoice.weight_bits)
+    depthwise: bool = False
 
 
 @dataclass
@@ -131,7 +134,10 @@ def _weight_site(
     inputs = list(node.input)
     bias = inputs[2] if len(inputs) > 2 and inputs[2] in initializers else None
     if op == "Conv" and len(inputs) > 1 and inputs[1] in initializers:
-        return WeightSite(inputs[1], node_name, op, 0, inputs[0], bias)
+        dims = list(initializers[inputs[1]].dims)
+        group = int(attrs.get("group", 1))
+        depthwise = len(dims) > 1 and dims[1] == 1 and dims[0] == group
+        return WeightSite(inputs[1], node_name, op, 0, inputs[0], bias, depthwise=depthwise)
     if op == "ConvTranspose" and len(inputs) > 1 and inputs[1] in initializers:
         axis = 1 if int(attrs.get("group", 1)) == 1 else None
         return WeightSite(inputs[1], node_name, op, axis, inputs[0], None)

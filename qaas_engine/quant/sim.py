@@ -17,7 +17,7 @@ from qaas_engine.quant.observers import HistogramObserver, MinMaxObserver
 from qaas_engine.quant.placement import Placement
 from qaas_engine.spec import QuantSpec
 from qaas_engine.tapped import TappedModel
-from qaas_engine.targets import target_rules
+from qaas_engine.targets import choose_kernels, target_rules
 from qaas_engine.tensors import batch_size, to_numpy, to_torch
 
 if TYPE_CHECKING:
@@ -62,6 +62,8 @@ class QuantSim:
         self.placement = placement
         self.spec = spec
         self.rules = target_rules(spec.target)  # the deployment target's grids
+        # the kernels the export is laid out for: they can narrow a weight's grid (avx2-s7)
+        self.kernels = choose_kernels(spec.target, strict_bits=spec.strict_bits)
         self.weight_encodings: dict[str, Encoding] = {}
         self.activation_encodings: dict[str, Encoding] = {}
         self.bias_encodings: dict[str, Encoding] = {}
@@ -93,8 +95,11 @@ class QuantSim:
             and site.channel_axis is not None
             and site.op_type not in self.rules.per_tensor_weight_ops
         )
+        bits = self.kernels.weight_bits(
+            self.spec.weight_bits, site.op_type, depthwise=site.depthwise
+        )
         return QuantScheme(
-            bits=self.spec.weight_bits,
+            bits=bits,
             symmetric=self.spec.weight_symmetric,
             signed=True,
             per_channel=per_channel,

@@ -8,6 +8,7 @@ import numpy as np
 
 from qaas_engine import QuantSpec, quantize
 from qaas_engine.data import Dataset
+from tests.support.targets import EIGHT_BIT_WEIGHTS
 
 
 def test_a_target_met_on_validation_but_missed_on_calibration_is_not_taken(tiny_imported):
@@ -19,7 +20,7 @@ def test_a_target_met_on_validation_but_missed_on_calibration_is_not_taken(tiny_
     validation = Dataset({"input": np.repeat(one, 24, axis=0)}, {"input": False}, None, 24)
     report = quantize(
         imported,
-        QuantSpec(pipeline=("auto",), min_sqnr_db=33),
+        QuantSpec(pipeline=("auto",), min_sqnr_db=33, target=EIGHT_BIT_WEIGHTS),
         calibration=calibration,
         validation=validation,
     ).report

@@ -17,6 +17,7 @@ from qaas_engine.quant.qat import QATModel
 from qaas_engine.state import Timer
 from qaas_engine.zoo import digits_datasets, export_onnx
 from qaas_engine.zoo.redundant import RedundantNet
+from tests.support.targets import EIGHT_BIT_WEIGHTS
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def uniform_and_mixed(redundant):
     def run(pipeline):
         return quantize(
             redundant["model"],
-            QuantSpec(pipeline=pipeline),
+            QuantSpec(pipeline=pipeline, target=EIGHT_BIT_WEIGHTS),
             calibration=redundant["calibration"],
             evaluation=redundant["evaluation"],
             training=redundant["unlabelled"],  # no labels: distillation from the float model
@@ -101,10 +102,10 @@ def test_pruned_channels_are_zero_in_the_exported_model(uniform_and_mixed, tmp_p
 
 
 def test_qat_keeps_pruned_channels_at_zero(redundant):
+    spec = QuantSpec(target=EIGHT_BIT_WEIGHTS)
     state, sim, _ = run_pipeline(
-        redundant["model"], QuantSpec(), PipelineData(redundant["calibration"]), Timer(),
-        EnergyProfile(),
-    )  # fmt: skip
+        redundant["model"], spec, PipelineData(redundant["calibration"]), Timer(), EnergyProfile()
+    )
     stem = next(name for name in sim.weight_encodings if "stem" in name)
     live = sim.torch_executor().weights[stem].clone()  # a PTQ run leaves it unbuilt
     sim.pruned_channels[stem] = [0, 3]  # live channels: their gradient is not zero

@@ -16,6 +16,11 @@ from onnx import TensorProto, helper, numpy_helper
 from qaas_engine.ort_emulation import emulated, load_optimized
 from qaas_engine.sessions import session
 
+# int8 weights within [-64, 64]: ORT's u8s8 kernels sum them exactly on any CPU (without an int8
+# dot product they add pairs of products in int16, which 8-bit weights overflow; the engine
+# exports no such layout for such a CPU: targets.KernelChoice)
+WEIGHT_REACH = 64
+
 
 def _qdq_model() -> onnx.ModelProto:
     """x -> Conv (int8 per-channel weights, int32 bias) -> + x -> * x -> MatMul -> outputs, every
@@ -43,7 +48,7 @@ def _qdq_model() -> onnx.ModelProto:
 
     x = q("x", 0.1, 128, "xq")
     w_scale = (rng.uniform(0.002, 0.01, channels)).astype(np.float32)
-    w = rng.integers(-127, 128, (channels, channels, 3, 3)).astype(np.int8)
+    w = rng.integers(-WEIGHT_REACH, WEIGHT_REACH + 1, (channels, channels, 3, 3)).astype(np.int8)
     bias = rng.integers(-5000, 5000, channels).astype(np.int32)
     const("w", w)
     const("w_s", w_scale)
@@ -59,7 +64,7 @@ def _qdq_model() -> onnx.ModelProto:
     added = q("add", 0.2, 128, "addq")  # (a + b) / 2 on the input grid: half of them ties
     nodes.append(helper.make_node("Mul", [added, x], ["mul"]))
     product = q("mul", 0.3, 128, "mulq")
-    const("m", rng.integers(-127, 128, (16, 16)).astype(np.int8))
+    const("m", rng.integers(-WEIGHT_REACH, WEIGHT_REACH + 1, (16, 16)).astype(np.int8))
     const("m_s", np.float32(0.013))
     const("m_z", np.int8(0))
     nodes.append(helper.make_node("DequantizeLinear", ["m", "m_s", "m_z"], ["m_dq"]))
@@ -292,7 +297,9 @@ def _conv_model(channels: int, per_channel: bool = True, batch: int = 1) -> onnx
     inits = [
         numpy_helper.from_array(np.float32(0.1), "x_s"),
         numpy_helper.from_array(np.uint8(3), "x_z"),
-        numpy_helper.from_array(rng.integers(-127, 128, (channels, channels, 3, 3), np.int8), "w"),
+        numpy_helper.from_array(
+            rng.integers(-WEIGHT_REACH, WEIGHT_REACH + 1, (channels, channels, 3, 3), np.int8), "w"
+        ),
         numpy_helper.from_array(w_scale, "w_s"),
         numpy_helper.from_array(np.zeros(channels if per_channel else (), np.int8), "w_z"),
         numpy_helper.from_array(np.float32(0.37), "y_s"),

@@ -12,6 +12,7 @@ import torch
 
 from qaas_engine import QuantSpec, import_model, load_npz, model_inputs, quantize
 from qaas_engine.output_grids import centred_channel_sqnr
+from tests.support.targets import EIGHT_BIT_WEIGHTS
 
 
 class TwoHeads(torch.nn.Module):
@@ -64,8 +65,9 @@ def _centred(path, quantized, inputs) -> dict[str, float]:
 
 def test_an_output_its_own_grid_limits_gets_16_bits_and_says_why(tmp_path):
     path, inputs, imported, calibration = _two_heads(tmp_path)
-    strict = quantize(imported, QuantSpec(strict_bits=True), calibration=calibration)
-    ruled = quantize(imported, QuantSpec(), calibration=calibration)
+    strict_spec = QuantSpec(strict_bits=True, target=EIGHT_BIT_WEIGHTS)
+    strict = quantize(imported, strict_spec, calibration=calibration)
+    ruled = quantize(imported, QuantSpec(target=EIGHT_BIT_WEIGHTS), calibration=calibration)
 
     assert strict.report["rules"] == []
     lines = [line for line in ruled.report["rules"] if line["rule"] == "output_grid"]

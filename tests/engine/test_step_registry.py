@@ -14,6 +14,7 @@ from qaas_engine.step_registry import (
     steps_taking,
     unregister,
 )
+from tests.support.targets import EIGHT_BIT_WEIGHTS
 
 
 @pytest.fixture
@@ -33,7 +34,7 @@ def census():
 
 def test_a_registered_step_runs_in_a_job_and_reports(census, tiny_model, tiny_data, tmp_path):
     calibration, evaluation = tiny_data
-    spec = QuantSpec(pipeline=("cle", "weight_census"), batch_size=16)
+    spec = QuantSpec(pipeline=("cle", "weight_census"), batch_size=16, target=EIGHT_BIT_WEIGHTS)
     saved = job.run(
         tiny_model, {"calibration": calibration, "evaluation": evaluation}, spec, tmp_path
     )

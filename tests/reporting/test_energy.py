@@ -10,6 +10,7 @@ from qaas_engine import QuantSpec, quantize
 from qaas_engine.cost.energy import EnergyProfile
 from qaas_engine.errors import SpecError
 from tests.reporting.conftest import load
+from tests.support.targets import EIGHT_BIT_WEIGHTS
 
 DRAM_BYTE = 1950 / 8  # pJ per byte: one 64-bit access moves 8 bytes
 CACHE_1MB_BYTE = 100 / 8
@@ -17,7 +18,7 @@ CACHE_1MB_BYTE = 100 / 8
 
 def test_energy_matches_the_table_by_hand(countable):
     imported, data = countable
-    report = quantize(imported, QuantSpec(), calibration=data).report
+    report = quantize(imported, QuantSpec(target=EIGHT_BIT_WEIGHTS), calibration=data).report
     energy = report["energy"]
     assert [(r["op"], r["macs"]) for r in energy["layers"]] == [("Conv", 72), ("Gemm", 24)]
     # FP32: 96 MACs x (3.7 + 0.9); weights+biases (18+2+24+3) x 4 bytes from DRAM;
@@ -38,7 +39,9 @@ def test_w8a8_over_fp32_ratio_of_a_conv_net(tiny_model, tiny_data):
     """Compute alone is 20x (4.6 / 0.23 pJ per MAC); memory at 4x (32 -> 8 bits) pulls the
     whole-inference ratio down towards 4 because weights read from DRAM dominate."""
     imported, data = load(tiny_model, tiny_data[0])
-    energy = quantize(imported, QuantSpec(), calibration=data).report["energy"]
+    energy = quantize(imported, QuantSpec(target=EIGHT_BIT_WEIGHTS), calibration=data).report[
+        "energy"
+    ]
     compute = {k: energy["breakdown"][k]["compute"] for k in ("float_pj", "quantized_pj")}
     compute_ratio = compute["float_pj"] / compute["quantized_pj"]
     print(f"W8A8/FP32 energy ratio {energy['ratio']}, compute alone {compute_ratio:.2f}")
@@ -50,9 +53,9 @@ def test_profile_is_data(countable, tmp_path):
     imported, data = countable
     profile = tmp_path / "chip.json"
     profile.write_text(json.dumps({"name": "all in cache", "weight_level": "cache_8kb"}))
-    energy = quantize(imported, QuantSpec(), calibration=data, energy_profile=profile).report[
-        "energy"
-    ]
+    energy = quantize(
+        imported, QuantSpec(target=EIGHT_BIT_WEIGHTS), calibration=data, energy_profile=profile
+    ).report["energy"]
     assert energy["profile"]["name"] == "all in cache"
     assert energy["breakdown"]["quantized_pj"]["weights_memory"] == pytest.approx(62 * 10 / 8)
     with pytest.raises(SpecError, match="unknown fields"):
