@@ -38,6 +38,10 @@ the spec asked for.
 the others: empirical bias correction of every Conv/Gemm on calibration samples past the
 probe's, layer after layer, kept only where the probe's SQNR rises by ``MIN_SHIFT_GAIN_DB``.
 
+``weight_grid`` (``qaas_engine.weight_grids``), first where the output SQNR misses the target:
+weights the ``avx2-s7`` kernels narrowed to 7 bits back on the spec's 8-bit grids (stored
+uint8, u8u8 kernels), kept for a measured gain of ``MIN_WIDENING_GAIN_DB``.
+
 ``mask_range`` and ``outlier_channels`` (``qaas_engine.attention``), where the output SQNR
 misses the target, before the two above: an additive attention mask's constants kept out of
 any grid, and 16-bit grids on activations whose channels span very different ranges.
@@ -56,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from qaas_engine import attention, noise_pricing, output_grids, sixteen_bit_cost
+from qaas_engine import attention, noise_pricing, output_grids, sixteen_bit_cost, weight_grids
 from qaas_engine import bias_shift as shifts
 from qaas_engine.concurrent_runs import run_each
 from qaas_engine.cost.shapes import layer_shapes, macs_per_sample
@@ -919,6 +923,14 @@ def apply_rules(
     if budget is None:
         budget = rules_budget(state, model_macs(state, measured))
     budget -= (1 + QDQ_COST) * measured.samples
+    widened, before = weight_grids.eight_bit_weights(
+        sim, before, spec.min_sqnr_db, lambda: measured.sqnr_db(model, sim)
+    )
+    if widened:
+        actions += widened
+        budget -= QDQ_COST * measured.samples
+        if before >= spec.min_sqnr_db:
+            return sim, actions
     sim, found, before, budget = attention_rules(state, sim, measured, before, budget)
     actions += found
     if before >= spec.min_sqnr_db:
@@ -1098,5 +1110,6 @@ def _keep_float(model: onnx.ModelProto, sim: QuantSim, actions: list[RuleAction]
     placed.range_estimator = sim.range_estimator
     placed.observed_ranges = sim.observed_ranges
     placed.weight_integers = sim.weight_integers
+    placed.wide_weights = set(sim.wide_weights)
     placed.derive_bias_encodings()
     return placed

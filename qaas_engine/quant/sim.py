@@ -64,6 +64,8 @@ class QuantSim:
         self.rules = target_rules(spec.target)  # the deployment target's grids
         # the kernels the export is laid out for: they can narrow a weight's grid (avx2-s7)
         self.kernels = choose_kernels(spec.target, strict_bits=spec.strict_bits)
+        # weights a rule gave back the spec's grid where the kernels narrow it (weight_grids)
+        self.wide_weights: set[str] = set()
         self.weight_encodings: dict[str, Encoding] = {}
         self.activation_encodings: dict[str, Encoding] = {}
         self.bias_encodings: dict[str, Encoding] = {}
@@ -95,9 +97,9 @@ class QuantSim:
             and site.channel_axis is not None
             and site.op_type not in self.rules.per_tensor_weight_ops
         )
-        bits = self.kernels.weight_bits(
-            self.spec.weight_bits, site.op_type, depthwise=site.depthwise
-        )
+        bits = self.spec.weight_bits
+        if name not in self.wide_weights:
+            bits = self.kernels.weight_bits(bits, site.op_type, depthwise=site.depthwise)
         return QuantScheme(
             bits=bits,
             symmetric=self.spec.weight_symmetric,
@@ -106,12 +108,24 @@ class QuantSim:
             axis=site.channel_axis if per_channel and site.channel_axis is not None else 0,
         )
 
-    def compute_weight_encodings(self) -> None:
+    def compute_weight_encodings(self, names: Iterable[str] | None = None) -> None:
+        """Every weight's grid from its values (or those of ``names``)."""
         method = "mse" if self.spec.calibration_method == "mse" else "minmax"
-        for name in self.placement.weights:
+        for name in self.placement.weights if names is None else names:
             weight = self.executor.weights[name]
             self.weight_encodings[name] = weight_encoding(weight, self.weight_scheme(name), method)
         self.invalidate()
+
+    def narrowed_weights(self) -> list[str]:
+        """The weights on a narrower grid than the spec's because the kernels sum no wider
+        exactly (``avx2-s7``), and no rule widened them."""
+        return [
+            name
+            for name in self.weight_encodings
+            if name in self.placement.weights
+            and name not in self.wide_weights
+            and self.weight_scheme(name).bits < self.spec.weight_bits
+        ]
 
     def invalidate(self) -> None:
         """Forget cached quantized weights after weights or encodings change."""
