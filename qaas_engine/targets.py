@@ -197,19 +197,17 @@ class KernelChoice:
     def weight_bits(self, asked: int, op_type: str, *, depthwise: bool) -> int:
         """The grid a weight gets: ``avx2-s7`` narrows the 8-bit weights of GEMM kernels to 7
         bits, the widest that ORT's u8s8 kernels sum exactly without an int8 dot product."""
-        if self.mode == "avx2-s7" and asked == 8 and op_type in GEMM_OPS and not depthwise:
-            return SEVEN_BIT_WEIGHTS
-        return asked
+        return SEVEN_BIT_WEIGHTS if asked == 8 and self._int16_pairs(op_type, depthwise) else asked
 
     def saturates(self, bits: int, op_type: str, *, depthwise: bool) -> bool:
         """Whether a weight of ``bits`` stored int8 would saturate this mode's GEMM kernels
         (``avx2-s7``: wider than 7 bits); the export stores it as uint8 instead."""
-        return (
-            self.mode == "avx2-s7"
-            and SEVEN_BIT_WEIGHTS < bits <= 8
-            and op_type in GEMM_OPS
-            and not depthwise
-        )
+        return SEVEN_BIT_WEIGHTS < bits <= 8 and self._int16_pairs(op_type, depthwise)
+
+    def _int16_pairs(self, op_type: str, depthwise: bool) -> bool:
+        """``avx2-s7``'s kernels for this op add pairs of u8*s8 products in int16 (a GEMM;
+        ORT's depthwise kernel sums in int32)."""
+        return self.mode == "avx2-s7" and op_type in GEMM_OPS and not depthwise
 
     def describe(self) -> dict[str, object]:
         if self.mode in ("qnn-htp", "tensorrt"):
